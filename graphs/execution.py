@@ -1,0 +1,135 @@
+"""Run one graph invocation and turn its stream into (type, node, data) events.
+
+Nothing here knows about Kafka: the caller passes ``emit`` and gets a ``RunOutcome``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from langchain_core.messages import BaseMessage
+from langgraph.errors import GraphRecursionError
+from langgraph.pregel import Pregel
+from langgraph.types import Command, Interrupt
+
+Emit = Callable[[str, str | None, Any], Awaitable[None]]
+"""``emit(event_type, node, data)``: called for each event, in order."""
+
+
+@dataclass(slots=True)
+class RunOutcome:
+    """How a run ended."""
+
+    status: str
+    """``success``, ``error``, ``timeout`` or ``interrupted``."""
+    output: Any = None
+    """The final state on ``success``."""
+    error: tuple[str, str] | None = None
+    """``(type, message)`` on ``error`` and ``timeout``."""
+    interrupts: list[Any] = field(default_factory=list)
+    """``[{"id": ..., "value": ...}]`` on ``interrupted``."""
+    exception: BaseException | None = None
+    """The exception the graph raised, for the caller's retry decision."""
+
+
+def message_data(message: Any) -> dict[str, Any]:
+    """A compact, JSON-ready view of a LangChain message chunk for ``message`` events."""
+    if not isinstance(message, BaseMessage):
+        return {"content": message}
+    data: dict[str, Any] = {"type": message.type, "content": message.content, "id": message.id}
+    chunks = getattr(message, "tool_call_chunks", None)
+    if chunks:
+        data["tool_call_chunks"] = chunks
+    usage = getattr(message, "usage_metadata", None)
+    if usage:
+        data["usage_metadata"] = usage
+    if getattr(message, "tool_call_id", None):
+        data["tool_call_id"] = message.tool_call_id  # type: ignore[attr-defined]
+    return data
+
+
+def _interrupts(value: Iterable[Any]) -> list[dict[str, Any]]:
+    out = []
+    for item in value:
+        if isinstance(item, Interrupt):
+            out.append({"id": item.id, "value": item.value})
+        else:
+            out.append({"id": None, "value": item})
+    return out
+
+
+def _command(spec: dict[str, Any]) -> Command[Any]:
+    return Command(resume=spec.get("resume"), update=spec.get("update"), goto=spec.get("goto", ()))
+
+
+async def run_graph(
+    graph: Pregel[Any, Any, Any, Any],
+    *,
+    input: dict[str, Any] | None,
+    command: dict[str, Any] | None,
+    config: dict[str, Any],
+    stream: Iterable[str],
+    timeout_s: float | None,
+    emit: Emit,
+) -> RunOutcome:
+    """Stream ``graph`` and emit ``node``/``custom``/``message``/``values``/``interrupt`` events.
+
+    ``updates`` and ``values`` are always streamed (they give interrupts and the final state);
+    only the modes in ``stream`` become events.
+    """
+    wanted = set(stream)
+    modes = ["updates", "values", *sorted(wanted - {"updates", "values"})]
+    emit_nodes = "updates" in wanted
+    emit_values = "values" in wanted
+    payload: Any = _command(command) if command is not None else input
+    final: Any = None
+    interrupts: list[dict[str, Any]] = []
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for mode, chunk in graph.astream(payload, config, stream_mode=modes):
+                if mode == "updates":
+                    for node, update in chunk.items():
+                        if node == "__interrupt__":
+                            found = _interrupts(update)
+                            interrupts.extend(found)
+                            for item in found:
+                                await emit("interrupt", None, item)
+                        elif emit_nodes:
+                            await emit("node", node, update)
+                elif mode == "values":
+                    final = chunk
+                    if emit_values:
+                        await emit("values", None, chunk)
+                elif mode == "messages":
+                    message, meta = chunk
+                    await emit("message", meta.get("langgraph_node"), message_data(message))
+                elif mode == "custom":
+                    await emit("custom", None, chunk)
+    except TimeoutError as exc:
+        return RunOutcome(
+            status="timeout",
+            error=(
+                "Timeout",
+                f"the run took longer than timeout_s={timeout_s}; raise timeout_s or make the "
+                "graph faster",
+            ),
+            exception=exc,
+        )
+    except GraphRecursionError as exc:
+        return RunOutcome(
+            status="error",
+            error=(
+                "GraphRecursionError",
+                f"{exc}".split("\n")[0] + " Raise config.recursion_limit or fix the graph's loop.",
+            ),
+            exception=exc,
+        )
+    except Exception as exc:  # the graph's own failure becomes the result; nothing escapes
+        message = str(exc).strip().split("\n")[0] or "the graph raised without a message"
+        return RunOutcome(status="error", error=(type(exc).__name__, message), exception=exc)
+    if interrupts:
+        return RunOutcome(status="interrupted", interrupts=interrupts)
+    return RunOutcome(status="success", output=final)

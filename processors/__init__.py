@@ -1,0 +1,1 @@
+"""Long-running graphwire components (runner, settings, CLI); each has start()/stop()."""

@@ -1,0 +1,282 @@
+"""The ``graphwire`` command line: worker, topics, submit, graphs, schema, broker.
+
+Flags override ``GRAPHWIRE_*`` environment variables. Errors are one readable line on stderr and
+a non-zero exit code; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from topics.errors import GraphwireError
+
+log = logging.getLogger("graphwire")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from processors.settings import Settings
+
+    overrides = {
+        field: value
+        for field in (
+            "bootstrap_servers", "topic_prefix", "group_id", "max_in_flight", "graphs",
+            "langgraph_json", "partitions", "replication_factor", "log_level",
+        )
+        if (value := getattr(args, field, None)) is not None
+    }
+    return Settings(**overrides)
+
+
+def _registry(settings: Any) -> Any:
+    from graphs.registry import GraphRegistry
+
+    return GraphRegistry.from_sources(
+        builtins=settings.builtin_graphs,
+        specs=settings.graphs,
+        langgraph_json=settings.langgraph_json,
+    )
+
+
+# -- commands ----------------------------------------------------------------------------
+
+
+async def _worker(args: argparse.Namespace) -> int:
+    from processors.logs import setup_logging
+    from processors.runner import GraphRunner
+
+    settings = _settings(args)
+    setup_logging(settings.log_level, settings.log_format)
+    registry = _registry(settings)
+    runner = GraphRunner(settings, registry)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await runner.start()
+    print(
+        f"graphwire worker {settings.worker_id}: serving {', '.join(registry.names())} "
+        f"from {settings.topics.requests} on {settings.bootstrap_servers}",
+        file=sys.stderr,
+        flush=True,
+    )
+    await stop.wait()
+    log.info("stopping: draining in-flight runs (grace %ss)", settings.shutdown_grace_s)
+    await runner.stop()
+    return EXIT_OK
+
+
+def _worker_processes(args: argparse.Namespace) -> int:
+    from processors.supervisor import run_processes
+
+    argv = [a for a in sys.argv[1:] if not a.startswith("--processes")]
+    if "--processes" in sys.argv:  # "--processes N" form: drop the value too
+        i = sys.argv.index("--processes")
+        argv = sys.argv[1:i] + sys.argv[i + 2 :]
+    return run_processes(args.processes, argv)
+
+
+async def _topics_ensure(args: argparse.Namespace) -> int:
+    from topics.admin import ensure_topics, partition_counts
+
+    settings = _settings(args)
+    specs = settings.topics.specs(settings.partitions)
+    outcome = await ensure_topics(
+        settings.bootstrap_servers,
+        specs,
+        replication_factor=settings.replication_factor,
+        **settings.kafka_security(),
+    )
+    counts = await partition_counts(
+        settings.bootstrap_servers, [s.name for s in specs], **settings.kafka_security()
+    )
+    for spec in specs:
+        print(f"{spec.name:<40} {outcome[spec.name]:<8} partitions={counts.get(spec.name, '?')}")
+    return EXIT_OK
+
+
+async def _submit(args: argparse.Namespace) -> int:
+    from topics.client import GraphwireClient
+
+    settings = _settings(args)
+    try:
+        payload = json.loads(args.input)
+    except json.JSONDecodeError as exc:
+        raise GraphwireError(f"--input is not valid JSON ({exc}); pass an object like '{{\"text\": \"hi\"}}'") from None
+    stream = args.stream_modes.split(",") if args.stream_modes else ["updates"]
+    async with GraphwireClient(
+        settings.bootstrap_servers, topic_prefix=settings.topic_prefix, **settings.kafka_security()
+    ) as client:
+        request_id = await client.submit(
+            args.graph,
+            payload,
+            request_id=args.request_id,
+            thread_id=args.thread,
+            stream=stream,
+            timeout_s=args.timeout_s,
+        )
+        print(f"submitted {request_id}", file=sys.stderr)
+        if not (args.wait or args.stream):
+            print(request_id)
+            return EXIT_OK
+        if args.stream:
+            async for event in client.events(request_id):
+                print(event.model_dump_json())
+        result = await client.result(request_id, timeout=args.wait_timeout)
+        print(result.model_dump_json(indent=2))
+        return EXIT_OK if result.status == "success" else EXIT_FAILED
+
+
+def _graphs(args: argparse.Namespace) -> int:
+    registry = _registry(_settings(args))
+    for name in registry.names():
+        print(f"{name:<20} {' -> '.join(registry.nodes(name))}")
+    return EXIT_OK
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from topics.schema import json_schemas
+
+    schemas = json_schemas()
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, schema in schemas.items():
+            (out / f"{name}.schema.json").write_text(json.dumps(schema, indent=2) + "\n")
+            print(out / f"{name}.schema.json")
+    else:
+        print(json.dumps(schemas, indent=2))
+    return EXIT_OK
+
+
+def _broker(args: argparse.Namespace) -> int:
+    from processors.devbroker import DevBroker
+
+    broker = DevBroker(args.port)
+    broker.start()
+    print(f"development broker (memory storage) on {broker.bootstrap_servers}; Ctrl-C stops it",
+          flush=True)
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        broker.stop()
+    return EXIT_OK
+
+
+# -- parser ------------------------------------------------------------------------------
+
+
+def _kafka_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bootstrap-servers", help="Kafka brokers (GRAPHWIRE_BOOTSTRAP_SERVERS)")
+    p.add_argument("--topic-prefix", help="topic name prefix (GRAPHWIRE_TOPIC_PREFIX)")
+
+
+def _graph_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--graphs", help="extra graphs: name=package.module:attr,... (GRAPHWIRE_GRAPHS)")
+    p.add_argument("--config", dest="langgraph_json", help="a LangGraph CLI langgraph.json to serve")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``graphwire``."""
+    parser = argparse.ArgumentParser(prog="graphwire", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("worker", help="run graphs for requests from Kafka")
+    _kafka_flags(p)
+    _graph_flags(p)
+    p.add_argument("--group-id", help="consumer group (GRAPHWIRE_GROUP_ID)")
+    p.add_argument("--max-in-flight", type=int, help="messages held at once (GRAPHWIRE_MAX_IN_FLIGHT)")
+    p.add_argument("--processes", type=int, default=1, help="worker processes in the group (one core each)")
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.set_defaults(func=_worker, is_async=True)
+
+    p = sub.add_parser("topics", help="manage graphwire's topics")
+    tsub = p.add_subparsers(dest="topics_command", required=True, metavar="ACTION")
+    e = tsub.add_parser("ensure", help="create missing topics (idempotent)")
+    _kafka_flags(e)
+    e.add_argument("--partitions", type=int, help="partitions of requests/events/results")
+    e.add_argument("--replication-factor", type=int, help="replicas per partition (3 in production)")
+    e.set_defaults(func=_topics_ensure, is_async=True)
+
+    p = sub.add_parser("submit", help="submit one request; --wait/--stream print its outcome")
+    _kafka_flags(p)
+    p.add_argument("graph", help="graph name (see `graphwire graphs`)")
+    p.add_argument("--input", required=True, help="the input as a JSON object")
+    p.add_argument("--thread", help="thread id (stateful graphs)")
+    p.add_argument("--request-id", help="idempotency key (default: a new uuid)")
+    p.add_argument("--timeout-s", type=float, help="give up the run after this many seconds")
+    p.add_argument("--wait", action="store_true", help="wait for the result and print it")
+    p.add_argument("--stream", action="store_true", help="print events as they arrive, then the result")
+    p.add_argument("--stream-modes", help="comma-separated: updates,custom,messages,values")
+    p.add_argument("--wait-timeout", type=float, default=60.0, help="seconds to wait for the result")
+    p.set_defaults(func=_submit, is_async=True)
+
+    p = sub.add_parser("graphs", help="list registered graphs and their nodes")
+    _graph_flags(p)
+    p.set_defaults(func=_graphs, is_async=False)
+
+    p = sub.add_parser("schema", help="print (or write) the JSON Schema of the message contract")
+    p.add_argument("--out", help="directory to write request/event/result .schema.json files")
+    p.set_defaults(func=_schema, is_async=False)
+
+    p = sub.add_parser("broker", help="run the bundled development broker (memory storage)")
+    p.add_argument("--port", type=int, default=9092)
+    p.set_defaults(func=_broker, is_async=False)
+    return parser
+
+
+def _describe_error(exc: BaseException) -> str:
+    if isinstance(exc, ValidationError):
+        parts = [f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors()]
+        return "invalid settings or arguments: " + "; ".join(parts)
+    if isinstance(exc, TimeoutError):
+        return "timed out waiting for the result: is a worker running? (graphwire worker)"
+    return str(exc)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``graphwire`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "worker" and args.processes > 1:
+            return _worker_processes(args)
+        func: Callable[[argparse.Namespace], Any] = args.func
+        if args.is_async:
+            coro: Coroutine[Any, Any, int] = func(args)
+            return asyncio.run(coro)
+        return int(func(args))
+    except KeyboardInterrupt:
+        return 130
+    except (GraphwireError, ValidationError, TimeoutError, OSError) as exc:
+        if args.debug:
+            raise
+        print(f"graphwire: error: {_describe_error(exc)}", file=sys.stderr)
+        code = EXIT_UNAVAILABLE if getattr(exc, "retriable", False) else EXIT_FAILED
+        return code
+    except Exception as exc:  # noqa: BLE001 - last resort: one line, not a traceback
+        if args.debug:
+            raise
+        from graphs.registry import GraphLoadError
+
+        if isinstance(exc, GraphLoadError):
+            print(f"graphwire: error: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        print(f"graphwire: error: {type(exc).__name__}: {exc} (rerun with --debug for details)",
+              file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Prometheus metrics of the runner, on a registry passed in (names end in their unit)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_RUN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class RunnerMetrics:
+    """The runner's counters, gauges and histograms."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.executions = Counter(
+            "langgraph_workflow_executions_total",
+            "Graph runs finished, by graph and status.",
+            ["workflow_name", "status"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "langgraph_workflow_duration_seconds",
+            "Graph run duration, by graph.",
+            ["workflow_name"],
+            buckets=_RUN_BUCKETS,
+            registry=r,
+        )
+        self.active = Gauge(
+            "langgraph_active_workflows", "Graph runs executing right now.", registry=r
+        )
+        self.in_flight = Gauge(
+            "graphwire_in_flight_messages",
+            "Messages held by this worker (running or queued behind their key).",
+            registry=r,
+        )
+        self.events = Counter(
+            "graphwire_events_published_total", "Events published, by type.", ["type"], registry=r
+        )
+        self.dead_letters = Counter(
+            "graphwire_dead_letters_total",
+            "Messages dead-lettered, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.publish_retries = Counter(
+            "graphwire_publish_retries_total",
+            "Publishes retried after a Kafka error.",
+            registry=r,
+        )
+        self.commits = Counter(
+            "graphwire_commits_total", "Offset commits, by outcome.", ["outcome"], registry=r
+        )
+        self.commit_latency = Histogram(
+            "graphwire_commit_latency_seconds", "Time to commit offsets.", registry=r
+        )
+        self.paused = Gauge(
+            "graphwire_paused_partitions", "Partitions paused for backpressure.", registry=r
+        )
+        self.cancelled = Counter(
+            "graphwire_runs_cancelled_total",
+            "Runs cancelled by shutdown or revoke after their grace period (redelivered).",
+            registry=r,
+        )

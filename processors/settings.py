@@ -1,0 +1,123 @@
+"""The one settings object: environment variables ``GRAPHWIRE_*`` and an optional ``.env`` file.
+
+Nothing else in graphwire reads ``os.environ``. Secrets are ``SecretStr`` and stay masked in
+``repr``, logs and ``graphwire`` output.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+from typing import Any, Literal
+
+from aiokafka.helpers import create_ssl_context
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from typing_extensions import Self
+
+from topics.specs import TopicNames
+
+
+def _default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Settings(BaseSettings):
+    """graphwire's configuration; flags on the CLI override these."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GRAPHWIRE_", env_file=".env", frozen=True, extra="ignore"
+    )
+
+    # Kafka
+    bootstrap_servers: str = "localhost:9092"
+    """Comma-separated ``host:port`` list of Kafka brokers."""
+    topic_prefix: str = Field(default="graphwire", pattern=r"^[A-Za-z0-9._-]{1,200}$")
+    """Topics are ``<prefix>.requests``, ``.events``, ``.results``, ``.dlq``."""
+    group_id: str = "graphwire-runners"
+    """Consumer group of the runners."""
+    partitions: int = Field(default=12, ge=1)
+    """Partitions for ``graphwire topics ensure`` (requests/events/results)."""
+    replication_factor: int = Field(default=1, ge=1)
+    """Replication factor for ``graphwire topics ensure``; use 3 in production."""
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: str | None = None
+    """CA bundle to verify the brokers' certificates (SSL and SASL_SSL)."""
+
+    # Runner
+    max_in_flight: int = Field(default=64, ge=1)
+    """Messages a worker holds at once (running or queued behind their key)."""
+    max_request_bytes: int = Field(default=1024 * 1024, ge=1024)
+    """Requests larger than this are rejected (the dead letter keeps the bytes)."""
+    max_message_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    """Largest message the producer sends (dead letters carry oversized requests)."""
+    fetch_max_wait_ms: int = Field(default=10, ge=0)
+    """How long the broker may hold a fetch waiting for data; low keeps latency low."""
+    poll_timeout_ms: int = Field(default=100, ge=1)
+    """How long one poll waits for records before the loop checks its state."""
+    commit_interval_ms: int = Field(default=100, ge=1)
+    """How often finished offsets are committed."""
+    linger_ms: int = Field(default=1, ge=0)
+    """Producer batching delay."""
+    compression_type: Literal["gzip", "snappy", "lz4", "zstd"] | None = None
+    """Compression of the messages graphwire produces (it reads every codec)."""
+    session_timeout_ms: int = Field(default=10_000, ge=1000)
+    heartbeat_interval_ms: int = Field(default=3_000, ge=100)
+    max_poll_interval_ms: int = Field(default=300_000, ge=1000)
+    shutdown_grace_s: float = Field(default=30.0, ge=0)
+    """On SIGTERM, how long in-flight runs may take to finish before they are cancelled."""
+    revoke_grace_s: float = Field(default=10.0, ge=0)
+    """On rebalance, how long runs of revoked partitions may take before they are cancelled."""
+    worker_id: str = Field(default_factory=_default_worker_id)
+    """Names this worker in logs (and, later, in Redis leases)."""
+
+    # Graphs
+    graphs: str = ""
+    """Extra graphs: ``name=package.module:attr,...``."""
+    langgraph_json: str | None = None
+    """Path to a LangGraph CLI ``langgraph.json`` whose graphs to serve."""
+    builtin_graphs: bool = True
+    """Serve the built-in graphs (echo, pipeline, slow, chat)."""
+
+    # Stores (used by the idempotency, cache and audit parts)
+    redis_url: SecretStr = SecretStr("redis://localhost:6379/0")
+    database_url: SecretStr = SecretStr("postgresql://localhost:5432/graphwire")
+
+    # Operations
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["auto", "json", "text"] = "auto"
+
+    @model_validator(mode="after")
+    def _check_sasl(self) -> Self:
+        if self.security_protocol.startswith("SASL") and not (
+            self.sasl_mechanism and self.sasl_username and self.sasl_password
+        ):
+            raise ValueError(
+                f"security_protocol={self.security_protocol} needs GRAPHWIRE_SASL_MECHANISM, "
+                "GRAPHWIRE_SASL_USERNAME and GRAPHWIRE_SASL_PASSWORD"
+            )
+        return self
+
+    @property
+    def topics(self) -> TopicNames:
+        """The topic names under this prefix."""
+        return TopicNames(self.topic_prefix)
+
+    def kafka_security(self) -> dict[str, Any]:
+        """Connection and security options shared by every Kafka client graphwire makes."""
+        options: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            context: ssl.SSLContext = create_ssl_context(cafile=self.ssl_cafile)
+            options["ssl_context"] = context
+        if self.security_protocol.startswith("SASL"):
+            assert self.sasl_password is not None
+            options.update(
+                sasl_mechanism=self.sasl_mechanism,
+                sasl_plain_username=self.sasl_username,
+                sasl_plain_password=self.sasl_password.get_secret_value(),
+            )
+        return options

@@ -1,0 +1,39 @@
+"""``graphwire worker --processes N``: N worker processes in one consumer group.
+
+Python runs one core per process, so a machine with N cores runs N workers. Each child is a
+plain ``graphwire worker``; SIGTERM/SIGINT is forwarded so every child drains gracefully, and a
+child that dies is restarted (Kafka rebalances its partitions meanwhile).
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+
+def run_processes(count: int, argv: list[str]) -> int:
+    """Run ``count`` children of ``graphwire <argv>`` until SIGTERM/SIGINT; returns exit code."""
+    command = [sys.executable, "-m", "processors", *argv]
+    children = [subprocess.Popen(command) for _ in range(count)]
+    stopping = False
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    while not stopping:
+        for i, child in enumerate(children):
+            if child.poll() is not None and not stopping:
+                print(f"graphwire: worker process {child.pid} exited with {child.returncode}; "
+                      "restarting it", file=sys.stderr)
+                children[i] = subprocess.Popen(command)
+        time.sleep(0.5)
+    codes = [child.wait() for child in children]
+    return max(codes, default=0)

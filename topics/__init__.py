@@ -1,0 +1,36 @@
+"""graphwire's wire contract: message models, codecs, topic specs and topic administration.
+
+Anyone producing to or consuming from graphwire topics, in any language, can read this package
+(or the JSON Schema that ``graphwire schema`` writes from it) and know the whole contract. It
+imports nothing from ``processors`` or ``graphs``.
+"""
+
+from topics.errors import (
+    DependencyUnavailable,
+    GraphFailed,
+    GraphwireError,
+    InvalidRequest,
+    RequestTooLarge,
+    UndecodableMessage,
+    UnknownGraph,
+)
+from topics.models import ErrorInfo, Event, EventType, Request, Result, Status, StreamMode
+from topics.specs import TopicNames
+
+__all__ = [
+    "DependencyUnavailable",
+    "ErrorInfo",
+    "Event",
+    "EventType",
+    "GraphFailed",
+    "GraphwireError",
+    "InvalidRequest",
+    "Request",
+    "RequestTooLarge",
+    "Result",
+    "Status",
+    "StreamMode",
+    "TopicNames",
+    "UndecodableMessage",
+    "UnknownGraph",
+]

@@ -1,0 +1,60 @@
+"""Errors of graphwire, each with a ``retriable`` flag that callers ask instead of listing types.
+
+GraphwireError
+ +-- InvalidRequest          understood as a request, but invalid: ``rejected`` result + dead letter
+ |    +-- RequestTooLarge    over ``max_request_bytes``: ``rejected`` result + dead letter
+ +-- UndecodableMessage      not a request at all (not JSON, no request_id): dead letter only
+ +-- UnknownGraph            no graph of that name: ``rejected`` result + dead letter
+ +-- GraphFailed             the graph raised: ``error`` result + dead letter
+ +-- DependencyUnavailable   Kafka/Redis/PostgreSQL down: retriable, offsets stay uncommitted
+"""
+
+from __future__ import annotations
+
+
+class GraphwireError(Exception):
+    """Base of every graphwire error; ``str(exc)`` is one sentence saying what to do."""
+
+    retriable: bool = False
+
+
+class InvalidRequest(GraphwireError):
+    """A message that names a request but breaks the contract (bad fields, wrong types)."""
+
+    def __init__(self, message: str, *, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+
+
+class RequestTooLarge(InvalidRequest):
+    """A request whose encoded size is over the configured limit."""
+
+
+class UndecodableMessage(GraphwireError):
+    """Bytes that are not a graphwire request at all: not JSON, not an object, no request_id."""
+
+
+class UnknownGraph(GraphwireError):
+    """The request names a graph that this worker does not have registered."""
+
+    def __init__(self, graph: str, known: list[str]) -> None:
+        super().__init__(
+            f"unknown graph {graph!r}: registered graphs are {', '.join(sorted(known)) or 'none'}; "
+            "fix the request's 'graph' field or register the graph (GRAPHWIRE_GRAPHS)"
+        )
+        self.graph = graph
+
+
+class GraphFailed(GraphwireError):
+    """The graph raised while running; ``retriable`` follows the cause."""
+
+    def __init__(self, message: str, *, error_type: str, retriable: bool = False) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.retriable = retriable
+
+
+class DependencyUnavailable(GraphwireError):
+    """A service graphwire needs (Kafka, Redis, PostgreSQL) did not answer."""
+
+    retriable = True

@@ -1,0 +1,163 @@
+"""The v1 message contract: requests in, events and results out.
+
+All messages are UTF-8 JSON objects encoded with orjson. The models here are the source of truth
+for the JSON Schema that ``graphwire schema`` publishes; the runner's hot path builds the same
+shapes as plain dicts (``topics.codec``) and a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+CONTRACT_VERSION = 1
+
+StreamMode = Literal["updates", "custom", "messages", "values"]
+
+
+class Status(StrEnum):
+    """How a request ended."""
+
+    SUCCESS = "success"
+    """The graph ran to its end; ``output`` holds the final state."""
+    ERROR = "error"
+    """The graph raised; ``error`` says what happened."""
+    REJECTED = "rejected"
+    """The request was understood but invalid (unknown graph, bad fields, too large)."""
+    TIMEOUT = "timeout"
+    """The run took longer than the request's ``timeout_s``."""
+    INTERRUPTED = "interrupted"
+    """The graph called ``interrupt()``; ``interrupts`` holds the values it asked about."""
+
+
+class EventType(StrEnum):
+    """Kinds of event published while a request runs."""
+
+    RUN_STARTED = "run_started"
+    NODE = "node"
+    CUSTOM = "custom"
+    MESSAGE = "message"
+    VALUES = "values"
+    INTERRUPT = "interrupt"
+    RUN_FINISHED = "run_finished"
+
+
+class RunConfig(BaseModel):
+    """The part of a LangGraph ``RunnableConfig`` a producer may set."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    configurable: dict[str, Any] = Field(default_factory=dict)
+    """Passed to the graph as ``config["configurable"]`` (graphwire sets ``thread_id`` itself)."""
+    recursion_limit: int = Field(default=25, ge=1, le=10_000)
+    """Maximum number of supersteps before LangGraph stops the run with an error."""
+    tags: list[str] = Field(default_factory=list)
+    """Tags passed to callbacks and tracing."""
+    max_concurrency: int | None = Field(default=None, ge=1)
+    """Upper bound on parallel node executions within one superstep."""
+
+
+class Request(BaseModel):
+    """A request to run a graph, produced to ``<prefix>.requests``.
+
+    Key the message by ``thread_id`` when given, else by ``request_id``: messages with the same
+    key run one at a time, in order.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    request_id: str = Field(min_length=1, max_length=128)
+    """Idempotency key, 1..128 printable characters."""
+    graph: str = Field(min_length=1, max_length=200)
+    """Name of a registered graph."""
+    input: dict[str, Any] | None = None
+    """The graph's input state; required unless ``command`` is given."""
+    thread_id: str | None = Field(default=None, min_length=1, max_length=256)
+    """Conversation thread: requests of one thread share checkpointed state."""
+    command: dict[str, Any] | None = None
+    """A LangGraph command instead of input, e.g. ``{"resume": "yes"}``."""
+    config: RunConfig = Field(default_factory=RunConfig)
+    """Run configuration."""
+    stream: list[StreamMode] = Field(default_factory=lambda: ["updates"])
+    """Which LangGraph stream modes become events."""
+    timeout_s: float | None = Field(default=None, gt=0)
+    """Give up after this many seconds with status ``timeout``."""
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    """Opaque; echoed on every event and on the result."""
+
+    @field_validator("request_id")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        if not value.isprintable():
+            raise ValueError("request_id must contain only printable characters")
+        return value
+
+    @field_validator("command")
+    @classmethod
+    def _known_command(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            unknown = set(value) - {"resume", "update", "goto"}
+            if unknown or not value:
+                raise ValueError("command takes one or more of 'resume', 'update', 'goto'")
+        return value
+
+    @model_validator(mode="after")
+    def _input_or_command(self) -> Self:
+        if self.input is None and self.command is None:
+            raise ValueError("give 'input' (an object) or 'command'")
+        return self
+
+    @property
+    def key(self) -> str:
+        """The Kafka message key this request should be produced with."""
+        return self.thread_id or self.request_id
+
+
+class ErrorInfo(BaseModel):
+    """What went wrong, in a sentence a person can act on (never a stack trace)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    type: str
+    """Short error class name, e.g. ``UnknownGraph`` or ``ValueError``."""
+    message: str
+    """What went wrong and what to do about it."""
+
+
+class Event(BaseModel):
+    """One step of a running request, published to ``<prefix>.events`` keyed by request_id."""
+
+    model_config = ConfigDict(frozen=True)
+
+    request_id: str
+    seq: int = Field(ge=0)
+    """0 for ``run_started``, then +1 per event of this request: order and detect gaps."""
+    type: EventType
+    graph: str
+    node: str | None = None
+    """The node that produced the event, where there is one."""
+    data: Any = None
+    """``node``: the node's update; ``message``: a token chunk; ``run_finished``: the status."""
+    ts: float
+    """Unix time in seconds when the event was produced."""
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class Result(BaseModel):
+    """How a request ended, published to ``<prefix>.results`` (and ``reply-to``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    request_id: str
+    graph: str
+    status: Status
+    output: Any = None
+    """The final graph state on ``success``; ``null`` otherwise."""
+    error: ErrorInfo | None = None
+    interrupts: list[Any] = Field(default_factory=list)
+    thread_id: str | None = None
+    attempts: int = Field(default=1, ge=1)
+    duration_ms: float = Field(ge=0)
+    metadata: dict[str, Any] = Field(default_factory=dict)

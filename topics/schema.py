@@ -1,0 +1,20 @@
+"""JSON Schema documents for the contract, generated from the models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from topics.models import CONTRACT_VERSION, Event, Request, Result
+
+SCHEMA_MODELS = {"request": Request, "event": Event, "result": Result}
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """``{"request": schema, "event": schema, "result": schema}``, draft 2020-12."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, model in SCHEMA_MODELS.items():
+        schema = model.model_json_schema(mode="validation")
+        schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+        schema["$id"] = f"urn:graphwire:v{CONTRACT_VERSION}:{name}"
+        out[name] = schema
+    return out
