@@ -44,7 +44,7 @@ def _compile(obj: Any, origin: str) -> Pregel[Any, Any, Any, Any]:
         return obj
     if isinstance(obj, StateGraph):
         return obj.compile()
-    if callable(obj):
+    if callable(obj) and not isinstance(obj, type):
         params = inspect.signature(obj).parameters
         built = obj({}) if params else obj()
         if inspect.isawaitable(built):

@@ -249,6 +249,8 @@ def _describe_error(exc: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``graphwire`` console script."""
     args = build_parser().parse_args(argv)
+    if args.command != "worker":  # one-line errors from us, not aiokafka's connection logs
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         if args.command == "worker" and args.processes > 1:
             return _worker_processes(args)

@@ -65,7 +65,7 @@ def _describe(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors(include_url=False, include_input=False):
         where = ".".join(str(p) for p in err["loc"]) or "request"
-        parts.append(f"{where}: {err['msg']}")
+        parts.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
     return "; ".join(parts)
 
 

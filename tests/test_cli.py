@@ -1,0 +1,133 @@
+"""The graphwire command line, run as a user runs it (subprocesses, real broker)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from tests.kafka_helpers import ROOT, Collector
+from topics.specs import TopicNames
+
+
+def graphwire(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``graphwire ARGS`` and capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "processors", *args],
+        env={**os.environ, **(env or {})},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_graphs_lists_names_and_nodes() -> None:
+    """`graphwire graphs` prints each graph with its nodes in order."""
+    out = graphwire("graphs")
+    assert out.returncode == 0
+    assert out.stdout.splitlines() == [
+        "chat                 agent -> tools",
+        "echo                 echo",
+        "pipeline             normalize -> tokenize -> count",
+        "slow                 wait",
+    ]
+
+
+def test_schema_writes_valid_json_schema_files(tmp_path: Path) -> None:
+    """`graphwire schema --out DIR` writes request/event/result schemas that are valid 2020-12."""
+    out = graphwire("schema", "--out", str(tmp_path))
+    assert out.returncode == 0
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["event.schema.json", "request.schema.json", "result.schema.json"]
+    for file in files:
+        jsonschema.Draft202012Validator.check_schema(json.loads((tmp_path / file).read_text()))
+
+
+def test_unreachable_broker_is_one_readable_line() -> None:
+    """No broker: exit code 3 and one line naming the address and what to check."""
+    out = graphwire("submit", "pipeline", "--input", '{"text": "x"}', "--bootstrap-servers", "127.0.0.1:9")
+    assert out.returncode == 3
+    assert out.stderr.strip().splitlines() == [
+        "graphwire: error: cannot reach Kafka at 127.0.0.1:9: is the broker running and is the "
+        "address right?"
+    ]
+
+
+def test_bad_input_json_and_bad_settings_say_what_to_fix() -> None:
+    """--input that is not JSON and an invalid setting each give one actionable line, exit 1."""
+    out = graphwire("submit", "echo", "--input", "{text}", "--bootstrap-servers", "127.0.0.1:9")
+    assert out.returncode == 1
+    assert "--input is not valid JSON" in out.stderr and "Traceback" not in out.stderr
+    out = graphwire("graphs", env={"GRAPHWIRE_MAX_IN_FLIGHT": "zero"})
+    assert out.returncode == 1
+    assert out.stderr.startswith("graphwire: error: invalid settings or arguments: max_in_flight")
+
+
+@pytest.mark.integration
+def test_topics_ensure_is_idempotent(bootstrap: str, prefix: str) -> None:
+    """First run creates the four topics, the second finds them."""
+    first = graphwire("topics", "ensure", "--partitions", "3", "--bootstrap-servers", bootstrap,
+                      "--topic-prefix", prefix)
+    second = graphwire("topics", "ensure", "--partitions", "3", "--bootstrap-servers", bootstrap,
+                       "--topic-prefix", prefix)
+    assert first.returncode == second.returncode == 0
+    assert [line.split() for line in first.stdout.splitlines()] == [
+        [f"{prefix}.requests", "created", "partitions=3"],
+        [f"{prefix}.events", "created", "partitions=3"],
+        [f"{prefix}.results", "created", "partitions=3"],
+        [f"{prefix}.dlq", "created", "partitions=1"],
+    ]
+    assert [line.split()[1] for line in second.stdout.splitlines()] == ["exists"] * 4
+
+
+@pytest.mark.integration
+async def test_submit_stream_with_two_worker_processes(
+    bootstrap: str, topics: TopicNames, worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    """`worker --processes 2` serves `submit --stream`; SIGTERM stops both children, exit 0."""
+    log = (tmp_path / "workers.log").open("wb")
+    workers = subprocess.Popen(
+        [sys.executable, "-m", "processors", "worker", "--processes", "2"],
+        env={**os.environ, **worker_env}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+    )
+    log.close()
+    try:
+        env = {"GRAPHWIRE_BOOTSTRAP_SERVERS": bootstrap, "GRAPHWIRE_TOPIC_PREFIX": worker_env["GRAPHWIRE_TOPIC_PREFIX"]}
+        ok = await asyncio.to_thread(
+            graphwire, "submit", "pipeline", "--input", '{"text": "Hello World"}', "--stream",
+            "--request-id", "cli-1", env=env)
+        rejected = await asyncio.to_thread(
+            graphwire, "submit", "nope", "--input", "{}", "--wait", "--request-id", "cli-2", env=env)
+        assert ok.returncode == 0, ok.stderr
+        lines = ok.stdout.splitlines()
+        events = [json.loads(line) for line in lines[:5]]
+        assert [(e["seq"], e["type"], e["node"]) for e in events] == [
+            (0, "run_started", None), (1, "node", "normalize"), (2, "node", "tokenize"),
+            (3, "node", "count"), (4, "run_finished", None)]
+        result = json.loads("\n".join(lines[5:]))
+        assert (result["request_id"], result["status"], result["output"]["count"]) == ("cli-1", "success", 2)
+        assert rejected.returncode == 1
+        assert json.loads(rejected.stdout)["status"] == "rejected"
+        # both children joined the group: submit more and see two worker ids
+        async with Collector(bootstrap, topics.events) as out:
+            for i in range(12):
+                await asyncio.to_thread(graphwire, "submit", "echo", "--input", '{"text": "x"}',
+                                        "--request-id", f"many-{i}", env=env)
+            await out.wait_until(lambda: sum(v["type"] == "run_finished" for v in out.values(topics.events)) == 13)
+            ids = {v["data"]["worker"] for v in out.values(topics.events) if v["type"] == "run_started"}
+        assert len(ids) == 2
+        workers.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(workers.wait, 60) == 0
+    finally:
+        if workers.poll() is None:
+            workers.send_signal(signal.SIGTERM)
+            workers.wait(60)

@@ -1,0 +1,158 @@
+"""The registry's sources and the built-in graphs, run without Kafka."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import interrupt
+from typing_extensions import TypedDict
+
+from graphs.execution import RunOutcome, run_graph
+from graphs.registry import GraphLoadError, GraphRegistry, UnknownGraphName
+
+
+async def _run(graph: Any, input: dict[str, Any] | None = None, **kw: Any) -> tuple[RunOutcome, list[tuple[str, Any, Any]]]:
+    events: list[tuple[str, Any, Any]] = []
+
+    async def emit(type_: str, node: str | None, data: Any) -> None:
+        events.append((type_, node, data))
+
+    outcome = await run_graph(
+        graph,
+        input=input,
+        command=kw.pop("command", None),
+        config=kw.pop("config", {}),
+        stream=kw.pop("stream", ["updates"]),
+        timeout_s=kw.pop("timeout_s", None),
+        emit=emit,
+    )
+    return outcome, events
+
+
+def test_builtins_are_registered_with_their_nodes() -> None:
+    """echo, pipeline, slow and chat, with nodes in declaration order."""
+    r = GraphRegistry.from_sources()
+    assert r.names() == ["chat", "echo", "pipeline", "slow"]
+    assert [r.nodes(n) for n in r.names()] == [
+        ["agent", "tools"], ["echo"], ["normalize", "tokenize", "count"], ["wait"]]
+    with pytest.raises(UnknownGraphName):
+        r.get("nope")
+
+
+def test_graphs_from_env_specs_stategraph_and_factory() -> None:
+    """GRAPHWIRE_GRAPHS entries: a StateGraph is compiled, a factory is called."""
+    r = GraphRegistry.from_sources(
+        builtins=False,
+        specs="failing=tests.sample_graphs:failing, upper = tests.sample_graphs:make_upper",
+    )
+    assert r.names() == ["failing", "upper"]
+    assert r.nodes("upper") == ["upper"]
+    assert r.get("upper").invoke({"text": "abc"}) == {"text": "ABC"}
+
+
+def test_langgraph_json_project_is_served_unchanged(tmp_path: Path) -> None:
+    """A LangGraph CLI project: './agent.py:graph' paths relative to langgraph.json."""
+    (tmp_path / "helpers.py").write_text("SUFFIX = '!'\n")
+    (tmp_path / "agent.py").write_text(
+        "from typing import TypedDict\n"
+        "from langgraph.graph import StateGraph, START, END\n"
+        "from helpers import SUFFIX\n"
+        "class S(TypedDict):\n    text: str\n"
+        "def shout(s: S) -> S:\n    return {'text': s['text'] + SUFFIX}\n"
+        "b = StateGraph(S)\nb.add_node('shout', shout)\nb.add_edge(START, 'shout')\n"
+        "b.add_edge('shout', END)\ngraph = b.compile()\n"
+    )
+    (tmp_path / "langgraph.json").write_text(json.dumps(
+        {"dependencies": ["."], "graphs": {"agent": "./agent.py:graph"}}))
+    r = GraphRegistry.from_sources(builtins=False, langgraph_json=tmp_path / "langgraph.json")
+    assert r.names() == ["agent"]
+    assert r.get("agent").invoke({"text": "hi"}) == {"text": "hi!"}
+
+
+@pytest.mark.parametrize(
+    ("specs", "fragment"),
+    [
+        ("justaname", "must look like 'name=package.module:attr'"),
+        ("x=tests.sample_graphs", "must look like 'package.module:attr'"),
+        ("x=no_such_module_zz:graph", "cannot import module 'no_such_module_zz'"),
+        ("x=tests.sample_graphs:missing", "has no attribute 'missing'"),
+        ("x=tests.sample_graphs:State", "not a compiled graph, StateGraph or a factory"),
+    ],
+)
+def test_bad_graph_specs_say_what_to_fix(specs: str, fragment: str) -> None:
+    """Each misconfiguration is a GraphLoadError naming the problem."""
+    with pytest.raises(GraphLoadError, match=fragment):
+        GraphRegistry.from_sources(builtins=False, specs=specs)
+
+
+async def test_pipeline_outcome_and_node_events() -> None:
+    """pipeline: three node events in order and the documented output."""
+    outcome, events = await _run(GraphRegistry.from_sources().get("pipeline"), {"text": "Hello World"})
+    assert outcome.status == "success"
+    assert outcome.output == {"text": "hello world", "tokens": ["hello", "world"], "count": 2}
+    assert events == [
+        ("node", "normalize", {"text": "hello world"}),
+        ("node", "tokenize", {"tokens": ["hello", "world"]}),
+        ("node", "count", {"count": 2}),
+    ]
+
+
+async def test_values_mode_and_no_updates() -> None:
+    """stream=["values"] emits each state and no node events."""
+    _, events = await _run(GraphRegistry.from_sources().get("echo"), {"text": "a"}, stream=["values"])
+    assert events == [("values", None, {"text": "a"}), ("values", None, {"text": "a"})]
+
+
+async def test_chat_streams_tokens_tool_progress_and_answer() -> None:
+    """chat with messages+custom: a tool call, the tool's custom event, then streamed tokens."""
+    outcome, events = await _run(
+        GraphRegistry.from_sources().get("chat"),
+        {"messages": [{"role": "user", "content": "What is 19 + 23?"}]},
+        stream=["custom", "messages"],
+    )
+    assert outcome.status == "success"
+    assert outcome.output["messages"][-1].content == "The answer is 42."
+    assert ("custom", None, {"tool": "add", "a": 19, "b": 23}) in events
+    tokens = [d["content"] for t, n, d in events if t == "message" and n == "agent" and d["content"]]
+    assert tokens == ["The ", "answer ", "is ", "42."]
+    calls = [d["tool_call_chunks"][0] for t, _, d in events if t == "message" and "tool_call_chunks" in d]
+    assert [(c["name"], json.loads(c["args"])) for c in calls] == [("add", {"a": 19, "b": 23})]
+
+
+async def test_timeout_and_error_outcomes() -> None:
+    """timeout_s gives status timeout; a raising node gives error with its type and message."""
+    r = GraphRegistry.from_sources(specs="failing=tests.sample_graphs:failing")
+    outcome, _ = await _run(r.get("slow"), {"seconds": 5}, timeout_s=0.05)
+    assert (outcome.status, outcome.error and outcome.error[0]) == ("timeout", "Timeout")
+    outcome, _ = await _run(r.get("failing"), {"text": "xyz"})
+    assert (outcome.status, outcome.error) == (
+        "error", ("ValueError", "cannot handle 'xyz': send a shorter text"))
+
+
+async def test_interrupt_then_resume_with_a_command() -> None:
+    """interrupt() ends the run as interrupted with its value; a resume command finishes it."""
+
+    class S(TypedDict, total=False):
+        answer: str
+
+    def ask(state: S) -> S:
+        return {"answer": interrupt({"question": "approve?"})}
+
+    b = StateGraph(S)
+    b.add_node("ask", ask)
+    b.add_edge(START, "ask")
+    b.add_edge("ask", END)
+    graph = b.compile(checkpointer=InMemorySaver())
+    config = {"configurable": {"thread_id": "t1"}}
+    outcome, events = await _run(graph, {}, config=config)
+    assert outcome.status == "interrupted"
+    assert [i["value"] for i in outcome.interrupts] == [{"question": "approve?"}]
+    assert [e[0] for e in events] == ["interrupt"]
+    outcome, events = await _run(graph, None, command={"resume": "yes"}, config=config)
+    assert (outcome.status, outcome.output) == ("success", {"answer": "yes"})
+    assert events == [("node", "ask", {"answer": "yes"})]

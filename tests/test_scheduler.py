@@ -1,0 +1,63 @@
+"""KeyScheduler: sequential per key, concurrent across keys, revocable."""
+
+import asyncio
+
+from processors.scheduler import KeyScheduler
+
+
+async def test_items_of_one_key_run_in_order_and_keys_run_concurrently() -> None:
+    """Key a's items never overlap and keep order; key b runs while a is running."""
+    log: list[str] = []
+    gate = asyncio.Event()
+
+    async def handler(item: str) -> None:
+        log.append(f"start {item}")
+        if item == "a1":
+            await gate.wait()
+        log.append(f"end {item}")
+
+    s: KeyScheduler[str] = KeyScheduler(handler)
+    s.submit("p", "a", "a1")
+    s.submit("p", "a", "a2")
+    s.submit("p", "b", "b1")
+    await asyncio.sleep(0.01)
+    assert log == ["start a1", "start b1", "end b1"]
+    gate.set()
+    await s.drain(None, timeout=1)
+    assert log == ["start a1", "start b1", "end b1", "end a1", "start a2", "end a2"]
+
+
+async def test_drop_queued_and_drain_cancel_what_did_not_finish() -> None:
+    """Revoking a group drops its queued items and cancels running ones after the grace."""
+    started: list[str] = []
+
+    async def handler(item: str) -> None:
+        started.append(item)
+        await asyncio.sleep(10)
+
+    s: KeyScheduler[str] = KeyScheduler(handler)
+    for item in ("x1", "x2", "x3"):
+        s.submit("p0", "x", item)
+    s.submit("p1", "y", "y1")
+    await asyncio.sleep(0.01)
+    assert s.drop_queued("p0") == 2
+    assert await s.drain("p0", timeout=0.05) == 1
+    assert started == ["x1", "y1"]
+    assert len(s.running("p1")) == 1
+    assert await s.drain(None, timeout=0.01) == 1
+
+
+async def test_a_raising_handler_does_not_stop_its_key() -> None:
+    """If the handler raises (a bug), the next item of the same key still runs."""
+    seen: list[int] = []
+
+    async def handler(item: int) -> None:
+        seen.append(item)
+        if item == 1:
+            raise RuntimeError("bug")
+
+    s: KeyScheduler[int] = KeyScheduler(handler)
+    s.submit("p", "k", 1)
+    s.submit("p", "k", 2)
+    await s.drain(None, timeout=1)
+    assert seen == [1, 2]
