@@ -174,6 +174,14 @@ def _broker(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _dev(args: argparse.Namespace) -> int:
+    from processors.dev import run_dev
+    from processors.logs import setup_logging
+
+    setup_logging("WARNING", "text")
+    return await run_dev(args.port, args.demo, args.exit_after_demo)
+
+
 # -- parser ------------------------------------------------------------------------------
 
 
@@ -230,6 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("schema", help="print (or write) the JSON Schema of the message contract")
     p.add_argument("--out", help="directory to write request/event/result .schema.json files")
     p.set_defaults(func=_schema, is_async=False)
+
+    p = sub.add_parser("dev", help="run the development broker and a worker in one process")
+    p.add_argument("--port", type=int, help="broker port (default: a free one)")
+    p.add_argument("--demo", action="store_true", help="submit sample requests and print them")
+    p.add_argument("--exit-after-demo", action="store_true", help="stop after the demo (for scripts)")
+    p.set_defaults(func=_dev, is_async=True)
 
     p = sub.add_parser("broker", help="run the bundled development broker (memory storage)")
     p.add_argument("--port", type=int, default=9092)

@@ -1,0 +1,39 @@
+# graphwire: `make help` lists the targets.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: help install test lint bench run dev services clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP) ## create .venv and install graphwire with its dev dependencies
+
+services: ## check PostgreSQL and Redis answer; start them if they do not
+	@bash scripts/services.sh
+
+test: install services ## run the whole test suite (unit + integration on the bundled broker)
+	$(PY) -m pytest
+
+lint: install ## ruff and mypy
+	$(VENV)/bin/ruff check topics graphs processors tests bench
+	$(VENV)/bin/mypy topics graphs processors
+
+bench: install ## benchmarks against their baselines, measured in the same run
+	$(PY) bench/bench_runner.py
+
+run: install ## bundled broker + a worker + sample requests, then keep serving (Ctrl-C stops)
+	$(VENV)/bin/graphwire dev --demo
+
+dev: run ## same as run
+
+clean: ## remove the virtualenv and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
