@@ -7,16 +7,29 @@ child that dies is restarted (Kafka rebalances its partitions meanwhile).
 
 from __future__ import annotations
 
+import ctypes
 import signal
 import subprocess
 import sys
 import time
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM (a graceful drain) if the supervisor itself dies."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _spawn(command: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(command, preexec_fn=_die_with_parent)  # noqa: PLW1509 - no threads yet
+
 
 def run_processes(count: int, argv: list[str]) -> int:
     """Run ``count`` children of ``graphwire <argv>`` until SIGTERM/SIGINT; returns exit code."""
     command = [sys.executable, "-m", "processors", *argv]
-    children = [subprocess.Popen(command) for _ in range(count)]
+    children = [_spawn(command) for _ in range(count)]
     stopping = False
 
     def forward(signum: int, _frame: object) -> None:
@@ -33,7 +46,7 @@ def run_processes(count: int, argv: list[str]) -> int:
             if child.poll() is not None and not stopping:
                 print(f"graphwire: worker process {child.pid} exited with {child.returncode}; "
                       "restarting it", file=sys.stderr)
-                children[i] = subprocess.Popen(command)
+                children[i] = _spawn(command)
         time.sleep(0.5)
     codes = [child.wait() for child in children]
     return max(codes, default=0)
