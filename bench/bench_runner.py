@@ -47,11 +47,15 @@ async def bare_pipeline(n: int) -> float:
     """Runs/s of pipeline via graph.astream in a loop (same stream modes as the runner)."""
     graph = GraphRegistry.from_sources().get("pipeline")
     for _ in range(200):  # warm-up
-        async for _chunk in graph.astream({"text": "Hello World"}, stream_mode=["updates", "values"]):
+        async for _chunk in graph.astream(
+            {"text": "Hello World"}, stream_mode=["updates", "values"]
+        ):
             pass
     started = time.perf_counter()
     for _ in range(n):
-        async for _chunk in graph.astream({"text": "Hello World"}, stream_mode=["updates", "values"]):
+        async for _chunk in graph.astream(
+            {"text": "Hello World"}, stream_mode=["updates", "values"]
+        ):
             pass
     return n / (time.perf_counter() - started)
 
@@ -61,7 +65,9 @@ async def bare_pipeline_concurrent(n: int, concurrency: int) -> float:
     graph = GraphRegistry.from_sources().get("pipeline")
 
     async def one() -> None:
-        async for _chunk in graph.astream({"text": "Hello World"}, stream_mode=["updates", "values"]):
+        async for _chunk in graph.astream(
+            {"text": "Hello World"}, stream_mode=["updates", "values"]
+        ):
             pass
 
     started = time.perf_counter()
@@ -87,7 +93,9 @@ async def bare_slow(n: int, concurrency: int) -> float:
 # -- the runner --------------------------------------------------------------------------
 
 
-def start_workers(bootstrap: str, prefix: str, processes: int, max_in_flight: int) -> subprocess.Popen[bytes]:
+def start_workers(
+    bootstrap: str, prefix: str, processes: int, max_in_flight: int
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "GRAPHWIRE_BOOTSTRAP_SERVERS": bootstrap,
@@ -100,7 +108,10 @@ def start_workers(bootstrap: str, prefix: str, processes: int, max_in_flight: in
     }
     return subprocess.Popen(
         [sys.executable, "-m", "processors", "worker", "--processes", str(processes)],
-        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
 
@@ -109,7 +120,8 @@ async def produce_requests(bootstrap: str, topic: str, bodies: list[dict[str, An
     await producer.start()
     try:
         futures = [
-            await producer.send(topic, orjson.dumps(b), key=b["request_id"].encode()) for b in bodies
+            await producer.send(topic, orjson.dumps(b), key=b["request_id"].encode())
+            for b in bodies
         ]
         await asyncio.gather(*futures)
     finally:
@@ -118,7 +130,9 @@ async def produce_requests(bootstrap: str, topic: str, bodies: list[dict[str, An
 
 async def consume_until(bootstrap: str, topic: str, done: int, timeout: float) -> list[Any]:
     """Read ``topic`` from the beginning until ``done`` run_finished events (or results)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50
+    )
     await consumer.start()
     try:
         await consumer.topics()
@@ -142,13 +156,16 @@ async def consume_until(bootstrap: str, topic: str, done: int, timeout: float) -
         await consumer.stop()
 
 
-async def runner_rate(bootstrap: str, graph: str, body: dict[str, Any], n: int, processes: int, max_in_flight: int) -> float:
+async def runner_rate(
+    bootstrap: str, graph: str, body: dict[str, Any], n: int, processes: int, max_in_flight: int
+) -> float:
     """Runs/s of the runner draining ``n`` pre-produced requests."""
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     names = TopicNames(prefix)
     await ensure_topics(bootstrap, names.specs(PARTITIONS))
     await produce_requests(
-        bootstrap, names.requests,
+        bootstrap,
+        names.requests,
         [{"request_id": f"{graph}-{i}", "graph": graph, "input": body} for i in range(n)],
     )
     workers = start_workers(bootstrap, prefix, processes, max_in_flight)
@@ -168,7 +185,9 @@ async def latency(bootstrap: str, rate: float, seconds: float) -> tuple[float, f
     names = TopicNames(prefix)
     await ensure_topics(bootstrap, names.specs(PARTITIONS))
     workers = start_workers(bootstrap, prefix, 1, 64)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=5)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=5
+    )
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
     await consumer.start()
     await producer.start()
@@ -191,8 +210,13 @@ async def latency(bootstrap: str, rate: float, seconds: float) -> tuple[float, f
         # warm up until the worker has joined and answers
         warm = "warm-0"
         sent[warm] = time.perf_counter()
-        await producer.send_and_wait(names.requests, orjson.dumps(
-            {"request_id": warm, "graph": "pipeline", "input": {"text": "Hello World"}}), key=warm.encode())
+        await producer.send_and_wait(
+            names.requests,
+            orjson.dumps(
+                {"request_id": warm, "graph": "pipeline", "input": {"text": "Hello World"}}
+            ),
+            key=warm.encode(),
+        )
         while warm not in got:
             await asyncio.sleep(0.05)
         total = int(rate * seconds)
@@ -205,8 +229,13 @@ async def latency(bootstrap: str, rate: float, seconds: float) -> tuple[float, f
                 await asyncio.sleep(delay)
             rid = f"lat-{i}"
             sent[rid] = time.perf_counter()
-            await producer.send(names.requests, orjson.dumps(
-                {"request_id": rid, "graph": "pipeline", "input": {"text": "Hello World"}}), key=rid.encode())
+            await producer.send(
+                names.requests,
+                orjson.dumps(
+                    {"request_id": rid, "graph": "pipeline", "input": {"text": "Hello World"}}
+                ),
+                key=rid.encode(),
+            )
         deadline = time.monotonic() + 60
         while len(got) < total + 1 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -223,7 +252,11 @@ async def latency(bootstrap: str, rate: float, seconds: float) -> tuple[float, f
 
 
 def line(name: str, value: float, unit: str, baseline: float, goal: str) -> None:
-    print(f"{name:<52} {value:>9.1f} {unit:<7} baseline {baseline:>9.1f}  ratio {value / baseline:5.2f}x  (goal {goal})", flush=True)
+    print(
+        f"{name:<52} {value:>9.1f} {unit:<7} baseline {baseline:>9.1f}  "
+        f"ratio {value / baseline:5.2f}x  (goal {goal})",
+        flush=True,
+    )
 
 
 async def main() -> None:
@@ -233,8 +266,11 @@ async def main() -> None:
     n = 1500 if args.quick else 5000
     slow_n = 1000 if args.quick else 3000
 
-    print(f"graphwire runner benchmark: {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
-          f"test broker Tansu (memory), {PARTITIONS} partitions\n", flush=True)
+    print(
+        f"graphwire runner benchmark: {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
+        f"test broker Tansu (memory), {PARTITIONS} partitions\n",
+        flush=True,
+    )
     with DevBroker() as broker:
         bs = broker.bootstrap_servers
         base = await bare_pipeline(n)
@@ -245,11 +281,16 @@ async def main() -> None:
 
         base_slow = await bare_slow(slow_n, 500)
         slow = await runner_rate(bs, "slow", {"seconds": 0.2}, slow_n, 1, 500)
-        line("slow 0.2s, 500 in flight: runner vs gather(500)", slow, "runs/s", base_slow, ">= 0.9x")
+        line(
+            "slow 0.2s, 500 in flight: runner vs gather(500)", slow, "runs/s", base_slow, ">= 0.9x"
+        )
 
         p50, p99, count = await latency(bs, peak / 2, 5 if args.quick else 10)
-        print(f"{'pipeline end-to-end latency at half peak':<52} p50 {p50:6.1f} ms  p99 {p99:6.1f} ms"
-              f"  over {count} requests at {peak / 2:.0f}/s  (goal p99 < 50 ms)", flush=True)
+        print(
+            f"{'pipeline end-to-end latency at half peak':<52} p50 {p50:6.1f} ms  p99 {p99:6.1f} ms"
+            f"  over {count} requests at {peak / 2:.0f}/s  (goal p99 < 50 ms)",
+            flush=True,
+        )
 
         two = await runner_rate(bs, "pipeline", {"text": "Hello World"}, n, 2, 64)
         line("pipeline runs/s: --processes 2 vs 1", two, "runs/s", peak, ">= 1.7x")

@@ -89,7 +89,9 @@ async def run_graph(
     interrupts: list[dict[str, Any]] = []
     try:
         async with asyncio.timeout(timeout_s):
-            async for mode, chunk in graph.astream(payload, config, stream_mode=modes):
+            stream_modes: Any = modes  # Pregel's overloads want a literal list
+            chunks = graph.astream(payload, config, stream_mode=stream_modes)  # type: ignore[call-overload]  # config is a plain dict of RunnableConfig keys
+            async for mode, chunk in chunks:
                 if mode == "updates":
                     for node, update in chunk.items():
                         if node == "__interrupt__":

@@ -48,8 +48,10 @@ def _compile(obj: Any, origin: str) -> Pregel[Any, Any, Any, Any]:
         params = inspect.signature(obj).parameters
         built = obj({}) if params else obj()
         if inspect.isawaitable(built):
-            raise GraphLoadError(f"{origin}: async graph factories are not supported; return "
-                                 "the graph from a plain function")
+            raise GraphLoadError(
+                f"{origin}: async graph factories are not supported; return "
+                "the graph from a plain function"
+            )
         if isinstance(built, Pregel | StateGraph):
             return _compile(built, origin)
     raise GraphLoadError(

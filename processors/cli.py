@@ -31,8 +31,15 @@ def _settings(args: argparse.Namespace) -> Any:
     overrides = {
         field: value
         for field in (
-            "bootstrap_servers", "topic_prefix", "group_id", "max_in_flight", "graphs",
-            "langgraph_json", "partitions", "replication_factor", "log_level",
+            "bootstrap_servers",
+            "topic_prefix",
+            "group_id",
+            "max_in_flight",
+            "graphs",
+            "langgraph_json",
+            "partitions",
+            "replication_factor",
+            "log_level",
         )
         if (value := getattr(args, field, None)) is not None
     }
@@ -113,7 +120,9 @@ async def _submit(args: argparse.Namespace) -> int:
     try:
         payload = json.loads(args.input)
     except json.JSONDecodeError as exc:
-        raise GraphwireError(f"--input is not valid JSON ({exc}); pass an object like '{{\"text\": \"hi\"}}'") from None
+        raise GraphwireError(
+            f'--input is not valid JSON ({exc}); pass an object like \'{{"text": "hi"}}\''
+        ) from None
     stream = args.stream_modes.split(",") if args.stream_modes else ["updates"]
     async with GraphwireClient(
         settings.bootstrap_servers, topic_prefix=settings.topic_prefix, **settings.kafka_security()
@@ -165,8 +174,10 @@ def _broker(args: argparse.Namespace) -> int:
 
     broker = DevBroker(args.port)
     broker.start()
-    print(f"development broker (memory storage) on {broker.bootstrap_servers}; Ctrl-C stops it",
-          flush=True)
+    print(
+        f"development broker (memory storage) on {broker.bootstrap_servers}; Ctrl-C stops it",
+        flush=True,
+    )
     try:
         signal.sigwait({signal.SIGINT, signal.SIGTERM})
     finally:
@@ -192,7 +203,9 @@ def _kafka_flags(p: argparse.ArgumentParser) -> None:
 
 def _graph_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--graphs", help="extra graphs: name=package.module:attr,... (GRAPHWIRE_GRAPHS)")
-    p.add_argument("--config", dest="langgraph_json", help="a LangGraph CLI langgraph.json to serve")
+    p.add_argument(
+        "--config", dest="langgraph_json", help="a LangGraph CLI langgraph.json to serve"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -205,8 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
     _kafka_flags(p)
     _graph_flags(p)
     p.add_argument("--group-id", help="consumer group (GRAPHWIRE_GROUP_ID)")
-    p.add_argument("--max-in-flight", type=int, help="messages held at once (GRAPHWIRE_MAX_IN_FLIGHT)")
-    p.add_argument("--processes", type=int, default=1, help="worker processes in the group (one core each)")
+    p.add_argument(
+        "--max-in-flight", type=int, help="messages held at once (GRAPHWIRE_MAX_IN_FLIGHT)"
+    )
+    p.add_argument(
+        "--processes", type=int, default=1, help="worker processes in the group (one core each)"
+    )
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=_worker, is_async=True)
 
@@ -215,7 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     e = tsub.add_parser("ensure", help="create missing topics (idempotent)")
     _kafka_flags(e)
     e.add_argument("--partitions", type=int, help="partitions of requests/events/results")
-    e.add_argument("--replication-factor", type=int, help="replicas per partition (3 in production)")
+    e.add_argument(
+        "--replication-factor", type=int, help="replicas per partition (3 in production)"
+    )
     e.set_defaults(func=_topics_ensure, is_async=True)
 
     p = sub.add_parser("submit", help="submit one request; --wait/--stream print its outcome")
@@ -226,9 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--request-id", help="idempotency key (default: a new uuid)")
     p.add_argument("--timeout-s", type=float, help="give up the run after this many seconds")
     p.add_argument("--wait", action="store_true", help="wait for the result and print it")
-    p.add_argument("--stream", action="store_true", help="print events as they arrive, then the result")
+    p.add_argument(
+        "--stream", action="store_true", help="print events as they arrive, then the result"
+    )
     p.add_argument("--stream-modes", help="comma-separated: updates,custom,messages,values")
-    p.add_argument("--wait-timeout", type=float, default=60.0, help="seconds to wait for the result")
+    p.add_argument(
+        "--wait-timeout", type=float, default=60.0, help="seconds to wait for the result"
+    )
     p.set_defaults(func=_submit, is_async=True)
 
     p = sub.add_parser("graphs", help="list registered graphs and their nodes")
@@ -242,7 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dev", help="run the development broker and a worker in one process")
     p.add_argument("--port", type=int, help="broker port (default: a free one)")
     p.add_argument("--demo", action="store_true", help="submit sample requests and print them")
-    p.add_argument("--exit-after-demo", action="store_true", help="stop after the demo (for scripts)")
+    p.add_argument(
+        "--exit-after-demo", action="store_true", help="stop after the demo (for scripts)"
+    )
     p.set_defaults(func=_dev, is_async=True)
 
     p = sub.add_parser("broker", help="run the bundled development broker (memory storage)")
@@ -290,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"graphwire: error: {_describe_error(exc)}", file=sys.stderr)
         code = EXIT_UNAVAILABLE if getattr(exc, "retriable", False) else EXIT_FAILED
         return code
-    except Exception as exc:  # noqa: BLE001 - last resort: one line, not a traceback
+    except Exception as exc:
         if args.debug:
             raise
         from graphs.registry import GraphLoadError
@@ -298,8 +323,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(exc, GraphLoadError):
             print(f"graphwire: error: {exc}", file=sys.stderr)
             return EXIT_FAILED
-        print(f"graphwire: error: {type(exc).__name__}: {exc} (rerun with --debug for details)",
-              file=sys.stderr)
+        print(
+            f"graphwire: error: {type(exc).__name__}: {exc} (rerun with --debug for details)",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
 
 

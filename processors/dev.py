@@ -22,7 +22,11 @@ from topics.client import GraphwireClient
 DEMO_REQUESTS: list[tuple[str, dict[str, Any], list[str]]] = [
     ("pipeline", {"text": "Hello World"}, ["updates"]),
     ("echo", {"text": "graphwire"}, ["updates"]),
-    ("chat", {"messages": [{"role": "user", "content": "What is 19 + 23?"}]}, ["updates", "custom"]),
+    (
+        "chat",
+        {"messages": [{"role": "user", "content": "What is 19 + 23?"}]},
+        ["updates", "custom"],
+    ),
 ]
 
 
@@ -63,7 +67,7 @@ async def run_dev(port: int | None, demo: bool, exit_after_demo: bool) -> int:
                 f"{', '.join(runner.registry.names())}.\n"
                 f"  Submit from another terminal:\n"
                 f"  GRAPHWIRE_BOOTSTRAP_SERVERS={broker.bootstrap_servers} graphwire submit "
-                "pipeline --input '{\"text\": \"Hello World\"}' --stream",
+                'pipeline --input \'{"text": "Hello World"}\' --stream',
                 flush=True,
             )
             ok = True

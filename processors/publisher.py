@@ -40,7 +40,9 @@ class Outbox:
         self._stopping = stopping
         self._sent: list[tuple[str, bytes | None, bytes | None, Headers, asyncio.Future[Any]]] = []
 
-    async def send(self, topic: str, value: bytes | None, key: bytes | None, headers: Headers) -> None:
+    async def send(
+        self, topic: str, value: bytes | None, key: bytes | None, headers: Headers
+    ) -> None:
         """Hand one message to the producer (returns before the broker acknowledges it)."""
         future = await self._send_with_retry(topic, value, key, headers)
         self._sent.append((topic, value, key, headers, future))
@@ -76,7 +78,9 @@ class Outbox:
         delay = 0.1
         while self._sent:
             outcomes = await asyncio.gather(*(s[4] for s in self._sent), return_exceptions=True)
-            failed = [s for s, o in zip(self._sent, outcomes, strict=True) if isinstance(o, BaseException)]
+            failed = [
+                s for s, o in zip(self._sent, outcomes, strict=True) if isinstance(o, BaseException)
+            ]
             self._sent = []
             if not failed:
                 return

@@ -18,7 +18,7 @@ import logging
 import re
 import time
 from collections.abc import Hashable
-from typing import Any, Self
+from typing import Any, Self, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
@@ -48,7 +48,7 @@ from topics.models import Request
 log = logging.getLogger(__name__)
 
 _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
-Record = ConsumerRecord[bytes, bytes]
+Record: TypeAlias = ConsumerRecord[bytes, bytes]
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -133,7 +133,10 @@ class GraphRunner:
         self._commit_task = asyncio.create_task(self._commit_loop(), name="graphwire-commit")
         log.info(
             "runner %s consuming %s as group %s (max_in_flight=%d)",
-            s.worker_id, self._topics.requests, s.group_id, s.max_in_flight,
+            s.worker_id,
+            self._topics.requests,
+            s.group_id,
+            s.max_in_flight,
         )
 
     async def stop(self) -> None:
@@ -156,7 +159,9 @@ class GraphRunner:
                 await asyncio.gather(self._commit_task, return_exceptions=True)
             await self._commit()
             log.info(
-                "runner stopped: %d queued left for redelivery, %d runs cancelled", dropped, cancelled
+                "runner stopped: %d queued left for redelivery, %d runs cancelled",
+                dropped,
+                cancelled,
             )
         finally:
             await self._close_clients()
@@ -286,7 +291,9 @@ class GraphRunner:
         self._slot_freed.set()
         log.info(
             "revoked %d partitions: %d queued and %d cancelled runs go to the new owner",
-            len(mine), dropped, cancelled,
+            len(mine),
+            dropped,
+            cancelled,
         )
 
     # -- one message -----------------------------------------------------------------------
@@ -327,15 +334,23 @@ class GraphRunner:
         except InvalidRequest as exc:
             assert exc.request_id is not None
             reason = "too_large" if type(exc).__name__ == "RequestTooLarge" else "invalid"
-            await self._reject(record, exc.request_id, peek_graph(record.value), exc, reason, started)
+            await self._reject(
+                record, exc.request_id, peek_graph(record.value), exc, reason, started
+            )
             return
         try:
             graph = self.registry.get(request.graph)
         except UnknownGraphName:
             error = UnknownGraph(request.graph, self.registry.names())
             await self._reject(
-                record, request.request_id, request.graph, error, "unknown_graph", started,
-                metadata=request.metadata, thread_id=request.thread_id,
+                record,
+                request.request_id,
+                request.graph,
+                error,
+                "unknown_graph",
+                started,
+                metadata=request.metadata,
+                thread_id=request.thread_id,
             )
             return
         await self._run(record, request, graph, started)
@@ -381,7 +396,9 @@ class GraphRunner:
         finally:
             self.metrics.active.dec()
         duration_ms = (time.perf_counter() - started) * 1000
-        await emit("run_finished", None, {"status": outcome.status, "duration_ms": round(duration_ms, 3)})
+        await emit(
+            "run_finished", None, {"status": outcome.status, "duration_ms": round(duration_ms, 3)}
+        )
         result = result_dict(
             rid,
             request.graph,
@@ -440,7 +457,9 @@ class GraphRunner:
         await self._send_dead_letter(outbox, record, reason)
         await outbox.confirm()
         self.metrics.dead_letters.labels(label).inc()
-        log.warning("dead-lettered %s/%d/%d: %s", record.topic, record.partition, record.offset, reason)
+        log.warning(
+            "dead-lettered %s/%d/%d: %s", record.topic, record.partition, record.offset, reason
+        )
 
     async def _reject(
         self,
@@ -475,7 +494,7 @@ class GraphRunner:
 def _header(record: Record, name: str) -> bytes | None:
     for key, value in record.headers:
         if key == name:
-            return value
+            return bytes(value)
     return None
 
 

@@ -9,12 +9,11 @@ from __future__ import annotations
 import os
 import socket
 import ssl
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from aiokafka.helpers import create_ssl_context
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from typing_extensions import Self
 
 from topics.specs import TopicNames
 

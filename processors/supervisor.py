@@ -23,7 +23,7 @@ def _die_with_parent() -> None:
 
 
 def _spawn(command: list[str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(command, preexec_fn=_die_with_parent)  # noqa: PLW1509 - no threads yet
+    return subprocess.Popen(command, preexec_fn=_die_with_parent)
 
 
 def run_processes(count: int, argv: list[str]) -> int:
@@ -44,8 +44,11 @@ def run_processes(count: int, argv: list[str]) -> int:
     while not stopping:
         for i, child in enumerate(children):
             if child.poll() is not None and not stopping:
-                print(f"graphwire: worker process {child.pid} exited with {child.returncode}; "
-                      "restarting it", file=sys.stderr)
+                print(
+                    f"graphwire: worker process {child.pid} exited with {child.returncode}; "
+                    "restarting it",
+                    file=sys.stderr,
+                )
                 children[i] = _spawn(command)
         time.sleep(0.5)
     codes = [child.wait() for child in children]

@@ -21,7 +21,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def request(request_id: str, graph: str = "pipeline", **fields: Any) -> dict[str, Any]:
     """A request body with defaults filled in."""
-    body: dict[str, Any] = {"request_id": request_id, "graph": graph, "input": {"text": "Hello World"}}
+    body: dict[str, Any] = {
+        "request_id": request_id,
+        "graph": graph,
+        "input": {"text": "Hello World"},
+    }
     body.update(fields)
     return body
 
@@ -29,7 +33,10 @@ def request(request_id: str, graph: str = "pipeline", **fields: Any) -> dict[str
 async def produce(
     bootstrap: str,
     topic: str,
-    messages: Iterable[tuple[bytes | None, bytes | None] | tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]],
+    messages: Iterable[
+        tuple[bytes | None, bytes | None]
+        | tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]
+    ],
     **producer_kwargs: Any,
 ) -> None:
     """Produce ``(key, value[, headers])`` messages and wait for all acknowledgements."""
@@ -161,9 +168,13 @@ class WorkerProcess:
             self.process.wait()
 
 
-async def committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int | None]:
+async def committed(
+    bootstrap: str, group: str, topic: str, partitions: int
+) -> dict[int, int | None]:
     """The group's committed offset per partition of ``topic``."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
     await consumer.start()
     try:
         return {p: await consumer.committed(TopicPartition(topic, p)) for p in range(partitions)}

@@ -17,7 +17,9 @@ from tests.kafka_helpers import ROOT, Collector
 from topics.specs import TopicNames
 
 
-def graphwire(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def graphwire(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     """Run ``graphwire ARGS`` and capture its output."""
     return subprocess.run(
         [sys.executable, "-m", "processors", *args],
@@ -54,7 +56,9 @@ def test_schema_writes_valid_json_schema_files(tmp_path: Path) -> None:
 
 def test_unreachable_broker_is_one_readable_line() -> None:
     """No broker: exit code 3 and one line naming the address and what to check."""
-    out = graphwire("submit", "pipeline", "--input", '{"text": "x"}', "--bootstrap-servers", "127.0.0.1:9")
+    out = graphwire(
+        "submit", "pipeline", "--input", '{"text": "x"}', "--bootstrap-servers", "127.0.0.1:9"
+    )
     assert out.returncode == 3
     assert out.stderr.strip().splitlines() == [
         "graphwire: error: cannot reach Kafka at 127.0.0.1:9: is the broker running and is the "
@@ -75,10 +79,26 @@ def test_bad_input_json_and_bad_settings_say_what_to_fix() -> None:
 @pytest.mark.integration
 def test_topics_ensure_is_idempotent(bootstrap: str, prefix: str) -> None:
     """First run creates the four topics, the second finds them."""
-    first = graphwire("topics", "ensure", "--partitions", "3", "--bootstrap-servers", bootstrap,
-                      "--topic-prefix", prefix)
-    second = graphwire("topics", "ensure", "--partitions", "3", "--bootstrap-servers", bootstrap,
-                       "--topic-prefix", prefix)
+    first = graphwire(
+        "topics",
+        "ensure",
+        "--partitions",
+        "3",
+        "--bootstrap-servers",
+        bootstrap,
+        "--topic-prefix",
+        prefix,
+    )
+    second = graphwire(
+        "topics",
+        "ensure",
+        "--partitions",
+        "3",
+        "--bootstrap-servers",
+        bootstrap,
+        "--topic-prefix",
+        prefix,
+    )
     assert first.returncode == second.returncode == 0
     assert [line.split() for line in first.stdout.splitlines()] == [
         [f"{prefix}.requests", "created", "partitions=3"],
@@ -95,35 +115,70 @@ async def test_submit_stream_with_two_worker_processes(
 ) -> None:
     """`worker --processes 2` serves `submit --stream`; SIGTERM stops both children, exit 0."""
     log = (tmp_path / "workers.log").open("wb")
-    workers = subprocess.Popen(
+    workers = subprocess.Popen(  # noqa: ASYNC220 - started once, waited on in a thread
         [sys.executable, "-m", "processors", "worker", "--processes", "2"],
-        env={**os.environ, **worker_env}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, **worker_env},
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     log.close()
     try:
-        env = {"GRAPHWIRE_BOOTSTRAP_SERVERS": bootstrap, "GRAPHWIRE_TOPIC_PREFIX": worker_env["GRAPHWIRE_TOPIC_PREFIX"]}
+        env = {
+            "GRAPHWIRE_BOOTSTRAP_SERVERS": bootstrap,
+            "GRAPHWIRE_TOPIC_PREFIX": worker_env["GRAPHWIRE_TOPIC_PREFIX"],
+        }
         ok = await asyncio.to_thread(
-            graphwire, "submit", "pipeline", "--input", '{"text": "Hello World"}', "--stream",
-            "--request-id", "cli-1", env=env)
+            graphwire,
+            "submit",
+            "pipeline",
+            "--input",
+            '{"text": "Hello World"}',
+            "--stream",
+            "--request-id",
+            "cli-1",
+            env=env,
+        )
         rejected = await asyncio.to_thread(
-            graphwire, "submit", "nope", "--input", "{}", "--wait", "--request-id", "cli-2", env=env)
+            graphwire, "submit", "nope", "--input", "{}", "--wait", "--request-id", "cli-2", env=env
+        )
         assert ok.returncode == 0, ok.stderr
         lines = ok.stdout.splitlines()
         events = [json.loads(line) for line in lines[:5]]
         assert [(e["seq"], e["type"], e["node"]) for e in events] == [
-            (0, "run_started", None), (1, "node", "normalize"), (2, "node", "tokenize"),
-            (3, "node", "count"), (4, "run_finished", None)]
+            (0, "run_started", None),
+            (1, "node", "normalize"),
+            (2, "node", "tokenize"),
+            (3, "node", "count"),
+            (4, "run_finished", None),
+        ]
         result = json.loads("\n".join(lines[5:]))
-        assert (result["request_id"], result["status"], result["output"]["count"]) == ("cli-1", "success", 2)
+        assert (result["request_id"], result["status"], result["output"]["count"]) == (
+            "cli-1",
+            "success",
+            2,
+        )
         assert rejected.returncode == 1
         assert json.loads(rejected.stdout)["status"] == "rejected"
         # both children joined the group: submit more and see two worker ids
         async with Collector(bootstrap, topics.events) as out:
             for i in range(12):
-                await asyncio.to_thread(graphwire, "submit", "echo", "--input", '{"text": "x"}',
-                                        "--request-id", f"many-{i}", env=env)
-            await out.wait_until(lambda: sum(v["type"] == "run_finished" for v in out.values(topics.events)) == 13)
-            ids = {v["data"]["worker"] for v in out.values(topics.events) if v["type"] == "run_started"}
+                await asyncio.to_thread(
+                    graphwire,
+                    "submit",
+                    "echo",
+                    "--input",
+                    '{"text": "x"}',
+                    "--request-id",
+                    f"many-{i}",
+                    env=env,
+                )
+            await out.wait_until(
+                lambda: sum(v["type"] == "run_finished" for v in out.values(topics.events)) == 13
+            )
+            ids = {
+                v["data"]["worker"] for v in out.values(topics.events) if v["type"] == "run_started"
+            }
         assert len(ids) == 2
         workers.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(workers.wait, 60) == 0

@@ -14,18 +14,36 @@ from topics.models import Event, Result
 from topics.schema import json_schemas
 
 ISSUE_REQUEST = {
-    "request_id": "r-123", "graph": "pipeline", "input": {"text": "Hello World"},
-    "thread_id": None, "command": None, "config": {"configurable": {}, "recursion_limit": 25},
-    "stream": ["updates"], "timeout_s": None, "metadata": {},
+    "request_id": "r-123",
+    "graph": "pipeline",
+    "input": {"text": "Hello World"},
+    "thread_id": None,
+    "command": None,
+    "config": {"configurable": {}, "recursion_limit": 25},
+    "stream": ["updates"],
+    "timeout_s": None,
+    "metadata": {},
 }
 ISSUE_EVENT = {
-    "request_id": "r-123", "seq": 1, "type": "node", "graph": "pipeline", "node": "tokenize",
-    "data": {"tokens": ["hello", "world"]}, "ts": 1764400000.123, "metadata": {},
+    "request_id": "r-123",
+    "seq": 1,
+    "type": "node",
+    "graph": "pipeline",
+    "node": "tokenize",
+    "data": {"tokens": ["hello", "world"]},
+    "ts": 1764400000.123,
+    "metadata": {},
 }
 ISSUE_RESULT = {
-    "request_id": "r-123", "graph": "pipeline", "status": "success",
+    "request_id": "r-123",
+    "graph": "pipeline",
+    "status": "success",
     "output": {"text": "hello world", "tokens": ["hello", "world"], "count": 2},
-    "error": None, "interrupts": [], "thread_id": None, "attempts": 1, "duration_ms": 4.2,
+    "error": None,
+    "interrupts": [],
+    "thread_id": None,
+    "attempts": 1,
+    "duration_ms": 4.2,
     "metadata": {},
 }
 
@@ -33,7 +51,11 @@ ISSUE_RESULT = {
 def test_documented_examples_validate_against_the_published_schema() -> None:
     """Each example message of the docs validates against `graphwire schema` output."""
     schemas = json_schemas()
-    for name, example in (("request", ISSUE_REQUEST), ("event", ISSUE_EVENT), ("result", ISSUE_RESULT)):
+    for name, example in (
+        ("request", ISSUE_REQUEST),
+        ("event", ISSUE_EVENT),
+        ("result", ISSUE_RESULT),
+    ):
         jsonschema.Draft202012Validator(schemas[name]).validate(example)
 
 
@@ -48,7 +70,11 @@ def test_decode_request_fills_defaults_and_keys_by_thread() -> None:
     """A minimal request gets the documented defaults; key is thread_id, else request_id."""
     req = decode_request(b'{"request_id":"r1","graph":"echo","input":{"text":"x"}}', max_bytes=1024)
     assert (req.stream, req.config.recursion_limit, req.metadata, req.timeout_s) == (
-        ["updates"], 25, {}, None)
+        ["updates"],
+        25,
+        {},
+        None,
+    )
     assert req.key == "r1"
     threaded = decode_request(
         b'{"request_id":"r2","graph":"echo","thread_id":"t9","command":{"resume":"yes"}}',
@@ -82,10 +108,16 @@ def test_undecodable_messages_say_what_to_fix(value: bytes | None, fragment: str
         ({"graph": "echo", "input": [1]}, "input: Input should be a valid dictionary"),
         ({"graph": "echo", "input": {}, "stream": ["tokens"]}, "stream.0: Input should be"),
         ({"graph": "echo", "input": {}, "extra": 1}, "extra: Extra inputs are not permitted"),
-        ({"graph": "echo", "input": {}, "timeout_s": 0}, "timeout_s: Input should be greater than 0"),
+        (
+            {"graph": "echo", "input": {}, "timeout_s": 0},
+            "timeout_s: Input should be greater than 0",
+        ),
         ({"graph": "echo", "command": {"jump": 1}}, "command takes one or more of"),
         ({"graph": "", "input": {}}, "graph: String should have at least 1 character"),
-        ({"graph": "echo", "input": {}, "config": {"recursion_limit": 0}}, "config.recursion_limit"),
+        (
+            {"graph": "echo", "input": {}, "config": {"recursion_limit": 0}},
+            "config.recursion_limit",
+        ),
     ],
 )
 def test_invalid_requests_carry_their_request_id(body: dict[str, object], fragment: str) -> None:
@@ -98,7 +130,9 @@ def test_invalid_requests_carry_their_request_id(body: dict[str, object], fragme
 def test_too_large_request_is_rejected_with_its_request_id() -> None:
     """Over max_bytes: RequestTooLarge with the size, the limit and the request_id."""
     value = orjson.dumps({"request_id": "big", "graph": "echo", "input": {"text": "x" * 2000}})
-    with pytest.raises(RequestTooLarge, match=f"{len(value)} bytes, over the limit of 1024") as caught:
+    with pytest.raises(
+        RequestTooLarge, match=f"{len(value)} bytes, over the limit of 1024"
+    ) as caught:
         decode_request(value, max_bytes=1024)
     assert caught.value.request_id == "big"
 
@@ -106,10 +140,15 @@ def test_too_large_request_is_rejected_with_its_request_id() -> None:
 def test_hot_path_dicts_validate_against_the_models() -> None:
     """event_dict/result_dict build exactly what the Event/Result models describe."""
     event = event_dict("r1", 0, "run_started", "echo", None, {"k": 1}, {"m": 2})
-    assert Event.model_validate(orjson.loads(dumps(event))).model_dump(mode="json") == orjson.loads(dumps(event))
+    assert Event.model_validate(orjson.loads(dumps(event))).model_dump(mode="json") == orjson.loads(
+        dumps(event)
+    )
     result = result_dict("r1", "echo", "error", error=("ValueError", "bad"), duration_ms=1.23456)
     parsed = Result.model_validate(orjson.loads(dumps(result)))
-    assert parsed.error is not None and (parsed.error.type, parsed.error.message) == ("ValueError", "bad")
+    assert parsed.error is not None and (parsed.error.type, parsed.error.message) == (
+        "ValueError",
+        "bad",
+    )
     assert parsed.duration_ms == 1.235
     jsonschema.Draft202012Validator(json_schemas()["result"]).validate(orjson.loads(dumps(result)))
 
@@ -121,5 +160,7 @@ def test_dumps_never_fails_on_state_json_cannot_hold() -> None:
         def __str__(self) -> str:
             return "opaque!"
 
-    encoded = orjson.loads(dumps({"s": {3}, "t": (1, 2), "b": b"\x00\x01", "o": Opaque(), 1: "int key"}))
+    encoded = orjson.loads(
+        dumps({"s": {3}, "t": (1, 2), "b": b"\x00\x01", "o": Opaque(), 1: "int key"})
+    )
     assert encoded == {"s": [3], "t": [1, 2], "b": "AAE=", "o": "opaque!", "1": "int key"}

@@ -16,7 +16,9 @@ from graphs.execution import RunOutcome, run_graph
 from graphs.registry import GraphLoadError, GraphRegistry, UnknownGraphName
 
 
-async def _run(graph: Any, input: dict[str, Any] | None = None, **kw: Any) -> tuple[RunOutcome, list[tuple[str, Any, Any]]]:
+async def _run(
+    graph: Any, input: dict[str, Any] | None = None, **kw: Any
+) -> tuple[RunOutcome, list[tuple[str, Any, Any]]]:
     events: list[tuple[str, Any, Any]] = []
 
     async def emit(type_: str, node: str | None, data: Any) -> None:
@@ -39,7 +41,11 @@ def test_builtins_are_registered_with_their_nodes() -> None:
     r = GraphRegistry.from_sources()
     assert r.names() == ["chat", "echo", "pipeline", "slow"]
     assert [r.nodes(n) for n in r.names()] == [
-        ["agent", "tools"], ["echo"], ["normalize", "tokenize", "count"], ["wait"]]
+        ["agent", "tools"],
+        ["echo"],
+        ["normalize", "tokenize", "count"],
+        ["wait"],
+    ]
     with pytest.raises(UnknownGraphName):
         r.get("nope")
 
@@ -67,8 +73,9 @@ def test_langgraph_json_project_is_served_unchanged(tmp_path: Path) -> None:
         "b = StateGraph(S)\nb.add_node('shout', shout)\nb.add_edge(START, 'shout')\n"
         "b.add_edge('shout', END)\ngraph = b.compile()\n"
     )
-    (tmp_path / "langgraph.json").write_text(json.dumps(
-        {"dependencies": ["."], "graphs": {"agent": "./agent.py:graph"}}))
+    (tmp_path / "langgraph.json").write_text(
+        json.dumps({"dependencies": ["."], "graphs": {"agent": "./agent.py:graph"}})
+    )
     r = GraphRegistry.from_sources(builtins=False, langgraph_json=tmp_path / "langgraph.json")
     assert r.names() == ["agent"]
     assert r.get("agent").invoke({"text": "hi"}) == {"text": "hi!"}
@@ -92,7 +99,9 @@ def test_bad_graph_specs_say_what_to_fix(specs: str, fragment: str) -> None:
 
 async def test_pipeline_outcome_and_node_events() -> None:
     """pipeline: three node events in order and the documented output."""
-    outcome, events = await _run(GraphRegistry.from_sources().get("pipeline"), {"text": "Hello World"})
+    outcome, events = await _run(
+        GraphRegistry.from_sources().get("pipeline"), {"text": "Hello World"}
+    )
     assert outcome.status == "success"
     assert outcome.output == {"text": "hello world", "tokens": ["hello", "world"], "count": 2}
     assert events == [
@@ -104,7 +113,9 @@ async def test_pipeline_outcome_and_node_events() -> None:
 
 async def test_values_mode_and_no_updates() -> None:
     """stream=["values"] emits each state and no node events."""
-    _, events = await _run(GraphRegistry.from_sources().get("echo"), {"text": "a"}, stream=["values"])
+    _, events = await _run(
+        GraphRegistry.from_sources().get("echo"), {"text": "a"}, stream=["values"]
+    )
     assert events == [("values", None, {"text": "a"}), ("values", None, {"text": "a"})]
 
 
@@ -118,9 +129,13 @@ async def test_chat_streams_tokens_tool_progress_and_answer() -> None:
     assert outcome.status == "success"
     assert outcome.output["messages"][-1].content == "The answer is 42."
     assert ("custom", None, {"tool": "add", "a": 19, "b": 23}) in events
-    tokens = [d["content"] for t, n, d in events if t == "message" and n == "agent" and d["content"]]
+    tokens = [
+        d["content"] for t, n, d in events if t == "message" and n == "agent" and d["content"]
+    ]
     assert tokens == ["The ", "answer ", "is ", "42."]
-    calls = [d["tool_call_chunks"][0] for t, _, d in events if t == "message" and "tool_call_chunks" in d]
+    calls = [
+        d["tool_call_chunks"][0] for t, _, d in events if t == "message" and "tool_call_chunks" in d
+    ]
     assert [(c["name"], json.loads(c["args"])) for c in calls] == [("add", {"a": 19, "b": 23})]
 
 
@@ -131,7 +146,9 @@ async def test_timeout_and_error_outcomes() -> None:
     assert (outcome.status, outcome.error and outcome.error[0]) == ("timeout", "Timeout")
     outcome, _ = await _run(r.get("failing"), {"text": "xyz"})
     assert (outcome.status, outcome.error) == (
-        "error", ("ValueError", "cannot handle 'xyz': send a shorter text"))
+        "error",
+        ("ValueError", "cannot handle 'xyz': send a shorter text"),
+    )
 
 
 async def test_interrupt_then_resume_with_a_command() -> None:

@@ -35,12 +35,17 @@ async def runner(settings: Settings, topics: TopicNames) -> AsyncIterator[GraphR
 async def test_pipeline_request_yields_exact_events_and_one_result(
     bootstrap: str, topics: TopicNames, runner: GraphRunner
 ) -> None:
-    """pipeline: run_started, normalize, tokenize, count, run_finished with seq 0..4, one success."""
+    """pipeline: run_started, 3 node events, run_finished with seq 0..4, and one success."""
     await produce(
         bootstrap,
         topics.requests,
-        [(b"r-123", encode(request("r-123", metadata={"team": "search"})),
-          [("traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")])],
+        [
+            (
+                b"r-123",
+                encode(request("r-123", metadata={"team": "search"})),
+                [("traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")],
+            )
+        ],
     )
     async with Collector(bootstrap, topics.events, topics.results) as out:
         await out.wait_count(topics.results, 1)
@@ -92,9 +97,11 @@ async def test_bad_messages_end_where_the_contract_says_and_processing_goes_on(
     ]
     await produce(bootstrap, topics.requests, messages)
     async with Collector(bootstrap, topics.dlq, topics.results) as out:
-        await out.wait_until(lambda: any(
-            orjson.loads(r.value)["request_id"] == "good-1" for r in out.records[topics.results]
-        ))
+        await out.wait_until(
+            lambda: any(
+                orjson.loads(r.value)["request_id"] == "good-1" for r in out.records[topics.results]
+            )
+        )
         await out.wait_count(topics.dlq, 5)
         await asyncio.sleep(0.3)
         dlq = out.records[topics.dlq]
@@ -141,8 +148,9 @@ async def test_same_key_runs_in_order_and_different_keys_overlap(
         ],
     )
     async with Collector(bootstrap, topics.events) as out:
-        await out.wait_until(lambda: sum(
-            v["type"] == "run_finished" for v in out.values(topics.events)) == 4)
+        await out.wait_until(
+            lambda: sum(v["type"] == "run_finished" for v in out.values(topics.events)) == 4
+        )
         spans: dict[str, list[float]] = {}
         for v in out.values(topics.events):
             if v["type"] in ("run_started", "run_finished"):
@@ -201,8 +209,10 @@ async def test_at_the_in_flight_limit_fetching_pauses_and_resumes(
         await produce(
             bootstrap,
             topics.requests,
-            [(f"k{i}".encode(), encode(request(f"s{i}", graph="slow", input={"seconds": 1.2})))
-             for i in range(6)],
+            [
+                (f"k{i}".encode(), encode(request(f"s{i}", graph="slow", input={"seconds": 1.2})))
+                for i in range(6)
+            ],
         )
         paused_seen = False
         async with Collector(bootstrap, topics.results) as out:

@@ -34,7 +34,9 @@ async def test_200_requests_over_4_partitions_with_2_workers_all_get_results(
         assert {r["status"] for r in results} == {"success"}
         assert len(workers_seen) == 2, f"work was not shared: {workers_seen}"
         assert [w.terminate() for w in workers] == [0, 0]
-        offsets = await committed(bootstrap, worker_env["GRAPHWIRE_GROUP_ID"], topics.requests, PARTITIONS)
+        offsets = await committed(
+            bootstrap, worker_env["GRAPHWIRE_GROUP_ID"], topics.requests, PARTITIONS
+        )
         assert sum(v or 0 for v in offsets.values()) == 200
     finally:
         for w in workers:
@@ -57,16 +59,19 @@ async def test_sigkilled_worker_loses_nothing(
         )
         async with Collector(bootstrap, topics.results, topics.events) as out:
             # wait until the victim has started runs, then kill it before any can finish
-            await out.wait_until(lambda: sum(
-                v["type"] == "run_started" for v in out.values(topics.events)) >= 10)
+            await out.wait_until(
+                lambda: sum(v["type"] == "run_started" for v in out.values(topics.events)) >= 10
+            )
             victim.kill()
             finished_before_kill = len(out.records[topics.results])
             survivor = WorkerProcess(
                 {**env, "GRAPHWIRE_WORKER_ID": "survivor"}, log_path=worker_log
             ).start()
             await out.wait_until(
-                lambda: {orjson.loads(r.value)["request_id"] for r in out.records[topics.results]}
-                >= set(ids),
+                lambda: (
+                    {orjson.loads(r.value)["request_id"] for r in out.records[topics.results]}
+                    >= set(ids)
+                ),
                 timeout=90,
             )
             results = out.values(topics.results)
@@ -95,8 +100,9 @@ async def test_sigterm_drains_in_flight_runs_and_commits(
             [(i.encode(), encode(request(i, graph="slow", input={"seconds": 1.5}))) for i in ids],
         )
         async with Collector(bootstrap, topics.results, topics.events) as out:
-            await out.wait_until(lambda: sum(
-                v["type"] == "run_started" for v in out.values(topics.events)) == 8)
+            await out.wait_until(
+                lambda: sum(v["type"] == "run_started" for v in out.values(topics.events)) == 8
+            )
             assert len(out.records[topics.results]) == 0
             code = await asyncio.to_thread(worker.terminate)
             await out.wait_count(topics.results, 8, timeout=10)
@@ -104,7 +110,9 @@ async def test_sigterm_drains_in_flight_runs_and_commits(
         assert code == 0
         assert sorted(r["request_id"] for r in results) == sorted(ids)
         assert {r["status"] for r in results} == {"success"}
-        offsets = await committed(bootstrap, worker_env["GRAPHWIRE_GROUP_ID"], topics.requests, PARTITIONS)
+        offsets = await committed(
+            bootstrap, worker_env["GRAPHWIRE_GROUP_ID"], topics.requests, PARTITIONS
+        )
         assert sum(v or 0 for v in offsets.values()) == 8
     finally:
         worker.stop()

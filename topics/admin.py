@@ -67,8 +67,6 @@ async def partition_counts(
     await admin.start()
     try:
         described = await admin.describe_topics(names)
-        return {
-            t["topic"]: len(t["partitions"]) for t in described if t["error_code"] == 0
-        }
+        return {t["topic"]: len(t["partitions"]) for t in described if t["error_code"] == 0}
     finally:
         await admin.close()

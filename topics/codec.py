@@ -42,7 +42,7 @@ def _default(obj: Any) -> Any:
     if callable(to_json):
         try:
             return to_json()
-        except Exception:  # noqa: BLE001 - fall through to str(), serialising must not fail a run
+        except Exception:
             pass
     return str(obj)
 
@@ -84,7 +84,8 @@ def decode_request(value: bytes | None, *, max_bytes: int) -> Request:
         obj = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         raise UndecodableMessage(
-            f"value is not UTF-8 JSON ({exc}); produce a JSON object as `graphwire schema` describes"
+            f"value is not UTF-8 JSON ({exc}); "
+            "produce a JSON object as `graphwire schema` describes"
         ) from None
     if not isinstance(obj, dict):
         raise UndecodableMessage(
@@ -105,9 +106,7 @@ def decode_request(value: bytes | None, *, max_bytes: int) -> Request:
     try:
         return Request.model_validate(obj)
     except ValidationError as exc:
-        raise InvalidRequest(
-            f"invalid request: {_describe(exc)}", request_id=request_id
-        ) from None
+        raise InvalidRequest(f"invalid request: {_describe(exc)}", request_id=request_id) from None
 
 
 def peek_graph(value: bytes | None) -> str:

@@ -80,7 +80,7 @@ class Request(BaseModel):
     """A LangGraph command instead of input, e.g. ``{"resume": "yes"}``."""
     config: RunConfig = Field(default_factory=RunConfig)
     """Run configuration."""
-    stream: list[StreamMode] = Field(default_factory=lambda: ["updates"])
+    stream: list[StreamMode] = Field(default_factory=lambda: list[StreamMode](["updates"]))
     """Which LangGraph stream modes become events."""
     timeout_s: float | None = Field(default=None, gt=0)
     """Give up after this many seconds with status ``timeout``."""

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
+
 from topics.models import CONTRACT_VERSION, Event, Request, Result
 
-SCHEMA_MODELS = {"request": Request, "event": Event, "result": Result}
+SCHEMA_MODELS: dict[str, type[BaseModel]] = {"request": Request, "event": Event, "result": Result}
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:
