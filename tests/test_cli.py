@@ -186,3 +186,24 @@ async def test_submit_stream_with_two_worker_processes(
         if workers.poll() is None:
             workers.send_signal(signal.SIGTERM)
             workers.wait(60)
+
+
+@pytest.mark.integration
+def test_dev_demo_shows_events_and_results_of_each_builtin() -> None:
+    """The README's run command (`graphwire dev --demo`): three successes, exit code 0."""
+    out = graphwire("dev", "--demo", "--exit-after-demo", timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert [line.split()[1] for line in lines if line.startswith(">>> ")] == [
+        "pipeline",
+        "echo",
+        "chat",
+    ]
+    assert "  event 2 node tokenize: {'tokens': ['hello', 'world']}" in lines
+    assert "  event 2 custom: {'tool': 'add', 'a': 19, 'b': 23}" in lines
+    results = [line for line in lines if line.startswith("  result ")]
+    assert results[:2] == [
+        "  result success: {'text': 'hello world', 'tokens': ['hello', 'world'], 'count': 2}",
+        "  result success: {'text': 'graphwire'}",
+    ]
+    assert results[2].startswith("  result success: {'messages': [")
