@@ -144,8 +144,10 @@ class GraphRunner:
 
         Idempotent. Runs cancelled after the grace period stay uncommitted and are redelivered.
         """
-        if not self._started or self._stopping:
-            await self._stopped.wait() if self._stopping else None
+        if self._stopping:  # a second caller waits for the first one's drain
+            await self._stopped.wait()
+            return
+        if not self._started:
             return
         self._stopping = True
         try:
