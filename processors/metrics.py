@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _RUN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -62,3 +64,12 @@ class RunnerMetrics:
             "Runs cancelled by shutdown or revoke after their grace period (redelivered).",
             registry=r,
         )
+
+        self._event_children: dict[str, Any] = {}
+
+    def event_published(self, type_: str) -> None:
+        """Count one published event (label children cached: this is per event)."""
+        child = self._event_children.get(type_)
+        if child is None:
+            child = self._event_children[type_] = self.events.labels(type_)
+        child.inc()

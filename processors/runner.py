@@ -87,6 +87,8 @@ class GraphRunner:
         self._commit_task: asyncio.Task[None] | None = None
         self._commit_lock = asyncio.Lock()
         self._stopped = asyncio.Event()
+        # read at scrape time: nothing to update on the per-message path
+        self.metrics.in_flight.set_function(lambda: self._tracker.in_flight)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -240,7 +242,6 @@ class GraphRunner:
                 self._tracker.add(tp, record.offset)
                 key: Hashable = record.key if record.key is not None else record.offset
                 self._scheduler.submit(tp, key, record)
-        self.metrics.in_flight.set(self._tracker.in_flight)
 
     # -- committing ------------------------------------------------------------------------
 
@@ -289,7 +290,6 @@ class GraphRunner:
         self.metrics.cancelled.inc(cancelled)
         await self._commit(mine)
         self._tracker.remove(mine)
-        self.metrics.in_flight.set(self._tracker.in_flight)
         self._slot_freed.set()
         log.info(
             "revoked %d partitions: %d queued and %d cancelled runs go to the new owner",
@@ -319,7 +319,6 @@ class GraphRunner:
             except DependencyUnavailable:
                 return
         self._tracker.finish(TopicPartition(record.topic, record.partition), record.offset)
-        self.metrics.in_flight.set(self._tracker.in_flight)
         self._slot_freed.set()
 
     def _outbox(self) -> Outbox:
@@ -371,7 +370,7 @@ class GraphRunner:
             nonlocal seq
             event = event_dict(rid, seq, type_, request.graph, node, data, metadata)
             seq += 1
-            self.metrics.events.labels(type_).inc()
+            self.metrics.event_published(type_)
             await outbox.send(events_topic, self._encode(event, "data"), key, headers)
 
         await emit("run_started", None, {"thread_id": thread_id, "worker": self.settings.worker_id})

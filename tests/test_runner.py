@@ -75,6 +75,17 @@ async def test_pipeline_request_yields_exact_events_and_one_result(
     assert result.metadata == {"team": "search"}
     records = out.records[topics.results] + out.records[topics.events]
     assert {r.key for r in records} == {b"r-123"}
+    sample = runner.metrics.registry.get_sample_value
+    assert (
+        sample(
+            "langgraph_workflow_executions_total",
+            {"workflow_name": "pipeline", "status": "success"},
+        )
+        == 1
+    )
+    assert sample("graphwire_events_published_total", {"type": "node"}) == 3
+    assert sample("graphwire_events_published_total", {"type": "run_started"}) == 1
+    assert sample("graphwire_in_flight_messages") == 0
     assert all(
         dict(r.headers)["traceparent"] == b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
         for r in records
