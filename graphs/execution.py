@@ -35,6 +35,10 @@ class RunOutcome:
     """The exception the graph raised, for the caller's retry decision."""
 
 
+class _EmitFailed(Exception):
+    """Wraps an error raised by the caller's ``emit`` so it is not taken for a graph failure."""
+
+
 def message_data(message: Any) -> dict[str, Any]:
     """A compact, JSON-ready view of a LangChain message chunk for ``message`` events."""
     if not isinstance(message, BaseMessage):
@@ -85,6 +89,14 @@ async def run_graph(
     emit_nodes = "updates" in wanted
     emit_values = "values" in wanted
     payload: Any = _command(command) if command is not None else input
+    caller_emit = emit
+
+    async def emit_or_flag(type_: str, node: str | None, data: Any) -> None:
+        try:
+            await caller_emit(type_, node, data)
+        except Exception as exc:  # the caller's failure (publishing), not the graph's
+            raise _EmitFailed from exc
+
     final: Any = None
     interrupts: list[dict[str, Any]] = []
     try:
@@ -98,18 +110,21 @@ async def run_graph(
                             found = _interrupts(update)
                             interrupts.extend(found)
                             for item in found:
-                                await emit("interrupt", None, item)
+                                await emit_or_flag("interrupt", None, item)
                         elif emit_nodes:
-                            await emit("node", node, update)
+                            await emit_or_flag("node", node, update)
                 elif mode == "values":
                     final = chunk
                     if emit_values:
-                        await emit("values", None, chunk)
+                        await emit_or_flag("values", None, chunk)
                 elif mode == "messages":
                     message, meta = chunk
-                    await emit("message", meta.get("langgraph_node"), message_data(message))
+                    await emit_or_flag("message", meta.get("langgraph_node"), message_data(message))
                 elif mode == "custom":
-                    await emit("custom", None, chunk)
+                    await emit_or_flag("custom", None, chunk)
+    except _EmitFailed as exc:
+        assert exc.__cause__ is not None
+        raise exc.__cause__ from None
     except TimeoutError as exc:
         return RunOutcome(
             status="timeout",

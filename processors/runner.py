@@ -154,7 +154,7 @@ class GraphRunner:
         self._stopping = True
         try:
             if self._poll_task:
-                await self._poll_task
+                await asyncio.gather(self._poll_task, return_exceptions=True)
             dropped = self._scheduler.drop_queued()
             cancelled = await self._scheduler.drain(None, self.settings.shutdown_grace_s)
             self.metrics.cancelled.inc(cancelled)
@@ -226,8 +226,14 @@ class GraphRunner:
             assigned = consumer.assignment()
             consumer.pause(*assigned)
             self.metrics.paused.set(len(assigned))
-            # A paused poll returns nothing; it resets the max.poll.interval.ms clock.
-            self._dispatch(consumer, await consumer.getmany(timeout_ms=0))
+            # A paused poll returns nothing; it resets the max.poll.interval.ms clock. (A
+            # partition assigned meanwhile is not paused yet: take at most one record.)
+            try:
+                batches = await consumer.getmany(timeout_ms=0, max_records=1)
+            except KafkaError as exc:
+                log.warning("paused poll failed, retrying: %s", exc)
+                return
+            self._dispatch(consumer, batches)
 
     def _dispatch(
         self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[Record]]
@@ -300,13 +306,17 @@ class GraphRunner:
 
     # -- one message -----------------------------------------------------------------------
 
-    async def _handle(self, record: Record) -> None:
-        """Process one message to its end: result and/or dead letter acknowledged, or left."""
+    async def _handle(self, record: Record) -> bool:
+        """Process one message to its end; False when it is left uncommitted (for redelivery).
+
+        A message left unfinished stops its key: the scheduler drops the key's queued messages,
+        so a later message of the same thread never runs before an earlier one.
+        """
         try:
             await self._process(record)
         except DependencyUnavailable as exc:
             log.warning("leaving %s/%d uncommitted: %s", record.topic, record.offset, exc)
-            return
+            return False
         except Exception as exc:  # a bug of ours must not stop the partition
             log.exception("internal error on %s/%d", record.topic, record.offset)
             try:
@@ -316,10 +326,11 @@ class GraphRunner:
                     "report it to the graphwire maintainers, then replay the dead letter",
                     "internal",
                 )
-            except DependencyUnavailable:
-                return
+            except (DependencyUnavailable, KafkaError):
+                return False
         self._tracker.finish(TopicPartition(record.topic, record.partition), record.offset)
         self._slot_freed.set()
+        return True
 
     def _outbox(self) -> Outbox:
         assert self._producer is not None

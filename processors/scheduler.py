@@ -16,12 +16,15 @@ T = TypeVar("T")
 class KeyScheduler(Generic[T]):
     """Runs ``handler(item)`` for submitted items: sequential per key, concurrent across keys.
 
+    A handler that returns ``False`` (or raises) left its item unfinished: the key's queued
+    items are dropped, to be redelivered in order, rather than run ahead of it.
+
     Each key with work has one task that drains its queue, so items of a key never overlap and
     run in submission order. A group (the partition) collects the tasks of its keys so that a
     revoke can drop what has not started and wait for what has.
     """
 
-    def __init__(self, handler: Callable[[T], Awaitable[None]]) -> None:
+    def __init__(self, handler: Callable[[T], Awaitable[bool | None]]) -> None:
         self._handler = handler
         self._queues: dict[tuple[Hashable, Hashable], deque[T]] = {}
         self._tasks: dict[Hashable, set[asyncio.Task[None]]] = {}
@@ -44,9 +47,12 @@ class KeyScheduler(Generic[T]):
         try:
             while True:
                 try:
-                    await self._handler(item)
+                    finished = await self._handler(item)
                 except Exception:  # the handler ends every item itself; this is a bug guard
                     log.exception("handler raised; the item stays uncommitted")
+                    finished = False
+                if finished is False:  # an unfinished item must not be overtaken by its key
+                    queue.clear()
                 if not queue:
                     return
                 item = queue.popleft()

@@ -173,3 +173,21 @@ async def test_interrupt_then_resume_with_a_command() -> None:
     outcome, events = await _run(graph, None, command={"resume": "yes"}, config=config)
     assert (outcome.status, outcome.output) == ("success", {"answer": "yes"})
     assert events == [("node", "ask", {"answer": "yes"})]
+
+
+async def test_a_failing_emit_propagates_instead_of_becoming_an_error_outcome() -> None:
+    """If publishing an event fails, run_graph raises it: the request is not marked failed."""
+
+    async def emit(type_: str, node: str | None, data: Any) -> None:
+        raise ConnectionError("broker gone")
+
+    with pytest.raises(ConnectionError, match="broker gone"):
+        await run_graph(
+            GraphRegistry.from_sources().get("echo"),
+            input={"text": "a"},
+            command=None,
+            config={},
+            stream=["updates"],
+            timeout_s=None,
+            emit=emit,
+        )

@@ -47,17 +47,19 @@ async def test_drop_queued_and_drain_cancel_what_did_not_finish() -> None:
     assert await s.drain(None, timeout=0.01) == 1
 
 
-async def test_a_raising_handler_does_not_stop_its_key() -> None:
-    """If the handler raises (a bug), the next item of the same key still runs."""
-    seen: list[int] = []
+async def test_an_unfinished_item_is_not_overtaken_by_its_key() -> None:
+    """A handler that raises or returns False drops its key's queue; other keys go on."""
+    seen: list[str] = []
 
-    async def handler(item: int) -> None:
+    async def handler(item: str) -> bool:
         seen.append(item)
-        if item == 1:
+        if item == "k1":
             raise RuntimeError("bug")
+        return item != "j1"
 
-    s: KeyScheduler[int] = KeyScheduler(handler)
-    s.submit("p", "k", 1)
-    s.submit("p", "k", 2)
+    s: KeyScheduler[str] = KeyScheduler(handler)
+    for key, items in (("k", ["k1", "k2"]), ("j", ["j1", "j2"]), ("m", ["m1", "m2"])):
+        for item in items:
+            s.submit("p", key, item)
     await s.drain(None, timeout=1)
-    assert seen == [1, 2]
+    assert seen == ["k1", "j1", "m1", "m2"]
