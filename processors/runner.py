@@ -15,40 +15,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Hashable
-from typing import Any, Self, TypeAlias
+from typing import Self
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
-from aiokafka.structs import ConsumerRecord
 
-from graphs.execution import run_graph
-from graphs.registry import GraphRegistry, UnknownGraphName
+from graphs.registry import GraphRegistry
 from processors.metrics import RunnerMetrics
 from processors.offsets import OffsetTracker
-from processors.publisher import Headers, Outbox
+from processors.processing import RequestProcessor
+from processors.publisher import OutputPublisher, Record
 from processors.scheduler import KeyScheduler
 from processors.settings import Settings
-from topics.codec import (
-    HEADER_ERROR,
-    HEADER_REPLY_TO,
-    HEADER_SOURCE,
-    HEADER_TRACEPARENT,
-    decode_request,
-    dumps,
-    event_dict,
-    peek_graph,
-    result_dict,
-)
-from topics.errors import DependencyUnavailable, InvalidRequest, UndecodableMessage, UnknownGraph
-from topics.models import Request
+from topics.errors import DependencyUnavailable
 
 log = logging.getLogger(__name__)
-
-_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
-Record: TypeAlias = ConsumerRecord[bytes, bytes]
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -83,6 +66,7 @@ class GraphRunner:
         self._started = False
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
+        self._processor: RequestProcessor
         self._poll_task: asyncio.Task[None] | None = None
         self._commit_task: asyncio.Task[None] | None = None
         self._commit_lock = asyncio.Lock()
@@ -107,6 +91,14 @@ class GraphRunner:
             max_request_size=s.max_message_bytes,
             **security,
         )
+        out = OutputPublisher(
+            self._producer,
+            self._topics,
+            self.metrics,
+            max_message_bytes=s.max_message_bytes,
+            stopping=lambda: self._stopping,
+        )
+        self._processor = RequestProcessor(s, self.registry, self.metrics, out)
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=s.bootstrap_servers,
             client_id=f"graphwire-runner-{s.worker_id}",
@@ -307,209 +299,9 @@ class GraphRunner:
     # -- one message -----------------------------------------------------------------------
 
     async def _handle(self, record: Record) -> bool:
-        """Process one message to its end; False when it is left uncommitted (for redelivery).
-
-        A message left unfinished stops its key: the scheduler drops the key's queued messages,
-        so a later message of the same thread never runs before an earlier one.
-        """
-        try:
-            await self._process(record)
-        except DependencyUnavailable as exc:
-            log.warning("leaving %s/%d uncommitted: %s", record.topic, record.offset, exc)
-            return False
-        except Exception as exc:  # a bug of ours must not stop the partition
-            log.exception("internal error on %s/%d", record.topic, record.offset)
-            try:
-                await self._dead_letter_only(
-                    record,
-                    f"internal error while processing ({type(exc).__name__}: {exc}); "
-                    "report it to the graphwire maintainers, then replay the dead letter",
-                    "internal",
-                )
-            except (DependencyUnavailable, KafkaError):
-                return False
+        """Process one message; mark it finished only when its outputs are acknowledged."""
+        if not await self._processor.handle(record):
+            return False  # left uncommitted; the scheduler stops its key
         self._tracker.finish(TopicPartition(record.topic, record.partition), record.offset)
         self._slot_freed.set()
         return True
-
-    def _outbox(self) -> Outbox:
-        assert self._producer is not None
-        return Outbox(self._producer, self.metrics, lambda: self._stopping)
-
-    async def _process(self, record: Record) -> None:
-        started = time.perf_counter()
-        try:
-            request = decode_request(record.value, max_bytes=self.settings.max_request_bytes)
-        except UndecodableMessage as exc:
-            await self._dead_letter_only(record, str(exc), "undecodable")
-            return
-        except InvalidRequest as exc:
-            assert exc.request_id is not None
-            reason = "too_large" if type(exc).__name__ == "RequestTooLarge" else "invalid"
-            await self._reject(
-                record, exc.request_id, peek_graph(record.value), exc, reason, started
-            )
-            return
-        try:
-            graph = self.registry.get(request.graph)
-        except UnknownGraphName:
-            error = UnknownGraph(request.graph, self.registry.names())
-            await self._reject(
-                record,
-                request.request_id,
-                request.graph,
-                error,
-                "unknown_graph",
-                started,
-                metadata=request.metadata,
-                thread_id=request.thread_id,
-            )
-            return
-        await self._run(record, request, graph, started)
-
-    async def _run(self, record: Record, request: Request, graph: Any, started: float) -> None:
-        rid = request.request_id
-        key = rid.encode()
-        headers = _trace_headers(record)
-        outbox = self._outbox()
-        events_topic = self._topics.events
-        metadata = request.metadata
-        thread_id = request.thread_id
-        seq = 0
-
-        async def emit(type_: str, node: str | None, data: Any) -> None:
-            nonlocal seq
-            event = event_dict(rid, seq, type_, request.graph, node, data, metadata)
-            seq += 1
-            self.metrics.event_published(type_)
-            await outbox.send(events_topic, self._encode(event, "data"), key, headers)
-
-        await emit("run_started", None, {"thread_id": thread_id, "worker": self.settings.worker_id})
-        config: dict[str, Any] = {
-            "configurable": {**request.config.configurable, "thread_id": thread_id or rid},
-            "recursion_limit": request.config.recursion_limit,
-            "metadata": {"graphwire_request_id": rid},
-        }
-        if request.config.tags:
-            config["tags"] = request.config.tags
-        if request.config.max_concurrency:
-            config["max_concurrency"] = request.config.max_concurrency
-        self.metrics.active.inc()
-        try:
-            outcome = await run_graph(
-                graph,
-                input=request.input,
-                command=request.command,
-                config=config,
-                stream=request.stream,
-                timeout_s=request.timeout_s,
-                emit=emit,
-            )
-        finally:
-            self.metrics.active.dec()
-        duration_ms = (time.perf_counter() - started) * 1000
-        await emit(
-            "run_finished", None, {"status": outcome.status, "duration_ms": round(duration_ms, 3)}
-        )
-        result = result_dict(
-            rid,
-            request.graph,
-            outcome.status,
-            output=outcome.output,
-            error=outcome.error,
-            interrupts=outcome.interrupts,
-            thread_id=thread_id,
-            duration_ms=duration_ms,
-            metadata=metadata,
-        )
-        await self._send_result(outbox, record, key, result, headers)
-        if outcome.status == "error":
-            assert outcome.error is not None
-            await self._send_dead_letter(outbox, record, f"graph failed: {outcome.error[1]}")
-            self.metrics.dead_letters.labels("graph_error").inc()
-        await outbox.confirm()
-        self.metrics.executions.labels(request.graph, outcome.status).inc()
-        self.metrics.duration.labels(request.graph).observe(duration_ms / 1000)
-
-    def _encode(self, message: dict[str, Any], big_field: str) -> bytes:
-        """Encode an output; one too large for Kafka gets ``big_field`` replaced by a notice."""
-        value = dumps(message)
-        limit = self.settings.max_message_bytes - 64 * 1024
-        if len(value) > limit:
-            message = {
-                **message,
-                big_field: {"truncated": True, "bytes": len(value), "limit": limit},
-            }
-            value = dumps(message)
-        return value
-
-    async def _send_result(
-        self, outbox: Outbox, record: Record, key: bytes, result: dict[str, Any], headers: Headers
-    ) -> None:
-        value = self._encode(result, "output")
-        await outbox.send(self._topics.results, value, key, headers)
-        reply_to = _header(record, HEADER_REPLY_TO)
-        if reply_to:
-            topic = reply_to.decode("utf-8", "replace")
-            if _TOPIC_NAME.match(topic) and topic != self._topics.results:
-                await outbox.send(topic, value, key, headers)
-            elif topic != self._topics.results:
-                log.warning("ignoring reply-to %r: not a valid topic name", topic)
-
-    async def _send_dead_letter(self, outbox: Outbox, record: Record, reason: str) -> None:
-        headers = [
-            *record.headers,
-            (HEADER_ERROR, reason.encode()),
-            (HEADER_SOURCE, f"{record.topic}/{record.partition}/{record.offset}".encode()),
-        ]
-        await outbox.send(self._topics.dlq, record.value, record.key, headers)
-
-    async def _dead_letter_only(self, record: Record, reason: str, label: str) -> None:
-        outbox = self._outbox()
-        await self._send_dead_letter(outbox, record, reason)
-        await outbox.confirm()
-        self.metrics.dead_letters.labels(label).inc()
-        log.warning(
-            "dead-lettered %s/%d/%d: %s", record.topic, record.partition, record.offset, reason
-        )
-
-    async def _reject(
-        self,
-        record: Record,
-        request_id: str,
-        graph: str,
-        error: Exception,
-        label: str,
-        started: float,
-        *,
-        metadata: dict[str, Any] | None = None,
-        thread_id: str | None = None,
-    ) -> None:
-        outbox = self._outbox()
-        result = result_dict(
-            request_id,
-            graph,
-            "rejected",
-            error=(type(error).__name__, str(error)),
-            thread_id=thread_id,
-            duration_ms=(time.perf_counter() - started) * 1000,
-            metadata=metadata,
-        )
-        await self._send_result(outbox, record, request_id.encode(), result, _trace_headers(record))
-        await self._send_dead_letter(outbox, record, str(error))
-        await outbox.confirm()
-        self.metrics.executions.labels(graph, "rejected").inc()
-        self.metrics.dead_letters.labels(label).inc()
-        log.warning("rejected %s: %s", request_id, error)
-
-
-def _header(record: Record, name: str) -> bytes | None:
-    for key, value in record.headers:
-        if key == name:
-            return bytes(value)
-    return None
-
-
-def _trace_headers(record: Record) -> Headers:
-    trace = _header(record, HEADER_TRACEPARENT)
-    return [(HEADER_TRACEPARENT, trace)] if trace else []

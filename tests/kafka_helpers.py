@@ -180,3 +180,9 @@ async def committed(
         return {p: await consumer.committed(TopicPartition(topic, p)) for p in range(partitions)}
     finally:
         await consumer.stop()
+
+
+async def committed_total(bootstrap: str, group: str, topic: str, partitions: int) -> int:
+    """Sum of the group's committed offsets over ``topic`` (None counts as 0)."""
+    offsets = await committed(bootstrap, group, topic, partitions)
+    return sum(v or 0 for v in offsets.values())

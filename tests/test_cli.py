@@ -79,26 +79,8 @@ def test_bad_input_json_and_bad_settings_say_what_to_fix() -> None:
 @pytest.mark.integration
 def test_topics_ensure_is_idempotent(bootstrap: str, prefix: str) -> None:
     """First run creates the four topics, the second finds them."""
-    first = graphwire(
-        "topics",
-        "ensure",
-        "--partitions",
-        "3",
-        "--bootstrap-servers",
-        bootstrap,
-        "--topic-prefix",
-        prefix,
-    )
-    second = graphwire(
-        "topics",
-        "ensure",
-        "--partitions",
-        "3",
-        "--bootstrap-servers",
-        bootstrap,
-        "--topic-prefix",
-        prefix,
-    )
+    command = ("topics", "ensure", "--partitions", "3", "--bootstrap-servers", bootstrap)
+    first, second = (graphwire(*command, "--topic-prefix", prefix) for _ in range(2))
     assert first.returncode == second.returncode == 0
     assert [line.split() for line in first.stdout.splitlines()] == [
         [f"{prefix}.requests", "created", "partitions=3"],

@@ -254,3 +254,29 @@ async def test_requests_compressed_with_any_codec_are_decoded(
         await out.wait_count(topics.results, 3)
         results = {v["request_id"]: (v["status"], v["output"]) for v in out.values(topics.results)}
     assert results == {i: ("success", {"text": i}) for i in ids}
+
+
+async def test_dead_letter_too_large_to_carry_its_value_still_moves_on(
+    bootstrap: str, topics: TopicNames, settings: Settings
+) -> None:
+    """A rejected request bigger than the worker may produce: dlq keeps reason, drops bytes."""
+    small = _settings(settings, max_request_bytes=50_000, max_message_bytes=200_000)
+    big = encode(request("huge-1", input={"text": "y" * 150_000}))
+    async with GraphRunner(small, GraphRegistry.from_sources()) as _runner:
+        await produce(
+            bootstrap,
+            topics.requests,
+            [(b"k", big), (b"k", encode(request("after-1")))],
+        )
+        async with Collector(bootstrap, topics.dlq, topics.results) as out:
+            await out.wait_count(topics.results, 2)
+            await out.wait_count(topics.dlq, 1)
+            dlq = out.records[topics.dlq]
+            results = {v["request_id"]: v["status"] for v in out.values(topics.results)}
+    assert results == {"huge-1": "rejected", "after-1": "success"}
+    assert len(dlq) == 1
+    headers = dict(dlq[0].headers)
+    assert dlq[0].value is None
+    assert headers["x-graphwire-value-dropped"] == str(len(big)).encode()
+    assert b"over the limit of 50000 bytes" in headers["x-graphwire-error"]
+    assert headers["x-graphwire-source"].decode().endswith("/0")

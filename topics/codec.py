@@ -24,6 +24,7 @@ HEADER_REPLY_TO = "reply-to"
 HEADER_TRACEPARENT = "traceparent"
 HEADER_ERROR = "x-graphwire-error"
 HEADER_SOURCE = "x-graphwire-source"
+HEADER_VALUE_DROPPED = "x-graphwire-value-dropped"  # dead letter too large to carry its value
 
 _DUMPS_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 

@@ -1,0 +1,172 @@
+"""RequestProcessor: what happens to one request message, from bytes to acknowledged outputs.
+
+Decode and validate, find the graph, stream it into events, publish the result (and a dead
+letter where the contract wants one). The consumer-group mechanics around it (polling,
+ordering, commits, rebalances) are the GraphRunner's.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from aiokafka.errors import KafkaError
+
+from graphs.execution import run_graph
+from graphs.registry import GraphRegistry, UnknownGraphName
+from processors.metrics import RunnerMetrics
+from processors.publisher import OutputPublisher, PublishFailed, Record, trace_headers
+from processors.settings import Settings
+from topics.codec import decode_request, event_dict, peek_graph, result_dict
+from topics.errors import DependencyUnavailable, InvalidRequest, UndecodableMessage, UnknownGraph
+from topics.models import Request
+
+log = logging.getLogger(__name__)
+
+
+class RequestProcessor:
+    """Turns one request message into its events, result and dead letter."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: GraphRegistry,
+        metrics: RunnerMetrics,
+        out: OutputPublisher,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.metrics = metrics
+        self._out = out
+        self._events_topic = settings.topics.events
+
+    async def handle(self, record: Record) -> bool:
+        """Process one message to its end; False when it is left uncommitted (for redelivery).
+
+        A message left unfinished stops its key: the scheduler drops the key's queued messages,
+        so a later message of the same thread never runs before an earlier one.
+        """
+        try:
+            await self._process(record)
+        except DependencyUnavailable as exc:
+            log.warning("leaving %s/%d uncommitted: %s", record.topic, record.offset, exc)
+            return False
+        except PublishFailed as exc:  # an output can never be written: say so, move on
+            if not await self._dead_letter_or_leave(
+                record, f"outputs could not be published: {exc}", "publish_failed"
+            ):
+                return False
+        except Exception as exc:  # a bug of ours must not stop the partition
+            log.exception("internal error on %s/%d", record.topic, record.offset)
+            reason = (
+                f"internal error while processing ({type(exc).__name__}: {exc}); "
+                "report it to the graphwire maintainers, then replay the dead letter"
+            )
+            if not await self._dead_letter_or_leave(record, reason, "internal"):
+                return False
+        return True
+
+    async def _dead_letter_or_leave(self, record: Record, reason: str, label: str) -> bool:
+        """Dead-letter ``record``; False if even that cannot be published (left uncommitted)."""
+        try:
+            await self._out.dead_letter_only(record, reason, label)
+        except (DependencyUnavailable, PublishFailed, KafkaError) as exc:
+            log.error("could not dead-letter %s/%d: %s", record.topic, record.offset, exc)
+            return False
+        return True
+
+    async def _process(self, record: Record) -> None:
+        started = time.perf_counter()
+        try:
+            request = decode_request(record.value, max_bytes=self.settings.max_request_bytes)
+        except UndecodableMessage as exc:
+            await self._out.dead_letter_only(record, str(exc), "undecodable")
+            return
+        except InvalidRequest as exc:
+            assert exc.request_id is not None
+            reason = "too_large" if type(exc).__name__ == "RequestTooLarge" else "invalid"
+            await self._out.reject(
+                record, exc.request_id, peek_graph(record.value), exc, reason, started
+            )
+            return
+        try:
+            graph = self.registry.get(request.graph)
+        except UnknownGraphName:
+            error = UnknownGraph(request.graph, self.registry.names())
+            await self._out.reject(
+                record,
+                request.request_id,
+                request.graph,
+                error,
+                "unknown_graph",
+                started,
+                metadata=request.metadata,
+                thread_id=request.thread_id,
+            )
+            return
+        await self._run(record, request, graph, started)
+
+    async def _run(self, record: Record, request: Request, graph: Any, started: float) -> None:
+        rid = request.request_id
+        key = rid.encode()
+        headers = trace_headers(record)
+        outbox = self._out.outbox()
+        events_topic = self._events_topic
+        metadata = request.metadata
+        thread_id = request.thread_id
+        seq = 0
+
+        async def emit(type_: str, node: str | None, data: Any) -> None:
+            nonlocal seq
+            event = event_dict(rid, seq, type_, request.graph, node, data, metadata)
+            seq += 1
+            self.metrics.event_published(type_)
+            await outbox.send(events_topic, self._out.encode(event, "data"), key, headers)
+
+        await emit("run_started", None, {"thread_id": thread_id, "worker": self.settings.worker_id})
+        config: dict[str, Any] = {
+            "configurable": {**request.config.configurable, "thread_id": thread_id or rid},
+            "recursion_limit": request.config.recursion_limit,
+            "metadata": {"graphwire_request_id": rid},
+        }
+        if request.config.tags:
+            config["tags"] = request.config.tags
+        if request.config.max_concurrency:
+            config["max_concurrency"] = request.config.max_concurrency
+        self.metrics.active.inc()
+        try:
+            outcome = await run_graph(
+                graph,
+                input=request.input,
+                command=request.command,
+                config=config,
+                stream=request.stream,
+                timeout_s=request.timeout_s,
+                emit=emit,
+            )
+        finally:
+            self.metrics.active.dec()
+        duration_ms = (time.perf_counter() - started) * 1000
+        await emit(
+            "run_finished", None, {"status": outcome.status, "duration_ms": round(duration_ms, 3)}
+        )
+        result = result_dict(
+            rid,
+            request.graph,
+            outcome.status,
+            output=outcome.output,
+            error=outcome.error,
+            interrupts=outcome.interrupts,
+            thread_id=thread_id,
+            duration_ms=duration_ms,
+            metadata=metadata,
+        )
+        await self._out.send_result(outbox, record, key, result, headers)
+        if outcome.status == "error":
+            assert outcome.error is not None
+            await self._out.send_dead_letter(outbox, record, f"graph failed: {outcome.error[1]}")
+            self.metrics.dead_letters.labels("graph_error").inc()
+        await outbox.confirm()
+        self.metrics.executions.labels(request.graph, outcome.status).inc()
+        self.metrics.duration.labels(request.graph).observe(duration_ms / 1000)
