@@ -78,6 +78,7 @@ async def run_graph(
     stream: Iterable[str],
     timeout_s: float | None,
     emit: Emit,
+    durability: str | None = None,
 ) -> RunOutcome:
     """Stream ``graph`` and emit ``node``/``custom``/``message``/``values``/``interrupt`` events.
 
@@ -102,7 +103,8 @@ async def run_graph(
     try:
         async with asyncio.timeout(timeout_s):
             stream_modes: Any = modes  # Pregel's overloads want a literal list
-            chunks = graph.astream(payload, config, stream_mode=stream_modes)  # type: ignore[call-overload]  # config is a plain dict of RunnableConfig keys
+            extra: dict[str, Any] = {"durability": durability} if durability else {}
+            chunks = graph.astream(payload, config, stream_mode=stream_modes, **extra)  # type: ignore[call-overload]  # config is a plain dict of RunnableConfig keys
             async for mode, chunk in chunks:
                 if mode == "updates":
                     for node, update in chunk.items():

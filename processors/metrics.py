@@ -65,6 +65,16 @@ class RunnerMetrics:
             registry=r,
         )
 
+        self.duplicates = Counter(
+            "graphwire_duplicates_skipped_total",
+            "Requests whose request_id was already done: not run again.",
+            registry=r,
+        )
+        self.lease_waits = Counter(
+            "graphwire_lease_waits_total",
+            "Waits for a request_id's lease held by another live worker.",
+            registry=r,
+        )
         self._event_children: dict[str, Any] = {}
 
     def event_published(self, type_: str) -> None:

@@ -7,14 +7,20 @@ ordering, commits, rebalances) are the GraphRunner's.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
+import uuid
+from collections.abc import Callable
 from typing import Any
 
 from aiokafka.errors import KafkaError
 
 from graphs.execution import run_graph
 from graphs.registry import GraphRegistry, UnknownGraphName
+from processors.checkpoints import CheckpointStore
+from processors.dedup import Claim, DedupStore
 from processors.metrics import RunnerMetrics
 from processors.publisher import OutputPublisher, PublishFailed, Record, trace_headers
 from processors.settings import Settings
@@ -34,12 +40,20 @@ class RequestProcessor:
         registry: GraphRegistry,
         metrics: RunnerMetrics,
         out: OutputPublisher,
+        *,
+        dedup: DedupStore | None = None,
+        checkpoints: CheckpointStore | None = None,
+        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         self.settings = settings
         self.registry = registry
         self.metrics = metrics
         self._out = out
+        self._dedup = dedup
+        self._checkpoints = checkpoints
+        self._stopping = stopping
         self._events_topic = settings.topics.events
+        self._durable_graphs: dict[str, tuple[Any, Any]] = {}
 
     async def handle(self, record: Record) -> bool:
         """Process one message to its end; False when it is left uncommitted (for redelivery).
@@ -108,6 +122,57 @@ class RequestProcessor:
         await self._run(record, request, graph, started)
 
     async def _run(self, record: Record, request: Request, graph: Any, started: float) -> None:
+        """Claim the request_id, run (or resume) the graph, publish, then mark it done."""
+        rid = request.request_id
+        if self._dedup is None:
+            await self._execute(record, request, graph, started, attempt=1)
+            return
+        owner = f"{self.settings.worker_id}:{uuid.uuid4().hex[:8]}"
+        claim = await self._claim(rid, owner)
+        if claim.state == "done":
+            self.metrics.duplicates.inc()
+            log.info("skipping %s: already done (%s)", rid, claim.detail)
+            return
+        holder = asyncio.create_task(self._dedup.hold(rid, owner))
+        try:
+            status = await self._execute(record, request, graph, started, attempt=claim.attempt)
+            await self._dedup.complete(rid, owner, status)
+        except BaseException:
+            with contextlib.suppress(Exception):  # best effort: else the lease just expires
+                await self._dedup.release(rid, owner)
+            raise
+        finally:
+            holder.cancel()
+
+    async def _claim(self, request_id: str, owner: str) -> Claim:
+        """Acquire the lease, waiting while another live worker holds it."""
+        assert self._dedup is not None
+        delay = 0.05
+        while True:
+            claim = await self._dedup.acquire(request_id, owner)
+            if claim.state != "busy":
+                return claim
+            if self._stopping():
+                raise DependencyUnavailable(
+                    f"{request_id} is still running on {claim.detail}; left for redelivery"
+                )
+            self.metrics.lease_waits.inc()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    def _durable(self, name: str, graph: Any) -> Any:
+        """The graph with the PostgreSQL checkpointer attached (once per graph)."""
+        if self._checkpoints is None or self._checkpoints.saver is None:
+            return graph
+        durable = self._durable_graphs.get(name)
+        if durable is None or durable[0] is not graph:
+            durable = (graph, graph.copy(update={"checkpointer": self._checkpoints.saver}))
+            self._durable_graphs[name] = durable
+        return durable[1]
+
+    async def _execute(
+        self, record: Record, request: Request, graph: Any, started: float, *, attempt: int
+    ) -> str:
         rid = request.request_id
         key = rid.encode()
         headers = trace_headers(record)
@@ -124,7 +189,7 @@ class RequestProcessor:
             self.metrics.event_published(type_)
             await outbox.send(events_topic, self._out.encode(event, "data"), key, headers)
 
-        await emit("run_started", None, {"thread_id": thread_id, "worker": self.settings.worker_id})
+        graph = self._durable(request.graph, graph)
         config: dict[str, Any] = {
             "configurable": {**request.config.configurable, "thread_id": thread_id or rid},
             "recursion_limit": request.config.recursion_limit,
@@ -134,16 +199,31 @@ class RequestProcessor:
             config["tags"] = request.config.tags
         if request.config.max_concurrency:
             config["max_concurrency"] = request.config.max_concurrency
+        payload_input, command = request.input, request.command
+        resumed = attempt > 1 and await self._unfinished(graph, config)
+        if resumed:  # a crash cut the last attempt short: continue from its checkpoint
+            payload_input, command = None, None
+        await emit(
+            "run_started",
+            None,
+            {
+                "thread_id": thread_id,
+                "worker": self.settings.worker_id,
+                "attempt": attempt,
+                "resumed": resumed,
+            },
+        )
         self.metrics.active.inc()
         try:
             outcome = await run_graph(
                 graph,
-                input=request.input,
-                command=request.command,
+                input=payload_input,
+                command=command,
                 config=config,
                 stream=request.stream,
                 timeout_s=request.timeout_s,
                 emit=emit,
+                durability=self.settings.durability if graph.checkpointer else None,
             )
         finally:
             self.metrics.active.dec()
@@ -159,6 +239,7 @@ class RequestProcessor:
             error=outcome.error,
             interrupts=outcome.interrupts,
             thread_id=thread_id,
+            attempts=attempt,
             duration_ms=duration_ms,
             metadata=metadata,
         )
@@ -170,3 +251,23 @@ class RequestProcessor:
         await outbox.confirm()
         self.metrics.executions.labels(request.graph, outcome.status).inc()
         self.metrics.duration.labels(request.graph).observe(duration_ms / 1000)
+        if thread_id is None and outcome.status != "interrupted" and self._checkpoints:
+            await self._forget(rid)
+        return outcome.status
+
+    async def _unfinished(self, graph: Any, config: dict[str, Any]) -> bool:
+        """True when the thread's last run stopped between steps (not at an interrupt)."""
+        if graph.checkpointer is None:
+            return False
+        try:
+            state = await graph.aget_state(config)
+        except Exception as exc:
+            raise DependencyUnavailable(f"cannot read the checkpoint: {exc}") from exc
+        return bool(state.next) and not state.interrupts
+
+    async def _forget(self, thread_id: str) -> None:
+        assert self._checkpoints is not None
+        try:
+            await self._checkpoints.forget(thread_id)
+        except Exception as exc:  # the result is out; a leftover checkpoint only costs space
+            log.warning("could not delete checkpoints of %s: %s", thread_id, exc)

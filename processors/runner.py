@@ -14,6 +14,7 @@ Delivery rules kept here (see ARCHITECTURE.md):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Hashable
@@ -23,6 +24,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from graphs.registry import GraphRegistry
+from processors.checkpoints import CheckpointStore
+from processors.dedup import DedupStore
 from processors.metrics import RunnerMetrics
 from processors.offsets import OffsetTracker
 from processors.processing import RequestProcessor
@@ -67,6 +70,8 @@ class GraphRunner:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._processor: RequestProcessor
+        self._dedup: DedupStore | None = None
+        self._checkpoints: CheckpointStore | None = None
         self._poll_task: asyncio.Task[None] | None = None
         self._commit_task: asyncio.Task[None] | None = None
         self._commit_lock = asyncio.Lock()
@@ -98,7 +103,20 @@ class GraphRunner:
             max_message_bytes=s.max_message_bytes,
             stopping=lambda: self._stopping,
         )
-        self._processor = RequestProcessor(s, self.registry, self.metrics, out)
+        try:
+            await self._start_stores()
+        except DependencyUnavailable:
+            await self._close_clients()
+            raise
+        self._processor = RequestProcessor(
+            s,
+            self.registry,
+            self.metrics,
+            out,
+            dedup=self._dedup,
+            checkpoints=self._checkpoints,
+            stopping=lambda: self._stopping,
+        )
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=s.bootstrap_servers,
             client_id=f"graphwire-runner-{s.worker_id}",
@@ -163,7 +181,27 @@ class GraphRunner:
             await self._close_clients()
             self._stopped.set()
 
+    async def _start_stores(self) -> None:
+        s = self.settings
+        if s.dedup:
+            self._dedup = DedupStore(
+                s.redis_url.get_secret_value(),
+                namespace=s.topic_prefix,
+                lease_ms=s.lease_ms,
+                done_ttl_s=s.done_ttl_s,
+            )
+            await self._dedup.start()
+        if s.checkpoints:
+            self._checkpoints = CheckpointStore(
+                s.database_url.get_secret_value(), schema=s.checkpoint_schema
+            )
+            await self._checkpoints.start()
+
     async def _close_clients(self) -> None:
+        for store in (self._dedup, self._checkpoints):
+            if store is not None:
+                with contextlib.suppress(Exception):
+                    await store.stop()
         if self._consumer is not None:
             await self._consumer.stop()
         if self._producer is not None:

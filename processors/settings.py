@@ -82,9 +82,21 @@ class Settings(BaseSettings):
     builtin_graphs: bool = True
     """Serve the built-in graphs (echo, pipeline, slow, chat)."""
 
-    # Stores (used by the idempotency, cache and audit parts)
+    # Idempotency (Redis) and durable runs (PostgreSQL)
     redis_url: SecretStr = SecretStr("redis://localhost:6379/0")
-    database_url: SecretStr = SecretStr("postgresql://localhost:5432/graphwire")
+    database_url: SecretStr = SecretStr("postgresql://localhost:5432/postgres")
+    dedup: bool = True
+    """Exactly-once effect per request_id: a Redis lease while running, a done marker after."""
+    lease_ms: int = Field(default=30_000, ge=1000)
+    """A run's lease; renewed every third of it, so a dead worker's runs restart after this."""
+    done_ttl_s: int = Field(default=7 * 24 * 3600, ge=1)
+    """How long a finished request_id is remembered (re-produced within it: not run again)."""
+    checkpoints: bool = True
+    """PostgreSQL checkpoints: a redelivered request resumes from its last finished step."""
+    checkpoint_schema: str | None = Field(default=None, pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    """PostgreSQL schema for the checkpoint tables (default: the connection's search_path)."""
+    durability: Literal["exit", "async", "sync"] = "async"
+    """When LangGraph writes checkpoints: after each step in the background, in line, or at exit."""
 
     # Operations
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from processors.devbroker import DevBroker
@@ -43,17 +44,30 @@ async def topics(bootstrap: str, prefix: str) -> TopicNames:
     return names
 
 
+TEST_DATABASE_URL = os.environ.get(
+    "GRAPHWIRE_TEST_DATABASE_URL", "postgresql://127.0.0.1:5432/test"
+)
+TEST_REDIS_URL = os.environ.get("GRAPHWIRE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
 @pytest.fixture
-def worker_env(bootstrap: str, prefix: str) -> dict[str, str]:
-    """Environment for a worker of this test: its topics, its group, short group timeouts."""
-    return {
+def worker_env(bootstrap: str, prefix: str) -> Iterator[dict[str, str]]:
+    """Environment for a worker of this test: its topics, group, Redis namespace and
+    checkpoint schema (dropped afterwards), short group timeouts."""
+    yield {
         "GRAPHWIRE_BOOTSTRAP_SERVERS": bootstrap,
         "GRAPHWIRE_TOPIC_PREFIX": prefix,
         "GRAPHWIRE_GROUP_ID": f"{prefix}-runners",
         "GRAPHWIRE_SESSION_TIMEOUT_MS": "3000",
         "GRAPHWIRE_HEARTBEAT_INTERVAL_MS": "1000",
         "GRAPHWIRE_LOG_FORMAT": "json",
+        "GRAPHWIRE_REDIS_URL": TEST_REDIS_URL,
+        "GRAPHWIRE_DATABASE_URL": TEST_DATABASE_URL,
+        "GRAPHWIRE_CHECKPOINT_SCHEMA": prefix,
+        "GRAPHWIRE_LEASE_MS": "3000",  # a killed worker's leases expire quickly
     }
+    with psycopg.connect(TEST_DATABASE_URL, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{prefix}" CASCADE')
 
 
 @pytest.fixture

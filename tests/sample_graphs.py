@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 from typing import TypedDict
 
+import asyncpg
+from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 
 
@@ -31,4 +35,39 @@ def make_upper():  # a factory: the registry calls it
     builder.add_node("upper", upper)
     builder.add_edge(START, "upper")
     builder.add_edge("upper", END)
+    return builder.compile()
+
+
+class StepsState(TypedDict, total=False):
+    table: str
+    pause: float
+    done: list[str]
+
+
+def _recording_step(name: str, pause: bool = False):  # type: ignore[no-untyped-def]
+    async def step(state: StepsState, config: RunnableConfig) -> StepsState:
+        request_id = config["metadata"]["graphwire_request_id"]
+        conn = await asyncpg.connect(os.environ["GRAPHWIRE_DATABASE_URL"])
+        try:
+            await conn.execute(
+                f"INSERT INTO {state['table']} (request_id, node) VALUES ($1, $2)", request_id, name
+            )
+        finally:
+            await conn.close()
+        if pause:
+            await asyncio.sleep(state.get("pause", 0))
+        return {"done": [*state.get("done", []), name]}
+
+    return step
+
+
+def make_recorded_steps():  # type: ignore[no-untyped-def]
+    """step1 -> step2 -> step3 (pauses) -> step4; each start is a row in ``table``."""
+    builder = StateGraph(StepsState)
+    for i in range(1, 5):
+        builder.add_node(f"step{i}", _recording_step(f"step{i}", pause=i == 3))
+    builder.add_edge(START, "step1")
+    for i in range(1, 4):
+        builder.add_edge(f"step{i}", f"step{i + 1}")
+    builder.add_edge("step4", END)
     return builder.compile()

@@ -1,0 +1,127 @@
+"""Exactly-once effect (Redis) and durable runs (PostgreSQL checkpoints), on real services."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import orjson
+import pytest
+
+from graphs.registry import GraphRegistry
+from processors.dedup import DedupStore
+from processors.runner import GraphRunner
+from processors.settings import Settings
+from tests.conftest import PARTITIONS, TEST_DATABASE_URL, TEST_REDIS_URL
+from tests.kafka_helpers import Collector, WorkerProcess, committed_total, encode, produce, request
+from topics.specs import TopicNames
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def runner(settings: Settings, topics: TopicNames) -> AsyncIterator[GraphRunner]:
+    """An in-process runner with dedup and checkpoints on (the defaults)."""
+    async with GraphRunner(settings, GraphRegistry.from_sources()) as running:
+        yield running
+
+
+async def test_dedup_store_lease_done_and_attempts(prefix: str) -> None:
+    """acquire: first wins, a second owner is busy, a released lease is re-acquired as
+    attempt 2, and after complete every acquire says done."""
+    async with DedupStore(TEST_REDIS_URL, namespace=prefix, lease_ms=5000) as store:
+        first = await store.acquire("r1", "w1")
+        busy = await store.acquire("r1", "w2")
+        assert (first.state, first.attempt) == ("acquired", 1)
+        assert (busy.state, busy.detail) == ("busy", "w1")
+        assert await store.renew("r1", "w1") is True
+        assert await store.renew("r1", "w2") is False
+        await store.release("r1", "w1")
+        again = await store.acquire("r1", "w2")
+        assert (again.state, again.attempt) == ("acquired", 2)
+        await store.complete("r1", "w2", "success")
+        done = await store.acquire("r1", "w3")
+        assert (done.state, done.detail) == ("done", "success")
+
+
+async def test_duplicate_request_ids_run_once_and_publish_one_result(
+    bootstrap: str, topics: TopicNames, runner: GraphRunner
+) -> None:
+    """The same request_id produced three times (two keys): one run, one result, 2 skipped."""
+    body = encode(request("dup-1"))
+    await produce(bootstrap, topics.requests, [(b"dup-1", body), (b"dup-1", body)])
+    async with Collector(bootstrap, topics.results, topics.events) as out:
+        await out.wait_count(topics.results, 1)
+        await produce(
+            bootstrap, topics.requests, [(b"other-key", body), (b"z", encode(request("z")))]
+        )
+        await out.wait_until(
+            lambda: any(
+                orjson.loads(r.value)["request_id"] == "z" for r in out.records[topics.results]
+            )
+        )
+        await asyncio.sleep(0.3)
+        results = [v["request_id"] for v in out.values(topics.results)]
+        starts = [v["request_id"] for v in out.values(topics.events) if v["type"] == "run_started"]
+    assert sorted(results) == ["dup-1", "z"]
+    assert sorted(starts) == ["dup-1", "z"]
+    assert runner.metrics.registry.get_sample_value("graphwire_duplicates_skipped_total") == 2
+
+
+async def test_sigkill_mid_run_resumes_from_checkpoint(
+    bootstrap: str, topics: TopicNames, worker_env: dict[str, str], worker_log: Path, prefix: str
+) -> None:
+    """Killed during step3 of 4: after redelivery step1-2 ran once, step3 at most twice,
+    step4 once, and the result says attempt 2."""
+    table = f'"{prefix}".node_runs'
+    conn = await asyncpg.connect(TEST_DATABASE_URL)
+    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{prefix}"')
+    await conn.execute(
+        f"CREATE TABLE {table} (request_id text, node text, at timestamptz default now())"
+    )
+    env = {**worker_env, "GRAPHWIRE_GRAPHS": "steps=tests.sample_graphs:make_recorded_steps"}
+    first = WorkerProcess(env, log_path=worker_log).start()
+    second = None
+    try:
+        await produce(
+            bootstrap,
+            topics.requests,
+            [
+                (
+                    b"k1",
+                    encode(request("steps-1", graph="steps", input={"table": table, "pause": 4})),
+                )
+            ],
+        )
+        for _ in range(300):  # until step3 has started
+            if await conn.fetchval(f"SELECT count(*) FROM {table} WHERE node = 'step3'"):
+                break
+            await asyncio.sleep(0.1)
+        first.kill()
+        second = WorkerProcess(env, log_path=worker_log).start()
+        async with Collector(bootstrap, topics.results, topics.events) as out:
+            await out.wait_count(topics.results, 1, timeout=60)
+            result = out.values(topics.results)[0]
+            starts = [v["data"] for v in out.values(topics.events) if v["type"] == "run_started"]
+        rows = await conn.fetch(
+            f"SELECT node, count(*) AS n FROM {table} GROUP BY node ORDER BY node"
+        )
+        counts = {r["node"]: r["n"] for r in rows}
+        assert counts["step1"] == 1 and counts["step2"] == 1 and counts["step4"] == 1
+        assert 1 <= counts["step3"] <= 2
+        assert result["status"] == "success"
+        assert result["output"]["done"] == ["step1", "step2", "step3", "step4"]
+        assert result["attempts"] == 2
+        assert [(s["attempt"], s["resumed"]) for s in starts] == [(1, False), (2, True)]
+        assert second.terminate() == 0
+        assert (
+            await committed_total(bootstrap, env["GRAPHWIRE_GROUP_ID"], topics.requests, PARTITIONS)
+            == 1
+        )
+    finally:
+        first.stop()
+        if second:
+            second.stop()
+        await conn.close()
