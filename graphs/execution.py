@@ -11,8 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from langchain_core.messages import BaseMessage
-from langgraph.errors import GraphRecursionError
+
+# RetryPolicy's default predicate: public through langgraph.types, defined privately.
+from langgraph._internal._retry import default_retry_on
+from langgraph.errors import GraphDrained, GraphRecursionError
 from langgraph.pregel import Pregel
+from langgraph.runtime import RunControl
 from langgraph.types import Command, Interrupt
 
 Emit = Callable[[str, str | None, Any], Awaitable[None]]
@@ -24,7 +28,8 @@ class RunOutcome:
     """How a run ended."""
 
     status: str
-    """``success``, ``error``, ``timeout`` or ``interrupted``."""
+    """``success``, ``error``, ``timeout``, ``interrupted``, or ``drained`` (stopped at a step
+    boundary on request; the checkpoint lets another worker continue)."""
     output: Any = None
     """The final state on ``success``."""
     error: tuple[str, str] | None = None
@@ -37,6 +42,16 @@ class RunOutcome:
 
 class _EmitFailed(Exception):
     """Wraps an error raised by the caller's ``emit`` so it is not taken for a graph failure."""
+
+
+def is_retriable(exc: BaseException | None) -> bool:
+    """An error's own ``retriable`` flag if it has one, else LangGraph's ``default_retry_on``."""
+    if exc is None or isinstance(exc, TimeoutError | GraphRecursionError):
+        return False
+    flag = getattr(exc, "retriable", None)
+    if isinstance(flag, bool):
+        return flag
+    return isinstance(exc, Exception) and default_retry_on(exc)
 
 
 def message_data(message: Any) -> dict[str, Any]:
@@ -79,6 +94,7 @@ async def run_graph(
     timeout_s: float | None,
     emit: Emit,
     durability: str | None = None,
+    control: RunControl | None = None,
 ) -> RunOutcome:
     """Stream ``graph`` and emit ``node``/``custom``/``message``/``values``/``interrupt`` events.
 
@@ -104,6 +120,8 @@ async def run_graph(
         async with asyncio.timeout(timeout_s):
             stream_modes: Any = modes  # Pregel's overloads want a literal list
             extra: dict[str, Any] = {"durability": durability} if durability else {}
+            if control is not None:
+                extra["control"] = control
             chunks = graph.astream(payload, config, stream_mode=stream_modes, **extra)  # type: ignore[call-overload]  # config is a plain dict of RunnableConfig keys
             async for mode, chunk in chunks:
                 if mode == "updates":
@@ -127,6 +145,8 @@ async def run_graph(
     except _EmitFailed as exc:
         assert exc.__cause__ is not None
         raise exc.__cause__ from None
+    except GraphDrained:
+        return RunOutcome(status="drained")
     except TimeoutError as exc:
         return RunOutcome(
             status="timeout",

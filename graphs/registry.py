@@ -13,6 +13,7 @@ import importlib.util
 import inspect
 import sys
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,29 @@ BUILTINS: dict[str, Callable[[], Pregel[Any, Any, Any, Any]]] = {
     "slow": build_slow,
     "chat": build_chat,
 }
+
+
+@dataclass(frozen=True, slots=True)
+class GraphOptions:
+    """Per-graph defaults a graph declares with
+    ``graph.with_config(metadata={"graphwire": {...}})``; requests may override them."""
+
+    max_attempts: int | None = None
+    """Runs of a request whose graph fails with a retriable error (1 = no retry)."""
+    cache_ttl_s: float | None = None
+    """Cache results of identical requests for this long (None: only when a request asks)."""
+    durability: str | None = None
+    """``exit``, ``async`` or ``sync``: when checkpoints are written."""
+    version: str | None = None
+    """Part of the cache key; default: a hash of the graph's structure."""
+
+    @classmethod
+    def of(cls, graph: Pregel[Any, Any, Any, Any]) -> GraphOptions:
+        """The options declared in the graph's config metadata (none: all defaults)."""
+        metadata = (graph.config or {}).get("metadata") or {}
+        declared = metadata.get("graphwire") or {}
+        known = {k: v for k, v in declared.items() if k in cls.__slots__}
+        return cls(**known)
 
 
 class GraphLoadError(Exception):

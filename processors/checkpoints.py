@@ -7,16 +7,26 @@ request's ``thread_id``, else its ``request_id``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import Self
+from typing import Any, Self
 
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from topics.errors import DependencyUnavailable
 
 log = logging.getLogger(__name__)
+
+_MIGRATION_LOCK = 0x67_77_63_6B  # "gwck": graphwire checkpoint migrations
+
+
+async def _try_lock(conn: AsyncConnection[Any]) -> bool:
+    cursor = await conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (_MIGRATION_LOCK,))
+    row = await cursor.fetchone()
+    return bool(row and row["ok"])
 
 
 class CheckpointStore:
@@ -47,16 +57,31 @@ class CheckpointStore:
         )
         try:
             await pool.open(wait=True, timeout=10)
-            if self._schema:
-                async with pool.connection() as conn:
-                    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self._schema}"')
-            saver = AsyncPostgresSaver(pool)  # type: ignore[arg-type]
-            await saver.setup()
         except Exception as exc:
             await pool.close()
             raise DependencyUnavailable(
                 f"PostgreSQL for checkpoints does not answer ({type(exc).__name__}: {exc}); "
                 "check GRAPHWIRE_DATABASE_URL or set GRAPHWIRE_CHECKPOINTS=false"
+            ) from exc
+        saver = AsyncPostgresSaver(pool)  # type: ignore[arg-type]
+        try:
+            # Replicas start together: one migrates at a time (session advisory lock). Try and
+            # poll rather than wait in the lock: a session waiting inside a query would block
+            # the migration's CREATE INDEX CONCURRENTLY, which waits for every open query.
+            async with pool.connection() as conn:
+                while not await _try_lock(conn):
+                    await asyncio.sleep(0.2)
+                try:
+                    if self._schema:
+                        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self._schema}"')
+                    await saver.setup()
+                finally:
+                    await conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
+        except Exception as exc:
+            await pool.close()
+            raise DependencyUnavailable(
+                f"could not create the checkpoint tables ({type(exc).__name__}: {exc}); "
+                "check that the GRAPHWIRE_DATABASE_URL user may create tables"
             ) from exc
         self._pool, self.saver = pool, saver
 

@@ -75,6 +75,9 @@ class RunnerMetrics:
             "Waits for a request_id's lease held by another live worker.",
             registry=r,
         )
+        self.retries = Counter(
+            "graphwire_retries_total", "Graph runs retried after a retriable error.", registry=r
+        )
         self._event_children: dict[str, Any] = {}
 
     def event_published(self, type_: str) -> None:

@@ -10,15 +10,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 from aiokafka.errors import KafkaError
+from langgraph.runtime import RunControl
 
-from graphs.execution import run_graph
-from graphs.registry import GraphRegistry, UnknownGraphName
+from graphs.execution import RunOutcome, is_retriable, run_graph
+from graphs.registry import GraphOptions, GraphRegistry, UnknownGraphName
 from processors.checkpoints import CheckpointStore
 from processors.dedup import Claim, DedupStore
 from processors.metrics import RunnerMetrics
@@ -54,6 +56,7 @@ class RequestProcessor:
         self._stopping = stopping
         self._events_topic = settings.topics.events
         self._durable_graphs: dict[str, tuple[Any, Any]] = {}
+        self._controls: set[RunControl] = set()
 
     async def handle(self, record: Record) -> bool:
         """Process one message to its end; False when it is left uncommitted (for redelivery).
@@ -199,9 +202,12 @@ class RequestProcessor:
             config["tags"] = request.config.tags
         if request.config.max_concurrency:
             config["max_concurrency"] = request.config.max_concurrency
+        options = GraphOptions.of(graph)
+        max_attempts = request.max_attempts or options.max_attempts or self.settings.max_attempts
+        durability = request.durability or options.durability or self.settings.durability
         payload_input, command = request.input, request.command
         resumed = attempt > 1 and await self._unfinished(graph, config)
-        if resumed:  # a crash cut the last attempt short: continue from its checkpoint
+        if resumed:  # a crash or drain cut the last attempt short: continue from its checkpoint
             payload_input, command = None, None
         await emit(
             "run_started",
@@ -213,20 +219,40 @@ class RequestProcessor:
                 "resumed": resumed,
             },
         )
+        control = RunControl()
+        self._controls.add(control)
         self.metrics.active.inc()
         try:
-            outcome = await run_graph(
-                graph,
-                input=payload_input,
-                command=command,
-                config=config,
-                stream=request.stream,
-                timeout_s=request.timeout_s,
-                emit=emit,
-                durability=self.settings.durability if graph.checkpointer else None,
-            )
+            while True:
+                outcome = await run_graph(
+                    graph,
+                    input=payload_input,
+                    command=command,
+                    config=config,
+                    stream=request.stream,
+                    timeout_s=request.timeout_s,
+                    emit=emit,
+                    durability=durability if graph.checkpointer else None,
+                    control=control if graph.checkpointer else None,
+                )
+                if not (
+                    outcome.status == "error"
+                    and attempt < max_attempts
+                    and is_retriable(outcome.exception)
+                ):
+                    break
+                await self._back_off(rid, attempt, outcome)
+                attempt += 1
+                if await self._unfinished(graph, config):  # retry the failed step only
+                    payload_input, command = None, None
         finally:
             self.metrics.active.dec()
+            self._controls.discard(control)
+        if outcome.status == "drained":
+            raise DependencyUnavailable(
+                f"{rid} stopped at a step boundary for shutdown; another worker resumes it "
+                "from its checkpoint"
+            )
         duration_ms = (time.perf_counter() - started) * 1000
         await emit(
             "run_finished", None, {"status": outcome.status, "duration_ms": round(duration_ms, 3)}
@@ -254,6 +280,30 @@ class RequestProcessor:
         if thread_id is None and outcome.status != "interrupted" and self._checkpoints:
             await self._forget(rid)
         return outcome.status
+
+    async def _back_off(self, request_id: str, attempt: int, outcome: RunOutcome) -> None:
+        """Sleep before retry ``attempt + 1`` (exponential, jittered); give up on shutdown."""
+        s = self.settings
+        delay = min(s.retry_backoff_max_s, s.retry_backoff_s * 2 ** (attempt - 1))
+        delay *= random.uniform(0.5, 1.0)
+        self.metrics.retries.inc()
+        log.warning(
+            "%s attempt %d failed (%s); retrying in %.2fs",
+            request_id,
+            attempt,
+            outcome.error and outcome.error[0],
+            delay,
+        )
+        deadline = time.monotonic() + delay
+        while time.monotonic() < deadline:
+            if self._stopping():
+                raise DependencyUnavailable(f"{request_id}: shutdown during retry backoff")
+            await asyncio.sleep(min(0.1, deadline - time.monotonic()))
+
+    def drain(self) -> None:
+        """Ask every checkpointed run to stop at its next step boundary (on shutdown)."""
+        for control in self._controls:
+            control.request_drain("shutdown")
 
     async def _unfinished(self, graph: Any, config: dict[str, Any]) -> bool:
         """True when the thread's last run stopped between steps (not at an interrupt)."""

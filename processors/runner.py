@@ -8,7 +8,8 @@ Delivery rules kept here (see ARCHITECTURE.md):
    the member stays in the group however long a graph runs.
 3. On revoke: queued runs of the partition are dropped, running ones get ``revoke_grace_s``,
    finished offsets are committed; the rest is redelivered to the new owner.
-4. On stop (SIGTERM): stop fetching, give running runs ``shutdown_grace_s``, flush, commit.
+4. On stop (SIGTERM): stop fetching; checkpointed runs stop at their next step boundary (another
+   worker resumes them), the others get ``shutdown_grace_s``; flush, commit.
 """
 
 from __future__ import annotations
@@ -166,6 +167,7 @@ class GraphRunner:
             if self._poll_task:
                 await asyncio.gather(self._poll_task, return_exceptions=True)
             dropped = self._scheduler.drop_queued()
+            self._processor.drain()  # checkpointed runs stop at their next step boundary
             cancelled = await self._scheduler.drain(None, self.settings.shutdown_grace_s)
             self.metrics.cancelled.inc(cancelled)
             if self._commit_task:

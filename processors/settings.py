@@ -95,6 +95,11 @@ class Settings(BaseSettings):
     """PostgreSQL checkpoints: a redelivered request resumes from its last finished step."""
     checkpoint_schema: str | None = Field(default=None, pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     """PostgreSQL schema for the checkpoint tables (default: the connection's search_path)."""
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    """Runs of a request whose graph fails with a retriable error (graphs and requests override)."""
+    retry_backoff_s: float = Field(default=0.5, gt=0)
+    """First retry delay; doubles per retry (with jitter), at most ``retry_backoff_max_s``."""
+    retry_backoff_max_s: float = Field(default=30.0, gt=0)
     durability: Literal["exit", "async", "sync"] = "async"
     """When LangGraph writes checkpoints: after each step in the background, in line, or at exit."""
 

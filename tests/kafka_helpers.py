@@ -186,3 +186,23 @@ async def committed_total(bootstrap: str, group: str, topic: str, partitions: in
     """Sum of the group's committed offsets over ``topic`` (None counts as 0)."""
     offsets = await committed(bootstrap, group, topic, partitions)
     return sum(v or 0 for v in offsets.values())
+
+
+async def wait_for_members(bootstrap: str, group: str, count: int, timeout: float = 30.0) -> None:
+    """Wait until ``group`` is stable with ``count`` members (so work will be shared)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            described = await admin.describe_consumer_groups([group])
+            _code, _name, state, _ptype, _proto, members = described[0].groups[0]
+            if state == "Stable" and len(members) == count:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"group {group}: {state} with {len(members)} members")
+            await asyncio.sleep(0.2)
+    finally:
+        await admin.close()

@@ -13,7 +13,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from tests.kafka_helpers import ROOT, Collector
+from tests.kafka_helpers import ROOT, Collector, wait_for_members
 from topics.specs import TopicNames
 
 
@@ -143,6 +143,7 @@ async def test_submit_stream_with_two_worker_processes(
         assert rejected.returncode == 1
         assert json.loads(rejected.stdout)["status"] == "rejected"
         # both children joined the group: submit more and see two worker ids
+        await wait_for_members(bootstrap, worker_env["GRAPHWIRE_GROUP_ID"], 2)
         async with Collector(bootstrap, topics.events) as out:
             for i in range(12):
                 await asyncio.to_thread(

@@ -16,6 +16,7 @@ from tests.kafka_helpers import (
     encode,
     produce,
     request,
+    wait_for_members,
 )
 from topics.specs import TopicNames
 
@@ -28,6 +29,7 @@ async def test_200_requests_over_4_partitions_with_2_workers_all_get_results(
     """Two workers share the group: every one of 200 requests gets exactly one success."""
     workers = [WorkerProcess(worker_env, log_path=worker_log).start() for _ in range(2)]
     try:
+        await wait_for_members(bootstrap, worker_env["GRAPHWIRE_GROUP_ID"], 2)
         ids = [f"req-{i}" for i in range(200)]
         await produce(bootstrap, topics.requests, [(i.encode(), encode(request(i))) for i in ids])
         async with Collector(bootstrap, topics.results, topics.events) as out:

@@ -152,6 +152,7 @@ def result_dict(
     interrupts: list[Any] | None = None,
     thread_id: str | None = None,
     attempts: int = 1,
+    cached: bool = False,
     duration_ms: float = 0.0,
     metadata: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -165,6 +166,7 @@ def result_dict(
         "interrupts": interrupts or [],
         "thread_id": thread_id,
         "attempts": attempts,
+        "cached": cached,
         "duration_ms": round(duration_ms, 3),
         "metadata": metadata or {},
     }

@@ -59,6 +59,15 @@ class RunConfig(BaseModel):
     """Upper bound on parallel node executions within one superstep."""
 
 
+class CacheSpec(BaseModel):
+    """Opt-in result caching for one request."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ttl_s: float = Field(gt=0, le=30 * 24 * 3600)
+    """How long the result may be reused."""
+
+
 class Request(BaseModel):
     """A request to run a graph, produced to ``<prefix>.requests``.
 
@@ -86,6 +95,13 @@ class Request(BaseModel):
     """Give up after this many seconds with status ``timeout``."""
     metadata: dict[str, Any] = Field(default_factory=dict)
     """Opaque; echoed on every event and on the result."""
+    max_attempts: int | None = Field(default=None, ge=1, le=20)
+    """Runs allowed when the graph fails with a retriable error (default: the graph's, else 3)."""
+    durability: Literal["exit", "async", "sync"] | None = None
+    """When checkpoints are written: ``sync`` (each step, before the next), ``async`` (each
+    step, in the background), ``exit`` (only at the end: fastest, a crash restarts the run)."""
+    cache: CacheSpec | None = None
+    """Reuse the result of an identical earlier request (same graph, version, input, config)."""
 
     @field_validator("request_id")
     @classmethod
@@ -159,5 +175,8 @@ class Result(BaseModel):
     interrupts: list[Any] = Field(default_factory=list)
     thread_id: str | None = None
     attempts: int = Field(default=1, ge=1)
+    """Runs of the graph for this request, over retries and redeliveries."""
+    cached: bool = False
+    """True when the output was reused from an identical earlier request (nothing ran)."""
     duration_ms: float = Field(ge=0)
     metadata: dict[str, Any] = Field(default_factory=dict)
