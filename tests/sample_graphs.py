@@ -71,3 +71,27 @@ def make_recorded_steps():  # type: ignore[no-untyped-def]
         builder.add_edge(f"step{i}", f"step{i + 1}")
     builder.add_edge("step4", END)
     return builder.compile()
+
+
+FLAKY_CALLS: dict[str, int] = {}
+
+
+class FlakyState(TypedDict, total=False):
+    fail_times: int
+    calls: int
+
+
+async def _flaky(state: FlakyState, config: RunnableConfig) -> FlakyState:
+    """Raises ConnectionError (retriable) the first ``fail_times`` calls per request."""
+    request_id = config["metadata"]["graphwire_request_id"]
+    FLAKY_CALLS[request_id] = FLAKY_CALLS.get(request_id, 0) + 1
+    if FLAKY_CALLS[request_id] <= state.get("fail_times", 0):
+        raise ConnectionError(f"upstream refused call {FLAKY_CALLS[request_id]}")
+    return {"calls": FLAKY_CALLS[request_id]}
+
+
+flaky_builder = StateGraph(FlakyState)
+flaky_builder.add_node("call", _flaky)
+flaky_builder.add_edge(START, "call")
+flaky_builder.add_edge("call", END)
+flaky = flaky_builder.compile().with_config(metadata={"graphwire": {"max_attempts": 4}})

@@ -125,3 +125,98 @@ async def test_sigkill_mid_run_resumes_from_checkpoint(
         if second:
             second.stop()
         await conn.close()
+
+
+async def test_retriable_errors_are_retried_up_to_max_attempts(
+    bootstrap: str, topics: TopicNames, settings: Settings
+) -> None:
+    """ConnectionError is retried (graph default 4, request override 2); ValueError is not."""
+    from tests.sample_graphs import FLAKY_CALLS
+
+    fast = settings.model_copy(update={"retry_backoff_s": 0.01})
+    registry = GraphRegistry.from_sources(
+        specs="flaky=tests.sample_graphs:flaky,failing=tests.sample_graphs:failing"
+    )
+    async with GraphRunner(fast, registry) as runner:
+        await produce(
+            bootstrap,
+            topics.requests,
+            [
+                (b"a", encode(request("recovers", graph="flaky", input={"fail_times": 2}))),
+                (
+                    b"b",
+                    encode(
+                        request("gives-up", graph="flaky", input={"fail_times": 9}, max_attempts=2)
+                    ),
+                ),
+                (b"c", encode(request("not-retried", graph="failing"))),
+            ],
+        )
+        async with Collector(bootstrap, topics.results, topics.dlq) as out:
+            await out.wait_count(topics.results, 3)
+            await out.wait_count(topics.dlq, 2)
+            results = {v["request_id"]: v for v in out.values(topics.results)}
+            dead = sorted(orjson.loads(r.value)["request_id"] for r in out.records[topics.dlq])
+        retries = runner.metrics.registry.get_sample_value("graphwire_retries_total")
+    assert (results["recovers"]["status"], results["recovers"]["attempts"]) == ("success", 3)
+    assert results["recovers"]["output"] == {"fail_times": 2, "calls": 3}
+    assert (results["gives-up"]["status"], results["gives-up"]["attempts"]) == ("error", 2)
+    assert results["gives-up"]["error"] == {
+        "type": "ConnectionError",
+        "message": "upstream refused call 2",
+    }
+    assert (results["not-retried"]["status"], results["not-retried"]["attempts"]) == ("error", 1)
+    assert dead == ["gives-up", "not-retried"]
+    assert (FLAKY_CALLS["recovers"], FLAKY_CALLS["gives-up"]) == (3, 2)
+    assert retries == 3
+
+
+async def test_sigterm_stops_at_a_step_boundary_and_another_worker_resumes(
+    bootstrap: str, topics: TopicNames, worker_env: dict[str, str], worker_log: Path, prefix: str
+) -> None:
+    """SIGTERM during step3: the worker exits 0 after step3 without a result; the next worker
+    runs only step4. Every step ran exactly once."""
+    table = f'"{prefix}".node_runs'
+    conn = await asyncpg.connect(TEST_DATABASE_URL)
+    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{prefix}"')
+    await conn.execute(
+        f"CREATE TABLE {table} (request_id text, node text, at timestamptz default now())"
+    )
+    env = {**worker_env, "GRAPHWIRE_GRAPHS": "steps=tests.sample_graphs:make_recorded_steps"}
+    first = WorkerProcess(env, log_path=worker_log).start()
+    second = None
+    try:
+        await produce(
+            bootstrap,
+            topics.requests,
+            [
+                (
+                    b"k1",
+                    encode(request("drain-1", graph="steps", input={"table": table, "pause": 2})),
+                )
+            ],
+        )
+        for _ in range(300):
+            if await conn.fetchval(f"SELECT count(*) FROM {table} WHERE node = 'step3'"):
+                break
+            await asyncio.sleep(0.1)
+        assert await asyncio.to_thread(first.terminate) == 0
+        nodes_at_exit = [
+            r["node"] for r in await conn.fetch(f"SELECT node FROM {table} ORDER BY at")
+        ]
+        second = WorkerProcess(env, log_path=worker_log).start()
+        async with Collector(bootstrap, topics.results, topics.events) as out:
+            await out.wait_count(topics.results, 1, timeout=60)
+            result = out.values(topics.results)[0]
+            starts = [v["data"] for v in out.values(topics.events) if v["type"] == "run_started"]
+        nodes = [r["node"] for r in await conn.fetch(f"SELECT node FROM {table} ORDER BY at")]
+        assert nodes_at_exit == ["step1", "step2", "step3"]
+        assert nodes == ["step1", "step2", "step3", "step4"]
+        assert (result["status"], result["attempts"]) == ("success", 2)
+        assert result["output"]["done"] == ["step1", "step2", "step3", "step4"]
+        assert [(s["attempt"], s["resumed"]) for s in starts] == [(1, False), (2, True)]
+    finally:
+        first.stop()
+        if second:
+            second.stop()
+        await conn.close()
