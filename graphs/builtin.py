@@ -7,6 +7,7 @@ from typing import Any, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import interrupt
 
 
 class TextState(TypedDict):
@@ -78,3 +79,52 @@ def build_slow() -> CompiledStateGraph[Any, Any, Any, Any]:
     builder.add_edge(START, "wait")
     builder.add_edge("wait", END)
     return builder.compile(name="slow")
+
+
+class ApprovalState(TypedDict, total=False):
+    """State of ``approval``: a topic in, a draft, a reviewer's decision, the outcome."""
+
+    topic: str
+    draft: str
+    approved: bool
+    comment: str | None
+    published: bool
+
+
+def build_approval() -> CompiledStateGraph[Any, Any, Any, Any]:
+    """``draft`` -> ``review`` (asks a person via ``interrupt``) -> ``publish``.
+
+    Resume with ``{"approved": bool, "comment": str (optional)}`` on the same thread.
+    Needs a checkpointer (the worker attaches PostgreSQL's).
+    """
+
+    def draft(state: ApprovalState) -> ApprovalState:
+        return {"draft": f"Announcing {state['topic']}: a short post, ready for review."}
+
+    def review(state: ApprovalState) -> ApprovalState:
+        decision = interrupt(
+            {
+                "draft": state["draft"],
+                "question": 'publish this draft? resume with {"approved": true|false, '
+                '"comment": "..."}',
+            }
+        )
+        if not isinstance(decision, dict) or not isinstance(decision.get("approved"), bool):
+            raise ValueError(
+                'the resume value must be {"approved": true|false, "comment": "..."}; '
+                f"got {decision!r}"
+            )
+        return {"approved": decision["approved"], "comment": decision.get("comment")}
+
+    def publish(state: ApprovalState) -> ApprovalState:
+        return {"published": state["approved"]}
+
+    builder = StateGraph(ApprovalState)
+    builder.add_node("draft", draft)
+    builder.add_node("review", review)
+    builder.add_node("publish", publish)
+    builder.add_edge(START, "draft")
+    builder.add_edge("draft", "review")
+    builder.add_edge("review", "publish")
+    builder.add_edge("publish", END)
+    return builder.compile(name="approval")

@@ -21,7 +21,7 @@ import orjson
 from langgraph.graph import StateGraph
 from langgraph.pregel import Pregel
 
-from graphs.builtin import build_echo, build_pipeline, build_slow
+from graphs.builtin import build_approval, build_echo, build_pipeline, build_slow
 from graphs.chat import build_chat
 
 BUILTINS: dict[str, Callable[[], Pregel[Any, Any, Any, Any]]] = {
@@ -29,6 +29,7 @@ BUILTINS: dict[str, Callable[[], Pregel[Any, Any, Any, Any]]] = {
     "pipeline": build_pipeline,
     "slow": build_slow,
     "chat": build_chat,
+    "approval": build_approval,
 }
 
 

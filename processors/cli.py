@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from topics.codec import dumps
 from topics.errors import GraphwireError
 
 log = logging.getLogger("graphwire")
@@ -117,8 +118,13 @@ async def _submit(args: argparse.Namespace) -> int:
     from topics.client import GraphwireClient
 
     settings = _settings(args)
+    if (args.input is None) == (args.resume is None):
+        raise GraphwireError("give --input JSON (a new run) or --resume JSON with --thread")
+    if args.resume is not None and not args.thread:
+        raise GraphwireError("--resume continues a thread: add --thread THREAD_ID")
     try:
-        payload = json.loads(args.input)
+        payload = json.loads(args.input) if args.input is not None else None
+        command = {"resume": json.loads(args.resume)} if args.resume is not None else None
     except json.JSONDecodeError as exc:
         raise GraphwireError(
             f'--input is not valid JSON ({exc}); pass an object like \'{{"text": "hi"}}\''
@@ -132,6 +138,7 @@ async def _submit(args: argparse.Namespace) -> int:
             payload,
             request_id=args.request_id,
             thread_id=args.thread,
+            command=command,
             stream=stream,
             timeout_s=args.timeout_s,
         )
@@ -145,6 +152,44 @@ async def _submit(args: argparse.Namespace) -> int:
         result = await client.result(request_id, timeout=args.wait_timeout)
         print(result.model_dump_json(indent=2))
         return EXIT_OK if result.status == "success" else EXIT_FAILED
+
+
+async def _state(args: argparse.Namespace) -> int:
+    from processors.checkpoints import CheckpointStore
+
+    from graphs.registry import UnknownGraphName
+
+    settings = _settings(args)
+    registry = _registry(settings)
+    try:
+        graph = registry.get(args.graph)
+    except UnknownGraphName:
+        raise GraphwireError(
+            f"unknown graph {args.graph!r}: registered graphs are {', '.join(registry.names())}"
+        ) from None
+    async with CheckpointStore(
+        settings.database_url.get_secret_value(), schema=settings.checkpoint_schema
+    ) as store:
+        durable = graph.copy(update={"checkpointer": store.saver})
+        snapshot = await durable.aget_state({"configurable": {"thread_id": args.thread_id}})
+    if not snapshot.values and not snapshot.next:
+        raise GraphwireError(
+            f"no checkpoint for thread {args.thread_id!r} of graph {args.graph!r}: check both "
+            "names (and GRAPHWIRE_DATABASE_URL)"
+        )
+    print(
+        dumps(
+            {
+                "thread_id": args.thread_id,
+                "graph": args.graph,
+                "values": snapshot.values,
+                "next": list(snapshot.next),
+                "interrupts": [{"id": i.id, "value": i.value} for i in snapshot.interrupts],
+                "updated_at": snapshot.created_at,
+            }
+        ).decode()
+    )
+    return EXIT_OK
 
 
 def _graphs(args: argparse.Namespace) -> int:
@@ -240,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="submit one request; --wait/--stream print its outcome")
     _kafka_flags(p)
     p.add_argument("graph", help="graph name (see `graphwire graphs`)")
-    p.add_argument("--input", required=True, help="the input as a JSON object")
+    p.add_argument("--input", help="the input as a JSON object")
+    p.add_argument("--resume", help="resume an interrupted thread with this JSON value")
     p.add_argument("--thread", help="thread id (stateful graphs)")
     p.add_argument("--request-id", help="idempotency key (default: a new uuid)")
     p.add_argument("--timeout-s", type=float, help="give up the run after this many seconds")
@@ -253,6 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--wait-timeout", type=float, default=60.0, help="seconds to wait for the result"
     )
     p.set_defaults(func=_submit, is_async=True)
+
+    p = sub.add_parser("state", help="print a thread's current state and pending interrupts")
+    p.add_argument("thread_id")
+    p.add_argument("--graph", required=True, help="the graph the thread runs")
+    _graph_flags(p)
+    p.set_defaults(func=_state, is_async=True)
 
     p = sub.add_parser("graphs", help="list registered graphs and their nodes")
     _graph_flags(p)

@@ -37,6 +37,7 @@ def test_graphs_lists_names_and_nodes() -> None:
     out = graphwire("graphs")
     assert out.returncode == 0
     assert out.stdout.splitlines() == [
+        "approval             draft -> review -> publish",
         "chat                 agent -> tools",
         "echo                 echo",
         "pipeline             normalize -> tokenize -> count",

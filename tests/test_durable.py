@@ -220,3 +220,71 @@ async def test_sigterm_stops_at_a_step_boundary_and_another_worker_resumes(
         if second:
             second.stop()
         await conn.close()
+
+
+async def test_approval_interrupts_then_resumes_through_the_cli(
+    bootstrap: str, topics: TopicNames, runner: GraphRunner, worker_env: dict[str, str]
+) -> None:
+    """approval: interrupted with the draft; `graphwire state` shows it pending;
+    `graphwire submit --resume` publishes; the thread's state then has no next step."""
+    from tests.test_cli import graphwire
+
+    thread = f"{topics.prefix}-th"
+    await produce(
+        bootstrap,
+        topics.requests,
+        [
+            (
+                thread.encode(),
+                encode(
+                    request(
+                        "ap-1", graph="approval", input={"topic": "graphwire 1.0"}, thread_id=thread
+                    )
+                ),
+            )
+        ],
+    )
+    async with Collector(bootstrap, topics.results) as out:
+        await out.wait_count(topics.results, 1)
+        first = out.values(topics.results)[0]
+    draft = "Announcing graphwire 1.0: a short post, ready for review."
+    assert (first["status"], first["thread_id"]) == ("interrupted", thread)
+    assert [i["value"]["draft"] for i in first["interrupts"]] == [draft]
+
+    env = {k: v for k, v in worker_env.items() if k != "GRAPHWIRE_GROUP_ID"}
+    state = await asyncio.to_thread(graphwire, "state", thread, "--graph", "approval", env=env)
+    assert state.returncode == 0, state.stderr
+    pending = orjson.loads(state.stdout)
+    assert (pending["next"], pending["values"]["draft"]) == (["review"], draft)
+    assert [i["value"]["draft"] for i in pending["interrupts"]] == [draft]
+
+    resumed = await asyncio.to_thread(
+        graphwire,
+        "submit",
+        "approval",
+        "--thread",
+        thread,
+        "--request-id",
+        "ap-2",
+        "--resume",
+        '{"approved": true, "comment": "ship it"}',
+        "--wait",
+        env=env,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    result = orjson.loads(resumed.stdout)
+    assert (result["status"], result["thread_id"]) == ("success", thread)
+    assert result["output"] == {
+        "topic": "graphwire 1.0",
+        "draft": draft,
+        "approved": True,
+        "comment": "ship it",
+        "published": True,
+    }
+    after = orjson.loads(
+        (await asyncio.to_thread(graphwire, "state", thread, "--graph", "approval", env=env)).stdout
+    )
+    assert (after["next"], after["interrupts"], after["values"]["published"]) == ([], [], True)
+    missing = await asyncio.to_thread(graphwire, "state", "nope", "--graph", "approval", env=env)
+    assert missing.returncode == 1
+    assert "no checkpoint for thread 'nope' of graph 'approval'" in missing.stderr

@@ -39,8 +39,9 @@ async def _run(
 def test_builtins_are_registered_with_their_nodes() -> None:
     """echo, pipeline, slow and chat, with nodes in declaration order."""
     r = GraphRegistry.from_sources()
-    assert r.names() == ["chat", "echo", "pipeline", "slow"]
+    assert r.names() == ["approval", "chat", "echo", "pipeline", "slow"]
     assert [r.nodes(n) for n in r.names()] == [
+        ["draft", "review", "publish"],
         ["agent", "tools"],
         ["echo"],
         ["normalize", "tokenize", "count"],
