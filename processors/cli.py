@@ -155,9 +155,8 @@ async def _submit(args: argparse.Namespace) -> int:
 
 
 async def _state(args: argparse.Namespace) -> int:
-    from processors.checkpoints import CheckpointStore
-
     from graphs.registry import UnknownGraphName
+    from processors.checkpoints import CheckpointStore
 
     settings = _settings(args)
     registry = _registry(settings)
