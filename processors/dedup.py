@@ -116,6 +116,12 @@ class DedupStore:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    @property
+    def client(self) -> Redis:
+        """The connection (shared with the result cache)."""
+        assert self._redis is not None, "start() first"
+        return self._redis
+
     async def ping(self) -> None:
         """Raise ``DependencyUnavailable`` unless Redis answers."""
         assert self._redis is not None

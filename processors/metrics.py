@@ -78,6 +78,12 @@ class RunnerMetrics:
         self.retries = Counter(
             "graphwire_retries_total", "Graph runs retried after a retriable error.", registry=r
         )
+        self.cache = Counter(
+            "graphwire_cache_lookups_total",
+            "Result cache lookups, by outcome.",
+            ["outcome"],
+            registry=r,
+        )
         self._event_children: dict[str, Any] = {}
 
     def event_published(self, type_: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import random
 import time
@@ -21,12 +22,13 @@ from langgraph.runtime import RunControl
 
 from graphs.execution import RunOutcome, is_retriable, run_graph
 from graphs.registry import GraphOptions, GraphRegistry, UnknownGraphName
+from processors.cache import ResultCache, cache_key
 from processors.checkpoints import CheckpointStore
 from processors.dedup import Claim, DedupStore
 from processors.metrics import RunnerMetrics
 from processors.publisher import OutputPublisher, PublishFailed, Record, trace_headers
 from processors.settings import Settings
-from topics.codec import decode_request, event_dict, peek_graph, result_dict
+from topics.codec import decode_request, dumps, event_dict, peek_graph, result_dict
 from topics.errors import DependencyUnavailable, InvalidRequest, UndecodableMessage, UnknownGraph
 from topics.models import Request
 
@@ -57,6 +59,8 @@ class RequestProcessor:
         self._events_topic = settings.topics.events
         self._durable_graphs: dict[str, tuple[Any, Any]] = {}
         self._controls: set[RunControl] = set()
+        self._versions: dict[str, tuple[Any, str]] = {}
+        self._cache = ResultCache(dedup.client) if dedup is not None else None
 
     async def handle(self, record: Record) -> bool:
         """Process one message to its end; False when it is left uncommitted (for redelivery).
@@ -128,7 +132,7 @@ class RequestProcessor:
         """Claim the request_id, run (or resume) the graph, publish, then mark it done."""
         rid = request.request_id
         if self._dedup is None:
-            await self._execute(record, request, graph, started, attempt=1)
+            await self._execute_cached(record, request, graph, started, attempt=1)
             return
         owner = f"{self.settings.worker_id}:{uuid.uuid4().hex[:8]}"
         claim = await self._claim(rid, owner)
@@ -138,7 +142,9 @@ class RequestProcessor:
             return
         holder = asyncio.create_task(self._dedup.hold(rid, owner))
         try:
-            status = await self._execute(record, request, graph, started, attempt=claim.attempt)
+            status = await self._execute_cached(
+                record, request, graph, started, attempt=claim.attempt
+            )
             await self._dedup.complete(rid, owner, status)
         except BaseException:
             with contextlib.suppress(Exception):  # best effort: else the lease just expires
@@ -146,6 +152,101 @@ class RequestProcessor:
             raise
         finally:
             holder.cancel()
+
+    async def _execute_cached(
+        self, record: Record, request: Request, graph: Any, started: float, *, attempt: int
+    ) -> str:
+        """``_execute``, or the cached output of an identical request when caching applies."""
+        key = self._cache_key(request, graph)
+        if key is None or self._cache is None:
+            return (await self._execute(record, request, graph, started, attempt=attempt)).status
+        owner = uuid.uuid4().hex
+        hit, output = await self._cache.lookup_or_lock(key, owner)
+        if hit:
+            self.metrics.cache.labels("hit").inc()
+            await self._publish_cached(record, request, output, started, attempt)
+            return "success"
+        self.metrics.cache.labels("miss").inc()
+        try:
+            outcome = await self._execute(record, request, graph, started, attempt=attempt)
+        except BaseException:
+            await self._cache.unlock(key, owner)
+            raise
+        if outcome.status == "success":
+            ttl = self._cache_ttl(request, graph)
+            assert ttl is not None
+            await self._cache.store(key, owner, dumps(outcome.output), ttl)
+        else:
+            await self._cache.unlock(key, owner)
+        return outcome.status
+
+    def _cache_ttl(self, request: Request, graph: Any) -> float | None:
+        if request.cache is not None:
+            return request.cache.ttl_s
+        return GraphOptions.of(graph).cache_ttl_s
+
+    def _cache_key(self, request: Request, graph: Any) -> str | None:
+        """The cache key, or None when the request is not cacheable (threads, commands)."""
+        if request.thread_id is not None or request.command is not None:
+            return None
+        if self._cache_ttl(request, graph) is None:
+            return None
+        version = GraphOptions.of(graph).version or self._structure_hash(request.graph, graph)
+        config = request.config.model_dump(mode="json")
+        return cache_key(self.settings.topic_prefix, request.graph, version, request.input, config)
+
+    def _structure_hash(self, name: str, graph: Any) -> str:
+        cached = self._versions.get(name)
+        if cached is None or cached[0] is not graph:
+            drawable = graph.get_graph()
+            shape = {
+                "nodes": sorted(drawable.nodes),
+                "edges": sorted((e.source, e.target, e.conditional) for e in drawable.edges),
+            }
+            cached = (graph, hashlib.sha256(dumps(shape)).hexdigest()[:16])
+            self._versions[name] = cached
+        return cached[1]
+
+    async def _publish_cached(
+        self, record: Record, request: Request, output: Any, started: float, attempt: int
+    ) -> None:
+        rid = request.request_id
+        key, headers, outbox = rid.encode(), trace_headers(record), self._out.outbox()
+        duration_ms = (time.perf_counter() - started) * 1000
+        for seq, (type_, data) in enumerate(
+            (
+                (
+                    "run_started",
+                    {
+                        "thread_id": None,
+                        "worker": self.settings.worker_id,
+                        "attempt": attempt,
+                        "resumed": False,
+                        "cached": True,
+                    },
+                ),
+                (
+                    "run_finished",
+                    {"status": "success", "duration_ms": round(duration_ms, 3), "cached": True},
+                ),
+            )
+        ):
+            event = event_dict(rid, seq, type_, request.graph, None, data, request.metadata)
+            self.metrics.event_published(type_)
+            await outbox.send(self._events_topic, self._out.encode(event, "data"), key, headers)
+        result = result_dict(
+            rid,
+            request.graph,
+            "success",
+            output=output,
+            attempts=attempt,
+            cached=True,
+            duration_ms=duration_ms,
+            metadata=request.metadata,
+        )
+        await self._out.send_result(outbox, record, key, result, headers)
+        await outbox.confirm()
+        self.metrics.executions.labels(request.graph, "success").inc()
 
     async def _claim(self, request_id: str, owner: str) -> Claim:
         """Acquire the lease, waiting while another live worker holds it."""
@@ -175,7 +276,7 @@ class RequestProcessor:
 
     async def _execute(
         self, record: Record, request: Request, graph: Any, started: float, *, attempt: int
-    ) -> str:
+    ) -> RunOutcome:
         rid = request.request_id
         key = rid.encode()
         headers = trace_headers(record)
@@ -279,7 +380,7 @@ class RequestProcessor:
         self.metrics.duration.labels(request.graph).observe(duration_ms / 1000)
         if thread_id is None and outcome.status != "interrupted" and self._checkpoints:
             await self._forget(rid)
-        return outcome.status
+        return outcome
 
     async def _back_off(self, request_id: str, attempt: int, outcome: RunOutcome) -> None:
         """Sleep before retry ``attempt + 1`` (exponential, jittered); give up on shutdown."""

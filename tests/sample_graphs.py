@@ -95,3 +95,25 @@ flaky_builder.add_node("call", _flaky)
 flaky_builder.add_edge(START, "call")
 flaky_builder.add_edge("call", END)
 flaky = flaky_builder.compile().with_config(metadata={"graphwire": {"max_attempts": 4}})
+
+
+COUNTED_RUNS: list[str] = []
+
+
+class CountedState(TypedDict, total=False):
+    text: str
+    length: int
+
+
+async def _counted(state: CountedState, config: RunnableConfig) -> CountedState:
+    """Records each execution, takes a moment (so identical requests overlap)."""
+    COUNTED_RUNS.append(config["metadata"]["graphwire_request_id"])
+    await asyncio.sleep(0.5)
+    return {"length": len(state["text"])}
+
+
+counted_builder = StateGraph(CountedState)
+counted_builder.add_node("measure", _counted)
+counted_builder.add_edge(START, "measure")
+counted_builder.add_edge("measure", END)
+counted = counted_builder.compile()

@@ -288,3 +288,54 @@ async def test_approval_interrupts_then_resumes_through_the_cli(
     missing = await asyncio.to_thread(graphwire, "state", "nope", "--graph", "approval", env=env)
     assert missing.returncode == 1
     assert "no checkpoint for thread 'nope' of graph 'approval'" in missing.stderr
+
+
+async def test_twenty_identical_cached_requests_run_the_graph_once(
+    bootstrap: str, topics: TopicNames, settings: Settings
+) -> None:
+    """Cache opted in, 20 identical requests at once (20 keys): one run, 19 cached results;
+    a different input misses; a request without `cache` runs."""
+    from tests.sample_graphs import COUNTED_RUNS
+
+    COUNTED_RUNS.clear()
+    registry = GraphRegistry.from_sources(specs="counted=tests.sample_graphs:counted")
+    body = {"graph": "counted", "input": {"text": "same"}, "cache": {"ttl_s": 60}}
+    async with GraphRunner(settings, registry) as runner:
+        await produce(
+            bootstrap,
+            topics.requests,
+            [(f"c{i}".encode(), encode({"request_id": f"c{i}", **body})) for i in range(20)],
+        )
+        async with Collector(bootstrap, topics.results) as out:
+            await out.wait_count(topics.results, 20)
+            await produce(
+                bootstrap,
+                topics.requests,
+                [
+                    (b"d", encode({**body, "request_id": "other", "input": {"text": "else"}})),
+                    (
+                        b"e",
+                        encode(
+                            {
+                                "request_id": "uncached",
+                                "graph": "counted",
+                                "input": {"text": "same"},
+                            }
+                        ),
+                    ),
+                ],
+            )
+            await out.wait_count(topics.results, 22)
+            results = {v["request_id"]: v for v in out.values(topics.results)}
+        sample = runner.metrics.registry.get_sample_value
+        hits = sample("graphwire_cache_lookups_total", {"outcome": "hit"})
+    first_twenty = [results[f"c{i}"] for i in range(20)]
+    assert len(COUNTED_RUNS) == 3
+    assert COUNTED_RUNS[0].startswith("c") and set(COUNTED_RUNS[1:]) == {"other", "uncached"}
+    assert sorted(r["cached"] for r in first_twenty) == [False] + [True] * 19
+    assert {(r["status"], orjson.dumps(r["output"])) for r in first_twenty} == {
+        ("success", orjson.dumps({"text": "same", "length": 4}))
+    }
+    assert (results["other"]["cached"], results["other"]["output"]["length"]) == (False, 4)
+    assert results["uncached"]["cached"] is False
+    assert hits == 19
