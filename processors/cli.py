@@ -191,6 +191,63 @@ async def _state(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _dlq_list(args: argparse.Namespace) -> int:
+    from topics.deadletters import read_dead_letters
+
+    settings = _settings(args)
+    letters = await read_dead_letters(
+        settings.bootstrap_servers, settings.topics, **settings.kafka_security()
+    )
+    for letter in letters[-args.limit :] if args.limit else letters:
+        if args.json:
+            print(
+                dumps(
+                    {
+                        "partition": letter.partition,
+                        "offset": letter.offset,
+                        "request_id": letter.request_id,
+                        "source": letter.source,
+                        "reason": letter.reason,
+                    }
+                ).decode()
+            )
+        else:
+            print(
+                f"{letter.partition}/{letter.offset:<6} {letter.request_id or '-':<36} "
+                f"{letter.source:<40} {letter.reason}"
+            )
+    if not args.json:
+        print(f"{len(letters)} dead letters on {settings.topics.dlq}", file=sys.stderr)
+    return EXIT_OK
+
+
+async def _dlq_replay(args: argparse.Namespace) -> int:
+    from processors.dedup import DedupStore
+    from topics.deadletters import read_dead_letters, replay
+
+    if not args.all and not args.request_id:
+        raise GraphwireError("say which dead letters to replay: --request-id ID or --all")
+    settings = _settings(args)
+    letters = await read_dead_letters(
+        settings.bootstrap_servers, settings.topics, **settings.kafka_security()
+    )
+    if args.request_id:
+        letters = [d for d in letters if d.request_id == args.request_id]
+        if not letters:
+            raise GraphwireError(f"no dead letter with request_id {args.request_id!r}")
+    if settings.dedup:  # a replay is a deliberate rerun: forget that the request finished
+        async with DedupStore(
+            settings.redis_url.get_secret_value(), namespace=settings.topic_prefix
+        ) as store:
+            for rid in {d.request_id for d in letters if d.request_id}:
+                await store.forget(rid)
+    count = await replay(
+        settings.bootstrap_servers, settings.topics, letters, **settings.kafka_security()
+    )
+    print(f"replayed {count} dead letters to {settings.topics.requests}")
+    return EXIT_OK
+
+
 def _graphs(args: argparse.Namespace) -> int:
     registry = _registry(_settings(args))
     for name in registry.names():
@@ -304,6 +361,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--graph", required=True, help="the graph the thread runs")
     _graph_flags(p)
     p.set_defaults(func=_state, is_async=True)
+
+    p = sub.add_parser("dlq", help="inspect and replay dead letters")
+    dsub = p.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
+    d = dsub.add_parser("list", help="list dead letters with their reasons")
+    _kafka_flags(d)
+    d.add_argument("--limit", type=int, help="only the last N")
+    d.add_argument("--json", action="store_true", help="one JSON object per line")
+    d.set_defaults(func=_dlq_list, is_async=True)
+    d = dsub.add_parser("replay", help="re-produce dead letters to the requests topic")
+    _kafka_flags(d)
+    d.add_argument("--request-id", help="replay the dead letters of this request")
+    d.add_argument("--all", action="store_true", help="replay every dead letter")
+    d.set_defaults(func=_dlq_replay, is_async=True)
 
     p = sub.add_parser("graphs", help="list registered graphs and their nodes")
     _graph_flags(p)

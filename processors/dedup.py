@@ -171,6 +171,14 @@ class DedupStore:
         """Free our lease without marking done (the request will run again)."""
         await self._call("release", self._keys(request_id)[:1], [owner])
 
+    async def forget(self, request_id: str) -> None:
+        """Drop the done marker and attempt count: the request may run again (dlq replay)."""
+        _lease, done, tries = self._keys(request_id)
+        try:
+            await self.client.delete(done, tries)
+        except (RedisError, OSError) as exc:
+            raise DependencyUnavailable(f"Redis does not answer ({exc})") from exc
+
     async def hold(self, request_id: str, owner: str) -> None:
         """Renew the lease every third of its length until cancelled (run as a task)."""
         interval = self.lease_ms / 3000

@@ -339,3 +339,47 @@ async def test_twenty_identical_cached_requests_run_the_graph_once(
     assert (results["other"]["cached"], results["other"]["output"]["length"]) == (False, 4)
     assert results["uncached"]["cached"] is False
     assert hits == 19
+
+
+async def test_dlq_list_and_replay_reruns_a_failed_request(
+    bootstrap: str, topics: TopicNames, settings: Settings, worker_env: dict[str, str]
+) -> None:
+    """`graphwire dlq list` shows each dead letter with its reason; `dlq replay --request-id`
+    re-produces it (dedup forgets it) and it runs again, this time successfully."""
+    from tests.test_cli import graphwire
+
+    registry = GraphRegistry.from_sources(specs="flaky=tests.sample_graphs:flaky")
+    env = {k: v for k, v in worker_env.items() if k != "GRAPHWIRE_GROUP_ID"}
+    async with GraphRunner(settings, registry):
+        await produce(
+            bootstrap,
+            topics.requests,
+            [
+                (b"x", b"not json", [("origin", b"t")]),
+                (
+                    b"fx-1",
+                    encode(request("fx-1", graph="flaky", input={"fail_times": 1}, max_attempts=1)),
+                ),
+            ],
+        )
+        async with Collector(bootstrap, topics.results, topics.dlq) as out:
+            await out.wait_count(topics.dlq, 2)
+            listed = await asyncio.to_thread(graphwire, "dlq", "list", "--json", env=env)
+            assert listed.returncode == 0, listed.stderr
+            entries = [orjson.loads(line) for line in listed.stdout.splitlines()]
+            assert [(e["request_id"], e["source"].split("/")[0]) for e in entries] == [
+                (None, topics.requests),
+                ("fx-1", topics.requests),
+            ]
+            assert "not UTF-8 JSON" in entries[0]["reason"]
+            assert entries[1]["reason"] == "graph failed: upstream refused call 1"
+
+            unsure = await asyncio.to_thread(graphwire, "dlq", "replay", env=env)
+            assert unsure.returncode == 1 and "--request-id ID or --all" in unsure.stderr
+            replayed = await asyncio.to_thread(
+                graphwire, "dlq", "replay", "--request-id", "fx-1", env=env
+            )
+            assert replayed.stdout.strip() == f"replayed 1 dead letters to {topics.requests}"
+            await out.wait_count(topics.results, 2)
+            results = [(v["request_id"], v["status"]) for v in out.values(topics.results)]
+    assert results == [("fx-1", "error"), ("fx-1", "success")]
