@@ -98,6 +98,15 @@ class CheckpointStore:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    async def ping(self) -> None:
+        """Raise ``DependencyUnavailable`` unless PostgreSQL answers."""
+        assert self._pool is not None
+        try:
+            async with self._pool.connection(timeout=2) as conn:
+                await conn.execute("SELECT 1")
+        except Exception as exc:
+            raise DependencyUnavailable(f"PostgreSQL does not answer ({exc})") from exc
+
     async def forget(self, thread_id: str) -> None:
         """Delete a finished stateless run's checkpoints (threads keep theirs)."""
         if self.saver is not None:

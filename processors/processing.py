@@ -14,17 +14,20 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import psycopg
 from aiokafka.errors import KafkaError
 from langgraph.runtime import RunControl
+from psycopg_pool import PoolTimeout
 
 from graphs.execution import RunOutcome, is_retriable, run_graph
 from graphs.registry import GraphOptions, GraphRegistry, UnknownGraphName
 from processors.cache import ResultCache, cache_key
 from processors.checkpoints import CheckpointStore
 from processors.dedup import Claim, DedupStore
+from processors.health import DependencyGate
 from processors.metrics import RunnerMetrics
 from processors.publisher import OutputPublisher, PublishFailed, Record, trace_headers
 from processors.settings import Settings
@@ -48,6 +51,7 @@ class RequestProcessor:
         dedup: DedupStore | None = None,
         checkpoints: CheckpointStore | None = None,
         stopping: Callable[[], bool] = lambda: False,
+        gate: DependencyGate | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -56,6 +60,7 @@ class RequestProcessor:
         self._dedup = dedup
         self._checkpoints = checkpoints
         self._stopping = stopping
+        self._gate = gate
         self._events_topic = settings.topics.events
         self._durable_graphs: dict[str, tuple[Any, Any]] = {}
         self._controls: set[RunControl] = set()
@@ -68,25 +73,28 @@ class RequestProcessor:
         A message left unfinished stops its key: the scheduler drops the key's queued messages,
         so a later message of the same thread never runs before an earlier one.
         """
-        try:
-            await self._process(record)
-        except DependencyUnavailable as exc:
-            log.warning("leaving %s/%d uncommitted: %s", record.topic, record.offset, exc)
-            return False
-        except PublishFailed as exc:  # an output can never be written: say so, move on
-            if not await self._dead_letter_or_leave(
-                record, f"outputs could not be published: {exc}", "publish_failed"
-            ):
+        while True:
+            try:
+                await self._process(record)
+                return True
+            except DependencyUnavailable as exc:
+                if self._gate is not None and not self._stopping():
+                    self._gate.report(exc)  # pauses new work; we retry once it answers
+                    if await self._gate.wait_healthy(self._stopping):
+                        continue
+                log.warning("leaving %s/%d uncommitted: %s", record.topic, record.offset, exc)
                 return False
-        except Exception as exc:  # a bug of ours must not stop the partition
-            log.exception("internal error on %s/%d", record.topic, record.offset)
-            reason = (
-                f"internal error while processing ({type(exc).__name__}: {exc}); "
-                "report it to the graphwire maintainers, then replay the dead letter"
-            )
-            if not await self._dead_letter_or_leave(record, reason, "internal"):
-                return False
-        return True
+            except PublishFailed as exc:  # an output can never be written: say so, move on
+                return await self._dead_letter_or_leave(
+                    record, f"outputs could not be published: {exc}", "publish_failed"
+                )
+            except Exception as exc:  # a bug of ours must not stop the partition
+                log.exception("internal error on %s/%d", record.topic, record.offset)
+                reason = (
+                    f"internal error while processing ({type(exc).__name__}: {exc}); "
+                    "report it to the graphwire maintainers, then replay the dead letter"
+                )
+                return await self._dead_letter_or_leave(record, reason, "internal")
 
     async def _dead_letter_or_leave(self, record: Record, reason: str, label: str) -> bool:
         """Dead-letter ``record``; False if even that cannot be published (left uncommitted)."""
@@ -134,7 +142,7 @@ class RequestProcessor:
         if self._dedup is None:
             await self._execute_cached(record, request, graph, started, attempt=1)
             return
-        owner = f"{self.settings.worker_id}:{uuid.uuid4().hex[:8]}"
+        owner = f"{self.settings.worker_id}:{record.topic}/{record.partition}/{record.offset}"
         claim = await self._claim(rid, owner)
         if claim.state == "done":
             self.metrics.duplicates.inc()
@@ -145,7 +153,10 @@ class RequestProcessor:
             status = await self._execute_cached(
                 record, request, graph, started, attempt=claim.attempt
             )
-            await self._dedup.complete(rid, owner, status)
+            # outputs are out: only the done marker is missing, so an outage here is waited
+            # out (not re-run, which would publish the result twice)
+            dedup = self._dedup
+            await self._through_outage(lambda: dedup.complete(rid, owner, status))
         except BaseException:
             with contextlib.suppress(Exception):  # best effort: else the lease just expires
                 await self._dedup.release(rid, owner)
@@ -248,6 +259,19 @@ class RequestProcessor:
         await outbox.confirm()
         self.metrics.executions.labels(request.graph, "success").inc()
 
+    async def _through_outage(self, operation: Callable[[], Awaitable[None]]) -> None:
+        """Run ``operation``, waiting out dependency outages (unless the worker stops)."""
+        while True:
+            try:
+                await operation()
+                return
+            except DependencyUnavailable as exc:
+                if self._gate is None or self._stopping():
+                    raise
+                self._gate.report(exc)
+                if not await self._gate.wait_healthy(self._stopping):
+                    raise
+
     async def _claim(self, request_id: str, owner: str) -> Claim:
         """Acquire the lease, waiting while another live worker holds it."""
         assert self._dedup is not None
@@ -336,6 +360,10 @@ class RequestProcessor:
                     durability=durability if graph.checkpointer else None,
                     control=control if graph.checkpointer else None,
                 )
+                if graph.checkpointer is not None and _is_database_outage(outcome.exception):
+                    raise DependencyUnavailable(
+                        f"PostgreSQL (checkpoints) failed during {rid}: {outcome.exception}"
+                    ) from outcome.exception
                 if not (
                     outcome.status == "error"
                     and attempt < max_attempts
@@ -422,3 +450,8 @@ class RequestProcessor:
             await self._checkpoints.forget(thread_id)
         except Exception as exc:  # the result is out; a leftover checkpoint only costs space
             log.warning("could not delete checkpoints of %s: %s", thread_id, exc)
+
+
+def _is_database_outage(exc: BaseException | None) -> bool:
+    """Connection-level failures of the checkpointer's PostgreSQL (not the graph's own bugs)."""
+    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | PoolTimeout)

@@ -27,6 +27,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from graphs.registry import GraphRegistry
 from processors.checkpoints import CheckpointStore
 from processors.dedup import DedupStore
+from processors.health import Check, DependencyGate
 from processors.metrics import RunnerMetrics
 from processors.offsets import OffsetTracker
 from processors.processing import RequestProcessor
@@ -73,6 +74,7 @@ class GraphRunner:
         self._processor: RequestProcessor
         self._dedup: DedupStore | None = None
         self._checkpoints: CheckpointStore | None = None
+        self._gate: DependencyGate | None = None
         self._poll_task: asyncio.Task[None] | None = None
         self._commit_task: asyncio.Task[None] | None = None
         self._commit_lock = asyncio.Lock()
@@ -117,6 +119,7 @@ class GraphRunner:
             dedup=self._dedup,
             checkpoints=self._checkpoints,
             stopping=lambda: self._stopping,
+            gate=self._gate,
         )
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=s.bootstrap_servers,
@@ -185,6 +188,7 @@ class GraphRunner:
 
     async def _start_stores(self) -> None:
         s = self.settings
+        checks: dict[str, Check] = {}
         if s.dedup:
             self._dedup = DedupStore(
                 s.redis_url.get_secret_value(),
@@ -193,13 +197,18 @@ class GraphRunner:
                 done_ttl_s=s.done_ttl_s,
             )
             await self._dedup.start()
+            checks["Redis"] = self._dedup.ping
         if s.checkpoints:
             self._checkpoints = CheckpointStore(
                 s.database_url.get_secret_value(), schema=s.checkpoint_schema
             )
             await self._checkpoints.start()
+            checks["PostgreSQL"] = self._checkpoints.ping
+        self._gate = DependencyGate(checks)
 
     async def _close_clients(self) -> None:
+        if self._gate is not None:
+            await self._gate.stop()
         for store in (self._dedup, self._checkpoints):
             if store is not None:
                 with contextlib.suppress(Exception):
@@ -220,6 +229,13 @@ class GraphRunner:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    def readiness(self) -> dict[str, str]:
+        """``{"Kafka": ..., "Redis": ..., "PostgreSQL": ...}``: "ok" or why not."""
+        status = {"Kafka": "ok" if self._started and not self._stopping else "not consuming"}
+        if self._gate is not None:
+            status.update(self._gate.status())
+        return status
+
     @property
     def in_flight(self) -> int:
         """Messages held: running or queued behind their key."""
@@ -234,6 +250,10 @@ class GraphRunner:
         poll_ms = self.settings.poll_timeout_ms
         while not self._stopping:
             free = limit - self._tracker.in_flight
+            if self._gate is not None and not self._gate.healthy:
+                await self._keep_polling_paused(consumer)
+                await asyncio.sleep(0.5)
+                continue
             if free <= 0:
                 await self._wait_for_slot(consumer)
                 continue
@@ -255,17 +275,21 @@ class GraphRunner:
         try:
             await asyncio.wait_for(self._slot_freed.wait(), timeout=1.0)
         except TimeoutError:
-            assigned = consumer.assignment()
-            consumer.pause(*assigned)
-            self.metrics.paused.set(len(assigned))
-            # A paused poll returns nothing; it resets the max.poll.interval.ms clock. (A
-            # partition assigned meanwhile is not paused yet: take at most one record.)
-            try:
-                batches = await consumer.getmany(timeout_ms=0, max_records=1)
-            except KafkaError as exc:
-                log.warning("paused poll failed, retrying: %s", exc)
-                return
-            self._dispatch(consumer, batches)
+            await self._keep_polling_paused(consumer)
+
+    async def _keep_polling_paused(self, consumer: AIOKafkaConsumer) -> None:
+        """Pause every partition and poll: nothing is fetched, the member stays in the group."""
+        assigned = consumer.assignment()
+        consumer.pause(*assigned)
+        self.metrics.paused.set(len(assigned))
+        # A paused poll returns nothing; it resets the max.poll.interval.ms clock. (A
+        # partition assigned meanwhile is not paused yet: take at most one record.)
+        try:
+            batches = await consumer.getmany(timeout_ms=0, max_records=1)
+        except KafkaError as exc:
+            log.warning("paused poll failed, retrying: %s", exc)
+            return
+        self._dispatch(consumer, batches)
 
     def _dispatch(
         self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[Record]]
