@@ -93,8 +93,32 @@ async def bare_slow(n: int, concurrency: int) -> float:
 # -- the runner --------------------------------------------------------------------------
 
 
+PLAIN = {"GRAPHWIRE_DEDUP": "false", "GRAPHWIRE_CHECKPOINTS": "false"}
+"""The Kafka path alone: the issue-2 figures compare this with bare LangGraph."""
+
+
+def stores(dedup: bool, checkpoints: bool, durability: str = "async") -> dict[str, str]:
+    """Worker environment with Redis dedup and/or PostgreSQL checkpoints switched on."""
+    return {
+        "GRAPHWIRE_DEDUP": str(dedup).lower(),
+        "GRAPHWIRE_CHECKPOINTS": str(checkpoints).lower(),
+        "GRAPHWIRE_DURABILITY": durability,
+        "GRAPHWIRE_REDIS_URL": os.environ.get(
+            "GRAPHWIRE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"
+        ),
+        "GRAPHWIRE_DATABASE_URL": os.environ.get(
+            "GRAPHWIRE_BENCH_DATABASE_URL", "postgresql://127.0.0.1:5432/test"
+        ),
+        "GRAPHWIRE_CHECKPOINT_SCHEMA": "graphwire_bench",
+    }
+
+
 def start_workers(
-    bootstrap: str, prefix: str, processes: int, max_in_flight: int
+    bootstrap: str,
+    prefix: str,
+    processes: int,
+    max_in_flight: int,
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
@@ -105,6 +129,7 @@ def start_workers(
         "GRAPHWIRE_SESSION_TIMEOUT_MS": "6000",
         "GRAPHWIRE_HEARTBEAT_INTERVAL_MS": "1000",
         "GRAPHWIRE_LOG_LEVEL": "WARNING",
+        **(extra_env if extra_env is not None else PLAIN),
     }
     return subprocess.Popen(
         [sys.executable, "-m", "processors", "worker", "--processes", str(processes)],
@@ -157,7 +182,13 @@ async def consume_until(bootstrap: str, topic: str, done: int, timeout: float) -
 
 
 async def runner_rate(
-    bootstrap: str, graph: str, body: dict[str, Any], n: int, processes: int, max_in_flight: int
+    bootstrap: str,
+    graph: str,
+    body: dict[str, Any],
+    n: int,
+    processes: int,
+    max_in_flight: int,
+    extra_env: dict[str, str] | None = None,
 ) -> float:
     """Runs/s of the runner draining ``n`` pre-produced requests."""
     prefix = f"bench{uuid.uuid4().hex[:8]}"
@@ -168,7 +199,7 @@ async def runner_rate(
         names.requests,
         [{"request_id": f"{graph}-{i}", "graph": graph, "input": body} for i in range(n)],
     )
-    workers = start_workers(bootstrap, prefix, processes, max_in_flight)
+    workers = start_workers(bootstrap, prefix, processes, max_in_flight, extra_env)
     try:
         events = await consume_until(bootstrap, names.events, n, timeout=300)
     finally:
@@ -300,6 +331,29 @@ async def main() -> None:
 
         two = await runner_rate(bs, "pipeline", {"text": "Hello World"}, n, 2, 64)
         line("pipeline runs/s: --processes 2 vs 1", two, "runs/s", peak, ">= 1.7x")
+
+        print("\nRedis dedup and PostgreSQL checkpoints (each against the runner without them)")
+        hello = {"text": "Hello World"}
+        dedup = await runner_rate(bs, "pipeline", hello, n, 1, 64, stores(True, False))
+        line("pipeline: dedup vs none", dedup, "runs/s", peak, ">= 0.85x")
+        slow_plain = await runner_rate(bs, "slow", {"seconds": 0.2}, slow_n, 1, 200)
+        slow_cp = await runner_rate(
+            bs, "slow", {"seconds": 0.2}, slow_n, 1, 200, stores(False, True)
+        )
+        line(
+            "slow 0.2s, 200 in flight: checkpoints vs none",
+            slow_cp,
+            "runs/s",
+            slow_plain,
+            ">= 0.9x",
+        )
+        for mode in ("exit", "async", "sync"):
+            cp = await runner_rate(bs, "pipeline", hello, n, 1, 64, stores(False, True, mode))
+            line(f"pipeline: checkpoints durability={mode} vs none", cp, "runs/s", peak, "reported")
+        both = await runner_rate(bs, "pipeline", hello, n, 1, 64, stores(True, True))
+        line(
+            "pipeline: dedup + checkpoints (the default) vs none", both, "runs/s", peak, "reported"
+        )
 
 
 if __name__ == "__main__":

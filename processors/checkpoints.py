@@ -29,17 +29,45 @@ async def _try_lock(conn: AsyncConnection[Any]) -> bool:
     return bool(row and row["ok"])
 
 
+class _Unlocked:
+    """An async context manager that does not serialize anything."""
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+class PooledPostgresSaver(AsyncPostgresSaver):
+    """``AsyncPostgresSaver`` without its instance-wide lock.
+
+    The upstream saver holds one ``asyncio.Lock`` around every database call, so 200 runs in
+    flight take turns on a single checkpoint write at a time, whatever the pool size. Over a
+    connection pool every call gets its own connection, so the lock protects nothing: drop it.
+    On this 2-core machine the worker is CPU-bound either way; the lock matters where each call
+    waits on a network round trip to PostgreSQL (it caps a worker at one call per round trip).
+    """
+
+    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
+        super().__init__(pool)
+        self.lock = _Unlocked()  # type: ignore[assignment]
+
+
 class CheckpointStore:
     """Owns the pool and the ``AsyncPostgresSaver``; ``setup()`` creates its tables."""
 
     def __init__(
-        self, database_url: str, *, schema: str | None = None, pool_size: int = 10
+        self, database_url: str, *, schema: str | None = None, pool_size: int = 20
     ) -> None:
         self._url = database_url
         self._schema = schema
         self._pool_size = pool_size
         self._pool: AsyncConnectionPool | None = None
         self.saver: AsyncPostgresSaver | None = None
+        self.forget_interval_s = 1.0
+        self._forget: set[str] = set()
+        self._forgetter: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Open the pool, create the schema (if named) and the checkpoint tables."""
@@ -63,7 +91,7 @@ class CheckpointStore:
                 f"PostgreSQL for checkpoints does not answer ({type(exc).__name__}: {exc}); "
                 "check GRAPHWIRE_DATABASE_URL or set GRAPHWIRE_CHECKPOINTS=false"
             ) from exc
-        saver = AsyncPostgresSaver(pool)  # type: ignore[arg-type]
+        saver = PooledPostgresSaver(pool)
         try:
             # Replicas start together: one migrates at a time (session advisory lock). Try and
             # poll rather than wait in the lock: a session waiting inside a query would block
@@ -86,7 +114,11 @@ class CheckpointStore:
         self._pool, self.saver = pool, saver
 
     async def stop(self) -> None:
-        """Close the pool. Idempotent."""
+        """Delete what is waiting to be forgotten, close the pool. Idempotent."""
+        if self._forgetter is not None:
+            self._forgetter.cancel()
+            await asyncio.gather(self._forgetter, return_exceptions=True)
+        await self.flush_forgotten()
         if self._pool is not None:
             await self._pool.close()
             self._pool, self.saver = None, None
@@ -107,7 +139,44 @@ class CheckpointStore:
         except Exception as exc:
             raise DependencyUnavailable(f"PostgreSQL does not answer ({exc})") from exc
 
-    async def forget(self, thread_id: str) -> None:
-        """Delete a finished stateless run's checkpoints (threads keep theirs)."""
-        if self.saver is not None:
-            await self.saver.adelete_thread(thread_id)
+    def forget_later(self, thread_id: str) -> None:
+        """Delete a finished stateless run's checkpoints in the next batch (about a second).
+
+        Batching keeps a DELETE per table per second off each run's path (measured: +20% runs/s
+        on ``slow``). A crash can leave a batch behind: ``graphwire checkpoints prune`` removes
+        what is older than the retention.
+        """
+        self._forget.add(thread_id)
+        if self._forgetter is None or self._forgetter.done():
+            self._forgetter = asyncio.create_task(self._forget_soon())
+
+    async def _forget_soon(self) -> None:
+        await asyncio.sleep(self.forget_interval_s)
+        await self.flush_forgotten()
+
+    async def flush_forgotten(self) -> None:
+        """Delete the checkpoints of every thread handed to ``forget_later`` so far."""
+        if not self._forget or self._pool is None:
+            return
+        batch, self._forget = list(self._forget), set()
+        try:
+            async with self._pool.connection(timeout=5) as conn, conn.transaction():
+                for table in ("checkpoint_writes", "checkpoint_blobs", "checkpoints"):
+                    await conn.execute(f"DELETE FROM {table} WHERE thread_id = ANY(%s)", (batch,))
+        except Exception as exc:  # results are out; leftovers only cost space until pruned
+            log.warning("could not delete checkpoints of %d finished runs: %s", len(batch), exc)
+
+    async def prune(self, older_than_s: float) -> int:
+        """Delete every thread whose newest checkpoint is older than ``older_than_s``."""
+        assert self._pool is not None
+        cutoff_sql = """
+            SELECT thread_id FROM checkpoints
+            GROUP BY thread_id
+            HAVING max((checkpoint->>'ts')::timestamptz) < now() - make_interval(secs => %s)
+        """
+        async with self._pool.connection() as conn, conn.transaction():
+            rows = await (await conn.execute(cutoff_sql, (older_than_s,))).fetchall()
+            threads = [row["thread_id"] for row in rows]  # type: ignore[call-overload]
+            for table in ("checkpoint_writes", "checkpoint_blobs", "checkpoints"):
+                await conn.execute(f"DELETE FROM {table} WHERE thread_id = ANY(%s)", (threads,))
+        return len(threads)

@@ -248,6 +248,19 @@ async def _dlq_replay(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _checkpoints_prune(args: argparse.Namespace) -> int:
+    from processors.checkpoints import CheckpointStore
+
+    settings = _settings(args)
+    older = args.older_than_s if args.older_than_s is not None else settings.checkpoint_ttl_s
+    async with CheckpointStore(
+        settings.database_url.get_secret_value(), schema=settings.checkpoint_schema
+    ) as store:
+        count = await store.prune(older)
+    print(f"deleted the checkpoints of {count} threads idle for more than {older:g} s")
+    return EXIT_OK
+
+
 def _graphs(args: argparse.Namespace) -> int:
     registry = _registry(_settings(args))
     for name in registry.names():
@@ -374,6 +387,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--request-id", help="replay the dead letters of this request")
     d.add_argument("--all", action="store_true", help="replay every dead letter")
     d.set_defaults(func=_dlq_replay, is_async=True)
+
+    p = sub.add_parser("checkpoints", help="manage LangGraph checkpoints in PostgreSQL")
+    csub = p.add_subparsers(dest="checkpoints_command", required=True, metavar="ACTION")
+    c = csub.add_parser("prune", help="delete threads idle for longer than the retention")
+    c.add_argument(
+        "--older-than-s", type=float, help="seconds (default GRAPHWIRE_CHECKPOINT_TTL_S, 30 days)"
+    )
+    c.set_defaults(func=_checkpoints_prune, is_async=True)
 
     p = sub.add_parser("graphs", help="list registered graphs and their nodes")
     _graph_flags(p)

@@ -407,7 +407,7 @@ class RequestProcessor:
         self.metrics.executions.labels(request.graph, outcome.status).inc()
         self.metrics.duration.labels(request.graph).observe(duration_ms / 1000)
         if thread_id is None and outcome.status != "interrupted" and self._checkpoints:
-            await self._forget(rid)
+            self._checkpoints.forget_later(rid)
         return outcome
 
     async def _back_off(self, request_id: str, attempt: int, outcome: RunOutcome) -> None:
@@ -443,13 +443,6 @@ class RequestProcessor:
         except Exception as exc:
             raise DependencyUnavailable(f"cannot read the checkpoint: {exc}") from exc
         return bool(state.next) and not state.interrupts
-
-    async def _forget(self, thread_id: str) -> None:
-        assert self._checkpoints is not None
-        try:
-            await self._checkpoints.forget(thread_id)
-        except Exception as exc:  # the result is out; a leftover checkpoint only costs space
-            log.warning("could not delete checkpoints of %s: %s", thread_id, exc)
 
 
 def _is_database_outage(exc: BaseException | None) -> bool:

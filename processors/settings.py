@@ -100,6 +100,8 @@ class Settings(BaseSettings):
     retry_backoff_s: float = Field(default=0.5, gt=0)
     """First retry delay; doubles per retry (with jitter), at most ``retry_backoff_max_s``."""
     retry_backoff_max_s: float = Field(default=30.0, gt=0)
+    checkpoint_ttl_s: int = Field(default=30 * 24 * 3600, ge=0)
+    """``graphwire checkpoints prune`` deletes threads idle for longer than this."""
     durability: Literal["exit", "async", "sync"] = "async"
     """When LangGraph writes checkpoints: after each step in the background, in line, or at exit."""
 

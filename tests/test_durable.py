@@ -383,3 +383,48 @@ async def test_dlq_list_and_replay_reruns_a_failed_request(
             await out.wait_count(topics.results, 2)
             results = [(v["request_id"], v["status"]) for v in out.values(topics.results)]
     assert results == [("fx-1", "error"), ("fx-1", "success")]
+
+
+async def test_stateless_checkpoints_are_deleted_and_threads_pruned_by_age(
+    bootstrap: str, topics: TopicNames, runner: GraphRunner, worker_env: dict[str, str]
+) -> None:
+    """Finished stateless runs leave no checkpoints (batched delete); a thread keeps its own
+    until `graphwire checkpoints prune` finds it older than the retention."""
+    from tests.test_cli import graphwire
+
+    thread = f"{topics.prefix}-keep"
+    await produce(
+        bootstrap,
+        topics.requests,
+        [
+            (b"s1", encode(request("stateless-1"))),
+            (b"s2", encode(request("stateless-2"))),
+            (thread.encode(), encode(request("threaded-1", thread_id=thread))),
+        ],
+    )
+    async with Collector(bootstrap, topics.results) as out:
+        await out.wait_count(topics.results, 3)
+    schema = worker_env["GRAPHWIRE_CHECKPOINT_SCHEMA"]
+    conn = await asyncpg.connect(TEST_DATABASE_URL)
+    try:
+        query = f'SELECT DISTINCT thread_id FROM "{schema}".checkpoints ORDER BY 1'
+        for _ in range(50):  # the batch runs about a second after the runs
+            threads = [r["thread_id"] for r in await conn.fetch(query)]
+            if threads == [thread]:
+                break
+            await asyncio.sleep(0.1)
+        assert threads == [thread]
+        env = {k: v for k, v in worker_env.items() if k != "GRAPHWIRE_GROUP_ID"}
+        kept = await asyncio.to_thread(graphwire, "checkpoints", "prune", env=env)
+        assert kept.stdout.strip() == (
+            "deleted the checkpoints of 0 threads idle for more than 2.592e+06 s"
+        )
+        pruned = await asyncio.to_thread(
+            graphwire, "checkpoints", "prune", "--older-than-s", "0", env=env
+        )
+        assert (
+            pruned.stdout.strip() == "deleted the checkpoints of 1 threads idle for more than 0 s"
+        )
+        assert await conn.fetch(query) == []
+    finally:
+        await conn.close()
