@@ -331,8 +331,11 @@ class RequestProcessor:
         max_attempts = request.max_attempts or options.max_attempts or self.settings.max_attempts
         durability = request.durability or options.durability or self.settings.durability
         payload_input, command = request.input, request.command
-        resumed = attempt > 1 and await self._unfinished(graph, config)
-        if resumed:  # a crash or drain cut the last attempt short: continue from its checkpoint
+        # A redelivery (attempt > 1) looks at what the earlier attempt left on the thread:
+        # unfinished -> continue from the checkpoint; finished -> reuse it, run nothing.
+        earlier = await self._earlier_attempt(graph, config, rid) if attempt > 1 else None
+        resumed = earlier is not None
+        if resumed:
             payload_input, command = None, None
         await emit(
             "run_started",
@@ -349,6 +352,9 @@ class RequestProcessor:
         self.metrics.active.inc()
         try:
             while True:
+                if earlier is not None and earlier.status != "unfinished":
+                    outcome = earlier  # the crash came after the graph ended: nothing to run
+                    break
                 outcome = await run_graph(
                     graph,
                     input=payload_input,
@@ -433,6 +439,31 @@ class RequestProcessor:
         """Ask every checkpointed run to stop at its next step boundary (on shutdown)."""
         for control in self._controls:
             control.request_drain("shutdown")
+
+    async def _earlier_attempt(
+        self, graph: Any, config: dict[str, Any], request_id: str
+    ) -> RunOutcome | None:
+        """What an earlier attempt of ``request_id`` left on its thread, if anything.
+
+        ``unfinished`` (stopped between steps), ``success`` (the graph ended: its final state)
+        or ``interrupted``; None when the thread's last checkpoint is not this request's.
+        """
+        if graph.checkpointer is None:
+            return None
+        try:
+            state = await graph.aget_state(config)
+        except Exception as exc:
+            raise DependencyUnavailable(f"cannot read the checkpoint: {exc}") from exc
+        if not state.metadata or state.metadata.get("graphwire_request_id") != request_id:
+            return None
+        if state.interrupts:
+            found = [{"id": i.id, "value": i.value} for i in state.interrupts]
+            return RunOutcome(status="interrupted", interrupts=found)
+        # ``next`` alone misleads: a step whose tasks finished (their writes saved) but whose
+        # next checkpoint was not written yet shows no ``next``. Any task left means unfinished.
+        if state.next or state.tasks:
+            return RunOutcome(status="unfinished")
+        return RunOutcome(status="success", output=state.values)
 
     async def _unfinished(self, graph: Any, config: dict[str, Any]) -> bool:
         """True when the thread's last run stopped between steps (not at an interrupt)."""

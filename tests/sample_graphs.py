@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import operator
 import os
-from typing import TypedDict
+from typing import Annotated, TypedDict
 
 import asyncpg
 from langchain_core.runnables import RunnableConfig
@@ -117,3 +118,19 @@ counted_builder.add_node("measure", _counted)
 counted_builder.add_edge(START, "measure")
 counted_builder.add_edge("measure", END)
 counted = counted_builder.compile()
+
+
+class TurnsState(TypedDict, total=False):
+    turns: Annotated[list[int], operator.add]
+
+
+def _take_turn(state: TurnsState) -> TurnsState:
+    return {}  # the input's turn is appended by the reducer; the node marks the step
+
+
+turns_builder = StateGraph(TurnsState)
+turns_builder.add_node("turn", _take_turn)
+turns_builder.add_edge(START, "turn")
+turns_builder.add_edge("turn", END)
+turns = turns_builder.compile()
+"""A thread graph: each request appends its turn number; the output is every turn so far."""
