@@ -65,6 +65,7 @@ class RequestProcessor:
         self._durable_graphs: dict[str, tuple[Any, Any]] = {}
         self._controls: set[RunControl] = set()
         self._versions: dict[str, tuple[Any, str]] = {}
+        self._graph_options: dict[int, tuple[Any, GraphOptions]] = {}
         self._cache = ResultCache(dedup.client) if dedup is not None else None
 
     async def handle(self, record: Record) -> bool:
@@ -194,7 +195,7 @@ class RequestProcessor:
     def _cache_ttl(self, request: Request, graph: Any) -> float | None:
         if request.cache is not None:
             return request.cache.ttl_s
-        return GraphOptions.of(graph).cache_ttl_s
+        return self._options(graph).cache_ttl_s
 
     def _cache_key(self, request: Request, graph: Any) -> str | None:
         """The cache key, or None when the request is not cacheable (threads, commands)."""
@@ -202,9 +203,17 @@ class RequestProcessor:
             return None
         if self._cache_ttl(request, graph) is None:
             return None
-        version = GraphOptions.of(graph).version or self._structure_hash(request.graph, graph)
+        version = self._options(graph).version or self._structure_hash(request.graph, graph)
         config = request.config.model_dump(mode="json")
         return cache_key(self.settings.topic_prefix, request.graph, version, request.input, config)
+
+    def _options(self, graph: Any) -> GraphOptions:
+        """The graph's declared options, read once per graph object."""
+        options = self._graph_options.get(id(graph))
+        if options is None or options[0] is not graph:
+            options = (graph, GraphOptions.of(graph))
+            self._graph_options[id(graph)] = options
+        return options[1]
 
     def _structure_hash(self, name: str, graph: Any) -> str:
         cached = self._versions.get(name)
@@ -327,7 +336,7 @@ class RequestProcessor:
             config["tags"] = request.config.tags
         if request.config.max_concurrency:
             config["max_concurrency"] = request.config.max_concurrency
-        options = GraphOptions.of(graph)
+        options = self._options(graph)
         max_attempts = request.max_attempts or options.max_attempts or self.settings.max_attempts
         durability = request.durability or options.durability or self.settings.durability
         payload_input, command = request.input, request.command
