@@ -92,6 +92,8 @@ class DedupStore:
         self.done_ttl_s = done_ttl_s
         self._redis: Redis | None = None
         self._scripts: dict[str, object] = {}
+        self._held: dict[str, str] = {}
+        self._renewer: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Connect and load the scripts; raises ``DependencyUnavailable`` if Redis is down."""
@@ -109,6 +111,9 @@ class DedupStore:
 
     async def stop(self) -> None:
         """Disconnect. Idempotent."""
+        if self._renewer is not None:
+            self._renewer.cancel()
+            await asyncio.gather(self._renewer, return_exceptions=True)
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None
@@ -183,14 +188,37 @@ class DedupStore:
         except (RedisError, OSError) as exc:
             raise DependencyUnavailable(f"Redis does not answer ({exc})") from exc
 
-    async def hold(self, request_id: str, owner: str) -> None:
-        """Renew the lease every third of its length until cancelled (run as a task)."""
+    def hold(self, request_id: str, owner: str) -> None:
+        """Keep renewing our lease on ``request_id`` until ``let_go`` (one renewer for all)."""
+        self._held[request_id] = owner
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.create_task(self._renew_held())
+
+    def let_go(self, request_id: str) -> None:
+        """Stop renewing the lease on ``request_id``."""
+        self._held.pop(request_id, None)
+
+    async def _renew_held(self) -> None:
+        """Every third of a lease, renew every held lease in one pipelined round trip."""
         interval = self.lease_ms / 3000
-        while True:
+        while self._held:
             await asyncio.sleep(interval)
+            held = list(self._held.items())
+            if not held:
+                continue
             try:
-                if not await self.renew(request_id, owner):
+                async with self.client.pipeline(transaction=False) as pipe:
+                    script = self._scripts["renew"]
+                    for request_id, owner in held:
+                        await script(  # type: ignore[operator]
+                            keys=self._keys(request_id)[:1],
+                            args=[owner, self.lease_ms],
+                            client=pipe,
+                        )
+                    renewed = await pipe.execute()
+            except (RedisError, OSError) as exc:
+                log.warning("could not renew %d leases: %s", len(held), exc)
+                continue
+            for (request_id, _owner), ok in zip(held, renewed, strict=True):
+                if not ok and request_id in self._held:
                     log.error("lease on %s was lost: another worker may run it too", request_id)
-                    return
-            except DependencyUnavailable as exc:
-                log.warning("could not renew lease on %s: %s", request_id, exc)

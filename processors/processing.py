@@ -149,38 +149,45 @@ class RequestProcessor:
             self.metrics.duplicates.inc()
             log.info("skipping %s: already done (%s)", rid, claim.detail)
             return
-        holder = asyncio.create_task(self._dedup.hold(rid, owner))
+        self._dedup.hold(rid, owner)
         try:
-            status = await self._execute_cached(
+            status, result_at = await self._execute_cached(
                 record, request, graph, started, attempt=claim.attempt
             )
+            marker = dumps({"status": status, "result": result_at}).decode()
             # outputs are out: only the done marker is missing, so an outage here is waited
             # out (not re-run, which would publish the result twice)
             dedup = self._dedup
-            await self._through_outage(lambda: dedup.complete(rid, owner, status))
+            await self._through_outage(lambda: dedup.complete(rid, owner, marker))
         except BaseException:
             with contextlib.suppress(Exception):  # best effort: else the lease just expires
                 await self._dedup.release(rid, owner)
             raise
         finally:
-            holder.cancel()
+            self._dedup.let_go(rid)
 
     async def _execute_cached(
         self, record: Record, request: Request, graph: Any, started: float, *, attempt: int
-    ) -> str:
-        """``_execute``, or the cached output of an identical request when caching applies."""
+    ) -> tuple[str, str | None]:
+        """``_execute``, or the cached output of an identical request when caching applies.
+
+        Returns the status and where the result landed (``topic/partition/offset``)."""
         key = self._cache_key(request, graph)
         if key is None or self._cache is None:
-            return (await self._execute(record, request, graph, started, attempt=attempt)).status
+            outcome, result_at = await self._execute(
+                record, request, graph, started, attempt=attempt
+            )
+            return outcome.status, result_at
         owner = uuid.uuid4().hex
         hit, output = await self._cache.lookup_or_lock(key, owner)
         if hit:
             self.metrics.cache.labels("hit").inc()
-            await self._publish_cached(record, request, output, started, attempt)
-            return "success"
+            return "success", await self._publish_cached(record, request, output, started, attempt)
         self.metrics.cache.labels("miss").inc()
         try:
-            outcome = await self._execute(record, request, graph, started, attempt=attempt)
+            outcome, result_at = await self._execute(
+                record, request, graph, started, attempt=attempt
+            )
         except BaseException:
             await self._cache.unlock(key, owner)
             raise
@@ -190,7 +197,7 @@ class RequestProcessor:
             await self._cache.store(key, owner, dumps(outcome.output), ttl)
         else:
             await self._cache.unlock(key, owner)
-        return outcome.status
+        return outcome.status, result_at
 
     def _cache_ttl(self, request: Request, graph: Any) -> float | None:
         if request.cache is not None:
@@ -229,7 +236,7 @@ class RequestProcessor:
 
     async def _publish_cached(
         self, record: Record, request: Request, output: Any, started: float, attempt: int
-    ) -> None:
+    ) -> str | None:
         rid = request.request_id
         key, headers, outbox = rid.encode(), trace_headers(record), self._out.outbox()
         duration_ms = (time.perf_counter() - started) * 1000
@@ -267,6 +274,7 @@ class RequestProcessor:
         await self._out.send_result(outbox, record, key, result, headers)
         await outbox.confirm()
         self.metrics.executions.labels(request.graph, "success").inc()
+        return outbox.acked.get(self._out.results_topic)
 
     async def _through_outage(self, operation: Callable[[], Awaitable[None]]) -> None:
         """Run ``operation``, waiting out dependency outages (unless the worker stops)."""
@@ -309,7 +317,7 @@ class RequestProcessor:
 
     async def _execute(
         self, record: Record, request: Request, graph: Any, started: float, *, attempt: int
-    ) -> RunOutcome:
+    ) -> tuple[RunOutcome, str | None]:
         rid = request.request_id
         key = rid.encode()
         headers = trace_headers(record)
@@ -423,7 +431,7 @@ class RequestProcessor:
         self.metrics.duration.labels(request.graph).observe(duration_ms / 1000)
         if thread_id is None and outcome.status != "interrupted" and self._checkpoints:
             self._checkpoints.forget_later(rid)
-        return outcome
+        return outcome, outbox.acked.get(self._out.results_topic)
 
     async def _back_off(self, request_id: str, attempt: int, outcome: RunOutcome) -> None:
         """Sleep before retry ``attempt + 1`` (exponential, jittered); give up on shutdown."""

@@ -47,7 +47,7 @@ class Outbox:
     in which case ``DependencyUnavailable`` leaves the request uncommitted for redelivery.
     """
 
-    __slots__ = ("_metrics", "_producer", "_sent", "_stopping")
+    __slots__ = ("_metrics", "_producer", "_sent", "_stopping", "acked")
 
     def __init__(
         self,
@@ -58,6 +58,8 @@ class Outbox:
         self._producer = producer
         self._metrics = metrics
         self._stopping = stopping
+        self.acked: dict[str, str] = {}
+        """``topic -> "topic/partition/offset"`` of the last acknowledged message per topic."""
         self._sent: list[tuple[str, bytes | None, bytes | None, Headers, asyncio.Future[Any]]] = []
 
     async def send(
@@ -101,11 +103,12 @@ class Outbox:
         delay = 0.1
         while self._sent:
             outcomes = await asyncio.gather(*(s[4] for s in self._sent), return_exceptions=True)
-            failed = [
-                (s, o)
-                for s, o in zip(self._sent, outcomes, strict=True)
-                if isinstance(o, BaseException)
-            ]
+            failed = []
+            for sent, outcome in zip(self._sent, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    failed.append((sent, outcome))
+                else:
+                    self.acked[sent[0]] = f"{sent[0]}/{outcome.partition}/{outcome.offset}"
             self._sent = []
             if not failed:
                 return
@@ -162,6 +165,11 @@ class OutputPublisher:
         self._metrics = metrics
         self._limit = max_message_bytes - 64 * 1024  # room for key, headers, batch overhead
         self._stopping = stopping
+
+    @property
+    def results_topic(self) -> str:
+        """Where results go."""
+        return self._topics.results
 
     def outbox(self) -> Outbox:
         """A fresh outbox for one request."""

@@ -68,6 +68,15 @@ async def test_duplicate_request_ids_run_once_and_publish_one_result(
     assert sorted(results) == ["dup-1", "z"]
     assert sorted(starts) == ["dup-1", "z"]
     assert runner.metrics.registry.get_sample_value("graphwire_duplicates_skipped_total") == 2
+    result_at = next(
+        f"{r.topic}/{r.partition}/{r.offset}"
+        for r in out.records[topics.results]
+        if orjson.loads(r.value)["request_id"] == "dup-1"
+    )
+    async with DedupStore(TEST_REDIS_URL, namespace=topics.prefix) as store:
+        marker = await store.acquire("dup-1", "probe")
+    assert marker.state == "done"
+    assert orjson.loads(marker.detail) == {"status": "success", "result": result_at}
 
 
 async def test_sigkill_mid_run_resumes_from_checkpoint(
@@ -428,3 +437,27 @@ async def test_stateless_checkpoints_are_deleted_and_threads_pruned_by_age(
         assert await conn.fetch(query) == []
     finally:
         await conn.close()
+
+
+async def test_lease_is_renewed_while_a_long_run_lasts(
+    bootstrap: str, topics: TopicNames, settings: Settings
+) -> None:
+    """lease 1 s, run 2.5 s: a copy of the request on another key waits, then is skipped."""
+    short = settings.model_copy(update={"lease_ms": 1000})
+    body = encode(request("long-1", graph="slow", input={"seconds": 2.5}))
+    async with GraphRunner(short, GraphRegistry.from_sources()) as runner:
+        await produce(bootstrap, topics.requests, [(b"key-a", body)])
+        async with Collector(bootstrap, topics.results, topics.events) as out:
+            await out.wait_until(lambda: len(out.records[topics.events]) >= 1)
+            await produce(bootstrap, topics.requests, [(b"key-b", body)])
+            await out.wait_count(topics.results, 1)
+            await asyncio.sleep(1.5)
+            results = out.values(topics.results)
+            starts = [v for v in out.values(topics.events) if v["type"] == "run_started"]
+        sample = runner.metrics.registry.get_sample_value
+        waits = sample("graphwire_lease_waits_total")
+        skipped = sample("graphwire_duplicates_skipped_total")
+    assert [(r["request_id"], r["status"]) for r in results] == [("long-1", "success")]
+    assert len(starts) == 1
+    assert waits is not None and waits > 0
+    assert skipped == 1
