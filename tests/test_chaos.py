@@ -150,9 +150,11 @@ async def test_chaos_1000_requests_3_workers_two_kills(
     for rid, rs in by_id.items():
         assert {orjson.dumps(r["output"]) for r in rs} == {orjson.dumps(expected[rid])}, rid
         assert {r["status"] for r in rs} == {"success"}, rid
-    # a duplicate never runs: a request's runs are attempts 1, 2, ... without repeats
+    # a duplicate never runs: every run of a request has its own attempt number, and only a
+    # kill adds one (a killed attempt's events may be lost, so numbers can have gaps)
     for rid, attempts in starts.items():
-        assert sorted(attempts) == list(range(1, len(attempts) + 1)), (rid, attempts)
+        assert len(set(attempts)) == len(attempts), (rid, attempts)
+        assert max(attempts) <= 1 + kills, (rid, attempts)
     assert len(twice) <= kills * int(env["GRAPHWIRE_MAX_IN_FLIGHT"])
-    assert all(len(starts[rid]) > 1 for rid in twice)
+    assert all(max(starts[rid]) > 1 for rid in twice)
     assert rerun_nodes == []
