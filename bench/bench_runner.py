@@ -129,6 +129,7 @@ def start_workers(
         "GRAPHWIRE_SESSION_TIMEOUT_MS": "6000",
         "GRAPHWIRE_HEARTBEAT_INTERVAL_MS": "1000",
         "GRAPHWIRE_LOG_LEVEL": "WARNING",
+        "GRAPHWIRE_HTTP_PORT": "0",
         **(extra_env if extra_env is not None else PLAIN),
     }
     return subprocess.Popen(
@@ -346,6 +347,15 @@ async def main() -> None:
             "runs/s",
             slow_plain,
             ">= 0.9x",
+        )
+        long_plain = await runner_rate(bs, "slow", {"seconds": 1.0}, 1000, 1, 200)
+        long_cp = await runner_rate(bs, "slow", {"seconds": 1.0}, 1000, 1, 200, stores(False, True))
+        line(
+            "  context: slow 1.0s, 200 in flight (CPU not saturated)",
+            long_cp,
+            "runs/s",
+            long_plain,
+            "-",
         )
         for mode in ("exit", "async", "sync"):
             cp = await runner_rate(bs, "pipeline", hello, n, 1, 64, stores(False, True, mode))

@@ -61,6 +61,7 @@ def _registry(settings: Any) -> Any:
 
 
 async def _worker(args: argparse.Namespace) -> int:
+    from processors.httpserver import HealthServer
     from processors.logs import setup_logging
     from processors.runner import GraphRunner
 
@@ -73,6 +74,10 @@ async def _worker(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await runner.start()
+    health = HealthServer(
+        runner.readiness, runner.metrics.registry, host=settings.http_host, port=settings.http_port
+    )
+    await health.start()
     print(
         f"graphwire worker {settings.worker_id}: serving {', '.join(registry.names())} "
         f"from {settings.topics.requests} on {settings.bootstrap_servers}",
@@ -82,6 +87,7 @@ async def _worker(args: argparse.Namespace) -> int:
     await stop.wait()
     log.info("stopping: draining in-flight runs (grace %ss)", settings.shutdown_grace_s)
     await runner.stop()
+    await health.stop()
     return EXIT_OK
 
 
@@ -92,7 +98,7 @@ def _worker_processes(args: argparse.Namespace) -> int:
     if "--processes" in sys.argv:  # "--processes N" form: drop the value too
         i = sys.argv.index("--processes")
         argv = sys.argv[1:i] + sys.argv[i + 2 :]
-    return run_processes(args.processes, argv)
+    return run_processes(args.processes, argv, http_port=_settings(args).http_port)
 
 
 async def _topics_ensure(args: argparse.Namespace) -> int:

@@ -106,6 +106,10 @@ class Settings(BaseSettings):
     """When LangGraph writes checkpoints: after each step in the background, in line, or at exit."""
 
     # Operations
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    """``/health``, ``/ready`` and ``/metrics`` of the worker (0 disables; ``--processes N``
+    gives child i the port ``http_port + i``)."""
+    http_host: str = "0.0.0.0"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "text"] = "auto"
 

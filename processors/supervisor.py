@@ -8,6 +8,7 @@ child that dies is restarted (Kafka rebalances its partitions meanwhile).
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
 import subprocess
 import sys
@@ -22,14 +23,18 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _spawn(command: list[str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(command, preexec_fn=_die_with_parent)
+def _spawn(command: list[str], http_port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "GRAPHWIRE_HTTP_PORT": str(http_port)}
+    return subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)
 
 
-def run_processes(count: int, argv: list[str]) -> int:
-    """Run ``count`` children of ``graphwire <argv>`` until SIGTERM/SIGINT; returns exit code."""
+def run_processes(count: int, argv: list[str], http_port: int = 0) -> int:
+    """Run ``count`` children of ``graphwire <argv>`` until SIGTERM/SIGINT; returns exit code.
+
+    Child ``i`` serves health and metrics on ``http_port + i`` (0: none)."""
     command = [sys.executable, "-m", "processors", *argv]
-    children = [_spawn(command) for _ in range(count)]
+    ports = [http_port + i if http_port else 0 for i in range(count)]
+    children = [_spawn(command, port) for port in ports]
     stopping = False
 
     def forward(signum: int, _frame: object) -> None:
@@ -49,7 +54,7 @@ def run_processes(count: int, argv: list[str]) -> int:
                     "restarting it",
                     file=sys.stderr,
                 )
-                children[i] = _spawn(command)
+                children[i] = _spawn(command, ports[i])
         time.sleep(0.5)
     codes = [child.wait() for child in children]
     return max(codes, default=0)

@@ -131,3 +131,40 @@ async def test_sigterm_drains_in_flight_runs_and_commits(
         )
     finally:
         worker.stop()
+
+
+async def test_worker_serves_health_ready_and_metrics(
+    bootstrap: str, topics: TopicNames, worker_env: dict[str, str], worker_log: Path
+) -> None:
+    """/health 200; /ready 200 with Kafka, Redis, PostgreSQL ok; /metrics counts a run."""
+    import urllib.request
+
+    from processors.devbroker import free_port
+
+    port = free_port()
+    worker = WorkerProcess({**worker_env, "GRAPHWIRE_HTTP_PORT": str(port)}, log_path=worker_log)
+    worker.start()
+    try:
+        await produce(bootstrap, topics.requests, [(b"h1", encode(request("h1")))])
+        async with Collector(bootstrap, topics.results) as out:
+            await out.wait_count(topics.results, 1)
+
+        def get(path: str) -> tuple[int, bytes]:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+                return r.status, r.read()
+
+        health, ready, metrics = await asyncio.gather(
+            *(asyncio.to_thread(get, p) for p in ("/health", "/ready", "/metrics"))
+        )
+        assert health == (200, b'{"status": "alive"}')
+        assert ready[0] == 200
+        assert orjson.loads(ready[1]) == {
+            "ready": True,
+            "dependencies": {"Kafka": "ok", "Redis": "ok", "PostgreSQL": "ok"},
+        }
+        assert (
+            b'langgraph_workflow_executions_total{status="success",workflow_name="pipeline"} 1.0'
+            in metrics[1]
+        )
+    finally:
+        worker.stop()
