@@ -18,43 +18,22 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from topics.codec import dumps
+from processors.cli_common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    registry_from,
+    settings_from,
+)
+from processors.cli_state import (
+    checkpoints_prune_command,
+    dlq_list_command,
+    dlq_replay_command,
+    state_command,
+)
 from topics.errors import GraphwireError
 
 log = logging.getLogger("graphwire")
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
-
-
-def _settings(args: argparse.Namespace) -> Any:
-    from processors.settings import Settings
-
-    overrides = {
-        field: value
-        for field in (
-            "bootstrap_servers",
-            "topic_prefix",
-            "group_id",
-            "max_in_flight",
-            "graphs",
-            "langgraph_json",
-            "partitions",
-            "replication_factor",
-            "log_level",
-        )
-        if (value := getattr(args, field, None)) is not None
-    }
-    return Settings(**overrides)
-
-
-def _registry(settings: Any) -> Any:
-    from graphs.registry import GraphRegistry
-
-    return GraphRegistry.from_sources(
-        builtins=settings.builtin_graphs,
-        specs=settings.graphs,
-        langgraph_json=settings.langgraph_json,
-    )
 
 
 # -- commands ----------------------------------------------------------------------------
@@ -65,9 +44,9 @@ async def _worker(args: argparse.Namespace) -> int:
     from processors.logs import setup_logging
     from processors.runner import GraphRunner
 
-    settings = _settings(args)
+    settings = settings_from(args)
     setup_logging(settings.log_level, settings.log_format)
-    registry = _registry(settings)
+    registry = registry_from(settings)
     runner = GraphRunner(settings, registry)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -98,13 +77,13 @@ def _worker_processes(args: argparse.Namespace) -> int:
     if "--processes" in sys.argv:  # "--processes N" form: drop the value too
         i = sys.argv.index("--processes")
         argv = sys.argv[1:i] + sys.argv[i + 2 :]
-    return run_processes(args.processes, argv, http_port=_settings(args).http_port)
+    return run_processes(args.processes, argv, http_port=settings_from(args).http_port)
 
 
 async def _topics_ensure(args: argparse.Namespace) -> int:
     from topics.admin import ensure_topics, partition_counts
 
-    settings = _settings(args)
+    settings = settings_from(args)
     specs = settings.topics.specs(settings.partitions)
     outcome = await ensure_topics(
         settings.bootstrap_servers,
@@ -123,7 +102,7 @@ async def _topics_ensure(args: argparse.Namespace) -> int:
 async def _submit(args: argparse.Namespace) -> int:
     from topics.client import GraphwireClient
 
-    settings = _settings(args)
+    settings = settings_from(args)
     if (args.input is None) == (args.resume is None):
         raise GraphwireError("give --input JSON (a new run) or --resume JSON with --thread")
     if args.resume is not None and not args.thread:
@@ -160,115 +139,8 @@ async def _submit(args: argparse.Namespace) -> int:
         return EXIT_OK if result.status == "success" else EXIT_FAILED
 
 
-async def _state(args: argparse.Namespace) -> int:
-    from graphs.registry import UnknownGraphName
-    from processors.checkpoints import CheckpointStore
-
-    settings = _settings(args)
-    registry = _registry(settings)
-    try:
-        graph = registry.get(args.graph)
-    except UnknownGraphName:
-        raise GraphwireError(
-            f"unknown graph {args.graph!r}: registered graphs are {', '.join(registry.names())}"
-        ) from None
-    async with CheckpointStore(
-        settings.database_url.get_secret_value(), schema=settings.checkpoint_schema
-    ) as store:
-        durable = graph.copy(update={"checkpointer": store.saver})
-        snapshot = await durable.aget_state({"configurable": {"thread_id": args.thread_id}})
-    if not snapshot.values and not snapshot.next:
-        raise GraphwireError(
-            f"no checkpoint for thread {args.thread_id!r} of graph {args.graph!r}: check both "
-            "names (and GRAPHWIRE_DATABASE_URL)"
-        )
-    print(
-        dumps(
-            {
-                "thread_id": args.thread_id,
-                "graph": args.graph,
-                "values": snapshot.values,
-                "next": list(snapshot.next),
-                "interrupts": [{"id": i.id, "value": i.value} for i in snapshot.interrupts],
-                "updated_at": snapshot.created_at,
-            }
-        ).decode()
-    )
-    return EXIT_OK
-
-
-async def _dlq_list(args: argparse.Namespace) -> int:
-    from topics.deadletters import read_dead_letters
-
-    settings = _settings(args)
-    letters = await read_dead_letters(
-        settings.bootstrap_servers, settings.topics, **settings.kafka_security()
-    )
-    for letter in letters[-args.limit :] if args.limit else letters:
-        if args.json:
-            print(
-                dumps(
-                    {
-                        "partition": letter.partition,
-                        "offset": letter.offset,
-                        "request_id": letter.request_id,
-                        "source": letter.source,
-                        "reason": letter.reason,
-                    }
-                ).decode()
-            )
-        else:
-            print(
-                f"{letter.partition}/{letter.offset:<6} {letter.request_id or '-':<36} "
-                f"{letter.source:<40} {letter.reason}"
-            )
-    if not args.json:
-        print(f"{len(letters)} dead letters on {settings.topics.dlq}", file=sys.stderr)
-    return EXIT_OK
-
-
-async def _dlq_replay(args: argparse.Namespace) -> int:
-    from processors.dedup import DedupStore
-    from topics.deadletters import read_dead_letters, replay
-
-    if not args.all and not args.request_id:
-        raise GraphwireError("say which dead letters to replay: --request-id ID or --all")
-    settings = _settings(args)
-    letters = await read_dead_letters(
-        settings.bootstrap_servers, settings.topics, **settings.kafka_security()
-    )
-    if args.request_id:
-        letters = [d for d in letters if d.request_id == args.request_id]
-        if not letters:
-            raise GraphwireError(f"no dead letter with request_id {args.request_id!r}")
-    if settings.dedup:  # a replay is a deliberate rerun: forget that the request finished
-        async with DedupStore(
-            settings.redis_url.get_secret_value(), namespace=settings.topic_prefix
-        ) as store:
-            for rid in {d.request_id for d in letters if d.request_id}:
-                await store.forget(rid)
-    count = await replay(
-        settings.bootstrap_servers, settings.topics, letters, **settings.kafka_security()
-    )
-    print(f"replayed {count} dead letters to {settings.topics.requests}")
-    return EXIT_OK
-
-
-async def _checkpoints_prune(args: argparse.Namespace) -> int:
-    from processors.checkpoints import CheckpointStore
-
-    settings = _settings(args)
-    older = args.older_than_s if args.older_than_s is not None else settings.checkpoint_ttl_s
-    async with CheckpointStore(
-        settings.database_url.get_secret_value(), schema=settings.checkpoint_schema
-    ) as store:
-        count = await store.prune(older)
-    print(f"deleted the checkpoints of {count} threads idle for more than {older:g} s")
-    return EXIT_OK
-
-
 def _graphs(args: argparse.Namespace) -> int:
-    registry = _registry(_settings(args))
+    registry = registry_from(settings_from(args))
     for name in registry.names():
         print(f"{name:<20} {' -> '.join(registry.nodes(name))}")
     return EXIT_OK
@@ -379,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("thread_id")
     p.add_argument("--graph", required=True, help="the graph the thread runs")
     _graph_flags(p)
-    p.set_defaults(func=_state, is_async=True)
+    p.set_defaults(func=state_command, is_async=True)
 
     p = sub.add_parser("dlq", help="inspect and replay dead letters")
     dsub = p.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
@@ -387,12 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
     _kafka_flags(d)
     d.add_argument("--limit", type=int, help="only the last N")
     d.add_argument("--json", action="store_true", help="one JSON object per line")
-    d.set_defaults(func=_dlq_list, is_async=True)
+    d.set_defaults(func=dlq_list_command, is_async=True)
     d = dsub.add_parser("replay", help="re-produce dead letters to the requests topic")
     _kafka_flags(d)
     d.add_argument("--request-id", help="replay the dead letters of this request")
     d.add_argument("--all", action="store_true", help="replay every dead letter")
-    d.set_defaults(func=_dlq_replay, is_async=True)
+    d.set_defaults(func=dlq_replay_command, is_async=True)
 
     p = sub.add_parser("checkpoints", help="manage LangGraph checkpoints in PostgreSQL")
     csub = p.add_subparsers(dest="checkpoints_command", required=True, metavar="ACTION")
@@ -400,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--older-than-s", type=float, help="seconds (default GRAPHWIRE_CHECKPOINT_TTL_S, 30 days)"
     )
-    c.set_defaults(func=_checkpoints_prune, is_async=True)
+    c.set_defaults(func=checkpoints_prune_command, is_async=True)
 
     p = sub.add_parser("graphs", help="list registered graphs and their nodes")
     _graph_flags(p)
