@@ -222,13 +222,12 @@ class RunExecutor:
         ``unfinished`` (stopped between steps), ``success`` (the graph ended: its final state)
         or ``interrupted``; None when the thread's last checkpoint is not this request's.
         """
-        if graph.checkpointer is None:
-            return None
-        try:
-            state = await graph.aget_state(config)
-        except Exception as exc:
-            raise DependencyUnavailable(f"cannot read the checkpoint: {exc}") from exc
-        if not state.metadata or state.metadata.get("graphwire_request_id") != request_id:
+        state = await _checkpointed_state(graph, config)
+        if (
+            state is None
+            or not state.metadata
+            or state.metadata.get("graphwire_request_id") != request_id
+        ):
             return None
         if state.interrupts:
             found = [{"id": i.id, "value": i.value} for i in state.interrupts]
@@ -241,13 +240,18 @@ class RunExecutor:
 
     async def _unfinished(self, graph: Any, config: dict[str, Any]) -> bool:
         """True when the thread's last run stopped between steps (not at an interrupt)."""
-        if graph.checkpointer is None:
-            return False
-        try:
-            state = await graph.aget_state(config)
-        except Exception as exc:
-            raise DependencyUnavailable(f"cannot read the checkpoint: {exc}") from exc
-        return bool(state.next) and not state.interrupts
+        state = await _checkpointed_state(graph, config)
+        return state is not None and bool(state.next) and not state.interrupts
+
+
+async def _checkpointed_state(graph: Any, config: dict[str, Any]) -> Any:
+    """The thread's state snapshot; None without a checkpointer."""
+    if graph.checkpointer is None:
+        return None
+    try:
+        return await graph.aget_state(config)
+    except Exception as exc:
+        raise DependencyUnavailable(f"cannot read the checkpoint: {exc}") from exc
 
 
 def _is_database_outage(exc: BaseException | None) -> bool:

@@ -21,6 +21,26 @@ from topics.specs import TopicNames
 pytestmark = pytest.mark.integration
 
 
+async def _node_runs_table(prefix: str) -> tuple[asyncpg.Connection, str]:
+    """A connection and a fresh table in the test's schema where recorded steps log each start."""
+    table = f'"{prefix}".node_runs'
+    conn = await asyncpg.connect(TEST_DATABASE_URL)
+    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{prefix}"')
+    await conn.execute(
+        f"CREATE TABLE {table} (request_id text, node text, at timestamptz default now())"
+    )
+    return conn, table
+
+
+async def _wait_for_node(conn: asyncpg.Connection, table: str, node: str) -> None:
+    """Wait (up to 30 s) until ``node`` has started."""
+    for _ in range(300):
+        if await conn.fetchval(f"SELECT count(*) FROM {table} WHERE node = $1", node):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{node} never started")
+
+
 @pytest.fixture
 async def runner(settings: Settings, topics: TopicNames) -> AsyncIterator[GraphRunner]:
     """An in-process runner with dedup and checkpoints on (the defaults)."""
@@ -84,12 +104,7 @@ async def test_sigkill_mid_run_resumes_from_checkpoint(
 ) -> None:
     """Killed during step3 of 4: after redelivery step1-2 ran once, step3 at most twice,
     step4 once, and the result says attempt 2."""
-    table = f'"{prefix}".node_runs'
-    conn = await asyncpg.connect(TEST_DATABASE_URL)
-    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{prefix}"')
-    await conn.execute(
-        f"CREATE TABLE {table} (request_id text, node text, at timestamptz default now())"
-    )
+    conn, table = await _node_runs_table(prefix)
     env = {**worker_env, "GRAPHWIRE_GRAPHS": "steps=tests.sample_graphs:make_recorded_steps"}
     first = WorkerProcess(env, log_path=worker_log).start()
     second = None
@@ -104,10 +119,7 @@ async def test_sigkill_mid_run_resumes_from_checkpoint(
                 )
             ],
         )
-        for _ in range(300):  # until step3 has started
-            if await conn.fetchval(f"SELECT count(*) FROM {table} WHERE node = 'step3'"):
-                break
-            await asyncio.sleep(0.1)
+        await _wait_for_node(conn, table, "step3")
         first.kill()
         second = WorkerProcess(env, log_path=worker_log).start()
         async with Collector(bootstrap, topics.results, topics.events) as out:
@@ -185,12 +197,7 @@ async def test_sigterm_stops_at_a_step_boundary_and_another_worker_resumes(
 ) -> None:
     """SIGTERM during step3: the worker exits 0 after step3 without a result; the next worker
     runs only step4. Every step ran exactly once."""
-    table = f'"{prefix}".node_runs'
-    conn = await asyncpg.connect(TEST_DATABASE_URL)
-    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{prefix}"')
-    await conn.execute(
-        f"CREATE TABLE {table} (request_id text, node text, at timestamptz default now())"
-    )
+    conn, table = await _node_runs_table(prefix)
     env = {**worker_env, "GRAPHWIRE_GRAPHS": "steps=tests.sample_graphs:make_recorded_steps"}
     first = WorkerProcess(env, log_path=worker_log).start()
     second = None
@@ -205,10 +212,7 @@ async def test_sigterm_stops_at_a_step_boundary_and_another_worker_resumes(
                 )
             ],
         )
-        for _ in range(300):
-            if await conn.fetchval(f"SELECT count(*) FROM {table} WHERE node = 'step3'"):
-                break
-            await asyncio.sleep(0.1)
+        await _wait_for_node(conn, table, "step3")
         assert await asyncio.to_thread(first.terminate) == 0
         nodes_at_exit = [
             r["node"] for r in await conn.fetch(f"SELECT node FROM {table} ORDER BY at")
