@@ -8,6 +8,7 @@ request's ``thread_id``, else its ``request_id``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any, Self
 
@@ -77,9 +78,17 @@ class CheckpointStore:
             "autocommit": True,
             "prepare_threshold": 0,
             "row_factory": dict_row,
+            # a server that stops answering must not hang a run or the shutdown
+            "connect_timeout": 5,
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
         }
+        options = "-c statement_timeout=30000"
         if self._schema:
-            kwargs["options"] = f"-c search_path={self._schema}"
+            options += f" -c search_path={self._schema}"
+        kwargs["options"] = options
         pool = AsyncConnectionPool(
             self._url, min_size=1, max_size=self._pool_size, kwargs=kwargs, open=False
         )
@@ -118,9 +127,10 @@ class CheckpointStore:
         if self._forgetter is not None:
             self._forgetter.cancel()
             await asyncio.gather(self._forgetter, return_exceptions=True)
-        await self.flush_forgotten()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.flush_forgotten(), timeout=10)
         if self._pool is not None:
-            await self._pool.close()
+            await self._pool.close(timeout=5)
             self._pool, self.saver = None, None
 
     async def __aenter__(self) -> Self:

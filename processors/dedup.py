@@ -30,9 +30,11 @@ log = logging.getLogger(__name__)
 _ACQUIRE = """
 local done = redis.call('GET', KEYS[2])
 if done then return {'done', done} end
-if redis.call('GET', KEYS[1]) == ARGV[1] then  -- ours already (retry after an outage)
+if redis.call('GET', KEYS[1]) == ARGV[1] then  -- ours already (a retry or a restarted owner)
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return {'acquired', redis.call('GET', KEYS[3]) or '1'}
+  local again = redis.call('INCR', KEYS[3])
+  redis.call('EXPIRE', KEYS[3], ARGV[3])
+  return {'acquired', tostring(again)}
 end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   local attempt = redis.call('INCR', KEYS[3])

@@ -186,8 +186,6 @@ class RunExecutor:
         await outbox.confirm()
         self.metrics.executions.labels(request.graph, outcome.status).inc()
         self.metrics.duration.labels(request.graph).observe(duration_ms / 1000)
-        if thread_id is None and outcome.status != "interrupted" and self._checkpoints:
-            self._checkpoints.forget_later(rid)
         return outcome, outbox.acked.get(self._out.results_topic)
 
     async def _back_off(self, request_id: str, attempt: int, outcome: RunOutcome) -> None:

@@ -142,7 +142,8 @@ class RequestProcessor:
         """Claim the request_id, run (or resume) the graph, publish, then mark it done."""
         rid = request.request_id
         if self._dedup is None:
-            await self._execute_cached(record, request, graph, started, attempt=1)
+            status, _ = await self._execute_cached(record, request, graph, started, attempt=1)
+            self._forget_checkpoints(request, status)
             return
         owner = f"{self.settings.worker_id}:{record.topic}/{record.partition}/{record.offset}"
         claim = await self._claim(rid, owner)
@@ -160,12 +161,22 @@ class RequestProcessor:
             # out (not re-run, which would publish the result twice)
             dedup = self._dedup
             await self._through_outage(lambda: dedup.complete(rid, owner, marker))
+            self._forget_checkpoints(request, status)
         except BaseException:
             with contextlib.suppress(Exception):  # best effort: else the lease just expires
                 await self._dedup.release(rid, owner)
             raise
         finally:
             self._dedup.let_go(rid)
+
+    def _forget_checkpoints(self, request: Request, status: str) -> None:
+        """A stateless run is done for good (done marker written): drop its checkpoints.
+
+        Not earlier: until the done marker exists a crash redelivers the request, and its
+        checkpoints are what lets the next attempt reuse the finished run instead of rerunning.
+        """
+        if self._checkpoints and request.thread_id is None and status != "interrupted":
+            self._checkpoints.forget_later(request.request_id)
 
     async def _execute_cached(
         self, record: Record, request: Request, graph: Any, started: float, *, attempt: int
@@ -195,7 +206,11 @@ class RequestProcessor:
         if outcome.status == "success":
             ttl = self._cache_ttl(request, graph)
             assert ttl is not None
-            await self._cache.store(key, owner, dumps(outcome.output), ttl)
+            try:  # the result is out: caching it is best effort, never a reason to rerun
+                await self._cache.store(key, owner, dumps(outcome.output), ttl)
+            except (DependencyUnavailable, TypeError) as exc:
+                log.warning("could not cache the result of %s: %s", request.request_id, exc)
+                await self._cache.unlock(key, owner)
         else:
             await self._cache.unlock(key, owner)
         return outcome.status, result_at

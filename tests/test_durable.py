@@ -50,7 +50,7 @@ async def runner(settings: Settings, topics: TopicNames) -> AsyncIterator[GraphR
 
 async def test_dedup_store_lease_done_and_attempts(prefix: str) -> None:
     """acquire: first wins, a second owner is busy, a released lease is re-acquired as
-    attempt 2, and after complete every acquire says done."""
+    attempt 2, after complete every acquire says done; the same owner again counts up."""
     async with DedupStore(TEST_REDIS_URL, namespace=prefix, lease_ms=5000) as store:
         first = await store.acquire("r1", "w1")
         busy = await store.acquire("r1", "w2")
@@ -64,6 +64,9 @@ async def test_dedup_store_lease_done_and_attempts(prefix: str) -> None:
         await store.complete("r1", "w2", "success")
         done = await store.acquire("r1", "w3")
         assert (done.state, done.detail) == ("done", "success")
+        # the same owner again (a retry after an outage, a restarted pod): a new attempt
+        assert (await store.acquire("r2", "w1")).attempt == 1
+        assert (await store.acquire("r2", "w1")).attempt == 2
 
 
 async def test_duplicate_request_ids_run_once_and_publish_one_result(
