@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Self
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from topics.errors import DependencyUnavailable
+from topics.errors import DependencyUnavailable, GraphwireError
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,10 @@ return 0
 """
 
 
+class LeaseLost(GraphwireError):
+    """Our lease expired and another worker may own the request now: do not publish."""
+
+
 @dataclass(frozen=True, slots=True)
 class Claim:
     """The outcome of ``acquire``."""
@@ -95,6 +100,8 @@ class DedupStore:
         self._redis: Redis | None = None
         self._scripts: dict[str, object] = {}
         self._held: dict[str, str] = {}
+        self._on_lost: dict[str, Callable[[], None]] = {}
+        self._lost: set[str] = set()
         self._renewer: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -190,15 +197,27 @@ class DedupStore:
         except (RedisError, OSError) as exc:
             raise DependencyUnavailable(f"Redis does not answer ({exc})") from exc
 
-    def hold(self, request_id: str, owner: str) -> None:
-        """Keep renewing our lease on ``request_id`` until ``let_go`` (one renewer for all)."""
+    def hold(self, request_id: str, owner: str, on_lost: Callable[[], None] | None = None) -> None:
+        """Keep renewing our lease on ``request_id`` until ``let_go`` (one renewer for all).
+
+        If a renewal finds the lease gone (it expired and was taken), ``on_lost`` is called
+        and ``lost(request_id)`` turns true: the run must stop and publish nothing.
+        """
         self._held[request_id] = owner
+        if on_lost is not None:
+            self._on_lost[request_id] = on_lost
         if self._renewer is None or self._renewer.done():
             self._renewer = asyncio.create_task(self._renew_held())
 
     def let_go(self, request_id: str) -> None:
         """Stop renewing the lease on ``request_id``."""
         self._held.pop(request_id, None)
+        self._on_lost.pop(request_id, None)
+        self._lost.discard(request_id)
+
+    def lost(self, request_id: str) -> bool:
+        """True once a renewal found our lease on ``request_id`` gone."""
+        return request_id in self._lost
 
     async def _renew_held(self) -> None:
         """Every third of a lease, renew every held lease in one pipelined round trip."""
@@ -223,4 +242,10 @@ class DedupStore:
                 continue
             for (request_id, _owner), ok in zip(held, renewed, strict=True):
                 if not ok and request_id in self._held:
-                    log.error("lease on %s was lost: another worker may run it too", request_id)
+                    log.error(
+                        "lease on %s was lost: stopping the run, publishing nothing", request_id
+                    )
+                    self._lost.add(request_id)
+                    callback = self._on_lost.get(request_id)
+                    if callback is not None:
+                        callback()

@@ -22,6 +22,7 @@ from psycopg_pool import PoolTimeout
 from graphs.execution import RunOutcome, is_retriable, run_graph
 from graphs.registry import GraphOptions
 from processors.checkpoints import CheckpointStore
+from processors.dedup import LeaseLost
 from processors.metrics import RunnerMetrics
 from processors.publisher import OutputPublisher, Record, trace_headers
 from processors.settings import Settings
@@ -52,6 +53,7 @@ class RunExecutor:
         self._events_topic = settings.topics.events
         self._durable_graphs: dict[str, tuple[Any, Any]] = {}
         self._controls: set[RunControl] = set()
+        self._controls_by_request: dict[str, RunControl] = {}
         self._graph_options: dict[int, tuple[Any, GraphOptions]] = {}
 
     def options(self, graph: Any) -> GraphOptions:
@@ -73,7 +75,14 @@ class RunExecutor:
         return durable[1]
 
     async def execute(
-        self, record: Record, request: Request, graph: Any, started: float, *, attempt: int
+        self,
+        record: Record,
+        request: Request,
+        graph: Any,
+        started: float,
+        *,
+        attempt: int,
+        lease_lost: Callable[[], bool] = lambda: False,
     ) -> tuple[RunOutcome, str | None]:
         rid = request.request_id
         key = rid.encode()
@@ -123,6 +132,7 @@ class RunExecutor:
         )
         control = RunControl()
         self._controls.add(control)
+        self._controls_by_request[rid] = control
         self.metrics.active.inc()
         try:
             while True:
@@ -157,6 +167,7 @@ class RunExecutor:
         finally:
             self.metrics.active.dec()
             self._controls.discard(control)
+            self._controls_by_request.pop(rid, None)
         if outcome.status == "drained":
             raise DependencyUnavailable(
                 f"{rid} stopped at a step boundary for shutdown; another worker resumes it "
@@ -178,6 +189,8 @@ class RunExecutor:
             duration_ms=duration_ms,
             metadata=metadata,
         )
+        if lease_lost():
+            raise LeaseLost(f"lease on {rid} expired during the run; another worker owns it")
         await self._out.send_result(outbox, record, key, result, headers)
         if outcome.status == "error":
             assert outcome.error is not None
@@ -206,6 +219,12 @@ class RunExecutor:
             if self._stopping():
                 raise DependencyUnavailable(f"{request_id}: shutdown during retry backoff")
             await asyncio.sleep(min(0.1, deadline - time.monotonic()))
+
+    def drain_request(self, request_id: str, reason: str) -> None:
+        """Ask one run to stop at its next step boundary."""
+        control = self._controls_by_request.get(request_id)
+        if control is not None:
+            control.request_drain(reason)
 
     def drain(self) -> None:
         """Ask every checkpointed run to stop at its next step boundary (on shutdown)."""

@@ -22,7 +22,7 @@ from aiokafka.errors import KafkaError
 from graphs.registry import GraphRegistry, UnknownGraphName
 from processors.cache import ResultCache, cache_key
 from processors.checkpoints import CheckpointStore
-from processors.dedup import Claim, DedupStore
+from processors.dedup import Claim, DedupStore, LeaseLost
 from processors.graphrun import RunExecutor
 from processors.health import DependencyGate
 from processors.metrics import RunnerMetrics
@@ -86,6 +86,9 @@ class RequestProcessor:
                         continue
                 log.warning("leaving %s/%d uncommitted: %s", record.topic, record.offset, exc)
                 return False
+            except LeaseLost as exc:  # another worker owns it now: go back to the claim
+                log.warning("%s; waiting for that run", exc)
+                continue
             except PublishFailed as exc:  # an output can never be written: say so, move on
                 return await self._dead_letter_or_leave(
                     record, f"outputs could not be published: {exc}", "publish_failed"
@@ -151,15 +154,20 @@ class RequestProcessor:
             self.metrics.duplicates.inc()
             log.info("skipping %s: already done (%s)", rid, claim.detail)
             return
-        self._dedup.hold(rid, owner)
+        dedup = self._dedup
+        dedup.hold(rid, owner, on_lost=lambda: self._executor.drain_request(rid, "lease lost"))
         try:
             status, result_at = await self._execute_cached(
-                record, request, graph, started, attempt=claim.attempt
+                record,
+                request,
+                graph,
+                started,
+                attempt=claim.attempt,
+                lease_lost=lambda: dedup.lost(rid),
             )
             marker = dumps({"status": status, "result": result_at}).decode()
             # outputs are out: only the done marker is missing, so an outage here is waited
             # out (not re-run, which would publish the result twice)
-            dedup = self._dedup
             await self._through_outage(lambda: dedup.complete(rid, owner, marker))
             self._forget_checkpoints(request, status)
         except BaseException:
@@ -179,7 +187,14 @@ class RequestProcessor:
             self._checkpoints.forget_later(request.request_id)
 
     async def _execute_cached(
-        self, record: Record, request: Request, graph: Any, started: float, *, attempt: int
+        self,
+        record: Record,
+        request: Request,
+        graph: Any,
+        started: float,
+        *,
+        attempt: int,
+        lease_lost: Callable[[], bool] = lambda: False,
     ) -> tuple[str, str | None]:
         """``_execute``, or the cached output of an identical request when caching applies.
 
@@ -187,7 +202,7 @@ class RequestProcessor:
         key = self._cache_key(request, graph)
         if key is None or self._cache is None:
             outcome, result_at = await self._executor.execute(
-                record, request, graph, started, attempt=attempt
+                record, request, graph, started, attempt=attempt, lease_lost=lease_lost
             )
             return outcome.status, result_at
         owner = uuid.uuid4().hex
@@ -198,7 +213,7 @@ class RequestProcessor:
         self.metrics.cache.labels("miss").inc()
         try:
             outcome, result_at = await self._executor.execute(
-                record, request, graph, started, attempt=attempt
+                record, request, graph, started, attempt=attempt, lease_lost=lease_lost
             )
         except BaseException:
             await self._cache.unlock(key, owner)

@@ -468,3 +468,36 @@ async def test_lease_is_renewed_while_a_long_run_lasts(
     assert len(starts) == 1
     assert waits is not None and waits > 0
     assert skipped == 1
+
+
+async def test_a_lost_lease_stops_the_run_from_publishing(
+    bootstrap: str, topics: TopicNames, settings: Settings
+) -> None:
+    """Another owner takes the lease mid-run: this run publishes nothing, waits for the lease,
+    then reuses its finished checkpoint: one result, attempt 2, the node ran once."""
+    from redis.asyncio import Redis
+
+    short = settings.model_copy(update={"lease_ms": 1000})
+    async with GraphRunner(short, GraphRegistry.from_sources()) as _runner:
+        await produce(
+            bootstrap,
+            topics.requests,
+            [(b"k", encode(request("stolen-1", graph="slow", input={"seconds": 2.0})))],
+        )
+        async with Collector(bootstrap, topics.results, topics.events) as out:
+            await out.wait_until(lambda: len(out.records[topics.events]) >= 1)
+            redis = Redis.from_url(TEST_REDIS_URL)
+            await redis.set(f"{topics.prefix}:{{stolen-1}}:lease", "thief", px=2500)
+            await redis.aclose()
+            await out.wait_count(topics.results, 1, timeout=30)
+            await asyncio.sleep(1.0)
+            results = out.values(topics.results)
+            events = out.values(topics.events)
+    starts = [
+        (e["data"]["attempt"], e["data"]["resumed"]) for e in events if e["type"] == "run_started"
+    ]
+    assert [(r["status"], r["attempts"], r["output"]) for r in results] == [
+        ("success", 2, {"seconds": 2.0})
+    ]
+    assert starts == [(1, False), (2, True)]
+    assert [e["node"] for e in events if e["type"] == "node"] == ["wait"]
