@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from processors.cli_audit import add_parsers as add_audit_parsers
 from processors.cli_common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -274,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.set_defaults(func=checkpoints_prune_command, is_async=True)
 
+    add_audit_parsers(sub, _kafka_flags)
+
     p = sub.add_parser("graphs", help="list registered graphs and their nodes")
     _graph_flags(p)
     p.set_defaults(func=_graphs, is_async=False)
@@ -317,7 +320,7 @@ def run_async(coro: Coroutine[Any, Any, int]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``graphwire`` console script."""
     args = build_parser().parse_args(argv)
-    if args.command != "worker":  # one-line errors from us, not aiokafka's connection logs
+    if args.command not in ("worker", "audit"):  # one-line errors, not aiokafka's logs
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         if args.command == "worker" and args.processes > 1:

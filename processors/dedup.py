@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Self
 
+import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -196,6 +197,29 @@ class DedupStore:
             await self.client.delete(done, tries)
         except (RedisError, OSError) as exc:
             raise DependencyUnavailable(f"Redis does not answer ({exc})") from exc
+
+    async def lookup(self, request_id: str) -> dict[str, object] | None:
+        """What Redis knows of a request: ``running`` (with its owner) or ``done`` (with its
+        status); None when neither (never seen, or the done marker expired)."""
+        lease, done, tries = self._keys(request_id)
+        try:
+            owner, marker, attempts = [
+                v.encode() if isinstance(v, str) else v
+                for v in await self.client.mget(lease, done, tries)
+            ]
+        except (RedisError, OSError) as exc:
+            raise DependencyUnavailable(f"Redis does not answer ({exc})") from exc
+        count = int(attempts) if attempts else 0
+        if marker:
+            text = marker.decode()
+            status = text
+            if text.startswith("{"):
+                status = str(orjson.loads(text).get("status", text))
+            return {"state": "done", "status": status, "attempts": count}
+        if owner:
+            return {"state": "running", "status": "running", "owner": owner.decode(),
+                    "attempts": count}
+        return None
 
     def hold(self, request_id: str, owner: str, on_lost: Callable[[], None] | None = None) -> None:
         """Keep renewing our lease on ``request_id`` until ``let_go`` (one renewer for all).

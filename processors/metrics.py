@@ -92,3 +92,50 @@ class RunnerMetrics:
         if child is None:
             child = self._event_children[type_] = self.events.labels(type_)
         child.inc()
+
+
+class AuditMetrics:
+    """The audit sink's counters, gauges and histograms."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.records = Counter(
+            "graphwire_audit_records_total", "Records consumed, by topic.", ["topic"], registry=r
+        )
+        self.rows_written = Counter(
+            "graphwire_audit_rows_written_total",
+            "Rows inserted or updated in PostgreSQL, by table.",
+            ["table"],
+            registry=r,
+        )
+        self.batch_rows = Histogram(
+            "graphwire_audit_batch_rows",
+            "Rows per batch written.",
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000),
+            registry=r,
+        )
+        self.write_seconds = Histogram(
+            "graphwire_audit_write_duration_seconds",
+            "Time to write one batch (one transaction).",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=r,
+        )
+        self.write_failures = Counter(
+            "graphwire_audit_write_failures_total",
+            "Failed batch writes: 'unavailable' (retried) or 'data' (rows isolated).",
+            ["kind"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "graphwire_audit_dead_letters_total",
+            "Records the sink could not decode, by topic (kept in graphwire_dead_letters).",
+            ["topic"],
+            registry=r,
+        )
+        self.lag = Gauge(
+            "graphwire_audit_consumer_lag_records",
+            "Records not yet written, per partition (high watermark minus next offset).",
+            ["topic", "partition"],
+            registry=r,
+        )

@@ -105,6 +105,22 @@ class Settings(BaseSettings):
     durability: Literal["exit", "async", "sync"] = "async"
     """When LangGraph writes checkpoints: after each step in the background, in line, or at exit."""
 
+    # Audit sink (PostgreSQL record of every request, event, result and dead letter)
+    audit_group_id: str = "graphwire-audit"
+    """Consumer group of the audit sink (separate from the runners')."""
+    audit_schema: str | None = Field(default=None, pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    """PostgreSQL schema of the audit tables (default: the connection's search_path)."""
+    audit_batch_max: int = Field(default=2000, ge=1, le=100_000)
+    """Records per write: a batch is written when it has this many..."""
+    audit_batch_within_s: float = Field(default=0.5, gt=0)
+    """...or when this many seconds passed since its first record."""
+    audit_commit_interval_s: float = Field(default=1.0, gt=0)
+    """How often the sink commits the offsets of written batches."""
+    audit_http_port: int = Field(default=8081, ge=0, le=65535)
+    """``/health``, ``/ready`` and ``/metrics`` of the sink (0 disables)."""
+    audit_retention_days: float = Field(default=30.0, gt=0)
+    """``graphwire db prune`` deletes events older than this."""
+
     # Operations
     http_port: int = Field(default=8080, ge=0, le=65535)
     """``/health``, ``/ready`` and ``/metrics`` of the worker (0 disables; ``--processes N``

@@ -129,10 +129,18 @@ class Collector:
 
 
 class WorkerProcess:
-    """``python -m processors worker`` as a child process with the given environment."""
+    """``python -m processors worker`` (or another ``command``) as a child process with the
+    given environment."""
 
-    def __init__(self, env: dict[str, str], *args: str, log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        *args: str,
+        log_path: Path | None = None,
+        command: str = "worker",
+    ) -> None:
         self.env = {**os.environ, **env}
+        self.command = command
         self.args = args
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
@@ -140,7 +148,7 @@ class WorkerProcess:
     def start(self) -> WorkerProcess:
         out = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "processors", "worker", *self.args],
+            [sys.executable, "-m", "processors", self.command, *self.args],
             env=self.env,
             cwd=ROOT,
             stdout=out,

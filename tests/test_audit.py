@@ -1,0 +1,195 @@
+"""The audit sink end to end: runner + sink on the test broker, rows in PostgreSQL, the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+
+from processors.auditdb import migrate, migrations, server_settings
+from tests.conftest import TEST_DATABASE_URL
+from tests.kafka_helpers import (
+    ROOT,
+    Collector,
+    WorkerProcess,
+    encode,
+    produce,
+    request,
+    wait_for_members,
+)
+from topics.specs import TopicNames
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def audit_env(worker_env: dict[str, str]) -> dict[str, str]:
+    """The worker's environment plus the sink's: its own group and schema, short batches."""
+    prefix = worker_env["GRAPHWIRE_TOPIC_PREFIX"]
+    return {
+        **worker_env,
+        "GRAPHWIRE_AUDIT_SCHEMA": prefix,
+        "GRAPHWIRE_AUDIT_GROUP_ID": f"{prefix}-audit",
+        "GRAPHWIRE_AUDIT_BATCH_WITHIN_S": "0.2",
+        "GRAPHWIRE_AUDIT_HTTP_PORT": "0",
+    }
+
+
+@pytest.fixture
+async def db(audit_env: dict[str, str]) -> AsyncIterator[Any]:
+    """A connection with the test's audit schema on the search_path."""
+    conn = await asyncpg.connect(
+        TEST_DATABASE_URL, server_settings=server_settings(audit_env["GRAPHWIRE_AUDIT_SCHEMA"])
+    )
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``graphwire ARGS`` with ``env``; output captured."""
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "processors", *args],
+        env={**os.environ, **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def wait_rows(db: Any, sql: str, want: int, timeout: float = 60.0) -> None:
+    """Wait until ``sql`` (a count) returns ``want``; fail with the last count."""
+    deadline = time.monotonic() + timeout
+    got = -1
+    while time.monotonic() < deadline:
+        try:
+            got = await db.fetchval(sql)
+        except asyncpg.UndefinedTableError:
+            got = -1
+        if got == want:
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{sql}: {got} rows, want {want}")
+
+
+async def test_migrate_applies_numbered_files_once(audit_env: dict[str, str], db: Any) -> None:
+    schema = audit_env["GRAPHWIRE_AUDIT_SCHEMA"]
+    first = await migrate(db, schema)
+    second = await migrate(db, schema)
+    assert [m.version for m in first] == [m.version for m in migrations()] == [1]
+    assert second == []
+    rows = await db.fetch("SELECT version, name FROM graphwire_schema_migrations")
+    assert [(r["version"], r["name"]) for r in rows] == [(1, "audit_tables")]
+    tables = await db.fetch(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = $1 "
+        "ORDER BY table_name",
+        schema,
+    )
+    assert [t["table_name"] for t in tables] == [
+        "graphwire_dead_letters",
+        "graphwire_events",
+        "graphwire_runs",
+        "graphwire_schema_migrations",
+    ]
+
+
+def test_sink_refuses_to_start_on_an_unmigrated_database(audit_env: dict[str, str]) -> None:
+    done = cli(audit_env, "audit")
+    assert done.returncode == 1
+    assert "graphwire: error: the audit tables are at version 0, this graphwire needs 1: run " \
+        "`graphwire db migrate`" in done.stderr
+
+
+async def test_runs_events_and_dead_letters_recorded_and_queried(
+    bootstrap: str, topics: TopicNames, audit_env: dict[str, str], db: Any, tmp_path: Path
+) -> None:
+    sink = WorkerProcess(audit_env, "--migrate", command="audit", log_path=tmp_path / "sink.log")
+    worker = WorkerProcess(audit_env, log_path=tmp_path / "worker.log")
+    sink.start()
+    worker.start()
+    try:
+        async with Collector(bootstrap, topics.events, topics.results) as out:
+            await wait_for_members(bootstrap, audit_env["GRAPHWIRE_GROUP_ID"], 1)
+            await produce(
+                bootstrap,
+                topics.requests,
+                [(f"r{i}".encode(), encode(request(f"r{i}", input={"text": f"n{i}"})))
+                 for i in range(10)]
+                + [(b"junk", b"not json at all")],
+            )
+            # a record on the events topic that breaks the contract: the sink's own dead letter
+            await produce(bootstrap, topics.events, [(b"x", b'{"request_id": "x", "seq": -1}')])
+            await out.wait_count(topics.results, 10)
+            await wait_rows(db, "SELECT count(*) FROM graphwire_runs WHERE status = 'success'", 10)
+            events_on_topic = len([e for e in out.values(topics.events) if "type" in e])
+            await wait_rows(db, "SELECT count(*) FROM graphwire_events", events_on_topic)
+            await wait_rows(db, "SELECT count(*) FROM graphwire_dead_letters", 2)
+    finally:
+        sink.stop()
+        worker.stop()
+
+    run = await db.fetchrow("SELECT * FROM graphwire_runs WHERE request_id = 'r3'")
+    assert run["graph"] == "pipeline"
+    assert orjson.loads(run["input"]) == {"text": "n3"}
+    assert orjson.loads(run["output"])["text"] == out_text(out, "r3")
+    assert (run["attempts"], run["cached"], run["error"]) == (1, False, None)
+    assert run["requested_at"] <= run["finished_at"]
+    assert run["request_source"].startswith(f"{topics.requests}/")
+    assert run["result_source"].startswith(f"{topics.results}/")
+
+    letters = await db.fetch(
+        "SELECT source_topic, origin, key, value, reason FROM graphwire_dead_letters "
+        "ORDER BY source_topic"
+    )
+    assert [(d["source_topic"], d["key"], d["value"]) for d in letters] == [
+        (topics.events, b"x", b'{"request_id": "x", "seq": -1}'),
+        (topics.requests, b"junk", b"not json at all"),
+    ]
+    assert letters[0]["origin"] == "audit"
+    assert "event seq must be an integer from 0, got -1" in letters[0]["reason"]
+    assert "not UTF-8 JSON" in letters[1]["reason"]  # the runner's or the sink's: one row
+
+    shown = cli(audit_env, "runs", "show", "r3")
+    assert shown.returncode == 0, shown.stderr
+    body = orjson.loads(shown.stdout)
+    kafka_events = [e for e in out.values(topics.events) if e["request_id"] == "r3"]
+    assert [e["seq"] for e in body["events"]] == list(range(len(kafka_events)))
+    assert [(e["type"], e["node"], e["data"]) for e in body["events"]] == [
+        (e["type"], e["node"], e["data"]) for e in sorted(kafka_events, key=lambda e: e["seq"])
+    ]
+    assert body["status"] == "success"
+
+    listed = cli(audit_env, "runs", "list", "--graph", "pipeline", "--status", "success",
+                 "--since", "1h", "--limit", "3", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert len(listed.stdout.splitlines()) == 3
+    assert {orjson.loads(line)["status"] for line in listed.stdout.splitlines()} == {"success"}
+
+    status = cli(audit_env, "status", "r3")
+    assert status.returncode == 0, status.stderr
+    assert orjson.loads(status.stdout) == {
+        "request_id": "r3", "state": "done", "status": "success", "attempts": 1, "source": "redis"
+    }
+    missing = cli(audit_env, "status", "nope")
+    assert missing.returncode == 1
+    assert "unknown request 'nope'" in missing.stderr
+
+
+def out_text(out: Collector, request_id: str) -> Any:
+    """The ``text`` of a result's output on the results topic."""
+    for value in out.values(out.topics[1]):
+        if value["request_id"] == request_id:
+            return value["output"]["text"]
+    raise AssertionError(f"no result for {request_id}")
