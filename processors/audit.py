@@ -101,6 +101,10 @@ class AuditSink:
             broker_commit_interval=s.audit_commit_interval_s,
             broker_max_poll_records=batch,
             stream_buffer_maxsize=max(4096, 2 * batch),
+            # On stop and on rebalance, commit what is written and do not wait for the batch
+            # in hand: during a PostgreSQL outage it never finishes, and waiting would hang
+            # shutdown and every rebalance. Its records are read again by the next owner.
+            stream_wait_empty=False,
         )
         t = s.topics
         topic = app.topic(
@@ -139,7 +143,7 @@ class AuditSink:
                 self.metrics.dead_letters.labels(record.topic).inc()
                 log.warning("audit dead letter %s: %s", record.source, row.values[8])
             rows.append(row)
-        await self.writer.write_until_done(rows, lambda: self.app.should_stop)
+        await self.writer.write_until_done(rows)  # returns once written; cancelled on stop
         for event in events:
             event.ack()
             tp = event.message.tp
@@ -204,7 +208,7 @@ class _Worker(faust.Worker):
     def __init__(self, *services: Any, settings: Settings, **kwargs: Any) -> None:
         self._settings = settings
         super().__init__(*services, **kwargs)
-
+        self.spinner = None  # a terminal spinner in JSON logs is noise
     def _setup_logging(self) -> None:
         setup_logging(self._settings.log_level, self._settings.log_format)
         logging.getLogger("faust").setLevel(max(logging.WARNING, logging.getLogger().level))

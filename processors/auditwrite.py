@@ -18,7 +18,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -150,7 +150,7 @@ class AuditWriter:
         if self._pool is None:
             self._pool = await asyncpg.create_pool(
                 self._dsn,
-                min_size=1,
+                min_size=0,  # no background reconnects (and their tracebacks) in an outage
                 max_size=self._pool_size,
                 timeout=10,
                 command_timeout=60,
@@ -193,14 +193,10 @@ class AuditWriter:
                 written[table] = written.get(table, 0) + int(status.split()[-1])
         return written
 
-    async def write_until_done(
-        self, rows: Sequence[Row], stopping: Callable[[], bool] = lambda: False
-    ) -> dict[str, int]:
-        """Write ``rows``, waiting out PostgreSQL outages with backoff (until ``stopping``).
-
-        Raises ``asyncio.CancelledError`` when cancelled; the caller must then not
-        acknowledge the batch.
-        """
+    async def write_until_done(self, rows: Sequence[Row]) -> dict[str, int]:
+        """Write ``rows``, waiting out PostgreSQL outages with backoff; never raises but
+        ``asyncio.CancelledError`` (on stop), after which the caller must not acknowledge
+        the batch."""
         delay = 0.1
         failures = 0
         while True:
@@ -212,8 +208,8 @@ class AuditWriter:
                 if len(rows) > 1:
                     log.warning("PostgreSQL refused a batch of %d rows (%s); isolating the bad "
                                 "ones", len(rows), exc)
-                    return await self._isolate(rows, stopping)
-                return await self._refused(rows[0], exc, stopping)
+                    return await self._isolate(rows)
+                return await self._refused(rows[0], exc)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -223,8 +219,6 @@ class AuditWriter:
                 if failures == 1 or failures % 20 == 0:
                     log.warning("audit write failed (%s); retrying, %d rows wait in Kafka",
                                 self.problem, len(rows))
-                if stopping():
-                    raise
                 await self._drop_pool_if_broken(exc)
                 await asyncio.sleep(delay * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, self._max_backoff_s)
@@ -244,23 +238,19 @@ class AuditWriter:
             if pool is not None:
                 pool.terminate()
 
-    async def _isolate(
-        self, rows: Sequence[Row], stopping: Callable[[], bool]
-    ) -> dict[str, int]:
+    async def _isolate(self, rows: Sequence[Row]) -> dict[str, int]:
         """Write rows one at a time; a row PostgreSQL refuses becomes a dead letter."""
         total: dict[str, int] = {}
         for row in rows:
-            for table, count in (await self.write_until_done([row], stopping)).items():
+            for table, count in (await self.write_until_done([row])).items():
                 total[table] = total.get(table, 0) + count
         return total
 
-    async def _refused(
-        self, row: Row, exc: BaseException, stopping: Callable[[], bool]
-    ) -> dict[str, int]:
+    async def _refused(self, row: Row, exc: BaseException) -> dict[str, int]:
         if row.table == "dead_letters" and row.values[3] == "audit":
             # our own dead letter of this record was refused too: nothing left to try
             log.error("PostgreSQL refused the dead letter of %s (%s); it stays only in Kafka",
                       row.record.source, exc)
             return {}
         reason = f"{row.record.topic}: PostgreSQL refused the row: {exc}"
-        return await self.write_until_done([rejected(row.record, reason)], stopping)
+        return await self.write_until_done([rejected(row.record, reason)])

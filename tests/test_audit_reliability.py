@@ -1,0 +1,190 @@
+"""The audit sink under failure: PostgreSQL down and back, SIGTERM while it waits, SIGKILL."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import orjson
+import pytest
+
+from processors.auditdb import server_settings
+from processors.devbroker import free_port
+from tests.conftest import PARTITIONS, TEST_DATABASE_URL
+from tests.kafka_helpers import WorkerProcess, committed_total, produce
+from tests.private_services import PrivatePostgres
+from tests.test_audit import wait_rows
+from topics.specs import TopicNames
+
+pytestmark = pytest.mark.integration
+
+
+def event(rid: str, seq: int) -> bytes:
+    return orjson.dumps({"request_id": rid, "seq": seq, "type": "node", "graph": "g",
+                         "node": f"n{seq}", "data": {"seq": seq}, "ts": time.time()})
+
+
+async def ready(port: int) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/ready") as r:
+        return r.status, await r.json()
+
+
+async def wait_ready(port: int, want: int, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            status, last = await ready(port)
+            if status == want:
+                return last
+        except aiohttp.ClientError as exc:
+            last = exc
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"/ready never answered {want}: {last}")
+
+
+async def test_postgres_outage_loses_and_duplicates_nothing(
+    bootstrap: str, topics: TopicNames, worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    pg = await asyncio.to_thread(PrivatePostgres)
+    await asyncio.to_thread(pg.start)
+    port = free_port()
+    prefix = worker_env["GRAPHWIRE_TOPIC_PREFIX"]
+    group = f"{prefix}-audit"
+    env = {**worker_env, "GRAPHWIRE_DATABASE_URL": pg.url, "GRAPHWIRE_AUDIT_GROUP_ID": group,
+           "GRAPHWIRE_AUDIT_HTTP_PORT": str(port), "GRAPHWIRE_AUDIT_BATCH_WITHIN_S": "0.2",
+           "GRAPHWIRE_AUDIT_BATCH_MAX": "100"}
+    log = tmp_path / "sink.log"
+    sink = WorkerProcess(env, "--migrate", command="audit", log_path=log).start()
+    conn: Any = None
+    try:
+        await produce(bootstrap, topics.events, [(b"a", event(f"a{i}", 0)) for i in range(300)])
+        await wait_ready(port, 200)
+        conn = await asyncpg.connect(pg.url)
+        await wait_rows(conn, "SELECT count(*) FROM graphwire_events", 300)
+        await asyncio.sleep(1.5)  # one commit interval: the first 300 are committed
+        assert await committed_total(bootstrap, group, topics.events, PARTITIONS) == 300
+        await conn.close()
+        conn = None
+
+        await asyncio.to_thread(pg.stop)
+        await produce(bootstrap, topics.events, [(b"b", event(f"b{i}", 0)) for i in range(300)])
+        body = await wait_ready(port, 503)
+        assert body["ready"] is False
+        assert body["dependencies"]["postgresql"] != "ok"
+        await asyncio.sleep(2.5)  # commits keep running; none may pass an unwritten record
+        assert await committed_total(bootstrap, group, topics.events, PARTITIONS) == 300
+        # stopped while it waits for PostgreSQL: the batch in hand must not be acknowledged
+        assert sink.terminate(timeout=60) == 0
+        assert await committed_total(bootstrap, group, topics.events, PARTITIONS) == 300
+
+        await asyncio.to_thread(pg.start)
+        sink = WorkerProcess(env, command="audit", log_path=log).start()
+        conn = await asyncpg.connect(pg.url)
+        await wait_rows(conn, "SELECT count(*) FROM graphwire_events", 600)
+        await wait_ready(port, 200)
+        ids = await conn.fetch("SELECT request_id FROM graphwire_events ORDER BY request_id")
+        assert sorted(r["request_id"] for r in ids) == sorted(
+            [f"a{i}" for i in range(300)] + [f"b{i}" for i in range(300)]
+        )
+        failures = await metric(port, "graphwire_audit_write_failures_total")
+        assert failures == 0  # a new process: the outage was the previous one's
+    finally:
+        sink.stop()
+        if conn is not None:
+            await conn.close()
+        await asyncio.to_thread(pg.remove)
+
+
+async def metric(port: int, name: str) -> float:
+    """Sum of a metric's samples on /metrics."""
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics") as r:
+        text = await r.text()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name) and not line.startswith("#")
+    )
+
+
+async def test_sigkill_mid_batch_then_restart_records_everything_exactly_once(
+    bootstrap: str, topics: TopicNames, worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    prefix = worker_env["GRAPHWIRE_TOPIC_PREFIX"]
+    group = f"{prefix}-audit"
+    env = {**worker_env, "GRAPHWIRE_AUDIT_SCHEMA": prefix, "GRAPHWIRE_AUDIT_GROUP_ID": group,
+           "GRAPHWIRE_AUDIT_HTTP_PORT": "0", "GRAPHWIRE_AUDIT_BATCH_MAX": "250",
+           "GRAPHWIRE_AUDIT_BATCH_WITHIN_S": "0.2"}
+    n = 1500
+    requests = [
+        (f"r{i}".encode(), orjson.dumps({"request_id": f"r{i}", "graph": "pipeline",
+                                         "input": {"i": i}}))
+        for i in range(n)
+    ]
+    results = [
+        (f"r{i}".encode(), orjson.dumps({"request_id": f"r{i}", "graph": "pipeline",
+                                         "status": "success", "output": {"i": i},
+                                         "duration_ms": 1.0}))
+        for i in range(n)
+    ]
+    events = [(f"r{i}".encode(), event(f"r{i}", s)) for i in range(n) for s in range(2)]
+    await asyncio.gather(
+        produce(bootstrap, topics.requests, requests),
+        produce(bootstrap, topics.results, results),
+        produce(bootstrap, topics.events, events),
+    )
+    total = 2 * n + 2 * n  # 6,000 records
+    log = tmp_path / "sink.log"
+    conn = await asyncpg.connect(TEST_DATABASE_URL, server_settings=server_settings(prefix))
+    count = (
+        "SELECT (SELECT count(*) FROM graphwire_events) + "
+        "(SELECT count(*) FROM graphwire_runs WHERE status = 'success' AND input IS NOT NULL) "
+        "* 2"
+    )
+    try:
+        kills = 0
+        for threshold in (600, 3000):
+            sink = WorkerProcess(env, "--migrate", command="audit", log_path=log).start()
+            try:
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    try:
+                        rows = await conn.fetchval(count)
+                    except asyncpg.UndefinedTableError:
+                        rows = 0
+                    if rows >= threshold:
+                        break
+                    await asyncio.sleep(0.02)
+                sink.kill()  # SIGKILL: no commit, no leave-group, a batch may be half done
+                kills += 1
+            finally:
+                sink.stop()
+            assert await conn.fetchval(count) < total, "finished before the kill: test is void"
+        sink = WorkerProcess(env, command="audit", log_path=log).start()
+        try:
+            await wait_rows(conn, count, total, timeout=120)
+            assert await conn.fetchval("SELECT count(*) FROM graphwire_runs") == n
+            assert await conn.fetchval("SELECT count(*) FROM graphwire_events") == 2 * n
+            assert await conn.fetchval("SELECT count(*) FROM graphwire_dead_letters") == 0
+            pairs = await conn.fetch("SELECT request_id, seq FROM graphwire_events")
+            assert sorted((r["request_id"], r["seq"]) for r in pairs) == sorted(
+                (f"r{i}", s) for i in range(n) for s in range(2)
+            )
+            outputs = await conn.fetch("SELECT request_id, input, output FROM graphwire_runs")
+            assert all(
+                orjson.loads(r["input"]) == orjson.loads(r["output"]) == {"i": int(r["request_id"][1:])}
+                for r in outputs
+            )
+            deadline = time.monotonic() + 20
+            while await committed_total(bootstrap, group, topics.events, PARTITIONS) < 2 * n:
+                assert time.monotonic() < deadline, "the sink never committed all it wrote"
+                await asyncio.sleep(0.5)
+        finally:
+            sink.stop()
+        assert kills == 2
+    finally:
+        await conn.close()

@@ -1,0 +1,195 @@
+"""AuditWriter and the record -> row mapping against the real PostgreSQL (no Kafka needed)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+
+from processors.auditdb import migrate, server_settings
+from processors.auditrows import Record, Row, to_row
+from processors.auditwrite import AuditWriter
+from tests.conftest import TEST_DATABASE_URL
+from topics.specs import TopicNames
+
+T = TopicNames("gw")
+MAX = 1024 * 1024
+
+
+@pytest.fixture
+async def schema() -> AsyncIterator[str]:
+    name = f"a{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(TEST_DATABASE_URL)
+    try:
+        await migrate(conn, name)
+        yield name
+    finally:
+        await conn.execute(f'DROP SCHEMA "{name}" CASCADE')
+        await conn.close()
+
+
+@pytest.fixture
+async def writer(schema: str) -> AsyncIterator[AuditWriter]:
+    w = AuditWriter(TEST_DATABASE_URL, schema=schema)
+    try:
+        yield w
+    finally:
+        await w.close()
+
+
+@pytest.fixture
+async def db(schema: str) -> AsyncIterator[Any]:
+    conn = await asyncpg.connect(TEST_DATABASE_URL, server_settings=server_settings(schema))
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+def rec(topic: str, offset: int, value: Any, *, headers: Any = (), ts: float = 1_700_000_000.0,
+        key: bytes | None = b"k") -> Record:
+    raw = value if isinstance(value, bytes | None) else orjson.dumps(value)
+    return Record(topic, 0, offset, key, raw, list(headers), ts)
+
+
+def row(record: Record) -> Row:
+    return to_row(record, T, max_request_bytes=MAX)
+
+
+REQUEST = {"request_id": "r1", "graph": "pipeline", "input": {"text": "hi"},
+           "metadata": {"who": "a"}, "thread_id": "t1"}
+RESULT = {"request_id": "r1", "graph": "pipeline", "status": "success", "output": {"text": "HI"},
+          "error": None, "interrupts": [], "thread_id": "t1", "attempts": 2, "cached": False,
+          "duration_ms": 12.5, "metadata": {"who": "a"}}
+
+
+async def run_row(db: Any, rid: str = "r1") -> dict[str, Any]:
+    found = await db.fetchrow("SELECT * FROM graphwire_runs WHERE request_id = $1", rid)
+    assert found is not None
+    return dict(found)
+
+
+async def test_request_and_result_in_either_order_give_the_same_row(
+    writer: AuditWriter, db: Any
+) -> None:
+    request_row = row(rec(T.requests, 5, REQUEST, ts=100.0))
+    result_row = row(rec(T.results, 9, RESULT, ts=101.0))
+    await writer.write([result_row])
+    partial = await run_row(db)
+    assert (partial["status"], partial["input"], partial["requested_at"]) == ("success", None, None)
+    await writer.write([request_row])
+    late = await run_row(db)
+
+    await db.execute("DELETE FROM graphwire_runs")
+    await writer.write([request_row])
+    accepted = await run_row(db)
+    assert (accepted["status"], accepted["output"], accepted["finished_at"]) == (
+        "accepted", None, None
+    )
+    await writer.write([result_row])
+    early = await run_row(db)
+
+    assert late == early
+    assert early["status"] == "success"
+    assert orjson.loads(early["input"]) == {"text": "hi"}
+    assert orjson.loads(early["output"]) == {"text": "HI"}
+    assert orjson.loads(early["metadata"]) == {"who": "a"}
+    assert (early["attempts"], early["duration_ms"], early["thread_id"]) == (2, 12.5, "t1")
+    assert early["requested_at"].timestamp() == 100.0
+    assert early["finished_at"].timestamp() == 101.0
+    assert (early["request_source"], early["result_source"]) == ("gw.requests/0/5",
+                                                                 "gw.results/0/9")
+
+
+async def test_a_replayed_batch_adds_and_changes_nothing(writer: AuditWriter, db: Any) -> None:
+    batch = [
+        row(rec(T.requests, 1, REQUEST)),
+        *(row(rec(T.events, i, {"request_id": "r1", "seq": i, "type": "node", "graph": "g",
+                                  "node": f"n{i}", "data": {"i": i}, "ts": 5.0 + i}))
+          for i in range(3)),
+        row(rec(T.results, 2, RESULT)),
+        row(rec(T.dlq, 0, b"raw", headers=[("x-graphwire-error", b"bad"),
+                                           ("x-graphwire-source", b"gw.requests/3/7")])),
+    ]
+    first = await writer.write(batch)
+    before = {t: await db.fetch(f"SELECT * FROM {t} ORDER BY 1, 2")
+              for t in ("graphwire_runs", "graphwire_events", "graphwire_dead_letters")}
+    second = await writer.write(batch)
+    after = {t: await db.fetch(f"SELECT * FROM {t} ORDER BY 1, 2") for t in before}
+    assert first == {"graphwire_runs": 2, "graphwire_events": 3, "graphwire_dead_letters": 1}
+    # the result half is rewritten with the same values; events and dead letters: nothing
+    assert second == {"graphwire_runs": 1, "graphwire_events": 0, "graphwire_dead_letters": 0}
+    assert before == after
+    letter = before["graphwire_dead_letters"][0]
+    assert (letter["source_topic"], letter["source_partition"], letter["source_offset"]) == (
+        "gw.requests", 3, 7
+    )
+    assert (letter["origin"], letter["reason"], letter["value"]) == ("runner", "bad", b"raw")
+
+
+async def test_first_request_wins_over_a_duplicate_request_id(
+    writer: AuditWriter, db: Any
+) -> None:
+    again = {**REQUEST, "input": {"text": "second"}}
+    await writer.write([row(rec(T.requests, 1, REQUEST)), row(rec(T.requests, 2, again))])
+    await writer.write([row(rec(T.requests, 3, again))])
+    assert orjson.loads((await run_row(db))["input"]) == {"text": "hi"}
+
+
+async def test_a_row_postgres_refuses_becomes_a_dead_letter_and_the_rest_is_written(
+    writer: AuditWriter, db: Any
+) -> None:
+    good = row(rec(T.events, 0, {"request_id": "r1", "seq": 0, "type": "run_started",
+                                 "graph": "g", "ts": 1.0}))
+    bad_record = rec(T.events, 1, b"{}")
+    bad = Row("events", ("r1", 1, "node", None, "{not json", good.values[5]), bad_record)
+    written = await writer.write_until_done([good, bad])
+    assert written == {"graphwire_events": 1, "graphwire_dead_letters": 1}
+    assert await db.fetchval("SELECT count(*) FROM graphwire_events") == 1
+    letter = await db.fetchrow("SELECT * FROM graphwire_dead_letters")
+    assert (letter["source_topic"], letter["source_offset"], letter["origin"]) == (
+        T.events, 1, "audit"
+    )
+    assert letter["reason"].startswith("gw.events: PostgreSQL refused the row: invalid input")
+    assert writer.metrics.write_failures.labels("data")._value.get() == 2  # batch, then the row
+
+
+def test_records_that_break_the_contract_become_dead_letters_with_the_reason() -> None:
+    cases = [
+        (rec(T.events, 0, None), "gw.events: no value (a tombstone)"),
+        (rec(T.events, 1, b"[1]"), "gw.events: value is a JSON list, not an object"),
+        (rec(T.events, 2, {"request_id": "r", "seq": 0, "type": "nope", "ts": 1}),
+            "gw.events: event type 'nope' is not one of"),
+        (rec(T.events, 3, {"request_id": "r", "seq": 0, "type": "node", "ts": "x"}),
+            "gw.events: event ts must be Unix seconds, got 'x'"),
+        (rec(T.results, 4, {"request_id": "r", "graph": "g", "status": "meh",
+                           "duration_ms": 1}), "gw.results: not a result: status: Input should be"),
+        (rec(T.requests, 5, {"request_id": "r", "graph": "g"}),
+            "gw.requests: invalid request: request: give 'input' (an object) or 'command'"),
+        (rec("other", 6, {}), "other: topic 'other' is not one of graphwire's"),
+    ]
+    for record, reason in cases:
+        got = row(record)
+        assert got.table == "dead_letters", record
+        assert got.values[3] == "audit"
+        assert got.values[8].startswith(reason), (got.values[8], reason)
+        assert got.values[:3] == (record.topic, 0, record.offset)
+
+
+def test_nul_characters_are_replaced_not_lost() -> None:
+    event = {"request_id": "r", "seq": 0, "type": "node", "node": "n", "ts": 1.0,
+             "data": {"a\u0000": "b\u0000c"}}
+    got = row(rec(T.events, 0, event))
+    assert got.table == "events"
+    assert orjson.loads(got.values[4]) == {"a\ufffd": "b\ufffdc"}
+
+
+def test_a_dead_letter_without_graphwire_headers_is_kept_with_its_own_position() -> None:
+    got = row(rec(T.dlq, 42, b"\xff\xfe", headers=[("custom", b"\xff")]))
+    assert got.values[:5] == (T.dlq, 0, 42, "runner", None)
+    assert got.values[8] == "(no reason header)"
+    assert orjson.loads(got.values[7]) == [["custom", "\\xff"]]
