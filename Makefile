@@ -29,6 +29,7 @@ lint: install ## ruff and mypy
 
 bench: install ## benchmarks against their baselines, measured in the same run
 	$(PY) bench/bench_runner.py
+	$(PY) bench/bench_audit.py
 
 run: install ## bundled broker + a worker + sample requests, then keep serving (Ctrl-C stops)
 	$(VENV)/bin/graphwire dev --demo

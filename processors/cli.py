@@ -71,14 +71,20 @@ async def _worker(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _worker_processes(args: argparse.Namespace) -> int:
+def _processes(args: argparse.Namespace) -> int:
+    """``worker`` or ``audit`` with ``--processes N``: N supervised children."""
     from processors.supervisor import run_processes
 
     argv = [a for a in sys.argv[1:] if not a.startswith("--processes")]
     if "--processes" in sys.argv:  # "--processes N" form: drop the value too
         i = sys.argv.index("--processes")
         argv = sys.argv[1:i] + sys.argv[i + 2 :]
-    return run_processes(args.processes, argv, http_port=settings_from(args).http_port)
+    settings = settings_from(args)
+    if args.command == "audit":
+        return run_processes(
+            args.processes, argv, settings.audit_http_port, "GRAPHWIRE_AUDIT_HTTP_PORT"
+        )
+    return run_processes(args.processes, argv, http_port=settings.http_port)
 
 
 async def _topics_ensure(args: argparse.Namespace) -> int:
@@ -323,8 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command not in ("worker", "audit"):  # one-line errors, not aiokafka's logs
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
-        if args.command == "worker" and args.processes > 1:
-            return _worker_processes(args)
+        if args.command in ("worker", "audit") and args.processes > 1:
+            return _processes(args)
         func: Callable[[argparse.Namespace], Any] = args.func
         if args.is_async:
             coro: Coroutine[Any, Any, int] = func(args)

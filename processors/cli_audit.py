@@ -24,8 +24,8 @@ def audit_command(args: argparse.Namespace) -> int:
     from processors.auditdb import connect, migrate, require_migrated
 
     settings = settings_from(args)
-    if args.group_id:
-        settings = settings.model_copy(update={"audit_group_id": args.group_id})
+    if args.audit_group_id:
+        settings = settings.model_copy(update={"audit_group_id": args.audit_group_id})
 
     async def prepare() -> None:
         conn = await connect(*_db(settings))
@@ -173,8 +173,13 @@ def add_parsers(sub: Any, kafka_flags: Any) -> None:
     """Add the audit commands to ``graphwire``'s subparsers."""
     p = sub.add_parser("audit", help="run the audit sink: every message into PostgreSQL")
     kafka_flags(p)
-    p.add_argument("--group-id", help="consumer group (GRAPHWIRE_AUDIT_GROUP_ID)")
+    p.add_argument(
+        "--group-id", dest="audit_group_id", help="consumer group (GRAPHWIRE_AUDIT_GROUP_ID)"
+    )
     p.add_argument("--migrate", action="store_true", help="create/upgrade the tables first")
+    p.add_argument(
+        "--processes", type=int, default=1, help="sink processes in the group (one core each)"
+    )
     p.set_defaults(func=audit_command, is_async=False)
 
     p = sub.add_parser("db", help="the audit tables in PostgreSQL")

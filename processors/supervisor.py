@@ -1,4 +1,4 @@
-"""``graphwire worker --processes N``: N worker processes in one consumer group.
+"""``graphwire worker|audit --processes N``: N processes in one consumer group.
 
 Python runs one core per process, so a machine with N cores runs N workers. Each child is a
 plain ``graphwire worker``; SIGTERM/SIGINT is forwarded so every child drains gracefully, and a
@@ -23,18 +23,21 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _spawn(command: list[str], http_port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "GRAPHWIRE_HTTP_PORT": str(http_port)}
+def _spawn(command: list[str], http_port: int, port_env: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, port_env: str(http_port)}
     return subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)
 
 
-def run_processes(count: int, argv: list[str], http_port: int = 0) -> int:
+def run_processes(
+    count: int, argv: list[str], http_port: int = 0, port_env: str = "GRAPHWIRE_HTTP_PORT"
+) -> int:
     """Run ``count`` children of ``graphwire <argv>`` until SIGTERM/SIGINT; returns exit code.
 
-    Child ``i`` serves health and metrics on ``http_port + i`` (0: none)."""
+    Child ``i`` serves health and metrics on ``http_port + i`` (0: none), given to it in the
+    environment variable ``port_env``."""
     command = [sys.executable, "-m", "processors", *argv]
     ports = [http_port + i if http_port else 0 for i in range(count)]
-    children = [_spawn(command, port) for port in ports]
+    children = [_spawn(command, port, port_env) for port in ports]
     stopping = False
 
     def forward(signum: int, _frame: object) -> None:
@@ -54,7 +57,7 @@ def run_processes(count: int, argv: list[str], http_port: int = 0) -> int:
                     "restarting it",
                     file=sys.stderr,
                 )
-                children[i] = _spawn(command, ports[i])
+                children[i] = _spawn(command, ports[i], port_env)
         time.sleep(0.5)
     codes = [child.wait() for child in children]
     return max(codes, default=0)
