@@ -165,7 +165,8 @@ def event_row(record: Record) -> tuple[Any, ...]:
 
 
 def _headers_json(headers: Sequence[tuple[str, bytes]]) -> str:
-    return orjson.dumps([[_text(k.encode()), _text(v or b"")] for k, v in headers]).decode()
+    pairs = [[k.replace("\x00", "\\x00"), _text(v or b"")] for k, v in headers]
+    return orjson.dumps(pairs).decode()
 
 
 def _rid_of(value: bytes | None) -> str | None:

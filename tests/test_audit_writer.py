@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -193,3 +194,25 @@ def test_a_dead_letter_without_graphwire_headers_is_kept_with_its_own_position()
     assert got.values[:5] == (T.dlq, 0, 42, "runner", None)
     assert got.values[8] == "(no reason header)"
     assert orjson.loads(got.values[7]) == [["custom", "\\xff"]]
+
+
+async def test_db_migrate_and_prune_from_the_cli(schema: str, writer: AuditWriter, db: Any) -> None:
+    from tests.test_audit import cli
+
+    env = {"GRAPHWIRE_DATABASE_URL": TEST_DATABASE_URL, "GRAPHWIRE_AUDIT_SCHEMA": schema}
+    migrated = cli(env, "db", "migrate")
+    assert migrated.returncode == 0, migrated.stderr
+    assert migrated.stdout == "audit tables at version 1 (nothing to do)\n"
+    now = time.time()
+    rows = [row(rec(T.events, i, {"request_id": "r", "seq": i, "type": "node", "graph": "g",
+                                  "ts": now - age * 86400}))
+            for i, age in enumerate([40, 31, 29, 0])]
+    await writer.write(rows)
+    pruned = cli(env, "db", "prune", "--older-than", "30d")
+    assert pruned.returncode == 0, pruned.stderr
+    assert pruned.stdout.startswith("deleted 2 events older than 30 days")
+    left = await db.fetch("SELECT seq FROM graphwire_events ORDER BY seq")
+    assert [r["seq"] for r in left] == [2, 3]
+    bad = cli(env, "db", "prune", "--older-than", "soon")
+    assert bad.returncode == 1
+    assert "cannot read the age 'soon': write it like 90s, 15m, 1h, 7d or 2w" in bad.stderr
