@@ -154,7 +154,10 @@ class AuditSink:
         consumer = self.app.consumer
         for tp in partitions:
             if tp in self._next_offset:
-                lag = consumer.highwater(tp) - self._next_offset[tp]
+                try:
+                    lag = consumer.highwater(tp) - self._next_offset[tp]
+                except Exception:  # no longer assigned (a rebalance)
+                    continue
                 self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(lag, 0))
 
     async def refresh(self) -> None:

@@ -207,6 +207,8 @@ def to_row(record: Record, topics: TopicNames, *, max_request_bytes: int) -> Row
         raise BadRecord(f"topic {record.topic!r} is not one of graphwire's")
     except (BadRecord, GraphwireError) as exc:
         return rejected(record, f"{record.topic}: {exc}")
+    except Exception as exc:  # a bug here must not stop the partition: keep the record
+        return rejected(record, f"{record.topic}: the sink could not read it ({exc!r})")
 
 
 def rejected(record: Record, reason: str) -> Row:
