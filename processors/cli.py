@@ -189,7 +189,7 @@ async def _dev(args: argparse.Namespace) -> int:
     from processors.logs import setup_logging
 
     setup_logging("WARNING", "text")
-    return await run_dev(args.port, args.demo, args.exit_after_demo)
+    return await run_dev(args.port, args.demo, args.exit_after_demo, keep=args.keep)
 
 
 # -- parser ------------------------------------------------------------------------------
@@ -291,12 +291,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="directory to write request/event/result .schema.json files")
     p.set_defaults(func=_schema, is_async=False)
 
-    p = sub.add_parser("dev", help="run the development broker and a worker in one process")
+    p = sub.add_parser(
+        "dev", help="the whole stack on this machine: broker, Redis, PostgreSQL, runner, sink"
+    )
     p.add_argument("--port", type=int, help="broker port (default: a free one)")
     p.add_argument("--demo", action="store_true", help="submit sample requests and print them")
     p.add_argument(
         "--exit-after-demo", action="store_true", help="stop after the demo (for scripts)"
     )
+    p.add_argument("--keep", action="store_true", help="keep the temporary data and logs")
     p.set_defaults(func=_dev, is_async=True)
 
     p = sub.add_parser("broker", help="run the bundled development broker (memory storage)")

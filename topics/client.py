@@ -45,6 +45,7 @@ class GraphwireClient:
         self._result_waiters: dict[str, asyncio.Future[Result]] = {}
         self._events: dict[str, list[Event]] = defaultdict(list)
         self._event_signal: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
+        self._thread_graphs: dict[str, str] = {}
 
     async def start(self) -> None:
         """Connect and start reading results and events from their current ends."""
@@ -140,6 +141,8 @@ class GraphwireClient:
         if traceparent:
             headers.append((HEADER_TRACEPARENT, traceparent.encode()))
         self._watched.add(request.request_id)
+        if request.thread_id:
+            self._thread_graphs[request.thread_id] = request.graph
         await self._producer.send_and_wait(
             self.topics.requests,
             dumps(request.model_dump(mode="json")),
@@ -173,6 +176,21 @@ class GraphwireClient:
                     return
             signal.clear()
             await signal.wait()
+
+    async def resume(
+        self, thread_id: str, value: Any, *, graph: str | None = None, **kwargs: Any
+    ) -> str:
+        """Resume an interrupted thread with ``value`` (what ``interrupt()`` returns); returns
+        the new request's id. ``graph`` defaults to the graph this client last ran on the
+        thread."""
+        graph = graph or self._thread_graphs.get(thread_id)
+        if graph is None:
+            raise GraphwireError(
+                f"which graph runs thread {thread_id!r}? pass graph=... (this client has not "
+                "submitted to that thread)"
+            )
+        return await self.submit(graph, None, thread_id=thread_id, command={"resume": value},
+                                 **kwargs)
 
     async def invoke(self, graph: str, input: Mapping[str, Any], **kwargs: Any) -> Result:
         """Submit and wait for the result."""
