@@ -16,6 +16,7 @@ that replay adds nothing twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -125,7 +126,18 @@ class AuditSink:
         @app.agent(topic, concurrency=1, name="graphwire-audit-writer")
         async def write_records(stream: Any) -> None:
             async for events in stream.take_events(batch, within=s.audit_batch_within_s):
-                await self.write_batch(events)
+                try:
+                    await self.write_batch(events)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    # A restarted agent would go on with later records and faust could commit
+                    # past this unacknowledged batch: stop the worker instead; the batch is
+                    # read again when it starts.
+                    log.critical("the audit sink stops: a batch failed unexpectedly (%r)", exc,
+                                 exc_info=True)
+                    await app.crash(exc)
+                    raise
 
         return app
 
@@ -168,16 +180,21 @@ class AuditSink:
         except Exception as exc:
             self._ping_problem = f"{type(exc).__name__}: {exc}"
         try:
-            assigned = self.app.consumer.assignment()
+            assigned = set(self.app.consumer.assignment())
         except Exception:  # not started or between assignments
             return
-        for tp in assigned:
-            if tp not in self._next_offset:
-                position = await self.app.consumer.position(tp)
-                if position is None:
-                    continue
+        for tp in set(self._next_offset) - assigned:  # revoked: another process reports it
+            del self._next_offset[tp]
+            with contextlib.suppress(KeyError):
+                self.metrics.lag.remove(tp.topic, str(tp.partition))
+        for tp in assigned - set(self._next_offset):
+            try:
+                position = await asyncio.wait_for(self.app.consumer.position(tp), 5)
+            except Exception:  # a rebalance in between, or the broker is slow: next time
+                continue
+            if position is not None:
                 self._next_offset[tp] = position
-        self._update_lag(set(assigned))
+        self._update_lag(assigned)
 
     def readiness(self) -> dict[str, str]:
         """``/ready``: PostgreSQL answers and the last write (if any) succeeded."""

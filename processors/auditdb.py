@@ -80,11 +80,11 @@ async def migrate(conn: Any, schema: str | None = None) -> list[Migration]:
     """Apply the migrations this database has not seen; returns the ones applied.
 
     With ``schema``, the tables go there (the connection's search_path is set to it)."""
-    if schema:
-        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-        await conn.execute(f"SET search_path TO {server_settings(schema)['search_path']}")
     await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
     try:
+        if schema:
+            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            await conn.execute(f"SET search_path TO {server_settings(schema)['search_path']}")
         await conn.execute(_VERSION_TABLE)
         done = {r["version"] for r in await conn.fetch(
             "SELECT version FROM graphwire_schema_migrations"

@@ -29,7 +29,8 @@ REQUEST_COLUMNS = (
 )
 RESULT_COLUMNS = (
     "request_id", "graph", "thread_id", "status", "output", "error", "interrupts", "metadata",
-    "attempts", "cached", "duration_ms", "finished_at", "result_source", "pos",
+    "attempts", "cached", "duration_ms", "finished_at", "result_source", "result_partition",
+    "pos",
 )
 EVENT_COLUMNS = ("request_id", "seq", "type", "node", "data", "ts")
 DEAD_LETTER_COLUMNS = (
@@ -105,7 +106,13 @@ def _json(value: Any) -> str | None:
 
 
 def _time(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, tz=UTC)
+    """A timestamp PostgreSQL accepts; a nonsense one (producers set them) becomes now."""
+    try:
+        if 0 <= seconds < 32503680000:  # before year 3000
+            return datetime.fromtimestamp(seconds, tz=UTC)
+    except (ValueError, OverflowError, OSError, TypeError):
+        pass
+    return datetime.now(UTC)
 
 
 def _request_id(obj: dict[str, Any]) -> str:
@@ -144,7 +151,7 @@ def result_row(record: Record) -> tuple[Any, ...]:
         result.request_id, result.graph, result.thread_id, str(result.status),
         _json(obj.get("output")), _json(obj.get("error")), _json(obj.get("interrupts") or []),
         _json(obj.get("metadata") or {}), result.attempts, result.cached, result.duration_ms,
-        _time(record.timestamp), record.source, record.offset,
+        _time(record.timestamp), record.source, record.partition, record.offset,
     )
 
 

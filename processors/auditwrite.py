@@ -46,7 +46,8 @@ _STAGING = {
         RESULT_COLUMNS,
         "request_id text, graph text, thread_id text, status text, output jsonb, error jsonb, "
         "interrupts jsonb, metadata jsonb, attempts integer, cached boolean, "
-        "duration_ms double precision, finished_at timestamptz, result_source text, pos bigint",
+        "duration_ms double precision, finished_at timestamptz, result_source text, "
+        "result_partition integer, pos bigint",
     ),
     "events": (
         EVENT_COLUMNS,
@@ -77,22 +78,30 @@ ON CONFLICT (request_id) DO UPDATE SET
 WHERE r.request_source IS NULL
 """
 
-# Results: the last result in offset order wins (a republished result is the same run).
+# Results: the last result in offset order wins (a republished result is the same run), also
+# against one already in the table: a sink process that lost the partition may commit an older
+# batch after the new owner wrote a newer result. (Results are keyed by request_id, so one
+# request's results share a partition; if the partition count changed, the later timestamp
+# decides.)
 _MERGE_RESULTS = """
 INSERT INTO graphwire_runs AS r (request_id, graph, thread_id, status, output, error, interrupts,
                                  metadata, attempts, cached, duration_ms, finished_at,
-                                 result_source)
+                                 result_source, result_partition, result_offset)
 SELECT DISTINCT ON (request_id) request_id, graph, thread_id, status, output, error, interrupts,
-       metadata, attempts, cached, duration_ms, finished_at, result_source
+       metadata, attempts, cached, duration_ms, finished_at, result_source, result_partition, pos
 FROM gw_stage_results ORDER BY request_id, pos DESC
 ON CONFLICT (request_id) DO UPDATE SET
     status = EXCLUDED.status, output = EXCLUDED.output, error = EXCLUDED.error,
     interrupts = EXCLUDED.interrupts, attempts = EXCLUDED.attempts, cached = EXCLUDED.cached,
     duration_ms = EXCLUDED.duration_ms, finished_at = EXCLUDED.finished_at,
-    result_source = EXCLUDED.result_source,
+    result_source = EXCLUDED.result_source, result_partition = EXCLUDED.result_partition,
+    result_offset = EXCLUDED.result_offset,
     graph = coalesce(r.graph, EXCLUDED.graph),
     thread_id = coalesce(r.thread_id, EXCLUDED.thread_id),
     metadata = CASE WHEN r.metadata = '{}' THEN EXCLUDED.metadata ELSE r.metadata END
+WHERE r.result_offset IS NULL
+   OR (r.result_partition = EXCLUDED.result_partition AND EXCLUDED.result_offset >= r.result_offset)
+   OR (r.result_partition <> EXCLUDED.result_partition AND EXCLUDED.finished_at >= r.finished_at)
 """
 
 _MERGE_EVENTS = f"""
@@ -115,8 +124,28 @@ _MERGES = {
     "dead_letters": ("graphwire_dead_letters", _MERGE_DEAD_LETTERS),
 }
 
-# PostgreSQL refused the data itself: retrying the same rows cannot help.
-_DATA_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+# SQLSTATE classes worth retrying: the connection, the server's resources or state, a
+# deadlock/serialization conflict, or a setup an operator can fix (missing table or schema,
+# privileges, authentication, unknown database). Anything else (class 22 data exceptions,
+# class 23 constraint violations, and asyncpg's own encoding errors such as OverflowError for an
+# integer too large for its column) is about the rows: retrying cannot help, so the rows are
+# isolated and the bad ones become dead letters.
+_RETRY_CLASSES = frozenset({"08", "53", "54", "55", "57", "58", "40", "42", "3D", "3F", "28",
+                            "XX"})
+
+
+def _kind(exc: BaseException) -> str:
+    """``unavailable`` (wait and retry), ``conflict`` (retry now) or ``data`` (isolate)."""
+    if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError | ConnectionError):
+        return "unavailable"
+    state = getattr(exc, "sqlstate", None)
+    if isinstance(state, str) and state:
+        if state.startswith("40"):
+            return "conflict"
+        return "unavailable" if state[:2] in _RETRY_CLASSES else "data"
+    if isinstance(exc, asyncpg.PostgresError):
+        return "unavailable"
+    return "data"
 
 
 class AuditWriter:
@@ -139,6 +168,7 @@ class AuditWriter:
         self._pool: Any = None
         self.problem: str | None = "not started"
         """Why the last write failed, or None while writes succeed (readiness)."""
+        self._closed = False
 
     async def _init_connection(self, conn: Any) -> None:
         for name, (_columns, ddl) in _STAGING.items():
@@ -147,6 +177,8 @@ class AuditWriter:
             )
 
     async def _ensure_pool(self) -> Any:
+        if self._closed:
+            raise asyncio.CancelledError("the audit writer is closed")
         if self._pool is None:
             self._pool = await asyncpg.create_pool(
                 self._dsn,
@@ -160,7 +192,9 @@ class AuditWriter:
         return self._pool
 
     async def close(self) -> None:
-        """Close the pool (bounded: a hung server does not hold shutdown)."""
+        """Close the pool (bounded: a hung server does not hold shutdown); a write still
+        waiting then ends with ``CancelledError`` (its batch is not acknowledged)."""
+        self._closed = True
         if self._pool is not None:
             pool, self._pool = self._pool, None
             try:
@@ -203,18 +237,21 @@ class AuditWriter:
             started = time.perf_counter()
             try:
                 written = await self.write(rows)
-            except _DATA_ERRORS as exc:
-                self.metrics.write_failures.labels("data").inc()
-                if len(rows) > 1:
-                    log.warning("PostgreSQL refused a batch of %d rows (%s); isolating the bad "
-                                "ones", len(rows), exc)
-                    return await self._isolate(rows)
-                return await self._refused(rows[0], exc)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                kind = _kind(exc)
+                self.metrics.write_failures.labels(kind).inc()
+                if kind == "data":
+                    if len(rows) > 1:
+                        log.warning("PostgreSQL refused a batch of %d rows (%r); isolating the "
+                                    "bad ones", len(rows), exc)
+                        return await self._isolate(rows)
+                    return await self._refused(rows[0], exc)
+                if kind == "conflict":  # a deadlock with another sink process: just again
+                    await asyncio.sleep(random.uniform(0.01, 0.1))
+                    continue
                 failures += 1
-                self.metrics.write_failures.labels("unavailable").inc()
                 self.problem = f"{type(exc).__name__}: {exc}"
                 if failures == 1 or failures % 20 == 0:
                     log.warning("audit write failed (%s); retrying, %d rows wait in Kafka",
@@ -252,5 +289,5 @@ class AuditWriter:
             log.error("PostgreSQL refused the dead letter of %s (%s); it stays only in Kafka",
                       row.record.source, exc)
             return {}
-        reason = f"{row.record.topic}: PostgreSQL refused the row: {exc}"
+        reason = f"{row.record.topic}: PostgreSQL refused the row ({type(exc).__name__}: {exc})"
         return await self.write_until_done([rejected(row.record, reason)])

@@ -123,7 +123,8 @@ class AuditMetrics:
         )
         self.write_failures = Counter(
             "graphwire_audit_write_failures_total",
-            "Failed batch writes: 'unavailable' (retried) or 'data' (rows isolated).",
+            "Failed batch writes: 'unavailable' (retried with backoff), 'conflict' (deadlock, "
+            "retried at once) or 'data' (rows isolated as dead letters).",
             ["kind"],
             registry=r,
         )

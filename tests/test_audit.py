@@ -88,10 +88,12 @@ async def test_migrate_applies_numbered_files_once(audit_env: dict[str, str], db
     schema = audit_env["GRAPHWIRE_AUDIT_SCHEMA"]
     first = await migrate(db, schema)
     second = await migrate(db, schema)
-    assert [m.version for m in first] == [m.version for m in migrations()] == [1]
+    assert [m.version for m in first] == [m.version for m in migrations()] == [1, 2]
     assert second == []
-    rows = await db.fetch("SELECT version, name FROM graphwire_schema_migrations")
-    assert [(r["version"], r["name"]) for r in rows] == [(1, "audit_tables")]
+    rows = await db.fetch("SELECT version, name FROM graphwire_schema_migrations ORDER BY 1")
+    assert [(r["version"], r["name"]) for r in rows] == [
+        (1, "audit_tables"), (2, "dead_letter_origins_result_position")
+    ]
     tables = await db.fetch(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = $1 "
         "ORDER BY table_name",
@@ -108,7 +110,7 @@ async def test_migrate_applies_numbered_files_once(audit_env: dict[str, str], db
 def test_sink_refuses_to_start_on_an_unmigrated_database(audit_env: dict[str, str]) -> None:
     done = cli(audit_env, "audit")
     assert done.returncode == 1
-    assert "graphwire: error: the audit tables are at version 0, this graphwire needs 1: run " \
+    assert "graphwire: error: the audit tables are at version 0, this graphwire needs 2: run " \
         "`graphwire db migrate`" in done.stderr
 
 
@@ -135,7 +137,7 @@ async def test_runs_events_and_dead_letters_recorded_and_queried(
             await wait_rows(db, "SELECT count(*) FROM graphwire_runs WHERE status = 'success'", 10)
             events_on_topic = len([e for e in out.values(topics.events) if "type" in e])
             await wait_rows(db, "SELECT count(*) FROM graphwire_events", events_on_topic)
-            await wait_rows(db, "SELECT count(*) FROM graphwire_dead_letters", 2)
+            await wait_rows(db, "SELECT count(*) FROM graphwire_dead_letters", 3)
     finally:
         sink.stop()
         worker.stop()
@@ -151,15 +153,16 @@ async def test_runs_events_and_dead_letters_recorded_and_queried(
 
     letters = await db.fetch(
         "SELECT source_topic, origin, key, value, reason FROM graphwire_dead_letters "
-        "ORDER BY source_topic"
+        "ORDER BY source_topic, origin"
     )
-    assert [(d["source_topic"], d["key"], d["value"]) for d in letters] == [
-        (topics.events, b"x", b'{"request_id": "x", "seq": -1}'),
-        (topics.requests, b"junk", b"not json at all"),
+    assert [(d["source_topic"], d["origin"], d["key"], d["value"]) for d in letters] == [
+        (topics.events, "audit", b"x", b'{"request_id": "x", "seq": -1}'),
+        (topics.requests, "audit", b"junk", b"not json at all"),  # the sink's own reading
+        (topics.requests, "runner", b"junk", b"not json at all"),  # the runner's dead letter
     ]
-    assert letters[0]["origin"] == "audit"
     assert "event seq must be an integer from 0, got -1" in letters[0]["reason"]
-    assert "not UTF-8 JSON" in letters[1]["reason"]  # the runner's or the sink's: one row
+    assert letters[1]["reason"].startswith(f"{topics.requests}: value is not UTF-8 JSON")
+    assert letters[2]["reason"].startswith("value is not UTF-8 JSON")
 
     shown = cli(audit_env, "runs", "show", "r3")
     assert shown.returncode == 0, shown.stderr

@@ -155,7 +155,9 @@ async def test_a_row_postgres_refuses_becomes_a_dead_letter_and_the_rest_is_writ
     assert (letter["source_topic"], letter["source_offset"], letter["origin"]) == (
         T.events, 1, "audit"
     )
-    assert letter["reason"].startswith("gw.events: PostgreSQL refused the row: invalid input")
+    assert letter["reason"].startswith(
+        "gw.events: PostgreSQL refused the row (InvalidTextRepresentationError: invalid input"
+    )
     assert writer.metrics.write_failures.labels("data")._value.get() == 2  # batch, then the row
 
 
@@ -202,7 +204,7 @@ async def test_db_migrate_and_prune_from_the_cli(schema: str, writer: AuditWrite
     env = {"GRAPHWIRE_DATABASE_URL": TEST_DATABASE_URL, "GRAPHWIRE_AUDIT_SCHEMA": schema}
     migrated = cli(env, "db", "migrate")
     assert migrated.returncode == 0, migrated.stderr
-    assert migrated.stdout == "audit tables at version 1 (nothing to do)\n"
+    assert migrated.stdout == "audit tables at version 2 (nothing to do)\n"
     now = time.time()
     rows = [row(rec(T.events, i, {"request_id": "r", "seq": i, "type": "node", "graph": "g",
                                   "ts": now - age * 86400}))
@@ -216,3 +218,49 @@ async def test_db_migrate_and_prune_from_the_cli(schema: str, writer: AuditWrite
     bad = cli(env, "db", "prune", "--older-than", "soon")
     assert bad.returncode == 1
     assert "cannot read the age 'soon': write it like 90s, 15m, 1h, 7d or 2w" in bad.stderr
+
+
+async def test_a_value_asyncpg_cannot_encode_is_isolated_not_retried_forever(
+    writer: AuditWriter, db: Any
+) -> None:
+    huge = {**RESULT, "request_id": "big", "attempts": 2**40}  # the contract has no upper bound
+    rows = [row(rec(T.results, 1, huge)), row(rec(T.results, 2, RESULT))]
+    written = await writer.write_until_done(rows)
+    assert written == {"graphwire_runs": 1, "graphwire_dead_letters": 1}
+    letter = await db.fetchrow("SELECT source_offset, origin, reason FROM graphwire_dead_letters")
+    assert (letter["source_offset"], letter["origin"]) == (1, "audit")
+    assert "PostgreSQL refused the row (OverflowError" in letter["reason"]
+    assert writer.problem is None  # not an outage: /ready stays ready
+
+
+async def test_an_older_result_written_late_never_overwrites_a_newer_one(
+    writer: AuditWriter, db: Any
+) -> None:
+    newer = {**RESULT, "status": "error", "output": None, "attempts": 3}
+    await writer.write([row(rec(T.results, 9, newer))])
+    await writer.write([row(rec(T.results, 4, RESULT))])  # a stale owner's batch lands late
+    run = await run_row(db)
+    assert (run["status"], run["attempts"], run["result_offset"]) == ("error", 3, 9)
+    await writer.write([row(rec(T.results, 12, RESULT))])
+    run = await run_row(db)
+    assert (run["status"], run["attempts"], run["result_offset"]) == ("success", 2, 12)
+
+
+def test_a_nonsense_kafka_timestamp_becomes_now_instead_of_failing_the_batch() -> None:
+    for ts in (1e15, -5.0, float("nan")):
+        got = row(rec(T.requests, 0, REQUEST, ts=ts))
+        assert got.table == "requests"
+        assert abs(got.values[6].timestamp() - time.time()) < 60
+
+
+def test_failures_are_told_apart_by_sqlstate() -> None:
+    from processors.auditwrite import _kind
+
+    assert _kind(ConnectionRefusedError()) == "unavailable"
+    assert _kind(asyncpg.CannotConnectNowError("starting")) == "unavailable"
+    assert _kind(asyncpg.UndefinedTableError("no table")) == "unavailable"  # migrate fixes it
+    assert _kind(asyncpg.DeadlockDetectedError("deadlock")) == "conflict"
+    assert _kind(asyncpg.SerializationError("retry")) == "conflict"
+    assert _kind(asyncpg.InvalidTextRepresentationError("bad json")) == "data"
+    assert _kind(asyncpg.UniqueViolationError("dup")) == "data"
+    assert _kind(OverflowError("int32")) == "data"
