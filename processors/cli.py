@@ -168,6 +168,18 @@ def _schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _asyncapi(args: argparse.Namespace) -> int:
+    from topics.asyncapi import asyncapi_document
+
+    text = json.dumps(asyncapi_document(settings_from(args).bootstrap_servers), indent=2) + "\n"
+    if args.out:
+        Path(args.out).write_text(text)
+        print(args.out)
+    else:
+        print(text, end="")
+    return EXIT_OK
+
+
 def _broker(args: argparse.Namespace) -> int:
     from processors.devbroker import DevBroker
 
@@ -290,6 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("schema", help="print (or write) the JSON Schema of the message contract")
     p.add_argument("--out", help="directory to write request/event/result .schema.json files")
     p.set_defaults(func=_schema, is_async=False)
+
+    p = sub.add_parser("asyncapi", help="print (or write) the AsyncAPI 3.0 document of the topics")
+    _kafka_flags(p)
+    p.add_argument("--out", help="file to write (default: standard output)")
+    p.set_defaults(func=_asyncapi, is_async=False)
 
     p = sub.add_parser(
         "dev", help="the whole stack on this machine: broker, Redis, PostgreSQL, runner, sink"

@@ -1,23 +1,35 @@
 """GraphwireClient: submit requests and read their events and results, from Python.
 
-Importable without the processors. One consumer per client reads the results and events
-topics from the positions they had when the client started and keeps only what belongs to
-requests this client submitted or asked about.
+Importable without the processors. One consumer per client reads the results and events topics
+from the positions they had when the client started, and keeps only what belongs to requests
+this client submitted or asked about: results and events of many concurrent requests are
+demultiplexed from that one consumer.
+
+A result that was published before this client started (a request submitted by another
+process) is found through Redis when ``redis_url`` is given: the runner's done marker for the
+request names the result's topic/partition/offset, and the client reads that one record.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections import OrderedDict, defaultdict
+from collections.abc import AsyncGenerator, Iterable, Mapping
 from typing import Any, Self
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError
 
 from topics.codec import HEADER_REPLY_TO, HEADER_TRACEPARENT, dumps, loads
-from topics.errors import DependencyUnavailable, GraphwireError
+from topics.errors import (
+    DependencyUnavailable,
+    GraphwireError,
+    RunError,
+    RunFailed,
+    RunRejected,
+    RunTimedOut,
+)
 from topics.models import Event, Request, Result
 from topics.specs import TopicNames
 
@@ -31,17 +43,23 @@ class GraphwireClient:
         *,
         topic_prefix: str = "graphwire",
         max_request_size: int = 8 * 1024 * 1024,
+        redis_url: str | None = None,
+        max_kept_results: int = 10_000,
         **client_kwargs: Any,
     ) -> None:
+        """``client_kwargs`` go to aiokafka (``security_protocol``, ``sasl_mechanism``,
+        ``sasl_plain_username``, ``sasl_plain_password``, ``ssl_context``, ...)."""
         self.bootstrap_servers = bootstrap_servers
         self.topics = TopicNames(topic_prefix)
+        self._redis_url = redis_url
+        self._max_kept = max_kept_results
         self._kwargs = client_kwargs
         self._max_request_size = max_request_size
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._reader: asyncio.Task[None] | None = None
         self._watched: set[str] = set()
-        self._results: dict[str, Result] = {}
+        self._results: OrderedDict[str, Result] = OrderedDict()
         self._result_waiters: dict[str, asyncio.Future[Result]] = {}
         self._events: dict[str, list[Event]] = defaultdict(list)
         self._event_signal: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
@@ -151,31 +169,89 @@ class GraphwireClient:
         )
         return request.request_id
 
-    async def result(self, request_id: str, timeout: float | None = None) -> Result:
-        """Wait for the result of ``request_id`` (raises ``TimeoutError`` after ``timeout``)."""
-        self._watched.add(request_id)
-        if request_id in self._results:
-            return self._results[request_id]
-        waiter = self._result_waiters.get(request_id)
-        if waiter is None:
-            waiter = self._result_waiters[request_id] = asyncio.get_running_loop().create_future()
-        return await asyncio.wait_for(asyncio.shield(waiter), timeout)
+    async def result(
+        self, request_id: str, timeout: float | None = None, *, raise_on_error: bool = False
+    ) -> Result:
+        """Wait for the result of ``request_id`` (``TimeoutError`` after ``timeout`` seconds).
 
-    async def events(self, request_id: str) -> AsyncIterator[Event]:
-        """Yield the events of ``request_id`` in seq order, ending after ``run_finished``."""
+        With ``raise_on_error``, a result other than ``success``/``interrupted`` raises
+        ``RunError``, ``RunRejected`` or ``RunTimedOut`` (each carries the result)."""
+        self._watched.add(request_id)
+        found = self._results.get(request_id)
+        if found is None and request_id not in self._result_waiters and self._redis_url:
+            found = await self._published_earlier(request_id)
+            if found is not None:
+                self._keep(found)
+        if found is None:
+            waiter = self._result_waiters.get(request_id)
+            if waiter is None:
+                waiter = asyncio.get_running_loop().create_future()
+                self._result_waiters[request_id] = waiter
+            found = await asyncio.wait_for(asyncio.shield(waiter), timeout)
+        if raise_on_error:
+            _raise_for(found)
+        return found
+
+    def _keep(self, result: Result) -> None:
+        self._results[result.request_id] = result
+        self._results.move_to_end(result.request_id)
+        while len(self._results) > self._max_kept:
+            self._results.popitem(last=False)
+
+    async def _published_earlier(self, request_id: str) -> Result | None:
+        """The result the runner's done marker points at, read from Kafka (None if unknown)."""
+        from redis.asyncio import Redis
+
+        assert self._redis_url is not None
+        redis = Redis.from_url(self._redis_url, socket_timeout=5)
+        try:
+            marker = await redis.get(f"{self.topics.prefix}:{{{request_id}}}:done")
+        except OSError as exc:
+            raise DependencyUnavailable(f"Redis does not answer ({exc})") from exc
+        finally:
+            await redis.aclose()
+        if not marker:
+            return None
+        raw = marker if isinstance(marker, bytes) else marker.encode()
+        pointer = loads(raw).get("result") if raw.startswith(b"{") else None
+        if not isinstance(pointer, str) or pointer.count("/") < 2:
+            return None
+        topic, partition, offset = pointer.rsplit("/", 2)
+        reader = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False, **self._kwargs
+        )
+        await reader.start()
+        try:
+            tp = TopicPartition(topic, int(partition))
+            reader.assign([tp])
+            reader.seek(tp, int(offset))
+            record = await asyncio.wait_for(reader.getone(), 10)
+        finally:
+            await reader.stop()
+        result = Result.model_validate(loads(record.value or b"{}"))
+        return result if result.request_id == request_id else None
+
+    async def events(self, request_id: str) -> AsyncGenerator[Event, None]:
+        """Yield the events of ``request_id`` in seq order, ending after ``run_finished``.
+
+        Events that arrive twice (a run republished after a crash) are yielded once."""
         self._watched.add(request_id)
         next_seq = 0
-        while True:
-            signal = self._event_signal[request_id]
-            by_seq = {e.seq: e for e in self._events[request_id]}
-            while next_seq in by_seq:
-                event = by_seq[next_seq]
-                next_seq += 1
-                yield event
-                if event.type == "run_finished":
-                    return
-            signal.clear()
-            await signal.wait()
+        try:
+            while True:
+                signal = self._event_signal[request_id]
+                by_seq = {e.seq: e for e in self._events[request_id]}
+                while next_seq in by_seq:
+                    event = by_seq[next_seq]
+                    next_seq += 1
+                    yield event
+                    if event.type == "run_finished":
+                        return
+                signal.clear()
+                await signal.wait()
+        finally:  # a long-lived client keeps no events it has handed out
+            self._events.pop(request_id, None)
+            self._event_signal.pop(request_id, None)
 
     async def resume(
         self, thread_id: str, value: Any, *, graph: str | None = None, **kwargs: Any
@@ -209,10 +285,24 @@ class GraphwireClient:
                         continue
                     if tp.topic == results_topic:
                         result = Result.model_validate(loads(record.value))
-                        self._results.setdefault(rid, result)
+                        if rid not in self._results:
+                            self._keep(result)
                         waiter = self._result_waiters.pop(rid, None)
                         if waiter is not None and not waiter.done():
                             waiter.set_result(self._results[rid])
                     else:
                         self._events[rid].append(Event.model_validate(loads(record.value)))
                         self._event_signal[rid].set()
+
+
+def _raise_for(result: Result) -> None:
+    error = result.error
+    why = f"{error.type}: {error.message}" if error else str(result.status)
+    if result.status == "error":
+        raise RunError(result, f"request {result.request_id} failed: {why}")
+    if result.status == "rejected":
+        raise RunRejected(result, f"request {result.request_id} was rejected: {why}")
+    if result.status == "timeout":
+        raise RunTimedOut(result, f"request {result.request_id} timed out: {why}")
+    if result.status not in ("success", "interrupted"):
+        raise RunFailed(result, f"request {result.request_id} ended {result.status}")

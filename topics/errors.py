@@ -7,6 +7,8 @@ GraphwireError
  +-- UnknownGraph            no graph of that name: ``rejected`` result + dead letter
  +-- GraphFailed             the graph raised: ``error`` result + dead letter
  +-- DependencyUnavailable   Kafka/Redis/PostgreSQL down: retriable, offsets stay uncommitted
+ +-- RunFailed               (client side) a result that is not a success, when asked to raise
+      +-- RunError, RunRejected, RunTimedOut
 """
 
 from __future__ import annotations
@@ -58,3 +60,25 @@ class DependencyUnavailable(GraphwireError):
     """A service graphwire needs (Kafka, Redis, PostgreSQL) did not answer."""
 
     retriable = True
+
+
+class RunFailed(GraphwireError):
+    """A request ended without success; raised by ``GraphwireClient.result(raise_on_error=True)``.
+
+    ``result`` holds the whole Result (status, error, attempts, metadata)."""
+
+    def __init__(self, result: object, message: str) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class RunError(RunFailed):
+    """The graph raised (status ``error``)."""
+
+
+class RunRejected(RunFailed):
+    """The request was invalid or named an unknown graph (status ``rejected``)."""
+
+
+class RunTimedOut(RunFailed):
+    """The run took longer than its ``timeout_s`` (status ``timeout``)."""

@@ -1,0 +1,110 @@
+"""GraphwireClient and its sync facade against a real worker on the test broker."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TEST_REDIS_URL
+from tests.kafka_helpers import WorkerProcess, wait_for_members
+from topics.client import GraphwireClient
+from topics.errors import GraphwireError, RunRejected, RunTimedOut
+from topics.specs import TopicNames
+from topics.syncclient import Client
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def worker(
+    topics: TopicNames, worker_env: dict[str, str], tmp_path: Path
+) -> Iterator[WorkerProcess]:
+    process = WorkerProcess(worker_env, log_path=tmp_path / "worker.log").start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+async def test_many_concurrent_requests_are_demultiplexed_from_one_consumer(
+    bootstrap: str, topics: TopicNames, worker: WorkerProcess, worker_env: dict[str, str]
+) -> None:
+    await wait_for_members(bootstrap, worker_env["GRAPHWIRE_GROUP_ID"], 1)
+    async with GraphwireClient(bootstrap, topic_prefix=topics.prefix) as client:
+        ids = [
+            await client.submit("pipeline", {"text": f"Word{i} Other{i}"}, request_id=f"c{i}")
+            for i in range(40)
+        ]
+        results = await asyncio.gather(*(client.result(rid, timeout=60) for rid in ids))
+        assert [r.request_id for r in results] == ids
+        assert [r.output["text"] for r in results] == [f"word{i} other{i}" for i in range(40)]
+        events = [e async for e in client.events("c7")]
+        assert [e.seq for e in events] == list(range(len(events)))
+        assert events[0].type == "run_started"
+        assert events[-1].type == "run_finished"
+        assert [e.node for e in events if e.type == "node"] == ["normalize", "tokenize", "count"]
+        assert client._consumer is not None and len(client._consumer.assignment()) == 8
+
+
+async def test_typed_errors_when_asked_and_results_otherwise(
+    bootstrap: str, topics: TopicNames, worker: WorkerProcess
+) -> None:
+    async with GraphwireClient(bootstrap, topic_prefix=topics.prefix) as client:
+        rejected = await client.submit("no-such-graph", {"x": 1})
+        assert (await client.result(rejected, timeout=60)).status == "rejected"
+        with pytest.raises(RunRejected, match="was rejected: UnknownGraph: unknown graph"):
+            await client.result(rejected, timeout=60, raise_on_error=True)
+        slow = await client.submit("slow", {"seconds": 5}, timeout_s=0.2)
+        with pytest.raises(RunTimedOut) as caught:
+            await client.result(slow, timeout=60, raise_on_error=True)
+        assert caught.value.result.status == "timeout"  # type: ignore[attr-defined]
+        ok = await client.invoke("echo", {"text": "x"}, wait_timeout=60)
+        assert (ok.status, ok.output) == ("success", {"text": "x"})
+
+
+async def test_resume_an_interrupted_thread(
+    bootstrap: str, topics: TopicNames, worker: WorkerProcess
+) -> None:
+    async with GraphwireClient(bootstrap, topic_prefix=topics.prefix) as client:
+        first = await client.submit("approval", {"topic": "t"}, thread_id="th-1")
+        asked = await client.result(first, timeout=60)
+        assert asked.status == "interrupted"
+        assert asked.interrupts[0]["value"]["draft"].startswith("Announcing t")
+        second = await client.resume("th-1", {"approved": False, "comment": "no"})
+        done = await client.result(second, timeout=60)
+        assert (done.status, done.output["published"], done.output["comment"]) == (
+            "success", False, "no"
+        )
+        with pytest.raises(GraphwireError, match="which graph runs thread 'other'"):
+            await client.resume("other", {"approved": True})
+
+
+async def test_a_client_started_after_the_result_finds_it_through_redis(
+    bootstrap: str, topics: TopicNames, worker: WorkerProcess
+) -> None:
+    async with GraphwireClient(bootstrap, topic_prefix=topics.prefix) as first:
+        rid = await first.submit("echo", {"text": "earlier"})
+        await first.result(rid, timeout=60)
+    async with GraphwireClient(
+        bootstrap, topic_prefix=topics.prefix, redis_url=TEST_REDIS_URL
+    ) as later:
+        found = await later.result(rid, timeout=10)
+        assert (found.request_id, found.output) == (rid, {"text": "earlier"})
+    async with GraphwireClient(bootstrap, topic_prefix=topics.prefix) as no_redis:
+        with pytest.raises(TimeoutError):  # reads from its start position only
+            await no_redis.result(rid, timeout=1)
+
+
+def test_sync_client_for_scripts(
+    bootstrap: str, topics: TopicNames, worker: WorkerProcess
+) -> None:
+    with Client(bootstrap, topic_prefix=topics.prefix) as client:
+        rid = client.submit("pipeline", {"text": "Sync Client"})
+        kinds = [e.type for e in client.events(rid, timeout=60)]
+        assert kinds == ["run_started", "node", "node", "node", "run_finished"]
+        assert client.result(rid, timeout=60).output["count"] == 2
+        result = client.invoke("echo", {"text": "again"}, wait_timeout=60)
+        assert result.output == {"text": "again"}

@@ -1,0 +1,94 @@
+"""Client: a blocking facade over ``GraphwireClient`` for scripts and notebooks.
+
+It runs the async client on an event loop in a background thread, so it works where an event
+loop already runs (Jupyter) as well as in plain scripts::
+
+    from topics.syncclient import Client
+
+    with Client("localhost:9092") as client:
+        result = client.invoke("pipeline", {"text": "Hello World"}, wait_timeout=30)
+        print(result.status, result.output)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine, Iterator, Mapping
+from typing import Any, Self, TypeVar
+
+from topics.client import GraphwireClient
+from topics.models import Event, Result
+
+T = TypeVar("T")
+
+
+class Client:
+    """Blocking ``submit``/``result``/``events``/``invoke``/``resume``; same arguments as
+    ``GraphwireClient``."""
+
+    def __init__(self, bootstrap_servers: str, **kwargs: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="graphwire-client", daemon=True
+        )
+        self._thread.start()
+        self._client = GraphwireClient(bootstrap_servers, **kwargs)
+        try:
+            self._call(self._client.start())
+        except BaseException:
+            self._shutdown()
+            raise
+
+    def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def submit(self, graph: str, input: Mapping[str, Any] | None = None, **kwargs: Any) -> str:
+        """Produce a request; returns its request_id."""
+        return self._call(self._client.submit(graph, input, **kwargs))
+
+    def result(self, request_id: str, timeout: float | None = None, **kwargs: Any) -> Result:
+        """Wait for the result (``raise_on_error=True`` raises on error/rejected/timeout)."""
+        return self._call(self._client.result(request_id, timeout, **kwargs))
+
+    def invoke(self, graph: str, input: Mapping[str, Any], **kwargs: Any) -> Result:
+        """Submit and wait for the result (``wait_timeout=`` seconds)."""
+        return self._call(self._client.invoke(graph, input, **kwargs))
+
+    def resume(self, thread_id: str, value: Any, **kwargs: Any) -> str:
+        """Resume an interrupted thread; returns the new request's id."""
+        return self._call(self._client.resume(thread_id, value, **kwargs))
+
+    def events(self, request_id: str, timeout: float | None = None) -> Iterator[Event]:
+        """The request's events in seq order, ending after ``run_finished``; ``timeout`` bounds
+        the wait for each event."""
+        stream = self._client.events(request_id)
+
+        async def step() -> Event:
+            return await anext(stream)
+
+        try:
+            while True:
+                try:
+                    yield self._call(step(), timeout)
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._call(stream.aclose())
+
+    def close(self) -> None:
+        """Disconnect and stop the background loop. Idempotent."""
+        if self._loop.is_running():
+            self._call(self._client.stop())
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
