@@ -32,6 +32,7 @@ from processors.cli_state import (
     dlq_replay_command,
     state_command,
 )
+from processors.cli_traffic import add_parsers as add_traffic_parsers
 from topics.errors import GraphwireError
 
 log = logging.getLogger("graphwire")
@@ -109,6 +110,12 @@ async def _topics_ensure(args: argparse.Namespace) -> int:
 async def _submit(args: argparse.Namespace) -> int:
     from topics.client import GraphwireClient
 
+    if args.file:
+        from processors.cli_traffic import submit_file
+
+        return await submit_file(args)
+    if not args.graph:
+        raise GraphwireError("name the graph to run (see `graphwire graphs`), or give --file")
     settings = settings_from(args)
     if (args.input is None) == (args.resume is None):
         raise GraphwireError("give --input JSON (a new run) or --resume JSON with --thread")
@@ -250,7 +257,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("submit", help="submit one request; --wait/--stream print its outcome")
     _kafka_flags(p)
-    p.add_argument("graph", help="graph name (see `graphwire graphs`)")
+    p.add_argument("graph", nargs="?", help="graph name (see `graphwire graphs`)")
+    p.add_argument(
+        "--file", help="submit every request of a JSON Lines file (progress and a summary)"
+    )
+    p.add_argument(
+        "--concurrency", type=int, default=100, help="with --file: requests in flight at once"
+    )
+    p.add_argument("--json", action="store_true", help="with --file: print each result")
     p.add_argument("--input", help="the input as a JSON object")
     p.add_argument("--resume", help="resume an interrupted thread with this JSON value")
     p.add_argument("--thread", help="thread id (stateful graphs)")
@@ -294,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=checkpoints_prune_command, is_async=True)
 
     add_audit_parsers(sub, _kafka_flags)
+    add_traffic_parsers(sub, _kafka_flags)
 
     p = sub.add_parser("graphs", help="list registered graphs and their nodes")
     _graph_flags(p)
