@@ -173,21 +173,43 @@ async def test_submit_stream_with_two_worker_processes(
 
 
 @pytest.mark.integration
+def _dev_demo(env: dict[str, str] | None = None) -> tuple[list[str], str]:
+    out = graphwire("dev", "--demo", "--exit-after-demo", env=env, timeout=180)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out.stdout.splitlines(), out.stderr
+
+
 def test_dev_demo_shows_events_and_results_of_each_builtin() -> None:
-    """The README's run command (`graphwire dev --demo`): three successes, exit code 0."""
-    out = graphwire("dev", "--demo", "--exit-after-demo", timeout=120)
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
+    """The README's run command (`graphwire dev --demo`): every built-in graph, the approval
+    graph interrupted and resumed, every run in the audit table, exit code 0."""
+    lines, _ = _dev_demo()
     assert [line.split()[1] for line in lines if line.startswith(">>> ")] == [
-        "pipeline",
-        "echo",
-        "chat",
+        "pipeline", "echo", "slow", "chat", "approval", "resume",
     ]
     assert "  event 2 node tokenize: {'tokens': ['hello', 'world']}" in lines
     assert "  event 2 custom: {'tool': 'add', 'a': 19, 'b': 23}" in lines
     results = [line for line in lines if line.startswith("  result ")]
-    assert results[:2] == [
+    assert results[:3] == [
         "  result success: {'text': 'hello world', 'tokens': ['hello', 'world'], 'count': 2}",
         "  result success: {'text': 'graphwire'}",
+        "  result success: {'seconds': 0.2}",
     ]
-    assert results[2].startswith("  result success: {'messages': [")
+    assert results[3].startswith("  result success: {'messages': [")
+    assert results[4].startswith("  result interrupted: [{'id': ")
+    assert results[5].startswith("  result success: {'topic': 'graphwire', 'draft': ")
+    assert results[5].endswith("'approved': True, 'comment': None, 'published': True}")
+    assert "audit: 6 of 6 runs recorded in PostgreSQL (graphwire runs show REQUEST_ID)" in lines
+
+
+def test_dev_starts_embedded_redis_and_postgres_when_none_answer() -> None:
+    """A laptop without Redis or PostgreSQL: embedded ones, and their data removed at exit."""
+    lines, err = _dev_demo({
+        "GRAPHWIRE_REDIS_URL": "redis://127.0.0.1:1/0",
+        "GRAPHWIRE_DATABASE_URL": "postgresql://127.0.0.1:1/postgres",
+    })
+    assert "(embedded: Redis, PostgreSQL)" in lines[0]
+    assert "audit: 6 of 6 runs recorded in PostgreSQL (graphwire runs show REQUEST_ID)" in lines
+    data = Path(lines[1].split(" logs ")[1].strip())
+    assert data.name.startswith("graphwire-dev-")
+    assert not data.exists()
+    assert err.strip().endswith("graphwire dev: stopped")

@@ -74,7 +74,7 @@ async def test_tail_follows_events_and_results(
     env: dict[str, str], bootstrap: str, topics: TopicNames
 ) -> None:
     await wait_for_members(bootstrap, env["GRAPHWIRE_GROUP_ID"], 1)
-    tail = subprocess.Popen(
+    tail = subprocess.Popen(  # noqa: ASYNC220 (a child we read line by line)
         [sys.executable, "-m", "processors", "tail", "--graph", "echo", "--json", "--limit", "2"],
         env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
