@@ -31,7 +31,7 @@ bench: install ## benchmarks against their baselines, measured in the same run
 	$(PY) bench/bench_runner.py
 	$(PY) bench/bench_audit.py
 
-run: install ## bundled broker + a worker + sample requests, then keep serving (Ctrl-C stops)
+run: install ## graphwire dev --demo: broker, Redis, PostgreSQL, runner, sink + sample requests
 	$(VENV)/bin/graphwire dev --demo
 
 dev: run ## same as run
