@@ -111,11 +111,29 @@ def _metric_sums(text: str) -> dict[str, float]:
     return sums
 
 
-async def _status_line(port: int, stop: asyncio.Event) -> None:
-    """Print done / errors / in flight / rate from the runner's metrics until ``stop``."""
+class _Child:
+    """A supervised child process: restarted when it dies."""
+
+    def __init__(self, command: str, env: dict[str, str], log: Path) -> None:
+        self.command, self.env, self.log = command, env, log
+        self.process = _start_child(command, env, log)
+
+    def check(self) -> None:
+        code = self.process.poll()
+        if code is not None:
+            print(f"\ngraphwire dev: the {self.command} exited with {code} (log {self.log}); "
+                  "restarting it", file=sys.stderr, flush=True)
+            self.process = _start_child(self.command, self.env, self.log)
+
+
+async def _status_line(port: int, stop: asyncio.Event, children: list[_Child]) -> None:
+    """Print done / errors / in flight / rate from the runner's metrics until ``stop``;
+    restart a child that died."""
     tty = sys.stdout.isatty()
     last_done, last_t, last_print = 0.0, time.monotonic(), 0.0
     while not stop.is_set():
+        for child in children:
+            child.check()
         try:
             sums = _metric_sums((await _get(f"http://127.0.0.1:{port}/metrics"))[1])
         except (aiohttp.ClientError, TimeoutError):
@@ -176,7 +194,7 @@ async def run_dev(
     base = Settings()
     broker = DevBroker(port or free_port(), log_file=data / "broker.log")
     services = DevServices(data)
-    children: list[subprocess.Popen[bytes]] = []
+    children: list[_Child] = []
     try:
         broker.start()
         await services.start(
@@ -200,10 +218,10 @@ async def run_dev(
             "GRAPHWIRE_AUDIT_HTTP_PORT": str(audit_port),
             "GRAPHWIRE_LOG_FORMAT": "json",
         }
-        children.append(_start_child("worker", env, data / "worker.log"))
-        children.append(_start_child("audit", env, data / "audit.log"))
-        await _wait_ready("runner", runner_port, children[0], data / "worker.log")
-        await _wait_ready("audit sink", audit_port, children[1], data / "audit.log")
+        children.append(_Child("worker", env, data / "worker.log"))
+        children.append(_Child("audit", env, data / "audit.log"))
+        await _wait_ready("runner", runner_port, children[0].process, data / "worker.log")
+        await _wait_ready("audit sink", audit_port, children[1].process, data / "audit.log")
         embedded = f" (embedded: {', '.join(services.embedded)})" if services.embedded else ""
         print(
             f"graphwire dev: broker {broker.bootstrap_servers}, Redis and PostgreSQL ready"
@@ -230,17 +248,17 @@ async def run_dev(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         print("\nrunning; Ctrl-C stops everything", flush=True)
-        await _status_line(runner_port, stop)
+        await _status_line(runner_port, stop, children)
         return 0
     finally:
         for child in children:
-            if child.poll() is None:
-                child.terminate()
+            if child.process.poll() is None:
+                child.process.terminate()
         for child in children:
             try:
-                child.wait(40)
+                child.process.wait(40)
             except subprocess.TimeoutExpired:
-                child.kill()
+                child.process.kill()
         broker.stop()
         services.stop(keep=keep)
         if keep:

@@ -67,6 +67,7 @@ class DevBroker:
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # a terminal's Ctrl-C reaches the owner, which stops us last
         )
         if self.log_file:
             out.close()  # type: ignore[union-attr]  # the child keeps its own descriptor

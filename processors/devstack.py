@@ -85,6 +85,7 @@ class DevServices:
              "--save", "", "--appendonly", "no", "--dir", str(path)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,  # stopped by us, after the processes that use it
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

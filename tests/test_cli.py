@@ -213,3 +213,31 @@ def test_dev_starts_embedded_redis_and_postgres_when_none_answer() -> None:
     assert data.name.startswith("graphwire-dev-")
     assert not data.exists()
     assert err.strip().endswith("graphwire dev: stopped")
+
+
+def test_dev_ctrl_c_stops_everything_and_removes_its_data() -> None:
+    """Ctrl-C in a terminal signals the whole process group: children and broker stop in
+    order, nothing is left running, the temporary data is gone."""
+    import signal
+    import socket
+
+    dev = subprocess.Popen(
+        [sys.executable, "-m", "processors", "dev"], cwd=ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    assert dev.stdout is not None
+    lines = []
+    while not lines or not lines[-1].startswith("running; Ctrl-C stops everything"):
+        line = dev.stdout.readline()
+        assert line, f"dev exited early: {dev.wait()} {dev.stderr.read() if dev.stderr else ''}"
+        lines.append(line)
+    ports = [int(w.rsplit(":", 1)[1].split("/")[0]) for w in lines[1].split() if "http://" in w]
+    broker_port = int(lines[0].split()[3].rstrip(",").rsplit(":", 1)[1])
+    data = Path(lines[1].split(" logs ")[1].strip())
+    os.killpg(dev.pid, signal.SIGINT)
+    _, err = dev.communicate(timeout=90)
+    assert dev.returncode == 0, err
+    assert not data.exists()
+    for port in [*ports, broker_port]:
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still answers"
