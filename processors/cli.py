@@ -26,6 +26,7 @@ from processors.cli_common import (
     registry_from,
     settings_from,
 )
+from processors.cli_gateway import add_parsers as add_gateway_parsers
 from processors.cli_state import (
     checkpoints_prune_command,
     dlq_list_command,
@@ -309,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_audit_parsers(sub, _kafka_flags)
     add_traffic_parsers(sub, _kafka_flags)
+    add_gateway_parsers(sub, _kafka_flags)
 
     p = sub.add_parser("graphs", help="list registered graphs and their nodes")
     _graph_flags(p)
@@ -361,7 +363,7 @@ def run_async(coro: Coroutine[Any, Any, int]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``graphwire`` console script."""
     args = build_parser().parse_args(argv)
-    if args.command not in ("worker", "audit"):  # one-line errors, not aiokafka's logs
+    if args.command not in ("worker", "audit", "gateway"):  # one-line errors, not aiokafka's
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         if args.command in ("worker", "audit") and args.processes > 1:

@@ -121,6 +121,30 @@ class Settings(BaseSettings):
     audit_retention_days: float = Field(default=30.0, gt=0)
     """``graphwire db prune`` deletes events older than this."""
 
+    # HTTP gateway (graphwire gateway)
+    gateway_host: str = "0.0.0.0"
+    gateway_port: int = Field(default=8000, ge=1, le=65535)
+    gateway_auth: bool = True
+    """Require an API key or a JWT (false: anonymous, for development only)."""
+    gateway_api_keys: SecretStr | None = None
+    """JSON list of ``{"name", "key_sha256", "graphs": [...] or ["*"], "rate_per_minute"}``."""
+    gateway_api_keys_file: str | None = None
+    """The same JSON in a file (e.g. a mounted Kubernetes secret)."""
+    gateway_jwt_secret: SecretStr | None = None
+    """HS256 key for JWTs (claims: ``sub``, ``graphs``, ``exp``)."""
+    gateway_jwt_public_key: str | None = None
+    """RS256 public key (PEM text or a path to a PEM file)."""
+    gateway_jwt_audience: str | None = None
+    gateway_jwt_issuer: str | None = None
+    gateway_rate_per_minute: int = Field(default=600, ge=1)
+    """Requests per minute per principal (API keys may set their own)."""
+    gateway_cors_origins: str = ""
+    """Comma-separated origins allowed by CORS (none by default)."""
+    gateway_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    gateway_wait_timeout_s: float = Field(default=30.0, gt=0, le=600)
+    """Longest ``?wait=true`` and SSE stream wait for a result."""
+    gateway_max_batch: int = Field(default=100, ge=1, le=10_000)
+
     # Operations
     http_port: int = Field(default=8080, ge=0, le=65535)
     """``/health``, ``/ready`` and ``/metrics`` of the worker (0 disables; ``--processes N``

@@ -61,7 +61,7 @@ class GraphwireClient:
         self._watched: set[str] = set()
         self._results: OrderedDict[str, Result] = OrderedDict()
         self._result_waiters: dict[str, asyncio.Future[Result]] = {}
-        self._events: dict[str, list[Event]] = defaultdict(list)
+        self._events: OrderedDict[str, list[Event]] = OrderedDict()
         self._event_signal: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
         self._thread_graphs: dict[str, str] = {}
 
@@ -192,6 +192,15 @@ class GraphwireClient:
             _raise_for(found)
         return found
 
+    def _keep_event(self, rid: str, event: Event) -> None:
+        kept = self._events.get(rid)
+        if kept is None:
+            kept = self._events[rid] = []
+            while len(self._events) > self._max_kept:  # oldest requests' events go first
+                old, _ = self._events.popitem(last=False)
+                self._event_signal.pop(old, None)
+        kept.append(event)
+
     def _keep(self, result: Result) -> None:
         self._results[result.request_id] = result
         self._results.move_to_end(result.request_id)
@@ -231,27 +240,42 @@ class GraphwireClient:
         result = Result.model_validate(loads(record.value or b"{}"))
         return result if result.request_id == request_id else None
 
-    async def events(self, request_id: str) -> AsyncGenerator[Event, None]:
-        """Yield the events of ``request_id`` in seq order, ending after ``run_finished``.
-
-        Events that arrive twice (a run republished after a crash) are yielded once."""
+    def watch(self, request_id: str) -> None:
+        """Start keeping the results and events of ``request_id`` (``submit`` does this)."""
         self._watched.add(request_id)
-        next_seq = 0
-        try:
-            while True:
-                signal = self._event_signal[request_id]
-                by_seq = {e.seq: e for e in self._events[request_id]}
-                while next_seq in by_seq:
-                    event = by_seq[next_seq]
-                    next_seq += 1
-                    yield event
-                    if event.type == "run_finished":
-                        return
-                signal.clear()
-                await signal.wait()
-        finally:  # a long-lived client keeps no events it has handed out
-            self._events.pop(request_id, None)
-            self._event_signal.pop(request_id, None)
+
+    def event_signal(self, request_id: str) -> asyncio.Event:
+        """Set (by the reader) whenever an event of ``request_id`` arrives; clear it to wait."""
+        return self._event_signal[request_id]
+
+    def known_result(self, request_id: str) -> Result | None:
+        """The result of ``request_id`` if this client has received it."""
+        return self._results.get(request_id)
+
+    def seen_events(self, request_id: str) -> list[Event]:
+        """Events of ``request_id`` received so far, by seq (duplicates dropped)."""
+        return sorted({e.seq: e for e in self._events.get(request_id, [])}.values(),
+                      key=lambda e: e.seq)
+
+    async def events(
+        self, request_id: str, *, after_seq: int = -1
+    ) -> AsyncGenerator[Event, None]:
+        """Yield the events of ``request_id`` with seq above ``after_seq``, in seq order, ending
+        after ``run_finished``. Events that arrive twice (a run republished after a crash) are
+        yielded once."""
+        self._watched.add(request_id)
+        next_seq = after_seq + 1
+        while True:
+            signal = self._event_signal[request_id]
+            by_seq = {e.seq: e for e in self._events.get(request_id, [])}
+            while next_seq in by_seq:
+                event = by_seq[next_seq]
+                next_seq += 1
+                yield event
+                if event.type == "run_finished":
+                    return
+            signal.clear()
+            await signal.wait()
 
     async def resume(
         self, thread_id: str, value: Any, *, graph: str | None = None, **kwargs: Any
@@ -291,7 +315,7 @@ class GraphwireClient:
                         if waiter is not None and not waiter.done():
                             waiter.set_result(self._results[rid])
                     else:
-                        self._events[rid].append(Event.model_validate(loads(record.value)))
+                        self._keep_event(rid, Event.model_validate(loads(record.value)))
                         self._event_signal[rid].set()
 
 

@@ -1,0 +1,276 @@
+"""The HTTP gateway (``graphwire gateway``): the production guide's FastAPI endpoints, with Kafka
+behind them.
+
+One ``GraphwireClient`` per process produces requests and reads results and events for every
+HTTP request. Callers authenticate with an API key or a JWT (``processors.gatewayauth``), are
+rate limited per principal in Redis, and are recorded in the request's ``metadata.principal``
+(and so in the audit table).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Annotated, Any
+
+import asyncpg
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from processors.dedup import DedupStore
+from processors.gatewayauth import Authenticator, AuthError, Principal, RateLimiter
+from processors.gatewaymodels import (
+    Accepted,
+    BatchRequest,
+    BatchResponse,
+    BodyLimit,
+    GatewayMetrics,
+    RunStatus,
+    WorkflowRequest,
+)
+from processors.gatewaysse import event_stream
+from processors.settings import Settings
+from topics.client import GraphwireClient
+from topics.errors import GraphwireError
+from topics.models import Result
+
+
+class Gateway:
+    """What the routes share: settings, the Kafka client, Redis, PostgreSQL, metrics."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.auth = Authenticator(settings)
+        self.metrics = GatewayMetrics()
+        redis_url = settings.redis_url.get_secret_value()
+        self.client = GraphwireClient(
+            settings.bootstrap_servers,
+            topic_prefix=settings.topic_prefix,
+            redis_url=redis_url if settings.dedup else None,
+            **settings.kafka_security(),
+        )
+        self.store = DedupStore(redis_url, namespace=settings.topic_prefix)
+        self.limiter: RateLimiter | None = None
+        self.db: Any = None
+
+    async def start(self) -> None:
+        await self.client.start()
+        await self.store.start()
+        self.limiter = RateLimiter(self.store.client, self.settings.topic_prefix)
+        with contextlib.suppress(Exception):  # optional: status fallback and SSE backfill
+            self.db = await asyncpg.create_pool(
+                self.settings.database_url.get_secret_value(), min_size=0, max_size=4,
+                timeout=5, command_timeout=10,
+                server_settings={"search_path": f'"{self.settings.audit_schema}", public'}
+                if self.settings.audit_schema else None,
+            )
+
+    async def stop(self) -> None:
+        await self.client.stop()
+        await self.store.stop()
+        if self.db is not None:
+            await self.db.close()
+
+    async def principal(self, request: Request) -> Principal:
+        """Authenticate and rate limit (FastAPI dependency)."""
+        try:
+            principal = self.auth.authenticate(request.headers)
+        except AuthError as exc:
+            self.metrics.auth_failures.labels(str(exc.status)).inc()
+            headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+            raise HTTPException(exc.status, str(exc), headers=headers) from None
+        assert self.limiter is not None
+        decision = await self.limiter.check(principal)
+        if not decision.allowed:
+            self.metrics.rate_limited.inc()
+            raise HTTPException(
+                429,
+                f"rate limit of {principal.rate_per_minute} requests per minute reached",
+                headers={"Retry-After": str(decision.retry_after_s)},
+            )
+        return principal
+
+    async def submit(
+        self, body: WorkflowRequest, principal: Principal, idempotency_key: str | None
+    ) -> str:
+        if not principal.may_run(body.workflow_name):
+            raise HTTPException(403, f"{principal.name} may not run {body.workflow_name!r}")
+        request_id = body.request_id
+        if idempotency_key:
+            if request_id and request_id != idempotency_key:
+                raise HTTPException(422, "Idempotency-Key and request_id differ; send one")
+            request_id = idempotency_key
+        metadata = {**body.metadata, "principal": principal.as_metadata()}
+        try:
+            return await self.client.submit(
+                body.workflow_name, body.input_data, request_id=request_id,
+                thread_id=body.thread_id, command=body.command,
+                config=body.config.model_dump(exclude_defaults=True),
+                stream=body.stream, metadata=metadata, timeout_s=body.timeout_s,
+            )
+        except ValueError as exc:  # the contract's validation (pydantic)
+            raise HTTPException(422, str(exc).splitlines()[0] if str(exc) else "invalid") from None
+
+    async def wait(self, request_id: str, timeout: float) -> Result:
+        try:
+            return await self.client.result(request_id, timeout=timeout)
+        except TimeoutError:
+            raise HTTPException(
+                504, f"no result within {timeout:g} s; poll /workflow/status/{request_id}"
+            ) from None
+
+    async def status(self, request_id: str) -> RunStatus:
+        """Redis (the runner's lease and done marker) first, then the audit table."""
+        with contextlib.suppress(GraphwireError):
+            found = await self.store.lookup(request_id)
+            if found is not None:
+                attempts = found.get("attempts")
+                return RunStatus(request_id=request_id, source="redis",
+                                 status=str(found["status"]),
+                                 attempts=attempts if isinstance(attempts, int) and attempts
+                                 else None)
+        if self.db is not None:
+            with contextlib.suppress(Exception):
+                row = await self.db.fetchrow(
+                    "SELECT status, attempts, requested_at, finished_at FROM graphwire_runs "
+                    "WHERE request_id = $1", request_id,
+                )
+                if row is not None:
+                    return RunStatus(request_id=request_id, source="postgresql", **dict(row))
+        raise HTTPException(404, f"unknown request {request_id!r}")
+
+    def readiness(self) -> dict[str, str]:
+        kafka = "ok" if self.client._consumer is not None else "not connected"
+        postgres = "ok" if self.db is not None else "unavailable (status from Redis only)"
+        return {"kafka": kafka, "redis": "ok" if self.limiter else "not connected",
+                "postgresql": postgres}
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The gateway's FastAPI app (``uvicorn processors.gateway:create_app --factory``)."""
+    settings = settings or Settings()
+    gw = Gateway(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await gw.start()
+        try:
+            yield
+        finally:
+            await gw.stop()
+
+    app = FastAPI(
+        title="graphwire gateway",
+        summary="Run LangGraph graphs over HTTP; Kafka behind it.",
+        version="1",
+        lifespan=lifespan,
+    )
+    app.state.gateway = gw
+    origins = [o.strip() for o in settings.gateway_cors_origins.split(",") if o.strip()]
+    if origins:
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "X-API-Key", "Idempotency-Key",
+                                          "Content-Type", "Last-Event-ID"])
+    app.add_middleware(BodyLimit, max_bytes=settings.gateway_max_body_bytes)
+
+    @app.middleware("http")
+    async def measure(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        gw.metrics.requests.labels(request.method, path, str(response.status_code)).inc()
+        gw.metrics.duration.labels(path).observe(time.perf_counter() - started)
+        return response
+
+    Caller = Annotated[Principal, Depends(gw.principal)]
+    IdemKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=128)]
+    Wait = Annotated[float | None, Query(gt=0, le=600, description="seconds (default setting)")]
+
+    @app.post("/workflow/execute", status_code=202, response_model=Accepted | Result,
+              responses={200: {"model": Result}, 504: {"description": "no result in time"}})
+    async def execute(
+        body: WorkflowRequest, caller: Caller, response: Response,
+        idempotency_key: IdemKey = None,
+        wait: Annotated[bool, Query(description="wait for the result")] = False,
+        timeout: Wait = None,
+    ) -> Accepted | Result:
+        """Submit a run; 202 with its id, or (``wait=true``) 200 with the result."""
+        rid = await gw.submit(body, caller, idempotency_key)
+        if wait:
+            response.status_code = 200
+            return await gw.wait(rid, timeout or settings.gateway_wait_timeout_s)
+        return Accepted.of(rid)
+
+    @app.post("/workflow/invoke", response_model=Result)
+    async def invoke(body: WorkflowRequest, caller: Caller, idempotency_key: IdemKey = None,
+                     timeout: Wait = None) -> Result:
+        """Submit a run and wait for its result."""
+        rid = await gw.submit(body, caller, idempotency_key)
+        return await gw.wait(rid, timeout or settings.gateway_wait_timeout_s)
+
+    @app.get("/workflow/status/{request_id}", response_model=RunStatus)
+    async def status(request_id: str, _caller: Caller) -> RunStatus:
+        """Where a run is: Redis (live) first, then the audit table."""
+        return await gw.status(request_id)
+
+    @app.post("/workflow/stream", response_class=StreamingResponse,
+              responses={200: {"content": {"text/event-stream": {}}}})
+    async def stream(body: WorkflowRequest, caller: Caller,
+                     idempotency_key: IdemKey = None) -> StreamingResponse:
+        """Submit a run and stream its events (``id:`` = seq), then its result."""
+        rid = await gw.submit(body, caller, idempotency_key)
+        return _sse(gw, rid, -1)
+
+    @app.get("/workflow/stream/{request_id}", response_class=StreamingResponse,
+             responses={200: {"content": {"text/event-stream": {}}}})
+    async def restream(request_id: str, _caller: Caller,
+                       last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+                       ) -> StreamingResponse:
+        """Stream a run's events from after ``Last-Event-ID`` (reconnects miss nothing)."""
+        after = int(last_event_id) if last_event_id and last_event_id.isdigit() else -1
+        return _sse(gw, request_id, after)
+
+    @app.post("/workflow/batch", response_model=BatchResponse)
+    async def batch(body: BatchRequest, caller: Caller, timeout: Wait = None) -> BatchResponse:
+        """Submit many runs; with ``wait`` gather their results."""
+        if len(body.requests) > settings.gateway_max_batch:
+            raise HTTPException(422, f"at most {settings.gateway_max_batch} requests per batch")
+        ids = [await gw.submit(item, caller, None) for item in body.requests]
+        if not body.wait:
+            return BatchResponse(request_ids=ids)
+        limit = timeout or settings.gateway_wait_timeout_s
+        outcomes = await asyncio.gather(*(gw.client.result(r, timeout=limit) for r in ids),
+                                        return_exceptions=True)
+        results = [o if isinstance(o, Result) else None for o in outcomes]
+        return BatchResponse(request_ids=ids, results=results)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        deps = gw.readiness()
+        ok = deps["kafka"] == "ok" and deps["redis"] == "ok"
+        return JSONResponse({"ready": ok, "dependencies": deps}, status_code=200 if ok else 503)
+
+    @app.get("/metrics", response_class=Response)
+    async def metrics() -> Response:
+        return Response(generate_latest(gw.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _sse(gw: Gateway, request_id: str, after: int) -> StreamingResponse:
+    return StreamingResponse(
+        event_stream(gw.client, gw.db, request_id, after, gw.settings.gateway_wait_timeout_s),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
