@@ -7,7 +7,6 @@ rate limited per principal in Redis, and are recorded in the request's ``metadat
 (and so in the audit table).
 """
 
-from __future__ import annotations
 
 import asyncio
 import contextlib

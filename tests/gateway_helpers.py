@@ -1,0 +1,71 @@
+"""A gateway served by uvicorn inside the test's event loop, on a free port."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import jwt
+import orjson
+import uvicorn
+from pydantic import SecretStr
+
+from processors.devbroker import free_port
+from processors.gateway import create_app
+from processors.gatewayauth import hash_key
+from processors.settings import Settings
+
+KEY_A = "gw_test_key_a_0123456789abcdef"  # pipeline, echo, slow, approval
+KEY_LIMITED = "gw_test_key_limited_0123456789"  # 5 requests per minute
+KEY_ECHO = "gw_test_key_echo_only_012345678"  # echo only
+JWT_SECRET = "jwt-test-secret-that-is-long-enough-for-hs256"
+KEYS = [
+    {"name": "svc-a", "key_sha256": hash_key(KEY_A),
+     "graphs": ["pipeline", "echo", "slow", "approval"]},
+    {"name": "svc-limited", "key_sha256": hash_key(KEY_LIMITED), "graphs": ["*"],
+     "rate_per_minute": 5},
+    {"name": "svc-echo", "key_sha256": hash_key(KEY_ECHO), "graphs": ["echo"]},
+]
+A = {"X-API-Key": KEY_A}
+
+
+def token(sub: str, graphs: list[str], *, expires_in: float = 300, secret: str = JWT_SECRET) -> str:
+    claims = {"sub": sub, "graphs": graphs, "exp": int(time.time() + expires_in)}
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def gateway_settings(worker_env: dict[str, str], **overrides: Any) -> Settings:
+    env = {k.removeprefix("GRAPHWIRE_").lower(): v for k, v in worker_env.items()}
+    return Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        **env,
+        gateway_api_keys=SecretStr(orjson.dumps(KEYS).decode()),
+        gateway_jwt_secret=SecretStr(JWT_SECRET),
+        **overrides,
+    )
+
+
+@asynccontextmanager
+async def serve(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """Run the gateway app on a free port; yields an httpx client for it."""
+    port = free_port()
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None,
+                            lifespan="on", access_log=False)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if task.done():
+            task.result()
+        assert time.monotonic() < deadline, "gateway did not start"
+        await asyncio.sleep(0.05)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
+            yield http
+    finally:
+        server.should_exit = True
+        await task

@@ -1,0 +1,214 @@
+"""The HTTP gateway end to end: real broker, worker, Redis (and the audit sink for status and
+stream backfill)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.gateway_helpers import (
+    KEY_ECHO,
+    KEY_LIMITED,
+    A,
+    gateway_settings,
+    serve,
+    token,
+)
+from tests.kafka_helpers import Collector, WorkerProcess, wait_for_members
+from topics.specs import TopicNames
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def worker(
+    bootstrap: str, topics: TopicNames, worker_env: dict[str, str], tmp_path: Path
+) -> Iterator[WorkerProcess]:
+    process = WorkerProcess(worker_env, log_path=tmp_path / "worker.log").start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def body(graph: str = "pipeline", **extra: Any) -> dict[str, Any]:
+    return {"workflow_name": graph, "input_data": {"text": "Hello Gateway"}, **extra}
+
+
+async def test_execute_wait_invoke_status_and_principal(
+    worker: WorkerProcess, worker_env: dict[str, str], bootstrap: str
+) -> None:
+    await wait_for_members(bootstrap, worker_env["GRAPHWIRE_GROUP_ID"], 1)
+    async with serve(gateway_settings(worker_env)) as http:
+        accepted = await http.post("/workflow/execute", json=body(), headers=A)
+        assert accepted.status_code == 202, accepted.text
+        rid = accepted.json()["request_id"]
+        assert accepted.json() == {"request_id": rid, "status": "accepted",
+                                   "status_url": f"/workflow/status/{rid}",
+                                   "stream_url": f"/workflow/stream/{rid}"}
+        for _ in range(100):
+            status = await http.get(f"/workflow/status/{rid}", headers=A)
+            if status.status_code == 200 and status.json()["status"] == "success":
+                break
+            await asyncio.sleep(0.1)
+        assert status.json()["source"] == "redis"
+        assert status.json()["attempts"] == 1
+
+        waited = await http.post("/workflow/execute?wait=true", json=body(), headers=A)
+        assert waited.status_code == 200, waited.text
+        result = waited.json()
+        assert (result["status"], result["output"]["text"]) == ("success", "hello gateway")
+        assert result["metadata"]["principal"] == {"type": "api_key", "name": "svc-a"}
+
+        invoked = await http.post("/workflow/invoke", headers=A,
+                                  json=body("echo", metadata={"principal": "spoofed", "x": 1}))
+        assert invoked.status_code == 200
+        assert invoked.json()["metadata"] == {"x": 1,
+                                              "principal": {"type": "api_key", "name": "svc-a"}}
+        missing = await http.get("/workflow/status/never-submitted", headers=A)
+        assert (missing.status_code, missing.json()) == (
+            404, {"detail": "unknown request 'never-submitted'"}
+        )
+
+
+async def test_auth_matrix(worker: WorkerProcess, worker_env: dict[str, str]) -> None:
+    async with serve(gateway_settings(worker_env)) as http:
+        cases = [
+            ({}, 401, "send an API key (X-API-Key) or a JWT (Authorization: Bearer ...)"),
+            ({"X-API-Key": "gw_wrong"}, 401, "unknown API key"),
+            ({"X-API-Key": KEY_ECHO}, 403, "svc-echo may not run 'pipeline'"),
+            ({"Authorization": f"Bearer {token('u1', ['*'], expires_in=-10)}"}, 401,
+             "the JWT has expired"),
+            ({"Authorization": f"Bearer {token('u1', ['*'], secret='x' * 40)}"}, 401,
+             "invalid JWT (InvalidSignatureError)"),
+            ({"Authorization": f"Bearer {token('u1', ['echo'])}"}, 403,
+             "u1 may not run 'pipeline'"),
+            ({"Authorization": "Basic dXNlcjpwYXNz"}, 401,
+             "send an API key (X-API-Key) or a JWT (Authorization: Bearer ...)"),
+        ]
+        for headers, code, detail in cases:
+            response = await http.post("/workflow/execute", json=body(), headers=headers)
+            assert (response.status_code, response.json()["detail"]) == (code, detail), headers
+            if code == 401:
+                assert response.headers["www-authenticate"] == "Bearer"
+        ok = await http.post("/workflow/execute?wait=true", json=body(), headers={
+            "Authorization": f"Bearer {token('user-7', ['pipeline'])}"})
+        assert ok.status_code == 200, ok.text
+        assert ok.json()["metadata"]["principal"] == {"type": "jwt", "name": "user-7"}
+        metrics = (await http.get("/metrics")).text
+        assert 'graphwire_gateway_auth_failures_total{status="401"} 5.0' in metrics
+        assert 'graphwire_gateway_auth_failures_total{status="403"} 0.0' not in metrics
+
+
+async def test_rate_limit_boundary(worker: WorkerProcess, worker_env: dict[str, str]) -> None:
+    headers = {"X-API-Key": KEY_LIMITED}
+    async with serve(gateway_settings(worker_env)) as http:
+        codes = [(await http.get("/workflow/status/x", headers=headers)).status_code
+                 for _ in range(5)]
+        assert codes == [404] * 5  # allowed (and unknown)
+        refused = await http.get("/workflow/status/x", headers=headers)
+        assert refused.status_code == 429
+        assert refused.json()["detail"] == "rate limit of 5 requests per minute reached"
+        assert 1 <= int(refused.headers["retry-after"]) <= 60
+        other = await http.get("/workflow/status/x", headers=A)  # limits are per principal
+        assert other.status_code == 404
+
+
+async def test_idempotency_key_twice_is_one_run(
+    worker: WorkerProcess, worker_env: dict[str, str], bootstrap: str, topics: TopicNames
+) -> None:
+    headers = {**A, "Idempotency-Key": "order-42"}
+    async with Collector(bootstrap, topics.results, topics.events) as out, serve(
+        gateway_settings(worker_env)
+    ) as http:
+        first = await http.post("/workflow/execute?wait=true", json=body(), headers=headers)
+        second = await http.post("/workflow/execute?wait=true", json=body(), headers=headers)
+        assert first.status_code == second.status_code == 200
+        assert first.json() == second.json()
+        assert first.json()["request_id"] == "order-42"
+        clash = await http.post("/workflow/execute", json=body(request_id="other"),
+                                headers=headers)
+        assert clash.status_code == 422
+        await asyncio.sleep(1)
+    started = [e for e in out.values(topics.events)
+               if e["request_id"] == "order-42" and e["type"] == "run_started"]
+    assert len(started) == 1
+    assert [r["request_id"] for r in out.values(topics.results)].count("order-42") == 1
+
+
+def sse(text: str) -> list[dict[str, Any]]:
+    frames = []
+    for block in text.strip().split("\n\n"):
+        fields: dict[str, Any] = {}
+        for line in block.splitlines():
+            if line.startswith(":"):
+                continue
+            name, _, value = line.partition(": ")
+            fields[name] = value
+        if fields:
+            fields["data"] = orjson.loads(fields["data"])
+            frames.append(fields)
+    return frames
+
+
+async def test_stream_and_reconnect_with_last_event_id(
+    worker: WorkerProcess, worker_env: dict[str, str]
+) -> None:
+    async with serve(gateway_settings(worker_env)) as http:
+        streamed = await http.post("/workflow/stream", json=body(), headers=A)
+        assert streamed.headers["content-type"].startswith("text/event-stream")
+        frames = sse(streamed.text)
+        assert [f.get("id") for f in frames] == ["0", "1", "2", "3", "4", None]
+        assert [f["event"] for f in frames] == ["run_started", "node", "node", "node",
+                                                "run_finished", "result"]
+        rid = frames[-1]["data"]["request_id"]
+        again = await http.get(f"/workflow/stream/{rid}", headers={**A, "Last-Event-ID": "2"})
+        frames = sse(again.text)
+        assert [f.get("id") for f in frames] == ["3", "4", None]
+        assert frames[-1]["data"]["output"]["count"] == 2
+
+
+async def test_batch_validation_body_limit_health(
+    worker: WorkerProcess, worker_env: dict[str, str]
+) -> None:
+    async with serve(gateway_settings(worker_env, gateway_max_body_bytes=2048)) as http:
+        batch = await http.post("/workflow/batch?timeout=60", headers=A, json={
+            "wait": True,
+            "requests": [body("echo", input_data={"text": f"b{i}"}) for i in range(3)],
+        })
+        assert batch.status_code == 200, batch.text
+        assert [r["output"] for r in batch.json()["results"]] == [{"text": f"b{i}"}
+                                                                 for i in range(3)]
+        invalid = await http.post("/workflow/execute", headers=A, json={"input_data": {}})
+        assert invalid.status_code == 422
+        assert invalid.json()["detail"][0]["loc"] == ["body", "workflow_name"]
+        extra = await http.post("/workflow/execute", headers=A, json=body(surprise=1))
+        assert extra.status_code == 422
+        big = await http.post("/workflow/execute", headers=A,
+                              json=body(input_data={"text": "x" * 5000}))
+        assert (big.status_code, big.json()) == (413, {"detail": "request body over 2048 bytes"})
+        assert (await http.get("/health")).json() == {"status": "alive"}
+        ready = await http.get("/ready")
+        assert ready.status_code == 200
+        assert ready.json()["dependencies"]["kafka"] == "ok"
+        docs = await http.get("/openapi.json")
+        assert "/workflow/execute" in docs.json()["paths"]
+
+
+async def test_cors_only_for_configured_origins(
+    worker_env: dict[str, str], topics: TopicNames
+) -> None:
+    settings = gateway_settings(worker_env, gateway_cors_origins="https://app.example")
+    async with serve(settings) as http:
+        preflight = {"Access-Control-Request-Method": "POST"}
+        allowed = await http.options("/workflow/execute",
+                                     headers={**preflight, "Origin": "https://app.example"})
+        assert allowed.headers.get("access-control-allow-origin") == "https://app.example"
+        other = await http.options("/workflow/execute",
+                                   headers={**preflight, "Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
