@@ -8,9 +8,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import orjson
 import pytest
+from redis.asyncio import Redis
 
+from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL
 from tests.gateway_helpers import (
     KEY_ECHO,
     KEY_LIMITED,
@@ -20,6 +23,7 @@ from tests.gateway_helpers import (
     token,
 )
 from tests.kafka_helpers import Collector, WorkerProcess, wait_for_members
+from tests.test_audit import wait_rows
 from topics.specs import TopicNames
 
 pytestmark = pytest.mark.integration
@@ -212,3 +216,44 @@ async def test_cors_only_for_configured_origins(
         other = await http.options("/workflow/execute",
                                    headers={**preflight, "Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in other.headers
+
+
+async def test_another_replica_backfills_the_stream_and_status_from_the_audit_table(
+    worker: WorkerProcess, worker_env: dict[str, str], bootstrap: str, tmp_path: Path
+) -> None:
+    """A reconnect that lands on a gateway that never saw the run: earlier events come from
+    the audit table, the result from the runner's Redis marker; with Redis forgetting the run,
+    status comes from the audit table too."""
+    prefix = worker_env["GRAPHWIRE_TOPIC_PREFIX"]
+    audit_env = {**worker_env, "GRAPHWIRE_AUDIT_SCHEMA": prefix,
+                 "GRAPHWIRE_AUDIT_GROUP_ID": f"{prefix}-audit",
+                 "GRAPHWIRE_AUDIT_BATCH_WITHIN_S": "0.1", "GRAPHWIRE_AUDIT_HTTP_PORT": "0"}
+    sink = WorkerProcess(audit_env, "--migrate", command="audit",
+                         log_path=tmp_path / "sink.log").start()
+    settings = gateway_settings(worker_env, audit_schema=prefix)
+    try:
+        async with serve(settings) as first:
+            done = await first.post("/workflow/execute?wait=true", json=body(), headers=A)
+            rid = done.json()["request_id"]
+        conn = await asyncpg.connect(TEST_DATABASE_URL, server_settings={"search_path": prefix})
+        try:
+            sql = f"SELECT count(*) FROM graphwire_events WHERE request_id = '{rid}'"
+            await wait_rows(conn, sql, 5)
+        finally:
+            await conn.close()
+        async with serve(settings) as second:  # a new process: it never saw the run
+            again = await second.get(f"/workflow/stream/{rid}",
+                                     headers={**A, "Last-Event-ID": "1"})
+            frames = sse(again.text)
+            assert [f.get("id") for f in frames] == ["2", "3", "4", None]
+            assert [f["event"] for f in frames] == ["node", "node", "run_finished", "result"]
+            assert frames[0]["data"]["node"] == "tokenize"
+            assert frames[-1]["data"]["output"]["text"] == "hello gateway"
+            redis = Redis.from_url(TEST_REDIS_URL)
+            await redis.delete(f"{prefix}:{{{rid}}}:done", f"{prefix}:{{{rid}}}:tries")
+            await redis.aclose()
+            status = await second.get(f"/workflow/status/{rid}", headers=A)
+            assert status.status_code == 200
+            assert (status.json()["source"], status.json()["status"]) == ("postgresql", "success")
+    finally:
+        sink.stop()
