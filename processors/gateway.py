@@ -232,8 +232,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def restream(request_id: str, _caller: Caller,
                        last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
                        ) -> StreamingResponse:
-        """Stream a run's events from after ``Last-Event-ID`` (reconnects miss nothing)."""
+        """Stream a run's events from after ``Last-Event-ID`` (reconnects miss nothing).
+        404 when neither this gateway, Redis nor the audit table knows the request."""
         after = int(last_event_id) if last_event_id and last_event_id.isdigit() else -1
+        if request_id not in gw.client._watched:
+            await gw.status(request_id)  # raises 404 for an unknown request
         return _sse(gw, request_id, after)
 
     @app.post("/workflow/batch", response_model=BatchResponse)

@@ -77,7 +77,10 @@ async def event_stream(
                     break
         if finished:
             break
-        if client.known_result(request_id) is not None:
+        result = client.known_result(request_id)
+        if result is not None:
+            if result.status == "rejected":  # never ran: there are no events to wait for
+                break
             result_since = result_since or time.monotonic()
             if time.monotonic() - result_since > GIVE_UP_ON_EVENTS_S:
                 break
