@@ -30,6 +30,7 @@ lint: install ## ruff and mypy
 bench: install ## benchmarks against their baselines, measured in the same run
 	$(PY) bench/bench_runner.py
 	$(PY) bench/bench_audit.py
+	$(PY) bench/bench_gateway.py
 
 run: install ## graphwire dev --demo: broker, Redis, PostgreSQL, runner, sink + sample requests
 	$(VENV)/bin/graphwire dev --demo

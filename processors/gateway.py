@@ -10,11 +10,11 @@ rate limited per principal in Redis, and are recorded in the request's ``metadat
 
 import asyncio
 import contextlib
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import asyncpg
+import orjson
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -28,6 +28,7 @@ from processors.gatewaymodels import (
     BatchResponse,
     BodyLimit,
     GatewayMetrics,
+    Measure,
     RunStatus,
     WorkflowRequest,
 )
@@ -114,9 +115,12 @@ class Gateway:
         except ValueError as exc:  # the contract's validation (pydantic)
             raise HTTPException(422, str(exc).splitlines()[0] if str(exc) else "invalid") from None
 
-    async def wait(self, request_id: str, timeout: float) -> Result:
+    async def wait(self, request_id: str, timeout: float) -> Response:
+        """The result as JSON (already validated by the client: no second pass here)."""
         try:
-            return await self.client.result(request_id, timeout=timeout)
+            result = await self.client.result(request_id, timeout=timeout)
+            return Response(orjson.dumps(result.model_dump(mode="json")),
+                            media_type="application/json")
         except TimeoutError:
             raise HTTPException(
                 504, f"no result within {timeout:g} s; poll /workflow/status/{request_id}"
@@ -176,17 +180,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                           "Content-Type", "Last-Event-ID"])
     app.add_middleware(BodyLimit, max_bytes=settings.gateway_max_body_bytes)
 
-    @app.middleware("http")
-    async def measure(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        gw.metrics.requests.labels(request.method, path, str(response.status_code)).inc()
-        gw.metrics.duration.labels(path).observe(time.perf_counter() - started)
-        return response
+    app.add_middleware(Measure, metrics=gw.metrics)
 
     Caller = Annotated[Principal, Depends(gw.principal)]
     IdemKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=128)]
@@ -195,21 +189,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.post("/workflow/execute", status_code=202, response_model=Accepted | Result,
               responses={200: {"model": Result}, 504: {"description": "no result in time"}})
     async def execute(
-        body: WorkflowRequest, caller: Caller, response: Response,
+        body: WorkflowRequest, caller: Caller,
         idempotency_key: IdemKey = None,
         wait: Annotated[bool, Query(description="wait for the result")] = False,
         timeout: Wait = None,
-    ) -> Accepted | Result:
+    ) -> Accepted | Response:
         """Submit a run; 202 with its id, or (``wait=true``) 200 with the result."""
         rid = await gw.submit(body, caller, idempotency_key)
         if wait:
-            response.status_code = 200
             return await gw.wait(rid, timeout or settings.gateway_wait_timeout_s)
         return Accepted.of(rid)
 
     @app.post("/workflow/invoke", response_model=Result)
     async def invoke(body: WorkflowRequest, caller: Caller, idempotency_key: IdemKey = None,
-                     timeout: Wait = None) -> Result:
+                     timeout: Wait = None) -> Response:
         """Submit a run and wait for its result."""
         rid = await gw.submit(body, caller, idempotency_key)
         return await gw.wait(rid, timeout or settings.gateway_wait_timeout_s)

@@ -202,6 +202,11 @@ async def test_batch_validation_body_limit_health(
         assert ready.json()["dependencies"]["kafka"] == "ok"
         docs = await http.get("/openapi.json")
         assert "/workflow/execute" in docs.json()["paths"]
+        metrics = (await http.get("/metrics")).text
+        assert ('graphwire_gateway_requests_total{method="POST",route="/workflow/batch",'
+                'status="200"} 1.0') in metrics
+        assert ('graphwire_gateway_requests_total{method="POST",route="/workflow/execute",'
+                'status="422"} 2.0') in metrics
 
 
 async def test_cors_only_for_configured_origins(
