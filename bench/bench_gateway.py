@@ -78,8 +78,9 @@ async def main() -> None:
                 [{"name": "bench", "key_sha256": hash_key(KEY), "graphs": ["*"]}]).decode(),
         }
         gateway = subprocess.Popen(  # noqa: ASYNC220 (a server process, not awaited)
-            [sys.executable, "-m", "processors", "gateway"], env=env,
-                                   cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [sys.executable, "-m", "processors", "gateway"],
+            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
         try:
             async with httpx.AsyncClient(
                 base_url=f"http://127.0.0.1:{port}", timeout=60,
