@@ -21,6 +21,7 @@ from psycopg_pool import PoolTimeout
 
 from graphs.execution import RunOutcome, is_retriable, run_graph
 from graphs.registry import GraphOptions
+from processors.callbacks import RunCallbacks
 from processors.checkpoints import CheckpointStore
 from processors.dedup import LeaseLost
 from processors.metrics import RunnerMetrics
@@ -105,6 +106,7 @@ class RunExecutor:
             "configurable": {**request.config.configurable, "thread_id": thread_id or rid},
             "recursion_limit": request.config.recursion_limit,
             "metadata": {"graphwire_request_id": rid},
+            "callbacks": [RunCallbacks(self.metrics, request.graph)],
         }
         if request.config.tags:
             config["tags"] = request.config.tags

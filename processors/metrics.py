@@ -86,6 +86,32 @@ class RunnerMetrics:
         )
         self._event_children: dict[str, Any] = {}
 
+        self.llm_requests = Counter(
+            "langgraph_llm_requests_total",
+            "Chat model / LLM calls made by graphs, by model and status.",
+            ["model", "status"],
+            registry=r,
+        )
+        self.llm_tokens = Counter(
+            "langgraph_llm_tokens_total",
+            "Tokens reported by chat models, by model and type (input, output).",
+            ["model", "type"],
+            registry=r,
+        )
+        self.node_duration = Histogram(
+            "graphwire_node_duration_seconds",
+            "Time a node takes, by graph and node.",
+            ["graph", "node"],
+            buckets=_RUN_BUCKETS,
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "graphwire_consumer_lag_records",
+            "Requests not yet consumed, per partition (fetch high watermark minus position).",
+            ["topic", "partition"],
+            registry=r,
+        )
+
     def event_published(self, type_: str) -> None:
         """Count one published event (label children cached: this is per event)."""
         child = self._event_children.get(type_)

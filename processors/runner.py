@@ -304,6 +304,11 @@ class GraphRunner:
                 self._tracker.add(tp, record.offset)
                 key: Hashable = record.key if record.key is not None else record.offset
                 self._scheduler.submit(tp, key, record)
+            if records:  # records of this partition not fetched yet (the fetch's high watermark)
+                highwater = consumer.highwater(tp)
+                if highwater is not None:
+                    lag = max(0, highwater - records[-1].offset - 1)
+                    self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
 
     # -- committing ------------------------------------------------------------------------
 
@@ -336,6 +341,9 @@ class GraphRunner:
             self.metrics.commit_latency.observe(time.perf_counter() - started)
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        for tp in revoked:  # another member reports these now
+            with contextlib.suppress(KeyError):
+                self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
         mine = {tp for tp in revoked if self._tracker.position(tp) is not None}
         if not mine:
             return

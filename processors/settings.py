@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     """Path to a LangGraph CLI ``langgraph.json`` whose graphs to serve."""
     builtin_graphs: bool = True
     """Serve the built-in graphs (echo, pipeline, slow, chat)."""
+    allowed_graphs: str = ""
+    """Comma-separated allow-list: requests for any other graph are rejected, even when it is
+    registered (empty: every registered graph)."""
 
     # Idempotency (Redis) and durable runs (PostgreSQL)
     redis_url: SecretStr = SecretStr("redis://localhost:6379/0")

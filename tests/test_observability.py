@@ -1,0 +1,66 @@
+"""What a runner exposes to operators: the guide's metrics and graphwire's, on /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from processors.devbroker import free_port
+from tests.kafka_helpers import Collector, WorkerProcess, encode, produce, request
+from topics.specs import TopicNames
+
+pytestmark = pytest.mark.integration
+
+
+def samples(text: str) -> dict[str, float]:
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+async def test_llm_node_and_lag_metrics_after_real_runs(
+    bootstrap: str, topics: TopicNames, worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    port = free_port()
+    worker = WorkerProcess({**worker_env, "GRAPHWIRE_HTTP_PORT": str(port)},
+                           log_path=tmp_path / "worker.log").start()
+    try:
+        async with Collector(bootstrap, topics.results) as out:
+            chat = {"messages": [{"role": "user", "content": "What is 19 + 23?"}]}
+            await produce(bootstrap, topics.requests, [
+                (b"c1", encode(request("c1", "chat", input=chat))),
+                (b"p1", encode(request("p1"))),
+                (b"p2", encode(request("p2"))),
+            ])
+            await out.wait_count(topics.results, 3, timeout=60)
+        await asyncio.sleep(0.2)
+        async with aiohttp.ClientSession() as http, http.get(
+            f"http://127.0.0.1:{port}/metrics"
+        ) as response:
+            m = samples(await response.text())
+    finally:
+        worker.stop()
+    chat_result = next(r for r in out.values(topics.results) if r["request_id"] == "c1")
+    ai = [msg for msg in chat_result["output"]["messages"] if msg["type"] == "ai"]
+    model = "graphwire-scripted"
+    assert m[f'langgraph_llm_requests_total{{model="{model}",status="success"}}'] == len(ai) == 2
+    assert m[f'langgraph_llm_tokens_total{{model="{model}",type="input"}}'] == sum(
+        msg["usage_metadata"]["input_tokens"] for msg in ai
+    )
+    assert m[f'langgraph_llm_tokens_total{{model="{model}",type="output"}}'] == sum(
+        msg["usage_metadata"]["output_tokens"] for msg in ai
+    )
+    for node in ("normalize", "tokenize", "count"):
+        assert m[f'graphwire_node_duration_seconds_count{{graph="pipeline",node="{node}"}}'] == 2
+    assert m['graphwire_node_duration_seconds_count{graph="chat",node="agent"}'] == 2
+    assert m['graphwire_node_duration_seconds_count{graph="chat",node="tools"}'] == 1
+    assert m['langgraph_workflow_executions_total{status="success",workflow_name="pipeline"}'] == 2
+    lags = {k: v for k, v in m.items() if k.startswith("graphwire_consumer_lag_records{")}
+    assert lags and set(lags.values()) == {0.0}
+    assert all(f'topic="{topics.requests}"' in k for k in lags)
