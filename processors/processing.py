@@ -59,6 +59,9 @@ class RequestProcessor:
         self._stopping = stopping
         self._gate = gate
         self._events_topic = settings.topics.events
+        self._allowed = frozenset(
+            g.strip() for g in settings.allowed_graphs.split(",") if g.strip()
+        )
         self._versions: dict[str, tuple[Any, str]] = {}
         self._cache = ResultCache(dedup.client) if dedup is not None else None
         self._executor = RunExecutor(
@@ -125,9 +128,12 @@ class RequestProcessor:
             )
             return
         try:
+            if self._allowed and request.graph not in self._allowed:
+                raise UnknownGraphName(request.graph)
             graph = self.registry.get(request.graph)
         except UnknownGraphName:
-            error = UnknownGraph(request.graph, self.registry.names())
+            allowed = [n for n in self.registry.names() if not self._allowed or n in self._allowed]
+            error = UnknownGraph(request.graph, allowed)
             await self._out.reject(
                 record,
                 request.request_id,

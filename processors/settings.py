@@ -26,7 +26,13 @@ class Settings(BaseSettings):
     """graphwire's configuration; flags on the CLI override these."""
 
     model_config = SettingsConfigDict(
-        env_prefix="GRAPHWIRE_", env_file=".env", frozen=True, extra="ignore"
+        env_prefix="GRAPHWIRE_",
+        env_file=".env",
+        frozen=True,
+        extra="ignore",
+        # Kubernetes secrets mounted as files: GRAPHWIRE_SECRETS_DIR=/run/secrets/graphwire
+        # with one file per setting, named like its variable (graphwire_database_url, ...).
+        secrets_dir=os.environ.get("GRAPHWIRE_SECRETS_DIR") or None,
     )
 
     # Kafka
