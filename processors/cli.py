@@ -13,7 +13,6 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -27,6 +26,7 @@ from processors.cli_common import (
     settings_from,
 )
 from processors.cli_gateway import add_parsers as add_gateway_parsers
+from processors.cli_ops import add_parsers as add_ops_parsers
 from processors.cli_state import (
     checkpoints_prune_command,
     dlq_list_command,
@@ -89,25 +89,6 @@ def _processes(args: argparse.Namespace) -> int:
     return run_processes(args.processes, argv, http_port=settings.http_port)
 
 
-async def _topics_ensure(args: argparse.Namespace) -> int:
-    from topics.admin import ensure_topics, partition_counts
-
-    settings = settings_from(args)
-    specs = settings.topics.specs(settings.partitions)
-    outcome = await ensure_topics(
-        settings.bootstrap_servers,
-        specs,
-        replication_factor=settings.replication_factor,
-        **settings.kafka_security(),
-    )
-    counts = await partition_counts(
-        settings.bootstrap_servers, [s.name for s in specs], **settings.kafka_security()
-    )
-    for spec in specs:
-        print(f"{spec.name:<40} {outcome[spec.name]:<8} partitions={counts.get(spec.name, '?')}")
-    return EXIT_OK
-
-
 async def _submit(args: argparse.Namespace) -> int:
     from topics.client import GraphwireClient
 
@@ -158,33 +139,6 @@ def _graphs(args: argparse.Namespace) -> int:
     registry = registry_from(settings_from(args))
     for name in registry.names():
         print(f"{name:<20} {' -> '.join(registry.nodes(name))}")
-    return EXIT_OK
-
-
-def _schema(args: argparse.Namespace) -> int:
-    from topics.schema import json_schemas
-
-    schemas = json_schemas()
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        for name, schema in schemas.items():
-            (out / f"{name}.schema.json").write_text(json.dumps(schema, indent=2) + "\n")
-            print(out / f"{name}.schema.json")
-    else:
-        print(json.dumps(schemas, indent=2))
-    return EXIT_OK
-
-
-def _asyncapi(args: argparse.Namespace) -> int:
-    from topics.asyncapi import asyncapi_document
-
-    text = json.dumps(asyncapi_document(settings_from(args).bootstrap_servers), indent=2) + "\n"
-    if args.out:
-        Path(args.out).write_text(text)
-        print(args.out)
-    else:
-        print(text, end="")
     return EXIT_OK
 
 
@@ -246,16 +200,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=_worker, is_async=True)
 
-    p = sub.add_parser("topics", help="manage graphwire's topics")
-    tsub = p.add_subparsers(dest="topics_command", required=True, metavar="ACTION")
-    e = tsub.add_parser("ensure", help="create missing topics (idempotent)")
-    _kafka_flags(e)
-    e.add_argument("--partitions", type=int, help="partitions of requests/events/results")
-    e.add_argument(
-        "--replication-factor", type=int, help="replicas per partition (3 in production)"
-    )
-    e.set_defaults(func=_topics_ensure, is_async=True)
-
     p = sub.add_parser("submit", help="submit one request; --wait/--stream print its outcome")
     _kafka_flags(p)
     p.add_argument("graph", nargs="?", help="graph name (see `graphwire graphs`)")
@@ -311,19 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_audit_parsers(sub, _kafka_flags)
     add_traffic_parsers(sub, _kafka_flags)
     add_gateway_parsers(sub, _kafka_flags)
+    add_ops_parsers(sub, _kafka_flags)
 
     p = sub.add_parser("graphs", help="list registered graphs and their nodes")
     _graph_flags(p)
     p.set_defaults(func=_graphs, is_async=False)
-
-    p = sub.add_parser("schema", help="print (or write) the JSON Schema of the message contract")
-    p.add_argument("--out", help="directory to write request/event/result .schema.json files")
-    p.set_defaults(func=_schema, is_async=False)
-
-    p = sub.add_parser("asyncapi", help="print (or write) the AsyncAPI 3.0 document of the topics")
-    _kafka_flags(p)
-    p.add_argument("--out", help="file to write (default: standard output)")
-    p.set_defaults(func=_asyncapi, is_async=False)
 
     p = sub.add_parser(
         "dev", help="the whole stack on this machine: broker, Redis, PostgreSQL, runner, sink"

@@ -70,3 +70,42 @@ async def partition_counts(
         return {t["topic"]: len(t["partitions"]) for t in described if t["error_code"] == 0}
     finally:
         await admin.close()
+
+
+async def scale_partitions(
+    bootstrap_servers: str, topic: str, partitions: int, **client_kwargs: Any
+) -> int:
+    """Raise ``topic``'s partition count to ``partitions`` (Kafka ``CreatePartitions``);
+    returns the count it had. Refuses to decrease, which Kafka cannot do."""
+    from aiokafka.admin import NewPartitions
+
+    have = (await partition_counts(bootstrap_servers, [topic], **client_kwargs)).get(topic)
+    if have is None:
+        raise GraphwireError(f"topic {topic} does not exist: run `graphwire topics ensure`")
+    if partitions < have:
+        raise GraphwireError(
+            f"{topic} has {have} partitions; Kafka cannot decrease a topic's partitions. "
+            "To have fewer, create a new topic prefix and move producers to it."
+        )
+    if partitions == have:
+        return have
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **client_kwargs)
+    try:
+        await admin.start()
+        response = await admin.create_partitions({topic: NewPartitions(total_count=partitions)})
+    except KafkaConnectionError as exc:
+        raise DependencyUnavailable(f"cannot reach Kafka at {bootstrap_servers}") from exc
+    except KafkaError as exc:
+        raise GraphwireError(
+            f"the broker refused to add partitions to {topic} ({type(exc).__name__}); it may "
+            "not support CreatePartitions (the bundled test broker does not)"
+        ) from None
+    finally:
+        await admin.close()
+    for name, code, message in getattr(response, "topic_errors", []):
+        if code:
+            raise GraphwireError(
+                f"the broker refused to add partitions to {name} (error {code}: {message}); it "
+                "may not support CreatePartitions (the bundled test broker does not)"
+            )
+    return have

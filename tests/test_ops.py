@@ -1,0 +1,105 @@
+"""Operator commands: graphwire doctor and graphwire topics scale."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import asyncpg
+import pytest
+from pydantic import SecretStr
+
+from processors.auditdb import migrate, server_settings
+from processors.doctor import settings_checks
+from processors.settings import Settings
+from tests.conftest import TEST_DATABASE_URL
+from tests.kafka_helpers import ROOT
+from topics.specs import TopicNames
+
+
+def graphwire(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "processors", *args], cwd=ROOT,
+                          env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+
+
+def rows(output: str) -> dict[str, str]:
+    """``{check name: result}`` from doctor's table."""
+    found = {}
+    for line in output.splitlines()[1:]:
+        name, result = line[:30].strip(), line[31:37].strip()
+        if name:
+            found[name] = result
+    return found
+
+
+@pytest.mark.integration
+async def test_doctor_passes_a_healthy_dev_stack_and_fails_with_the_fix(
+    topics: TopicNames, worker_env: dict[str, str]
+) -> None:
+    prefix = worker_env["GRAPHWIRE_TOPIC_PREFIX"]
+    env = {**worker_env, "GRAPHWIRE_PARTITIONS": "4", "GRAPHWIRE_AUDIT_SCHEMA": prefix}
+    unmigrated = graphwire(env, "doctor")
+    assert unmigrated.returncode == 1, unmigrated.stdout + unmigrated.stderr
+    table = rows(unmigrated.stdout)
+    assert table["audit tables migrated"] == "fail"
+    assert "fix     graphwire db migrate" in unmigrated.stdout
+    conn = await asyncpg.connect(TEST_DATABASE_URL, server_settings=server_settings(prefix))
+    try:
+        await migrate(conn, prefix)
+    finally:
+        await conn.close()
+    healthy = graphwire(env, "doctor")
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+    table = rows(healthy.stdout)
+    for name in ("Kafka reachable", "topics exist", "topic replication", "runner group lag",
+                 "Redis reachable", "PostgreSQL reachable", "audit tables migrated",
+                 "heartbeat vs session timeout", "drain grace periods", "security"):
+        assert table[name] == "pass", (name, healthy.stdout)
+    assert f"{topics.requests}=4" in healthy.stdout
+    assert healthy.stdout.rstrip().endswith("0 fail")
+
+
+def test_doctor_settings_checks_outside_dev() -> None:
+    remote = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        bootstrap_servers="kafka-1.prod:9092,kafka-2.prod:9092",
+        redis_url=SecretStr("redis://cache.prod:6379/0"),
+        database_url=SecretStr("postgresql://app@db.prod:5432/graphwire"),
+        heartbeat_interval_ms=5000,
+        session_timeout_ms=10000,
+    )
+    found = {c.name: c for c in settings_checks(remote)}
+    assert found["Kafka TLS/SASL"].status == "fail"
+    assert "GRAPHWIRE_SECURITY_PROTOCOL=SASL_SSL" in found["Kafka TLS/SASL"].fix
+    assert found["heartbeat vs session timeout"].status == "fail"
+    assert (found["Redis TLS"].status, found["Redis TLS"].fix) == ("warn", "use a rediss:// URL")
+    assert found["PostgreSQL TLS"].status == "warn"
+    assert found["PostgreSQL credentials"].status == "warn"
+    assert found["topic replication (setting)"].status == "warn"
+    secured = remote.model_copy(update={
+        "security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_username": "u", "sasl_password": SecretStr("p"), "heartbeat_interval_ms": 3000,
+        "redis_url": SecretStr("rediss://cache.prod:6379/0"),
+        "database_url": SecretStr("postgresql://app:pw@db.prod:5432/g?sslmode=require"),
+        "replication_factor": 3,
+    })
+    assert {c.status for c in settings_checks(secured)} == {"pass"}
+
+
+@pytest.mark.integration
+def test_topics_scale_refuses_to_decrease_and_names_an_unsupported_broker(
+    topics: TopicNames, worker_env: dict[str, str]
+) -> None:
+    smaller = graphwire(worker_env, "topics", "scale", "--partitions", "2")
+    assert smaller.returncode == 1
+    assert (f"{topics.requests} has 4 partitions; Kafka cannot decrease a topic's partitions"
+            in smaller.stderr)
+    same = graphwire(worker_env, "topics", "scale", "--partitions", "4")
+    assert (same.returncode, same.stdout.strip()) == (
+        0, f"{topics.requests} already has 4 partitions: nothing to do"
+    )
+    # Tansu (the test broker) has no CreatePartitions; Apache Kafka does
+    larger = graphwire(worker_env, "topics", "scale", "--partitions", "8")
+    assert larger.returncode == 1
+    assert "it may not support CreatePartitions (the bundled test broker does not)" in larger.stderr
