@@ -6,6 +6,7 @@ graph handles reaches the metrics.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 from uuid import UUID
@@ -13,7 +14,10 @@ from uuid import UUID
 from langchain_core.callbacks import AsyncCallbackHandler
 from langchain_core.outputs import LLMResult
 
+from processors.logs import bind
 from processors.metrics import RunnerMetrics
+
+log = logging.getLogger(__name__)
 
 
 def _model(serialized: dict[str, Any] | None, metadata: dict[str, Any] | None,
@@ -78,6 +82,7 @@ class RunCallbacks(AsyncCallbackHandler):
         node = (metadata or {}).get("langgraph_node")
         if node is not None and kwargs.get("name") == node:  # the node itself, not its parts
             self._nodes[run_id] = (str(node), time.perf_counter())
+            bind(node=str(node))  # this node's task: its log lines carry the node
 
     async def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
         self._node_done(run_id)
@@ -90,6 +95,6 @@ class RunCallbacks(AsyncCallbackHandler):
         found = self._nodes.pop(run_id, None)
         if found is not None:
             node, started = found
-            self.metrics.node_duration.labels(self.graph, node).observe(
-                time.perf_counter() - started
-            )
+            seconds = time.perf_counter() - started
+            self.metrics.node_duration.labels(self.graph, node).observe(seconds)
+            log.debug("node %s took %.1f ms", node, seconds * 1000)

@@ -201,6 +201,7 @@ class RunExecutor:
         await outbox.confirm()
         self.metrics.executions.labels(request.graph, outcome.status).inc()
         self.metrics.duration.labels(request.graph).observe(duration_ms / 1000)
+        log.debug("run %s in %.1f ms (attempt %d)", outcome.status, duration_ms, attempt)
         return outcome, outbox.acked.get(self._out.results_topic)
 
     async def _back_off(self, request_id: str, attempt: int, outcome: RunOutcome) -> None:

@@ -1,15 +1,74 @@
-"""Logging: one JSON object per line for machines, plain lines on a terminal."""
+"""Logging: one JSON object per line for machines, plain (coloured) lines on a terminal.
+
+Every line logged while a request is handled carries its ``request_id``, ``graph`` and
+``trace_id`` (from the W3C ``traceparent`` header), and inside a node its ``node``: they are
+bound in a context variable, so asyncio tasks and LangGraph nodes see them.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
 import time
-from typing import Any
+from contextvars import ContextVar, Token
+from typing import Any, ClassVar
 
 import orjson
 
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+
+_CONTEXT: ContextVar[dict[str, str] | None] = ContextVar("graphwire_log_context", default=None)
+
+
+def bind(**fields: str | None) -> Token[dict[str, str] | None]:
+    """Add fields to every log line of this task (and tasks it starts); ``unbind`` the token."""
+    found = {k: v for k, v in fields.items() if v}
+    return _CONTEXT.set({**(_CONTEXT.get() or {}), **found})
+
+
+def unbind(token: Token[dict[str, str] | None]) -> None:
+    _CONTEXT.reset(token)
+
+
+def trace_id(traceparent: bytes | str | None) -> str | None:
+    """The trace id of a W3C ``traceparent`` (``00-<32 hex>-<16 hex>-<2 hex>``)."""
+    if not traceparent:
+        return None
+    text = traceparent.decode("ascii", "replace") if isinstance(traceparent, bytes) else traceparent
+    parts = text.strip().split("-")
+    return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None
+
+
+class ContextFilter(logging.Filter):
+    """Copies the bound fields onto each record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in (_CONTEXT.get() or {}).items():
+            if not hasattr(record, key):
+                setattr(record, key, value)
+        return True
+
+
+class TextFormatter(logging.Formatter):
+    """``time level logger: message [request_id=... node=...]``, level coloured on a TTY."""
+
+    _COLOURS: ClassVar[dict[str, str]] = {
+        "WARNING": "33", "ERROR": "31", "CRITICAL": "31;1", "DEBUG": "2"
+    }
+
+    def __init__(self, colour: bool) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+        self.colour = colour
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        bound = [f"{k}={getattr(record, k)}" for k in ("request_id", "graph", "node", "trace_id")
+                 if getattr(record, k, None)]
+        if bound:
+            text += f" [{' '.join(bound)}]"
+        code = self._COLOURS.get(record.levelname)
+        return f"\033[{code}m{text}\033[0m" if self.colour and code else text
 
 
 class JsonFormatter(logging.Formatter):
@@ -37,8 +96,9 @@ def setup_logging(level: str = "INFO", fmt: str = "auto") -> None:
     if use_json:
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter(colour=sys.stderr.isatty()))
         logging.Formatter.converter = time.gmtime
+    handler.addFilter(ContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -25,10 +25,18 @@ from processors.checkpoints import CheckpointStore
 from processors.dedup import Claim, DedupStore, LeaseLost
 from processors.graphrun import RunExecutor
 from processors.health import DependencyGate
+from processors.logs import bind, trace_id, unbind
 from processors.metrics import RunnerMetrics
-from processors.publisher import OutputPublisher, PublishFailed, Record, trace_headers
+from processors.publisher import OutputPublisher, PublishFailed, Record, header, trace_headers
 from processors.settings import Settings
-from topics.codec import decode_request, dumps, event_dict, peek_graph, result_dict
+from topics.codec import (
+    HEADER_TRACEPARENT,
+    decode_request,
+    dumps,
+    event_dict,
+    peek_graph,
+    result_dict,
+)
 from topics.errors import DependencyUnavailable, InvalidRequest, UndecodableMessage, UnknownGraph
 from topics.models import Request
 
@@ -148,6 +156,16 @@ class RequestProcessor:
         await self._run(record, request, graph, started)
 
     async def _run(self, record: Record, request: Request, graph: Any, started: float) -> None:
+        token = bind(request_id=request.request_id, graph=request.graph,
+                     trace_id=trace_id(header(record, HEADER_TRACEPARENT)))
+        try:
+            await self._run_bound(record, request, graph, started)
+        finally:
+            unbind(token)
+
+    async def _run_bound(
+        self, record: Record, request: Request, graph: Any, started: float
+    ) -> None:
         """Claim the request_id, run (or resume) the graph, publish, then mark it done."""
         rid = request.request_id
         if self._dedup is None:

@@ -64,3 +64,32 @@ async def test_llm_node_and_lag_metrics_after_real_runs(
     lags = {k: v for k, v in m.items() if k.startswith("graphwire_consumer_lag_records{")}
     assert lags and set(lags.values()) == {0.0}
     assert all(f'topic="{topics.requests}"' in k for k in lags)
+
+
+async def test_json_logs_carry_request_graph_node_and_trace(
+    bootstrap: str, topics: TopicNames, worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    import orjson
+
+    log = tmp_path / "worker.log"
+    worker = WorkerProcess({**worker_env, "GRAPHWIRE_LOG_LEVEL": "DEBUG"}, log_path=log).start()
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    try:
+        async with Collector(bootstrap, topics.results) as out:
+            await produce(bootstrap, topics.requests, [
+                (b"t1", encode(request("t1")), [("traceparent", f"00-{trace}-00f067aa0ba902b7-01"
+                                                 .encode())]),
+            ])
+            await out.wait_count(topics.results, 1, timeout=60)
+            await asyncio.sleep(0.3)
+    finally:
+        worker.stop()
+    lines = [orjson.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    mine = [line for line in lines if line.get("request_id") == "t1"]
+    run = [line for line in mine if line["msg"].startswith("run success in ")]
+    assert len(run) == 1
+    assert (run[0]["graph"], run[0]["trace_id"], run[0]["level"]) == ("pipeline", trace, "debug")
+    nodes = [line for line in mine if line["msg"].startswith("node ")]
+    assert [line["node"] for line in nodes] == ["normalize", "tokenize", "count"]
+    assert all(line["msg"].startswith(f"node {line['node']} took ") for line in nodes)
+    assert all(line["trace_id"] == trace for line in nodes)
