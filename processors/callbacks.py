@@ -14,6 +14,7 @@ from uuid import UUID
 from langchain_core.callbacks import AsyncCallbackHandler
 from langchain_core.outputs import LLMResult
 
+from processors import tracing
 from processors.logs import bind
 from processors.metrics import RunnerMetrics
 
@@ -43,7 +44,7 @@ class RunCallbacks(AsyncCallbackHandler):
         self.metrics = metrics
         self.graph = graph
         self._models: dict[UUID, str] = {}
-        self._nodes: dict[UUID, tuple[str, float]] = {}
+        self._nodes: dict[UUID, tuple[str, float, Any]] = {}
 
     async def on_chat_model_start(self, serialized: dict[str, Any], messages: Any, *,
                                   run_id: UUID, metadata: dict[str, Any] | None = None,
@@ -81,7 +82,8 @@ class RunCallbacks(AsyncCallbackHandler):
                              **kwargs: Any) -> None:
         node = (metadata or {}).get("langgraph_node")
         if node is not None and kwargs.get("name") == node:  # the node itself, not its parts
-            self._nodes[run_id] = (str(node), time.perf_counter())
+            span = tracing.start_node_span(self.graph, str(node))
+            self._nodes[run_id] = (str(node), time.perf_counter(), span)
             bind(node=str(node))  # this node's task: its log lines carry the node
 
     async def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
@@ -89,12 +91,14 @@ class RunCallbacks(AsyncCallbackHandler):
 
     async def on_chain_error(self, error: BaseException, *, run_id: UUID,
                              **kwargs: Any) -> None:
-        self._node_done(run_id)
+        interrupted = type(error).__name__ in ("GraphInterrupt", "NodeInterrupt")
+        self._node_done(run_id, None if interrupted else error)
 
-    def _node_done(self, run_id: UUID) -> None:
+    def _node_done(self, run_id: UUID, error: BaseException | None = None) -> None:
         found = self._nodes.pop(run_id, None)
         if found is not None:
-            node, started = found
+            node, started, span = found
+            tracing.end_span(span, error)
             seconds = time.perf_counter() - started
             self.metrics.node_duration.labels(self.graph, node).observe(seconds)
             log.debug("node %s took %.1f ms", node, seconds * 1000)

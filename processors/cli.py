@@ -49,6 +49,10 @@ async def _worker(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     setup_logging(settings.log_level, settings.log_format)
+    if settings.otel:
+        from processors.tracing import setup_tracing
+
+        setup_tracing("graphwire-worker")
     registry = registry_from(settings)
     runner = GraphRunner(settings, registry)
     stop = asyncio.Event()

@@ -21,13 +21,14 @@ from psycopg_pool import PoolTimeout
 
 from graphs.execution import RunOutcome, is_retriable, run_graph
 from graphs.registry import GraphOptions
+from processors import tracing
 from processors.callbacks import RunCallbacks
 from processors.checkpoints import CheckpointStore
 from processors.dedup import LeaseLost
 from processors.metrics import RunnerMetrics
-from processors.publisher import OutputPublisher, Record, trace_headers
+from processors.publisher import OutputPublisher, Record, header, trace_headers
 from processors.settings import Settings
-from topics.codec import event_dict, result_dict
+from topics.codec import HEADER_TRACEPARENT, event_dict, result_dict
 from topics.errors import DependencyUnavailable
 from topics.models import Request
 
@@ -84,6 +85,24 @@ class RunExecutor:
         *,
         attempt: int,
         lease_lost: Callable[[], bool] = lambda: False,
+    ) -> tuple[RunOutcome, str | None]:
+        """Run ``request`` to its outcome and publish it (in an OpenTelemetry span when on)."""
+        if not tracing.enabled():
+            return await self._execute(record, request, graph, started, attempt, lease_lost)
+        with tracing.run_span(request.graph, request.request_id,
+                              header(record, HEADER_TRACEPARENT)) as span:
+            outcome = await self._execute(record, request, graph, started, attempt, lease_lost)
+            span.set_attribute("graphwire.status", outcome[0].status)
+            return outcome
+
+    async def _execute(
+        self,
+        record: Record,
+        request: Request,
+        graph: Any,
+        started: float,
+        attempt: int,
+        lease_lost: Callable[[], bool],
     ) -> tuple[RunOutcome, str | None]:
         rid = request.request_id
         key = rid.encode()

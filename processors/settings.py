@@ -161,6 +161,8 @@ class Settings(BaseSettings):
     http_host: str = "0.0.0.0"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "text"] = "auto"
+    otel: bool = False
+    """OpenTelemetry spans per run and node (``graphwire[otel]``; exporter from ``OTEL_*``)."""
 
     @model_validator(mode="after")
     def _check_sasl(self) -> Self:
