@@ -103,3 +103,35 @@ def test_topics_scale_refuses_to_decrease_and_names_an_unsupported_broker(
     larger = graphwire(worker_env, "topics", "scale", "--partitions", "8")
     assert larger.returncode == 1
     assert "it may not support CreatePartitions (the bundled test broker does not)" in larger.stderr
+
+
+def test_sasl_and_tls_settings_reach_every_kind_of_client() -> None:
+    """Runner, CLI and gateway share kafka_security() (aiokafka); the sink gets faust's form."""
+    import ssl
+
+    import faust
+
+    from processors.audit import _credentials
+
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        bootstrap_servers="kafka.prod:9093",
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="graphwire",
+        sasl_password=SecretStr("pw"),
+    )
+    options = settings.kafka_security()
+    assert {k: v for k, v in options.items() if k != "ssl_context"} == {
+        "security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "graphwire", "sasl_plain_password": "pw",
+    }
+    assert isinstance(options["ssl_context"], ssl.SSLContext)
+    credentials = _credentials(settings)
+    assert isinstance(credentials, faust.SASLCredentials)
+    assert (credentials.username, credentials.password, credentials.mechanism.value) == (
+        "graphwire", "pw", "SCRAM-SHA-512"
+    )
+    assert credentials.ssl_context is not None
+    with pytest.raises(ValueError, match="security_protocol=SASL_PLAINTEXT needs"):
+        Settings(_env_file=None, security_protocol="SASL_PLAINTEXT")  # type: ignore[call-arg]
