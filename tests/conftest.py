@@ -6,6 +6,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -93,3 +94,15 @@ def _no_env_leak(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None] | None:
         if key.startswith("GRAPHWIRE_") and key != "GRAPHWIRE_TEST_BOOTSTRAP":
             monkeypatch.delenv(key)
     return None
+
+
+@pytest.fixture
+def worker(topics: TopicNames, worker_env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
+    """A ``graphwire worker`` child process for this test's topics (log in ``worker.log``)."""
+    from tests.kafka_helpers import WorkerProcess
+
+    process = WorkerProcess(worker_env, log_path=tmp_path / "worker.log").start()
+    try:
+        yield process
+    finally:
+        process.stop()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -16,17 +14,6 @@ from topics.specs import TopicNames
 from topics.syncclient import Client
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def worker(
-    topics: TopicNames, worker_env: dict[str, str], tmp_path: Path
-) -> Iterator[WorkerProcess]:
-    process = WorkerProcess(worker_env, log_path=tmp_path / "worker.log").start()
-    try:
-        yield process
-    finally:
-        process.stop()
 
 
 async def test_many_concurrent_requests_are_demultiplexed_from_one_consumer(

@@ -4,7 +4,6 @@ stream backfill)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +26,6 @@ from tests.test_audit import wait_rows
 from topics.specs import TopicNames
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def worker(
-    bootstrap: str, topics: TopicNames, worker_env: dict[str, str], tmp_path: Path
-) -> Iterator[WorkerProcess]:
-    process = WorkerProcess(worker_env, log_path=tmp_path / "worker.log").start()
-    try:
-        yield process
-    finally:
-        process.stop()
 
 
 def body(graph: str = "pipeline", **extra: Any) -> dict[str, Any]:
