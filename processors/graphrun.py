@@ -125,8 +125,9 @@ class RunExecutor:
             "configurable": {**request.config.configurable, "thread_id": thread_id or rid},
             "recursion_limit": request.config.recursion_limit,
             "metadata": {"graphwire_request_id": rid},
-            "callbacks": [RunCallbacks(self.metrics, request.graph)],
         }
+        if self.settings.run_callbacks:
+            config["callbacks"] = [RunCallbacks(self.metrics, request.graph)]
         if request.config.tags:
             config["tags"] = request.config.tags
         if request.config.max_concurrency:

@@ -161,6 +161,10 @@ class Settings(BaseSettings):
     http_host: str = "0.0.0.0"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "text"] = "auto"
+    run_callbacks: bool = True
+    """LangChain callbacks on every run (LLM calls and tokens, node durations, node spans and
+    log fields). They cost about 10% of a trivial graph's speed and nothing noticeable next to
+    an LLM call; switch them off for cheap, high-volume graphs."""
     otel: bool = False
     """OpenTelemetry spans per run and node (``graphwire[otel]``; exporter from ``OTEL_*``)."""
 
