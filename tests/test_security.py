@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
@@ -32,12 +33,21 @@ JWT_SECRET = "jwt-Sup3r-s3cret-0xFACADE-long-enough-for-hs256"
 API_KEY = "gw_Sup3r_s3cret_api_key_0xDECAF"
 
 
+def _with_password(url: str) -> tuple[str, str]:
+    """The test database URL with a password in it, and that password. With trust auth (this
+    machine) one is added: it is sent and ignored; a URL with its own (CI) keeps it."""
+    parts = urlsplit(url)
+    if parts.password:
+        return url, parts.password
+    netloc = f"{parts.username or 'postgres'}:{PG_PASSWORD}@{parts.hostname}:{parts.port or 5432}"
+    return urlunsplit(parts._replace(netloc=netloc)), PG_PASSWORD
+
+
 async def test_a_full_run_leaks_no_configured_secret(
     bootstrap: str, topics: TopicNames, worker_env: dict[str, str], tmp_path: Path
 ) -> None:
     prefix = worker_env["GRAPHWIRE_TOPIC_PREFIX"]
-    # trust auth on the test PostgreSQL: the password is sent and ignored, so it is "in use"
-    database_url = TEST_DATABASE_URL.replace("://", f"://postgres:{PG_PASSWORD}@", 1)
+    database_url, pg_password = _with_password(TEST_DATABASE_URL)
     ports = {"worker": free_port(), "audit": free_port(), "gateway": free_port()}
     env = {
         **worker_env,
@@ -112,7 +122,7 @@ async def test_a_full_run_leaks_no_configured_secret(
     texts += [repr(dict(r)) for r in [*rows, *letters]]
     texts += [path.read_text(errors="replace") for path in logs.values()]
     assert sum(len(t) for t in texts) > 10_000  # DEBUG logs and messages were really read
-    for secret in (PG_PASSWORD, SASL_PASSWORD, JWT_SECRET, API_KEY, API_KEY[:-1]):
+    for secret in (pg_password, SASL_PASSWORD, JWT_SECRET, API_KEY, API_KEY[:-1]):
         leaks = [t[max(0, t.find(secret) - 80): t.find(secret) + 80] for t in texts
                  if secret in t]
         assert leaks == [], f"{secret!r} leaked: {leaks[:3]}"
