@@ -235,7 +235,9 @@ async def run_dev(
         )
         ok = True
         if demo_requests:
-            async with GraphwireClient(broker.bootstrap_servers) as client:
+            async with GraphwireClient(
+                broker.bootstrap_servers, topic_prefix=base.topic_prefix
+            ) as client:
                 ok, ids = await demo(client)
             recorded = await _audited(services.database_url, ids)
             print(f"\naudit: {recorded} of {len(ids)} runs recorded in PostgreSQL "

@@ -103,7 +103,11 @@ async def kafka_checks(settings: Settings) -> list[Check]:
         return [Check("Kafka reachable", "fail", f"{settings.bootstrap_servers}: {exc}",
                       "check GRAPHWIRE_BOOTSTRAP_SERVERS and the security settings")]
     try:
-        cluster = await admin.describe_cluster()
+        try:
+            cluster = await admin.describe_cluster()
+        except Exception as exc:
+            return [Check("Kafka reachable", "fail", f"describe cluster failed: {exc}",
+                          "check the brokers and the client's permissions (DescribeCluster)")]
         detail = (f"{len(cluster['brokers'])} broker(s), cluster {cluster.get('cluster_id')}, "
                   f"controller {cluster.get('controller_id')}")
         checks.append(Check("Kafka reachable", "pass", detail))

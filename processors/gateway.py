@@ -10,6 +10,8 @@ rate limited per principal in Redis, and are recorded in the request's ``metadat
 
 import asyncio
 import contextlib
+import re
+import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -35,7 +37,7 @@ from processors.gatewaymodels import (
 from processors.gatewaysse import event_stream
 from processors.settings import Settings
 from topics.client import GraphwireClient
-from topics.errors import GraphwireError
+from topics.errors import DependencyUnavailable, GraphwireError
 from topics.models import Result
 
 
@@ -83,8 +85,13 @@ class Gateway:
             self.metrics.auth_failures.labels(str(exc.status)).inc()
             headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
             raise HTTPException(exc.status, str(exc), headers=headers) from None
+        await self.charge(principal, 1)
+        return principal
+
+    async def charge(self, principal: Principal, cost: int) -> None:
+        """Count ``cost`` requests against the principal's rate limit; 429 over it."""
         assert self.limiter is not None
-        decision = await self.limiter.check(principal)
+        decision = await self.limiter.check(principal, cost)
         if not decision.allowed:
             self.metrics.rate_limited.inc()
             raise HTTPException(
@@ -92,23 +99,31 @@ class Gateway:
                 f"rate limit of {principal.rate_per_minute} requests per minute reached",
                 headers={"Retry-After": str(decision.retry_after_s)},
             )
-        return principal
+
+    def allow(self, body: WorkflowRequest, principal: Principal) -> None:
+        if not principal.may_run(body.workflow_name):
+            self.metrics.auth_failures.labels("403").inc()
+            raise HTTPException(403, f"{principal.name} may not run {body.workflow_name!r}")
 
     async def submit(
         self, body: WorkflowRequest, principal: Principal, idempotency_key: str | None
     ) -> str:
-        if not principal.may_run(body.workflow_name):
-            raise HTTPException(403, f"{principal.name} may not run {body.workflow_name!r}")
+        """Produce the run. Its request_id and thread_id are the caller's namespaced
+        (``<scope>.<id>``): one caller can neither read nor resume nor pre-empt another's."""
+        self.allow(body, principal)
         request_id = body.request_id
         if idempotency_key:
             if request_id and request_id != idempotency_key:
                 raise HTTPException(422, "Idempotency-Key and request_id differ; send one")
             request_id = idempotency_key
+        scope = principal.scope
         metadata = {**body.metadata, "principal": principal.as_metadata()}
         try:
             return await self.client.submit(
-                body.workflow_name, body.input_data, request_id=request_id,
-                thread_id=body.thread_id, command=body.command,
+                body.workflow_name, body.input_data,
+                request_id=f"{scope}.{request_id or uuid.uuid4().hex}",
+                thread_id=f"{scope}.{body.thread_id}" if body.thread_id else None,
+                command=body.command,
                 config=body.config.model_dump(exclude_defaults=True),
                 stream=body.stream, metadata=metadata, timeout_s=body.timeout_s,
             )
@@ -121,10 +136,17 @@ class Gateway:
             result = await self.client.result(request_id, timeout=timeout)
             return Response(orjson.dumps(result.model_dump(mode="json")),
                             media_type="application/json")
+        except DependencyUnavailable as exc:
+            raise HTTPException(503, str(exc)) from None
         except TimeoutError:
             raise HTTPException(
                 504, f"no result within {timeout:g} s; poll /workflow/status/{request_id}"
             ) from None
+
+    def own(self, request_id: str, principal: Principal) -> None:
+        """404 (not 403: no hint that it exists) for another caller's run."""
+        if not request_id.startswith(f"{principal.scope}."):
+            raise HTTPException(404, f"unknown request {request_id!r}")
 
     async def status(self, request_id: str) -> RunStatus:
         """Redis (the runner's lease and done marker) first, then the audit table."""
@@ -146,11 +168,20 @@ class Gateway:
                     return RunStatus(request_id=request_id, source="postgresql", **dict(row))
         raise HTTPException(404, f"unknown request {request_id!r}")
 
-    def readiness(self) -> dict[str, str]:
-        kafka = "ok" if self.client._consumer is not None else "not connected"
-        postgres = "ok" if self.db is not None else "unavailable (status from Redis only)"
-        return {"kafka": kafka, "redis": "ok" if self.limiter else "not connected",
-                "postgresql": postgres}
+    async def readiness(self) -> dict[str, str]:
+        """Kafka (the reader runs), Redis (answers) and PostgreSQL (answers; optional)."""
+        deps = {"kafka": "ok" if self.client.reading else "the result reader is not running"}
+        try:
+            await asyncio.wait_for(self.store.ping(), 2)
+            deps["redis"] = "ok"
+        except Exception as exc:
+            deps["redis"] = f"{type(exc).__name__}: {exc}"
+        deps["postgresql"] = "unavailable (status from Redis only)"
+        if self.db is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.db.fetchval("SELECT 1"), 2)
+                deps["postgresql"] = "ok"
+        return deps
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -183,7 +214,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(Measure, metrics=gw.metrics)
 
     Caller = Annotated[Principal, Depends(gw.principal)]
-    IdemKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=128)]
+    IdemKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=115)]
     Wait = Annotated[float | None, Query(gt=0, le=600, description="seconds (default setting)")]
 
     @app.post("/workflow/execute", status_code=202, response_model=Accepted | Result,
@@ -208,8 +239,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return await gw.wait(rid, timeout or settings.gateway_wait_timeout_s)
 
     @app.get("/workflow/status/{request_id}", response_model=RunStatus)
-    async def status(request_id: str, _caller: Caller) -> RunStatus:
+    async def status(request_id: str, caller: Caller) -> RunStatus:
         """Where a run is: Redis (live) first, then the audit table."""
+        gw.own(request_id, caller)
         return await gw.status(request_id)
 
     @app.post("/workflow/stream", response_class=StreamingResponse,
@@ -222,13 +254,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/workflow/stream/{request_id}", response_class=StreamingResponse,
              responses={200: {"content": {"text/event-stream": {}}}})
-    async def restream(request_id: str, _caller: Caller,
+    async def restream(request_id: str, caller: Caller,
                        last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
                        ) -> StreamingResponse:
         """Stream a run's events from after ``Last-Event-ID`` (reconnects miss nothing).
         404 when neither this gateway, Redis nor the audit table knows the request."""
-        after = int(last_event_id) if last_event_id and last_event_id.isdigit() else -1
-        if request_id not in gw.client._watched:
+        gw.own(request_id, caller)
+        valid = last_event_id and re.fullmatch(r"[0-9]{1,9}", last_event_id)
+        after = int(last_event_id) if valid and last_event_id else -1
+        if not gw.client.watching(request_id):
             await gw.status(request_id)  # raises 404 for an unknown request
         return _sse(gw, request_id, after)
 
@@ -237,6 +271,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Submit many runs; with ``wait`` gather their results."""
         if len(body.requests) > settings.gateway_max_batch:
             raise HTTPException(422, f"at most {settings.gateway_max_batch} requests per batch")
+        for item in body.requests:  # all or nothing: refuse before submitting any
+            gw.allow(item, caller)
+        if len(body.requests) > 1:  # each run counts against the rate limit
+            await gw.charge(caller, len(body.requests) - 1)
         ids = [await gw.submit(item, caller, None) for item in body.requests]
         if not body.wait:
             return BatchResponse(request_ids=ids)
@@ -252,7 +290,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/ready")
     async def ready() -> JSONResponse:
-        deps = gw.readiness()
+        deps = await gw.readiness()
         ok = deps["kafka"] == "ok" and deps["redis"] == "ok"
         return JSONResponse({"ready": ok, "dependencies": deps}, status_code=200 if ok else 503)
 

@@ -37,6 +37,11 @@ class Principal:
     graphs: frozenset[str]
     rate_per_minute: int
 
+    @property
+    def scope(self) -> str:
+        """A short stable name for this caller's runs and threads (``<scope>.<id>``)."""
+        return hashlib.sha256(f"{self.kind}:{self.name}".encode()).hexdigest()[:12]
+
     def may_run(self, graph: str) -> bool:
         return "*" in self.graphs or graph in self.graphs
 
@@ -84,7 +89,13 @@ class Authenticator:
         self._keys = self._load_keys(settings)
         self._jwt_keys: list[tuple[str, Any]] = []
         if settings.gateway_jwt_secret is not None:
-            self._jwt_keys.append(("HS256", settings.gateway_jwt_secret.get_secret_value()))
+            secret = settings.gateway_jwt_secret.get_secret_value()
+            if len(secret.encode()) < 32:
+                raise GraphwireError(
+                    "GRAPHWIRE_GATEWAY_JWT_SECRET must be at least 32 bytes (HS256 needs a "
+                    "key as long as its hash); generate one with `openssl rand -hex 32`"
+                )
+            self._jwt_keys.append(("HS256", secret))
         if settings.gateway_jwt_public_key:
             pem = settings.gateway_jwt_public_key
             if not pem.lstrip().startswith("-----BEGIN"):
@@ -150,7 +161,7 @@ class Authenticator:
                 )
             except jwt.ExpiredSignatureError:
                 raise AuthError(401, "the JWT has expired") from None
-            except jwt.InvalidTokenError as exc:
+            except jwt.PyJWTError as exc:  # invalid token, or a key of the wrong kind
                 last = exc
                 continue
             graphs = claims.get("graphs", [])
@@ -162,7 +173,7 @@ class Authenticator:
         raise AuthError(401, f"invalid JWT ({type(last).__name__})")
 
 
-# KEYS[1] the principal's window. ARGV: limit, window_ms, unique member.
+# KEYS[1] the principal's window. ARGV: limit, window_ms, unique member, cost.
 # -> {1, remaining, 0} allowed | {0, 0, retry_after_ms} refused. Redis's clock, one round trip.
 _SLIDING_WINDOW = """
 local t = redis.call('TIME')
@@ -170,11 +181,13 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local window = tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 local used = redis.call('ZCARD', KEYS[1])
-if used < tonumber(ARGV[1]) then
-  redis.call('ZADD', KEYS[1], now, ARGV[3])
+local cost = tonumber(ARGV[4])
+if used + cost <= tonumber(ARGV[1]) then
+  for i = 1, cost do redis.call('ZADD', KEYS[1], now, ARGV[3] .. ':' .. i) end
   redis.call('PEXPIRE', KEYS[1], window)
-  return {1, tonumber(ARGV[1]) - used - 1, 0}
+  return {1, tonumber(ARGV[1]) - used - cost, 0}
 end
+if used == 0 then return {0, 0, window} end
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return {0, 0, tonumber(oldest[2]) + window - now}
 """
@@ -195,9 +208,11 @@ class RateLimiter:
         self._ns = namespace
         self._window_ms = window_ms
 
-    async def check(self, principal: Principal) -> Decision:
+    async def check(self, principal: Principal, cost: int = 1) -> Decision:
+        """Count ``cost`` requests (all or none) against the principal's window."""
         key = f"{self._ns}:ratelimit:{principal.kind}:{principal.name}"
         allowed, remaining, retry_ms = await self._script(
-            keys=[key], args=[principal.rate_per_minute, self._window_ms, uuid.uuid4().hex]
+            keys=[key],
+            args=[principal.rate_per_minute, self._window_ms, uuid.uuid4().hex, cost],
         )
         return Decision(bool(allowed), int(remaining), max(1, -(-int(retry_ms) // 1000)))

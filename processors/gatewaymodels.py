@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 import orjson
+from fastapi import HTTPException
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -22,9 +23,12 @@ class WorkflowRequest(BaseModel):
     workflow_name: str = Field(min_length=1, max_length=200, description="a registered graph")
     input_data: dict[str, Any] | None = Field(default=None, description="the graph's input")
     config: RunConfig = Field(default_factory=RunConfig)
-    request_id: str | None = Field(default=None, min_length=1, max_length=128,
-                                   pattern=r"^[\x20-\x7e]+$")
-    thread_id: str | None = Field(default=None, min_length=1, max_length=256)
+    request_id: str | None = Field(
+        default=None, min_length=1, max_length=115, pattern=r"^[\x20-\x7e]+$",
+        description="idempotency key; the run's id is it, in the caller's namespace",
+    )
+    thread_id: str | None = Field(default=None, min_length=1, max_length=240,
+                                  description="the caller's thread (namespaced per caller)")
     command: dict[str, Any] | None = Field(
         default=None, description='instead of input, e.g. {"resume": ...}'
     )
@@ -107,14 +111,11 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _TooLarge
+                if seen > self.max_bytes:  # a chunked body: FastAPI turns this into the 413
+                    raise HTTPException(413, f"request body over {self.max_bytes} bytes")
             return message
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await self._refuse(send)
+        await self.app(scope, limited, send)
 
     async def _refuse(self, send: Send) -> None:
         body = orjson.dumps({"detail": f"request body over {self.max_bytes} bytes"})
@@ -123,9 +124,6 @@ class BodyLimit:
                                 (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 
-
-class _TooLarge(Exception):
-    pass
 
 
 class Measure:

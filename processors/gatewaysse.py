@@ -9,6 +9,7 @@ late) are read back from the audit table, which the sink fills within about a se
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import orjson
 
 from topics.client import GraphwireClient
+from topics.errors import GraphwireError
 from topics.models import Event
 
 KEEPALIVE_S = 15.0
@@ -53,6 +55,9 @@ async def event_stream(
 ) -> AsyncIterator[bytes]:
     """The SSE body: events with seq > ``after`` in order, then ``event: result``."""
     client.watch(request_id)
+    if client.known_result(request_id) is None:  # a finished run: the result via Redis, now
+        with contextlib.suppress(TimeoutError, GraphwireError):
+            await client.result(request_id, timeout=0.05)
     sent = after
     deadline = time.monotonic() + timeout
     last_write = time.monotonic()

@@ -40,6 +40,8 @@ async def test_execute_wait_invoke_status_and_principal(
         accepted = await http.post("/workflow/execute", json=body(), headers=A)
         assert accepted.status_code == 202, accepted.text
         rid = accepted.json()["request_id"]
+        scope, _, own = rid.partition(".")
+        assert len(scope) == 12 and len(own) == 32  # the caller's namespace, a fresh uuid
         assert accepted.json() == {"request_id": rid, "status": "accepted",
                                    "status_url": f"/workflow/status/{rid}",
                                    "stream_url": f"/workflow/stream/{rid}"}
@@ -62,10 +64,16 @@ async def test_execute_wait_invoke_status_and_principal(
         assert invoked.status_code == 200
         assert invoked.json()["metadata"] == {"x": 1,
                                               "principal": {"type": "api_key", "name": "svc-a"}}
-        missing = await http.get("/workflow/status/never-submitted", headers=A)
+        missing = await http.get(f"/workflow/status/{scope}.never-submitted", headers=A)
         assert (missing.status_code, missing.json()) == (
-            404, {"detail": "unknown request 'never-submitted'"}
+            404, {"detail": f"unknown request '{scope}.never-submitted'"}
         )
+        other = {"Authorization": f"Bearer {token('someone-else', ['*'])}"}
+        for path in (f"/workflow/status/{rid}", f"/workflow/stream/{rid}"):
+            hidden = await http.get(path, headers=other)  # another caller's run: not found
+            assert (hidden.status_code, hidden.json()) == (
+                404, {"detail": f"unknown request '{rid}'"}
+            )
 
 
 async def test_auth_matrix(worker: WorkerProcess, worker_env: dict[str, str]) -> None:
@@ -94,7 +102,7 @@ async def test_auth_matrix(worker: WorkerProcess, worker_env: dict[str, str]) ->
         assert ok.json()["metadata"]["principal"] == {"type": "jwt", "name": "user-7"}
         metrics = (await http.get("/metrics")).text
         assert 'graphwire_gateway_auth_failures_total{status="401"} 5.0' in metrics
-        assert 'graphwire_gateway_auth_failures_total{status="403"} 0.0' not in metrics
+        assert 'graphwire_gateway_auth_failures_total{status="403"} 2.0' in metrics
 
 
 async def test_rate_limit_boundary(worker: WorkerProcess, worker_env: dict[str, str]) -> None:
@@ -115,6 +123,7 @@ async def test_idempotency_key_twice_is_one_run(
     worker: WorkerProcess, worker_env: dict[str, str], bootstrap: str, topics: TopicNames
 ) -> None:
     headers = {**A, "Idempotency-Key": "order-42"}
+    other = {"Authorization": f"Bearer {token('user-9', ['*'])}", "Idempotency-Key": "order-42"}
     async with Collector(bootstrap, topics.results, topics.events) as out, serve(
         gateway_settings(worker_env)
     ) as http:
@@ -122,15 +131,21 @@ async def test_idempotency_key_twice_is_one_run(
         second = await http.post("/workflow/execute?wait=true", json=body(), headers=headers)
         assert first.status_code == second.status_code == 200
         assert first.json() == second.json()
-        assert first.json()["request_id"] == "order-42"
+        rid = first.json()["request_id"]
+        assert rid.endswith(".order-42")
+        # the same key from another caller is that caller's own run, not a peek at this one
+        theirs = await http.post("/workflow/execute?wait=true", json=body(), headers=other)
+        assert theirs.status_code == 200
+        assert theirs.json()["request_id"].endswith(".order-42")
+        assert theirs.json()["request_id"] != rid
+        assert theirs.json()["metadata"]["principal"] == {"type": "jwt", "name": "user-9"}
         clash = await http.post("/workflow/execute", json=body(request_id="other"),
                                 headers=headers)
         assert clash.status_code == 422
         await asyncio.sleep(1)
-    started = [e for e in out.values(topics.events)
-               if e["request_id"] == "order-42" and e["type"] == "run_started"]
-    assert len(started) == 1
-    assert [r["request_id"] for r in out.values(topics.results)].count("order-42") == 1
+    started = [e["request_id"] for e in out.values(topics.events) if e["type"] == "run_started"]
+    assert sorted(started) == sorted([rid, theirs.json()["request_id"]])
+    assert [r["request_id"] for r in out.values(topics.results)].count(rid) == 1
 
 
 def sse(text: str) -> list[dict[str, Any]]:
@@ -163,6 +178,11 @@ async def test_stream_and_reconnect_with_last_event_id(
         frames = sse(again.text)
         assert [f.get("id") for f in frames] == ["3", "4", None]
         assert frames[-1]["data"]["output"]["count"] == 2
+        done = await http.get(f"/workflow/stream/{rid}", headers={**A, "Last-Event-ID": "4"})
+        assert [f["event"] for f in sse(done.text)] == ["result"]  # after the last: the result
+        garbage = await http.get(f"/workflow/stream/{rid}",
+                                 headers={**A, "Last-Event-ID": "9" * 5000})
+        assert [f.get("id") for f in sse(garbage.text)] == ["0", "1", "2", "3", "4", None]
 
 
 async def test_batch_validation_body_limit_health(
@@ -184,10 +204,28 @@ async def test_batch_validation_body_limit_health(
         big = await http.post("/workflow/execute", headers=A,
                               json=body(input_data={"text": "x" * 5000}))
         assert (big.status_code, big.json()) == (413, {"detail": "request body over 2048 bytes"})
+
+        async def chunks() -> Any:  # no Content-Length: the limit counts what streams in
+            yield b'{"workflow_name": "echo", "input_data": {"text": "'
+            for _ in range(10):
+                yield b"y" * 500
+            yield b'"}}'
+
+        chunked = await http.post("/workflow/execute", headers={**A, "Content-Type":
+                                  "application/json"}, content=chunks())
+        assert (chunked.status_code, chunked.json()) == (
+            413, {"detail": "request body over 2048 bytes"}
+        )
+        forbidden = await http.post("/workflow/batch", headers=A, json={"requests": [
+            body("echo"), body("chat")]})
+        assert forbidden.status_code == 403  # svc-a may not run chat: nothing was submitted
+        too_many = await http.post("/workflow/batch", headers={"X-API-Key": KEY_LIMITED},
+                                   json={"requests": [body("echo")] * 6})
+        assert too_many.status_code == 429  # six runs against a limit of five a minute
         assert (await http.get("/health")).json() == {"status": "alive"}
         ready = await http.get("/ready")
         assert ready.status_code == 200
-        assert ready.json()["dependencies"]["kafka"] == "ok"
+        assert ready.json()["dependencies"] == {"kafka": "ok", "redis": "ok", "postgresql": "ok"}
         docs = await http.get("/openapi.json")
         assert "/workflow/execute" in docs.json()["paths"]
         metrics = (await http.get("/metrics")).text

@@ -13,13 +13,15 @@ request names the result's topic/partition/offset, and the client reads that one
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections import OrderedDict, defaultdict
 from collections.abc import AsyncGenerator, Iterable, Mapping
 from typing import Any, Self
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import KafkaConnectionError, KafkaError
+from redis.exceptions import RedisError
 
 from topics.codec import HEADER_REPLY_TO, HEADER_TRACEPARENT, dumps, loads
 from topics.errors import (
@@ -32,6 +34,8 @@ from topics.errors import (
 )
 from topics.models import Event, Request, Result
 from topics.specs import TopicNames
+
+log = logging.getLogger(__name__)
 
 
 class GraphwireClient:
@@ -58,7 +62,8 @@ class GraphwireClient:
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._reader: asyncio.Task[None] | None = None
-        self._watched: set[str] = set()
+        self._watched: OrderedDict[str, None] = OrderedDict()
+        self._waiting: dict[str, int] = {}
         self._results: OrderedDict[str, Result] = OrderedDict()
         self._result_waiters: dict[str, asyncio.Future[Result]] = {}
         self._events: OrderedDict[str, list[Event]] = OrderedDict()
@@ -158,9 +163,11 @@ class GraphwireClient:
             headers.append((HEADER_REPLY_TO, reply_to.encode()))
         if traceparent:
             headers.append((HEADER_TRACEPARENT, traceparent.encode()))
-        self._watched.add(request.request_id)
+        self.watch(request.request_id)
         if request.thread_id:
             self._thread_graphs[request.thread_id] = request.graph
+            if len(self._thread_graphs) > self._max_kept:
+                del self._thread_graphs[next(iter(self._thread_graphs))]
         await self._producer.send_and_wait(
             self.topics.requests,
             dumps(request.model_dump(mode="json")),
@@ -176,18 +183,27 @@ class GraphwireClient:
 
         With ``raise_on_error``, a result other than ``success``/``interrupted`` raises
         ``RunError``, ``RunRejected`` or ``RunTimedOut`` (each carries the result)."""
-        self._watched.add(request_id)
+        self.watch(request_id)
         found = self._results.get(request_id)
         if found is None and request_id not in self._result_waiters and self._redis_url:
             found = await self._published_earlier(request_id)
             if found is not None:
                 self._keep(found)
+            found = self._results.get(request_id)  # may have arrived while Redis answered
         if found is None:
             waiter = self._result_waiters.get(request_id)
             if waiter is None:
                 waiter = asyncio.get_running_loop().create_future()
                 self._result_waiters[request_id] = waiter
-            found = await asyncio.wait_for(asyncio.shield(waiter), timeout)
+            self._waiting[request_id] = self._waiting.get(request_id, 0) + 1
+            try:
+                found = await asyncio.wait_for(asyncio.shield(waiter), timeout)
+            finally:  # a wait that gave up (timeout, caller gone) leaves nothing behind
+                left = self._waiting.pop(request_id, 1) - 1
+                if left:
+                    self._waiting[request_id] = left
+                elif not waiter.done():
+                    self._result_waiters.pop(request_id, None)
         if raise_on_error:
             _raise_for(found)
         return found
@@ -215,7 +231,7 @@ class GraphwireClient:
         redis = Redis.from_url(self._redis_url, socket_timeout=5)
         try:
             marker = await redis.get(f"{self.topics.prefix}:{{{request_id}}}:done")
-        except OSError as exc:
+        except (OSError, RedisError) as exc:
             raise DependencyUnavailable(f"Redis does not answer ({exc})") from exc
         finally:
             await redis.aclose()
@@ -242,7 +258,14 @@ class GraphwireClient:
 
     def watch(self, request_id: str) -> None:
         """Start keeping the results and events of ``request_id`` (``submit`` does this)."""
-        self._watched.add(request_id)
+        self._watched[request_id] = None
+        self._watched.move_to_end(request_id)
+        while len(self._watched) > 4 * self._max_kept:  # the oldest are long answered
+            old, _ = self._watched.popitem(last=False)
+            self._event_signal.pop(old, None)
+
+    def watching(self, request_id: str) -> bool:
+        return request_id in self._watched
 
     def event_signal(self, request_id: str) -> asyncio.Event:
         """Set (by the reader) whenever an event of ``request_id`` arrives; clear it to wait."""
@@ -263,7 +286,7 @@ class GraphwireClient:
         """Yield the events of ``request_id`` with seq above ``after_seq``, in seq order, ending
         after ``run_finished``. Events that arrive twice (a run republished after a crash) are
         yielded once."""
-        self._watched.add(request_id)
+        self.watch(request_id)
         next_seq = after_seq + 1
         while True:
             signal = self._event_signal[request_id]
@@ -297,26 +320,42 @@ class GraphwireClient:
         timeout = kwargs.pop("wait_timeout", None)
         return await self.result(await self.submit(graph, input, **kwargs), timeout)
 
+    @property
+    def reading(self) -> bool:
+        """True while the reader of results and events runs (readiness)."""
+        return self._reader is not None and not self._reader.done()
+
     async def _read(self) -> None:
         assert self._consumer is not None
-        results_topic = self.topics.results
         while True:
-            batches = await self._consumer.getmany(timeout_ms=200)
+            try:
+                batches = await self._consumer.getmany(timeout_ms=200)
+            except KafkaError as exc:  # the broker away for a moment: keep the reader alive
+                log.warning("reading results and events failed (%s); retrying", exc)
+                await asyncio.sleep(0.5)
+                continue
             for tp, records in batches.items():
                 for record in records:
-                    rid = record.key.decode("utf-8", "replace") if record.key else None
-                    if rid not in self._watched or record.value is None:
-                        continue
-                    if tp.topic == results_topic:
-                        result = Result.model_validate(loads(record.value))
-                        if rid not in self._results:
-                            self._keep(result)
-                        waiter = self._result_waiters.pop(rid, None)
-                        if waiter is not None and not waiter.done():
-                            waiter.set_result(self._results[rid])
-                    else:
-                        self._keep_event(rid, Event.model_validate(loads(record.value)))
-                        self._event_signal[rid].set()
+                    try:
+                        self._take(tp.topic, record)
+                    except Exception as exc:  # one malformed record must not stop the reader
+                        log.warning("skipping %s/%d/%d: %s", tp.topic, tp.partition,
+                                    record.offset, exc)
+
+    def _take(self, topic: str, record: Any) -> None:
+        rid = record.key.decode("utf-8", "replace") if record.key else None
+        if rid is None or rid not in self._watched or record.value is None:
+            return
+        if topic == self.topics.results:
+            result = Result.model_validate(loads(record.value))
+            if rid not in self._results:
+                self._keep(result)
+            waiter = self._result_waiters.pop(rid, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(self._results[rid])
+        else:
+            self._keep_event(rid, Event.model_validate(loads(record.value)))
+            self._event_signal[rid].set()
 
 
 def _raise_for(result: Result) -> None:

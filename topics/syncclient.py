@@ -13,6 +13,8 @@ loop already runs (Jupyter) as well as in plain scripts::
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import threading
 from collections.abc import Coroutine, Iterator, Mapping
 from typing import Any, Self, TypeVar
@@ -69,12 +71,17 @@ class Client:
 
         try:
             while True:
+                future = asyncio.run_coroutine_threadsafe(step(), self._loop)
                 try:
-                    yield self._call(step(), timeout)
+                    yield future.result(timeout)
                 except StopAsyncIteration:
                     return
+                except concurrent.futures.TimeoutError:
+                    future.cancel()
+                    raise TimeoutError(f"no event of {request_id} within {timeout} s") from None
         finally:
-            self._call(stream.aclose())
+            with contextlib.suppress(RuntimeError, StopAsyncIteration):
+                self._call(stream.aclose(), 5)
 
     def close(self) -> None:
         """Disconnect and stop the background loop. Idempotent."""
