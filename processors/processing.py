@@ -178,6 +178,9 @@ class RequestProcessor:
             self.metrics.duplicates.inc()
             log.info("skipping %s: already done (%s)", rid, claim.detail)
             return
+        if claim.attempt > self.settings.max_deliveries:
+            await self._give_up(record, request, claim.attempt - 1, started, owner)
+            return
         dedup = self._dedup
         dedup.hold(rid, owner, on_lost=lambda: self._executor.drain_request(rid, "lease lost"))
         try:
@@ -200,6 +203,36 @@ class RequestProcessor:
             raise
         finally:
             self._dedup.let_go(rid)
+
+    async def _give_up(
+        self, record: Record, request: Request, started_times: int, started: float, owner: str
+    ) -> None:
+        """A poison message: started ``started_times`` times, never finished. Do not run it
+        again: publish an ``error`` result and a dead letter, and mark it done."""
+        assert self._dedup is not None
+        rid = request.request_id
+        reason = (
+            f"started {started_times} times and never finished: each run took its worker down "
+            f"(a crash, out of memory or a kill), so it is not started again "
+            f"(GRAPHWIRE_MAX_DELIVERIES={self.settings.max_deliveries}); fix the graph, then "
+            f"`graphwire dlq replay --request-id {rid}`"
+        )
+        log.error("poison message %s: %s", rid, reason)
+        outbox = self._out.outbox()
+        result = result_dict(
+            rid, request.graph, "error", error=("PoisonMessage", reason),
+            thread_id=request.thread_id, attempts=max(1, started_times),
+            duration_ms=(time.perf_counter() - started) * 1000, metadata=request.metadata,
+        )
+        await self._out.send_result(outbox, record, rid.encode(), result, trace_headers(record))
+        await self._out.send_dead_letter(outbox, record, f"poison message: {reason}")
+        await outbox.confirm()
+        self.metrics.dead_letters.labels("poison").inc()
+        self.metrics.executions.labels(request.graph, "error").inc()
+        pointer = outbox.acked.get(self._out.results_topic)
+        marker = dumps({"status": "error", "result": pointer}).decode()
+        dedup = self._dedup
+        await self._through_outage(lambda: dedup.complete(rid, owner, marker))
 
     def _forget_checkpoints(self, request: Request, status: str) -> None:
         """A stateless run is done for good (done marker written): drop its checkpoints.

@@ -134,3 +134,18 @@ turns_builder.add_edge(START, "turn")
 turns_builder.add_edge("turn", END)
 turns = turns_builder.compile()
 """A thread graph: each request appends its turn number; the output is every turn so far."""
+
+
+def _crash(state: State) -> State:
+    """Takes its worker down, like a segfault or the OOM killer would."""
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+    return state
+
+
+crasher_builder = StateGraph(State)
+crasher_builder.add_node("crash", _crash)
+crasher_builder.add_edge(START, "crash")
+crasher_builder.add_edge("crash", END)
+crasher = crasher_builder
