@@ -138,10 +138,10 @@ class Gateway:
                             media_type="application/json")
         except DependencyUnavailable as exc:
             raise HTTPException(503, str(exc)) from None
-        except TimeoutError:
-            raise HTTPException(
-                504, f"no result within {timeout:g} s; poll /workflow/status/{request_id}"
-            ) from None
+        except TimeoutError:  # accepted and still running: say where to look, do not invite a
+            # retry (without an Idempotency-Key a retried POST would start a second run)
+            body = Accepted.of(request_id).model_dump()
+            return JSONResponse(body, status_code=202)
 
     def own(self, request_id: str, principal: Principal) -> None:
         """404 (not 403: no hint that it exists) for another caller's run."""
@@ -218,14 +218,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     Wait = Annotated[float | None, Query(gt=0, le=600, description="seconds (default setting)")]
 
     @app.post("/workflow/execute", status_code=202, response_model=Accepted | Result,
-              responses={200: {"model": Result}, 504: {"description": "no result in time"}})
+              responses={200: {"model": Result},
+                         202: {"model": Accepted,
+                               "description": "accepted (with wait: no result in time yet)"}})
     async def execute(
         body: WorkflowRequest, caller: Caller,
         idempotency_key: IdemKey = None,
         wait: Annotated[bool, Query(description="wait for the result")] = False,
         timeout: Wait = None,
     ) -> Accepted | Response:
-        """Submit a run; 202 with its id, or (``wait=true``) 200 with the result."""
+        """Submit a run; 202 with its id, or (``wait=true``) 200 with the result (202 when it
+        did not come within ``timeout``: poll ``status_url``)."""
         rid = await gw.submit(body, caller, idempotency_key)
         if wait:
             return await gw.wait(rid, timeout or settings.gateway_wait_timeout_s)
