@@ -50,7 +50,7 @@ async def test_execute_wait_invoke_status_and_principal(
             if status.status_code == 200 and status.json()["status"] == "success":
                 break
             await asyncio.sleep(0.1)
-        assert status.json()["source"] == "redis"
+        assert (status.json()["status"], status.json()["source"]) == ("success", "redis")
         assert status.json()["attempts"] == 1
 
         waited = await http.post("/workflow/execute?wait=true", json=body(), headers=A)
