@@ -189,3 +189,60 @@ async def test_sigkill_mid_batch_then_restart_records_everything_exactly_once(
         assert kills == 2
     finally:
         await conn.close()
+
+
+async def test_two_sinks_share_the_partitions_and_one_dies(
+    bootstrap: str, topics: TopicNames, worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Two sink processes in one group; one is SIGKILLed mid-stream. The survivor takes its
+    partitions over (a rebalance with batches in hand) and every row is there once."""
+    prefix = worker_env["GRAPHWIRE_TOPIC_PREFIX"]
+    group = f"{prefix}-audit"
+    env = {**worker_env, "GRAPHWIRE_AUDIT_SCHEMA": prefix, "GRAPHWIRE_AUDIT_GROUP_ID": group,
+           "GRAPHWIRE_AUDIT_HTTP_PORT": "0", "GRAPHWIRE_AUDIT_BATCH_MAX": "200",
+           "GRAPHWIRE_AUDIT_BATCH_WITHIN_S": "0.2"}
+    n = 1000
+    results = [
+        (f"r{i}".encode(), orjson.dumps({"request_id": f"r{i}", "graph": "g",
+                                         "status": "success", "output": {"i": i},
+                                         "duration_ms": 1.0}))
+        for i in range(n)
+    ]
+    events = [(f"r{i}".encode(), event(f"r{i}", s)) for i in range(n) for s in range(3)]
+    conn = await asyncpg.connect(TEST_DATABASE_URL, server_settings=server_settings(prefix))
+    log = tmp_path / "sink.log"
+    first = WorkerProcess(env, "--migrate", command="audit", log_path=log).start()
+    second = WorkerProcess(env, "--migrate", command="audit", log_path=log).start()
+    count = "SELECT (SELECT count(*) FROM graphwire_events) + (SELECT count(*) FROM graphwire_runs)"
+    try:
+        await wait_for_group(bootstrap, group, 2)
+        await asyncio.gather(produce(bootstrap, topics.results, results),
+                             produce(bootstrap, topics.events, events))
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                written = await conn.fetchval(count)
+            except asyncpg.UndefinedTableError:
+                written = 0
+            if written >= 800 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        first.kill()
+        assert await conn.fetchval(count) < 4 * n, "finished before the kill: test is void"
+        await wait_rows(conn, count, 4 * n, timeout=120)
+        pairs = await conn.fetch("SELECT request_id, seq FROM graphwire_events")
+        assert sorted((r["request_id"], r["seq"]) for r in pairs) == sorted(
+            (f"r{i}", s) for i in range(n) for s in range(3)
+        )
+        assert await conn.fetchval(
+            "SELECT count(*) FROM graphwire_runs WHERE status = 'success'") == n
+    finally:
+        first.stop()
+        second.stop()
+        await conn.close()
+
+
+async def wait_for_group(bootstrap: str, group: str, members: int) -> None:
+    from tests.kafka_helpers import wait_for_members
+
+    await wait_for_members(bootstrap, group, members, timeout=60)
