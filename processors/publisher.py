@@ -4,6 +4,7 @@ until the broker has acknowledged all of them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import re
@@ -96,7 +97,11 @@ class Outbox:
                 f"Kafka did not acknowledge an output before shutdown ({exc}); the request stays "
                 "uncommitted and will be redelivered"
             ) from exc
-        log.warning("publish to %s failed, retrying: %r", topic, exc)
+        known: Any = None
+        with contextlib.suppress(Exception):  # diagnostics only: what the producer believes
+            known = sorted(self._producer.client.cluster.partitions_for_topic(topic) or ())
+        log.warning("publish to %s failed, retrying: %r (partitions in metadata: %s)", topic, exc,
+                    known)
 
     async def confirm(self) -> None:
         """Wait until the broker acknowledged every message sent so far."""
