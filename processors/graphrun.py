@@ -87,12 +87,11 @@ class RunExecutor:
         lease_lost: Callable[[], bool] = lambda: False,
     ) -> tuple[RunOutcome, str | None]:
         """Run ``request`` to its outcome and publish it (in an OpenTelemetry span when on)."""
-        if not tracing.enabled():
-            return await self._execute(record, request, graph, started, attempt, lease_lost)
         with tracing.run_span(request.graph, request.request_id,
-                              header(record, HEADER_TRACEPARENT)) as span:
+                              header(record, HEADER_TRACEPARENT)) as span:  # None when off
             outcome = await self._execute(record, request, graph, started, attempt, lease_lost)
-            span.set_attribute("graphwire.status", outcome[0].status)
+            if span is not None:
+                span.set_attribute("graphwire.status", outcome[0].status)
             return outcome
 
     async def _execute(

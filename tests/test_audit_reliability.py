@@ -15,7 +15,7 @@ import pytest
 from processors.auditdb import server_settings
 from processors.devbroker import free_port
 from tests.conftest import PARTITIONS, TEST_DATABASE_URL
-from tests.kafka_helpers import WorkerProcess, committed_total, produce
+from tests.kafka_helpers import WorkerProcess, committed_total, produce, wait_for_members
 from tests.private_services import PrivatePostgres
 from tests.test_audit import wait_rows
 from topics.specs import TopicNames
@@ -113,26 +113,49 @@ async def metric(port: int, name: str) -> float:
     )
 
 
+def sink_env(worker_env: dict[str, str], batch_max: int) -> dict[str, str]:
+    """A sink of this test: its own group and schema, small batches, no HTTP port."""
+    prefix = worker_env["GRAPHWIRE_TOPIC_PREFIX"]
+    return {**worker_env, "GRAPHWIRE_AUDIT_SCHEMA": prefix,
+            "GRAPHWIRE_AUDIT_GROUP_ID": f"{prefix}-audit", "GRAPHWIRE_AUDIT_HTTP_PORT": "0",
+            "GRAPHWIRE_AUDIT_BATCH_MAX": str(batch_max), "GRAPHWIRE_AUDIT_BATCH_WITHIN_S": "0.2"}
+
+
+def result_records(n: int, graph: str) -> list[tuple[bytes, bytes]]:
+    return [
+        (f"r{i}".encode(), orjson.dumps({"request_id": f"r{i}", "graph": graph,
+                                         "status": "success", "output": {"i": i},
+                                         "duration_ms": 1.0}))
+        for i in range(n)
+    ]
+
+
+async def wait_at_least(conn: Any, sql: str, threshold: int, timeout: float = 60) -> None:
+    """Poll ``sql`` (a count) until it reaches ``threshold`` (or the timeout: the caller's
+    next assertion says what happened)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if await conn.fetchval(sql) >= threshold:
+                return
+        except asyncpg.UndefinedTableError:
+            pass
+        await asyncio.sleep(0.02)
+
+
 async def test_sigkill_mid_batch_then_restart_records_everything_exactly_once(
     bootstrap: str, topics: TopicNames, worker_env: dict[str, str], tmp_path: Path
 ) -> None:
     prefix = worker_env["GRAPHWIRE_TOPIC_PREFIX"]
-    group = f"{prefix}-audit"
-    env = {**worker_env, "GRAPHWIRE_AUDIT_SCHEMA": prefix, "GRAPHWIRE_AUDIT_GROUP_ID": group,
-           "GRAPHWIRE_AUDIT_HTTP_PORT": "0", "GRAPHWIRE_AUDIT_BATCH_MAX": "250",
-           "GRAPHWIRE_AUDIT_BATCH_WITHIN_S": "0.2"}
+    env = sink_env(worker_env, 250)
+    group = env["GRAPHWIRE_AUDIT_GROUP_ID"]
     n = 1500
     requests = [
         (f"r{i}".encode(), orjson.dumps({"request_id": f"r{i}", "graph": "pipeline",
                                          "input": {"i": i}}))
         for i in range(n)
     ]
-    results = [
-        (f"r{i}".encode(), orjson.dumps({"request_id": f"r{i}", "graph": "pipeline",
-                                         "status": "success", "output": {"i": i},
-                                         "duration_ms": 1.0}))
-        for i in range(n)
-    ]
+    results = result_records(n, "pipeline")
     events = [(f"r{i}".encode(), event(f"r{i}", s)) for i in range(n) for s in range(2)]
     await asyncio.gather(
         produce(bootstrap, topics.requests, requests),
@@ -152,15 +175,7 @@ async def test_sigkill_mid_batch_then_restart_records_everything_exactly_once(
         for threshold in (600, 3000):
             sink = WorkerProcess(env, "--migrate", command="audit", log_path=log).start()
             try:
-                deadline = time.monotonic() + 60
-                while time.monotonic() < deadline:
-                    try:
-                        rows = await conn.fetchval(count)
-                    except asyncpg.UndefinedTableError:
-                        rows = 0
-                    if rows >= threshold:
-                        break
-                    await asyncio.sleep(0.02)
+                await wait_at_least(conn, count, threshold)
                 sink.kill()  # SIGKILL: no commit, no leave-group, a batch may be half done
                 kills += 1
             finally:
@@ -197,17 +212,10 @@ async def test_two_sinks_share_the_partitions_and_one_dies(
     """Two sink processes in one group; one is SIGKILLed mid-stream. The survivor takes its
     partitions over (a rebalance with batches in hand) and every row is there once."""
     prefix = worker_env["GRAPHWIRE_TOPIC_PREFIX"]
-    group = f"{prefix}-audit"
-    env = {**worker_env, "GRAPHWIRE_AUDIT_SCHEMA": prefix, "GRAPHWIRE_AUDIT_GROUP_ID": group,
-           "GRAPHWIRE_AUDIT_HTTP_PORT": "0", "GRAPHWIRE_AUDIT_BATCH_MAX": "200",
-           "GRAPHWIRE_AUDIT_BATCH_WITHIN_S": "0.2"}
+    env = sink_env(worker_env, 200)
+    group = env["GRAPHWIRE_AUDIT_GROUP_ID"]
     n = 1000
-    results = [
-        (f"r{i}".encode(), orjson.dumps({"request_id": f"r{i}", "graph": "g",
-                                         "status": "success", "output": {"i": i},
-                                         "duration_ms": 1.0}))
-        for i in range(n)
-    ]
+    results = result_records(n, "g")
     events = [(f"r{i}".encode(), event(f"r{i}", s)) for i in range(n) for s in range(3)]
     conn = await asyncpg.connect(TEST_DATABASE_URL, server_settings=server_settings(prefix))
     log = tmp_path / "sink.log"
@@ -215,18 +223,10 @@ async def test_two_sinks_share_the_partitions_and_one_dies(
     second = WorkerProcess(env, "--migrate", command="audit", log_path=log).start()
     count = "SELECT (SELECT count(*) FROM graphwire_events) + (SELECT count(*) FROM graphwire_runs)"
     try:
-        await wait_for_group(bootstrap, group, 2)
+        await wait_for_members(bootstrap, group, 2, timeout=60)
         await asyncio.gather(produce(bootstrap, topics.results, results),
                              produce(bootstrap, topics.events, events))
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                written = await conn.fetchval(count)
-            except asyncpg.UndefinedTableError:
-                written = 0
-            if written >= 800 or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.05)
+        await wait_at_least(conn, count, 800)
         first.kill()
         assert await conn.fetchval(count) < 4 * n, "finished before the kill: test is void"
         await wait_rows(conn, count, 4 * n, timeout=120)
@@ -241,8 +241,3 @@ async def test_two_sinks_share_the_partitions_and_one_dies(
         second.stop()
         await conn.close()
 
-
-async def wait_for_group(bootstrap: str, group: str, members: int) -> None:
-    from tests.kafka_helpers import wait_for_members
-
-    await wait_for_members(bootstrap, group, members, timeout=60)
