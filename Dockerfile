@@ -11,6 +11,8 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml README.md ./
+# graphwire/ is the import root: the public API and links to the three folders below
+COPY graphwire ./graphwire
 COPY topics ./topics
 COPY graphs ./graphs
 COPY processors ./processors

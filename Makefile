@@ -24,8 +24,8 @@ test: install services ## run the whole test suite (unit + integration on the bu
 	$(PY) -m pytest
 
 lint: install ## ruff and mypy
-	$(VENV)/bin/ruff check topics graphs processors tests bench
-	$(VENV)/bin/mypy topics graphs processors
+	$(VENV)/bin/ruff check graphwire topics graphs processors tests bench examples
+	$(VENV)/bin/mypy -p graphwire
 
 bench: install ## benchmarks against their baselines, measured in the same run
 	$(PY) bench/bench_runner.py

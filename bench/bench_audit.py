@@ -31,11 +31,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_runner import PARTITIONS, produce_requests  # noqa: E402
-from processors.auditdb import migrate, server_settings  # noqa: E402
-from processors.auditrows import EVENT_COLUMNS  # noqa: E402
-from processors.devbroker import DevBroker, free_port  # noqa: E402
-from topics.admin import ensure_topics  # noqa: E402
-from topics.specs import TopicNames  # noqa: E402
+from graphwire.processors.audit.db import migrate, server_settings  # noqa: E402
+from graphwire.processors.audit.rows import EVENT_COLUMNS  # noqa: E402
+from graphwire.processors.dev.broker import DevBroker, free_port  # noqa: E402
+from graphwire.topics.admin import ensure_topics  # noqa: E402
+from graphwire.topics.specs import TopicNames  # noqa: E402
 
 DATABASE_URL = os.environ.get("GRAPHWIRE_BENCH_DATABASE_URL", "postgresql://127.0.0.1:5432/test")
 BATCH = 2000
@@ -106,7 +106,7 @@ def sink_env(bootstrap: str, prefix: str, schema: str, port: int = 0) -> dict[st
 
 def start(command: str, env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "processors", command, *args], env=env, cwd=ROOT,
+        [sys.executable, "-m", "graphwire", command, *args], env=env, cwd=ROOT,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
 

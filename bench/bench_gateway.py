@@ -25,11 +25,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_runner import PARTITIONS, PLAIN, start_workers  # noqa: E402
-from processors.devbroker import DevBroker, free_port  # noqa: E402
-from processors.gatewayauth import hash_key  # noqa: E402
-from topics.admin import ensure_topics  # noqa: E402
-from topics.client import GraphwireClient  # noqa: E402
-from topics.specs import TopicNames  # noqa: E402
+from graphwire.processors.dev.broker import DevBroker, free_port  # noqa: E402
+from graphwire.processors.gateway.auth import hash_key  # noqa: E402
+from graphwire.topics.admin import ensure_topics  # noqa: E402
+from graphwire.topics.client import GraphwireClient  # noqa: E402
+from graphwire.topics.specs import TopicNames  # noqa: E402
 
 KEY = "gw_bench_" + uuid.uuid4().hex
 REDIS = os.environ.get("GRAPHWIRE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -78,7 +78,7 @@ async def main() -> None:
                 [{"name": "bench", "key_sha256": hash_key(KEY), "graphs": ["*"]}]).decode(),
         }
         gateway = subprocess.Popen(  # noqa: ASYNC220 (a server process, not awaited)
-            [sys.executable, "-m", "processors", "gateway"],
+            [sys.executable, "-m", "graphwire", "gateway"],
             env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         try:

@@ -32,10 +32,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from graphs.registry import GraphRegistry  # noqa: E402
-from processors.devbroker import DevBroker  # noqa: E402
-from topics.admin import ensure_topics  # noqa: E402
-from topics.specs import TopicNames  # noqa: E402
+from graphwire.graphs.registry import GraphRegistry  # noqa: E402
+from graphwire.processors.dev.broker import DevBroker  # noqa: E402
+from graphwire.topics.admin import ensure_topics  # noqa: E402
+from graphwire.topics.specs import TopicNames  # noqa: E402
 
 PARTITIONS = 8
 
@@ -133,7 +133,7 @@ def start_workers(
         **(extra_env if extra_env is not None else PLAIN),
     }
     return subprocess.Popen(
-        [sys.executable, "-m", "processors", "worker", "--processes", str(processes)],
+        [sys.executable, "-m", "graphwire", "worker", "--processes", str(processes)],
         env=env,
         cwd=ROOT,
         stdout=subprocess.DEVNULL,

@@ -6,7 +6,7 @@
 import asyncio
 import os
 
-from topics.client import GraphwireClient
+from graphwire import GraphwireClient
 
 
 async def main() -> None:

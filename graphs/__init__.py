@@ -1,5 +1,5 @@
 """Graphs and the registry that finds them. Nothing here knows about Kafka."""
 
-from graphs.registry import GraphLoadError, GraphRegistry, UnknownGraphName
+from graphwire.graphs.registry import GraphLoadError, GraphRegistry, UnknownGraphName
 
 __all__ = ["GraphLoadError", "GraphRegistry", "UnknownGraphName"]

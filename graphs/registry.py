@@ -21,8 +21,8 @@ import orjson
 from langgraph.graph import StateGraph
 from langgraph.pregel import Pregel
 
-from graphs.builtin import build_approval, build_echo, build_pipeline, build_slow
-from graphs.chat import build_chat
+from graphwire.graphs.builtin import build_approval, build_echo, build_pipeline, build_slow
+from graphwire.graphs.chat import build_chat
 
 BUILTINS: dict[str, Callable[[], Pregel[Any, Any, Any, Any]]] = {
     "echo": build_echo,

@@ -15,7 +15,7 @@ from aiokafka.helpers import create_ssl_context
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from topics.specs import TopicNames
+from graphwire.topics.specs import TopicNames
 
 
 def _default_worker_id() -> str:

@@ -11,10 +11,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from processors.devbroker import DevBroker
-from processors.settings import Settings
-from topics.admin import ensure_topics
-from topics.specs import TopicNames
+from graphwire.processors.dev.broker import DevBroker
+from graphwire.processors.settings import Settings
+from graphwire.topics.admin import ensure_topics
+from graphwire.topics.specs import TopicNames
 
 PARTITIONS = 4
 

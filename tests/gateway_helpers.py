@@ -14,10 +14,10 @@ import orjson
 import uvicorn
 from pydantic import SecretStr
 
-from processors.devbroker import free_port
-from processors.gateway import create_app
-from processors.gatewayauth import hash_key
-from processors.settings import Settings
+from graphwire.processors.dev.broker import free_port
+from graphwire.processors.gateway.app import create_app
+from graphwire.processors.gateway.auth import hash_key
+from graphwire.processors.settings import Settings
 
 KEY_A = "gw_test_key_a_0123456789abcdef"  # pipeline, echo, slow, approval
 KEY_LIMITED = "gw_test_key_limited_0123456789"  # 5 requests per minute

@@ -129,7 +129,7 @@ class Collector:
 
 
 class WorkerProcess:
-    """``python -m processors worker`` (or another ``command``) as a child process with the
+    """``python -m graphwire worker`` (or another ``command``) as a child process with the
     given environment."""
 
     def __init__(
@@ -148,7 +148,7 @@ class WorkerProcess:
     def start(self) -> WorkerProcess:
         out = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "processors", self.command, *self.args],
+            [sys.executable, "-m", "graphwire", self.command, *self.args],
             env=self.env,
             cwd=ROOT,
             stdout=out,

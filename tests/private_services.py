@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from processors.devbroker import free_port
+from graphwire.processors.dev.broker import free_port
 
 
 class PrivateRedis:

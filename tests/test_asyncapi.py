@@ -16,8 +16,8 @@ from referencing import Registry, Resource
 from referencing.exceptions import NoSuchResource
 from referencing.jsonschema import DRAFT7
 
-from topics.asyncapi import asyncapi_document
-from topics.codec import event_dict, result_dict
+from graphwire.topics.asyncapi import asyncapi_document
+from graphwire.topics.codec import event_dict, result_dict
 
 ROOT = Path(__file__).resolve().parent.parent
 # schemas/3.0.0-without-$id.json of the AsyncAPI spec-json-schemas project (npm @asyncapi/specs
@@ -81,7 +81,7 @@ def test_payload_schemas_accept_real_messages_and_refuse_broken_ones(
 def test_cli_writes_the_same_document(tmp_path: Path) -> None:
     out = tmp_path / "asyncapi.json"
     done = subprocess.run(
-        [sys.executable, "-m", "processors", "asyncapi", "--bootstrap-servers", "b:9092",
+        [sys.executable, "-m", "graphwire", "asyncapi", "--bootstrap-servers", "b:9092",
          "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )

@@ -14,7 +14,8 @@ import asyncpg
 import orjson
 import pytest
 
-from processors.auditdb import migrate, migrations, server_settings
+from graphwire.processors.audit.db import migrate, migrations, server_settings
+from graphwire.topics.specs import TopicNames
 from tests.conftest import TEST_DATABASE_URL
 from tests.kafka_helpers import (
     ROOT,
@@ -25,7 +26,6 @@ from tests.kafka_helpers import (
     request,
     wait_for_members,
 )
-from topics.specs import TopicNames
 
 pytestmark = pytest.mark.integration
 
@@ -60,7 +60,7 @@ def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     import os
 
     return subprocess.run(
-        [sys.executable, "-m", "processors", *args],
+        [sys.executable, "-m", "graphwire", *args],
         env={**os.environ, **env},
         cwd=ROOT,
         capture_output=True,

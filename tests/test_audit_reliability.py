@@ -12,13 +12,13 @@ import asyncpg
 import orjson
 import pytest
 
-from processors.auditdb import server_settings
-from processors.devbroker import free_port
+from graphwire.processors.audit.db import server_settings
+from graphwire.processors.dev.broker import free_port
+from graphwire.topics.specs import TopicNames
 from tests.conftest import PARTITIONS, TEST_DATABASE_URL
 from tests.kafka_helpers import WorkerProcess, committed_total, produce, wait_for_members
 from tests.private_services import PrivatePostgres
 from tests.test_audit import wait_rows
-from topics.specs import TopicNames
 
 pytestmark = pytest.mark.integration
 

@@ -11,11 +11,11 @@ import asyncpg
 import orjson
 import pytest
 
-from processors.auditdb import migrate, server_settings
-from processors.auditrows import Record, Row, to_row
-from processors.auditwrite import AuditWriter
+from graphwire.processors.audit.db import migrate, server_settings
+from graphwire.processors.audit.rows import Record, Row, to_row
+from graphwire.processors.audit.writer import AuditWriter
+from graphwire.topics.specs import TopicNames
 from tests.conftest import TEST_DATABASE_URL
-from topics.specs import TopicNames
 
 T = TopicNames("gw")
 MAX = 1024 * 1024
@@ -254,7 +254,7 @@ def test_a_nonsense_kafka_timestamp_becomes_now_instead_of_failing_the_batch() -
 
 
 def test_failures_are_told_apart_by_sqlstate() -> None:
-    from processors.auditwrite import _kind
+    from graphwire.processors.audit.writer import _kind
 
     assert _kind(ConnectionRefusedError()) == "unavailable"
     assert _kind(asyncpg.CannotConnectNowError("starting")) == "unavailable"

@@ -16,8 +16,8 @@ from typing import Any
 import orjson
 import pytest
 
+from graphwire.topics.specs import TopicNames
 from tests.kafka_helpers import Collector, WorkerProcess, encode, produce, wait_for_members
-from topics.specs import TopicNames
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from graphwire.topics.specs import TopicNames
 from tests.kafka_helpers import ROOT, Collector, wait_for_members
-from topics.specs import TopicNames
 
 
 def graphwire(
@@ -22,7 +22,7 @@ def graphwire(
 ) -> subprocess.CompletedProcess[str]:
     """Run ``graphwire ARGS`` and capture its output."""
     return subprocess.run(
-        [sys.executable, "-m", "processors", *args],
+        [sys.executable, "-m", "graphwire", *args],
         env={**os.environ, **(env or {})},
         cwd=ROOT,
         capture_output=True,
@@ -99,7 +99,7 @@ async def test_submit_stream_with_two_worker_processes(
     """`worker --processes 2` serves `submit --stream`; SIGTERM stops both children, exit 0."""
     log = (tmp_path / "workers.log").open("wb")
     workers = subprocess.Popen(  # noqa: ASYNC220 - started once, waited on in a thread
-        [sys.executable, "-m", "processors", "worker", "--processes", "2"],
+        [sys.executable, "-m", "graphwire", "worker", "--processes", "2"],
         env={**os.environ, **worker_env},
         cwd=ROOT,
         stdout=log,
@@ -222,7 +222,7 @@ def test_dev_ctrl_c_stops_everything_and_removes_its_data() -> None:
     import socket
 
     dev = subprocess.Popen(
-        [sys.executable, "-m", "processors", "dev"], cwd=ROOT, stdout=subprocess.PIPE,
+        [sys.executable, "-m", "graphwire", "dev"], cwd=ROOT, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
     assert dev.stdout is not None

@@ -6,12 +6,12 @@ import asyncio
 
 import pytest
 
+from graphwire.topics.client import GraphwireClient
+from graphwire.topics.errors import GraphwireError, RunRejected, RunTimedOut
+from graphwire.topics.specs import TopicNames
+from graphwire.topics.syncclient import Client
 from tests.conftest import TEST_REDIS_URL
 from tests.kafka_helpers import WorkerProcess, wait_for_members
-from topics.client import GraphwireClient
-from topics.errors import GraphwireError, RunRejected, RunTimedOut
-from topics.specs import TopicNames
-from topics.syncclient import Client
 
 pytestmark = pytest.mark.integration
 

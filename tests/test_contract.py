@@ -8,10 +8,10 @@ import jsonschema
 import orjson
 import pytest
 
-from topics.codec import decode_request, dumps, event_dict, result_dict
-from topics.errors import InvalidRequest, RequestTooLarge, UndecodableMessage
-from topics.models import Event, Result
-from topics.schema import json_schemas
+from graphwire.topics.codec import decode_request, dumps, event_dict, result_dict
+from graphwire.topics.errors import InvalidRequest, RequestTooLarge, UndecodableMessage
+from graphwire.topics.models import Event, Result
+from graphwire.topics.schema import json_schemas
 
 ISSUE_REQUEST = {
     "request_id": "r-123",

@@ -18,7 +18,8 @@ What each file is checked against:
   strict here (unknown fields rejected, as the API server does with field validation on).
 - The Grafana dashboard's PromQL: parsed by ``promql-parser`` (bindings of GreptimeTeam's Rust
   parser); every metric and label must exist in the processors' Prometheus registries.
-- Every ``GRAPHWIRE_*`` variable set anywhere must be a field of ``processors.settings.Settings``.
+- Every ``GRAPHWIRE_*`` variable set anywhere must be a field of
+  ``graphwire.processors.settings.Settings``.
 """
 
 from __future__ import annotations
@@ -37,9 +38,9 @@ import promql_parser
 import pytest
 from ruamel.yaml import YAML
 
-from processors.gatewaymodels import GatewayMetrics
-from processors.metrics import AuditMetrics, RunnerMetrics
-from processors.settings import Settings
+from graphwire.processors.gateway.models import GatewayMetrics
+from graphwire.processors.metrics import AuditMetrics, RunnerMetrics
+from graphwire.processors.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
@@ -305,10 +306,65 @@ def test_dockerignore_keeps_what_the_build_copies() -> None:
     for ln in (ROOT / "Dockerfile").read_text().splitlines():
         if ln.startswith("COPY ") and "--from" not in ln:
             copied.update(ln.split()[1:-1])
-    assert copied == {"pyproject.toml", "README.md", "topics", "graphs", "processors"}
+    assert copied == {"pyproject.toml", "README.md", "graphwire", "topics", "graphs", "processors"}
     assert copied <= allowed
     for name in copied:
         assert (ROOT / name).exists()
+
+
+def test_image_copies_the_import_root_and_every_folder_it_links() -> None:
+    """The wheel is built from graphwire/, whose links point at the top-level folders: the
+    build stage must copy each link's target too, or the wheel is missing a package."""
+    copied = {ln.split()[1] for ln in (ROOT / "Dockerfile").read_text().splitlines()
+              if ln.startswith("COPY ") and "--from" not in ln}
+    links = sorted(p for p in (ROOT / "graphwire").iterdir() if p.is_symlink())
+    assert [p.name for p in links] == ["graphs", "processors", "topics"]
+    for link in links:
+        assert link.resolve() == ROOT / link.name
+        assert link.name in copied
+    assert "graphwire" in copied
+
+
+def test_console_script_and_module_entry_point_resolve() -> None:
+    """``graphwire`` (the image's ENTRYPOINT) and ``python -m graphwire`` reach the CLI's main."""
+    import importlib
+    import tomllib
+
+    from graphwire.processors.cli.main import main
+
+    target = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    module, _, attr = target["graphwire"].partition(":")
+    assert getattr(importlib.import_module(module), attr) is main
+    assert "from graphwire.processors.cli.main import main" in (
+        ROOT / "graphwire" / "__main__.py").read_text()
+
+
+def image_commands(compose: dict[str, Any], docs: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Every command given to the graphwire image: compose services and k8s containers."""
+    found = {f"compose:{name}": svc["command"] for name, svc in compose["services"].items()
+             if svc.get("image") == "graphwire:local"}
+    for doc in docs:
+        for container in (pod_spec(doc) or {}).get("containers", []):
+            if container["image"].split(":")[0].endswith("graphwire"):
+                found[f"k8s:{doc['metadata']['name']}"] = container["args"]
+    return found
+
+
+@pytest.mark.parametrize("overlay", list(KUSTOMIZATIONS))
+def test_every_image_command_is_a_graphwire_command(
+    overlay: str, compose: dict[str, Any], rendered: dict[str, list[Any]]
+) -> None:
+    """Each command the deployment files give the image parses with the real CLI parser and
+    reaches a handler, so a moved or renamed command fails here, not in a cluster."""
+    from graphwire.processors.cli.main import build_parser
+
+    commands = image_commands(compose, rendered[overlay])
+    assert {"compose:runner", "compose:audit", "compose:gateway", "k8s:graphwire-runner",
+            "k8s:graphwire-audit", "k8s:graphwire-gateway"} <= set(commands)
+    parser = build_parser()
+    for where, argv in commands.items():
+        args = parser.parse_args(argv)
+        assert callable(getattr(args, "func", None)), f"{where}: {argv} reaches no handler"
 
 
 # --- docker-compose.yml --------------------------------------------------------------------

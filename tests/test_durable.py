@@ -10,13 +10,13 @@ import asyncpg
 import orjson
 import pytest
 
-from graphs.registry import GraphRegistry
-from processors.dedup import DedupStore
-from processors.runner import GraphRunner
-from processors.settings import Settings
+from graphwire.graphs.registry import GraphRegistry
+from graphwire.processors.runner.dedup import DedupStore
+from graphwire.processors.runner.runner import GraphRunner
+from graphwire.processors.settings import Settings
+from graphwire.topics.specs import TopicNames
 from tests.conftest import PARTITIONS, TEST_DATABASE_URL, TEST_REDIS_URL
 from tests.kafka_helpers import Collector, WorkerProcess, committed_total, encode, produce, request
-from topics.specs import TopicNames
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from graphwire.topics.specs import TopicNames
 from tests.kafka_helpers import ROOT, WorkerProcess, wait_for_members
-from topics.specs import TopicNames
 
 pytestmark = pytest.mark.integration
 EXAMPLES = ROOT / "examples"
@@ -88,7 +88,7 @@ def test_python_client(worker: dict[str, str], bootstrap: str) -> None:
 async def test_langgraph_project_served_unchanged(
     worker: dict[str, str], bootstrap: str, topics: TopicNames, worker_env: dict[str, str]
 ) -> None:
-    from topics.client import GraphwireClient
+    from graphwire.topics.client import GraphwireClient
 
     await wait_for_members(bootstrap, worker_env["GRAPHWIRE_GROUP_ID"], 1)
     async with GraphwireClient(bootstrap, topic_prefix=topics.prefix) as client:

@@ -12,6 +12,7 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
+from graphwire.topics.specs import TopicNames
 from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL
 from tests.gateway_helpers import (
     KEY_ECHO,
@@ -23,7 +24,6 @@ from tests.gateway_helpers import (
 )
 from tests.kafka_helpers import Collector, WorkerProcess, wait_for_members
 from tests.test_audit import wait_rows
-from topics.specs import TopicNames
 
 pytestmark = pytest.mark.integration
 

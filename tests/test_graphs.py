@@ -12,8 +12,8 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import interrupt
 from typing_extensions import TypedDict
 
-from graphs.execution import RunOutcome, run_graph
-from graphs.registry import GraphLoadError, GraphRegistry, UnknownGraphName
+from graphwire.graphs.execution import RunOutcome, run_graph
+from graphwire.graphs.registry import GraphLoadError, GraphRegistry, UnknownGraphName
 
 
 async def _run(

@@ -8,9 +8,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from processors.devbroker import free_port
+from graphwire.processors.dev.broker import free_port
+from graphwire.topics.specs import TopicNames
 from tests.kafka_helpers import Collector, WorkerProcess, encode, produce, request
-from topics.specs import TopicNames
 
 pytestmark = pytest.mark.integration
 

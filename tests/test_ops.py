@@ -10,16 +10,16 @@ import asyncpg
 import pytest
 from pydantic import SecretStr
 
-from processors.auditdb import migrate, server_settings
-from processors.doctor import settings_checks
-from processors.settings import Settings
+from graphwire.processors.audit.db import migrate, server_settings
+from graphwire.processors.cli.doctor import settings_checks
+from graphwire.processors.settings import Settings
+from graphwire.topics.specs import TopicNames
 from tests.conftest import TEST_DATABASE_URL
 from tests.kafka_helpers import ROOT
-from topics.specs import TopicNames
 
 
 def graphwire(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "processors", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "graphwire", *args], cwd=ROOT,
                           env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
 
 
@@ -111,7 +111,7 @@ def test_sasl_and_tls_settings_reach_every_kind_of_client() -> None:
 
     import faust
 
-    from processors.audit import _credentials
+    from graphwire.processors.audit.sink import _credentials
 
     settings = Settings(
         _env_file=None,  # type: ignore[call-arg]

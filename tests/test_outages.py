@@ -6,12 +6,12 @@ import asyncio
 
 import pytest
 
-from graphs.registry import GraphRegistry
-from processors.runner import GraphRunner
-from processors.settings import Settings
+from graphwire.graphs.registry import GraphRegistry
+from graphwire.processors.runner.runner import GraphRunner
+from graphwire.processors.settings import Settings
+from graphwire.topics.specs import TopicNames
 from tests.kafka_helpers import Collector, encode, produce, request
 from tests.private_services import PrivatePostgres, PrivateRedis
-from topics.specs import TopicNames
 
 pytestmark = pytest.mark.integration
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from graphwire.topics.specs import TopicNames
 from tests.kafka_helpers import Collector, WorkerProcess, encode, produce, request
-from topics.specs import TopicNames
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
 )
 
-from processors.publisher import _can_succeed_later
+from graphwire.processors.runner.publisher import _can_succeed_later
 
 
 @pytest.mark.parametrize(

@@ -10,12 +10,12 @@ from typing import Any
 import orjson
 import pytest
 
-from graphs.registry import GraphRegistry
-from processors.runner import GraphRunner
-from processors.settings import Settings
+from graphwire.graphs.registry import GraphRegistry
+from graphwire.processors.runner.runner import GraphRunner
+from graphwire.processors.settings import Settings
+from graphwire.topics.models import Event, Result
+from graphwire.topics.specs import TopicNames
 from tests.kafka_helpers import Collector, encode, produce, request
-from topics.models import Event, Result
-from topics.specs import TopicNames
 
 pytestmark = pytest.mark.integration
 

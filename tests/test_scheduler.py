@@ -2,7 +2,7 @@
 
 import asyncio
 
-from processors.scheduler import KeyScheduler
+from graphwire.processors.runner.scheduler import KeyScheduler
 
 
 async def test_items_of_one_key_run_in_order_and_keys_run_concurrently() -> None:

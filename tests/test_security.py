@@ -16,14 +16,14 @@ import httpx
 import orjson
 import pytest
 
-from processors.auditdb import server_settings
-from processors.devbroker import free_port
-from processors.gatewayauth import hash_key
+from graphwire.processors.audit.db import server_settings
+from graphwire.processors.dev.broker import free_port
+from graphwire.processors.gateway.auth import hash_key
+from graphwire.topics.specs import TopicNames
 from tests.conftest import TEST_DATABASE_URL
 from tests.gateway_helpers import token
 from tests.kafka_helpers import ROOT, Collector, WorkerProcess, encode, produce, request
 from tests.test_audit import wait_rows
-from topics.specs import TopicNames
 
 pytestmark = pytest.mark.integration
 
@@ -132,7 +132,7 @@ def test_secrets_from_mounted_files(tmp_path: Path) -> None:
     """GRAPHWIRE_SECRETS_DIR: one file per setting, as Kubernetes mounts a Secret."""
     (tmp_path / "GRAPHWIRE_DATABASE_URL").write_text("postgresql://u:from-file@db:5432/x")
     (tmp_path / "graphwire_gateway_jwt_secret").write_text("jwt-from-file")
-    code = ("from processors.settings import Settings; s = Settings(); "
+    code = ("from graphwire.processors.settings import Settings; s = Settings(); "
             "print(s.database_url.get_secret_value(), s.gateway_jwt_secret.get_secret_value(), "
             "s.database_url)")
     env = {**os.environ, "GRAPHWIRE_SECRETS_DIR": str(tmp_path)}

@@ -8,12 +8,12 @@ from collections.abc import Iterator
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from graphs.registry import GraphRegistry
-from processors import tracing
-from processors.runner import GraphRunner
-from processors.settings import Settings
+from graphwire.graphs.registry import GraphRegistry
+from graphwire.processors.runner import tracing
+from graphwire.processors.runner.runner import GraphRunner
+from graphwire.processors.settings import Settings
+from graphwire.topics.specs import TopicNames
 from tests.kafka_helpers import Collector, encode, produce, request
-from topics.specs import TopicNames
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from graphwire.topics.specs import TopicNames
 from tests.kafka_helpers import ROOT, WorkerProcess, wait_for_members
-from topics.specs import TopicNames
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +29,7 @@ def env(
 
 
 def graphwire(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "processors", *args], env=env, cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "graphwire", *args], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=180)
 
 
@@ -75,7 +75,7 @@ async def test_tail_follows_events_and_results(
 ) -> None:
     await wait_for_members(bootstrap, env["GRAPHWIRE_GROUP_ID"], 1)
     tail = subprocess.Popen(  # noqa: ASYNC220 (a child we read line by line)
-        [sys.executable, "-m", "processors", "tail", "--graph", "echo", "--json", "--limit", "2"],
+        [sys.executable, "-m", "graphwire", "tail", "--graph", "echo", "--json", "--limit", "2"],
         env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     assert tail.stderr is not None

@@ -8,6 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from graphwire.topics.specs import TopicNames
 from tests.conftest import PARTITIONS
 from tests.kafka_helpers import (
     Collector,
@@ -18,7 +19,6 @@ from tests.kafka_helpers import (
     request,
     wait_for_members,
 )
-from topics.specs import TopicNames
 
 pytestmark = pytest.mark.integration
 
@@ -139,7 +139,7 @@ async def test_worker_serves_health_ready_and_metrics(
     """/health 200; /ready 200 with Kafka, Redis, PostgreSQL ok; /metrics counts a run."""
     import urllib.request
 
-    from processors.devbroker import free_port
+    from graphwire.processors.dev.broker import free_port
 
     port = free_port()
     worker = WorkerProcess({**worker_env, "GRAPHWIRE_HTTP_PORT": str(port)}, log_path=worker_log)

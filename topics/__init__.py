@@ -5,7 +5,7 @@ Anyone producing to or consuming from graphwire topics, in any language, can rea
 imports nothing from ``processors`` or ``graphs``.
 """
 
-from topics.errors import (
+from graphwire.topics.errors import (
     DependencyUnavailable,
     GraphFailed,
     GraphwireError,
@@ -14,8 +14,8 @@ from topics.errors import (
     UndecodableMessage,
     UnknownGraph,
 )
-from topics.models import ErrorInfo, Event, EventType, Request, Result, Status, StreamMode
-from topics.specs import TopicNames
+from graphwire.topics.models import ErrorInfo, Event, EventType, Request, Result, Status, StreamMode
+from graphwire.topics.specs import TopicNames
 
 __all__ = [
     "DependencyUnavailable",

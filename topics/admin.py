@@ -7,8 +7,8 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
-from topics.errors import DependencyUnavailable, GraphwireError
-from topics.specs import TopicSpec
+from graphwire.topics.errors import DependencyUnavailable, GraphwireError
+from graphwire.topics.specs import TopicSpec
 
 _TOPIC_ALREADY_EXISTS = 36
 

@@ -14,14 +14,14 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
-from topics.codec import (
+from graphwire.topics.codec import (
     HEADER_ERROR,
     HEADER_REPLY_TO,
     HEADER_SOURCE,
     HEADER_TRACEPARENT,
     HEADER_VALUE_DROPPED,
 )
-from topics.models import CONTRACT_VERSION, Event, Request, Result
+from graphwire.topics.models import CONTRACT_VERSION, Event, Request, Result
 
 _KAFKA_BINDING = "0.5.0"
 

@@ -21,10 +21,9 @@ from typing import Any, Self
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
-from redis.exceptions import RedisError
 
-from topics.codec import HEADER_REPLY_TO, HEADER_TRACEPARENT, dumps, loads
-from topics.errors import (
+from graphwire.topics.codec import HEADER_REPLY_TO, HEADER_TRACEPARENT, dumps, loads
+from graphwire.topics.errors import (
     DependencyUnavailable,
     GraphwireError,
     RunError,
@@ -32,8 +31,9 @@ from topics.errors import (
     RunRejected,
     RunTimedOut,
 )
-from topics.models import Event, Request, Result
-from topics.specs import TopicNames
+from graphwire.topics.models import Event, Request, Result
+from graphwire.topics.runstatus import read_done_marker
+from graphwire.topics.specs import TopicNames
 
 log = logging.getLogger(__name__)
 
@@ -230,26 +230,21 @@ class GraphwireClient:
         assert self._redis_url is not None
         redis = Redis.from_url(self._redis_url, socket_timeout=5)
         try:
-            marker = await redis.get(f"{self.topics.prefix}:{{{request_id}}}:done")
-        except (OSError, RedisError) as exc:
-            raise DependencyUnavailable(f"Redis does not answer ({exc})") from exc
+            marker = await read_done_marker(redis, self.topics.prefix, request_id)
         finally:
             await redis.aclose()
-        if not marker:
+        position = marker.result_position() if marker is not None else None
+        if position is None:
             return None
-        raw = marker if isinstance(marker, bytes) else marker.encode()
-        pointer = loads(raw).get("result") if raw.startswith(b"{") else None
-        if not isinstance(pointer, str) or pointer.count("/") < 2:
-            return None
-        topic, partition, offset = pointer.rsplit("/", 2)
+        topic, partition, offset = position
         reader = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False, **self._kwargs
         )
         await reader.start()
         try:
-            tp = TopicPartition(topic, int(partition))
+            tp = TopicPartition(topic, partition)
             reader.assign([tp])
-            reader.seek(tp, int(offset))
+            reader.seek(tp, offset)
             record = await asyncio.wait_for(reader.getone(), 10)
         finally:
             await reader.stop()

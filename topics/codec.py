@@ -2,7 +2,7 @@
 
 The runner's hot path builds events and results as plain dicts here rather than through the
 pydantic models: a model per event costs more than the rest of publishing it. ``tests`` check
-that every dict built here validates against its model in ``topics.models``.
+that every dict built here validates against its model in ``graphwire.topics.models``.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from topics.errors import InvalidRequest, RequestTooLarge, UndecodableMessage
-from topics.models import Request
+from graphwire.topics.errors import InvalidRequest, RequestTooLarge, UndecodableMessage
+from graphwire.topics.models import Request
 
 # Header names (bytes values on the wire).
 HEADER_REPLY_TO = "reply-to"

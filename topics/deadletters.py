@@ -8,9 +8,9 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from topics.codec import HEADER_ERROR, HEADER_SOURCE, HEADER_VALUE_DROPPED
-from topics.errors import GraphwireError
-from topics.specs import TopicNames
+from graphwire.topics.codec import HEADER_ERROR, HEADER_SOURCE, HEADER_VALUE_DROPPED
+from graphwire.topics.errors import GraphwireError
+from graphwire.topics.specs import TopicNames
 
 _OURS = (HEADER_ERROR, HEADER_SOURCE, HEADER_VALUE_DROPPED)
 

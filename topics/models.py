@@ -2,7 +2,7 @@
 
 All messages are UTF-8 JSON objects encoded with orjson. The models here are the source of truth
 for the JSON Schema that ``graphwire schema`` publishes; the runner's hot path builds the same
-shapes as plain dicts (``topics.codec``) and a test keeps the two in step.
+shapes as plain dicts (``graphwire.topics.codec``) and a test keeps the two in step.
 """
 
 from __future__ import annotations

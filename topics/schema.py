@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from topics.models import CONTRACT_VERSION, Event, Request, Result
+from graphwire.topics.models import CONTRACT_VERSION, Event, Request, Result
 
 SCHEMA_MODELS: dict[str, type[BaseModel]] = {"request": Request, "event": Event, "result": Result}
 

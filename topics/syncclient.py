@@ -3,7 +3,7 @@
 It runs the async client on an event loop in a background thread, so it works where an event
 loop already runs (Jupyter) as well as in plain scripts::
 
-    from topics.syncclient import Client
+    from graphwire.topics.syncclient import Client
 
     with Client("localhost:9092") as client:
         result = client.invoke("pipeline", {"text": "Hello World"}, wait_timeout=30)
@@ -19,8 +19,8 @@ import threading
 from collections.abc import Coroutine, Iterator, Mapping
 from typing import Any, Self, TypeVar
 
-from topics.client import GraphwireClient
-from topics.models import Event, Result
+from graphwire.topics.client import GraphwireClient
+from graphwire.topics.models import Event, Result
 
 T = TypeVar("T")
 

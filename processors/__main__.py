@@ -1,5 +1,0 @@
-import sys
-
-from processors.cli import main
-
-sys.exit(main())

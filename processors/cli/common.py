@@ -1,0 +1,39 @@
+"""What every ``graphwire`` command shares: settings from flags and env, the graph registry."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+
+
+def settings_from(args: argparse.Namespace) -> Any:
+    from graphwire.processors.settings import Settings
+
+    overrides = {
+        field: value
+        for field in (
+            "bootstrap_servers",
+            "topic_prefix",
+            "group_id",
+            "max_in_flight",
+            "graphs",
+            "langgraph_json",
+            "partitions",
+            "replication_factor",
+            "log_level",
+        )
+        if (value := getattr(args, field, None)) is not None
+    }
+    return Settings(**overrides)
+
+
+def registry_from(settings: Any) -> Any:
+    from graphwire.graphs.registry import GraphRegistry
+
+    return GraphRegistry.from_sources(
+        builtins=settings.builtin_graphs,
+        specs=settings.graphs,
+        langgraph_json=settings.langgraph_json,
+    )

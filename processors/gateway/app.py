@@ -1,0 +1,319 @@
+"""The HTTP gateway (``graphwire gateway``): the production guide's FastAPI endpoints, with Kafka
+behind them.
+
+One ``GraphwireClient`` per process produces requests and reads results and events for every
+HTTP request. Callers authenticate with an API key or a JWT (``auth``), are rate limited per
+principal in Redis, and are recorded in the request's ``metadata.principal`` (and so in the audit
+table).
+"""
+
+
+import asyncio
+import contextlib
+import re
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import asyncpg
+import orjson
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from graphwire.processors.gateway.auth import Authenticator, AuthError, Principal, RateLimiter
+from graphwire.processors.gateway.models import (
+    Accepted,
+    BatchRequest,
+    BatchResponse,
+    BodyLimit,
+    GatewayMetrics,
+    Measure,
+    RunStatus,
+    WorkflowRequest,
+)
+from graphwire.processors.gateway.sse import event_stream
+from graphwire.processors.settings import Settings
+from graphwire.topics.client import GraphwireClient
+from graphwire.topics.errors import DependencyUnavailable, GraphwireError
+from graphwire.topics.models import Result
+from graphwire.topics.runstatus import read_run_state
+
+
+class Gateway:
+    """What the routes share: settings, the Kafka client, Redis, PostgreSQL, metrics."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.auth = Authenticator(settings)
+        self.metrics = GatewayMetrics()
+        redis_url = settings.redis_url.get_secret_value()
+        self.client = GraphwireClient(
+            settings.bootstrap_servers,
+            topic_prefix=settings.topic_prefix,
+            redis_url=redis_url if settings.dedup else None,
+            **settings.kafka_security(),
+        )
+        # the run-status layout the runner writes (read only here), and the rate limiter's
+        self.redis = Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+        self.limiter: RateLimiter | None = None
+        self.db: Any = None
+
+    async def start(self) -> None:
+        await self.client.start()
+        try:
+            await self.redis.ping()
+        except (RedisError, OSError) as exc:
+            raise DependencyUnavailable(
+                f"Redis does not answer ({exc}); check GRAPHWIRE_REDIS_URL"
+            ) from exc
+        self.limiter = RateLimiter(self.redis, self.settings.topic_prefix)
+        with contextlib.suppress(Exception):  # optional: status fallback and SSE backfill
+            self.db = await asyncpg.create_pool(
+                self.settings.database_url.get_secret_value(), min_size=0, max_size=4,
+                timeout=5, command_timeout=10,
+                server_settings={"search_path": f'"{self.settings.audit_schema}", public'}
+                if self.settings.audit_schema else None,
+            )
+
+    async def stop(self) -> None:
+        await self.client.stop()
+        await self.redis.aclose()
+        if self.db is not None:
+            await self.db.close()
+
+    async def principal(self, request: Request) -> Principal:
+        """Authenticate and rate limit (FastAPI dependency)."""
+        try:
+            principal = self.auth.authenticate(request.headers)
+        except AuthError as exc:
+            self.metrics.auth_failures.labels(str(exc.status)).inc()
+            headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+            raise HTTPException(exc.status, str(exc), headers=headers) from None
+        await self.charge(principal, 1)
+        return principal
+
+    async def charge(self, principal: Principal, cost: int) -> None:
+        """Count ``cost`` requests against the principal's rate limit; 429 over it."""
+        assert self.limiter is not None
+        decision = await self.limiter.check(principal, cost)
+        if not decision.allowed:
+            self.metrics.rate_limited.inc()
+            raise HTTPException(
+                429,
+                f"rate limit of {principal.rate_per_minute} requests per minute reached",
+                headers={"Retry-After": str(decision.retry_after_s)},
+            )
+
+    def allow(self, body: WorkflowRequest, principal: Principal) -> None:
+        if not principal.may_run(body.workflow_name):
+            self.metrics.auth_failures.labels("403").inc()
+            raise HTTPException(403, f"{principal.name} may not run {body.workflow_name!r}")
+
+    async def submit(
+        self, body: WorkflowRequest, principal: Principal, idempotency_key: str | None
+    ) -> str:
+        """Produce the run. Its request_id and thread_id are the caller's namespaced
+        (``<scope>.<id>``): one caller can neither read nor resume nor pre-empt another's."""
+        self.allow(body, principal)
+        request_id = body.request_id
+        if idempotency_key:
+            if request_id and request_id != idempotency_key:
+                raise HTTPException(422, "Idempotency-Key and request_id differ; send one")
+            request_id = idempotency_key
+        scope = principal.scope
+        metadata = {**body.metadata, "principal": principal.as_metadata()}
+        try:
+            return await self.client.submit(
+                body.workflow_name, body.input_data,
+                request_id=f"{scope}.{request_id or uuid.uuid4().hex}",
+                thread_id=f"{scope}.{body.thread_id}" if body.thread_id else None,
+                command=body.command,
+                config=body.config.model_dump(exclude_defaults=True),
+                stream=body.stream, metadata=metadata, timeout_s=body.timeout_s,
+            )
+        except ValueError as exc:  # the contract's validation (pydantic)
+            raise HTTPException(422, str(exc).splitlines()[0] if str(exc) else "invalid") from None
+
+    async def wait(self, request_id: str, timeout: float) -> Response:
+        """The result as JSON (already validated by the client: no second pass here)."""
+        try:
+            result = await self.client.result(request_id, timeout=timeout)
+            return Response(orjson.dumps(result.model_dump(mode="json")),
+                            media_type="application/json")
+        except DependencyUnavailable as exc:
+            raise HTTPException(503, str(exc)) from None
+        except TimeoutError:  # accepted and still running: say where to look, do not invite a
+            # retry (without an Idempotency-Key a retried POST would start a second run)
+            body = Accepted.of(request_id).model_dump()
+            return JSONResponse(body, status_code=202)
+
+    def own(self, request_id: str, principal: Principal) -> None:
+        """404 (not 403: no hint that it exists) for another caller's run."""
+        if not request_id.startswith(f"{principal.scope}."):
+            raise HTTPException(404, f"unknown request {request_id!r}")
+
+    async def status(self, request_id: str) -> RunStatus:
+        """Redis (the runner's lease and done marker) first, then the audit table."""
+        with contextlib.suppress(GraphwireError):
+            found = await read_run_state(self.redis, self.settings.topic_prefix, request_id)
+            if found is not None:
+                return RunStatus(request_id=request_id, source="redis", status=found.status,
+                                 attempts=found.attempts or None)
+        if self.db is not None:
+            with contextlib.suppress(Exception):
+                row = await self.db.fetchrow(
+                    "SELECT status, attempts, requested_at, finished_at FROM graphwire_runs "
+                    "WHERE request_id = $1", request_id,
+                )
+                if row is not None:
+                    return RunStatus(request_id=request_id, source="postgresql", **dict(row))
+        raise HTTPException(404, f"unknown request {request_id!r}")
+
+    async def readiness(self) -> dict[str, str]:
+        """Kafka (the reader runs), Redis (answers) and PostgreSQL (answers; optional)."""
+        deps = {"kafka": "ok" if self.client.reading else "the result reader is not running"}
+        try:
+            await asyncio.wait_for(self.redis.ping(), 2)
+            deps["redis"] = "ok"
+        except Exception as exc:
+            deps["redis"] = f"{type(exc).__name__}: {exc}"
+        deps["postgresql"] = "unavailable (status from Redis only)"
+        if self.db is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.db.fetchval("SELECT 1"), 2)
+                deps["postgresql"] = "ok"
+        return deps
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The gateway's FastAPI app.
+
+    ``uvicorn graphwire.processors.gateway.app:create_app --factory`` serves it."""
+    settings = settings or Settings()
+    gw = Gateway(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await gw.start()
+        try:
+            yield
+        finally:
+            await gw.stop()
+
+    app = FastAPI(
+        title="graphwire gateway",
+        summary="Run LangGraph graphs over HTTP; Kafka behind it.",
+        version="1",
+        lifespan=lifespan,
+    )
+    app.state.gateway = gw
+    origins = [o.strip() for o in settings.gateway_cors_origins.split(",") if o.strip()]
+    if origins:
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "X-API-Key", "Idempotency-Key",
+                                          "Content-Type", "Last-Event-ID"])
+    app.add_middleware(BodyLimit, max_bytes=settings.gateway_max_body_bytes)
+
+    app.add_middleware(Measure, metrics=gw.metrics)
+
+    Caller = Annotated[Principal, Depends(gw.principal)]
+    IdemKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=115)]
+    Wait = Annotated[float | None, Query(gt=0, le=600, description="seconds (default setting)")]
+
+    @app.post("/workflow/execute", status_code=202, response_model=Accepted | Result,
+              responses={200: {"model": Result},
+                         202: {"model": Accepted,
+                               "description": "accepted (with wait: no result in time yet)"}})
+    async def execute(
+        body: WorkflowRequest, caller: Caller,
+        idempotency_key: IdemKey = None,
+        wait: Annotated[bool, Query(description="wait for the result")] = False,
+        timeout: Wait = None,
+    ) -> Accepted | Response:
+        """Submit a run; 202 with its id, or (``wait=true``) 200 with the result (202 when it
+        did not come within ``timeout``: poll ``status_url``)."""
+        rid = await gw.submit(body, caller, idempotency_key)
+        if wait:
+            return await gw.wait(rid, timeout or settings.gateway_wait_timeout_s)
+        return Accepted.of(rid)
+
+    @app.post("/workflow/invoke", response_model=Result)
+    async def invoke(body: WorkflowRequest, caller: Caller, idempotency_key: IdemKey = None,
+                     timeout: Wait = None) -> Response:
+        """Submit a run and wait for its result."""
+        rid = await gw.submit(body, caller, idempotency_key)
+        return await gw.wait(rid, timeout or settings.gateway_wait_timeout_s)
+
+    @app.get("/workflow/status/{request_id}", response_model=RunStatus)
+    async def status(request_id: str, caller: Caller) -> RunStatus:
+        """Where a run is: Redis (live) first, then the audit table."""
+        gw.own(request_id, caller)
+        return await gw.status(request_id)
+
+    @app.post("/workflow/stream", response_class=StreamingResponse,
+              responses={200: {"content": {"text/event-stream": {}}}})
+    async def stream(body: WorkflowRequest, caller: Caller,
+                     idempotency_key: IdemKey = None) -> StreamingResponse:
+        """Submit a run and stream its events (``id:`` = seq), then its result."""
+        rid = await gw.submit(body, caller, idempotency_key)
+        return _sse(gw, rid, -1)
+
+    @app.get("/workflow/stream/{request_id}", response_class=StreamingResponse,
+             responses={200: {"content": {"text/event-stream": {}}}})
+    async def restream(request_id: str, caller: Caller,
+                       last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+                       ) -> StreamingResponse:
+        """Stream a run's events from after ``Last-Event-ID`` (reconnects miss nothing).
+        404 when neither this gateway, Redis nor the audit table knows the request."""
+        gw.own(request_id, caller)
+        valid = last_event_id and re.fullmatch(r"[0-9]{1,9}", last_event_id)
+        after = int(last_event_id) if valid and last_event_id else -1
+        if not gw.client.watching(request_id):
+            await gw.status(request_id)  # raises 404 for an unknown request
+        return _sse(gw, request_id, after)
+
+    @app.post("/workflow/batch", response_model=BatchResponse)
+    async def batch(body: BatchRequest, caller: Caller, timeout: Wait = None) -> BatchResponse:
+        """Submit many runs; with ``wait`` gather their results."""
+        if len(body.requests) > settings.gateway_max_batch:
+            raise HTTPException(422, f"at most {settings.gateway_max_batch} requests per batch")
+        for item in body.requests:  # all or nothing: refuse before submitting any
+            gw.allow(item, caller)
+        if len(body.requests) > 1:  # each run counts against the rate limit
+            await gw.charge(caller, len(body.requests) - 1)
+        ids = [await gw.submit(item, caller, None) for item in body.requests]
+        if not body.wait:
+            return BatchResponse(request_ids=ids)
+        limit = timeout or settings.gateway_wait_timeout_s
+        outcomes = await asyncio.gather(*(gw.client.result(r, timeout=limit) for r in ids),
+                                        return_exceptions=True)
+        results = [o if isinstance(o, Result) else None for o in outcomes]
+        return BatchResponse(request_ids=ids, results=results)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        deps = await gw.readiness()
+        ok = deps["kafka"] == "ok" and deps["redis"] == "ok"
+        return JSONResponse({"ready": ok, "dependencies": deps}, status_code=200 if ok else 503)
+
+    @app.get("/metrics", response_class=Response)
+    async def metrics() -> Response:
+        return Response(generate_latest(gw.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _sse(gw: Gateway, request_id: str, after: int) -> StreamingResponse:
+    return StreamingResponse(
+        event_stream(gw.client, gw.db, request_id, after, gw.settings.gateway_wait_timeout_s),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,105 @@
+"""Server-sent events of one run: ``id:`` is the event's seq, so a client that reconnects with
+``Last-Event-ID`` gets exactly the events after it, then the result.
+
+Events come from the gateway's Kafka client as they are published. Events published before
+this gateway process watched the request (a reconnect to another replica, or a stream opened
+late) are read back from the audit table, which the sink fills within about a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from graphwire.topics.client import GraphwireClient
+from graphwire.topics.errors import GraphwireError
+from graphwire.topics.models import Event
+
+KEEPALIVE_S = 15.0
+GIVE_UP_ON_EVENTS_S = 5.0  # the result is here but earlier events cannot be found
+
+
+def _frame(event: Event) -> bytes:
+    data = orjson.dumps(event.model_dump(mode="json"))
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (event.seq, event.type.encode(), data)
+
+
+async def stored_events(db: Any, request_id: str, after: int) -> list[Event]:
+    """Events of ``request_id`` with seq > ``after`` from the audit table ([] without one)."""
+    if db is None:
+        return []
+    try:
+        rows = await db.fetch(
+            "SELECT e.seq, e.type, e.node, e.data, e.ts, coalesce(r.graph, '') AS graph "
+            "FROM graphwire_events e LEFT JOIN graphwire_runs r USING (request_id) "
+            "WHERE e.request_id = $1 AND e.seq > $2 ORDER BY e.seq",
+            request_id, after,
+        )
+    except Exception:  # no audit tables, or PostgreSQL down: live events only
+        return []
+    return [
+        Event(request_id=request_id, seq=r["seq"], type=r["type"], graph=r["graph"],
+              node=r["node"], data=orjson.loads(r["data"]) if r["data"] else None,
+              ts=r["ts"].timestamp())
+        for r in rows
+    ]
+
+
+async def event_stream(
+    client: GraphwireClient, db: Any, request_id: str, after: int, timeout: float
+) -> AsyncIterator[bytes]:
+    """The SSE body: events with seq > ``after`` in order, then ``event: result``."""
+    client.watch(request_id)
+    if client.known_result(request_id) is None:  # a finished run: the result via Redis, now
+        with contextlib.suppress(TimeoutError, GraphwireError):
+            await client.result(request_id, timeout=0.05)
+    sent = after
+    deadline = time.monotonic() + timeout
+    last_write = time.monotonic()
+    backfilled = 0.0
+    result_since: float | None = None
+    yield f": events of {request_id} after {after}\n\n".encode()
+    finished = False
+    while not finished and time.monotonic() < deadline:
+        signal = client.event_signal(request_id)
+        signal.clear()
+        known = client.seen_events(request_id)
+        if (not known or known[0].seq > sent + 1) and time.monotonic() - backfilled > 0.5:
+            known = sorted({e.seq: e for e in [*await stored_events(db, request_id, sent),
+                                                *known]}.values(), key=lambda e: e.seq)
+            backfilled = time.monotonic()
+        for event in known:
+            if event.seq == sent + 1:
+                yield _frame(event)
+                sent, last_write = event.seq, time.monotonic()
+                if event.type == "run_finished":
+                    finished = True
+                    break
+        if finished:
+            break
+        result = client.known_result(request_id)
+        if result is not None:
+            if result.status == "rejected":  # never ran: there are no events to wait for
+                break
+            result_since = result_since or time.monotonic()
+            if time.monotonic() - result_since > GIVE_UP_ON_EVENTS_S:
+                break
+        try:
+            await asyncio.wait_for(signal.wait(), 0.5)
+        except TimeoutError:
+            if time.monotonic() - last_write > KEEPALIVE_S:
+                yield b": keep-alive\n\n"
+                last_write = time.monotonic()
+    try:
+        remaining = max(0.1, deadline - time.monotonic())
+        result = await client.result(request_id, timeout=remaining)
+    except TimeoutError:
+        detail = orjson.dumps({"detail": "no result in time; reconnect with Last-Event-ID"})
+        yield b"event: timeout\ndata: %s\n\n" % detail
+        return
+    yield b"event: result\ndata: %s\n\n" % orjson.dumps(result.model_dump(mode="json"))

@@ -1,0 +1,17 @@
+"""The graph runner (``graphwire worker``), in the order a request meets it.
+
+- ``runner``       ``GraphRunner``: the consumer loop, backpressure, rebalance, commits
+- ``scheduler``    ``KeyScheduler``: one run at a time per key, many keys at once
+- ``processing``   one message: decode -> claim -> (cache) -> run -> publish -> mark done
+- ``graphrun``     one graph run: attempts, timeouts, checkpoints, events
+- ``dedup``        ``DedupStore``: leases and done markers in Redis (the writing side)
+- ``cache``        ``ResultCache``: results of identical requests, in Redis
+- ``checkpoints``  the PostgreSQL checkpointer for durable runs
+- ``publisher``    ``Publisher``: events, results and dead letters to Kafka
+- ``offsets``      ``OffsetTracker``: commit only below every unfinished message
+- ``gate``         ``DependencyGate``: pauses work while Redis or PostgreSQL are down
+- ``callbacks``    LangChain callbacks: LLM and token metrics, per-node logs
+- ``tracing``      OpenTelemetry spans per run and per node (optional)
+
+Start here: ``GraphRunner`` in ``runner.py``.
+"""

@@ -1,0 +1,104 @@
+"""LangChain callbacks on every run: LLM calls and tokens per model, duration per node.
+
+One handler per run (it knows the graph). It only counts: no payloads are kept, so nothing a
+graph handles reaches the metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+from uuid import UUID
+
+from langchain_core.callbacks import AsyncCallbackHandler
+from langchain_core.outputs import LLMResult
+
+from graphwire.processors.logs import bind
+from graphwire.processors.metrics import RunnerMetrics
+from graphwire.processors.runner import tracing
+
+log = logging.getLogger(__name__)
+
+
+def _model(serialized: dict[str, Any] | None, metadata: dict[str, Any] | None,
+           kwargs: dict[str, Any]) -> str:
+    params = kwargs.get("invocation_params") or {}
+    for value in (
+        (metadata or {}).get("ls_model_name"),
+        params.get("model"),
+        params.get("model_name"),
+        (serialized or {}).get("name"),
+    ):
+        if isinstance(value, str) and value:
+            return value[:100]
+    return "unknown"
+
+
+class RunCallbacks(AsyncCallbackHandler):
+    """Feeds ``langgraph_llm_*`` and ``graphwire_node_duration_seconds`` for one run."""
+
+    run_inline = True  # bookkeeping only: no thread hop per callback
+
+    def __init__(self, metrics: RunnerMetrics, graph: str) -> None:
+        self.metrics = metrics
+        self.graph = graph
+        self._models: dict[UUID, str] = {}
+        self._nodes: dict[UUID, tuple[str, float, Any]] = {}
+
+    async def on_chat_model_start(self, serialized: dict[str, Any], messages: Any, *,
+                                  run_id: UUID, metadata: dict[str, Any] | None = None,
+                                  **kwargs: Any) -> None:
+        self._models[run_id] = _model(serialized, metadata, kwargs)
+
+    async def on_llm_start(self, serialized: dict[str, Any], prompts: list[str], *,
+                           run_id: UUID, metadata: dict[str, Any] | None = None,
+                           **kwargs: Any) -> None:
+        self._models[run_id] = _model(serialized, metadata, kwargs)
+
+    async def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
+        model = self._models.pop(run_id, "unknown")
+        self.metrics.llm_requests.labels(model, "success").inc()
+        usage: dict[str, int] = {}
+        for generations in response.generations:
+            for generation in generations:
+                found = getattr(getattr(generation, "message", None), "usage_metadata", None)
+                if found:
+                    for kind in ("input_tokens", "output_tokens"):
+                        usage[kind] = usage.get(kind, 0) + int(found.get(kind, 0) or 0)
+        if not usage:
+            token_usage = (response.llm_output or {}).get("token_usage") or {}
+            usage = {"input_tokens": int(token_usage.get("prompt_tokens", 0) or 0),
+                     "output_tokens": int(token_usage.get("completion_tokens", 0) or 0)}
+        for kind, count in usage.items():
+            if count:
+                self.metrics.llm_tokens.labels(model, kind.removesuffix("_tokens")).inc(count)
+
+    async def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self.metrics.llm_requests.labels(self._models.pop(run_id, "unknown"), "error").inc()
+
+    async def on_chain_start(self, serialized: dict[str, Any] | None, inputs: Any, *,
+                             run_id: UUID, metadata: dict[str, Any] | None = None,
+                             **kwargs: Any) -> None:
+        node = (metadata or {}).get("langgraph_node")
+        if node is not None and kwargs.get("name") == node:  # the node itself, not its parts
+            span = tracing.start_node_span(self.graph, str(node))
+            self._nodes[run_id] = (str(node), time.perf_counter(), span)
+            bind(node=str(node))  # this node's task: its log lines carry the node
+
+    async def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        self._node_done(run_id)
+
+    async def on_chain_error(self, error: BaseException, *, run_id: UUID,
+                             **kwargs: Any) -> None:
+        interrupted = type(error).__name__ in ("GraphInterrupt", "NodeInterrupt")
+        self._node_done(run_id, None if interrupted else error)
+
+    def _node_done(self, run_id: UUID, error: BaseException | None = None) -> None:
+        found = self._nodes.pop(run_id, None)
+        if found is not None:
+            node, started, span = found
+            tracing.end_span(span, error)
+            seconds = time.perf_counter() - started
+            self.metrics.node_duration.labels(self.graph, node).observe(seconds)
+            log.debug("node %s took %.1f ms", node, seconds * 1000)

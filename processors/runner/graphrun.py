@@ -1,0 +1,298 @@
+"""RunExecutor: one request's graph run, from run_started to an acknowledged result.
+
+Attaches the PostgreSQL checkpointer, resumes or reuses what an earlier attempt of the same
+request left on its thread, retries retriable failures with backoff, stops at a step boundary
+when asked to drain, and publishes events and the result. Idempotency and caching around it
+are the RequestProcessor's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+from langgraph.runtime import RunControl
+from psycopg_pool import PoolTimeout
+
+from graphwire.graphs.execution import RunOutcome, is_retriable, run_graph
+from graphwire.graphs.registry import GraphOptions
+from graphwire.processors.metrics import RunnerMetrics
+from graphwire.processors.runner import tracing
+from graphwire.processors.runner.callbacks import RunCallbacks
+from graphwire.processors.runner.checkpoints import CheckpointStore
+from graphwire.processors.runner.dedup import LeaseLost
+from graphwire.processors.runner.publisher import OutputPublisher, Record, header, trace_headers
+from graphwire.processors.settings import Settings
+from graphwire.topics.codec import HEADER_TRACEPARENT, event_dict, result_dict
+from graphwire.topics.errors import DependencyUnavailable
+from graphwire.topics.models import Request
+
+log = logging.getLogger(__name__)
+
+
+class RunExecutor:
+    """Runs graphs for requests and publishes what they produce."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: RunnerMetrics,
+        out: OutputPublisher,
+        *,
+        checkpoints: CheckpointStore | None,
+        stopping: Callable[[], bool],
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self._out = out
+        self._checkpoints = checkpoints
+        self._stopping = stopping
+        self._events_topic = settings.topics.events
+        self._durable_graphs: dict[str, tuple[Any, Any]] = {}
+        self._controls: set[RunControl] = set()
+        self._controls_by_request: dict[str, RunControl] = {}
+        self._graph_options: dict[int, tuple[Any, GraphOptions]] = {}
+
+    def options(self, graph: Any) -> GraphOptions:
+        """The graph's declared options, read once per graph object."""
+        options = self._graph_options.get(id(graph))
+        if options is None or options[0] is not graph:
+            options = (graph, GraphOptions.of(graph))
+            self._graph_options[id(graph)] = options
+        return options[1]
+
+    def _durable(self, name: str, graph: Any) -> Any:
+        """The graph with the PostgreSQL checkpointer attached (once per graph)."""
+        if self._checkpoints is None or self._checkpoints.saver is None:
+            return graph
+        durable = self._durable_graphs.get(name)
+        if durable is None or durable[0] is not graph:
+            durable = (graph, graph.copy(update={"checkpointer": self._checkpoints.saver}))
+            self._durable_graphs[name] = durable
+        return durable[1]
+
+    async def execute(
+        self,
+        record: Record,
+        request: Request,
+        graph: Any,
+        started: float,
+        *,
+        attempt: int,
+        lease_lost: Callable[[], bool] = lambda: False,
+    ) -> tuple[RunOutcome, str | None]:
+        """Run ``request`` to its outcome and publish it (in an OpenTelemetry span when on)."""
+        with tracing.run_span(request.graph, request.request_id,
+                              header(record, HEADER_TRACEPARENT)) as span:  # None when off
+            outcome = await self._execute(record, request, graph, started, attempt, lease_lost)
+            if span is not None:
+                span.set_attribute("graphwire.status", outcome[0].status)
+            return outcome
+
+    async def _execute(
+        self,
+        record: Record,
+        request: Request,
+        graph: Any,
+        started: float,
+        attempt: int,
+        lease_lost: Callable[[], bool],
+    ) -> tuple[RunOutcome, str | None]:
+        rid = request.request_id
+        key = rid.encode()
+        headers = trace_headers(record)
+        outbox = self._out.outbox()
+        events_topic = self._events_topic
+        metadata = request.metadata
+        thread_id = request.thread_id
+        seq = 0
+
+        async def emit(type_: str, node: str | None, data: Any) -> None:
+            nonlocal seq
+            event = event_dict(rid, seq, type_, request.graph, node, data, metadata)
+            seq += 1
+            self.metrics.event_published(type_)
+            await outbox.send(events_topic, self._out.encode(event, "data"), key, headers)
+
+        graph = self._durable(request.graph, graph)
+        config: dict[str, Any] = {
+            "configurable": {**request.config.configurable, "thread_id": thread_id or rid},
+            "recursion_limit": request.config.recursion_limit,
+            "metadata": {"graphwire_request_id": rid},
+        }
+        if self.settings.run_callbacks:
+            config["callbacks"] = [RunCallbacks(self.metrics, request.graph)]
+        if request.config.tags:
+            config["tags"] = request.config.tags
+        if request.config.max_concurrency:
+            config["max_concurrency"] = request.config.max_concurrency
+        options = self.options(graph)
+        max_attempts = request.max_attempts or options.max_attempts or self.settings.max_attempts
+        durability = request.durability or options.durability or self.settings.durability
+        payload_input, command = request.input, request.command
+        # A redelivery (attempt > 1) looks at what the earlier attempt left on the thread:
+        # unfinished -> continue from the checkpoint; finished -> reuse it, run nothing.
+        earlier = await self._earlier_attempt(graph, config, rid) if attempt > 1 else None
+        resumed = earlier is not None
+        if resumed:
+            payload_input, command = None, None
+        await emit(
+            "run_started",
+            None,
+            {
+                "thread_id": thread_id,
+                "worker": self.settings.worker_id,
+                "attempt": attempt,
+                "resumed": resumed,
+            },
+        )
+        control = RunControl()
+        self._controls.add(control)
+        self._controls_by_request[rid] = control
+        self.metrics.active.inc()
+        try:
+            while True:
+                if earlier is not None and earlier.status != "unfinished":
+                    outcome = earlier  # the crash came after the graph ended: nothing to run
+                    break
+                outcome = await run_graph(
+                    graph,
+                    input=payload_input,
+                    command=command,
+                    config=config,
+                    stream=request.stream,
+                    timeout_s=request.timeout_s,
+                    emit=emit,
+                    durability=durability if graph.checkpointer else None,
+                    control=control if graph.checkpointer else None,
+                )
+                if graph.checkpointer is not None and _is_database_outage(outcome.exception):
+                    raise DependencyUnavailable(
+                        f"PostgreSQL (checkpoints) failed during {rid}: {outcome.exception}"
+                    ) from outcome.exception
+                if not (
+                    outcome.status == "error"
+                    and attempt < max_attempts
+                    and is_retriable(outcome.exception)
+                ):
+                    break
+                await self._back_off(rid, attempt, outcome)
+                attempt += 1
+                if await self._unfinished(graph, config):  # retry the failed step only
+                    payload_input, command = None, None
+        finally:
+            self.metrics.active.dec()
+            self._controls.discard(control)
+            self._controls_by_request.pop(rid, None)
+        if outcome.status == "drained":
+            raise DependencyUnavailable(
+                f"{rid} stopped at a step boundary for shutdown; another worker resumes it "
+                "from its checkpoint"
+            )
+        duration_ms = (time.perf_counter() - started) * 1000
+        await emit(
+            "run_finished", None, {"status": outcome.status, "duration_ms": round(duration_ms, 3)}
+        )
+        result = result_dict(
+            rid,
+            request.graph,
+            outcome.status,
+            output=outcome.output,
+            error=outcome.error,
+            interrupts=outcome.interrupts,
+            thread_id=thread_id,
+            attempts=attempt,
+            duration_ms=duration_ms,
+            metadata=metadata,
+        )
+        if lease_lost():
+            raise LeaseLost(f"lease on {rid} expired during the run; another worker owns it")
+        await self._out.send_result(outbox, record, key, result, headers)
+        if outcome.status == "error":
+            assert outcome.error is not None
+            await self._out.send_dead_letter(outbox, record, f"graph failed: {outcome.error[1]}")
+            self.metrics.dead_letters.labels("graph_error").inc()
+        await outbox.confirm()
+        self.metrics.executions.labels(request.graph, outcome.status).inc()
+        self.metrics.duration.labels(request.graph).observe(duration_ms / 1000)
+        log.debug("run %s in %.1f ms (attempt %d)", outcome.status, duration_ms, attempt)
+        return outcome, outbox.acked.get(self._out.results_topic)
+
+    async def _back_off(self, request_id: str, attempt: int, outcome: RunOutcome) -> None:
+        """Sleep before retry ``attempt + 1`` (exponential, jittered); give up on shutdown."""
+        s = self.settings
+        delay = min(s.retry_backoff_max_s, s.retry_backoff_s * 2 ** (attempt - 1))
+        delay *= random.uniform(0.5, 1.0)
+        self.metrics.retries.inc()
+        log.warning(
+            "%s attempt %d failed (%s); retrying in %.2fs",
+            request_id,
+            attempt,
+            outcome.error and outcome.error[0],
+            delay,
+        )
+        deadline = time.monotonic() + delay
+        while time.monotonic() < deadline:
+            if self._stopping():
+                raise DependencyUnavailable(f"{request_id}: shutdown during retry backoff")
+            await asyncio.sleep(min(0.1, deadline - time.monotonic()))
+
+    def drain_request(self, request_id: str, reason: str) -> None:
+        """Ask one run to stop at its next step boundary."""
+        control = self._controls_by_request.get(request_id)
+        if control is not None:
+            control.request_drain(reason)
+
+    def drain(self) -> None:
+        """Ask every checkpointed run to stop at its next step boundary (on shutdown)."""
+        for control in self._controls:
+            control.request_drain("shutdown")
+
+    async def _earlier_attempt(
+        self, graph: Any, config: dict[str, Any], request_id: str
+    ) -> RunOutcome | None:
+        """What an earlier attempt of ``request_id`` left on its thread, if anything.
+
+        ``unfinished`` (stopped between steps), ``success`` (the graph ended: its final state)
+        or ``interrupted``; None when the thread's last checkpoint is not this request's.
+        """
+        state = await _checkpointed_state(graph, config)
+        if (
+            state is None
+            or not state.metadata
+            or state.metadata.get("graphwire_request_id") != request_id
+        ):
+            return None
+        if state.interrupts:
+            found = [{"id": i.id, "value": i.value} for i in state.interrupts]
+            return RunOutcome(status="interrupted", interrupts=found)
+        # ``next`` alone misleads: a step whose tasks finished (their writes saved) but whose
+        # next checkpoint was not written yet shows no ``next``. Any task left means unfinished.
+        if state.next or state.tasks:
+            return RunOutcome(status="unfinished")
+        return RunOutcome(status="success", output=state.values)
+
+    async def _unfinished(self, graph: Any, config: dict[str, Any]) -> bool:
+        """True when the thread's last run stopped between steps (not at an interrupt)."""
+        state = await _checkpointed_state(graph, config)
+        return state is not None and bool(state.next) and not state.interrupts
+
+
+async def _checkpointed_state(graph: Any, config: dict[str, Any]) -> Any:
+    """The thread's state snapshot; None without a checkpointer."""
+    if graph.checkpointer is None:
+        return None
+    try:
+        return await graph.aget_state(config)
+    except Exception as exc:
+        raise DependencyUnavailable(f"cannot read the checkpoint: {exc}") from exc
+
+
+def _is_database_outage(exc: BaseException | None) -> bool:
+    """Connection-level failures of the checkpointer's PostgreSQL (not the graph's own bugs)."""
+    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | PoolTimeout)

@@ -1,0 +1,400 @@
+"""RequestProcessor: what happens to one request message, from bytes to acknowledged outputs.
+
+Decode and validate, find the graph, claim the request_id (Redis), answer from the result
+cache or hand the run to the RunExecutor, then mark the request done; dead-letter what cannot
+run, and wait out dependency outages. The consumer-group mechanics around it (polling,
+ordering, commits, rebalances) are the GraphRunner's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiokafka.errors import KafkaError
+
+from graphwire.graphs.registry import GraphRegistry, UnknownGraphName
+from graphwire.processors.logs import bind, trace_id, unbind
+from graphwire.processors.metrics import RunnerMetrics
+from graphwire.processors.runner.cache import ResultCache, cache_key
+from graphwire.processors.runner.checkpoints import CheckpointStore
+from graphwire.processors.runner.dedup import Claim, DedupStore, LeaseLost
+from graphwire.processors.runner.gate import DependencyGate
+from graphwire.processors.runner.graphrun import RunExecutor
+from graphwire.processors.runner.publisher import (
+    OutputPublisher,
+    PublishFailed,
+    Record,
+    header,
+    trace_headers,
+)
+from graphwire.processors.settings import Settings
+from graphwire.topics.codec import (
+    HEADER_TRACEPARENT,
+    decode_request,
+    dumps,
+    event_dict,
+    peek_graph,
+    result_dict,
+)
+from graphwire.topics.errors import (
+    DependencyUnavailable,
+    InvalidRequest,
+    UndecodableMessage,
+    UnknownGraph,
+)
+from graphwire.topics.models import Request
+from graphwire.topics.runstatus import DoneMarker
+
+log = logging.getLogger(__name__)
+
+
+class RequestProcessor:
+    """Turns one request message into its events, result and dead letter."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: GraphRegistry,
+        metrics: RunnerMetrics,
+        out: OutputPublisher,
+        *,
+        dedup: DedupStore | None = None,
+        checkpoints: CheckpointStore | None = None,
+        stopping: Callable[[], bool] = lambda: False,
+        gate: DependencyGate | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.metrics = metrics
+        self._out = out
+        self._dedup = dedup
+        self._checkpoints = checkpoints
+        self._stopping = stopping
+        self._gate = gate
+        self._events_topic = settings.topics.events
+        self._allowed = frozenset(
+            g.strip() for g in settings.allowed_graphs.split(",") if g.strip()
+        )
+        self._versions: dict[str, tuple[Any, str]] = {}
+        self._cache = ResultCache(dedup.client) if dedup is not None else None
+        self._executor = RunExecutor(
+            settings, metrics, out, checkpoints=checkpoints, stopping=stopping
+        )
+
+    def drain(self) -> None:
+        """Ask every checkpointed run to stop at its next step boundary (on shutdown)."""
+        self._executor.drain()
+
+    async def handle(self, record: Record) -> bool:
+        """Process one message to its end; False when it is left uncommitted (for redelivery).
+
+        A message left unfinished stops its key: the scheduler drops the key's queued messages,
+        so a later message of the same thread never runs before an earlier one.
+        """
+        while True:
+            try:
+                await self._process(record)
+                return True
+            except DependencyUnavailable as exc:
+                if self._gate is not None and not self._stopping():
+                    self._gate.report(exc)  # pauses new work; we retry once it answers
+                    if await self._gate.wait_healthy(self._stopping):
+                        continue
+                log.warning("leaving %s/%d uncommitted: %s", record.topic, record.offset, exc)
+                return False
+            except LeaseLost as exc:  # another worker owns it now: go back to the claim
+                log.warning("%s; waiting for that run", exc)
+                continue
+            except PublishFailed as exc:  # an output can never be written: say so, move on
+                return await self._dead_letter_or_leave(
+                    record, f"outputs could not be published: {exc}", "publish_failed"
+                )
+            except Exception as exc:  # a bug of ours must not stop the partition
+                log.exception("internal error on %s/%d", record.topic, record.offset)
+                reason = (
+                    f"internal error while processing ({type(exc).__name__}: {exc}); "
+                    "report it to the graphwire maintainers, then replay the dead letter"
+                )
+                return await self._dead_letter_or_leave(record, reason, "internal")
+
+    async def _dead_letter_or_leave(self, record: Record, reason: str, label: str) -> bool:
+        """Dead-letter ``record``; False if even that cannot be published (left uncommitted)."""
+        try:
+            await self._out.dead_letter_only(record, reason, label)
+        except (DependencyUnavailable, PublishFailed, KafkaError) as exc:
+            log.error("could not dead-letter %s/%d: %s", record.topic, record.offset, exc)
+            return False
+        return True
+
+    async def _process(self, record: Record) -> None:
+        started = time.perf_counter()
+        try:
+            request = decode_request(record.value, max_bytes=self.settings.max_request_bytes)
+        except UndecodableMessage as exc:
+            await self._out.dead_letter_only(record, str(exc), "undecodable")
+            return
+        except InvalidRequest as exc:
+            assert exc.request_id is not None
+            reason = "too_large" if type(exc).__name__ == "RequestTooLarge" else "invalid"
+            await self._out.reject(
+                record, exc.request_id, peek_graph(record.value), exc, reason, started
+            )
+            return
+        try:
+            if self._allowed and request.graph not in self._allowed:
+                raise UnknownGraphName(request.graph)
+            graph = self.registry.get(request.graph)
+        except UnknownGraphName:
+            allowed = [n for n in self.registry.names() if not self._allowed or n in self._allowed]
+            error = UnknownGraph(request.graph, allowed)
+            await self._out.reject(
+                record,
+                request.request_id,
+                request.graph,
+                error,
+                "unknown_graph",
+                started,
+                metadata=request.metadata,
+                thread_id=request.thread_id,
+            )
+            return
+        await self._run(record, request, graph, started)
+
+    async def _run(self, record: Record, request: Request, graph: Any, started: float) -> None:
+        token = bind(request_id=request.request_id, graph=request.graph,
+                     trace_id=trace_id(header(record, HEADER_TRACEPARENT)))
+        try:
+            await self._run_bound(record, request, graph, started)
+        finally:
+            unbind(token)
+
+    async def _run_bound(
+        self, record: Record, request: Request, graph: Any, started: float
+    ) -> None:
+        """Claim the request_id, run (or resume) the graph, publish, then mark it done."""
+        rid = request.request_id
+        if self._dedup is None:
+            status, _ = await self._execute_cached(record, request, graph, started, attempt=1)
+            self._forget_checkpoints(request, status)
+            return
+        owner = f"{self.settings.worker_id}:{record.topic}/{record.partition}/{record.offset}"
+        claim = await self._claim(rid, owner)
+        if claim.state == "done":
+            self.metrics.duplicates.inc()
+            log.info("skipping %s: already done (%s)", rid, claim.detail)
+            return
+        if claim.attempt > self.settings.max_deliveries:
+            await self._give_up(record, request, claim.attempt - 1, started, owner)
+            return
+        dedup = self._dedup
+        dedup.hold(rid, owner, on_lost=lambda: self._executor.drain_request(rid, "lease lost"))
+        try:
+            status, result_at = await self._execute_cached(
+                record,
+                request,
+                graph,
+                started,
+                attempt=claim.attempt,
+                lease_lost=lambda: dedup.lost(rid),
+            )
+            marker = DoneMarker(status, result_at).encode()
+            # outputs are out: only the done marker is missing, so an outage here is waited
+            # out (not re-run, which would publish the result twice)
+            await self._through_outage(lambda: dedup.complete(rid, owner, marker))
+            self._forget_checkpoints(request, status)
+        except BaseException:
+            with contextlib.suppress(Exception):  # best effort: else the lease just expires
+                await self._dedup.release(rid, owner)
+            raise
+        finally:
+            self._dedup.let_go(rid)
+
+    async def _give_up(
+        self, record: Record, request: Request, started_times: int, started: float, owner: str
+    ) -> None:
+        """A poison message: started ``started_times`` times, never finished. Do not run it
+        again: publish an ``error`` result and a dead letter, and mark it done."""
+        assert self._dedup is not None
+        rid = request.request_id
+        reason = (
+            f"started {started_times} times and never finished: each run took its worker down "
+            f"(a crash, out of memory or a kill), so it is not started again "
+            f"(GRAPHWIRE_MAX_DELIVERIES={self.settings.max_deliveries}); fix the graph, then "
+            f"`graphwire dlq replay --request-id {rid}`"
+        )
+        log.error("poison message %s: %s", rid, reason)
+        outbox = self._out.outbox()
+        result = result_dict(
+            rid, request.graph, "error", error=("PoisonMessage", reason),
+            thread_id=request.thread_id, attempts=max(1, started_times),
+            duration_ms=(time.perf_counter() - started) * 1000, metadata=request.metadata,
+        )
+        await self._out.send_result(outbox, record, rid.encode(), result, trace_headers(record))
+        await self._out.send_dead_letter(outbox, record, f"poison message: {reason}")
+        await outbox.confirm()
+        self.metrics.dead_letters.labels("poison").inc()
+        self.metrics.executions.labels(request.graph, "error").inc()
+        pointer = outbox.acked.get(self._out.results_topic)
+        marker = DoneMarker("error", pointer).encode()
+        dedup = self._dedup
+        await self._through_outage(lambda: dedup.complete(rid, owner, marker))
+
+    def _forget_checkpoints(self, request: Request, status: str) -> None:
+        """A stateless run is done for good (done marker written): drop its checkpoints.
+
+        Not earlier: until the done marker exists a crash redelivers the request, and its
+        checkpoints are what lets the next attempt reuse the finished run instead of rerunning.
+        """
+        if self._checkpoints and request.thread_id is None and status != "interrupted":
+            self._checkpoints.forget_later(request.request_id)
+
+    async def _execute_cached(
+        self,
+        record: Record,
+        request: Request,
+        graph: Any,
+        started: float,
+        *,
+        attempt: int,
+        lease_lost: Callable[[], bool] = lambda: False,
+    ) -> tuple[str, str | None]:
+        """``_execute``, or the cached output of an identical request when caching applies.
+
+        Returns the status and where the result landed (``topic/partition/offset``)."""
+        key = self._cache_key(request, graph)
+        if key is None or self._cache is None:
+            outcome, result_at = await self._executor.execute(
+                record, request, graph, started, attempt=attempt, lease_lost=lease_lost
+            )
+            return outcome.status, result_at
+        owner = uuid.uuid4().hex
+        hit, output = await self._cache.lookup_or_lock(key, owner)
+        if hit:
+            self.metrics.cache.labels("hit").inc()
+            return "success", await self._publish_cached(record, request, output, started, attempt)
+        self.metrics.cache.labels("miss").inc()
+        try:
+            outcome, result_at = await self._executor.execute(
+                record, request, graph, started, attempt=attempt, lease_lost=lease_lost
+            )
+        except BaseException:
+            await self._cache.unlock(key, owner)
+            raise
+        if outcome.status == "success":
+            ttl = self._cache_ttl(request, graph)
+            assert ttl is not None
+            try:  # the result is out: caching it is best effort, never a reason to rerun
+                await self._cache.store(key, owner, dumps(outcome.output), ttl)
+            except (DependencyUnavailable, TypeError) as exc:
+                log.warning("could not cache the result of %s: %s", request.request_id, exc)
+                await self._cache.unlock(key, owner)
+        else:
+            await self._cache.unlock(key, owner)
+        return outcome.status, result_at
+
+    def _cache_ttl(self, request: Request, graph: Any) -> float | None:
+        if request.cache is not None:
+            return request.cache.ttl_s
+        return self._executor.options(graph).cache_ttl_s
+
+    def _cache_key(self, request: Request, graph: Any) -> str | None:
+        """The cache key, or None when the request is not cacheable (threads, commands)."""
+        if request.thread_id is not None or request.command is not None:
+            return None
+        if self._cache_ttl(request, graph) is None:
+            return None
+        version = self._executor.options(graph).version or self._structure_hash(
+            request.graph, graph
+        )
+        config = request.config.model_dump(mode="json")
+        return cache_key(self.settings.topic_prefix, request.graph, version, request.input, config)
+
+    def _structure_hash(self, name: str, graph: Any) -> str:
+        cached = self._versions.get(name)
+        if cached is None or cached[0] is not graph:
+            drawable = graph.get_graph()
+            shape = {
+                "nodes": sorted(drawable.nodes),
+                "edges": sorted((e.source, e.target, e.conditional) for e in drawable.edges),
+            }
+            cached = (graph, hashlib.sha256(dumps(shape)).hexdigest()[:16])
+            self._versions[name] = cached
+        return cached[1]
+
+    async def _publish_cached(
+        self, record: Record, request: Request, output: Any, started: float, attempt: int
+    ) -> str | None:
+        rid = request.request_id
+        key, headers, outbox = rid.encode(), trace_headers(record), self._out.outbox()
+        duration_ms = (time.perf_counter() - started) * 1000
+        for seq, (type_, data) in enumerate(
+            (
+                (
+                    "run_started",
+                    {
+                        "thread_id": None,
+                        "worker": self.settings.worker_id,
+                        "attempt": attempt,
+                        "resumed": False,
+                        "cached": True,
+                    },
+                ),
+                (
+                    "run_finished",
+                    {"status": "success", "duration_ms": round(duration_ms, 3), "cached": True},
+                ),
+            )
+        ):
+            event = event_dict(rid, seq, type_, request.graph, None, data, request.metadata)
+            self.metrics.event_published(type_)
+            await outbox.send(self._events_topic, self._out.encode(event, "data"), key, headers)
+        result = result_dict(
+            rid,
+            request.graph,
+            "success",
+            output=output,
+            attempts=attempt,
+            cached=True,
+            duration_ms=duration_ms,
+            metadata=request.metadata,
+        )
+        await self._out.send_result(outbox, record, key, result, headers)
+        await outbox.confirm()
+        self.metrics.executions.labels(request.graph, "success").inc()
+        return outbox.acked.get(self._out.results_topic)
+
+    async def _through_outage(self, operation: Callable[[], Awaitable[None]]) -> None:
+        """Run ``operation``, waiting out dependency outages (unless the worker stops)."""
+        while True:
+            try:
+                await operation()
+                return
+            except DependencyUnavailable as exc:
+                if self._gate is None or self._stopping():
+                    raise
+                self._gate.report(exc)
+                if not await self._gate.wait_healthy(self._stopping):
+                    raise
+
+    async def _claim(self, request_id: str, owner: str) -> Claim:
+        """Acquire the lease, waiting while another live worker holds it."""
+        assert self._dedup is not None
+        delay = 0.05
+        while True:
+            claim = await self._dedup.acquire(request_id, owner)
+            if claim.state != "busy":
+                return claim
+            if self._stopping():
+                raise DependencyUnavailable(
+                    f"{request_id} is still running on {claim.detail}; left for redelivery"
+                )
+            self.metrics.lease_waits.inc()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)

@@ -1,0 +1,379 @@
+"""GraphRunner: consumes requests, runs graphs, publishes events and results, commits safely.
+
+Delivery rules kept here (see ARCHITECTURE.md):
+
+1. An offset is committed only after its result or dead letter is acknowledged by the broker.
+2. Messages with the same key run one at a time in offset order; different keys run
+   concurrently up to ``max_in_flight``. At the limit fetching pauses and polling goes on, so
+   the member stays in the group however long a graph runs.
+3. On revoke: queued runs of the partition are dropped, running ones get ``revoke_grace_s``,
+   finished offsets are committed; the rest is redelivered to the new owner.
+4. On stop (SIGTERM): stop fetching; checkpointed runs stop at their next step boundary (another
+   worker resumes them), the others get ``shutdown_grace_s``; flush, commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Hashable
+from typing import Self
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaConnectionError, KafkaError
+
+from graphwire.graphs.registry import GraphRegistry
+from graphwire.processors.metrics import RunnerMetrics
+from graphwire.processors.runner.checkpoints import CheckpointStore
+from graphwire.processors.runner.dedup import DedupStore
+from graphwire.processors.runner.gate import Check, DependencyGate
+from graphwire.processors.runner.offsets import OffsetTracker
+from graphwire.processors.runner.processing import RequestProcessor
+from graphwire.processors.runner.publisher import OutputPublisher, Record
+from graphwire.processors.runner.scheduler import KeyScheduler
+from graphwire.processors.settings import Settings
+from graphwire.topics.errors import DependencyUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, runner: GraphRunner) -> None:
+        self._runner = runner
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._runner._on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        log.info("assigned %s", sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
+
+
+class GraphRunner:
+    """Runs the named graph for each request on ``<prefix>.requests`` of its consumer group."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: GraphRegistry,
+        *,
+        metrics: RunnerMetrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.metrics = metrics or RunnerMetrics()
+        self._topics = settings.topics
+        self._tracker = OffsetTracker()
+        self._scheduler: KeyScheduler[Record] = KeyScheduler(self._handle)
+        self._slot_freed = asyncio.Event()
+        self._stopping = False
+        self._started = False
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._processor: RequestProcessor
+        self._dedup: DedupStore | None = None
+        self._checkpoints: CheckpointStore | None = None
+        self._gate: DependencyGate | None = None
+        self._poll_task: asyncio.Task[None] | None = None
+        self._commit_task: asyncio.Task[None] | None = None
+        self._commit_lock = asyncio.Lock()
+        self._stopped = asyncio.Event()
+        # read at scrape time: nothing to update on the per-message path
+        self.metrics.in_flight.set_function(lambda: self._tracker.in_flight)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect to Kafka, join the group and start consuming. Safe to call twice."""
+        if self._started:
+            return
+        s = self.settings
+        security = s.kafka_security()
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=s.bootstrap_servers,
+            client_id=f"graphwire-runner-{s.worker_id}",
+            acks="all",
+            linger_ms=s.linger_ms,
+            compression_type=s.compression_type,
+            max_request_size=s.max_message_bytes,
+            **security,
+        )
+        out = OutputPublisher(
+            self._producer,
+            self._topics,
+            self.metrics,
+            max_message_bytes=s.max_message_bytes,
+            stopping=lambda: self._stopping,
+        )
+        try:
+            await self._start_stores()
+        except DependencyUnavailable:
+            await self._close_clients()
+            raise
+        self._processor = RequestProcessor(
+            s,
+            self.registry,
+            self.metrics,
+            out,
+            dedup=self._dedup,
+            checkpoints=self._checkpoints,
+            stopping=lambda: self._stopping,
+            gate=self._gate,
+        )
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.bootstrap_servers,
+            client_id=f"graphwire-runner-{s.worker_id}",
+            group_id=s.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=s.fetch_max_wait_ms,
+            max_partition_fetch_bytes=max(1024 * 1024, s.max_message_bytes),
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=s.heartbeat_interval_ms,
+            max_poll_interval_ms=s.max_poll_interval_ms,
+            **security,
+        )
+        try:
+            await self._producer.start()
+            await self._consumer.start()
+        except KafkaConnectionError as exc:
+            await self._close_clients()
+            raise DependencyUnavailable(
+                f"cannot reach Kafka at {s.bootstrap_servers}: check GRAPHWIRE_BOOTSTRAP_SERVERS, "
+                "the broker and the security settings"
+            ) from exc
+        self._consumer.subscribe([self._topics.requests], listener=_Rebalance(self))
+        self._started = True
+        self._poll_task = asyncio.create_task(self._poll_loop(), name="graphwire-poll")
+        self._commit_task = asyncio.create_task(self._commit_loop(), name="graphwire-commit")
+        log.info(
+            "runner %s consuming %s as group %s (max_in_flight=%d)",
+            s.worker_id,
+            self._topics.requests,
+            s.group_id,
+            s.max_in_flight,
+        )
+
+    async def stop(self) -> None:
+        """Stop fetching, let running runs finish within the grace period, flush, commit, leave.
+
+        Idempotent. Runs cancelled after the grace period stay uncommitted and are redelivered.
+        """
+        if self._stopping:  # a second caller waits for the first one's drain
+            await self._stopped.wait()
+            return
+        if not self._started:
+            return
+        self._stopping = True
+        try:
+            if self._poll_task:
+                await asyncio.gather(self._poll_task, return_exceptions=True)
+            dropped = self._scheduler.drop_queued()
+            self._processor.drain()  # checkpointed runs stop at their next step boundary
+            cancelled = await self._scheduler.drain(None, self.settings.shutdown_grace_s)
+            self.metrics.cancelled.inc(cancelled)
+            if self._commit_task:
+                self._commit_task.cancel()
+                await asyncio.gather(self._commit_task, return_exceptions=True)
+            await self._commit()
+            log.info(
+                "runner stopped: %d queued left for redelivery, %d runs cancelled",
+                dropped,
+                cancelled,
+            )
+        finally:
+            await self._close_clients()
+            self._stopped.set()
+
+    async def _start_stores(self) -> None:
+        s = self.settings
+        checks: dict[str, Check] = {}
+        if s.dedup:
+            self._dedup = DedupStore(
+                s.redis_url.get_secret_value(),
+                namespace=s.topic_prefix,
+                lease_ms=s.lease_ms,
+                done_ttl_s=s.done_ttl_s,
+            )
+            await self._dedup.start()
+            checks["Redis"] = self._dedup.ping
+        if s.checkpoints:
+            self._checkpoints = CheckpointStore(
+                s.database_url.get_secret_value(), schema=s.checkpoint_schema
+            )
+            await self._checkpoints.start()
+            checks["PostgreSQL"] = self._checkpoints.ping
+        self._gate = DependencyGate(checks)
+
+    async def _close_clients(self) -> None:
+        if self._gate is not None:
+            await self._gate.stop()
+        for store in (self._dedup, self._checkpoints):
+            if store is not None:
+                with contextlib.suppress(Exception):
+                    await store.stop()
+        if self._consumer is not None:
+            await self._consumer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+
+    async def wait_stopped(self) -> None:
+        """Return once ``stop()`` has finished."""
+        await self._stopped.wait()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def readiness(self) -> dict[str, str]:
+        """``{"Kafka": ..., "Redis": ..., "PostgreSQL": ...}``: "ok" or why not."""
+        status = {"Kafka": "ok" if self._started and not self._stopping else "not consuming"}
+        if self._gate is not None:
+            status.update(self._gate.status())
+        return status
+
+    @property
+    def in_flight(self) -> int:
+        """Messages held: running or queued behind their key."""
+        return self._tracker.in_flight
+
+    # -- consuming -------------------------------------------------------------------------
+
+    async def _poll_loop(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        limit = self.settings.max_in_flight
+        poll_ms = self.settings.poll_timeout_ms
+        while not self._stopping:
+            free = limit - self._tracker.in_flight
+            if self._gate is not None and not self._gate.healthy:
+                await self._keep_polling_paused(consumer)
+                await asyncio.sleep(0.5)
+                continue
+            if free <= 0:
+                await self._wait_for_slot(consumer)
+                continue
+            paused = consumer.paused()
+            if paused:
+                consumer.resume(*paused)
+                self.metrics.paused.set(0)
+            try:
+                batches = await consumer.getmany(timeout_ms=poll_ms, max_records=free)
+            except KafkaError as exc:
+                log.warning("fetch failed, retrying: %s", exc)
+                await asyncio.sleep(0.5)
+                continue
+            self._dispatch(consumer, batches)
+
+    async def _wait_for_slot(self, consumer: AIOKafkaConsumer) -> None:
+        """At the in-flight limit: wait for a run to finish, polling (paused) to stay alive."""
+        self._slot_freed.clear()
+        try:
+            await asyncio.wait_for(self._slot_freed.wait(), timeout=1.0)
+        except TimeoutError:
+            await self._keep_polling_paused(consumer)
+
+    async def _keep_polling_paused(self, consumer: AIOKafkaConsumer) -> None:
+        """Pause every partition and poll: nothing is fetched, the member stays in the group."""
+        assigned = consumer.assignment()
+        consumer.pause(*assigned)
+        self.metrics.paused.set(len(assigned))
+        # A paused poll returns nothing; it resets the max.poll.interval.ms clock. (A
+        # partition assigned meanwhile is not paused yet: take at most one record.)
+        try:
+            batches = await consumer.getmany(timeout_ms=0, max_records=1)
+        except KafkaError as exc:
+            log.warning("paused poll failed, retrying: %s", exc)
+            return
+        self._dispatch(consumer, batches)
+
+    def _dispatch(
+        self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[Record]]
+    ) -> None:
+        if not batches:
+            return
+        assigned = consumer.assignment()
+        for tp, records in batches.items():
+            if tp not in assigned:  # revoked while fetched: the new owner reads them
+                continue
+            for record in records:
+                self._tracker.add(tp, record.offset)
+                key: Hashable = record.key if record.key is not None else record.offset
+                self._scheduler.submit(tp, key, record)
+            if records:  # records of this partition not fetched yet (the fetch's high watermark)
+                highwater = consumer.highwater(tp)
+                if highwater is not None:
+                    lag = max(0, highwater - records[-1].offset - 1)
+                    self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
+
+    # -- committing ------------------------------------------------------------------------
+
+    async def _commit_loop(self) -> None:
+        interval = self.settings.commit_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            await self._commit()
+
+    async def _commit(self, partitions: set[TopicPartition] | None = None) -> None:
+        """Commit every finished prefix (of ``partitions``, or of all assigned partitions)."""
+        consumer = self._consumer
+        if consumer is None:
+            return
+        async with self._commit_lock:
+            positions = self._tracker.committable()
+            if partitions is not None:
+                positions = {tp: p for tp, p in positions.items() if tp in partitions}
+            if not positions:
+                return
+            started = time.perf_counter()
+            try:
+                await consumer.commit(positions)
+            except KafkaError as exc:  # rebalance in progress, coordinator moved: retried later
+                self.metrics.commits.labels("failed").inc()
+                log.warning("commit of %d partitions failed: %s", len(positions), exc)
+                return
+            self._tracker.mark_committed(positions)
+            self.metrics.commits.labels("ok").inc()
+            self.metrics.commit_latency.observe(time.perf_counter() - started)
+
+    async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        for tp in revoked:  # another member reports these now
+            with contextlib.suppress(KeyError):
+                self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+        mine = {tp for tp in revoked if self._tracker.position(tp) is not None}
+        if not mine:
+            return
+        dropped = sum(self._scheduler.drop_queued(tp) for tp in mine)
+        tasks = set().union(*(self._scheduler.running(tp) for tp in mine))
+        cancelled = 0
+        if tasks:
+            _done, pending = await asyncio.wait(tasks, timeout=self.settings.revoke_grace_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+            cancelled = len(pending)
+        self.metrics.cancelled.inc(cancelled)
+        await self._commit(mine)
+        self._tracker.remove(mine)
+        self._slot_freed.set()
+        log.info(
+            "revoked %d partitions: %d queued and %d cancelled runs go to the new owner",
+            len(mine),
+            dropped,
+            cancelled,
+        )
+
+    # -- one message -----------------------------------------------------------------------
+
+    async def _handle(self, record: Record) -> bool:
+        """Process one message; mark it finished only when its outputs are acknowledged."""
+        if not await self._processor.handle(record):
+            return False  # left uncommitted; the scheduler stops its key
+        self._tracker.finish(TopicPartition(record.topic, record.partition), record.offset)
+        self._slot_freed.set()
+        return True

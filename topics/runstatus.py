@@ -1,0 +1,123 @@
+"""The run-status layout in Redis: what the runner records per request_id, and how to read it.
+
+The runner (``graphwire.processors.runner.dedup.DedupStore``) is the only writer. The gateway,
+``graphwire status`` and ``GraphwireClient(redis_url=...)`` read it through this module, so the
+key names and the marker format live in one place. Per request_id, three keys with a hash tag,
+so they share one Redis Cluster slot:
+
+- ``<ns>:{rid}:lease``  the owner of the run in progress (``SET NX PX``, renewed while it runs)
+- ``<ns>:{rid}:done``   the done marker: ``{"status": ..., "result": "topic/partition/offset"}``
+  (TTL ``GRAPHWIRE_DONE_TTL_S``; markers of older versions hold the bare status)
+- ``<ns>:{rid}:tries``  how many times a worker has started the request (its ``attempts``)
+
+``<ns>`` is the topic prefix (``GRAPHWIRE_TOPIC_PREFIX``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+from redis.exceptions import RedisError
+
+from graphwire.topics.errors import DependencyUnavailable
+
+
+@dataclass(frozen=True, slots=True)
+class RunKeys:
+    """The Redis keys of one request_id."""
+
+    lease: str
+    done: str
+    tries: str
+
+
+def run_keys(namespace: str, request_id: str) -> RunKeys:
+    """The keys the runner uses for ``request_id`` under ``namespace`` (the topic prefix)."""
+    base = f"{namespace}:{{{request_id}}}"
+    return RunKeys(f"{base}:lease", f"{base}:done", f"{base}:tries")
+
+
+@dataclass(frozen=True, slots=True)
+class DoneMarker:
+    """A finished request: its final status and where its result was published."""
+
+    status: str
+    result_at: str | None = None
+    """``topic/partition/offset`` of the published result (None: unknown)."""
+
+    def encode(self) -> str:
+        """The marker's stored form."""
+        return orjson.dumps({"status": self.status, "result": self.result_at}).decode()
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> DoneMarker:
+        """Read a stored marker (JSON, or the bare status older runners wrote)."""
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        if not text.startswith("{"):
+            return cls(text)
+        value = orjson.loads(text)
+        pointer = value.get("result")
+        return cls(str(value.get("status", text)), pointer if isinstance(pointer, str) else None)
+
+    def result_position(self) -> tuple[str, int, int] | None:
+        """``(topic, partition, offset)`` of the result, None when unknown or malformed."""
+        if self.result_at is None or self.result_at.count("/") < 2:
+            return None
+        topic, partition, offset = self.result_at.rsplit("/", 2)
+        try:
+            return topic, int(partition), int(offset)
+        except ValueError:
+            return None
+
+
+@dataclass(frozen=True, slots=True)
+class RunState:
+    """What Redis knows of a request: running (a live lease) or done (a done marker)."""
+
+    state: Literal["running", "done"]
+    status: str
+    """``running``, or the final status of a done request."""
+    attempts: int
+    owner: str | None = None
+    """The lease owner (``host:pid:...``) of a running request."""
+
+    def as_dict(self) -> dict[str, object]:
+        """The JSON shape ``graphwire status`` prints."""
+        found: dict[str, object] = {"state": self.state, "status": self.status,
+                                    "attempts": self.attempts}
+        if self.owner is not None:
+            found["owner"] = self.owner
+        return found
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def read_run_state(redis: Any, namespace: str, request_id: str) -> RunState | None:
+    """One round trip: ``done`` wins over ``running``; None when Redis knows nothing (never
+    seen, or the done marker expired). Raises ``DependencyUnavailable`` if Redis fails."""
+    keys = run_keys(namespace, request_id)
+    try:
+        owner, marker, tries = await redis.mget(keys.lease, keys.done, keys.tries)
+    except (RedisError, OSError) as exc:
+        raise DependencyUnavailable(f"Redis does not answer ({exc})") from exc
+    attempts = int(tries) if tries else 0
+    if marker:
+        return RunState("done", DoneMarker.decode(marker).status, attempts)
+    if owner:
+        return RunState("running", "running", attempts, owner=_text(owner))
+    return None
+
+
+async def read_done_marker(redis: Any, namespace: str, request_id: str) -> DoneMarker | None:
+    """The done marker of ``request_id``, None when there is none."""
+    try:
+        marker = await redis.get(run_keys(namespace, request_id).done)
+    except (RedisError, OSError) as exc:
+        raise DependencyUnavailable(f"Redis does not answer ({exc})") from exc
+    return DoneMarker.decode(marker) if marker else None
