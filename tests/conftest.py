@@ -51,6 +51,27 @@ TEST_DATABASE_URL = os.environ.get(
 TEST_REDIS_URL = os.environ.get("GRAPHWIRE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _graphwire_tables_in_public() -> None:
+    """The test database as someone who already used graphwire there leaves it: audit tables
+    and LangGraph's checkpoint tables in ``public``; a test's own schema must never reach them."""
+    import asyncio
+
+    from graphwire.processors.audit.db import connect, migrate
+    from graphwire.processors.runner.checkpoints import CheckpointStore
+
+    async def occupy() -> None:
+        conn = await connect(TEST_DATABASE_URL)
+        try:
+            await migrate(conn, "public")  # idempotent, under an advisory lock
+        finally:
+            await conn.close()
+        async with CheckpointStore(TEST_DATABASE_URL, schema="public", pool_size=2):
+            pass  # start() creates the tables (once; later runs find them migrated)
+
+    asyncio.run(occupy())
+
+
 @pytest.fixture
 def worker_env(bootstrap: str, prefix: str) -> Iterator[dict[str, str]]:
     """Environment for a worker of this test: its topics, group, Redis namespace and

@@ -108,10 +108,13 @@ async def test_migrate_applies_numbered_files_once(audit_env: dict[str, str], db
 
 
 def test_sink_refuses_to_start_on_an_unmigrated_database(audit_env: dict[str, str]) -> None:
+    """Its schema missing (public migrated): the sink exits 1 saying to run db migrate."""
     done = cli(audit_env, "audit")
     assert done.returncode == 1
-    assert "graphwire: error: the audit tables are at version 0, this graphwire needs 2: run " \
-        "`graphwire db migrate`" in done.stderr
+    schema = audit_env["GRAPHWIRE_AUDIT_SCHEMA"]
+    assert f"graphwire: error: the audit schema {schema!r} (GRAPHWIRE_AUDIT_SCHEMA) does not " \
+        "exist in this database: run `graphwire db migrate` to create it, or correct the " \
+        "setting" in done.stderr
 
 
 async def test_runs_events_and_dead_letters_recorded_and_queried(

@@ -55,11 +55,19 @@ def migrations() -> list[Migration]:
     return found
 
 
+def search_path(schema: str) -> str:
+    """The search_path of an audit connection to ``schema``: that schema and nothing else.
+
+    No ``public`` after it: a configured schema that was never migrated would then silently read
+    and write the tables someone else left in ``public``."""
+    return '"' + schema.replace('"', '""') + '"'
+
+
 def server_settings(schema: str | None) -> dict[str, str]:
-    """Session settings for audit connections (``schema`` first on the search_path)."""
+    """Session settings for audit connections (only ``schema`` on the search_path, if given)."""
     settings = {"application_name": "graphwire-audit"}
     if schema:
-        settings["search_path"] = f'"{schema}", public'
+        settings["search_path"] = search_path(schema)
     return settings
 
 
@@ -84,7 +92,7 @@ async def migrate(conn: Any, schema: str | None = None) -> list[Migration]:
     try:
         if schema:
             await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-            await conn.execute(f"SET search_path TO {server_settings(schema)['search_path']}")
+            await conn.execute(f"SET search_path TO {search_path(schema)}")
         await conn.execute(_VERSION_TABLE)
         done = {r["version"] for r in await conn.fetch(
             "SELECT version FROM graphwire_schema_migrations"
@@ -107,18 +115,34 @@ async def migrate(conn: Any, schema: str | None = None) -> list[Migration]:
         await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
 
 
-async def schema_version(conn: Any) -> int:
-    """The highest applied migration (0 when none)."""
-    exists = await conn.fetchval("SELECT to_regclass('graphwire_schema_migrations') IS NOT NULL")
-    if not exists:
+async def schema_exists(conn: Any, schema: str) -> bool:
+    """Whether the database has a schema named ``schema``."""
+    return bool(await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", schema
+    ))
+
+
+async def schema_version(conn: Any, schema: str | None = None) -> int:
+    """The highest applied migration (0 when none) in ``schema``, else in the search_path."""
+    table = "graphwire_schema_migrations"
+    if schema:
+        table = f"{search_path(schema)}.{table}"
+    # to_regclass is NULL (not an error) for a missing table and for a missing schema
+    if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", table):
         return 0
-    latest = await conn.fetchval("SELECT max(version) FROM graphwire_schema_migrations")
+    latest = await conn.fetchval(f"SELECT max(version) FROM {table}")
     return int(latest or 0)
 
 
-async def require_migrated(conn: Any) -> None:
-    """Raise a clear error when the audit tables are missing or older than this graphwire."""
-    have, want = await schema_version(conn), migrations()[-1].version
+async def require_migrated(conn: Any, schema: str | None = None) -> None:
+    """Raise a clear error when ``schema`` (if given) is missing, or the audit tables are missing
+    or older than this graphwire."""
+    if schema and not await schema_exists(conn, schema):
+        raise GraphwireError(
+            f"the audit schema {schema!r} (GRAPHWIRE_AUDIT_SCHEMA) does not exist in this "
+            "database: run `graphwire db migrate` to create it, or correct the setting"
+        )
+    have, want = await schema_version(conn, schema), migrations()[-1].version
     if have < want:
         raise GraphwireError(
             f"the audit tables are at version {have}, this graphwire needs {want}: run "

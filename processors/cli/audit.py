@@ -33,7 +33,7 @@ def audit_command(args: argparse.Namespace) -> int:
             if args.migrate:
                 await migrate(conn, settings.audit_schema)
             else:
-                await require_migrated(conn)
+                await require_migrated(conn, settings.audit_schema)
         finally:
             await conn.close()
 
@@ -48,7 +48,7 @@ async def db_migrate_command(args: argparse.Namespace) -> int:
     conn = await connect(*_db(settings))
     try:
         applied = await migrate(conn, settings.audit_schema)
-        version = await schema_version(conn)
+        version = await schema_version(conn, settings.audit_schema)
     finally:
         await conn.close()
     for m in applied:
@@ -70,7 +70,7 @@ async def db_prune_command(args: argparse.Namespace) -> int:
     )
     conn = await connect(*_db(settings))
     try:
-        await require_migrated(conn)
+        await require_migrated(conn, settings.audit_schema)
         count = await prune_events(conn, age)
     finally:
         await conn.close()
@@ -84,7 +84,7 @@ async def runs_show_command(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     conn = await connect(*_db(settings))
     try:
-        await require_migrated(conn)
+        await require_migrated(conn, settings.audit_schema)
         run = await run_with_events(conn, args.request_id)
     finally:
         await conn.close()
@@ -104,7 +104,7 @@ async def runs_list_command(args: argparse.Namespace) -> int:
     since = parse_age(args.since) if args.since else None
     conn = await connect(*_db(settings))
     try:
-        await require_migrated(conn)
+        await require_migrated(conn, settings.audit_schema)
         runs = await list_runs(
             conn, graph=args.graph, status=args.status, since=since, limit=args.limit
         )
@@ -151,7 +151,7 @@ async def status_command(args: argparse.Namespace) -> int:
     try:
         conn = await connect(*_db(settings))
         try:
-            await require_migrated(conn)
+            await require_migrated(conn, settings.audit_schema)
             row = await conn.fetchrow(
                 "SELECT status, attempts, requested_at, finished_at FROM graphwire_runs "
                 "WHERE request_id = $1",

@@ -167,7 +167,7 @@ async def _lag_check(settings: Settings, partitions: int) -> Check:
 
 
 async def store_checks(settings: Settings) -> list[Check]:
-    from graphwire.processors.audit.db import connect, migrations, schema_version
+    from graphwire.processors.audit.db import connect, migrations, schema_exists, schema_version
     from graphwire.processors.dev.stack import redis_answers
 
     checks = []
@@ -177,8 +177,9 @@ async def store_checks(settings: Settings) -> list[Check]:
                             "dedup, cache and status" if ok else "no answer",
                             "" if ok else "check GRAPHWIRE_REDIS_URL (or GRAPHWIRE_DEDUP=false)"))
     try:
-        conn = await connect(settings.database_url.get_secret_value(), settings.audit_schema,
-                             timeout=5)
+        # The database's own search_path: each check names its schema itself, and an unset
+        # checkpoint schema means the tables are where the runner's default search_path puts them.
+        conn = await connect(settings.database_url.get_secret_value(), timeout=5)
     except Exception as exc:
         status = "fail" if settings.checkpoints else "warn"
         return [*checks, Check("PostgreSQL reachable", status, str(exc),
@@ -186,10 +187,16 @@ async def store_checks(settings: Settings) -> list[Check]:
     try:
         checks.append(Check("PostgreSQL reachable", "pass",
                             str(await conn.fetchval("SHOW server_version"))))
-        have, want = await schema_version(conn), migrations()[-1].version
-        checks.append(Check("audit tables migrated", "pass" if have >= want else "fail",
-                            f"version {have} of {want}",
-                            "" if have >= want else "graphwire db migrate"))
+        audit_schema = settings.audit_schema
+        have, want = await schema_version(conn, audit_schema), migrations()[-1].version
+        if audit_schema and not await schema_exists(conn, audit_schema):
+            checks.append(Check("audit tables migrated", "fail",
+                                f"the schema {audit_schema!r} (GRAPHWIRE_AUDIT_SCHEMA) does not "
+                                "exist", "graphwire db migrate (creates it)"))
+        else:
+            checks.append(Check("audit tables migrated", "pass" if have >= want else "fail",
+                                f"version {have} of {want}",
+                                "" if have >= want else "graphwire db migrate"))
         if settings.checkpoints:
             schema = settings.checkpoint_schema
             name = f'"{schema}".checkpoints' if schema else "checkpoints"

@@ -203,7 +203,7 @@ async def run_dev(
         await ensure_topics(broker.bootstrap_servers, base.topics.specs(4))
         conn = await connect(services.database_url)
         try:
-            await migrate(conn)
+            await migrate(conn, base.audit_schema)
         finally:
             await conn.close()
         runner_port, audit_port = free_port(), free_port()

@@ -75,7 +75,7 @@ class Gateway:
             self.db = await asyncpg.create_pool(
                 self.settings.database_url.get_secret_value(), min_size=0, max_size=4,
                 timeout=5, command_timeout=10,
-                server_settings={"search_path": f'"{self.settings.audit_schema}", public'}
+                server_settings={"search_path": f'"{self.settings.audit_schema}"'}  # never public
                 if self.settings.audit_schema else None,
             )
 
