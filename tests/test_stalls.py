@@ -17,7 +17,10 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from langgraph.graph import END, START, StateGraph
 
+from graphwire.graphs.registry import GraphRegistry
 from graphwire.processors.dev.broker import free_port
+from graphwire.processors.runner.runner import GraphRunner
+from graphwire.processors.settings import Settings
 from graphwire.topics.specs import TopicNames
 from tests.kafka_helpers import Collector, WorkerProcess, committed, encode, request
 
@@ -147,6 +150,50 @@ async def test_unpublishable_dead_letter_stalls_partition_visibly_and_keeps_key_
     b = [r for r in out.records[topics.results] if r.key == b"b"]
     assert len(b) == 1 and b[0].timestamp >= dead[0].timestamp
     assert (await committed(bootstrap, f"{topics.prefix}-runners", topics.requests, 4))[0] == 3
+
+
+async def until(predicate: Any, timeout: float = 30.0) -> None:
+    """Wait until ``predicate()`` holds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+async def test_stalled_partition_moves_on_in_order_once_its_dead_letter_can_be_sent(
+    bootstrap: str, topics: TopicNames, settings: Settings
+) -> None:
+    """In the same worker: the next retry after the limit is raised dead-letters, then runs b."""
+    limited = settings.model_copy(update={"max_message_bytes": 100_000, "max_in_flight": 2})
+    async with Collector(bootstrap, topics.results, topics.dlq) as out, GraphRunner(
+        limited, GraphRegistry.from_sources()
+    ) as runner:
+        await produce_to(bootstrap, topics.requests, [
+            (0, b"k", b"not json", [("blob", b"x" * BLOB)]),
+            (0, b"k", encode(request("b")), []),
+        ])
+        sample = runner.metrics.registry.get_sample_value
+        labels = {"topic": topics.requests, "partition": "0"}
+        await until(lambda: (sample("graphwire_partition_stalls_total", labels) or 0) >= 2
+                    and runner.in_flight == 0)
+        stalled = runner.readiness()["Kafka"]
+        assert (out.records[topics.results], out.records[topics.dlq]) == ([], [])
+        # What an operator's fix amounts to (a restart with a larger GRAPHWIRE_MAX_MESSAGE_BYTES
+        # is the other test): the running producer may now send the dead letter.
+        assert runner._producer is not None
+        runner._producer._max_request_size = 8 * 1024 * 1024
+        await out.wait_until(lambda: len(out.records[topics.results]) == 1, timeout=30)
+        await until(lambda: runner.readiness()["Kafka"] == "ok")
+        assert sample("graphwire_stalled_partitions") == 0
+        assert runner.in_flight == 0
+    assert stalled.startswith(f"partition {topics.requests}/0 is stalled at offset 0 (attempts: ")
+    dead, results = out.records[topics.dlq], out.records[topics.results]
+    assert [dict(r.headers)["x-graphwire-source"] for r in dead] == [
+        f"{topics.requests}/0/0".encode()
+    ]
+    assert [r.key for r in results] == [b"b"] and results[0].timestamp >= dead[0].timestamp
+    assert (await committed(bootstrap, f"{topics.prefix}-runners", topics.requests, 4))[0] == 2
 
 
 # -- a runner task that dies ------------------------------------------------------------------
