@@ -196,6 +196,34 @@ async def test_stalled_partition_moves_on_in_order_once_its_dead_letter_can_be_s
     assert (await committed(bootstrap, f"{topics.prefix}-runners", topics.requests, 4))[0] == 2
 
 
+async def test_revoking_a_stalled_partition_forgets_the_stall_and_its_new_owner_finishes_it(
+    bootstrap: str, topics: TopicNames, settings: Settings
+) -> None:
+    """A stalled partition revoked to a worker that can dead-letter: the old one turns ready."""
+    limited = settings.model_copy(update={"max_message_bytes": 100_000, "worker_id": "z-old"})
+    async with Collector(bootstrap, topics.results, topics.dlq) as out, GraphRunner(
+        limited, GraphRegistry.from_sources()
+    ) as old:
+        await produce_to(bootstrap, topics.requests, [
+            (0, b"k", b"not json", [("blob", b"x" * BLOB)]),
+            (0, b"k", encode(request("b")), []),
+        ])
+        await until(lambda: old.readiness()["Kafka"] != "ok")
+        # range assignment by member id: the new member ("a-...") takes partitions 0 and 1
+        async with GraphRunner(settings.model_copy(update={"worker_id": "a-new"}),
+                               GraphRegistry.from_sources()) as new:
+            await out.wait_until(lambda: len(out.records[topics.results]) == 1, timeout=30)
+            await until(lambda: old.readiness()["Kafka"] == "ok")
+            sample = old.metrics.registry.get_sample_value
+            assert (old.in_flight, new.in_flight) == (0, 0)
+            assert sample("graphwire_stalled_partitions") == 0
+            assert new.metrics.registry.get_sample_value("graphwire_stalled_partitions") == 0
+    assert [r.key for r in out.records[topics.results]] == [b"b"]
+    assert [dict(r.headers)["x-graphwire-source"] for r in out.records[topics.dlq]] == [
+        f"{topics.requests}/0/0".encode()
+    ]
+
+
 # -- a runner task that dies ------------------------------------------------------------------
 
 _armed: dict[str, bool] = {"commit": False, "poll": False}
