@@ -84,6 +84,18 @@ class RunnerMetrics:
             ["outcome"],
             registry=r,
         )
+        self.stalls = Counter(
+            "graphwire_partition_stalls_total",
+            "Times a partition stalled at a message that could not be finished, not even "
+            "dead-lettered (it is rewound and fetched again with backoff), by partition.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.stalled = Gauge(
+            "graphwire_stalled_partitions",
+            "Partitions held at a message that could not be finished yet.",
+            registry=r,
+        )
         self._event_children: dict[str, Any] = {}
 
         self.llm_requests = Counter(

@@ -54,8 +54,8 @@ async def _worker(args: argparse.Namespace) -> int:
 
         setup_tracing("graphwire-worker")
     registry = registry_from(settings)
-    runner = GraphRunner(settings, registry)
     stop = asyncio.Event()
+    runner = GraphRunner(settings, registry, on_failure=stop.set)  # a dead task: exit, restart
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -74,6 +74,9 @@ async def _worker(args: argparse.Namespace) -> int:
     log.info("stopping: draining in-flight runs (grace %ss)", settings.shutdown_grace_s)
     await runner.stop()
     await health.stop()
+    if runner.failure is not None:
+        print(f"graphwire: error: {runner.failure}", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
 
 

@@ -7,13 +7,15 @@ from collections.abc import Hashable, Iterable
 
 
 class _PartitionState:
-    __slots__ = ("committed", "done", "next_offset", "pending")
+    __slots__ = ("committed", "done", "finished_ahead", "next_offset", "pending")
 
     def __init__(self) -> None:
         self.pending: deque[int] = deque()  # offsets handed out, in arrival (= offset) order
         self.done: set[int] = set()  # finished offsets still behind an unfinished one
         self.next_offset: int | None = None  # one past the highest offset seen
         self.committed: int | None = None  # last position committed (or known committed)
+        # finished before a rewind: when fetched again they are passed over, not run twice
+        self.finished_ahead: set[int] = set()
 
 
 class OffsetTracker:
@@ -33,14 +35,22 @@ class OffsetTracker:
         """Messages received and not yet finished, over all partitions."""
         return self._in_flight
 
-    def add(self, tp: Hashable, offset: int) -> None:
-        """Record that ``offset`` of ``tp`` was received and is now being worked on."""
+    def add(self, tp: Hashable, offset: int) -> bool:
+        """Record that ``offset`` of ``tp`` was received; False if it finished before a rewind
+        (nothing to do: it counts as finished again)."""
         state = self._partitions.get(tp)
         if state is None:
             state = self._partitions[tp] = _PartitionState()
-        state.pending.append(offset)
         state.next_offset = offset + 1
+        if offset in state.finished_ahead:
+            state.finished_ahead.discard(offset)
+            if state.pending:  # behind an unfinished one: still holds the commit back
+                state.pending.append(offset)
+                state.done.add(offset)
+            return False
+        state.pending.append(offset)
         self._in_flight += 1
+        return True
 
     def finish(self, tp: Hashable, offset: int) -> None:
         """Record that ``offset`` of ``tp`` is finished (its output acknowledged)."""
@@ -66,6 +76,21 @@ class OffsetTracker:
         if state is None:
             return None
         return state.pending[0] if state.pending else state.next_offset
+
+    def rewind(self, tp: Hashable) -> int | None:
+        """Forget ``tp``'s unfinished messages, to fetch them again from the lowest one (returned;
+        None when none is unfinished). Their in-flight slots are returned; messages above it that
+        finished are remembered, so that fetched again they are not run twice."""
+        state = self._partitions.get(tp)
+        if state is None or not state.pending:
+            return None
+        position = state.pending[0]
+        self._in_flight -= len(state.pending) - len(state.done)
+        state.finished_ahead |= state.done
+        state.pending.clear()
+        state.done = set()
+        state.next_offset = position
+        return position
 
     def committable(self) -> dict[Hashable, int]:
         """Positions that moved since they were last marked committed."""

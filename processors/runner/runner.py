@@ -10,6 +10,12 @@ Delivery rules kept here (see ARCHITECTURE.md):
    finished offsets are committed; the rest is redelivered to the new owner.
 4. On stop (SIGTERM): stop fetching; checkpointed runs stop at their next step boundary (another
    worker resumes them), the others get ``shutdown_grace_s``; flush, commit.
+5. A message that cannot be finished, not even dead-lettered, stalls its partition visibly: the
+   partition is paused, its other runs finish, then it is rewound (seek) to the lowest unfinished
+   offset and fetched again with backoff until that message finishes. Order holds, no in-flight
+   slot leaks, and ``/ready`` names the partition meanwhile.
+6. If the poll, commit or a rewind task dies of an unexpected error, ``/ready`` says so and
+   ``on_failure`` is called: the worker exits non-zero, so its supervisor restarts it.
 """
 
 from __future__ import annotations
@@ -18,8 +24,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Hashable
-from typing import Self
+from collections.abc import Callable, Coroutine, Hashable
+from dataclasses import dataclass
+from typing import Any, Self
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
@@ -37,6 +44,22 @@ from graphwire.processors.settings import Settings
 from graphwire.topics.errors import DependencyUnavailable
 
 log = logging.getLogger(__name__)
+
+# A stalled partition is fetched again after 1 s, then 2, 4, ... at most 30 s between tries.
+_REWIND_FIRST_S = 1.0
+_REWIND_MAX_S = 30.0
+
+
+@dataclass
+class _Stall:
+    """A partition held at a message that could not be finished."""
+
+    offset: int
+    """The lowest unfinished offset when the partition last stalled."""
+    attempts: int = 0
+    """Times it stalled at that message (the backoff grows with it)."""
+    rewind: asyncio.Task[None] | None = None
+    """Set from the stall until the partition is rewound and may be fetched again."""
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -59,7 +82,9 @@ class GraphRunner:
         registry: GraphRegistry,
         *,
         metrics: RunnerMetrics | None = None,
+        on_failure: Callable[[], object] | None = None,
     ) -> None:
+        """``on_failure`` is called once if a task of the runner dies of an unexpected error."""
         self.settings = settings
         self.registry = registry
         self.metrics = metrics or RunnerMetrics()
@@ -79,8 +104,12 @@ class GraphRunner:
         self._commit_task: asyncio.Task[None] | None = None
         self._commit_lock = asyncio.Lock()
         self._stopped = asyncio.Event()
+        self._stalls: dict[TopicPartition, _Stall] = {}
+        self._failure: str | None = None
+        self._on_failure = on_failure
         # read at scrape time: nothing to update on the per-message path
         self.metrics.in_flight.set_function(lambda: self._tracker.in_flight)
+        self.metrics.stalled.set_function(lambda: len(self._stalls))
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -145,8 +174,8 @@ class GraphRunner:
             ) from exc
         self._consumer.subscribe([self._topics.requests], listener=_Rebalance(self))
         self._started = True
-        self._poll_task = asyncio.create_task(self._poll_loop(), name="graphwire-poll")
-        self._commit_task = asyncio.create_task(self._commit_loop(), name="graphwire-commit")
+        self._poll_task = self._watched(self._poll_loop(), "poll")
+        self._commit_task = self._watched(self._commit_loop(), "commit")
         log.info(
             "runner %s consuming %s as group %s (max_in_flight=%d)",
             s.worker_id,
@@ -169,6 +198,7 @@ class GraphRunner:
         try:
             if self._poll_task:
                 await asyncio.gather(self._poll_task, return_exceptions=True)
+            await self._cancel_rewinds(set(self._stalls))
             dropped = self._scheduler.drop_queued()
             self._processor.drain()  # checkpointed runs stop at their next step boundary
             cancelled = await self._scheduler.drain(None, self.settings.shutdown_grace_s)
@@ -231,10 +261,28 @@ class GraphRunner:
 
     def readiness(self) -> dict[str, str]:
         """``{"Kafka": ..., "Redis": ..., "PostgreSQL": ...}``: "ok" or why not."""
-        status = {"Kafka": "ok" if self._started and not self._stopping else "not consuming"}
+        if self._failure is not None:
+            kafka = self._failure
+        elif not self._started or self._stopping:
+            kafka = "not consuming"
+        elif self._stalls:
+            kafka = "; ".join(
+                f"partition {tp.topic}/{tp.partition} is stalled at offset {stall.offset} "
+                f"(attempts: {stall.attempts}): a message there cannot be finished, not even "
+                "dead-lettered; check the dead-letter topic and the worker log"
+                for tp, stall in sorted(self._stalls.items())
+            )
+        else:
+            kafka = "ok"
+        status = {"Kafka": kafka}
         if self._gate is not None:
             status.update(self._gate.status())
         return status
+
+    @property
+    def failure(self) -> str | None:
+        """Why a task of the runner died, if one did (the worker should exit non-zero)."""
+        return self._failure
 
     @property
     def in_flight(self) -> int:
@@ -259,7 +307,8 @@ class GraphRunner:
                 continue
             paused = consumer.paused()
             if paused:
-                consumer.resume(*paused)
+                held = self._held()  # stalled partitions stay paused until rewound
+                consumer.resume(*(tp for tp in paused if tp not in held))
                 self.metrics.paused.set(0)
             try:
                 batches = await consumer.getmany(timeout_ms=poll_ms, max_records=free)
@@ -297,11 +346,15 @@ class GraphRunner:
         if not batches:
             return
         assigned = consumer.assignment()
+        held = self._held()
         for tp, records in batches.items():
             if tp not in assigned:  # revoked while fetched: the new owner reads them
                 continue
+            if tp in held:  # fetched before its stall: the rewind fetches them again
+                continue
             for record in records:
-                self._tracker.add(tp, record.offset)
+                if not self._tracker.add(tp, record.offset):
+                    continue  # finished before its partition was rewound
                 key: Hashable = record.key if record.key is not None else record.offset
                 self._scheduler.submit(tp, key, record)
             if records:  # records of this partition not fetched yet (the fetch's high watermark)
@@ -339,11 +392,20 @@ class GraphRunner:
             self._tracker.mark_committed(positions)
             self.metrics.commits.labels("ok").inc()
             self.metrics.commit_latency.observe(time.perf_counter() - started)
+            for tp, stall in list(self._stalls.items()):
+                position = positions.get(tp)
+                if position is not None and stall.rewind is None and position > stall.offset:
+                    del self._stalls[tp]
+                    log.warning(
+                        "partition %s/%d moves again: offset %d is finished",
+                        tp.topic, tp.partition, stall.offset,
+                    )
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
         for tp in revoked:  # another member reports these now
             with contextlib.suppress(KeyError):
                 self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+        await self._cancel_rewinds(revoked)  # the new owner fetches from the committed offset
         mine = {tp for tp in revoked if self._tracker.position(tp) is not None}
         if not mine:
             return
@@ -360,6 +422,7 @@ class GraphRunner:
         self.metrics.cancelled.inc(cancelled)
         await self._commit(mine)
         self._tracker.remove(mine)
+        await self._cancel_rewinds(mine)  # a run that ended unfinished during the grace stalled it
         self._slot_freed.set()
         log.info(
             "revoked %d partitions: %d queued and %d cancelled runs go to the new owner",
@@ -372,8 +435,92 @@ class GraphRunner:
 
     async def _handle(self, record: Record) -> bool:
         """Process one message; mark it finished only when its outputs are acknowledged."""
-        if not await self._processor.handle(record):
-            return False  # left uncommitted; the scheduler stops its key
-        self._tracker.finish(TopicPartition(record.topic, record.partition), record.offset)
+        tp = TopicPartition(record.topic, record.partition)
+        try:
+            finished = await self._processor.handle(record)
+        except Exception:  # the processor ends every message itself; this is a bug guard
+            log.exception("internal error on %s/%d/%d", tp.topic, tp.partition, record.offset)
+            finished = False
+        if not finished:  # left uncommitted; the scheduler stops its key
+            if not self._stopping and self._tracker.position(tp) is not None:
+                self._stall(tp, record.offset)
+            return False
+        self._tracker.finish(tp, record.offset)
         self._slot_freed.set()
         return True
+
+    # -- stalls and the runner's own tasks -------------------------------------------------
+
+    def _held(self) -> set[TopicPartition]:
+        """Stalled partitions not rewound yet: not fetched, not dispatched."""
+        return {tp for tp, stall in self._stalls.items() if stall.rewind is not None}
+
+    def _stall(self, tp: TopicPartition, offset: int) -> None:
+        """Hold ``tp`` at an unfinished message, then rewind it to fetch that message again."""
+        stall = self._stalls.get(tp)
+        if stall is None:
+            stall = self._stalls[tp] = _Stall(offset)
+            log.error(
+                "partition %s/%d stalled at offset %d: the message cannot be finished, not even "
+                "dead-lettered; it is fetched again with backoff until it is (see /ready)",
+                tp.topic, tp.partition, offset,
+            )
+        if stall.rewind is not None:  # another key of the partition stalled: already held
+            return
+        consumer = self._consumer
+        assert consumer is not None
+        if tp in consumer.assignment():
+            consumer.pause(tp)
+        stall.attempts += 1
+        self.metrics.stalls.labels(tp.topic, str(tp.partition)).inc()
+        stall.rewind = self._watched(self._rewind(tp, stall), f"rewind {tp.topic}/{tp.partition}")
+
+    async def _rewind(self, tp: TopicPartition, stall: _Stall) -> None:
+        """Once the partition's runs are over, forget its unfinished messages (their slots come
+        back), wait the backoff and seek to the lowest one: it and its key's later messages are
+        fetched again, in order. What finished meanwhile is committed and not run again."""
+        running = self._scheduler.running(tp)
+        if running:
+            await asyncio.wait(running)
+        await self._commit({tp})
+        position = self._tracker.rewind(tp)
+        self._slot_freed.set()
+        if position is None:  # revoked meanwhile: nothing of it is held here any more
+            if self._stalls.get(tp) is stall:
+                del self._stalls[tp]
+            return
+        stall.offset = position
+        await asyncio.sleep(min(_REWIND_FIRST_S * 2 ** (stall.attempts - 1), _REWIND_MAX_S))
+        consumer = self._consumer
+        assert consumer is not None
+        if tp in consumer.assignment():
+            consumer.seek(tp, position)
+        stall.rewind = None  # the poll loop resumes the partition
+
+    async def _cancel_rewinds(self, partitions: set[TopicPartition]) -> None:
+        """Forget the stalls of ``partitions`` (revoked, or the runner stops)."""
+        tasks = []
+        for tp in partitions:
+            stall = self._stalls.pop(tp, None)
+            if stall is not None and stall.rewind is not None:
+                stall.rewind.cancel()
+                tasks.append(stall.rewind)
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _watched(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """A task of the runner whose unexpected death fails readiness and calls on_failure."""
+        task = asyncio.create_task(coro, name=f"graphwire-{name}")
+        task.add_done_callback(lambda done: self._task_done(done, name))
+        return task
+
+    def _task_done(self, task: asyncio.Task[None], name: str) -> None:
+        if task.cancelled() or task.exception() is None or self._failure is not None:
+            return
+        exc = task.exception()
+        self._failure = (
+            f"the runner's {name} task died ({type(exc).__name__}: {exc}); this worker must be "
+            "restarted (it exits non-zero) and the error reported to the graphwire maintainers"
+        )
+        log.error("%s", self._failure, exc_info=exc)
+        if self._on_failure is not None:
+            self._on_failure()
