@@ -135,3 +135,27 @@ async def test_requests_naming_unknown_graphs_share_one_label(
     }
     assert m['graphwire_dead_letters_total{reason="unknown_graph"}'] == 40
     assert m['graphwire_dead_letters_total{reason="invalid"}'] == 2
+
+
+async def test_model_names_from_runs_are_capped_in_labels() -> None:
+    """The first MAX_MODEL_LABELS model names get their own series, every later one counts
+    under model="other" (a graph may take its model from the request)."""
+    import uuid
+
+    from langchain_core.outputs import LLMResult
+
+    from graphwire.processors.metrics import MAX_MODEL_LABELS, RunnerMetrics
+    from graphwire.processors.runner.callbacks import RunCallbacks
+
+    metrics = RunnerMetrics()
+    callbacks = RunCallbacks(metrics, "chat")
+    names = [f"model-{i}" for i in range(MAX_MODEL_LABELS + 30)] + ["model-0"]
+    for name in names:
+        run_id = uuid.uuid4()
+        await callbacks.on_chat_model_start({}, [], run_id=run_id,
+                                            metadata={"ls_model_name": name})
+        await callbacks.on_llm_end(LLMResult(generations=[]), run_id=run_id)
+    counts = {s.labels["model"]: s.value for s in metrics.llm_requests.collect()[0].samples
+              if s.name == "langgraph_llm_requests_total"}
+    assert counts == {**{f"model-{i}": 1.0 for i in range(1, MAX_MODEL_LABELS)},
+                      "model-0": 2.0, "other": 30.0}
