@@ -6,6 +6,14 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+# The one label value for everything a request names that this process does not know (an
+# unregistered graph, an HTTP method we do not serve): every value from input that becomes a label
+# makes a new time series, kept in memory here and in Prometheus until restart.
+UNKNOWN = "unknown"
+# A graph may take its model from the request (a configurable model): the first this many model
+# names get their own series, later ones count under ``other``.
+MAX_MODEL_LABELS = 50
+
 _RUN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -97,6 +105,10 @@ class RunnerMetrics:
             registry=r,
         )
         self._event_children: dict[str, Any] = {}
+        # graph names that may become label values: the registered ones (the processor sets
+        # them); a request naming any other graph is counted under ``unknown``
+        self.graph_names: frozenset[str] = frozenset()
+        self._model_names: set[str] = set()
 
         self.llm_requests = Counter(
             "langgraph_llm_requests_total",
@@ -123,6 +135,18 @@ class RunnerMetrics:
             ["topic", "partition"],
             registry=r,
         )
+
+    def graph_label(self, graph: str) -> str:
+        """``graph`` if it is registered, else ``unknown`` (names from requests are unbounded)."""
+        return graph if graph in self.graph_names else UNKNOWN
+
+    def model_label(self, model: str) -> str:
+        """``model`` if it is one of the first ``MAX_MODEL_LABELS`` names seen, else ``other``."""
+        if model not in self._model_names:
+            if len(self._model_names) >= MAX_MODEL_LABELS:
+                return "other"
+            self._model_names.add(model)
+        return model
 
     def event_published(self, type_: str) -> None:
         """Count one published event (label children cached: this is per event)."""

@@ -95,3 +95,45 @@ def test_sync_client_for_scripts(
         assert client.result(rid, timeout=60).output["count"] == 2
         result = client.invoke("echo", {"text": "again"}, wait_timeout=60)
         assert result.output == {"text": "again"}
+
+
+async def test_memory_bounds_drop_the_oldest_events_and_results_and_count_them(
+    bootstrap: str, topics: TopicNames, worker: WorkerProcess, worker_env: dict[str, str]
+) -> None:
+    """Per run only the newest max_events_per_run events stay, in all at most max_kept_events
+    (the runs with the oldest activity go first) and max_kept_results results; every dropped
+    event is counted per run and in total."""
+    await wait_for_members(bootstrap, worker_env["GRAPHWIRE_GROUP_ID"], 1)
+    small = GraphwireClient(bootstrap, topic_prefix=topics.prefix, max_kept_results=3,
+                            max_events_per_run=3, max_kept_events=7)
+    few_runs = GraphwireClient(bootstrap, topic_prefix=topics.prefix, max_kept_results=2)
+    async with small, few_runs:
+        ids = ["ra", "rb", "rc", "rd"]
+        for rid in ids:  # one after the other: the order of activity is the order of runs
+            few_runs.watch(rid)
+            await small.submit("pipeline", {"text": "A B"}, request_id=rid)  # 5 events
+            await small.result(rid, timeout=60)
+            await few_runs.result(rid, timeout=60)
+            for client in (small, few_runs):
+                for _ in range(200):
+                    if len(client.seen_events(rid)) + client.dropped_events(rid) == 5:
+                        break
+                    await asyncio.sleep(0.05)
+        kept = {rid: [e.seq for e in small.seen_events(rid)] for rid in ids}
+        assert kept == {"ra": [], "rb": [], "rc": [2, 3, 4], "rd": [2, 3, 4]}
+        assert [small.dropped_events(rid) for rid in ids] == [5, 5, 2, 2]
+        assert small.dropped_events_total == 14
+        assert [small.known_result(rid) is not None for rid in ids] == [False, True, True, True]
+        kept = {rid: [e.seq for e in few_runs.seen_events(rid)] for rid in ids}
+        assert kept == {"ra": [], "rb": [], "rc": [0, 1, 2, 3, 4], "rd": [0, 1, 2, 3, 4]}
+        assert [few_runs.dropped_events(rid) for rid in ids] == [5, 5, 0, 0]
+        assert [few_runs.known_result(rid) is not None for rid in ids] == [False, False, True,
+                                                                          True]
+
+
+def test_memory_bounds_that_cannot_hold_one_run_are_refused() -> None:
+    """A per-run bound above the total bound is refused at construction, saying what to do."""
+    with pytest.raises(ValueError, match=r"needs 1 <= max_events_per_run <= max_kept_events "
+                                         r"and max_kept_results >= 1 \(got 10, 5, 10000\); "
+                                         r"raise max_kept_events"):
+        GraphwireClient("127.0.0.1:9", max_events_per_run=10, max_kept_events=5)

@@ -334,3 +334,81 @@ async def test_fuzzed_from_its_own_openapi_document_no_server_errors(
         print(f"schemathesis: {calls} calls")
     assert failures == []
     assert calls >= 60  # every operation was exercised
+
+
+async def test_a_batch_with_one_invalid_run_submits_none_and_charges_none(
+    worker_env: dict[str, str], bootstrap: str, topics: TopicNames
+) -> None:
+    """``[valid, invalid]``: 422 naming the item, nothing produced, the rate limit not charged
+    for the refused runs; the same caller's next valid batch goes through whole."""
+    limited = {"X-API-Key": KEY_LIMITED}  # 5 requests a minute
+    async with Collector(bootstrap, topics.requests) as out, serve(
+        gateway_settings(worker_env)
+    ) as http:
+        refused = await http.post("/workflow/batch", headers=limited, json={"requests": [
+            body("echo", request_id="first"), body("echo", request_id="second"),
+            body("echo", request_id="third"), {"workflow_name": "echo"},  # no input, no command
+        ]})
+        assert (refused.status_code, refused.json()) == (422, {
+            "detail": "requests[3]: give 'input' (an object) or 'command'; nothing in this "
+                      "batch was submitted"})
+        # 1 request charged above (the call itself), so a batch of 4 fits the limit of 5
+        accepted = await http.post("/workflow/batch", headers=limited, json={"requests": [
+            body("echo", request_id=f"ok{i}") for i in range(4)]})
+        assert accepted.status_code == 200, accepted.text
+        ids = accepted.json()["request_ids"]
+        await out.wait_count(topics.requests, 4)
+        await asyncio.sleep(1)  # anything produced before the 422 would be here by now
+    assert sorted(r["request_id"] for r in out.values(topics.requests)) == sorted(ids)
+    assert [i.rpartition(".")[2] for i in ids] == ["ok0", "ok1", "ok2", "ok3"]
+
+
+async def test_rate_limiter_without_redis_answers_503_and_recovers(
+    worker_env: dict[str, str], topics: TopicNames
+) -> None:
+    """A stopped Redis behind the rate limiter is 503 with Retry-After (not 500); once Redis
+    is back the same request is served again."""
+    from tests.private_services import PrivateRedis
+
+    redis = PrivateRedis()
+    redis.start()
+    try:
+        env = {**worker_env, "GRAPHWIRE_REDIS_URL": redis.url}
+        async with serve(gateway_settings(env)) as http:
+            before = await http.get("/workflow/status/x", headers=A)
+            assert before.status_code == 404
+            redis.stop()
+            down = [await http.get("/workflow/status/x", headers=A),
+                    await http.post("/workflow/execute", json=body(), headers=A)]
+            assert [(r.status_code, r.json(), r.headers["retry-after"]) for r in down] == [
+                (503, {"detail": "the rate limiter's Redis does not answer; retry in a few "
+                                 "seconds"}, "5")] * 2
+            redis.start()
+            after = await http.get("/workflow/status/x", headers=A)
+            assert (after.status_code, after.json()) == (404, {"detail": "unknown request 'x'"})
+    finally:
+        redis.stop()
+
+
+async def test_http_methods_from_input_share_one_label(
+    worker_env: dict[str, str], topics: TopicNames
+) -> None:
+    """Requests with methods the gateway does not know count under method="unknown": one
+    series however many methods clients send."""
+    methods = ["PROPFIND", "MKCOL", "COPY", "MOVE", "LOCK", "UNLOCK", "SEARCH", "PURGE",
+               "REPORT", "LINK"]
+    async with serve(gateway_settings(worker_env)) as http:
+        codes = [(await http.request(m, "/workflow/execute", headers=A)).status_code
+                 for m in methods]
+        assert codes == [405] * len(methods)
+        assert (await http.post("/workflow/execute", headers=A, json={})).status_code == 422
+        metrics = (await http.get("/metrics")).text
+    series = sorted(line.rsplit(" ", 1)[0] for line in metrics.splitlines()
+                    if line.startswith("graphwire_gateway_requests_total{"))
+    assert series == [
+        'graphwire_gateway_requests_total{method="POST",route="/workflow/execute",status="422"}',
+        'graphwire_gateway_requests_total{method="unknown",route="/workflow/execute",'
+        'status="405"}',
+    ]
+    assert ('graphwire_gateway_requests_total{method="unknown",route="/workflow/execute",'
+            'status="405"} 10.0') in metrics

@@ -93,3 +93,69 @@ async def test_json_logs_carry_request_graph_node_and_trace(
     assert [line["node"] for line in nodes] == ["normalize", "tokenize", "count"]
     assert all(line["msg"].startswith(f"node {line['node']} took ") for line in nodes)
     assert all(line["trace_id"] == trace for line in nodes)
+
+
+async def test_requests_naming_unknown_graphs_share_one_label(
+    bootstrap: str, topics: TopicNames, worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Rejected requests for unregistered graphs count under workflow_name="unknown" (one
+    series however many names); registered graphs keep their own label, rejected or not."""
+    import uuid
+
+    port = free_port()
+    worker = WorkerProcess({**worker_env, "GRAPHWIRE_HTTP_PORT": str(port)},
+                           log_path=tmp_path / "worker.log").start()
+    names = [f"nope-{uuid.uuid4().hex}" for _ in range(40)]
+    messages = [(f"u{i}".encode(), encode(request(f"u{i}", name)))
+                for i, name in enumerate(names)]
+    # invalid requests (neither input nor command): one naming a random graph, one pipeline
+    messages += [(b"bad1", encode(request("bad1", f"nope-{uuid.uuid4().hex}", input=None))),
+                 (b"bad2", encode(request("bad2", "pipeline", input=None))),
+                 (b"ok1", encode(request("ok1")))]
+    try:
+        async with Collector(bootstrap, topics.results) as out:
+            await produce(bootstrap, topics.requests, messages)
+            await out.wait_count(topics.results, 43, timeout=60)
+        await asyncio.sleep(0.2)
+        async with aiohttp.ClientSession() as http, http.get(
+            f"http://127.0.0.1:{port}/metrics"
+        ) as response:
+            m = samples(await response.text())
+    finally:
+        worker.stop()
+    statuses = sorted((r["graph"], r["status"]) for r in out.values(topics.results))
+    assert statuses.count(("pipeline", "success")) == 1
+    assert [s for s in statuses if s[0] in names] == [(n, "rejected") for n in sorted(names)]
+    executions = {k: v for k, v in m.items()
+                  if k.startswith("langgraph_workflow_executions_total{")}
+    assert executions == {
+        'langgraph_workflow_executions_total{status="rejected",workflow_name="unknown"}': 41.0,
+        'langgraph_workflow_executions_total{status="rejected",workflow_name="pipeline"}': 1.0,
+        'langgraph_workflow_executions_total{status="success",workflow_name="pipeline"}': 1.0,
+    }
+    assert m['graphwire_dead_letters_total{reason="unknown_graph"}'] == 40
+    assert m['graphwire_dead_letters_total{reason="invalid"}'] == 2
+
+
+async def test_model_names_from_runs_are_capped_in_labels() -> None:
+    """The first MAX_MODEL_LABELS model names get their own series, every later one counts
+    under model="other" (a graph may take its model from the request)."""
+    import uuid
+
+    from langchain_core.outputs import LLMResult
+
+    from graphwire.processors.metrics import MAX_MODEL_LABELS, RunnerMetrics
+    from graphwire.processors.runner.callbacks import RunCallbacks
+
+    metrics = RunnerMetrics()
+    callbacks = RunCallbacks(metrics, "chat")
+    names = [f"model-{i}" for i in range(MAX_MODEL_LABELS + 30)] + ["model-0"]
+    for name in names:
+        run_id = uuid.uuid4()
+        await callbacks.on_chat_model_start({}, [], run_id=run_id,
+                                            metadata={"ls_model_name": name})
+        await callbacks.on_llm_end(LLMResult(generations=[]), run_id=run_id)
+    counts = {s.labels["model"]: s.value for s in metrics.llm_requests.collect()[0].samples
+              if s.name == "langgraph_llm_requests_total"}
+    assert counts == {**{f"model-{i}": 1.0 for i in range(1, MAX_MODEL_LABELS)},
+                      "model-0": 2.0, "other": 30.0}

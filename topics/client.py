@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections import OrderedDict, defaultdict
+from collections import OrderedDict, defaultdict, deque
 from collections.abc import AsyncGenerator, Iterable, Mapping
 from typing import Any, Self
 
@@ -49,14 +49,29 @@ class GraphwireClient:
         max_request_size: int = 8 * 1024 * 1024,
         redis_url: str | None = None,
         max_kept_results: int = 10_000,
+        max_events_per_run: int = 10_000,
+        max_kept_events: int = 100_000,
         **client_kwargs: Any,
     ) -> None:
         """``client_kwargs`` go to aiokafka (``security_protocol``, ``sasl_mechanism``,
-        ``sasl_plain_username``, ``sasl_plain_password``, ``ssl_context``, ...)."""
+        ``sasl_plain_username``, ``sasl_plain_password``, ``ssl_context``, ...).
+
+        Memory is bounded (see ``dropped_events``): the results of the last
+        ``max_kept_results`` runs; of each run its newest ``max_events_per_run`` events (older
+        ones are dropped); and ``max_kept_events`` events in all (the events of the runs that
+        received none for longest are dropped first)."""
+        if not 1 <= max_events_per_run <= max_kept_events or max_kept_results < 1:
+            raise ValueError(
+                "GraphwireClient needs 1 <= max_events_per_run <= max_kept_events and "
+                f"max_kept_results >= 1 (got {max_events_per_run}, {max_kept_events}, "
+                f"{max_kept_results}); raise max_kept_events or lower max_events_per_run"
+            )
         self.bootstrap_servers = bootstrap_servers
         self.topics = TopicNames(topic_prefix)
         self._redis_url = redis_url
         self._max_kept = max_kept_results
+        self._max_events_per_run = max_events_per_run
+        self._max_kept_events = max_kept_events
         self._kwargs = client_kwargs
         self._max_request_size = max_request_size
         self._producer: AIOKafkaProducer | None = None
@@ -66,7 +81,11 @@ class GraphwireClient:
         self._waiting: dict[str, int] = {}
         self._results: OrderedDict[str, Result] = OrderedDict()
         self._result_waiters: dict[str, asyncio.Future[Result]] = {}
-        self._events: OrderedDict[str, list[Event]] = OrderedDict()
+        # per run, the runs with the most recent event last (the last to be dropped)
+        self._events: OrderedDict[str, deque[Event]] = OrderedDict()
+        self._kept_events = 0
+        self._dropped: dict[str, int] = {}
+        self._dropped_total = 0
         self._event_signal: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
         self._thread_graphs: dict[str, str] = {}
 
@@ -145,7 +164,27 @@ class GraphwireClient:
         traceparent: str | None = None,
     ) -> str:
         """Produce a request (validated against the contract); returns its request_id."""
-        assert self._producer is not None, "call start() or use `async with` first"
+        request = self.build_request(
+            graph, input, request_id=request_id, thread_id=thread_id, command=command,
+            config=config, stream=stream, metadata=metadata, timeout_s=timeout_s,
+        )
+        return await self.submit_request(request, reply_to=reply_to, traceparent=traceparent)
+
+    def build_request(
+        self,
+        graph: str,
+        input: Mapping[str, Any] | None = None,
+        *,
+        request_id: str | None = None,
+        thread_id: str | None = None,
+        command: Mapping[str, Any] | None = None,
+        config: Mapping[str, Any] | None = None,
+        stream: Iterable[str] = ("updates",),
+        metadata: Mapping[str, Any] | None = None,
+        timeout_s: float | None = None,
+    ) -> Request:
+        """The request ``submit`` would produce, validated but not sent (``ValueError`` when
+        the contract refuses it): check a whole batch before submitting any of it."""
         body: dict[str, Any] = {
             "request_id": request_id or uuid.uuid4().hex,
             "graph": graph,
@@ -157,7 +196,13 @@ class GraphwireClient:
             "timeout_s": timeout_s,
             "metadata": dict(metadata or {}),
         }
-        request = Request.model_validate(body)
+        return Request.model_validate(body)
+
+    async def submit_request(
+        self, request: Request, *, reply_to: str | None = None, traceparent: str | None = None
+    ) -> str:
+        """Produce a request built by ``build_request``; returns its request_id."""
+        assert self._producer is not None, "call start() or use `async with` first"
         headers = []
         if reply_to:
             headers.append((HEADER_REPLY_TO, reply_to.encode()))
@@ -211,11 +256,26 @@ class GraphwireClient:
     def _keep_event(self, rid: str, event: Event) -> None:
         kept = self._events.get(rid)
         if kept is None:
-            kept = self._events[rid] = []
-            while len(self._events) > self._max_kept:  # oldest requests' events go first
-                old, _ = self._events.popitem(last=False)
-                self._event_signal.pop(old, None)
+            kept = self._events[rid] = deque(maxlen=self._max_events_per_run)
+        self._events.move_to_end(rid)  # a run still sending events is the last to be dropped
+        if len(kept) == kept.maxlen:  # append() drops the run's oldest event
+            self._kept_events -= 1
+            self._count_dropped(rid, 1)
         kept.append(event)
+        self._kept_events += 1
+        # ``rid`` is last and alone holds at most max_events_per_run <= max_kept_events: the
+        # loops never drop the events of the run that just received one
+        while len(self._events) > self._max_kept or self._kept_events > self._max_kept_events:
+            self._drop_events(next(iter(self._events)))
+
+    def _drop_events(self, rid: str) -> None:
+        dropped = self._events.pop(rid)
+        self._kept_events -= len(dropped)
+        self._count_dropped(rid, len(dropped))
+
+    def _count_dropped(self, rid: str, count: int) -> None:
+        self._dropped[rid] = self._dropped.get(rid, 0) + count
+        self._dropped_total += count
 
     def _keep(self, result: Result) -> None:
         self._results[result.request_id] = result
@@ -258,6 +318,7 @@ class GraphwireClient:
         while len(self._watched) > 4 * self._max_kept:  # the oldest are long answered
             old, _ = self._watched.popitem(last=False)
             self._event_signal.pop(old, None)
+            self._dropped.pop(old, None)
 
     def watching(self, request_id: str) -> bool:
         return request_id in self._watched
@@ -269,6 +330,17 @@ class GraphwireClient:
     def known_result(self, request_id: str) -> Result | None:
         """The result of ``request_id`` if this client has received it."""
         return self._results.get(request_id)
+
+    def dropped_events(self, request_id: str) -> int:
+        """How many received events of ``request_id`` this client dropped at its memory bounds
+        (0: ``seen_events`` holds every event received). Dropped events are the run's oldest:
+        read them from the audit table (``graphwire_events``) if you need them."""
+        return self._dropped.get(request_id, 0)
+
+    @property
+    def dropped_events_total(self) -> int:
+        """Events dropped at the memory bounds since the client was created (all runs)."""
+        return self._dropped_total
 
     def seen_events(self, request_id: str) -> list[Event]:
         """Events of ``request_id`` received so far, by seq (duplicates dropped)."""

@@ -10,6 +10,7 @@ table).
 
 import asyncio
 import contextlib
+import logging
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -21,6 +22,7 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -39,8 +41,11 @@ from graphwire.processors.gateway.sse import event_stream
 from graphwire.processors.settings import Settings
 from graphwire.topics.client import GraphwireClient
 from graphwire.topics.errors import DependencyUnavailable, GraphwireError
+from graphwire.topics.models import Request as RunRequest
 from graphwire.topics.models import Result
 from graphwire.topics.runstatus import read_run_state
+
+log = logging.getLogger(__name__)
 
 
 class Gateway:
@@ -97,9 +102,17 @@ class Gateway:
         return principal
 
     async def charge(self, principal: Principal, cost: int) -> None:
-        """Count ``cost`` requests against the principal's rate limit; 429 over it."""
+        """Count ``cost`` requests against the principal's rate limit; 429 over it, 503 when
+        Redis (which keeps the count) does not answer."""
         assert self.limiter is not None
-        decision = await self.limiter.check(principal, cost)
+        try:
+            decision = await self.limiter.check(principal, cost)
+        except (RedisError, OSError) as exc:  # an outage, not our bug: the caller may retry
+            log.warning("rate limiter unavailable: %s", type(exc).__name__)
+            raise HTTPException(
+                503, "the rate limiter's Redis does not answer; retry in a few seconds",
+                headers={"Retry-After": "5"},
+            ) from None
         if not decision.allowed:
             self.metrics.rate_limited.inc()
             raise HTTPException(
@@ -113,11 +126,12 @@ class Gateway:
             self.metrics.auth_failures.labels("403").inc()
             raise HTTPException(403, f"{principal.name} may not run {body.workflow_name!r}")
 
-    async def submit(
+    def prepare(
         self, body: WorkflowRequest, principal: Principal, idempotency_key: str | None
-    ) -> str:
-        """Produce the run. Its request_id and thread_id are the caller's namespaced
-        (``<scope>.<id>``): one caller can neither read nor resume nor pre-empt another's."""
+    ) -> RunRequest:
+        """The run to produce, checked (403, 422) but not sent. Its request_id and thread_id
+        are the caller's namespaced (``<scope>.<id>``): one caller can neither read nor resume
+        nor pre-empt another's."""
         self.allow(body, principal)
         request_id = body.request_id
         if idempotency_key:
@@ -127,7 +141,7 @@ class Gateway:
         scope = principal.scope
         metadata = {**body.metadata, "principal": principal.as_metadata()}
         try:
-            return await self.client.submit(
+            return self.client.build_request(
                 body.workflow_name, body.input_data,
                 request_id=f"{scope}.{request_id or uuid.uuid4().hex}",
                 thread_id=f"{scope}.{body.thread_id}" if body.thread_id else None,
@@ -136,7 +150,13 @@ class Gateway:
                 stream=body.stream, metadata=metadata, timeout_s=body.timeout_s,
             )
         except ValueError as exc:  # the contract's validation (pydantic)
-            raise HTTPException(422, str(exc).splitlines()[0] if str(exc) else "invalid") from None
+            raise HTTPException(422, _contract_error(exc)) from None
+
+    async def submit(
+        self, body: WorkflowRequest, principal: Principal, idempotency_key: str | None
+    ) -> str:
+        """Check and produce the run (``prepare``); returns its request_id."""
+        return await self.client.submit_request(self.prepare(body, principal, idempotency_key))
 
     async def wait(self, request_id: str, timeout: float) -> Response:
         """The result as JSON (already validated by the client: no second pass here)."""
@@ -281,11 +301,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Submit many runs; with ``wait`` gather their results."""
         if len(body.requests) > settings.gateway_max_batch:
             raise HTTPException(422, f"at most {settings.gateway_max_batch} requests per batch")
-        for item in body.requests:  # all or nothing: refuse before submitting any
-            gw.allow(item, caller)
+        # all or nothing: check every run (403, 422) before charging for or submitting any
+        checked = []
+        for index, item in enumerate(body.requests):
+            try:
+                checked.append(gw.prepare(item, caller, None))
+            except HTTPException as exc:
+                raise HTTPException(exc.status_code, f"requests[{index}]: {exc.detail}; "
+                                    "nothing in this batch was submitted") from None
         if len(body.requests) > 1:  # each run counts against the rate limit
             await gw.charge(caller, len(body.requests) - 1)
-        ids = [await gw.submit(item, caller, None) for item in body.requests]
+        ids = [await gw.client.submit_request(request) for request in checked]
         if not body.wait:
             return BatchResponse(request_ids=ids)
         limit = timeout or settings.gateway_wait_timeout_s
@@ -317,3 +343,13 @@ def _sse(gw: Gateway, request_id: str, after: int) -> StreamingResponse:
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+def _contract_error(exc: ValueError) -> str:
+    """The first thing the contract refused, as one line: ``field: what is wrong``."""
+    if not isinstance(exc, ValidationError) or not exc.errors():
+        return str(exc).splitlines()[0] if str(exc) else "invalid request"
+    first = exc.errors()[0]
+    message = str(first["msg"]).removeprefix("Value error, ")
+    where = ".".join(str(part) for part in first["loc"])
+    return f"{where}: {message}" if where else message

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from graphwire.processors.metrics import UNKNOWN
 from graphwire.topics.models import Result, RunConfig, StreamMode
 
 
@@ -126,6 +127,11 @@ class BodyLimit:
 
 
 
+# HTTP methods counted under their own name; a client may send any token as a method, and each
+# one would become a new time series
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 class Measure:
     """Requests by method, route and status, and their duration (a plain ASGI middleware:
     Starlette's BaseHTTPMiddleware costs a task per request)."""
@@ -150,5 +156,6 @@ class Measure:
             await self.app(scope, receive, sending)
         finally:
             path = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.requests.labels(scope["method"], path, str(status)).inc()
+            method = scope["method"] if scope["method"] in _METHODS else UNKNOWN
+            self.metrics.requests.labels(method, path, str(status)).inc()
             self.metrics.duration.labels(path).observe(time.perf_counter() - started)

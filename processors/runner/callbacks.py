@@ -49,12 +49,12 @@ class RunCallbacks(AsyncCallbackHandler):
     async def on_chat_model_start(self, serialized: dict[str, Any], messages: Any, *,
                                   run_id: UUID, metadata: dict[str, Any] | None = None,
                                   **kwargs: Any) -> None:
-        self._models[run_id] = _model(serialized, metadata, kwargs)
+        self._models[run_id] = self.metrics.model_label(_model(serialized, metadata, kwargs))
 
     async def on_llm_start(self, serialized: dict[str, Any], prompts: list[str], *,
                            run_id: UUID, metadata: dict[str, Any] | None = None,
                            **kwargs: Any) -> None:
-        self._models[run_id] = _model(serialized, metadata, kwargs)
+        self._models[run_id] = self.metrics.model_label(_model(serialized, metadata, kwargs))
 
     async def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
         model = self._models.pop(run_id, "unknown")

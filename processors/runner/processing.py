@@ -73,6 +73,7 @@ class RequestProcessor:
         self.settings = settings
         self.registry = registry
         self.metrics = metrics
+        metrics.graph_names = frozenset(registry.names())  # rejected runs of others: "unknown"
         self._out = out
         self._dedup = dedup
         self._checkpoints = checkpoints

@@ -255,6 +255,6 @@ class OutputPublisher:
         await self.send_result(outbox, record, request_id.encode(), result, trace_headers(record))
         await self.send_dead_letter(outbox, record, str(error))
         await outbox.confirm()
-        self._metrics.executions.labels(graph, "rejected").inc()
+        self._metrics.executions.labels(self._metrics.graph_label(graph), "rejected").inc()
         self._metrics.dead_letters.labels(label).inc()
         log.warning("rejected %s: %s", request_id, error)
