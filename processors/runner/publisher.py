@@ -43,6 +43,7 @@ CopyFailed: TypeAlias = Callable[[str, str, str], None]
 """Told ``(topic, reason, detail)`` when a copy was not delivered in its time."""
 _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _MARGIN_BYTES = 64 * 1024  # room for key, headers and batch overhead next to the value
+_MAX_FAILING_REMEMBERED = 1000
 
 
 def output_limit(configured: int, learned: dict[str, int], topics: list[str]) -> int:
@@ -359,12 +360,25 @@ class OutputPublisher:
             del self._failing_reply_to[topic]
         return None
 
+    def _remember_failing(self, topic: str) -> None:
+        """Skip ``topic`` for ``reply_to_backoff_s``; requesters choose the names, so the
+        memory is bounded (expired entries go first, then the oldest)."""
+        now = time.monotonic()
+        failing = self._failing_reply_to
+        failing.pop(topic, None)
+        failing[topic] = now + self._reply_to_backoff_s
+        if len(failing) > _MAX_FAILING_REMEMBERED:
+            for name in [n for n, until in failing.items() if until <= now]:
+                del failing[name]
+            while len(failing) > _MAX_FAILING_REMEMBERED:
+                del failing[next(iter(failing))]
+
     def _reply_to_failed(self, topic: str, reason: str, detail: str) -> None:
         """Count and log a reply-to copy that was not delivered; the result is on results."""
         self._metrics.reply_to_failures.labels(reason).inc()
         if reason in ("timeout", "refused"):
             if self._reply_to_backoff_s > 0:
-                self._failing_reply_to[topic] = time.monotonic() + self._reply_to_backoff_s
+                self._remember_failing(topic)
             # the producer would otherwise ask the cluster about this topic at every
             # metadata refresh for the rest of the process's life (aiokafka keeps the set)
             with contextlib.suppress(Exception):
