@@ -83,6 +83,7 @@ async def test_outputs_are_truncated_to_the_topics_max_message_bytes(
     limits = {names.results: 300_000, names.events: 400_000, names.dlq: 250_000}
     await ensure_topics(bootstrap, _with_limits(names, limits))
     assert await message_limits(bootstrap, list(limits)) == limits
+    assert await message_limits(bootstrap, [names.requests]) == {}  # Tansu: no broker default
     roomy = settings.model_copy(update={"max_request_bytes": 400_000})
     text = "x" * 350_000
     big = encode(request("big-2", graph="echo", input={"text": "y" * 450_000}))

@@ -140,7 +140,7 @@ async def message_limits(
             if configs.get("max.message.bytes", "").isdigit()
         }
         if len(limits) < len(names):
-            brokers = sorted(b.nodeId for b in admin._client.cluster.brokers())
+            brokers = sorted(b["node_id"] for b in (await admin.describe_cluster())["brokers"])
             if brokers:
                 broker = ConfigResource(ConfigResourceType.BROKER, str(brokers[0]))
                 configs = (await _described(admin, [broker])).get(str(brokers[0]), {})

@@ -302,9 +302,13 @@ class OutputPublisher:
             return
         self._limit = output_limit(self._configured, learned, names[:2])
         self._dlq_limit = output_limit(self._configured, learned, names[2:])
-        log.info(
-            "outputs larger than %d bytes are truncated (topic limits %s, configured %d)",
+        log.log(
+            logging.INFO if learned else logging.WARNING,
+            "outputs larger than %d bytes are truncated (topic limits %s, "
+            "GRAPHWIRE_MAX_MESSAGE_BYTES=%d)%s",
             self._limit, learned, self._configured,
+            "" if learned else ": the cluster reported no message size limit, keep the setting "
+            "at or below the broker's",
         )
 
     def outbox(self) -> Outbox:
