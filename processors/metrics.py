@@ -58,6 +58,13 @@ class RunnerMetrics:
             "Publishes retried after a Kafka error.",
             registry=r,
         )
+        self.reply_to_failures = Counter(
+            "graphwire_reply_to_failures_total",
+            "Reply-to copies not delivered (the result is on the results topic), by reason: "
+            "timeout, refused, own_topic, invalid_name, recent_failure (skipped after one).",
+            ["reason"],
+            registry=r,
+        )
         self.commits = Counter(
             "graphwire_commits_total", "Offset commits, by outcome.", ["outcome"], registry=r
         )

@@ -60,6 +60,12 @@ class Settings(BaseSettings):
     """Requests larger than this are rejected (the dead letter keeps the bytes)."""
     max_message_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     """Largest message the producer sends (dead letters carry oversized requests)."""
+    reply_to_timeout_s: float = Field(default=5.0, gt=0, le=300)
+    """How long a result's copy to a request's ``reply-to`` topic may take; a topic that is
+    missing, refused or slow gets no copy (a warning and a metric), the results topic has it."""
+    reply_to_backoff_s: float = Field(default=60.0, ge=0)
+    """After a reply-to copy failed, copies to that topic are skipped for this long (0: never
+    skipped), so a requester's missing topic does not cost every request the timeout."""
     fetch_max_wait_ms: int = Field(default=10, ge=0)
     """How long the broker may hold a fetch waiting for data; low keeps latency low."""
     poll_timeout_ms: int = Field(default=100, ge=1)

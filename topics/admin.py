@@ -109,3 +109,56 @@ async def scale_partitions(
                 "may not support CreatePartitions (the bundled test broker does not)"
             )
     return have
+
+
+async def message_limits(
+    bootstrap_servers: str, names: list[str], **client_kwargs: Any
+) -> dict[str, int]:
+    """The largest message each named topic accepts, in bytes, as the cluster reports it.
+
+    A topic's own ``max.message.bytes`` when it is set, else the broker's
+    ``message.max.bytes``; a topic neither names is left out (the caller keeps its own limit).
+    All configs are asked for and filtered here: the test broker (Tansu 0.6) drops the
+    connection on a DescribeConfigs that names config keys.
+    """
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **client_kwargs)
+    try:
+        await admin.start()
+    except KafkaConnectionError as exc:
+        raise DependencyUnavailable(
+            f"cannot reach Kafka at {bootstrap_servers}: check GRAPHWIRE_BOOTSTRAP_SERVERS"
+        ) from exc
+    try:
+        topic_configs = await _described(
+            admin, [ConfigResource(ConfigResourceType.TOPIC, name) for name in names]
+        )
+        limits = {
+            name: int(configs["max.message.bytes"])
+            for name, configs in topic_configs.items()
+            if configs.get("max.message.bytes", "").isdigit()
+        }
+        if len(limits) < len(names):
+            brokers = sorted(b["node_id"] for b in (await admin.describe_cluster())["brokers"])
+            if brokers:
+                broker = ConfigResource(ConfigResourceType.BROKER, str(brokers[0]))
+                configs = (await _described(admin, [broker])).get(str(brokers[0]), {})
+                default = configs.get("message.max.bytes", "")
+                if default.isdigit():
+                    limits = {name: limits.get(name, int(default)) for name in names}
+        return limits
+    except KafkaError as exc:
+        raise DependencyUnavailable(f"Kafka admin request failed: {exc}") from exc
+    finally:
+        await admin.close()
+
+
+async def _described(admin: AIOKafkaAdminClient, resources: list[Any]) -> dict[str, dict[str, str]]:
+    """``{resource name: {config name: value}}`` of the resources the broker described."""
+    described: dict[str, dict[str, str]] = {}
+    for response in await admin.describe_configs(resources):
+        for error_code, _message, _type, name, entries in response.resources:
+            if error_code == 0:
+                described[name] = {entry[0]: entry[1] for entry in entries if entry[1] is not None}
+    return described

@@ -144,7 +144,7 @@ class RequestProcessor:
         except InvalidRequest as exc:
             assert exc.request_id is not None
             reason = "too_large" if type(exc).__name__ == "RequestTooLarge" else "invalid"
-            await self._out.reject(
+            await self._reject(
                 record, exc.request_id, peek_graph(record.value), exc, reason, started
             )
             return
@@ -155,7 +155,7 @@ class RequestProcessor:
         except UnknownGraphName:
             allowed = [n for n in self.registry.names() if not self._allowed or n in self._allowed]
             error = UnknownGraph(request.graph, allowed)
-            await self._out.reject(
+            await self._reject(
                 record,
                 request.request_id,
                 request.graph,
@@ -167,6 +167,24 @@ class RequestProcessor:
             )
             return
         await self._run(record, request, graph, started)
+
+    async def _reject(
+        self, record: Record, request_id: str, graph: str, error: Exception, label: str,
+        started: float, **fields: Any,
+    ) -> None:
+        """Reject a request that cannot run, unless its request_id is done already.
+
+        A done request_id has its result out; a second one (``rejected`` after a ``success``)
+        would contradict it. Such a message is a duplicate (a bad replay, a result read back
+        as a request): it publishes nothing and is counted with the duplicates.
+        """
+        if self._dedup is not None:
+            known = await self._dedup.lookup(request_id)
+            if known is not None and known.state == "done":
+                self.metrics.duplicates.inc()
+                log.info("not rejecting %s: already done (%s)", request_id, known.status)
+                return
+        await self._out.reject(record, request_id, graph, error, label, started, **fields)
 
     async def _run(self, record: Record, request: Request, graph: Any, started: float) -> None:
         token = bind(request_id=request.request_id, graph=request.graph,

@@ -1,5 +1,10 @@
 """Publishing a request's outputs (events, result, reply-to copy, dead letter) and waiting
-until the broker has acknowledged all of them."""
+until the broker has acknowledged all of them.
+
+The contract's topics must get every output (retried until acknowledged). A reply-to copy is a
+courtesy to the requester: it gets a bounded time, and a topic that is missing, refused or slow
+costs a warning and ``graphwire_reply_to_failures_total{reason}``, never the request.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
 from graphwire.processors.metrics import RunnerMetrics
+from graphwire.topics.admin import message_limits
 from graphwire.topics.codec import (
     HEADER_ERROR,
     HEADER_REPLY_TO,
@@ -33,7 +39,18 @@ log = logging.getLogger(__name__)
 
 Headers = list[tuple[str, bytes]]
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
+CopyFailed: TypeAlias = Callable[[str, str, str], None]
+"""Told ``(topic, reason, detail)`` when a copy was not delivered in its time."""
 _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_MARGIN_BYTES = 64 * 1024  # room for key, headers and batch overhead next to the value
+_MAX_FAILING_REMEMBERED = 1000
+
+
+def output_limit(configured: int, learned: dict[str, int], topics: list[str]) -> int:
+    """Largest value to publish: the smaller of ``configured`` and what the cluster reported
+    for ``topics`` (absent: unknown), less room for the record's key, headers and batch."""
+    limit = min([configured, *(learned[t] for t in topics if t in learned)])
+    return limit - min(_MARGIN_BYTES, limit // 4)
 
 
 class PublishFailed(GraphwireError):
@@ -48,7 +65,7 @@ class Outbox:
     in which case ``DependencyUnavailable`` leaves the request uncommitted for redelivery.
     """
 
-    __slots__ = ("_metrics", "_producer", "_sent", "_stopping", "acked")
+    __slots__ = ("_copies", "_metrics", "_producer", "_sent", "_stopping", "acked")
 
     def __init__(
         self,
@@ -62,6 +79,7 @@ class Outbox:
         self.acked: dict[str, str] = {}
         """``topic -> "topic/partition/offset"`` of the last acknowledged message per topic."""
         self._sent: list[tuple[str, bytes | None, bytes | None, Headers, asyncio.Future[Any]]] = []
+        self._copies: list[tuple[str, asyncio.Task[tuple[str, str] | None], CopyFailed]] = []
 
     async def send(
         self, topic: str, value: bytes | None, key: bytes | None, headers: Headers
@@ -103,8 +121,70 @@ class Outbox:
         log.warning("publish to %s failed, retrying: %r (partitions in metadata: %s)", topic, exc,
                     known)
 
+    def send_copy(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes,
+        headers: Headers,
+        *,
+        timeout_s: float,
+        on_failure: CopyFailed,
+    ) -> None:
+        """Start delivering a copy that may fail (a reply-to): ``confirm()`` waits for it at
+        most ``timeout_s``, then calls ``on_failure(topic, reason, detail)`` if it failed."""
+        task = asyncio.ensure_future(self._deliver_copy(topic, value, key, headers, timeout_s))
+        self._copies.append((topic, task, on_failure))
+
+    async def _deliver_copy(
+        self, topic: str, value: bytes, key: bytes, headers: Headers, timeout_s: float
+    ) -> tuple[str, str] | None:
+        """Deliver one copy within ``timeout_s``: None, or ``(reason, detail)`` on failure."""
+        deadline = time.monotonic() + timeout_s
+        delay, last = 0.1, "no acknowledgement"
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                # For a topic the cluster does not know, the producer waits for its metadata
+                # for request_timeout_ms and then fails retriably: bound that wait here.
+                async with asyncio.timeout(remaining):
+                    future: asyncio.Future[Any] = await self._producer.send(
+                        topic, value, key=key, headers=headers
+                    )
+                # asyncio.wait, not a timeout: cancelling the delivery future itself would
+                # leave the producer's batch completing a cancelled future.
+                done, _ = await asyncio.wait({future}, timeout=deadline - time.monotonic())
+                if not done:
+                    future.add_done_callback(_ignore_outcome)
+                    break
+                future.result()
+                return None
+            except TimeoutError:
+                break
+            except KafkaError as exc:
+                if not _can_succeed_later(exc):
+                    return "refused", f"{type(exc).__name__}: {exc}"
+                last = f"{type(exc).__name__}: {exc}"
+                pause = min(delay, deadline - time.monotonic()) * random.uniform(0.5, 1.0)
+                await asyncio.sleep(max(0.0, pause))
+                delay = min(delay * 2, 1.0)
+        return "timeout", last
+
     async def confirm(self) -> None:
-        """Wait until the broker acknowledged every message sent so far."""
+        """Wait until the broker acknowledged every message sent so far, and until each copy
+        was delivered or ran out of its time."""
+        try:
+            await self._confirm_sent()
+        except BaseException:
+            for _topic, task, _report in self._copies:
+                task.cancel()
+            raise
+        copies, self._copies = self._copies, []
+        outcomes = await asyncio.gather(*(task for _topic, task, _report in copies))
+        for (topic, _task, report), outcome in zip(copies, outcomes, strict=True):
+            if outcome is not None:
+                report(topic, *outcome)
+
+    async def _confirm_sent(self) -> None:
         delay = 0.1
         while self._sent:
             outcomes = await asyncio.gather(*(s[4] for s in self._sent), return_exceptions=True)
@@ -128,6 +208,12 @@ class Outbox:
             delay = min(delay * 2, 5.0)
             for (topic, value, key, headers, _), _error in failed:
                 await self.send(topic, value, key, headers)
+
+
+def _ignore_outcome(future: asyncio.Future[Any]) -> None:
+    """Retrieve a late copy's outcome, so asyncio does not log it as never retrieved."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _can_succeed_later(exc: KafkaError) -> bool:
@@ -164,17 +250,66 @@ class OutputPublisher:
         *,
         max_message_bytes: int,
         stopping: Callable[[], bool],
+        reply_to_timeout_s: float = 5.0,
+        reply_to_backoff_s: float = 60.0,
     ) -> None:
         self._producer = producer
         self._topics = topics
         self._metrics = metrics
-        self._limit = max_message_bytes - 64 * 1024  # room for key, headers, batch overhead
+        self._configured = max_message_bytes
+        self._limit = output_limit(max_message_bytes, {}, [])
+        self._dlq_limit = self._limit
         self._stopping = stopping
+        self._reply_to_timeout_s = reply_to_timeout_s
+        self._reply_to_backoff_s = reply_to_backoff_s
+        self._own = frozenset({topics.requests, topics.events, topics.dlq})
+        self._failing_reply_to: dict[str, float] = {}
+        """Reply-to topics that failed lately -> until when (monotonic) they are skipped."""
 
     @property
     def results_topic(self) -> str:
         """Where results go."""
         return self._topics.results
+
+    @property
+    def limit(self) -> int:
+        """Results and events larger than this many bytes get their big field truncated."""
+        return self._limit
+
+    async def start(self, bootstrap_servers: str, **client_kwargs: Any) -> None:
+        """Once the producer is started: keep the output topics in its metadata, and lower the
+        output limits to what the cluster accepts on them.
+
+        aiokafka's producer asks the cluster only about the topics it tracks, and tracks a
+        topic only once it had to wait for it: the first reply-to topic would otherwise shrink
+        its metadata to that one topic, and results in flight lose their partition leaders.
+
+        The limits: each topic's ``max.message.bytes``, else the broker's
+        ``message.max.bytes``. Without them, an output between the broker's limit (about 1 MiB
+        by default) and ``max_message_bytes`` is refused by the broker instead of truncated.
+        A cluster that does not say leaves the configured limit, with a warning.
+        """
+        names = [self._topics.results, self._topics.events, self._topics.dlq]
+        await self._producer.client.set_topics(names)
+        try:
+            learned = await message_limits(bootstrap_servers, names, **client_kwargs)
+        except GraphwireError as exc:
+            log.warning(
+                "could not read the topics' max.message.bytes (%s); outputs are truncated above "
+                "GRAPHWIRE_MAX_MESSAGE_BYTES=%d only: keep it at or below the broker's limit",
+                exc, self._configured,
+            )
+            return
+        self._limit = output_limit(self._configured, learned, names[:2])
+        self._dlq_limit = output_limit(self._configured, learned, names[2:])
+        log.log(
+            logging.INFO if learned else logging.WARNING,
+            "outputs larger than %d bytes are truncated (topic limits %s, "
+            "GRAPHWIRE_MAX_MESSAGE_BYTES=%d)%s",
+            self._limit, learned, self._configured,
+            "" if learned else ": the cluster reported no message size limit, keep the setting "
+            "at or below the broker's",
+        )
 
     def outbox(self) -> Outbox:
         """A fresh outbox for one request."""
@@ -191,18 +326,73 @@ class OutputPublisher:
     async def send_result(
         self, outbox: Outbox, record: Record, key: bytes, result: dict[str, Any], headers: Headers
     ) -> None:
-        """The result to the results topic and, when the request asked, to its reply-to."""
+        """The result to the results topic and, when the request asked, a copy to its reply-to
+        (delivered within ``reply_to_timeout_s`` or given up, see ``Outbox.send_copy``)."""
         value = self.encode(result, "output")
         await outbox.send(self._topics.results, value, key, headers)
         reply_to = header(record, HEADER_REPLY_TO)
-        if reply_to:
-            topic = reply_to.decode("utf-8", "replace")
-            if topic == self._topics.results:
-                return
-            if _TOPIC_NAME.match(topic):
-                await outbox.send(topic, value, key, headers)
-            else:
-                log.warning("ignoring reply-to %r: not a valid topic name", topic)
+        if not reply_to:
+            return
+        topic = reply_to.decode("utf-8", "replace")
+        if topic == self._topics.results:
+            return  # it is there already
+        refusal = self._refuse_reply_to(topic)
+        if refusal is not None:
+            self._reply_to_failed(topic, *refusal)
+            return
+        outbox.send_copy(
+            topic,
+            value,
+            key,
+            headers,
+            timeout_s=self._reply_to_timeout_s,
+            on_failure=self._reply_to_failed,
+        )
+
+    def _refuse_reply_to(self, topic: str) -> tuple[str, str] | None:
+        """Why no copy goes to ``topic``, as ``(reason, detail)``; None when it may."""
+        if not _TOPIC_NAME.match(topic):
+            return "invalid_name", "not a valid topic name"
+        if topic in self._own:
+            # A result on the requests topic is read back as a request (and rejected: a
+            # second result for the same request_id); on events or dlq it breaks their readers.
+            return "own_topic", "it is one of graphwire's own topics"
+        until = self._failing_reply_to.get(topic)
+        if until is not None:
+            if time.monotonic() < until:
+                return "recent_failure", f"it failed less than {self._reply_to_backoff_s:g}s ago"
+            del self._failing_reply_to[topic]
+        return None
+
+    def _remember_failing(self, topic: str) -> None:
+        """Skip ``topic`` for ``reply_to_backoff_s``; requesters choose the names, so the
+        memory is bounded (expired entries go first, then the oldest)."""
+        now = time.monotonic()
+        failing = self._failing_reply_to
+        failing.pop(topic, None)
+        failing[topic] = now + self._reply_to_backoff_s
+        if len(failing) > _MAX_FAILING_REMEMBERED:
+            for name in [n for n, until in failing.items() if until <= now]:
+                del failing[name]
+            while len(failing) > _MAX_FAILING_REMEMBERED:
+                del failing[next(iter(failing))]
+
+    def _reply_to_failed(self, topic: str, reason: str, detail: str) -> None:
+        """Count and log a reply-to copy that was not delivered; the result is on results."""
+        self._metrics.reply_to_failures.labels(reason).inc()
+        if reason in ("timeout", "refused"):
+            if self._reply_to_backoff_s > 0:
+                self._remember_failing(topic)
+            # the producer would otherwise ask the cluster about this topic at every
+            # metadata refresh for the rest of the process's life (aiokafka keeps the set)
+            with contextlib.suppress(Exception):
+                self._producer.client._topics.discard(topic)
+        log.log(
+            logging.DEBUG if reason == "recent_failure" else logging.WARNING,
+            "no reply-to copy to %r (%s: %s); the result is on %s only. Operator action: create "
+            "the topic and allow this worker to write to it, or fix the requester's reply-to",
+            topic[:300], reason, detail, self._topics.results,
+        )
 
     async def send_dead_letter(self, outbox: Outbox, record: Record, reason: str) -> None:
         """The original key, bytes and headers, plus the reason and where it came from."""
@@ -212,7 +402,7 @@ class OutputPublisher:
             (HEADER_SOURCE, f"{record.topic}/{record.partition}/{record.offset}".encode()),
         ]
         value = record.value
-        if value is not None and len(value) > self._limit:
+        if value is not None and len(value) > self._dlq_limit:
             # Larger than this worker may produce: keep the reason and the pointer to the
             # original (still on the source topic) rather than stall the partition.
             headers.append((HEADER_VALUE_DROPPED, str(len(value)).encode()))

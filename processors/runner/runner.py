@@ -134,6 +134,8 @@ class GraphRunner:
             self.metrics,
             max_message_bytes=s.max_message_bytes,
             stopping=lambda: self._stopping,
+            reply_to_timeout_s=s.reply_to_timeout_s,
+            reply_to_backoff_s=s.reply_to_backoff_s,
         )
         try:
             await self._start_stores()
@@ -172,6 +174,7 @@ class GraphRunner:
                 f"cannot reach Kafka at {s.bootstrap_servers}: check GRAPHWIRE_BOOTSTRAP_SERVERS, "
                 "the broker and the security settings"
             ) from exc
+        await out.start(s.bootstrap_servers, **security)
         self._consumer.subscribe([self._topics.requests], listener=_Rebalance(self))
         self._started = True
         self._poll_task = self._watched(self._poll_loop(), "poll")
