@@ -124,6 +124,27 @@ def make_flaky_steps():  # type: ignore[no-untyped-def]
     return builder.compile()
 
 
+def make_paused_steps():  # type: ignore[no-untyped-def]
+    """step1 -> step2 (sleeps ``pause`` seconds) -> step3; touches no database of its own."""
+
+    def step(name: str):  # type: ignore[no-untyped-def]
+        async def run(state: StepsState) -> StepsState:
+            if name == "step2":
+                await asyncio.sleep(state.get("pause", 0))
+            return {"done": [*state.get("done", []), name]}
+
+        return run
+
+    builder = StateGraph(StepsState)
+    for i in range(1, 4):
+        builder.add_node(f"step{i}", step(f"step{i}"))
+    builder.add_edge(START, "step1")
+    builder.add_edge("step1", "step2")
+    builder.add_edge("step2", "step3")
+    builder.add_edge("step3", END)
+    return builder.compile()
+
+
 COUNTED_RUNS: list[str] = []
 
 

@@ -18,7 +18,9 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
+from graphwire.graphs.registry import GraphRegistry
 from graphwire.processors.gateway.auth import Principal, hash_key
+from graphwire.processors.runner.runner import GraphRunner
 from graphwire.processors.settings import Settings
 from graphwire.topics.client import GraphwireClient
 from graphwire.topics.models import Event
@@ -26,6 +28,7 @@ from graphwire.topics.specs import TopicNames
 from tests.conftest import TEST_DATABASE_URL
 from tests.gateway_helpers import serve
 from tests.kafka_helpers import WorkerProcess
+from tests.private_services import PrivatePostgres
 from tests.test_durable import _node_runs_table, _wait_for_node
 from tests.test_gateway import sse
 
@@ -260,6 +263,54 @@ async def test_retry_after_a_retriable_error_opens_a_new_try(
         assert result["output"]["done"] == ["step1", "step2", "step3"]
     finally:
         worker.stop()
+
+
+async def test_outage_retry_after_postgres_returns_keeps_every_event(
+    topics: TopicNames, settings: Settings, worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The checkpoints' PostgreSQL (a private server) crashes during step2: the runner waits
+    out the outage and starts the request again (attempt 2, from step1's checkpoint); step2
+    and step3 come at attempt 2's positions, and all three consumers hold the same events."""
+    pg = await asyncio.to_thread(PrivatePostgres)
+    await asyncio.to_thread(pg.start)
+    try:
+        private = settings.model_copy(update={
+            "database_url": settings.database_url.__class__(pg.url),
+            "checkpoint_schema": None,
+            "durability": "sync",
+        })
+        registry = GraphRegistry.from_sources(specs="paused=tests.sample_graphs:make_paused_steps")
+        async with GraphRunner(private, registry), watchers(worker_env, tmp_path) as watch:
+            watch.submit("paused", {"pause": 3})
+            for _ in range(300):
+                if any(e.node == "step1" for e in watch.client.seen_events(watch.request_id)):
+                    break
+                await asyncio.sleep(0.1)
+            await asyncio.to_thread(pg.stop)  # step2 sleeps on; its checkpoint cannot be saved
+            await asyncio.sleep(5)
+            await asyncio.to_thread(pg.start)
+            seen = await watch.client_events()
+            streamed, result = await watch.sse_frames()
+            stored = await watch.audit_rows(len(seen))
+    finally:
+        await asyncio.to_thread(pg.remove)
+    first_try: Seen = [(pos(1, 0, 0), "run_started", None), (pos(1, 0, 1), "node", "step1")]
+    second_try: Seen = [
+        (pos(2, 0, 0), "run_started", None),
+        (pos(2, 0, 1), "node", "step2"),
+        (pos(2, 0, 2), "node", "step3"),
+        (pos(2, 0, 3), "run_finished", None),
+    ]
+    # step2's own event may or may not have left before its checkpoint failed: if it did, it
+    # keeps attempt 1's position and step2 is sent again, after attempt 2's run_started
+    assert seen in (
+        first_try + second_try,
+        [*first_try, (pos(1, 0, 2), "node", "step2"), *second_try],
+    )
+    assert streamed == seen
+    assert stored == seen
+    assert (result["status"], result["attempts"]) == ("success", 2)
+    assert result["output"]["done"] == ["step1", "step2", "step3"]
 
 
 def test_next_event_follows_a_try_then_moves_on_to_the_next_run_started() -> None:
