@@ -98,6 +98,53 @@ flaky_builder.add_edge("call", END)
 flaky = flaky_builder.compile().with_config(metadata={"graphwire": {"max_attempts": 4}})
 
 
+def make_flaky_steps():  # type: ignore[no-untyped-def]
+    """step1 -> step2 -> step3; step2 raises ConnectionError (retriable) on its first call per
+    request, so the runner retries it from step1's checkpoint in the same process."""
+    failed: set[str] = set()
+
+    async def flaky_step(state: StepsState, config: RunnableConfig) -> StepsState:
+        request_id = config["metadata"]["graphwire_request_id"]
+        if request_id not in failed:
+            failed.add(request_id)
+            raise ConnectionError("upstream refused the first call to step2")
+        return {"done": [*state.get("done", []), "step2"]}
+
+    def step(name: str):  # type: ignore[no-untyped-def]
+        return lambda state: {"done": [*state.get("done", []), name]}
+
+    builder = StateGraph(StepsState)
+    builder.add_node("step1", step("step1"))
+    builder.add_node("step2", flaky_step)
+    builder.add_node("step3", step("step3"))
+    builder.add_edge(START, "step1")
+    builder.add_edge("step1", "step2")
+    builder.add_edge("step2", "step3")
+    builder.add_edge("step3", END)
+    return builder.compile()
+
+
+def make_paused_steps():  # type: ignore[no-untyped-def]
+    """step1 -> step2 (sleeps ``pause`` seconds) -> step3; touches no database of its own."""
+
+    def step(name: str):  # type: ignore[no-untyped-def]
+        async def run(state: StepsState) -> StepsState:
+            if name == "step2":
+                await asyncio.sleep(state.get("pause", 0))
+            return {"done": [*state.get("done", []), name]}
+
+        return run
+
+    builder = StateGraph(StepsState)
+    for i in range(1, 4):
+        builder.add_node(f"step{i}", step(f"step{i}"))
+    builder.add_edge(START, "step1")
+    builder.add_edge("step1", "step2")
+    builder.add_edge("step2", "step3")
+    builder.add_edge("step3", END)
+    return builder.compile()
+
+
 COUNTED_RUNS: list[str] = []
 
 

@@ -88,12 +88,18 @@ async def test_migrate_applies_numbered_files_once(audit_env: dict[str, str], db
     schema = audit_env["GRAPHWIRE_AUDIT_SCHEMA"]
     first = await migrate(db, schema)
     second = await migrate(db, schema)
-    assert [m.version for m in first] == [m.version for m in migrations()] == [1, 2]
+    assert [m.version for m in first] == [m.version for m in migrations()] == [1, 2, 3]
     assert second == []
     rows = await db.fetch("SELECT version, name FROM graphwire_schema_migrations ORDER BY 1")
     assert [(r["version"], r["name"]) for r in rows] == [
-        (1, "audit_tables"), (2, "dead_letter_origins_result_position")
+        (1, "audit_tables"), (2, "dead_letter_origins_result_position"),
+        (3, "event_positions_bigint"),
     ]
+    seq_type = await db.fetchval(
+        "SELECT data_type FROM information_schema.columns WHERE table_schema = $1 "
+        "AND table_name = 'graphwire_events' AND column_name = 'seq'", schema,
+    )
+    assert seq_type == "bigint"  # event positions start at 2**32
     tables = await db.fetch(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = $1 "
         "ORDER BY table_name",
@@ -171,7 +177,7 @@ async def test_runs_events_and_dead_letters_recorded_and_queried(
     assert shown.returncode == 0, shown.stderr
     body = orjson.loads(shown.stdout)
     kafka_events = [e for e in out.values(topics.events) if e["request_id"] == "r3"]
-    assert [e["seq"] for e in body["events"]] == list(range(len(kafka_events)))
+    assert [e["seq"] for e in body["events"]] == list(range(2**32, 2**32 + len(kafka_events)))
     assert [(e["type"], e["node"], e["data"]) for e in body["events"]] == [
         (e["type"], e["node"], e["data"]) for e in sorted(kafka_events, key=lambda e: e["seq"])
     ]

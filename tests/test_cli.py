@@ -128,7 +128,7 @@ async def test_submit_stream_with_two_worker_processes(
         assert ok.returncode == 0, ok.stderr
         lines = ok.stdout.splitlines()
         events = [json.loads(line) for line in lines[:5]]
-        assert [(e["seq"], e["type"], e["node"]) for e in events] == [
+        assert [(e["seq"] - 2**32, e["type"], e["node"]) for e in events] == [
             (0, "run_started", None),
             (1, "node", "normalize"),
             (2, "node", "tokenize"),
@@ -186,8 +186,8 @@ def test_dev_demo_shows_events_and_results_of_each_builtin() -> None:
     assert [line.split()[1] for line in lines if line.startswith(">>> ")] == [
         "pipeline", "echo", "slow", "chat", "approval", "resume",
     ]
-    assert "  event 2 node tokenize: {'tokens': ['hello', 'world']}" in lines
-    assert "  event 2 custom: {'tool': 'add', 'a': 19, 'b': 23}" in lines
+    assert f"  event {2**32 + 2} node tokenize: {{'tokens': ['hello', 'world']}}" in lines
+    assert f"  event {2**32 + 2} custom: {{'tool': 'add', 'a': 19, 'b': 23}}" in lines
     results = [line for line in lines if line.startswith("  result ")]
     assert results[:3] == [
         "  result success: {'text': 'hello world', 'tokens': ['hello', 'world'], 'count': 2}",

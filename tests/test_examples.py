@@ -76,9 +76,9 @@ def test_python_client(worker: dict[str, str], bootstrap: str) -> None:
     done = run(worker, sys.executable, str(EXAMPLES / "python_client.py"))
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0].startswith("event 0 run_started")
+    assert lines[0].startswith(f"event {2**32} run_started")
     assert [line.split()[3] for line in lines[1:4]] == ["normalize", "tokenize", "count"]
-    assert lines[4].startswith("event 4 run_finished")
+    assert lines[4].startswith(f"event {2**32 + 4} run_finished")
     assert lines[5].startswith("result success {'text': 'hello world'")
     assert lines[6:] == [
         f"'Request Number {i}' -> 'request number {i}' (3 tokens)" for i in range(10)

@@ -152,6 +152,11 @@ async def test_idempotency_key_twice_is_one_run(
     assert [r["request_id"] for r in out.values(topics.results)].count(rid) == 1
 
 
+def ids(*events: int) -> list[str]:
+    """SSE ids of a run's first try (attempt 1, try 0: positions from 2**32)."""
+    return [str(2**32 + i) for i in events]
+
+
 def sse(text: str) -> list[dict[str, Any]]:
     frames = []
     for block in text.strip().split("\n\n"):
@@ -174,19 +179,19 @@ async def test_stream_and_reconnect_with_last_event_id(
         streamed = await http.post("/workflow/stream", json=body(), headers=A)
         assert streamed.headers["content-type"].startswith("text/event-stream")
         frames = sse(streamed.text)
-        assert [f.get("id") for f in frames] == ["0", "1", "2", "3", "4", None]
+        assert [f.get("id") for f in frames] == [*ids(0, 1, 2, 3, 4), None]
         assert [f["event"] for f in frames] == ["run_started", "node", "node", "node",
                                                 "run_finished", "result"]
         rid = frames[-1]["data"]["request_id"]
-        again = await http.get(f"/workflow/stream/{rid}", headers={**A, "Last-Event-ID": "2"})
+        again = await http.get(f"/workflow/stream/{rid}", headers={**A, "Last-Event-ID": ids(2)[0]})
         frames = sse(again.text)
-        assert [f.get("id") for f in frames] == ["3", "4", None]
+        assert [f.get("id") for f in frames] == [*ids(3, 4), None]
         assert frames[-1]["data"]["output"]["count"] == 2
-        done = await http.get(f"/workflow/stream/{rid}", headers={**A, "Last-Event-ID": "4"})
+        done = await http.get(f"/workflow/stream/{rid}", headers={**A, "Last-Event-ID": ids(4)[0]})
         assert [f["event"] for f in sse(done.text)] == ["result"]  # after the last: the result
         garbage = await http.get(f"/workflow/stream/{rid}",
                                  headers={**A, "Last-Event-ID": "9" * 5000})
-        assert [f.get("id") for f in sse(garbage.text)] == ["0", "1", "2", "3", "4", None]
+        assert [f.get("id") for f in sse(garbage.text)] == [*ids(0, 1, 2, 3, 4), None]
 
 
 async def test_batch_validation_body_limit_health(
@@ -278,9 +283,9 @@ async def test_another_replica_backfills_the_stream_and_status_from_the_audit_ta
             await conn.close()
         async with serve(settings) as second:  # a new process: it never saw the run
             again = await second.get(f"/workflow/stream/{rid}",
-                                     headers={**A, "Last-Event-ID": "1"})
+                                     headers={**A, "Last-Event-ID": ids(1)[0]})
             frames = sse(again.text)
-            assert [f.get("id") for f in frames] == ["2", "3", "4", None]
+            assert [f.get("id") for f in frames] == [*ids(2, 3, 4), None]
             assert [f["event"] for f in frames] == ["node", "node", "run_finished", "result"]
             assert frames[0]["data"]["node"] == "tokenize"
             assert frames[-1]["data"]["output"]["text"] == "hello gateway"

@@ -35,7 +35,8 @@ async def runner(settings: Settings, topics: TopicNames) -> AsyncIterator[GraphR
 async def test_pipeline_request_yields_exact_events_and_one_result(
     bootstrap: str, topics: TopicNames, runner: GraphRunner
 ) -> None:
-    """pipeline: run_started, 3 node events, run_finished with seq 0..4, and one success."""
+    """pipeline: run_started, 3 node events, run_finished at positions 2**32 + 0..4 (attempt
+    1, try 0), and one success."""
     await produce(
         bootstrap,
         topics.requests,
@@ -53,7 +54,7 @@ async def test_pipeline_request_yields_exact_events_and_one_result(
         await asyncio.sleep(0.3)  # nothing more may arrive
         events = [Event.model_validate(v) for v in out.values(topics.events)]
         results = [Result.model_validate(v) for v in out.values(topics.results)]
-    assert [(e.seq, e.type, e.node) for e in events] == [
+    assert [(e.seq - 2**32, e.type, e.node) for e in events] == [
         (0, "run_started", None),
         (1, "node", "normalize"),
         (2, "node", "tokenize"),

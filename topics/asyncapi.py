@@ -24,6 +24,15 @@ from graphwire.topics.codec import (
 from graphwire.topics.models import CONTRACT_VERSION, Event, Request, Result
 
 _KAFKA_BINDING = "0.5.0"
+_EVENTS_CHANNEL = (
+    "Per-node events out, keyed by request_id. seq is the event's position over every try of "
+    "the request: (delivery_attempt * 256 + try_index) * 2**24 + i, below 2**53. Positions "
+    "strictly increase per request across attempts; within one try they are contiguous from its "
+    "run_started; a new try starts at a higher base, so a consumer waiting for seq N that holds "
+    "a run_started event with a higher seq moves on to it (work an earlier try did not finish "
+    "is re-sent after it). A copy keeps its seq: dedupe on (request_id, seq). Unique across "
+    "redeliveries only with dedup (Redis) on; without it every delivery is attempt 1."
+)
 
 
 def _version() -> str:
@@ -84,7 +93,7 @@ def asyncapi_document(bootstrap_servers: str = "localhost:9092") -> dict[str, An
             "requests": _channel(
                 "requests", "Requests in. Messages with the same key run in order.", "request"
             ),
-            "events": _channel("events", "Per-node events out, seq 0, 1, 2, ...", "event"),
+            "events": _channel("events", _EVENTS_CHANNEL, "event"),
             "results": _channel("results", "One result per request.", "result"),
             "dlq": _channel("dlq", "Messages graphwire could not run, with the reason.",
                             "deadLetter"),

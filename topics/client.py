@@ -32,6 +32,7 @@ from graphwire.topics.errors import (
     RunTimedOut,
 )
 from graphwire.topics.models import Event, Request, Result
+from graphwire.topics.positions import next_event
 from graphwire.topics.runstatus import read_done_marker
 from graphwire.topics.specs import TopicNames
 
@@ -351,20 +352,20 @@ class GraphwireClient:
         self, request_id: str, *, after_seq: int = -1
     ) -> AsyncGenerator[Event, None]:
         """Yield the events of ``request_id`` with seq above ``after_seq``, in seq order, ending
-        after ``run_finished``. Events that arrive twice (a run republished after a crash) are
-        yielded once."""
+        after ``run_finished``. Events that arrive twice (a record published again) are yielded
+        once; when a later try's ``run_started`` is here, the wait for the rest of an earlier
+        try ends and the stream goes on from it (``graphwire.topics.positions``)."""
         self.watch(request_id)
-        next_seq = after_seq + 1
+        last = after_seq
         while True:
             signal = self._event_signal[request_id]
+            signal.clear()  # before the snapshot: an event arriving while we yield wakes us
             by_seq = {e.seq: e for e in self._events.get(request_id, [])}
-            while next_seq in by_seq:
-                event = by_seq[next_seq]
-                next_seq += 1
+            while (event := next_event(by_seq, last)) is not None:
+                last = event.seq
                 yield event
                 if event.type == "run_finished":
                     return
-            signal.clear()
             await signal.wait()
 
     async def resume(

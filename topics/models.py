@@ -148,8 +148,15 @@ class Event(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     request_id: str
-    seq: int = Field(ge=0)
-    """0 for ``run_started``, then +1 per event of this request: order and detect gaps."""
+    seq: int = Field(ge=0, lt=2**53)
+    """The event's position among all events of the request, over every try:
+    ``(delivery_attempt * 256 + try_index) * 2**24 + i`` (``graphwire.topics.positions``).
+    Strictly increasing per request across attempts; contiguous (+1) within one try from its
+    ``run_started``; a new try starts at a higher base, so a consumer waiting for seq N that
+    holds a ``run_started`` with a higher seq moves on to it (work an earlier try did not
+    finish is re-sent after it). A copy of an event keeps its seq: dedupe on
+    ``(request_id, seq)``. Below 2**53 (exact in JavaScript). Without dedup (no Redis) every
+    delivery counts as attempt 1, so seqs are unique across redeliveries only with dedup on."""
     type: EventType
     graph: str
     node: str | None = None

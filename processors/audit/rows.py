@@ -160,8 +160,8 @@ def event_row(record: Record) -> tuple[Any, ...]:
     obj = _object(record.value)
     rid = _request_id(obj)
     seq, type_, node, ts = obj.get("seq"), obj.get("type"), obj.get("node"), obj.get("ts")
-    if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq < 2**31:
-        raise BadRecord(f"event seq must be an integer from 0, got {seq!r}")
+    if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq < 2**53:
+        raise BadRecord(f"event seq must be an integer from 0, got {seq!r} (below 2**53)")
     if type_ not in EVENT_TYPES:
         raise BadRecord(f"event type {type_!r} is not one of {sorted(EVENT_TYPES)}")
     if node is not None and not isinstance(node, str):

@@ -51,7 +51,7 @@ _STAGING = {
     ),
     "events": (
         EVENT_COLUMNS,
-        "request_id text, seq integer, type text, node text, data jsonb, ts timestamptz",
+        "request_id text, seq bigint, type text, node text, data jsonb, ts timestamptz",
     ),
     "dead_letters": (
         DEAD_LETTER_COLUMNS,

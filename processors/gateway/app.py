@@ -290,7 +290,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Stream a run's events from after ``Last-Event-ID`` (reconnects miss nothing).
         404 when neither this gateway, Redis nor the audit table knows the request."""
         gw.own(request_id, caller)
-        valid = last_event_id and re.fullmatch(r"[0-9]{1,9}", last_event_id)
+        valid = last_event_id and re.fullmatch(r"[0-9]{1,16}", last_event_id)  # seq < 2**53
         after = int(last_event_id) if valid and last_event_id else -1
         if not gw.client.watching(request_id):
             await gw.status(request_id)  # raises 404 for an unknown request

@@ -1,5 +1,7 @@
 """Server-sent events of one run: ``id:`` is the event's seq, so a client that reconnects with
-``Last-Event-ID`` gets exactly the events after it, then the result.
+``Last-Event-ID`` gets exactly the events after it, then the result. Each try of a run
+numbers its events from its own base (``graphwire.topics.positions``): after the last event
+of a try that did not finish, the stream goes on at the next try's ``run_started``.
 
 Events come from the gateway's Kafka client as they are published. Events published before
 this gateway process watched the request (a reconnect to another replica, or a stream opened
@@ -19,6 +21,7 @@ import orjson
 from graphwire.topics.client import GraphwireClient
 from graphwire.topics.errors import GraphwireError
 from graphwire.topics.models import Event
+from graphwire.topics.positions import FIRST_POSITION, next_event
 
 KEEPALIVE_S = 15.0
 GIVE_UP_ON_EVENTS_S = 5.0  # the result is here but earlier events cannot be found
@@ -27,6 +30,12 @@ GIVE_UP_ON_EVENTS_S = 5.0  # the result is here but earlier events cannot be fou
 def _frame(event: Event) -> bytes:
     data = orjson.dumps(event.model_dump(mode="json"))
     return b"id: %d\nevent: %s\ndata: %s\n\n" % (event.seq, event.type.encode(), data)
+
+
+def _live_from(live: list[Event], sent: int) -> bool:
+    """True when the live events (in seq order) hold everything after ``sent``: they began
+    at or before the next position, or at the request's very first event."""
+    return bool(live) and (live[0].seq <= sent + 1 or live[0].seq == FIRST_POSITION)
 
 
 async def stored_events(db: Any, request_id: str, after: int) -> list[Event]:
@@ -63,23 +72,30 @@ async def event_stream(
     last_write = time.monotonic()
     backfilled = 0.0
     result_since: float | None = None
+    stored: dict[int, Event] = {}  # read back from the audit table
     yield f": events of {request_id} after {after}\n\n".encode()
     finished = False
     while not finished and time.monotonic() < deadline:
         signal = client.event_signal(request_id)
         signal.clear()
-        known = client.seen_events(request_id)
-        if (not known or known[0].seq > sent + 1) and time.monotonic() - backfilled > 0.5:
-            known = sorted({e.seq: e for e in [*await stored_events(db, request_id, sent),
-                                                *known]}.values(), key=lambda e: e.seq)
+        live = client.seen_events(request_id)
+        if not _live_from(live, sent) and time.monotonic() - backfilled > 0.5:
+            stored.update((e.seq, e) for e in await stored_events(db, request_id, sent))
             backfilled = time.monotonic()
-        for event in known:
-            if event.seq == sent + 1:
-                yield _frame(event)
-                sent, last_write = event.seq, time.monotonic()
-                if event.type == "run_finished":
-                    finished = True
-                    break
+        known = {**stored, **{e.seq: e for e in live}}
+        while (event := next_event(known, sent)) is not None:
+            # Moving on to a later try's run_started skips what is between: only when
+            # nothing can be missing there (seen live from before it, or the audit table,
+            # written in offset order, already holds it or later).
+            if event.seq != sent + 1 and not (
+                _live_from(live, sent) or max(stored, default=-1) >= event.seq
+            ):
+                break
+            yield _frame(event)
+            sent, last_write = event.seq, time.monotonic()
+            if event.type == "run_finished":
+                finished = True
+                break
         if finished:
             break
         result = client.known_result(request_id)

@@ -31,6 +31,7 @@ from graphwire.processors.settings import Settings
 from graphwire.topics.codec import HEADER_TRACEPARENT, event_dict, result_dict
 from graphwire.topics.errors import DependencyUnavailable
 from graphwire.topics.models import Request
+from graphwire.topics.positions import event_position
 
 log = logging.getLogger(__name__)
 
@@ -110,14 +111,23 @@ class RunExecutor:
         events_topic = self._events_topic
         metadata = request.metadata
         thread_id = request.thread_id
-        seq = 0
+        # Positions are per try (topics/positions.py): this start's number from the claim,
+        # the retry within it, the event within the try. Never a number an earlier try used.
+        delivery, try_index, index = attempt, 0, 0
 
         async def emit(type_: str, node: str | None, data: Any) -> None:
-            nonlocal seq
+            nonlocal index
+            seq = event_position(delivery, try_index, index)
             event = event_dict(rid, seq, type_, request.graph, node, data, metadata)
-            seq += 1
+            index += 1
             self.metrics.event_published(type_)
             await outbox.send(events_topic, self._out.encode(event, "data"), key, headers)
+
+        async def run_started(resumed: bool) -> None:
+            """Every try opens with one, at ``i = 0`` of its own base."""
+            data = {"thread_id": thread_id, "worker": self.settings.worker_id,
+                    "attempt": attempt, "resumed": resumed}
+            await emit("run_started", None, data)
 
         graph = self._durable(request.graph, graph)
         config: dict[str, Any] = {
@@ -141,16 +151,7 @@ class RunExecutor:
         resumed = earlier is not None
         if resumed:
             payload_input, command = None, None
-        await emit(
-            "run_started",
-            None,
-            {
-                "thread_id": thread_id,
-                "worker": self.settings.worker_id,
-                "attempt": attempt,
-                "resumed": resumed,
-            },
-        )
+        await run_started(resumed)
         control = RunControl()
         self._controls.add(control)
         self._controls_by_request[rid] = control
@@ -183,8 +184,11 @@ class RunExecutor:
                     break
                 await self._back_off(rid, attempt, outcome)
                 attempt += 1
-                if await self._unfinished(graph, config):  # retry the failed step only
+                resumed = await self._unfinished(graph, config)
+                if resumed:  # retry the failed step only
                     payload_input, command = None, None
+                try_index, index = try_index + 1, 0
+                await run_started(resumed)
         finally:
             self.metrics.active.dec()
             self._controls.discard(control)

@@ -50,6 +50,7 @@ from graphwire.topics.errors import (
     UnknownGraph,
 )
 from graphwire.topics.models import Request
+from graphwire.topics.positions import event_position
 from graphwire.topics.runstatus import DoneMarker
 
 log = logging.getLogger(__name__)
@@ -353,7 +354,7 @@ class RequestProcessor:
         rid = request.request_id
         key, headers, outbox = rid.encode(), trace_headers(record), self._out.outbox()
         duration_ms = (time.perf_counter() - started) * 1000
-        for seq, (type_, data) in enumerate(
+        for index, (type_, data) in enumerate(
             (
                 (
                     "run_started",
@@ -371,6 +372,7 @@ class RequestProcessor:
                 ),
             )
         ):
+            seq = event_position(attempt, 0, index)  # after whatever earlier attempts sent
             event = event_dict(rid, seq, type_, request.graph, None, data, request.metadata)
             self.metrics.event_published(type_)
             await outbox.send(self._events_topic, self._out.encode(event, "data"), key, headers)
