@@ -16,7 +16,13 @@ import orjson
 import pytest
 from fastapi import HTTPException
 
-from graphwire.processors.audit.db import connect, migrate, require_migrated, schema_version
+from graphwire.processors.audit.db import (
+    connect,
+    migrate,
+    migrations,
+    require_migrated,
+    schema_version,
+)
 from graphwire.processors.audit.rows import Record, to_row
 from graphwire.processors.audit.writer import AuditWriter
 from graphwire.processors.cli.doctor import Check, store_checks
@@ -32,6 +38,8 @@ MISSING = (
     "the audit schema {!r} (GRAPHWIRE_AUDIT_SCHEMA) does not exist in this database: run "
     "`graphwire db migrate` to create it, or correct the setting"
 )
+
+LATEST = migrations()[-1].version
 
 
 @pytest.fixture
@@ -72,7 +80,7 @@ async def test_the_test_database_has_graphwire_and_checkpoint_tables_in_public(
         "graphwire_dead_letters", "graphwire_events", "graphwire_runs",
         "graphwire_schema_migrations",
     ]
-    assert await public.fetchval("SELECT max(version) FROM graphwire_schema_migrations") == 2
+    assert await public.fetchval("SELECT max(version) FROM graphwire_schema_migrations") == LATEST
 
 
 async def test_an_unmigrated_schema_is_an_error_not_a_fallback_to_public(schema: str) -> None:
@@ -90,7 +98,7 @@ async def test_an_unmigrated_schema_is_an_error_not_a_fallback_to_public(schema:
         with pytest.raises(GraphwireError) as empty:
             await require_migrated(conn, schema)
         assert str(empty.value) == (
-            "the audit tables are at version 0, this graphwire needs 2: run "
+            f"the audit tables are at version 0, this graphwire needs {LATEST}: run "
             "`graphwire db migrate` (or start the sink with --migrate)"
         )
         with pytest.raises(asyncpg.UndefinedTableError):
@@ -129,10 +137,9 @@ def test_db_commands_refuse_a_missing_schema_and_migrate_creates_it(schema: str)
         assert done.stderr == f"graphwire: error: {MISSING.format(schema)}\n", args
     migrated = cli(env, "db", "migrate")
     assert migrated.returncode == 0, migrated.stderr
-    assert migrated.stdout == (
-        "applied 0001_audit_tables\napplied 0002_dead_letter_origins_result_position\n"
-        "audit tables at version 2\n"
-    )
+    assert migrated.stdout == "".join(
+        f"applied {m.version:04d}_{m.name}\n" for m in migrations()
+    ) + f"audit tables at version {LATEST}\n"
     listed = cli(env, "runs", "list")  # the new schema's empty table, not public's
     assert (listed.returncode, listed.stderr) == (0, "0 runs\n")
     assert listed.stdout.splitlines()[1:] == []
@@ -165,7 +172,7 @@ async def test_doctor_names_a_missing_audit_schema_and_finds_checkpoints_on_the_
         await conn.close()
     checks = await store_checks(settings)
     assert checks[1:] == [
-        Check("audit tables migrated", "pass", "version 2 of 2"),
+        Check("audit tables migrated", "pass", f"version {LATEST} of {LATEST}"),
         Check("checkpoint tables", "pass", "present"),
     ]
 
