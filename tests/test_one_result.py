@@ -27,7 +27,7 @@ async def test_a_crash_between_result_and_done_marker_republishes_the_same_resul
 ) -> None:
     """An ``error`` result is out, the done-marker write is refused, the worker is SIGKILLed and
     the failed step would now succeed: the next worker publishes the same error result again
-    (byte for byte) with its dead letter, runs nothing, and marks the request done."""
+    (byte for byte) with its dead letter, runs no node, and marks the request done."""
     go, fixed, log = tmp_path / "go", tmp_path / "fixed", tmp_path / "worker.log"
     redis = PrivateRedis()
     redis.start()
@@ -74,7 +74,13 @@ async def test_a_crash_between_result_and_done_marker_republishes_the_same_resul
     assert [(v["request_id"], v["status"], v["error"]["type"]) for v in values] == [
         ("one", "error", "ValueError")
     ] * 2
-    assert [e["type"] for e in events] == ["run_started", "run_finished"]
+    assert [(e["type"], e["data"].get("attempt"), e["data"].get("republished", False))
+            for e in events] == [
+        ("run_started", 1, False),
+        ("run_finished", None, False),
+        ("run_started", 2, True),  # the redelivery: a start of its own, that runs nothing
+        ("run_finished", None, True),
+    ]
     assert reasons == ["graph failed: the upstream answer is not fixed yet: try again later"] * 2
     assert marker is not None
     assert orjson.loads(marker) == {

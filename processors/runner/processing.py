@@ -24,7 +24,7 @@ from graphwire.processors.logs import bind, trace_id, unbind
 from graphwire.processors.metrics import RunnerMetrics
 from graphwire.processors.runner.cache import ResultCache, cache_key
 from graphwire.processors.runner.checkpoints import CheckpointStore
-from graphwire.processors.runner.dedup import Claim, DedupStore, KeptResult, LeaseLost
+from graphwire.processors.runner.dedup import Claim, DedupStore, LeaseLost
 from graphwire.processors.runner.gate import DependencyGate
 from graphwire.processors.runner.graphrun import KeepResult, RunExecutor
 from graphwire.processors.runner.publisher import (
@@ -203,7 +203,7 @@ class RequestProcessor:
         dedup.hold(rid, owner, on_lost=lambda: self._executor.drain_request(rid, "lease lost"))
         try:
             if claim.kept is not None:
-                status, result_at = await self._publish_kept(record, rid, claim.kept)
+                status, result_at = await self._publish_kept(record, request, claim, started)
             else:
                 status, result_at = await self._execute_cached(
                     record,
@@ -227,17 +227,30 @@ class RequestProcessor:
             self._dedup.let_go(rid)
 
     async def _publish_kept(
-        self, record: Record, request_id: str, kept: KeptResult
+        self, record: Record, request: Request, claim: Claim, started: float
     ) -> tuple[str, str | None]:
         """An earlier start kept this result, then died before marking done (maybe after
-        publishing it): publish the very same result (and dead letter) again, run nothing."""
+        publishing it): publish the very same result (and dead letter) again, run nothing.
+
+        This start gets its own ``run_started``/``run_finished`` (``republished``), so every
+        result on the topic still follows a start of its own, as a cached one does."""
+        kept, rid = claim.kept, request.request_id
+        assert kept is not None
         result = loads(kept.value)
-        log.warning("%s: publishing again the %s result an earlier start kept", request_id,
+        log.warning("%s: publishing again the %s result an earlier start kept", rid,
                     result["status"])
-        outbox = self._out.outbox()
-        await self._out.send_result(
-            outbox, record, request_id.encode(), result, trace_headers(record)
-        )
+        key, headers, outbox = rid.encode(), trace_headers(record), self._out.outbox()
+        duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        for seq, (type_, data) in enumerate((
+            ("run_started", {"thread_id": request.thread_id, "worker": self.settings.worker_id,
+                             "attempt": claim.attempt, "resumed": True, "republished": True}),
+            ("run_finished", {"status": result["status"], "duration_ms": duration_ms,
+                              "republished": True}),
+        )):
+            event = event_dict(rid, seq, type_, request.graph, None, data, request.metadata)
+            self.metrics.event_published(type_)
+            await outbox.send(self._events_topic, self._out.encode(event, "data"), key, headers)
+        await self._out.send_result(outbox, record, key, result, headers)
         if kept.dead_letter is not None:
             await self._out.send_dead_letter(outbox, record, kept.dead_letter)
         await outbox.confirm()
