@@ -111,9 +111,9 @@ class Settings(BaseSettings):
     checkpoint_schema: str | None = Field(default=None, pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     """PostgreSQL schema for the checkpoint tables (default: the connection's search_path)."""
     max_deliveries: int = Field(default=5, ge=1, le=100)
-    """A request started this many times without ever finishing (each run took its worker down:
-    a crash, out of memory, a kill) is not started again: an ``error`` result (PoisonMessage)
-    and a dead letter instead. Counted in Redis, so it needs dedup."""
+    """A request whose run took its worker down this many times (a crash, out of memory, a
+    kill; not a drain on SIGTERM nor a retry after an outage) is not started again: an
+    ``error`` result (PoisonMessage) and a dead letter instead. Counted in Redis (needs dedup)."""
     max_attempts: int = Field(default=3, ge=1, le=20)
     """Runs of a request whose graph fails with a retriable error (graphs and requests override)."""
     retry_backoff_s: float = Field(default=0.5, gt=0)

@@ -196,3 +196,51 @@ crasher_builder.add_node("crash", _crash)
 crasher_builder.add_edge(START, "crash")
 crasher_builder.add_edge("crash", END)
 crasher = crasher_builder
+
+
+class PacedState(TypedDict, total=False):
+    steps: int
+    pause: float
+    done: Annotated[list[int], operator.add]
+
+
+async def _paced_step(state: PacedState) -> PacedState:
+    await asyncio.sleep(state.get("pause", 0.5))
+    return {"done": [len(state.get("done", [])) + 1]}
+
+
+def _more_steps(state: PacedState) -> str:
+    return "step" if len(state.get("done", [])) < state.get("steps", 1) else END
+
+
+paced_builder = StateGraph(PacedState)
+paced_builder.add_node("step", _paced_step)
+paced_builder.add_edge(START, "step")
+paced_builder.add_conditional_edges("step", _more_steps, ["step", END])
+paced = paced_builder.compile()
+"""``steps`` steps of ``pause`` seconds each, one checkpoint per step: a long run to disturb."""
+
+
+class GatedState(TypedDict, total=False):
+    go: str
+    fixed: str
+    answer: str
+
+
+def _gated_answer(state: GatedState) -> GatedState:
+    """Waits for the file ``go``; then fails (not retriable) unless the file ``fixed`` exists.
+    (Sync: LangGraph runs it in a thread, so the polling blocks no event loop.)"""
+    import time
+
+    while not os.path.exists(state["go"]):
+        time.sleep(0.05)
+    if not os.path.exists(state["fixed"]):
+        raise ValueError("the upstream answer is not fixed yet: try again later")
+    return {"answer": "fixed"}
+
+
+gated_builder = StateGraph(GatedState)
+gated_builder.add_node("answer", _gated_answer)
+gated_builder.add_edge(START, "answer")
+gated_builder.add_edge("answer", END)
+gated = gated_builder.compile()

@@ -2,13 +2,20 @@
 
 The runner (``graphwire.processors.runner.dedup.DedupStore``) is the only writer. The gateway,
 ``graphwire status`` and ``GraphwireClient(redis_url=...)`` read it through this module, so the
-key names and the marker format live in one place. Per request_id, three keys with a hash tag,
+key names and the marker format live in one place. Per request_id, these keys with a hash tag,
 so they share one Redis Cluster slot:
 
 - ``<ns>:{rid}:lease``  the owner of the run in progress (``SET NX PX``, renewed while it runs)
 - ``<ns>:{rid}:done``   the done marker: ``{"status": ..., "result": "topic/partition/offset"}``
   (TTL ``GRAPHWIRE_DONE_TTL_S``; markers of older versions hold the bare status)
 - ``<ns>:{rid}:tries``  how many times a worker has started the request (its ``attempts``)
+- ``<ns>:{rid}:start``  the token of the worker process whose start has not ended yet (deleted
+  when it ends cleanly: released after a drain or an outage, or done)
+- ``<ns>:{rid}:deaths`` starts whose worker died: the next start found their ``start`` token
+  (poison messages are counted by it, ``GRAPHWIRE_MAX_DELIVERIES``)
+- ``<ns>:{rid}:result`` a hash (``value``: the result message as published, ``dead_letter``:
+  the reason of the dead letter sent with it) written before the result is published and
+  deleted with the done marker: a redelivery in between publishes it again instead of running
 
 ``<ns>`` is the topic prefix (``GRAPHWIRE_TOPIC_PREFIX``).
 """
@@ -31,12 +38,17 @@ class RunKeys:
     lease: str
     done: str
     tries: str
+    start: str
+    deaths: str
+    result: str
 
 
 def run_keys(namespace: str, request_id: str) -> RunKeys:
     """The keys the runner uses for ``request_id`` under ``namespace`` (the topic prefix)."""
     base = f"{namespace}:{{{request_id}}}"
-    return RunKeys(f"{base}:lease", f"{base}:done", f"{base}:tries")
+    return RunKeys(
+        *(f"{base}:{name}" for name in ("lease", "done", "tries", "start", "deaths", "result"))
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,15 +3,22 @@
 The writing side of the run-status layout (lease, done marker, tries per request_id), whose
 keys and marker format are defined in ``graphwire.topics.runstatus`` for every reader.
 
-Order of effects in the runner: publish result -> ``complete()`` (done marker) -> the offset
-becomes committable. A crash between the first two publishes the result again on redelivery
-(consumers dedupe on request_id); a crash after the second is a duplicate that runs nothing.
+Order of effects in the runner: ``keep_result()`` (the result, in Redis) -> publish it ->
+``complete()`` (done marker) -> the offset becomes committable. A crash after the first step
+makes the redelivery publish that very result again instead of running (so a request_id never
+gets two results that differ; consumers dedupe the copies on request_id); a crash after the last
+is a duplicate that runs nothing.
+
+Deaths, not starts, make a poison message: each start records this process's token in the
+``start`` key and a clean end (release or complete) deletes it, so an acquire that finds
+another process's token there knows that start's worker died (its lease expired instead).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Self
@@ -24,23 +31,27 @@ from graphwire.topics.runstatus import RunState, read_run_state, run_keys
 
 log = logging.getLogger(__name__)
 
-# KEYS: lease, done, tries. ARGV: owner, lease_ms, ttl_s.
-# -> {"done", status} | {"busy", owner} | {"acquired", attempt}
+# KEYS: lease, done, tries, start, deaths, result. ARGV: owner, lease_ms, ttl_s, token.
+# -> {"done", status} | {"busy", owner} | {"acquired", attempt, deaths, result, dead_letter}
 _ACQUIRE = """
 local done = redis.call('GET', KEYS[2])
 if done then return {'done', done} end
-if redis.call('GET', KEYS[1]) == ARGV[1] then  -- ours already (a retry or a restarted owner)
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  local again = redis.call('INCR', KEYS[3])
-  redis.call('EXPIRE', KEYS[3], ARGV[3])
-  return {'acquired', tostring(again)}
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return {'busy', holder} end
+-- free, or ours already (a retry after an outage, or a restarted owner of the same name)
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local deaths = tonumber(redis.call('GET', KEYS[5]) or '0')
+local previous = redis.call('GET', KEYS[4])
+if previous and previous ~= ARGV[4] then
+  -- the last start neither released nor completed, and no live process of ours made it
+  deaths = redis.call('INCR', KEYS[5])
+  redis.call('EXPIRE', KEYS[5], ARGV[3])
 end
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  local attempt = redis.call('INCR', KEYS[3])
-  redis.call('EXPIRE', KEYS[3], ARGV[3])
-  return {'acquired', tostring(attempt)}
-end
-return {'busy', redis.call('GET', KEYS[1]) or ''}
+redis.call('SET', KEYS[4], ARGV[4], 'EX', ARGV[3])
+local attempt = redis.call('INCR', KEYS[3])
+redis.call('EXPIRE', KEYS[3], ARGV[3])
+local kept = redis.call('HMGET', KEYS[6], 'value', 'dead_letter')
+return {'acquired', tostring(attempt), tostring(deaths), kept[1] or '', kept[2] or ''}
 """
 
 # KEYS: lease. ARGV: owner, lease_ms. -> 1 renewed, 0 lost
@@ -51,15 +62,28 @@ end
 return 0
 """
 
-# KEYS: lease, done. ARGV: owner, status, ttl_s. Marks done, frees the lease if still ours.
+# KEYS: lease, result. ARGV: owner, value, dead_letter, ttl_s. -> 1 kept, 0 lease lost
+_KEEP_RESULT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[2], 'value', ARGV[2])
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[2], 'dead_letter', ARGV[3]) end
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+return 1
+"""
+
+# KEYS: lease, done, start, result. ARGV: owner, status, ttl_s. Marks done (the start ended,
+# its kept result is now the done marker's pointer), frees the lease if still ours.
 _COMPLETE = """
 redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+redis.call('DEL', KEYS[3], KEYS[4])
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 """
 
-# KEYS: lease. ARGV: owner.
+# KEYS: lease, start. ARGV: owner, token. The start ended cleanly (drain, outage): not a death.
 _RELEASE = """
+if redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('DEL', KEYS[2]) end
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
@@ -70,14 +94,29 @@ class LeaseLost(GraphwireError):
 
 
 @dataclass(frozen=True, slots=True)
+class KeptResult:
+    """A result an earlier start kept (and may have published) before it could mark done."""
+
+    value: bytes
+    """The result message exactly as it is published."""
+    dead_letter: str | None = None
+    """The reason of the dead letter published with it, if any."""
+
+
+@dataclass(frozen=True, slots=True)
 class Claim:
     """The outcome of ``acquire``."""
 
     state: Literal["acquired", "done", "busy"]
     attempt: int = 0
-    """1 for the first start of this request_id, 2 after one redelivery, ..."""
+    """1 for the first start of this request_id, then one more for every start (a redelivery,
+    a retry after an outage): strictly increasing."""
     detail: str = ""
     """``done``: the final status; ``busy``: the lease's owner."""
+    deaths: int = 0
+    """Earlier starts whose worker died during the run (their lease expired, never released)."""
+    kept: KeptResult | None = None
+    """The result an earlier start kept: publish it again, do not run."""
 
 
 class DedupStore:
@@ -101,6 +140,9 @@ class DedupStore:
         self._on_lost: dict[str, Callable[[], None]] = {}
         self._lost: set[str] = set()
         self._renewer: asyncio.Task[None] | None = None
+        # This process's mark on the starts it makes: a start marked by anyone else and never
+        # ended is a death, even when a restarted worker reuses the same owner name.
+        self._token = uuid.uuid4().hex
 
     async def start(self) -> None:
         """Connect and load the scripts; raises ``DependencyUnavailable`` if Redis is down."""
@@ -112,6 +154,7 @@ class DedupStore:
             ("renew", _RENEW),
             ("complete", _COMPLETE),
             ("release", _RELEASE),
+            ("keep_result", _KEEP_RESULT),
         ):
             self._scripts[name] = self._redis.register_script(body)
         await self.ping()
@@ -150,7 +193,7 @@ class DedupStore:
 
     def _keys(self, request_id: str) -> list[str]:
         keys = run_keys(self._ns, request_id)
-        return [keys.lease, keys.done, keys.tries]
+        return [keys.lease, keys.done, keys.tries, keys.start, keys.deaths, keys.result]
 
     async def _call(self, name: str, keys: list[str], args: list[object]) -> object:
         script = self._scripts[name]
@@ -165,12 +208,14 @@ class DedupStore:
     async def acquire(self, request_id: str, owner: str) -> Claim:
         """Take the lease unless the request is done or another live owner holds it."""
         reply = await self._call(
-            "acquire", self._keys(request_id), [owner, self.lease_ms, self.done_ttl_s]
+            "acquire", self._keys(request_id), [owner, self.lease_ms, self.done_ttl_s, self._token]
         )
         assert isinstance(reply, list)
         state, detail = reply[0].decode(), reply[1].decode()
         if state == "acquired":
-            return Claim("acquired", attempt=int(detail))
+            value, dead_letter = reply[3], reply[4].decode()
+            kept = KeptResult(value, dead_letter or None) if value else None
+            return Claim("acquired", attempt=int(detail), deaths=int(reply[2]), kept=kept)
         return Claim("done" if state == "done" else "busy", detail=detail)
 
     async def renew(self, request_id: str, owner: str) -> bool:
@@ -178,20 +223,36 @@ class DedupStore:
         keys = self._keys(request_id)[:1]
         return bool(await self._call("renew", keys, [owner, self.lease_ms]))
 
+    async def keep_result(
+        self, request_id: str, owner: str, value: bytes, dead_letter: str | None
+    ) -> None:
+        """Keep the result about to be published, so a redelivery publishes this one again.
+
+        Raises ``LeaseLost`` when the lease is no longer ours: then another start owns the
+        request, and this one must publish nothing.
+        """
+        lease, *_, result = self._keys(request_id)
+        args = [owner, value, dead_letter or "", self.done_ttl_s]
+        if not await self._call("keep_result", [lease, result], args):
+            raise LeaseLost(f"lease on {request_id} expired before its result was published")
+
     async def complete(self, request_id: str, owner: str, status: str) -> None:
         """Write the done marker and free the lease."""
-        keys = self._keys(request_id)[:2]
-        await self._call("complete", keys, [owner, status, self.done_ttl_s])
+        lease, done, _tries, start, _deaths, result = self._keys(request_id)
+        await self._call("complete", [lease, done, start, result], [owner, status, self.done_ttl_s])
 
     async def release(self, request_id: str, owner: str) -> None:
-        """Free our lease without marking done (the request will run again)."""
-        await self._call("release", self._keys(request_id)[:1], [owner])
+        """Free our lease without marking done (the request will run again): a clean end of
+        this start, which is therefore not counted as a death."""
+        lease, _done, _tries, start, *_ = self._keys(request_id)
+        await self._call("release", [lease, start], [owner, self._token])
 
     async def forget(self, request_id: str) -> None:
-        """Drop the done marker and attempt count: the request may run again (dlq replay)."""
-        _lease, done, tries = self._keys(request_id)
+        """Drop the done marker, counters and kept result: the request may run again (dlq
+        replay)."""
+        _lease, *keys = self._keys(request_id)
         try:
-            await self.client.delete(done, tries)
+            await self.client.delete(*keys)
         except (RedisError, OSError) as exc:
             raise DependencyUnavailable(f"Redis does not answer ({exc})") from exc
 

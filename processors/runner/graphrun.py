@@ -12,7 +12,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
@@ -34,6 +34,10 @@ from graphwire.topics.models import Request
 from graphwire.topics.positions import event_position
 
 log = logging.getLogger(__name__)
+
+KeepResult = Callable[[dict[str, Any], str | None], Awaitable[None]]
+"""``keep_result(result, dead_letter_reason)``: awaited just before a result is published, so
+a redelivery after a crash publishes that same result again instead of running."""
 
 
 class RunExecutor:
@@ -86,11 +90,14 @@ class RunExecutor:
         *,
         attempt: int,
         lease_lost: Callable[[], bool] = lambda: False,
+        keep_result: KeepResult | None = None,
     ) -> tuple[RunOutcome, str | None]:
         """Run ``request`` to its outcome and publish it (in an OpenTelemetry span when on)."""
         with tracing.run_span(request.graph, request.request_id,
                               header(record, HEADER_TRACEPARENT)) as span:  # None when off
-            outcome = await self._execute(record, request, graph, started, attempt, lease_lost)
+            outcome = await self._execute(
+                record, request, graph, started, attempt, lease_lost, keep_result
+            )
             if span is not None:
                 span.set_attribute("graphwire.status", outcome[0].status)
             return outcome
@@ -103,6 +110,7 @@ class RunExecutor:
         started: float,
         attempt: int,
         lease_lost: Callable[[], bool],
+        keep_result: KeepResult | None = None,
     ) -> tuple[RunOutcome, str | None]:
         rid = request.request_id
         key = rid.encode()
@@ -216,10 +224,15 @@ class RunExecutor:
         )
         if lease_lost():
             raise LeaseLost(f"lease on {rid} expired during the run; another worker owns it")
-        await self._out.send_result(outbox, record, key, result, headers)
+        dead_letter = None
         if outcome.status == "error":
             assert outcome.error is not None
-            await self._out.send_dead_letter(outbox, record, f"graph failed: {outcome.error[1]}")
+            dead_letter = f"graph failed: {outcome.error[1]}"
+        if keep_result is not None:
+            await keep_result(result, dead_letter)
+        await self._out.send_result(outbox, record, key, result, headers)
+        if dead_letter is not None:
+            await self._out.send_dead_letter(outbox, record, dead_letter)
             self.metrics.dead_letters.labels("graph_error").inc()
         await outbox.confirm()
         self.metrics.executions.labels(request.graph, outcome.status).inc()

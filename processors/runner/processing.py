@@ -26,7 +26,7 @@ from graphwire.processors.runner.cache import ResultCache, cache_key
 from graphwire.processors.runner.checkpoints import CheckpointStore
 from graphwire.processors.runner.dedup import Claim, DedupStore, LeaseLost
 from graphwire.processors.runner.gate import DependencyGate
-from graphwire.processors.runner.graphrun import RunExecutor
+from graphwire.processors.runner.graphrun import KeepResult, RunExecutor
 from graphwire.processors.runner.publisher import (
     OutputPublisher,
     PublishFailed,
@@ -40,6 +40,7 @@ from graphwire.topics.codec import (
     decode_request,
     dumps,
     event_dict,
+    loads,
     peek_graph,
     result_dict,
 )
@@ -210,20 +211,29 @@ class RequestProcessor:
             self.metrics.duplicates.inc()
             log.info("skipping %s: already done (%s)", rid, claim.detail)
             return
-        if claim.attempt > self.settings.max_deliveries:
-            await self._give_up(record, request, claim.attempt - 1, started, owner)
+        if claim.kept is None and claim.deaths >= self.settings.max_deliveries:
+            await self._give_up(record, request, claim, started, owner)
             return
         dedup = self._dedup
+
+        async def keep_result(result: dict[str, Any], dead_letter: str | None) -> None:
+            value = self._out.encode(result, "output")
+            await self._through_outage(lambda: dedup.keep_result(rid, owner, value, dead_letter))
+
         dedup.hold(rid, owner, on_lost=lambda: self._executor.drain_request(rid, "lease lost"))
         try:
-            status, result_at = await self._execute_cached(
-                record,
-                request,
-                graph,
-                started,
-                attempt=claim.attempt,
-                lease_lost=lambda: dedup.lost(rid),
-            )
+            if claim.kept is not None:
+                status, result_at = await self._publish_kept(record, request, claim, started)
+            else:
+                status, result_at = await self._execute_cached(
+                    record,
+                    request,
+                    graph,
+                    started,
+                    attempt=claim.attempt,
+                    lease_lost=lambda: dedup.lost(rid),
+                    keep_result=keep_result,
+                )
             marker = DoneMarker(status, result_at).encode()
             # outputs are out: only the done marker is missing, so an outage here is waited
             # out (not re-run, which would publish the result twice)
@@ -236,18 +246,49 @@ class RequestProcessor:
         finally:
             self._dedup.let_go(rid)
 
+    async def _publish_kept(
+        self, record: Record, request: Request, claim: Claim, started: float
+    ) -> tuple[str, str | None]:
+        """An earlier start kept this result, then died before marking done (maybe after
+        publishing it): publish the very same result (and dead letter) again, run nothing.
+
+        This start gets its own ``run_started``/``run_finished`` (``republished``), so every
+        result on the topic still follows a start of its own, as a cached one does."""
+        kept, rid = claim.kept, request.request_id
+        assert kept is not None
+        result = loads(kept.value)
+        log.warning("%s: publishing again the %s result an earlier start kept", rid,
+                    result["status"])
+        key, headers, outbox = rid.encode(), trace_headers(record), self._out.outbox()
+        duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        for seq, (type_, data) in enumerate((
+            ("run_started", {"thread_id": request.thread_id, "worker": self.settings.worker_id,
+                             "attempt": claim.attempt, "resumed": True, "republished": True}),
+            ("run_finished", {"status": result["status"], "duration_ms": duration_ms,
+                              "republished": True}),
+        )):
+            event = event_dict(rid, seq, type_, request.graph, None, data, request.metadata)
+            self.metrics.event_published(type_)
+            await outbox.send(self._events_topic, self._out.encode(event, "data"), key, headers)
+        await self._out.send_result(outbox, record, key, result, headers)
+        if kept.dead_letter is not None:
+            await self._out.send_dead_letter(outbox, record, kept.dead_letter)
+        await outbox.confirm()
+        return str(result["status"]), outbox.acked.get(self._out.results_topic)
+
     async def _give_up(
-        self, record: Record, request: Request, started_times: int, started: float, owner: str
+        self, record: Record, request: Request, claim: Claim, started: float, owner: str
     ) -> None:
-        """A poison message: started ``started_times`` times, never finished. Do not run it
-        again: publish an ``error`` result and a dead letter, and mark it done."""
+        """A poison message: its run took its worker down ``claim.deaths`` times. Do not run
+        it again: publish an ``error`` result and a dead letter, and mark it done."""
         assert self._dedup is not None
         rid = request.request_id
+        started_times = claim.attempt - 1
         reason = (
-            f"started {started_times} times and never finished: each run took its worker down "
-            f"(a crash, out of memory or a kill), so it is not started again "
-            f"(GRAPHWIRE_MAX_DELIVERIES={self.settings.max_deliveries}); fix the graph, then "
-            f"`graphwire dlq replay --request-id {rid}`"
+            f"started {started_times} times and never finished: {claim.deaths} of those runs "
+            f"took their worker down (a crash, out of memory or a kill), so it is not started "
+            f"again (GRAPHWIRE_MAX_DELIVERIES={self.settings.max_deliveries}); fix the graph, "
+            f"then `graphwire dlq replay --request-id {rid}`"
         )
         log.error("poison message %s: %s", rid, reason)
         outbox = self._out.outbox()
@@ -256,14 +297,16 @@ class RequestProcessor:
             thread_id=request.thread_id, attempts=max(1, started_times),
             duration_ms=(time.perf_counter() - started) * 1000, metadata=request.metadata,
         )
+        dead_letter, dedup = f"poison message: {reason}", self._dedup
+        value = self._out.encode(result, "output")
+        await self._through_outage(lambda: dedup.keep_result(rid, owner, value, dead_letter))
         await self._out.send_result(outbox, record, rid.encode(), result, trace_headers(record))
-        await self._out.send_dead_letter(outbox, record, f"poison message: {reason}")
+        await self._out.send_dead_letter(outbox, record, dead_letter)
         await outbox.confirm()
         self.metrics.dead_letters.labels("poison").inc()
         self.metrics.executions.labels(request.graph, "error").inc()
         pointer = outbox.acked.get(self._out.results_topic)
         marker = DoneMarker("error", pointer).encode()
-        dedup = self._dedup
         await self._through_outage(lambda: dedup.complete(rid, owner, marker))
 
     def _forget_checkpoints(self, request: Request, status: str) -> None:
@@ -284,6 +327,7 @@ class RequestProcessor:
         *,
         attempt: int,
         lease_lost: Callable[[], bool] = lambda: False,
+        keep_result: KeepResult | None = None,
     ) -> tuple[str, str | None]:
         """``_execute``, or the cached output of an identical request when caching applies.
 
@@ -291,18 +335,22 @@ class RequestProcessor:
         key = self._cache_key(request, graph)
         if key is None or self._cache is None:
             outcome, result_at = await self._executor.execute(
-                record, request, graph, started, attempt=attempt, lease_lost=lease_lost
+                record, request, graph, started, attempt=attempt, lease_lost=lease_lost,
+                keep_result=keep_result,
             )
             return outcome.status, result_at
         owner = uuid.uuid4().hex
         hit, output = await self._cache.lookup_or_lock(key, owner)
         if hit:
             self.metrics.cache.labels("hit").inc()
-            return "success", await self._publish_cached(record, request, output, started, attempt)
+            return "success", await self._publish_cached(
+                record, request, output, started, attempt, keep_result
+            )
         self.metrics.cache.labels("miss").inc()
         try:
             outcome, result_at = await self._executor.execute(
-                record, request, graph, started, attempt=attempt, lease_lost=lease_lost
+                record, request, graph, started, attempt=attempt, lease_lost=lease_lost,
+                keep_result=keep_result,
             )
         except BaseException:
             await self._cache.unlock(key, owner)
@@ -349,7 +397,13 @@ class RequestProcessor:
         return cached[1]
 
     async def _publish_cached(
-        self, record: Record, request: Request, output: Any, started: float, attempt: int
+        self,
+        record: Record,
+        request: Request,
+        output: Any,
+        started: float,
+        attempt: int,
+        keep_result: KeepResult | None = None,
     ) -> str | None:
         rid = request.request_id
         key, headers, outbox = rid.encode(), trace_headers(record), self._out.outbox()
@@ -386,6 +440,8 @@ class RequestProcessor:
             duration_ms=duration_ms,
             metadata=request.metadata,
         )
+        if keep_result is not None:
+            await keep_result(result, None)
         await self._out.send_result(outbox, record, key, result, headers)
         await outbox.confirm()
         self.metrics.executions.labels(request.graph, "success").inc()
