@@ -14,6 +14,7 @@ from graphwire.graphs.registry import GraphRegistry
 from graphwire.processors.runner.dedup import DedupStore
 from graphwire.processors.runner.runner import GraphRunner
 from graphwire.processors.settings import Settings
+from graphwire.topics.positions import event_position
 from graphwire.topics.specs import TopicNames
 from tests.conftest import PARTITIONS, TEST_DATABASE_URL, TEST_REDIS_URL
 from tests.kafka_helpers import Collector, WorkerProcess, committed_total, encode, produce, request
@@ -378,7 +379,7 @@ async def test_dlq_list_and_replay_reruns_a_failed_request(
                 ),
             ],
         )
-        async with Collector(bootstrap, topics.results, topics.dlq) as out:
+        async with Collector(bootstrap, topics.results, topics.dlq, topics.events) as out:
             await out.wait_count(topics.dlq, 2)
             listed = await asyncio.to_thread(graphwire, "dlq", "list", "--json", env=env)
             assert listed.returncode == 0, listed.stderr
@@ -398,7 +399,15 @@ async def test_dlq_list_and_replay_reruns_a_failed_request(
             assert replayed.stdout.strip() == f"replayed 1 dead letters to {topics.requests}"
             await out.wait_count(topics.results, 2)
             results = [(v["request_id"], v["status"]) for v in out.values(topics.results)]
+            await out.wait_until(lambda: sum(
+                e["type"] == "run_finished" for e in out.values(topics.events)) == 2)
     assert results == [("fx-1", "error"), ("fx-1", "success")]
+    # the rerun is start 2: its events follow the first start's, none reuses a position
+    starts = [(e["seq"], e["data"]["attempt"]) for e in out.values(topics.events)
+              if e["type"] == "run_started"]
+    assert starts == [(event_position(1, 0, 0), 1), (event_position(2, 0, 0), 2)]
+    seqs = [e["seq"] for e in out.values(topics.events)]
+    assert len(set(seqs)) == len(seqs)
 
 
 async def test_stateless_checkpoints_are_deleted_and_threads_pruned_by_age(

@@ -10,6 +10,7 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
+from graphwire.topics.positions import event_position
 from graphwire.topics.runstatus import run_keys
 from graphwire.topics.specs import TopicNames
 from tests.kafka_helpers import Collector, WorkerProcess, encode, produce, request
@@ -80,6 +81,11 @@ async def test_a_crash_between_result_and_done_marker_republishes_the_same_resul
         ("run_finished", None, False),
         ("run_started", 2, True),  # the redelivery: a start of its own, that runs nothing
         ("run_finished", None, True),
+    ]
+    # the second start's events come after the first's: a consumer deduping on seq keeps all
+    assert [e["seq"] for e in events] == [
+        event_position(1, 0, 0), event_position(1, 0, 1),
+        event_position(2, 0, 0), event_position(2, 0, 1),
     ]
     assert reasons == ["graph failed: the upstream answer is not fixed yet: try again later"] * 2
     assert marker is not None

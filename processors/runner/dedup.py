@@ -248,11 +248,12 @@ class DedupStore:
         await self._call("release", [lease, start], [owner, self._token])
 
     async def forget(self, request_id: str) -> None:
-        """Drop the done marker, counters and kept result: the request may run again (dlq
-        replay)."""
-        _lease, *keys = self._keys(request_id)
+        """Drop the done marker, the death count and the kept result: the request may run
+        again (dlq replay). The start count (``tries``) stays, so the rerun's attempt number and
+        event positions follow the earlier starts' instead of repeating them."""
+        keys = run_keys(self._ns, request_id)
         try:
-            await self.client.delete(*keys)
+            await self.client.delete(keys.done, keys.start, keys.deaths, keys.result)
         except (RedisError, OSError) as exc:
             raise DependencyUnavailable(f"Redis does not answer ({exc})") from exc
 

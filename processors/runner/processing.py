@@ -261,15 +261,12 @@ class RequestProcessor:
                     result["status"])
         key, headers, outbox = rid.encode(), trace_headers(record), self._out.outbox()
         duration_ms = round((time.perf_counter() - started) * 1000, 3)
-        for seq, (type_, data) in enumerate((
-            ("run_started", {"thread_id": request.thread_id, "worker": self.settings.worker_id,
-                             "attempt": claim.attempt, "resumed": True, "republished": True}),
-            ("run_finished", {"status": result["status"], "duration_ms": duration_ms,
-                              "republished": True}),
-        )):
-            event = event_dict(rid, seq, type_, request.graph, None, data, request.metadata)
-            self.metrics.event_published(type_)
-            await outbox.send(self._events_topic, self._out.encode(event, "data"), key, headers)
+        await self._bookend_events(
+            outbox, request, claim.attempt, headers,
+            {"thread_id": request.thread_id, "worker": self.settings.worker_id,
+             "attempt": claim.attempt, "resumed": True, "republished": True},
+            {"status": result["status"], "duration_ms": duration_ms, "republished": True},
+        )
         await self._out.send_result(outbox, record, key, result, headers)
         if kept.dead_letter is not None:
             await self._out.send_dead_letter(outbox, record, kept.dead_letter)
@@ -408,28 +405,12 @@ class RequestProcessor:
         rid = request.request_id
         key, headers, outbox = rid.encode(), trace_headers(record), self._out.outbox()
         duration_ms = (time.perf_counter() - started) * 1000
-        for index, (type_, data) in enumerate(
-            (
-                (
-                    "run_started",
-                    {
-                        "thread_id": None,
-                        "worker": self.settings.worker_id,
-                        "attempt": attempt,
-                        "resumed": False,
-                        "cached": True,
-                    },
-                ),
-                (
-                    "run_finished",
-                    {"status": "success", "duration_ms": round(duration_ms, 3), "cached": True},
-                ),
-            )
-        ):
-            seq = event_position(attempt, 0, index)  # after whatever earlier attempts sent
-            event = event_dict(rid, seq, type_, request.graph, None, data, request.metadata)
-            self.metrics.event_published(type_)
-            await outbox.send(self._events_topic, self._out.encode(event, "data"), key, headers)
+        await self._bookend_events(
+            outbox, request, attempt, headers,
+            {"thread_id": None, "worker": self.settings.worker_id, "attempt": attempt,
+             "resumed": False, "cached": True},
+            {"status": "success", "duration_ms": round(duration_ms, 3), "cached": True},
+        )
         result = result_dict(
             rid,
             request.graph,
@@ -446,6 +427,26 @@ class RequestProcessor:
         await outbox.confirm()
         self.metrics.executions.labels(request.graph, "success").inc()
         return outbox.acked.get(self._out.results_topic)
+
+    async def _bookend_events(
+        self,
+        outbox: Any,
+        request: Request,
+        attempt: int,
+        headers: Any,
+        started: dict[str, Any],
+        finished: dict[str, Any],
+    ) -> None:
+        """``run_started`` and ``run_finished`` for a start that runs nothing (a cached or a
+        kept result), at this attempt's positions: after whatever earlier attempts sent."""
+        rid = request.request_id
+        for index, (type_, data) in enumerate((("run_started", started),
+                                               ("run_finished", finished))):
+            seq = event_position(attempt, 0, index)
+            event = event_dict(rid, seq, type_, request.graph, None, data, request.metadata)
+            self.metrics.event_published(type_)
+            await outbox.send(self._events_topic, self._out.encode(event, "data"), rid.encode(),
+                              headers)
 
     async def _through_outage(self, operation: Callable[[], Awaitable[None]]) -> None:
         """Run ``operation``, waiting out dependency outages (unless the worker stops)."""
