@@ -133,3 +133,27 @@ async def test_rejecting_a_message_whose_request_id_is_done_publishes_nothing(
     assert sorted(results) == [("d1", "success"), ("d2", "rejected")]
     assert dead == ["d2"]
     assert duplicates == 3.0
+
+
+async def test_rejecting_a_message_whose_request_id_is_running_publishes_no_result(
+    bootstrap: str, topics: TopicNames, settings: Settings
+) -> None:
+    """An invalid message reusing a running request_id gets a dead letter, never a result: the
+    running request's success is the one result of that id."""
+    async with GraphRunner(settings, GraphRegistry.from_sources()):
+        async with Collector(bootstrap, topics.results, topics.dlq, topics.events) as out:
+            await produce(bootstrap, topics.requests, [
+                (b"a", encode(request("busy", graph="slow", input={"seconds": 3})))])
+            await out.wait_count(topics.events, 1, timeout=60)  # run_started: the lease is held
+            await produce(bootstrap, topics.requests, [  # another key: not queued behind it
+                (b"b", encode(request("busy", graph="no-such-graph")))])
+            await out.wait_count(topics.dlq, 1, timeout=30)
+            await out.wait_count(topics.results, 1, timeout=60)
+            await asyncio.sleep(0.5)
+            results = [(v["request_id"], v["status"]) for v in out.values(topics.results)]
+            letters = [(orjson.loads(r.value)["graph"], dict(r.headers)["x-graphwire-error"])
+                       for r in out.records[topics.dlq]]
+    assert results == [("busy", "success")]
+    assert len(letters) == 1 and letters[0][0] == "no-such-graph"
+    assert letters[0][1].decode().endswith(
+        "not rejected with a result: request_id 'busy' is running, and its result is that run's")

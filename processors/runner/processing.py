@@ -174,17 +174,23 @@ class RequestProcessor:
         self, record: Record, request_id: str, graph: str, error: Exception, label: str,
         started: float, **fields: Any,
     ) -> None:
-        """Reject a request that cannot run, unless its request_id is done already.
+        """Reject a request that cannot run, unless its request_id is done or running.
 
         A done request_id has its result out; a second one (``rejected`` after a ``success``)
         would contradict it. Such a message is a duplicate (a bad replay, a result read back
-        as a request): it publishes nothing and is counted with the duplicates.
+        as a request): it publishes nothing and is counted with the duplicates. A running
+        request_id will have its own result: the invalid message gets a dead letter only.
         """
         if self._dedup is not None:
             known = await self._dedup.lookup(request_id)
             if known is not None and known.state == "done":
                 self.metrics.duplicates.inc()
                 log.info("not rejecting %s: already done (%s)", request_id, known.status)
+                return
+            if known is not None and known.state == "running":
+                await self._out.dead_letter_only(
+                    record, f"{error}; not rejected with a result: request_id {request_id!r} is "
+                    "running, and its result is that run's", label)
                 return
         await self._out.reject(record, request_id, graph, error, label, started, **fields)
 
