@@ -8,6 +8,7 @@ import pytest
 
 from graphwire.topics.client import GraphwireClient
 from graphwire.topics.errors import GraphwireError, RunRejected, RunTimedOut
+from graphwire.topics.positions import event_position
 from graphwire.topics.specs import TopicNames
 from graphwire.topics.syncclient import Client
 from tests.conftest import TEST_REDIS_URL
@@ -119,16 +120,29 @@ async def test_memory_bounds_drop_the_oldest_events_and_results_and_count_them(
                     if len(client.seen_events(rid)) + client.dropped_events(rid) == 5:
                         break
                     await asyncio.sleep(0.05)
-        kept = {rid: [e.seq for e in small.seen_events(rid)] for rid in ids}
+        kept = {rid: [e.seq - event_position(1, 0, 0) for e in small.seen_events(rid)]
+                for rid in ids}
         assert kept == {"ra": [], "rb": [], "rc": [2, 3, 4], "rd": [2, 3, 4]}
         assert [small.dropped_events(rid) for rid in ids] == [5, 5, 2, 2]
         assert small.dropped_events_total == 14
         assert [small.known_result(rid) is not None for rid in ids] == [False, True, True, True]
-        kept = {rid: [e.seq for e in few_runs.seen_events(rid)] for rid in ids}
+        kept = {rid: [e.seq - event_position(1, 0, 0) for e in few_runs.seen_events(rid)]
+                for rid in ids}
         assert kept == {"ra": [], "rb": [], "rc": [0, 1, 2, 3, 4], "rd": [0, 1, 2, 3, 4]}
         assert [few_runs.dropped_events(rid) for rid in ids] == [5, 5, 0, 0]
         assert [few_runs.known_result(rid) is not None for rid in ids] == [False, False, True,
                                                                           True]
+        # an events() loop that needs a dropped event says so instead of waiting in vain
+        with pytest.raises(GraphwireError) as dropped:
+            async for _ in small.events("rc"):
+                pass
+        assert str(dropped.value) == (
+            "2 events of 'rc' were dropped at this client's memory bound "
+            "(max_events_per_run=3, max_kept_events=7) before events() read them: read the run "
+            "with `graphwire runs show rc`, or raise the bounds")
+        seen = [e.seq - event_position(1, 0, 0) async for e in small.events(
+            "rc", after_seq=event_position(1, 0, 1))]
+        assert seen == [2, 3, 4]
 
 
 def test_memory_bounds_that_cannot_hold_one_run_are_refused() -> None:

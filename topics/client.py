@@ -366,7 +366,20 @@ class GraphwireClient:
                 yield event
                 if event.type == "run_finished":
                     return
+            self._raise_if_dropped(request_id, by_seq, last)
             await signal.wait()
+
+    def _raise_if_dropped(self, request_id: str, by_seq: Mapping[int, Event], last: int) -> None:
+        """Events of one request arrive in order (one key, one partition): if later ones are
+        here but not the next, and this client dropped some of the run's, the next was dropped."""
+        dropped = self._dropped.get(request_id, 0)
+        if dropped and any(seq > last for seq in by_seq):
+            raise GraphwireError(
+                f"{dropped} events of {request_id!r} were dropped at this client's memory bound "
+                f"(max_events_per_run={self._max_events_per_run}, "
+                f"max_kept_events={self._max_kept_events}) before events() read them: read the "
+                f"run with `graphwire runs show {request_id}`, or raise the bounds"
+            )
 
     async def resume(
         self, thread_id: str, value: Any, *, graph: str | None = None, **kwargs: Any
