@@ -214,3 +214,46 @@ async def wait_for_members(bootstrap: str, group: str, count: int, timeout: floa
             await asyncio.sleep(0.2)
     finally:
         await admin.close()
+
+
+async def ready(port: int) -> tuple[int, Any]:
+    """Status and JSON body of a processor's ``/ready`` on ``port``."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/ready") as r:
+        return r.status, await r.json()
+
+
+async def wait_ready(port: int, want: int, timeout: float = 30.0) -> Any:
+    """Wait until ``/ready`` answers ``want``; its body (fails the test with the last answer)."""
+    import aiohttp
+
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            status, last = await ready(port)
+            if status == want:
+                return last
+        except aiohttp.ClientError as exc:
+            last = exc
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"/ready never answered {want}: {last}")
+
+
+def samples(text: str) -> dict[str, float]:
+    """Prometheus text as ``{'name{labels}': value}``."""
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+async def metrics(port: int) -> dict[str, float]:
+    """A processor's ``/metrics`` samples by name with labels."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics") as r:
+        return samples(await r.text())

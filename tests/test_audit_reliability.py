@@ -16,7 +16,13 @@ from graphwire.processors.audit.db import server_settings
 from graphwire.processors.dev.broker import free_port
 from graphwire.topics.specs import TopicNames
 from tests.conftest import PARTITIONS, TEST_DATABASE_URL
-from tests.kafka_helpers import WorkerProcess, committed_total, produce, wait_for_members
+from tests.kafka_helpers import (
+    WorkerProcess,
+    committed_total,
+    produce,
+    wait_for_members,
+    wait_ready,
+)
 from tests.private_services import PrivatePostgres
 from tests.test_audit import wait_rows
 
@@ -26,25 +32,6 @@ pytestmark = pytest.mark.integration
 def event(rid: str, seq: int) -> bytes:
     return orjson.dumps({"request_id": rid, "seq": seq, "type": "node", "graph": "g",
                          "node": f"n{seq}", "data": {"seq": seq}, "ts": time.time()})
-
-
-async def ready(port: int) -> tuple[int, Any]:
-    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/ready") as r:
-        return r.status, await r.json()
-
-
-async def wait_ready(port: int, want: int, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            status, last = await ready(port)
-            if status == want:
-                return last
-        except aiohttp.ClientError as exc:
-            last = exc
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"/ready never answered {want}: {last}")
 
 
 async def test_postgres_outage_loses_and_duplicates_nothing(

@@ -10,18 +10,9 @@ import pytest
 
 from graphwire.processors.dev.broker import free_port
 from graphwire.topics.specs import TopicNames
-from tests.kafka_helpers import Collector, WorkerProcess, encode, produce, request
+from tests.kafka_helpers import Collector, WorkerProcess, encode, produce, request, samples
 
 pytestmark = pytest.mark.integration
-
-
-def samples(text: str) -> dict[str, float]:
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            out[name] = float(value)
-    return out
 
 
 async def test_llm_node_and_lag_metrics_after_real_runs(

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Any, TypedDict
 
-import aiohttp
 import pytest
 from aiokafka import AIOKafkaProducer
 from langgraph.graph import END, START, StateGraph
@@ -22,44 +21,20 @@ from graphwire.processors.dev.broker import free_port
 from graphwire.processors.runner.runner import GraphRunner
 from graphwire.processors.settings import Settings
 from graphwire.topics.specs import TopicNames
-from tests.kafka_helpers import Collector, WorkerProcess, committed, encode, request
+from tests.kafka_helpers import (
+    Collector,
+    WorkerProcess,
+    committed,
+    encode,
+    metrics,
+    ready,
+    request,
+    wait_ready,
+)
 
 pytestmark = pytest.mark.integration
 
 BLOB = 200_000  # a header over the worker's 100 kB producer limit: its dead letter is refused
-
-
-async def ready(port: int) -> tuple[int, Any]:
-    """Status and body of the worker's /ready."""
-    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/ready") as r:
-        return r.status, await r.json()
-
-
-async def wait_ready(port: int, want: int, timeout: float = 30.0) -> Any:
-    """Wait until /ready answers ``want``; its body."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            status, last = await ready(port)
-            if status == want:
-                return last
-        except aiohttp.ClientError as exc:
-            last = exc
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"/ready never answered {want}: {last}")
-
-
-async def metrics(port: int) -> dict[str, float]:
-    """The worker's /metrics samples by name with labels."""
-    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics") as r:
-        text = await r.text()
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            out[name] = float(value)
-    return out
 
 
 async def wait_metric(port: int, name: str, predicate: Any, timeout: float = 30.0) -> float:
