@@ -38,6 +38,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -219,8 +220,14 @@ async def drain(
     processes: int = 1,
     watch_postgres: bool = False,
     timeout: float = 900,
+    on_first_result: Callable[[int], None] | None = None,
+    on_drained: Callable[[], None] | None = None,
 ) -> Drain:
-    """Pre-fill ``n`` requests, start a worker, read its results until all ``n`` are in."""
+    """Pre-fill ``n`` requests, start a worker, read its results until all ``n`` are in.
+
+    ``on_first_result(worker_pid)`` and ``on_drained()`` let a profiler attach to the worker
+    once it is running and detach before it stops, so start-up and shutdown stay out of it.
+    """
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     names = TopicNames(prefix)
     await ensure_topics(bootstrap, names.specs(REQUEST_PARTITIONS))
@@ -254,12 +261,16 @@ async def drain(
                 for r in records:
                     if r.key is None or r.key.decode() in seen:
                         continue
+                    if not seen and on_first_result is not None:
+                        on_first_result(worker.pid)
                     seen.add(r.key.decode())
                     stamps.append(r.timestamp)
                     errors += orjson.loads(r.value).get("status") != "success"
             if time.monotonic() >= next_sample:
                 rss.append((len(seen), rss_kib(worker.pid)))
                 next_sample = time.monotonic() + 0.5
+        if on_drained is not None:
+            on_drained()
         pg_cpu = postgres_cpu_ticks() if watch_postgres else None
         own = await own_backend_pids() if watch_postgres else set()
     finally:
