@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: help install test lint bench run dev services clean
+.PHONY: help install test lint bench profile run dev services clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -27,10 +27,16 @@ lint: install ## ruff and mypy
 	$(VENV)/bin/ruff check graphwire topics graphs processors tests bench examples
 	$(VENV)/bin/mypy -p graphwire
 
-bench: install ## benchmarks against their baselines, measured in the same run
-	$(PY) bench/bench_runner.py
+BENCH_JSON ?= bench-runner.json
+SETTINGS   ?= defaults
+
+bench: install services ## benchmarks against their baselines, measured in the same run (about 10 min)
+	$(PY) bench/bench_runner.py --json $(BENCH_JSON)
 	$(PY) bench/bench_audit.py
 	$(PY) bench/bench_gateway.py
+
+profile: install services ## py-spy a worker draining 4,000 pipeline requests (SETTINGS=defaults|off)
+	$(PY) bench/profile.py --settings $(SETTINGS) $(PROFILE_ARGS)
 
 run: install ## graphwire dev --demo: broker, Redis, PostgreSQL, runner, sink + sample requests
 	$(VENV)/bin/graphwire dev --demo

@@ -1,16 +1,31 @@
-"""Runner benchmarks, each printed with its ratio to a baseline measured in the same run.
+"""Runner benchmarks: `graphwire worker` against a bare LangGraph loop, ratios from one run.
 
-    make bench            # or: .venv/bin/python bench/bench_runner.py [--quick]
+    make bench            # or: .venv/bin/python bench/bench_runner.py [--quick] [--json PATH]
+    .venv/bin/python bench/bench_runner.py --soak 100000    # RSS over a long run as well
 
-1. pipeline throughput through the runner (events + result + commits) vs a bare
-   ``graph.astream`` loop without Kafka.                                     goal >= 0.85x
-2. slow (0.2 s) with 500 in flight vs the bare graph under ``asyncio.gather`` of 500.  goal >= 0.9x
-3. end-to-end latency p50/p99 (produce -> result consumed) at half the peak rate.   goal p99 < 50 ms
-4. ``graphwire worker --processes 2`` vs 1 on pipeline.                       goal >= 1.7x
+Method (issue 13). Every worker figure comes from a separate ``graphwire worker`` process,
+started the way a user starts it, draining requests produced before it starts. Its rate is
+taken from the broker timestamps of its results, first to last, so start-up and group join are
+not counted. The baseline is a separate process looping ``graph.astream(..., stream_mode=
+"updates")`` sequentially on the same graph; it runs just before and just after the worker and
+the ratio uses the mean of the two (both are printed: their spread shows the machine's noise).
 
-The runner runs as a separate process (``graphwire worker``), as in production; its rate is
-taken from the runner's own event timestamps (first run_started to last run_finished), so
-group-join time and the benchmark's own consumer are not counted.
+| figure                                                          | target   |
+|-----------------------------------------------------------------|----------|
+| defaults (dedup + checkpoints ``async``) vs bare loop, pipeline | >= 0.5x  |
+| dedup and checkpoints off vs bare loop                          | >= 0.85x |
+| slow 0.2 s, 200 in flight, defaults vs both off                 | >= 0.9x  |
+| PostgreSQL server CPU per checkpointed step                     | <= 0.15 ms |
+| transactions to PostgreSQL per checkpointed step, 64 in flight  | <= 0.2   |
+| 2 workers (``--processes 2``) vs 1, defaults                    | >= 1.6x  |
+| worker RSS with 500 runs in flight (``--soak N``: flat over N)  | reported |
+
+A checkpointed step is one of pipeline's 3 nodes (3 per run, a fixed denominator so that a
+change writing fewer checkpoint rows shows up as a gain); the rows actually inserted into the
+checkpoint table are printed as context. PostgreSQL CPU is utime+stime of every ``postgres``
+process (/proc/<pid>/stat) across the drain, which includes other users of the server; the CPU of
+the worker's own backends alone is printed as context. Transactions are ``xact_commit`` deltas of
+a database only the benchmark uses (``graphwire_bench``, created if missing).
 """
 
 from __future__ import annotations
@@ -23,103 +38,73 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from graphwire.graphs.registry import GraphRegistry  # noqa: E402
 from graphwire.processors.dev.broker import DevBroker  # noqa: E402
 from graphwire.topics.admin import ensure_topics  # noqa: E402
 from graphwire.topics.specs import TopicNames  # noqa: E402
 
 PARTITIONS = 8
+"""Partitions of the audit and gateway benchmarks' topics (they import it)."""
+REQUEST_PARTITIONS = 4
+"""Partitions of this benchmark's topics: the issue-13 figures are taken on 4."""
+STEPS_PER_PIPELINE_RUN = 3
+HELLO = {"text": "Hello World"}
+SLOW = {"seconds": 0.2}
+REDIS_URL = os.environ.get("GRAPHWIRE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+ADMIN_DATABASE_URL = os.environ.get(
+    "GRAPHWIRE_BENCH_DATABASE_URL", "postgresql://127.0.0.1:5432/test"
+)
+BENCH_DATABASE = "graphwire_bench"
+CHECKPOINT_SCHEMA = "graphwire_bench"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-# -- baselines ---------------------------------------------------------------------------
+# -- the bare loop, in its own process -------------------------------------------------------
 
 
-async def bare_pipeline(n: int) -> float:
-    """Runs/s of pipeline via graph.astream in a loop (same stream modes as the runner)."""
-    graph = GraphRegistry.from_sources().get("pipeline")
-    for _ in range(200):  # warm-up
-        async for _chunk in graph.astream(
-            {"text": "Hello World"}, stream_mode=["updates", "values"]
-        ):
+async def bare_loop(graph_name: str, body: dict[str, Any], n: int) -> float:
+    """Runs/s of ``graph.astream(body, stream_mode="updates")`` looped sequentially."""
+    from graphwire.graphs.registry import GraphRegistry
+
+    graph = GraphRegistry.from_sources().get(graph_name)
+    for _ in range(min(200, n)):  # warm-up: imports, caches, the JIT-less interpreter's dicts
+        async for _chunk in graph.astream(body, stream_mode="updates"):
             pass
     started = time.perf_counter()
     for _ in range(n):
-        async for _chunk in graph.astream(
-            {"text": "Hello World"}, stream_mode=["updates", "values"]
-        ):
+        async for _chunk in graph.astream(body, stream_mode="updates"):
             pass
     return n / (time.perf_counter() - started)
 
 
-async def bare_pipeline_concurrent(n: int, concurrency: int) -> float:
-    """Runs/s of pipeline with ``concurrency`` runs at once: LangGraph's own cost of overlap."""
-    graph = GraphRegistry.from_sources().get("pipeline")
-
-    async def one() -> None:
-        async for _chunk in graph.astream(
-            {"text": "Hello World"}, stream_mode=["updates", "values"]
-        ):
-            pass
-
-    started = time.perf_counter()
-    for _ in range(n // concurrency):
-        await asyncio.gather(*(one() for _ in range(concurrency)))
-    return (n // concurrency * concurrency) / (time.perf_counter() - started)
+def measure_bare(graph_name: str, body: dict[str, Any], n: int) -> float:
+    """Run :func:`bare_loop` in a fresh process (``--bare``) and return its runs/s."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--bare", graph_name, orjson.dumps(body).decode(), str(n)],
+        check=True,
+        capture_output=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    return float(orjson.loads(out.stdout.splitlines()[-1])["rate"])
 
 
-async def bare_slow(n: int, concurrency: int) -> float:
-    """Runs/s of slow (0.2 s) with ``concurrency`` runs at once under asyncio.gather."""
-    graph = GraphRegistry.from_sources().get("slow")
-
-    async def one() -> None:
-        async for _chunk in graph.astream({"seconds": 0.2}, stream_mode=["updates", "values"]):
-            pass
-
-    started = time.perf_counter()
-    for _ in range(n // concurrency):
-        await asyncio.gather(*(one() for _ in range(concurrency)))
-    return n / (time.perf_counter() - started)
+# -- the worker, in its own process ---------------------------------------------------------
 
 
-# -- the runner --------------------------------------------------------------------------
-
-
-PLAIN = {"GRAPHWIRE_DEDUP": "false", "GRAPHWIRE_CHECKPOINTS": "false"}
-"""The Kafka path alone: the issue-2 figures compare this with bare LangGraph."""
-
-
-def stores(dedup: bool, checkpoints: bool, durability: str = "async") -> dict[str, str]:
-    """Worker environment with Redis dedup and/or PostgreSQL checkpoints switched on."""
-    return {
-        "GRAPHWIRE_DEDUP": str(dedup).lower(),
-        "GRAPHWIRE_CHECKPOINTS": str(checkpoints).lower(),
-        "GRAPHWIRE_DURABILITY": durability,
-        "GRAPHWIRE_REDIS_URL": os.environ.get(
-            "GRAPHWIRE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"
-        ),
-        "GRAPHWIRE_DATABASE_URL": os.environ.get(
-            "GRAPHWIRE_BENCH_DATABASE_URL", "postgresql://127.0.0.1:5432/test"
-        ),
-        "GRAPHWIRE_CHECKPOINT_SCHEMA": "graphwire_bench",
-    }
-
-
-def start_workers(
-    bootstrap: str,
-    prefix: str,
-    processes: int,
-    max_in_flight: int,
-    extra_env: dict[str, str] | None = None,
-) -> subprocess.Popen[bytes]:
+def worker_env(bootstrap: str, prefix: str, max_in_flight: int, mode: str) -> dict[str, str]:
+    """Environment of a ``graphwire worker``: ``defaults`` (shipped settings) or ``off``."""
     env = {
         **os.environ,
         "GRAPHWIRE_BOOTSTRAP_SERVERS": bootstrap,
@@ -130,18 +115,50 @@ def start_workers(
         "GRAPHWIRE_HEARTBEAT_INTERVAL_MS": "1000",
         "GRAPHWIRE_LOG_LEVEL": "WARNING",
         "GRAPHWIRE_HTTP_PORT": "0",
-        **(extra_env if extra_env is not None else PLAIN),
+        "GRAPHWIRE_REDIS_URL": REDIS_URL,
+        "GRAPHWIRE_DATABASE_URL": bench_database_url(),
+        "GRAPHWIRE_CHECKPOINT_SCHEMA": CHECKPOINT_SCHEMA,
     }
+    if mode == "off":
+        env |= PLAIN
+    elif mode != "defaults":
+        raise ValueError(f"unknown worker mode {mode!r}: use 'defaults' or 'off'")
+    return env
+
+
+PLAIN = {"GRAPHWIRE_DEDUP": "false", "GRAPHWIRE_CHECKPOINTS": "false"}
+"""Dedup and checkpoints off: the Kafka path alone (bench_gateway.py uses it)."""
+
+
+def start_workers(
+    bootstrap: str,
+    prefix: str,
+    processes: int,
+    max_in_flight: int,
+    extra_env: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start ``graphwire worker`` with ``extra_env`` (default :data:`PLAIN`); bench_gateway.py."""
+    env = worker_env(bootstrap, prefix, max_in_flight, "defaults")
+    env |= extra_env if extra_env is not None else PLAIN
+    return spawn(worker_command(processes), env)
+
+
+def spawn(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start ``command`` in the repository with ``env``, its output discarded."""
     return subprocess.Popen(
-        [sys.executable, "-m", "graphwire", "worker", "--processes", str(processes)],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
 
 
+def worker_command(processes: int) -> list[str]:
+    """``graphwire worker`` from this venv, as a user types it."""
+    script = Path(sys.executable).parent / "graphwire"
+    base = [str(script)] if script.exists() else [sys.executable, "-m", "graphwire"]
+    return [*base, "worker", "--processes", str(processes)]
+
+
 async def produce_requests(bootstrap: str, topic: str, bodies: list[dict[str, Any]]) -> None:
+    """Produce ``bodies`` to ``topic`` keyed by request_id and wait for every ack."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     await producer.start()
     try:
@@ -154,223 +171,419 @@ async def produce_requests(bootstrap: str, topic: str, bodies: list[dict[str, An
         await producer.stop()
 
 
-async def consume_until(bootstrap: str, topic: str, done: int, timeout: float) -> list[Any]:
-    """Read ``topic`` from the beginning until ``done`` run_finished events (or results)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50
-    )
-    await consumer.start()
-    try:
-        await consumer.topics()
-        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        values: list[Any] = []
-        finished = 0
-        deadline = time.monotonic() + timeout
-        while finished < done:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"only {finished}/{done} finished on {topic}")
-            for records in (await consumer.getmany(timeout_ms=200)).values():
-                for r in records:
-                    v = orjson.loads(r.value)
-                    if v.get("type") in ("run_started", "run_finished"):
-                        values.append(v)
-                        finished += v["type"] == "run_finished"
-        return values
-    finally:
-        await consumer.stop()
+def tree_pids(pid: int) -> list[int]:
+    """``pid`` and its descendants (``--processes 2`` runs its workers as children)."""
+    pids = [pid]
+    for p in pids:
+        try:
+            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+        except OSError:
+            continue
+        pids.extend(int(c) for c in children)
+    return pids
 
 
-async def runner_rate(
+def rss_kib(pid: int) -> int:
+    """VmRSS of ``pid`` and its descendants in KiB (0 for a process that is gone)."""
+    total = 0
+    for p in tree_pids(pid):
+        try:
+            for row in Path(f"/proc/{p}/status").read_text().splitlines():
+                if row.startswith("VmRSS:"):
+                    total += int(row.split()[1])
+        except OSError:
+            continue
+    return total
+
+
+@dataclass
+class Drain:
+    """What one worker drain measured."""
+
+    runs: int
+    rate: float
+    """Results per second from the first result's broker timestamp to the last one's."""
+    errors: int
+    rss: list[tuple[int, int]] = field(default_factory=list)
+    """(results so far, worker RSS KiB) samples taken while draining."""
+    pg: dict[str, float] = field(default_factory=dict)
+
+
+async def drain(
     bootstrap: str,
     graph: str,
     body: dict[str, Any],
     n: int,
-    processes: int,
+    *,
+    mode: str,
     max_in_flight: int,
-    extra_env: dict[str, str] | None = None,
-) -> float:
-    """Runs/s of the runner draining ``n`` pre-produced requests."""
+    processes: int = 1,
+    watch_postgres: bool = False,
+    timeout: float = 900,
+    on_first_result: Callable[[int], None] | None = None,
+    on_drained: Callable[[], None] | None = None,
+) -> Drain:
+    """Pre-fill ``n`` requests, start a worker, read its results until all ``n`` are in.
+
+    ``on_first_result(worker_pid)`` and ``on_drained()`` let a profiler attach to the worker
+    once it is running and detach before it stops, so start-up and shutdown stay out of it.
+    """
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     names = TopicNames(prefix)
-    await ensure_topics(bootstrap, names.specs(PARTITIONS))
+    await ensure_topics(bootstrap, names.specs(REQUEST_PARTITIONS))
     await produce_requests(
         bootstrap,
         names.requests,
-        [{"request_id": f"{graph}-{i}", "graph": graph, "input": body} for i in range(n)],
+        [{"request_id": f"{prefix}-{i}", "graph": graph, "input": body} for i in range(n)],
     )
-    workers = start_workers(bootstrap, prefix, processes, max_in_flight, extra_env)
-    try:
-        events = await consume_until(bootstrap, names.events, n, timeout=300)
-    finally:
-        workers.terminate()
-        workers.wait(60)
-    first = min(e["ts"] for e in events if e["type"] == "run_started")
-    last = max(e["ts"] for e in events if e["type"] == "run_finished")
-    return n / (last - first)
-
-
-async def latency(bootstrap: str, rate: float, seconds: float) -> tuple[float, float, int]:
-    """p50/p99 ms from produce to result consumed, at ``rate`` requests/s for ``seconds``."""
-    prefix = f"lat{uuid.uuid4().hex[:8]}"
-    names = TopicNames(prefix)
-    await ensure_topics(bootstrap, names.specs(PARTITIONS))
-    workers = start_workers(bootstrap, prefix, 1, 64)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=5
+        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=100
     )
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
     await consumer.start()
-    await producer.start()
-    sent: dict[str, float] = {}
-    got: dict[str, float] = {}
+    pg_before = await postgres_counters() if watch_postgres else None
+    worker = spawn(worker_command(processes), worker_env(bootstrap, prefix, max_in_flight, mode))
+    seen: set[str] = set()
+    stamps: list[int] = []
+    errors = 0
+    rss: list[tuple[int, int]] = []
     try:
-        await consumer.topics()
-        tps = [TopicPartition(names.results, p) for p in range(PARTITIONS)]
+        tps = [TopicPartition(names.results, p) for p in range(REQUEST_PARTITIONS)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-
-        async def read() -> None:
-            while True:
-                for records in (await consumer.getmany(timeout_ms=50)).values():
-                    now = time.perf_counter()
-                    for r in records:
-                        got.setdefault(r.key.decode(), now)
-
-        reader = asyncio.create_task(read())
-        # warm up until the worker has joined and answers
-        warm = "warm-0"
-        sent[warm] = time.perf_counter()
-        await producer.send_and_wait(
-            names.requests,
-            orjson.dumps(
-                {"request_id": warm, "graph": "pipeline", "input": {"text": "Hello World"}}
-            ),
-            key=warm.encode(),
-        )
-        while warm not in got:
-            await asyncio.sleep(0.05)
-        total = int(rate * seconds)
-        interval = 1 / rate
-        start = time.perf_counter()
-        for i in range(total):
-            target = start + i * interval
-            delay = target - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            rid = f"lat-{i}"
-            sent[rid] = time.perf_counter()
-            await producer.send(
-                names.requests,
-                orjson.dumps(
-                    {"request_id": rid, "graph": "pipeline", "input": {"text": "Hello World"}}
-                ),
-                key=rid.encode(),
-            )
-        deadline = time.monotonic() + 60
-        while len(got) < total + 1 and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        reader.cancel()
+        deadline = time.monotonic() + timeout
+        next_sample = 0.0
+        while len(seen) < n:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {len(seen)}/{n} results on {names.results}")
+            if worker.poll() is not None:
+                raise RuntimeError(f"the worker exited with {worker.returncode} mid-drain")
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                for r in records:
+                    if r.key is None or r.key.decode() in seen:
+                        continue
+                    if not seen and on_first_result is not None:
+                        on_first_result(worker.pid)
+                    seen.add(r.key.decode())
+                    stamps.append(r.timestamp)
+                    errors += orjson.loads(r.value).get("status") != "success"
+            if time.monotonic() >= next_sample:
+                rss.append((len(seen), rss_kib(worker.pid)))
+                next_sample = time.monotonic() + 0.5
+        if on_drained is not None:
+            on_drained()
+        pg_cpu = postgres_cpu_ticks() if watch_postgres else None
+        own = await own_backend_pids() if watch_postgres else set()
     finally:
-        await producer.stop()
         await consumer.stop()
-        workers.terminate()
-        workers.wait(60)
-    samples = sorted((got[r] - sent[r]) * 1000 for r in sent if r in got and r != "warm-0")
-    p50 = statistics.median(samples)
-    p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
-    return p50, p99, len(samples)
+        worker.terminate()
+        worker.wait(60)
+    rate = (n - 1) / ((max(stamps) - min(stamps)) / 1000)
+    result = Drain(runs=n, rate=rate, errors=errors, rss=rss)
+    if pg_before is not None and pg_cpu is not None:
+        await asyncio.sleep(0.5)  # exiting backends flush their statistics
+        result.pg = pg_delta(pg_before, pg_cpu, own, await postgres_counters(), n)
+    return result
 
 
-def line(name: str, value: float, unit: str, baseline: float, goal: str) -> None:
-    print(
-        f"{name:<52} {value:>9.1f} {unit:<7} baseline {baseline:>9.1f}  "
-        f"ratio {value / baseline:5.2f}x  (goal {goal})",
-        flush=True,
-    )
+# -- PostgreSQL: CPU and transactions --------------------------------------------------------
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smaller runs (about a minute)")
-    args = parser.parse_args()
-    n = 1500 if args.quick else 5000
-    slow_n = 1000 if args.quick else 3000
+def bench_database_url() -> str:
+    """The URL of the benchmark's own database (same server as GRAPHWIRE_BENCH_DATABASE_URL)."""
+    return ADMIN_DATABASE_URL.rsplit("/", 1)[0] + "/" + BENCH_DATABASE
 
-    print(
+
+async def ensure_bench_database() -> None:
+    """Create ``graphwire_bench`` so its transaction counters hold the benchmark's alone."""
+    conn = await asyncpg.connect(ADMIN_DATABASE_URL)
+    try:
+        exists = await conn.fetchval(
+            "SELECT 1 FROM pg_database WHERE datname = $1", BENCH_DATABASE
+        )
+        if not exists:
+            await conn.execute(f'CREATE DATABASE "{BENCH_DATABASE}"')
+    finally:
+        await conn.close()
+
+
+def postgres_cpu_ticks() -> dict[int, int]:
+    """utime+stime (clock ticks) of every process named ``postgres``, by pid."""
+    ticks: dict[int, int] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if (proc / "comm").read_text().strip() != "postgres":
+                continue
+            # fields after the parenthesised command: utime and stime are the 12th and 13th
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks[int(proc.name)] = int(fields[11]) + int(fields[12])
+    return ticks
+
+
+async def own_backend_pids() -> set[int]:
+    """Backends connected to the benchmark's database (the worker's pool)."""
+    conn = await asyncpg.connect(ADMIN_DATABASE_URL)
+    try:
+        rows = await conn.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1", BENCH_DATABASE
+        )
+    finally:
+        await conn.close()
+    return {r["pid"] for r in rows}
+
+
+async def postgres_counters() -> dict[str, Any]:
+    """CPU ticks, the bench database's xact_commit and checkpoint rows inserted, right now.
+
+    Read the table counters first (that connection is to the bench database and commits
+    transactions of its own), then xact_commit from another database, so the benchmark's own
+    queries fall outside the before/after window.
+    """
+    conn = await asyncpg.connect(bench_database_url())
+    try:
+        rows = await conn.fetchval(
+            "SELECT coalesce(sum(n_tup_ins), 0) FROM pg_stat_user_tables"
+            " WHERE schemaname = $1 AND relname = 'checkpoints'",
+            CHECKPOINT_SCHEMA,
+        )
+        statements = await conn.fetchval(
+            "SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements'"
+        )
+    finally:
+        await conn.close()
+    await asyncio.sleep(0.3)
+    conn = await asyncpg.connect(ADMIN_DATABASE_URL)
+    try:
+        commits = await conn.fetchval(
+            "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = $1",
+            BENCH_DATABASE,
+        )
+    finally:
+        await conn.close()
+    return {
+        "ticks": postgres_cpu_ticks(),
+        "rows": int(rows),
+        "xacts": int(commits),
+        "pg_stat_statements": bool(statements),
+    }
+
+
+def pg_delta(
+    before: dict[str, Any],
+    after_ticks: dict[int, int],
+    own: set[int],
+    after: dict[str, Any],
+    runs: int,
+) -> dict[str, float]:
+    """Per-step PostgreSQL figures of one drain."""
+    steps = runs * STEPS_PER_PIPELINE_RUN
+    old = before["ticks"]
+    total = sum(t - old.get(pid, 0) for pid, t in after_ticks.items())
+    mine = sum(t - old.get(pid, 0) for pid, t in after_ticks.items() if pid in own)
+    ms_per_tick = 1000 / CLOCK_TICKS
+    return {
+        "cpu_ms_per_step": total * ms_per_tick / steps,
+        "own_backends_cpu_ms_per_step": mine * ms_per_tick / steps,
+        "xacts_per_step": (after["xacts"] - before["xacts"]) / steps,
+        "checkpoint_rows_per_run": (after["rows"] - before["rows"]) / runs,
+        "pg_stat_statements": float(after["pg_stat_statements"]),
+    }
+
+
+# -- report ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Figure:
+    """One line of the table."""
+
+    name: str
+    value: float
+    unit: str
+    baseline: float | None
+    target: str
+    note: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        """value / baseline, when the figure has a baseline."""
+        return None if not self.baseline else self.value / self.baseline
+
+
+def show(figures: list[Figure]) -> None:
+    """Print the table with rich when it is installed, else as plain text."""
+    rows = [
+        (
+            f.name,
+            f"{f.value:.3g} {f.unit}",
+            "" if f.baseline is None else f"{f.baseline:.4g}",
+            "" if f.ratio is None else f"{f.ratio:.2f}x",
+            f.target,
+            f.note,
+        )
+        for f in figures
+    ]
+    head = ("figure", "value", "baseline", "ratio", "target", "note")
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+        for r in [head, *rows]:
+            print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+        return
+    table = Table(title="graphwire runner benchmark (ratios measured in this run)")
+    for h in head:
+        table.add_column(h)
+    for r in rows:
+        table.add_row(*r)
+    Console(width=200).print(table)
+
+
+def say(text: str) -> None:
+    """Progress on stderr, so stdout holds the table."""
+    print(text, file=sys.stderr, flush=True)
+
+
+def bare_pair(graph: str, body: dict[str, Any], n: int, before: float) -> tuple[float, float]:
+    """The bare loop measured before (given) and now, after the worker."""
+    after = measure_bare(graph, body, n)
+    say(f"  bare loop {graph}: before {before:.0f}/s, after {after:.0f}/s")
+    return before, after
+
+
+def soak_summary(rss: list[tuple[int, int]], runs: int) -> dict[str, float]:
+    """RSS (MiB) over the second and the last tenth of the runs, and their ratio."""
+    early = [kib for done, kib in rss if runs * 0.1 <= done < runs * 0.2] or [rss[0][1]]
+    late = [kib for done, kib in rss if done >= runs * 0.9] or [rss[-1][1]]
+    return {
+        "early_mib": statistics.median(early) / 1024,
+        "late_mib": statistics.median(late) / 1024,
+        "late_over_early": statistics.median(late) / statistics.median(early),
+        "max_mib": max(kib for _, kib in rss) / 1024,
+    }
+
+
+async def main(args: argparse.Namespace) -> None:
+    """Measure every figure and print/write them."""
+    n = 1000 if args.quick else 4000
+    slow_n = 600 if args.quick else 2000
+    rss_n = 1500 if args.quick else 5000
+    say(
         f"graphwire runner benchmark: {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
-        f"test broker Tansu (memory), {PARTITIONS} partitions\n",
-        flush=True,
+        f"broker Tansu (memory), {REQUEST_PARTITIONS} partitions, load {os.getloadavg()[0]:.1f}"
     )
+    await ensure_bench_database()
+    figures: list[Figure] = []
+    context: dict[str, Any] = {"load_average_1m": os.getloadavg()[0], "runs": n}
     with DevBroker() as broker:
         bs = broker.bootstrap_servers
-        base = await bare_pipeline(n)
-        peak = await runner_rate(bs, "pipeline", {"text": "Hello World"}, n, 1, 64)
-        line("pipeline runs/s: runner vs bare astream loop", peak, "runs/s", base, ">= 0.85x")
-        overlap = await bare_pipeline_concurrent(n, 64)
-        line("  context: runner vs bare gather(64), no Kafka", peak, "runs/s", overlap, "-")
+        say("bare loop, then worker with defaults (64 in flight), then bare loop again")
+        b0 = measure_bare("pipeline", HELLO, n)
+        defaults = await drain(
+            bs, "pipeline", HELLO, n, mode="defaults", max_in_flight=64, watch_postgres=True
+        )
+        b0, b1 = bare_pair("pipeline", HELLO, n, b0)
+        figures.append(
+            Figure("pipeline: defaults vs bare loop", defaults.rate, "runs/s",
+                   (b0 + b1) / 2, ">= 0.5x", f"bare {b0:.0f} / {b1:.0f}")
+        )
+        off = await drain(bs, "pipeline", HELLO, n, mode="off", max_in_flight=64)
+        b2, b3 = bare_pair("pipeline", HELLO, n, b1)
+        figures.append(
+            Figure("pipeline: dedup + checkpoints off vs bare loop", off.rate, "runs/s",
+                   (b2 + b3) / 2, ">= 0.85x", f"bare {b2:.0f} / {b3:.0f}")
+        )
+        pg = defaults.pg
+        figures.append(
+            Figure("PostgreSQL server CPU per checkpointed step", pg["cpu_ms_per_step"], "ms",
+                   None, "<= 0.15 ms",
+                   f"own backends {pg['own_backends_cpu_ms_per_step']:.3f} ms; all postgres "
+                   "processes, shared server")
+        )
+        figures.append(
+            Figure("PostgreSQL transactions per checkpointed step, 64 in flight",
+                   pg["xacts_per_step"], "xacts", None, "<= 0.2",
+                   f"{pg['checkpoint_rows_per_run']:.1f} checkpoint rows/run; "
+                   + ("pg_stat_statements present" if pg["pg_stat_statements"]
+                      else "no pg_stat_statements: transactions, not statements"))
+        )
+        say("slow 0.2 s, 200 in flight: both off, then defaults")
+        slow_off = await drain(bs, "slow", SLOW, slow_n, mode="off", max_in_flight=200)
+        slow_def = await drain(bs, "slow", SLOW, slow_n, mode="defaults", max_in_flight=200)
+        figures.append(
+            Figure("slow 0.2 s, 200 in flight: defaults vs both off", slow_def.rate, "runs/s",
+                   slow_off.rate, ">= 0.9x")
+        )
+        say("pipeline with defaults on 2 worker processes")
+        two = await drain(
+            bs, "pipeline", HELLO, n, mode="defaults", max_in_flight=64, processes=2
+        )
+        figures.append(
+            Figure("pipeline: 2 workers vs 1, defaults", two.rate, "runs/s", defaults.rate,
+                   ">= 1.6x")
+        )
+        rss_runs = args.soak or rss_n
+        say(f"slow 0.2 s, 500 in flight, defaults: RSS over {rss_runs} runs")
+        soak = await drain(bs, "slow", SLOW, rss_runs, mode="defaults", max_in_flight=500,
+                           timeout=max(900.0, rss_runs / 20))
+        s = soak_summary(soak.rss, rss_runs)
+        figures.append(
+            Figure("worker RSS, 500 in flight (max)", s["max_mib"], "MiB", None, "reported",
+                   f"{rss_runs} runs: {s['early_mib']:.0f} MiB at 10-20%, "
+                   f"{s['late_mib']:.0f} MiB at 90-100% ({s['late_over_early']:.2f}x)")
+        )
+        context |= {"postgres": pg, "soak": s, "soak_runs": rss_runs,
+                    "errors": {"defaults": defaults.errors, "off": off.errors,
+                               "slow_off": slow_off.errors, "slow_defaults": slow_def.errors,
+                               "two": two.errors, "soak": soak.errors}}
+    show(figures)
+    if args.json:
+        write_json(args.json, figures, context)
 
-        base_slow = await bare_slow(slow_n, 500)
-        slow = await runner_rate(bs, "slow", {"seconds": 0.2}, slow_n, 1, 500)
-        line(
-            "slow 0.2s, 500 in flight: runner vs gather(500)", slow, "runs/s", base_slow, ">= 0.9x"
-        )
 
-        p50, p99, count = await latency(bs, peak / 4, 5 if args.quick else 10)
-        print(
-            f"{'pipeline end-to-end latency at quarter peak':<52} p50 {p50:6.1f} ms  "
-            f"p99 {p99:6.1f} ms  over {count} requests at {peak / 4:.0f}/s",
-            flush=True,
-        )
-        p50, p99, count = await latency(bs, peak / 2, 5 if args.quick else 10)
-        print(
-            f"{'pipeline end-to-end latency at half peak':<52} p50 {p50:6.1f} ms  p99 {p99:6.1f} ms"
-            f"  over {count} requests at {peak / 2:.0f}/s  (goal p99 < 50 ms)",
-            flush=True,
-        )
-
-        two = await runner_rate(bs, "pipeline", {"text": "Hello World"}, n, 2, 64)
-        line("pipeline runs/s: --processes 2 vs 1", two, "runs/s", peak, ">= 1.7x")
-
-        print("\nRedis dedup and PostgreSQL checkpoints (each against the runner without them)")
-        hello = {"text": "Hello World"}
-        dedup = await runner_rate(bs, "pipeline", hello, n, 1, 64, stores(True, False))
-        line("pipeline: dedup vs none", dedup, "runs/s", peak, ">= 0.85x")
-        slow_plain = await runner_rate(bs, "slow", {"seconds": 0.2}, slow_n, 1, 200)
-        slow_cp = await runner_rate(
-            bs, "slow", {"seconds": 0.2}, slow_n, 1, 200, stores(False, True)
-        )
-        line(
-            "slow 0.2s, 200 in flight: checkpoints vs none",
-            slow_cp,
-            "runs/s",
-            slow_plain,
-            ">= 0.9x",
-        )
-        long_plain = await runner_rate(bs, "slow", {"seconds": 1.0}, 1000, 1, 200)
-        long_cp = await runner_rate(bs, "slow", {"seconds": 1.0}, 1000, 1, 200, stores(False, True))
-        line(
-            "  context: slow 1.0s, 200 in flight (CPU not saturated)",
-            long_cp,
-            "runs/s",
-            long_plain,
-            "-",
-        )
-        for mode in ("exit", "async", "sync"):
-            cp = await runner_rate(bs, "pipeline", hello, n, 1, 64, stores(False, True, mode))
-            line(f"pipeline: checkpoints durability={mode} vs none", cp, "runs/s", peak, "reported")
-        both = await runner_rate(bs, "pipeline", hello, n, 1, 64, stores(True, True))
-        line(
-            "pipeline: dedup + checkpoints (the default) vs none", both, "runs/s", peak, "reported"
-        )
+def write_json(path: str, figures: list[Figure], context: dict[str, Any]) -> None:
+    """The table's numbers (and the context behind them) as JSON, for the README."""
+    payload = {"figures": [asdict(f) | {"ratio": f.ratio} for f in figures], "context": context}
+    Path(path).write_bytes(orjson.dumps(payload, option=orjson.OPT_INDENT_2))
+    say(f"wrote {path}")
 
 
-if __name__ == "__main__":
-    # Same event loop as `graphwire worker` (uvloop where installed), so baselines are fair.
+def run_bare(argv: list[str]) -> None:
+    """``--bare GRAPH BODY_JSON N``: print the bare loop's runs/s as JSON."""
+    graph, body, n = argv
+    rate = asyncio_run(bare_loop(graph, orjson.loads(body), int(n)))
+    print(orjson.dumps({"rate": rate}).decode(), flush=True)
+
+
+def asyncio_run(coro: Any) -> Any:
+    """Run on the event loop `graphwire worker` uses (uvloop where installed), to be fair."""
     try:
         import uvloop
     except ImportError:
-        asyncio.run(main())
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def parse_args() -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller runs (a smoke test)")
+    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON here")
+    parser.add_argument(
+        "--soak", type=int, default=0, metavar="N",
+        help="measure RSS over N runs (e.g. 100000) instead of a few thousand",
+    )
+    parser.add_argument("--bare", nargs=3, metavar=("GRAPH", "BODY", "N"), help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    options = parse_args()
+    if options.bare:
+        run_bare(options.bare)
     else:
-        uvloop.run(main())
+        asyncio_run(main(options))
