@@ -193,3 +193,29 @@ async def test_renewals_of_all_held_leases_share_one_round_trip(
     assert flags == [False] * 5 + [True] + [False] * 2
     assert ttls[5] == -1  # the thief's key, untouched
     assert all(1000 < ttl <= 1500 for ttl in ttls[:5] + ttls[6:])  # renewed at 0.5 s
+
+
+async def test_a_call_cancelled_before_its_round_trip_is_not_sent(
+    private_redis: PrivateRedis, prefix: str
+) -> None:
+    """Of 4 queued acquires, the 2 cancelled before the round trip run nothing in Redis (no
+    lease, no start count); the 2 others are acquired with attempt 1, in 1 round trip."""
+    admin = Redis.from_url(private_redis.url)
+    async with DedupStore(private_redis.url, namespace=prefix) as store:
+        await store.acquire("warm-up", "w-me")
+        trips = store.batcher.round_trips
+        calls = [asyncio.create_task(store.acquire(f"x{i}", "w-me")) for i in range(4)]
+        await asyncio.sleep(0)  # queued, not yet sent
+        calls[1].cancel()
+        calls[2].cancel()
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        trips = store.batcher.round_trips - trips
+    left = [await admin.mget(run_keys(prefix, f"x{i}").lease, run_keys(prefix, f"x{i}").tries)
+            for i in range(4)]
+    await admin.aclose()
+    assert trips == 1
+    assert [_outcome(r) for r in results] == [
+        ("acquired", 1, "", 0), ("error", "CancelledError"), ("error", "CancelledError"),
+        ("acquired", 1, "", 0),
+    ]
+    assert left == [[b"w-me", b"1"], [None, None], [None, None], [b"w-me", b"1"]]

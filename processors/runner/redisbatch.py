@@ -79,7 +79,11 @@ class RedisBatcher:
 
     async def _flush(self) -> None:
         while self._queue:
-            batch, self._queue = self._queue, []
+            # a caller cancelled before its call went out: send nothing for it, as before
+            batch = [call for call in self._queue if not call.future.done()]
+            self._queue = []
+            if not batch:
+                continue
             try:
                 replies = await self._send(batch)
             except asyncio.CancelledError:
