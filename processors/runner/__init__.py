@@ -6,6 +6,7 @@
 - ``graphrun``     one graph run: attempts, timeouts, checkpoints, events
 - ``dedup``        ``DedupStore``: leases and done markers in Redis (the writing side)
 - ``cache``        ``ResultCache``: results of identical requests, in Redis
+- ``redisbatch``   ``RedisBatcher``: the Redis calls of concurrent runs share round trips
 - ``checkpoints``  the PostgreSQL checkpointer for durable runs
 - ``publisher``    ``Publisher``: events, results and dead letters to Kafka
 - ``offsets``      ``OffsetTracker``: commit only below every unfinished message

@@ -9,6 +9,9 @@ makes the redelivery publish that very result again instead of running (so a req
 gets two results that differ; consumers dedupe the copies on request_id); a crash after the last
 is a duplicate that runs nothing.
 
+The calls of concurrent runs share pipelined round trips (``RedisBatcher``): each call is still
+one script, atomic on its own, and each caller gets its own reply or error.
+
 Deaths, not starts, make a poison message: each start records this process's token in the
 ``start`` key and a clean end (release or complete) deletes it, so an acquire that finds
 another process's token there knows that start's worker died (its lease expired instead).
@@ -26,6 +29,7 @@ from typing import Literal, Self
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from graphwire.processors.runner.redisbatch import RedisBatcher
 from graphwire.topics.errors import DependencyUnavailable, GraphwireError
 from graphwire.topics.runstatus import RunState, read_run_state, run_keys
 
@@ -120,7 +124,8 @@ class Claim:
 
 
 class DedupStore:
-    """Leases and done markers per request_id in Redis; every call is one round trip."""
+    """Leases and done markers per request_id in Redis; every call is one script, and the
+    calls of concurrent runs share round trips."""
 
     def __init__(
         self,
@@ -135,7 +140,7 @@ class DedupStore:
         self.lease_ms = lease_ms
         self.done_ttl_s = done_ttl_s
         self._redis: Redis | None = None
-        self._scripts: dict[str, object] = {}
+        self._batch: RedisBatcher | None = None
         self._held: dict[str, str] = {}
         self._on_lost: dict[str, Callable[[], None]] = {}
         self._lost: set[str] = set()
@@ -149,14 +154,16 @@ class DedupStore:
         if self._redis is not None:
             return
         self._redis = Redis.from_url(self._url, socket_timeout=5, socket_connect_timeout=5)
-        for name, body in (
-            ("acquire", _ACQUIRE),
-            ("renew", _RENEW),
-            ("complete", _COMPLETE),
-            ("release", _RELEASE),
-            ("keep_result", _KEEP_RESULT),
-        ):
-            self._scripts[name] = self._redis.register_script(body)
+        self._batch = RedisBatcher(
+            self._redis,
+            {
+                "acquire": _ACQUIRE,
+                "renew": _RENEW,
+                "complete": _COMPLETE,
+                "release": _RELEASE,
+                "keep_result": _KEEP_RESULT,
+            },
+        )
         await self.ping()
 
     async def stop(self) -> None:
@@ -164,6 +171,9 @@ class DedupStore:
         if self._renewer is not None:
             self._renewer.cancel()
             await asyncio.gather(self._renewer, return_exceptions=True)
+        if self._batch is not None:
+            await self._batch.stop()
+            self._batch = None
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None
@@ -177,9 +187,15 @@ class DedupStore:
 
     @property
     def client(self) -> Redis:
-        """The connection (shared with the result cache)."""
+        """The connection (the runs' own calls go through ``batcher``)."""
         assert self._redis is not None, "start() first"
         return self._redis
+
+    @property
+    def batcher(self) -> RedisBatcher:
+        """The round trips shared by concurrent runs (shared with the result cache)."""
+        assert self._batch is not None, "start() first"
+        return self._batch
 
     async def ping(self) -> None:
         """Raise ``DependencyUnavailable`` unless Redis answers."""
@@ -196,9 +212,8 @@ class DedupStore:
         return [keys.lease, keys.done, keys.tries, keys.start, keys.deaths, keys.result]
 
     async def _call(self, name: str, keys: list[str], args: list[object]) -> object:
-        script = self._scripts[name]
         try:
-            return await script(keys=keys, args=args)  # type: ignore[operator]
+            return await self.batcher.script(name, keys, args)
         except (RedisError, OSError) as exc:
             raise DependencyUnavailable(
                 f"Redis call failed ({type(exc).__name__}: {exc}); the request stays "
@@ -253,13 +268,13 @@ class DedupStore:
         event positions follow the earlier starts' instead of repeating them."""
         keys = run_keys(self._ns, request_id)
         try:
-            await self.client.delete(keys.done, keys.start, keys.deaths, keys.result)
+            await self.batcher.command("DEL", keys.done, keys.start, keys.deaths, keys.result)
         except (RedisError, OSError) as exc:
             raise DependencyUnavailable(f"Redis does not answer ({exc})") from exc
 
     async def lookup(self, request_id: str) -> RunState | None:
         """What Redis knows of a request (``graphwire.topics.runstatus.read_run_state``)."""
-        return await read_run_state(self.client, self._ns, request_id)
+        return await read_run_state(_BatchedReads(self.batcher), self._ns, request_id)
 
     def hold(self, request_id: str, owner: str, on_lost: Callable[[], None] | None = None) -> None:
         """Keep renewing our lease on ``request_id`` until ``let_go`` (one renewer for all).
@@ -284,27 +299,28 @@ class DedupStore:
         return request_id in self._lost
 
     async def _renew_held(self) -> None:
-        """Every third of a lease, renew every held lease in one pipelined round trip."""
+        """Every third of a lease, renew every held lease, together in the batcher's next
+        round trip (with the acquires and done markers of that moment)."""
         interval = self.lease_ms / 3000
         while self._held:
             await asyncio.sleep(interval)
             held = list(self._held.items())
             if not held:
                 continue
-            try:
-                async with self.client.pipeline(transaction=False) as pipe:
-                    script = self._scripts["renew"]
-                    for request_id, owner in held:
-                        await script(  # type: ignore[operator]
-                            keys=self._keys(request_id)[:1],
-                            args=[owner, self.lease_ms],
-                            client=pipe,
-                        )
-                    renewed = await pipe.execute()
-            except (RedisError, OSError) as exc:
-                log.warning("could not renew %d leases: %s", len(held), exc)
-                continue
-            for (request_id, _owner), ok in zip(held, renewed, strict=True):
+            script = self.batcher.script
+            replies = await asyncio.gather(
+                *(
+                    script("renew", self._keys(request_id)[:1], [owner, self.lease_ms])
+                    for request_id, owner in held
+                ),
+                return_exceptions=True,
+            )
+            failed = [r for r in replies if isinstance(r, BaseException)]
+            if failed:  # an outage: these leases are renewed next time, if they still exist
+                log.warning("could not renew %d leases: %s", len(failed), failed[0])
+            for (request_id, _owner), ok in zip(held, replies, strict=True):
+                if isinstance(ok, BaseException):
+                    continue
                 if not ok and request_id in self._held:
                     log.error(
                         "lease on %s was lost: stopping the run, publishing nothing", request_id
@@ -313,3 +329,13 @@ class DedupStore:
                     callback = self._on_lost.get(request_id)
                     if callback is not None:
                         callback()
+
+
+class _BatchedReads:
+    """The reads ``read_run_state`` makes, sent through the batcher."""
+
+    def __init__(self, batcher: RedisBatcher) -> None:
+        self._batcher = batcher
+
+    async def mget(self, *keys: str) -> object:
+        return await self._batcher.command("MGET", *keys)

@@ -86,7 +86,7 @@ class RequestProcessor:
             g.strip() for g in settings.allowed_graphs.split(",") if g.strip()
         )
         self._versions: dict[str, tuple[Any, str]] = {}
-        self._cache = ResultCache(dedup.client) if dedup is not None else None
+        self._cache = ResultCache(dedup.batcher) if dedup is not None else None
         self._executor = RunExecutor(
             settings, metrics, out, checkpoints=checkpoints, stopping=stopping
         )
