@@ -10,10 +10,13 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from graphwire.graphs.registry import GraphRegistry
+from graphwire.processors.dev.broker import DevBroker
 from graphwire.processors.metrics import RunnerMetrics
 from graphwire.processors.runner.publisher import OutputPublisher
 from graphwire.processors.runner.runner import GraphRunner
 from graphwire.processors.settings import Settings
+from graphwire.topics.admin import ensure_topics
+from graphwire.topics.errors import DependencyUnavailable
 from graphwire.topics.positions import event_position
 from graphwire.topics.specs import TopicNames
 from tests.kafka_helpers import Collector, encode, produce, request
@@ -120,3 +123,43 @@ async def test_messages_over_the_batch_size_are_split_and_oversized_ones_truncat
     assert len({r.partition for r in records}) == 1
     assert [r.offset for r in records] == list(range(records[0].offset, records[0].offset + 8))
     assert pointer == f"{topics.events}/{records[-1].partition}/{records[-1].offset}"
+
+
+async def test_a_batch_the_broker_does_not_take_leaves_the_request_unfinished(
+    prefix: str,
+) -> None:
+    """The (private) broker stops after a result's batch was handed over: confirm() retries,
+    then gives up at shutdown with DependencyUnavailable and no acknowledged pointer."""
+    broker = DevBroker()
+    await asyncio.to_thread(broker.start)
+    try:
+        names = TopicNames(prefix)
+        await ensure_topics(broker.bootstrap_servers, names.specs(1))
+        producer = AIOKafkaProducer(
+            bootstrap_servers=broker.bootstrap_servers, acks="all", request_timeout_ms=1500
+        )
+        await producer.start()
+        metrics, stopping = RunnerMetrics(), asyncio.Event()
+        publisher = OutputPublisher(
+            producer, names, metrics, max_message_bytes=100_000,
+            stopping=stopping.is_set, linger_ms=60_000,
+        )
+        outbox = publisher.outbox()
+        await outbox.send(names.events, b'{"type": "run_finished"}', b"gone", [])
+        await outbox.send(names.results, b'{"status": "success"}', b"gone", [])
+        await asyncio.to_thread(broker.stop)  # the batches go out at confirm: none is taken
+        confirming = asyncio.ensure_future(outbox.confirm())
+        sample = metrics.registry.get_sample_value
+        for _ in range(200):
+            if (sample("graphwire_publish_retries_total") or 0) >= 1:
+                break
+            await asyncio.sleep(0.05)
+        stopping.set()
+        with pytest.raises(DependencyUnavailable, match="stays uncommitted"):
+            await asyncio.wait_for(confirming, 30)
+        retries = sample("graphwire_publish_retries_total")
+        await asyncio.wait_for(producer.stop(), 30)
+    finally:
+        await asyncio.to_thread(broker.stop)
+    assert outbox.acked == {}
+    assert retries == 2

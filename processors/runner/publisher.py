@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import re
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeAlias
 
@@ -63,12 +65,11 @@ class PublishFailed(GraphwireError):
 class _Batch:
     """Messages for one topic-partition that go to the producer as one record batch."""
 
-    __slots__ = ("builder", "done", "partition", "timer", "topic")
+    __slots__ = ("builder", "done", "lane", "timer")
 
-    def __init__(self, builder: Any, topic: str, partition: int) -> None:
+    def __init__(self, builder: Any, lane: _Lane) -> None:
         self.builder = builder
-        self.topic = topic
-        self.partition = partition
+        self.lane = lane
         self.done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         """The batch's ``RecordMetadata`` (its base offset) once acknowledged, or the error."""
         # An outbox given up on (its request failed) never looks: retrieve, so no warning.
@@ -76,27 +77,45 @@ class _Batch:
         self.timer: asyncio.TimerHandle | None = None
 
 
+class _Lane:
+    """One topic-partition: the batch taking messages, and full ones waiting to be submitted."""
+
+    __slots__ = ("busy", "open", "partition", "ready", "topic", "wanted")
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.open: _Batch | None = None
+        self.wanted = False
+        """The open batch is due (linger over, or an outbox confirms): submit it next."""
+        self.ready: deque[_Batch] = deque()
+        self.busy = False
+        """A submitter task runs for this lane."""
+
+
 class Batcher:
     """One open record batch per topic-partition, shared by all the worker's outboxes.
 
     aiokafka's ``send`` costs a metadata check, a partitioner call and a future per message;
     here a message is one ``append`` to the open batch of its partition (the one the default
-    partitioner picks for its key). A batch goes to the producer (``send_batch``) when it is
-    full, ``linger_s`` after its first message (so events stream live while a run goes on),
-    or at once when an outbox confirms. Batches of one partition are submitted in the order
-    they were opened, so a run's messages keep their order.
+    partitioner picks for its key). A batch is due ``linger_s`` after its first message (so
+    events stream live while a run goes on), or at once when an outbox confirms; it stays
+    open until the producer takes it, which is when the partition's previous batch left for
+    the broker (the producer holds one unsent batch per partition). So while one produce
+    request is in flight, the messages of every run on that partition gather in one batch.
+    Batches of a partition are submitted in order: a run's messages keep their order.
     """
 
     def __init__(self, producer: AIOKafkaProducer, linger_s: float) -> None:
         self._producer = producer
         self._linger_s = linger_s
-        self._open: dict[tuple[str, int], _Batch] = {}
-        self._tails: dict[tuple[str, int], asyncio.Future[None]] = {}
-        """Per partition: the last submission, which the next one waits for (order)."""
+        self._lanes: dict[tuple[str, int], _Lane] = {}
+        self._submitters: set[asyncio.Future[None]] = set()
 
     async def partition(self, topic: str, key: bytes | None) -> int:
         """The partition the producer's default partitioner picks for ``key`` on ``topic``."""
-        await self._producer.client._wait_on_metadata(topic)  # no-op when known
+        if not self._producer.client.cluster.partitions_for_topic(topic):
+            await self._producer.client._wait_on_metadata(topic)  # raises if it never comes
         return int(self._producer._partition(topic, None, None, None, key, None))
 
     def append(
@@ -104,55 +123,70 @@ class Batcher:
     ) -> tuple[_Batch, int]:
         """Add one message to the open batch of ``topic/partition``: the batch and the
         message's offset within it."""
-        lane = (topic, partition)
-        batch = self._open.get(lane)
+        lane = self._lanes.get((topic, partition))
+        if lane is None:
+            lane = self._lanes[(topic, partition)] = _Lane(topic, partition)
+        batch = lane.open
         if batch is not None:
             metadata = batch.builder.append(timestamp=None, key=key, value=value, headers=headers)
             if metadata is not None:
                 return batch, int(metadata.offset)
-            self.seal(batch)  # full (the builder closed itself)
-        batch = _Batch(self._producer.create_batch(), topic, partition)
+            self._close(lane)  # full (the builder closed itself): it goes as it is
+            lane.ready.append(batch)
+            self._wake(lane)
+        batch = lane.open = _Batch(self._producer.create_batch(), lane)
         # The first message always fits, however large (the value limits bound it).
         metadata = batch.builder.append(timestamp=None, key=key, value=value, headers=headers)
-        self._open[lane] = batch
-        batch.timer = asyncio.get_running_loop().call_later(self._linger_s, self.seal, batch)
+        batch.timer = asyncio.get_running_loop().call_later(self._linger_s, self.flush, batch)
         return batch, int(metadata.offset)
 
-    def seal(self, batch: _Batch) -> None:
-        """Close ``batch`` to new messages and submit it after its partition's previous one."""
-        lane = (batch.topic, batch.partition)
-        if self._open.get(lane) is batch:
-            del self._open[lane]
-        elif batch.timer is None:
-            return  # sealed already
+    def flush(self, batch: _Batch) -> None:
+        """``batch`` is due: it goes to the producer as soon as its partition allows."""
+        lane = batch.lane
+        if lane.open is batch:
+            lane.wanted = True
+            self._wake(lane)
+
+    def _close(self, lane: _Lane) -> _Batch:
+        batch = lane.open
+        assert batch is not None
+        lane.open, lane.wanted = None, False
         if batch.timer is not None:
             batch.timer.cancel()
             batch.timer = None
         batch.builder.close()
-        previous = self._tails.get(lane)
-        tail = asyncio.ensure_future(self._submit(batch, previous))
-        self._tails[lane] = tail
-        tail.add_done_callback(lambda done: self._forget(lane, done))
+        return batch
 
-    def _forget(self, lane: tuple[str, int], tail: asyncio.Future[None]) -> None:
-        if self._tails.get(lane) is tail:
-            del self._tails[lane]
+    def _wake(self, lane: _Lane) -> None:
+        if not lane.busy:
+            lane.busy = True
+            task = asyncio.ensure_future(self._submit(lane))
+            self._submitters.add(task)  # a reference, so the task is not collected mid-way
+            task.add_done_callback(self._submitters.discard)
 
-    async def _submit(self, batch: _Batch, previous: asyncio.Future[None] | None) -> None:
-        if previous is not None:
-            await asyncio.wait({previous})
+    async def _submit(self, lane: _Lane) -> None:
+        """Hand the lane's due batches to the producer, oldest first, until none is due."""
         try:
-            future: asyncio.Future[Any] = await self._producer.send_batch(
-                batch.builder, batch.topic, partition=batch.partition
-            )
-        except asyncio.CancelledError:
-            # the loop is closing: an outbox still waiting retries, then gives up as stopping
-            _fail(batch, KafkaConnectionError("the batch was not submitted (cancelled)"))
-            raise
-        except Exception as exc:  # the outbox retries or gives up, see Outbox.confirm
-            _fail(batch, exc)
-            return
-        future.add_done_callback(lambda acked: _pass_on(acked, batch.done))
+            while lane.ready or (lane.open is not None and lane.wanted):
+                batch = lane.ready.popleft() if lane.ready else self._close(lane)
+                try:
+                    # returns once the producer took it: after the previous batch was drained
+                    future: asyncio.Future[Any] = await self._producer.send_batch(
+                        batch.builder, lane.topic, partition=lane.partition
+                    )
+                except asyncio.CancelledError:
+                    # the loop is closing: a waiting outbox retries, then gives up as stopping
+                    gone = KafkaConnectionError("the batch was not submitted (cancelled)")
+                    for unsent in (batch, *lane.ready):
+                        _fail(unsent, gone)
+                    lane.ready.clear()
+                    raise
+                except Exception as exc:  # the outbox retries or gives up, see Outbox.confirm
+                    _fail(batch, exc)
+                    continue
+                future.add_done_callback(functools.partial(_pass_on, target=batch.done))
+        finally:
+            lane.busy = False
 
 
 def _fail(batch: _Batch, error: BaseException) -> None:
@@ -160,7 +194,7 @@ def _fail(batch: _Batch, error: BaseException) -> None:
         batch.done.set_exception(error)
 
 
-def _pass_on(source: asyncio.Future[Any], target: asyncio.Future[Any]) -> None:
+def _pass_on(source: asyncio.Future[Any], *, target: asyncio.Future[Any]) -> None:
     """Settle ``target`` as ``source`` settled."""
     if target.done():
         return
@@ -315,7 +349,7 @@ class Outbox:
         while self._sent:
             batches = list({id(entry[4]): entry[4] for entry in self._sent}.values())
             for batch in batches:
-                self._batcher.seal(batch)  # no linger: this request waits for them now
+                self._batcher.flush(batch)  # no linger: this request waits for them now
             await asyncio.wait({batch.done for batch in batches})
             failed: list[tuple[_Entry, BaseException]] = []
             for entry in self._sent:
