@@ -1,17 +1,26 @@
-"""A run's outputs go to the producer as record batches: order, exactly once, live, limits."""
+"""A run's outputs go to the producer as record batches: order, exactly once, live, limits;
+and the run's LangChain callbacks run inline, without a thread hop."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from collections.abc import Coroutine
+from typing import Any, TypedDict
 
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
+from langchain_core.callbacks import manager as callback_manager
+from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
+from langchain_core.messages import AIMessage
+from langgraph.graph import END, START, StateGraph
 
 from graphwire.graphs.registry import GraphRegistry
 from graphwire.processors.dev.broker import DevBroker
 from graphwire.processors.metrics import RunnerMetrics
+from graphwire.processors.runner.callbacks import RunCallbacks
 from graphwire.processors.runner.publisher import OutputPublisher
 from graphwire.processors.runner.runner import GraphRunner
 from graphwire.processors.settings import Settings
@@ -21,9 +30,49 @@ from graphwire.topics.positions import event_position
 from graphwire.topics.specs import TopicNames
 from tests.kafka_helpers import Collector, encode, produce, request
 
-pytestmark = pytest.mark.integration
+
+class _Text(TypedDict, total=False):
+    text: str
 
 
+async def test_callbacks_of_a_sync_llm_call_run_inline_without_a_thread_hop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A sync node's chat model call: tokens and node time counted, no callback event sent
+    to LangChain's thread pool with a fresh event loop (an async handler costs two)."""
+    hops: list[int] = []
+    run_coros = callback_manager._run_coros
+
+    def counted(coros: list[Coroutine[Any, Any, Any]]) -> None:
+        hops.append(threading.get_ident())
+        run_coros(coros)
+
+    monkeypatch.setattr(callback_manager, "_run_coros", counted)
+    usage = {"input_tokens": 3, "output_tokens": 2, "total_tokens": 5}
+    model = FakeMessagesListChatModel(responses=[AIMessage("hi", usage_metadata=usage)])
+
+    def ask(state: _Text) -> _Text:
+        return {"text": str(model.invoke(state["text"]).content)}
+
+    builder = StateGraph(_Text)
+    builder.add_node("ask", ask)
+    builder.add_edge(START, "ask")
+    builder.add_edge("ask", END)
+    metrics = RunnerMetrics()
+    output = await builder.compile().ainvoke(
+        {"text": "q"}, {"callbacks": [RunCallbacks(metrics, "g")]}
+    )
+    sample = metrics.registry.get_sample_value
+    model_name = "FakeMessagesListChatModel"
+    assert output == {"text": "hi"}
+    assert hops == []
+    assert sample("langgraph_llm_requests_total", {"model": model_name, "status": "success"}) == 1
+    assert sample("langgraph_llm_tokens_total", {"model": model_name, "type": "input"}) == 3
+    assert sample("langgraph_llm_tokens_total", {"model": model_name, "type": "output"}) == 2
+    assert sample("graphwire_node_duration_seconds_count", {"graph": "g", "node": "ask"}) == 1
+
+
+@pytest.mark.integration
 async def test_each_runs_events_arrive_in_order_exactly_once(
     bootstrap: str, topics: TopicNames, settings: Settings
 ) -> None:
@@ -60,6 +109,7 @@ async def test_each_runs_events_arrive_in_order_exactly_once(
     assert {r["status"] for r in results} == {"success"}
 
 
+@pytest.mark.integration
 async def test_events_stream_while_a_slow_run_goes_on(
     bootstrap: str, topics: TopicNames, settings: Settings
 ) -> None:
@@ -86,6 +136,7 @@ async def test_events_stream_while_a_slow_run_goes_on(
                      ("node", "step3"), ("run_finished", None)]
 
 
+@pytest.mark.integration
 async def test_messages_over_the_batch_size_are_split_and_oversized_ones_truncated(
     bootstrap: str, topics: TopicNames
 ) -> None:
@@ -125,6 +176,7 @@ async def test_messages_over_the_batch_size_are_split_and_oversized_ones_truncat
     assert pointer == f"{topics.events}/{records[-1].partition}/{records[-1].offset}"
 
 
+@pytest.mark.integration
 async def test_a_batch_the_broker_does_not_take_leaves_the_request_unfinished(
     prefix: str,
 ) -> None:
