@@ -143,9 +143,9 @@ async def test_model_names_from_runs_are_capped_in_labels() -> None:
     names = [f"model-{i}" for i in range(MAX_MODEL_LABELS + 30)] + ["model-0"]
     for name in names:
         run_id = uuid.uuid4()
-        await callbacks.on_chat_model_start({}, [], run_id=run_id,
-                                            metadata={"ls_model_name": name})
-        await callbacks.on_llm_end(LLMResult(generations=[]), run_id=run_id)
+        callbacks.on_chat_model_start({}, [], run_id=run_id,
+                                      metadata={"ls_model_name": name})
+        callbacks.on_llm_end(LLMResult(generations=[]), run_id=run_id)
     counts = {s.labels["model"]: s.value for s in metrics.llm_requests.collect()[0].samples
               if s.name == "langgraph_llm_requests_total"}
     assert counts == {**{f"model-{i}": 1.0 for i in range(1, MAX_MODEL_LABELS)},

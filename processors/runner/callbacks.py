@@ -11,7 +11,7 @@ import time
 from typing import Any
 from uuid import UUID
 
-from langchain_core.callbacks import AsyncCallbackHandler
+from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.outputs import LLMResult
 
 from graphwire.processors.logs import bind
@@ -35,10 +35,17 @@ def _model(serialized: dict[str, Any] | None, metadata: dict[str, Any] | None,
     return "unknown"
 
 
-class RunCallbacks(AsyncCallbackHandler):
-    """Feeds ``langgraph_llm_*`` and ``graphwire_node_duration_seconds`` for one run."""
+class RunCallbacks(BaseCallbackHandler):
+    """Feeds ``langgraph_llm_*`` and ``graphwire_node_duration_seconds`` for one run.
 
-    run_inline = True  # bookkeeping only: no thread hop per callback
+    Sync methods with ``run_inline``: LangChain's async manager then calls them directly on
+    the loop (no executor hop, no coroutine per event), and its sync manager (a sync node in
+    an executor thread) calls them in that thread. An async handler there would cost a
+    thread-pool hop plus a fresh event loop per event, with the caller blocked on it. They
+    only count and never wait, so calling them on the loop cannot block it.
+    """
+
+    run_inline = True
 
     def __init__(self, metrics: RunnerMetrics, graph: str) -> None:
         self.metrics = metrics
@@ -46,17 +53,17 @@ class RunCallbacks(AsyncCallbackHandler):
         self._models: dict[UUID, str] = {}
         self._nodes: dict[UUID, tuple[str, float, Any]] = {}
 
-    async def on_chat_model_start(self, serialized: dict[str, Any], messages: Any, *,
+    def on_chat_model_start(self, serialized: dict[str, Any], messages: Any, *,
                                   run_id: UUID, metadata: dict[str, Any] | None = None,
                                   **kwargs: Any) -> None:
         self._models[run_id] = self.metrics.model_label(_model(serialized, metadata, kwargs))
 
-    async def on_llm_start(self, serialized: dict[str, Any], prompts: list[str], *,
+    def on_llm_start(self, serialized: dict[str, Any], prompts: list[str], *,
                            run_id: UUID, metadata: dict[str, Any] | None = None,
                            **kwargs: Any) -> None:
         self._models[run_id] = self.metrics.model_label(_model(serialized, metadata, kwargs))
 
-    async def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
+    def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
         model = self._models.pop(run_id, "unknown")
         self.metrics.llm_requests.labels(model, "success").inc()
         usage: dict[str, int] = {}
@@ -74,10 +81,10 @@ class RunCallbacks(AsyncCallbackHandler):
             if count:
                 self.metrics.llm_tokens.labels(model, kind.removesuffix("_tokens")).inc(count)
 
-    async def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+    def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         self.metrics.llm_requests.labels(self._models.pop(run_id, "unknown"), "error").inc()
 
-    async def on_chain_start(self, serialized: dict[str, Any] | None, inputs: Any, *,
+    def on_chain_start(self, serialized: dict[str, Any] | None, inputs: Any, *,
                              run_id: UUID, metadata: dict[str, Any] | None = None,
                              **kwargs: Any) -> None:
         node = (metadata or {}).get("langgraph_node")
@@ -86,10 +93,10 @@ class RunCallbacks(AsyncCallbackHandler):
             self._nodes[run_id] = (str(node), time.perf_counter(), span)
             bind(node=str(node))  # this node's task: its log lines carry the node
 
-    async def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
+    def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
         self._node_done(run_id)
 
-    async def on_chain_error(self, error: BaseException, *, run_id: UUID,
+    def on_chain_error(self, error: BaseException, *, run_id: UUID,
                              **kwargs: Any) -> None:
         interrupted = type(error).__name__ in ("GraphInterrupt", "NodeInterrupt")
         self._node_done(run_id, None if interrupted else error)

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import re
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeAlias
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.structs import ConsumerRecord
 
 from graphwire.processors.metrics import RunnerMetrics
@@ -44,6 +46,9 @@ CopyFailed: TypeAlias = Callable[[str, str, str], None]
 _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _MARGIN_BYTES = 64 * 1024  # room for key, headers and batch overhead next to the value
 _MAX_FAILING_REMEMBERED = 1000
+LINGER_MS = 2.0
+"""How long a batch collects messages (one run's events, and other runs' on its partition)
+before it goes to the producer: short, so a consumer sees a node's event while the run goes on."""
 
 
 def output_limit(configured: int, learned: dict[str, int], topics: list[str]) -> int:
@@ -57,47 +62,202 @@ class PublishFailed(GraphwireError):
     """The broker refused an output for good (not authorised, too large, no such topic)."""
 
 
+class _Batch:
+    """Messages for one topic-partition that go to the producer as one record batch."""
+
+    __slots__ = ("builder", "done", "lane", "timer")
+
+    def __init__(self, builder: Any, lane: _Lane) -> None:
+        self.builder = builder
+        self.lane = lane
+        self.done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        """The batch's ``RecordMetadata`` (its base offset) once acknowledged, or the error."""
+        # An outbox given up on (its request failed) never looks: retrieve, so no warning.
+        self.done.add_done_callback(_ignore_outcome)
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class _Lane:
+    """One topic-partition: the batch taking messages, and full ones waiting to be submitted."""
+
+    __slots__ = ("busy", "open", "partition", "ready", "topic", "wanted")
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.open: _Batch | None = None
+        self.wanted = False
+        """The open batch is due (linger over, or an outbox confirms): submit it next."""
+        self.ready: deque[_Batch] = deque()
+        self.busy = False
+        """A submitter task runs for this lane."""
+
+
+class Batcher:
+    """One open record batch per topic-partition, shared by all the worker's outboxes.
+
+    aiokafka's ``send`` costs a metadata check, a partitioner call and a future per message;
+    here a message is one ``append`` to the open batch of its partition (the one the default
+    partitioner picks for its key). A batch is due ``linger_s`` after its first message (so
+    events stream live while a run goes on), or at once when an outbox confirms; it stays
+    open until the producer takes it, which is when the partition's previous batch left for
+    the broker (the producer holds one unsent batch per partition). So while one produce
+    request is in flight, the messages of every run on that partition gather in one batch.
+    Batches of a partition are submitted in order: a run's messages keep their order.
+    """
+
+    def __init__(self, producer: AIOKafkaProducer, linger_s: float) -> None:
+        self._producer = producer
+        self._linger_s = linger_s
+        self._lanes: dict[tuple[str, int], _Lane] = {}
+        self._submitters: set[asyncio.Future[None]] = set()
+
+    async def partition(self, topic: str, key: bytes | None) -> int:
+        """The partition the producer's default partitioner picks for ``key`` on ``topic``."""
+        if not self._producer.client.cluster.partitions_for_topic(topic):
+            await self._producer.client._wait_on_metadata(topic)  # raises if it never comes
+        return int(self._producer._partition(topic, None, None, None, key, None))
+
+    def append(
+        self, topic: str, partition: int, value: bytes | None, key: bytes | None, headers: Headers
+    ) -> tuple[_Batch, int]:
+        """Add one message to the open batch of ``topic/partition``: the batch and the
+        message's offset within it."""
+        lane = self._lanes.get((topic, partition))
+        if lane is None:
+            lane = self._lanes[(topic, partition)] = _Lane(topic, partition)
+        batch = lane.open
+        if batch is not None:
+            metadata = batch.builder.append(timestamp=None, key=key, value=value, headers=headers)
+            if metadata is not None:
+                return batch, int(metadata.offset)
+            self._close(lane)  # full (the builder closed itself): it goes as it is
+            lane.ready.append(batch)
+            self._wake(lane)
+        batch = lane.open = _Batch(self._producer.create_batch(), lane)
+        # The first message always fits, however large (the value limits bound it).
+        metadata = batch.builder.append(timestamp=None, key=key, value=value, headers=headers)
+        batch.timer = asyncio.get_running_loop().call_later(self._linger_s, self.flush, batch)
+        return batch, int(metadata.offset)
+
+    def flush(self, batch: _Batch) -> None:
+        """``batch`` is due: it goes to the producer as soon as its partition allows."""
+        lane = batch.lane
+        if lane.open is batch:
+            lane.wanted = True
+            self._wake(lane)
+
+    def _close(self, lane: _Lane) -> _Batch:
+        batch = lane.open
+        assert batch is not None
+        lane.open, lane.wanted = None, False
+        if batch.timer is not None:
+            batch.timer.cancel()
+            batch.timer = None
+        batch.builder.close()
+        return batch
+
+    def _wake(self, lane: _Lane) -> None:
+        if not lane.busy:
+            lane.busy = True
+            task = asyncio.ensure_future(self._submit(lane))
+            self._submitters.add(task)  # a reference, so the task is not collected mid-way
+            task.add_done_callback(self._submitters.discard)
+
+    async def _submit(self, lane: _Lane) -> None:
+        """Hand the lane's due batches to the producer, oldest first, until none is due."""
+        try:
+            while lane.ready or (lane.open is not None and lane.wanted):
+                batch = lane.ready.popleft() if lane.ready else self._close(lane)
+                try:
+                    # returns once the producer took it: after the previous batch was drained
+                    future: asyncio.Future[Any] = await self._producer.send_batch(
+                        batch.builder, lane.topic, partition=lane.partition
+                    )
+                except asyncio.CancelledError:
+                    # the loop is closing: a waiting outbox retries, then gives up as stopping
+                    gone = KafkaConnectionError("the batch was not submitted (cancelled)")
+                    for unsent in (batch, *lane.ready):
+                        _fail(unsent, gone)
+                    lane.ready.clear()
+                    raise
+                except Exception as exc:  # the outbox retries or gives up, see Outbox.confirm
+                    _fail(batch, exc)
+                    continue
+                future.add_done_callback(functools.partial(_pass_on, target=batch.done))
+        finally:
+            lane.busy = False
+
+
+def _fail(batch: _Batch, error: BaseException) -> None:
+    if not batch.done.done():
+        batch.done.set_exception(error)
+
+
+def _pass_on(source: asyncio.Future[Any], *, target: asyncio.Future[Any]) -> None:
+    """Settle ``target`` as ``source`` settled."""
+    if target.done():
+        return
+    if source.cancelled():
+        target.cancel()
+    elif (error := source.exception()) is not None:
+        target.set_exception(error)
+    else:
+        target.set_result(source.result())
+
+
+_Entry: TypeAlias = tuple[str, bytes | None, bytes | None, Headers, _Batch, int]
+"""A sent message: topic, value, key, headers, its batch and its offset within the batch."""
+
+
 class Outbox:
     """The messages one request publishes; ``confirm()`` returns once all are acknowledged.
 
-    Sends are pipelined (nothing waits for the broker until ``confirm``); a message whose
-    delivery failed is sent again with backoff until it is acknowledged or the worker stops,
-    in which case ``DependencyUnavailable`` leaves the request uncommitted for redelivery.
+    Sends are batched and pipelined (nothing waits for the broker until ``confirm``, see
+    ``Batcher``); a message whose delivery failed is sent again with backoff until it is
+    acknowledged or the worker stops, in which case ``DependencyUnavailable`` leaves the
+    request uncommitted for redelivery.
     """
 
-    __slots__ = ("_copies", "_metrics", "_producer", "_sent", "_stopping", "acked")
+    __slots__ = (
+        "_batcher", "_copies", "_metrics", "_partitions", "_producer", "_sent", "_stopping",
+        "acked",
+    )
 
     def __init__(
         self,
         producer: AIOKafkaProducer,
         metrics: RunnerMetrics,
         stopping: Callable[[], bool],
+        batcher: Batcher,
     ) -> None:
         self._producer = producer
         self._metrics = metrics
         self._stopping = stopping
+        self._batcher = batcher
         self.acked: dict[str, str] = {}
         """``topic -> "topic/partition/offset"`` of the last acknowledged message per topic."""
-        self._sent: list[tuple[str, bytes | None, bytes | None, Headers, asyncio.Future[Any]]] = []
+        self._sent: list[_Entry] = []
+        self._partitions: dict[tuple[str, bytes | None], int] = {}
+        """A request's messages share a key: its partition is looked up once per topic."""
         self._copies: list[tuple[str, asyncio.Task[tuple[str, str] | None], CopyFailed]] = []
 
     async def send(
         self, topic: str, value: bytes | None, key: bytes | None, headers: Headers
     ) -> None:
-        """Hand one message to the producer (returns before the broker acknowledges it)."""
-        future = await self._send_with_retry(topic, value, key, headers)
-        self._sent.append((topic, value, key, headers, future))
+        """Add one message to its partition's batch (returns before the broker acknowledges
+        it; the batch leaves within the linger, when full, or at ``confirm``)."""
+        partition = self._partitions.get((topic, key))
+        if partition is None:
+            partition = self._partitions[(topic, key)] = await self._partition(topic, key)
+        batch, offset = self._batcher.append(topic, partition, value, key, headers)
+        self._sent.append((topic, value, key, headers, batch, offset))
 
-    async def _send_with_retry(
-        self, topic: str, value: bytes | None, key: bytes | None, headers: Headers
-    ) -> asyncio.Future[Any]:
+    async def _partition(self, topic: str, key: bytes | None) -> int:
         delay = 0.1
         while True:
             try:
-                future: asyncio.Future[Any] = await self._producer.send(
-                    topic, value, key=key, headers=headers
-                )
-                return future
+                return await self._batcher.partition(topic, key)
             except KafkaError as exc:
                 if not _can_succeed_later(exc):
                     raise PublishFailed(
@@ -187,13 +347,19 @@ class Outbox:
     async def _confirm_sent(self) -> None:
         delay = 0.1
         while self._sent:
-            outcomes = await asyncio.gather(*(s[4] for s in self._sent), return_exceptions=True)
-            failed = []
-            for sent, outcome in zip(self._sent, outcomes, strict=True):
-                if isinstance(outcome, BaseException):
-                    failed.append((sent, outcome))
+            batches = list({id(entry[4]): entry[4] for entry in self._sent}.values())
+            for batch in batches:
+                self._batcher.flush(batch)  # no linger: this request waits for them now
+            await asyncio.wait({batch.done for batch in batches})
+            failed: list[tuple[_Entry, BaseException]] = []
+            for entry in self._sent:
+                topic, *_, batch, offset = entry
+                error = batch.done.exception()
+                if error is not None:
+                    failed.append((entry, error))
                 else:
-                    self.acked[sent[0]] = f"{sent[0]}/{outcome.partition}/{outcome.offset}"
+                    acked = batch.done.result()
+                    self.acked[topic] = f"{topic}/{acked.partition}/{acked.offset + offset}"
             self._sent = []
             if not failed:
                 return
@@ -206,7 +372,7 @@ class Outbox:
             self._backoff_or_give_up(failed[0][1], failed[0][0][0])
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))
             delay = min(delay * 2, 5.0)
-            for (topic, value, key, headers, _), _error in failed:
+            for (topic, value, key, headers, *_), _error in failed:
                 await self.send(topic, value, key, headers)
 
 
@@ -252,6 +418,7 @@ class OutputPublisher:
         stopping: Callable[[], bool],
         reply_to_timeout_s: float = 5.0,
         reply_to_backoff_s: float = 60.0,
+        linger_ms: float = LINGER_MS,
     ) -> None:
         self._producer = producer
         self._topics = topics
@@ -260,6 +427,7 @@ class OutputPublisher:
         self._limit = output_limit(max_message_bytes, {}, [])
         self._dlq_limit = self._limit
         self._stopping = stopping
+        self._batcher = Batcher(producer, linger_ms / 1000)
         self._reply_to_timeout_s = reply_to_timeout_s
         self._reply_to_backoff_s = reply_to_backoff_s
         self._own = frozenset({topics.requests, topics.events, topics.dlq})
@@ -313,7 +481,7 @@ class OutputPublisher:
 
     def outbox(self) -> Outbox:
         """A fresh outbox for one request."""
-        return Outbox(self._producer, self._metrics, self._stopping)
+        return Outbox(self._producer, self._metrics, self._stopping, self._batcher)
 
     def encode(self, message: dict[str, Any], big_field: str) -> bytes:
         """Encode an output; one too large for Kafka gets ``big_field`` replaced by a notice."""
