@@ -10,6 +10,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import empty_checkpoint
 from langgraph.graph import END, START, StateGraph
 from typing_extensions import TypedDict
@@ -232,3 +233,58 @@ def test_a_checkpoint_key_of_the_wrong_length_is_refused_without_echoing_it() ->
         "GRAPHWIRE_CHECKPOINT_ENCRYPTION_KEY is 10 bytes; an AES key must be 16, 24 or 32 "
         "bytes (e.g. the output of `openssl rand -hex 16`)"
     )
+
+
+async def test_sync_durability_commits_each_step_before_the_next_starts(
+    saver: GroupCommitSaver, schema: str
+) -> None:
+    """With durability="sync", 16 concurrent runs each see, from another connection at the
+    start of their last node, exactly their 3 earlier checkpoints committed."""
+    seen: dict[str, int] = {}
+    conn = await asyncpg.connect(TEST_DATABASE_URL, server_settings={"search_path": schema})
+    lock = asyncio.Lock()
+
+    async def last(state: _State, config: RunnableConfig) -> dict[str, Any]:
+        thread = config["configurable"]["thread_id"]
+        async with lock:  # one asyncpg connection, one query at a time
+            seen[thread] = await conn.fetchval(
+                "SELECT count(*) FROM checkpoints WHERE thread_id = $1", thread
+            )
+        return {"count": state["count"] + 1}
+
+    builder = StateGraph(_State)
+    builder.add_node("a", lambda state: {"count": state["count"] + 1})
+    builder.add_node("b", last)
+    builder.add_edge(START, "a")
+    builder.add_edge("a", "b")
+    builder.add_edge("b", END)
+    graph = builder.compile(checkpointer=saver)
+    try:
+        await asyncio.gather(*(
+            graph.ainvoke({"items": [], "count": 0},
+                          {"configurable": {"thread_id": f"s-{i}"}}, durability="sync")
+            for i in range(16)
+        ))
+    finally:
+        await conn.close()
+    # input (-1), after __start__ (0), after a (1): all committed before b (step 2) starts
+    assert seen == {f"s-{i}": 3 for i in range(16)}
+
+
+async def test_a_bad_row_fails_only_its_own_caller_not_its_group(
+    saver: GroupCommitSaver,
+) -> None:
+    """Of 32 puts sharing group commits, the one whose JSON PostgreSQL refuses (a NUL in a
+    string) fails with PostgreSQL's error; the 31 others are committed."""
+
+    async def put(i: int) -> None:
+        checkpoint = empty_checkpoint()
+        checkpoint["channel_values"] = {"text": "bad\x00" if i == 5 else f"ok {i}"}
+        await saver.aput({"configurable": {"thread_id": f"b-{i}", "checkpoint_ns": ""}},
+                         checkpoint, {}, {})
+
+    outcomes = await asyncio.gather(*(put(i) for i in range(32)), return_exceptions=True)
+    failed = {i: type(o).__name__ for i, o in enumerate(outcomes) if o is not None}
+    assert failed == {5: "UntranslatableCharacterError"}
+    assert await saver.pool.fetchval("SELECT count(*) FROM checkpoints") == 31
+    assert saver.commits < 31 + 1  # the 31 good ones did not each need their own statement

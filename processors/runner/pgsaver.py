@@ -291,6 +291,8 @@ class GroupCommitSaver(BaseCheckpointSaver[str]):
         self._writer: asyncio.Task[None] | None = None
         self.commits = 0  # group statements sent (for measurements)
         self.committed_ops = 0  # aput/aput_writes/delete calls they carried
+        self.reads = 0  # read queries sent
+        self.skipped_reads = 0  # aget_tuple answered None for a FRESH_THREAD config
 
     # -- setup -------------------------------------------------------------------------------
 
@@ -460,6 +462,7 @@ class GroupCommitSaver(BaseCheckpointSaver[str]):
         checkpoint_ns = configurable.get("checkpoint_ns", "")
         checkpoint_id = get_checkpoint_id(config)
         if configurable.get(FRESH_THREAD) and not checkpoint_ns and not checkpoint_id:
+            self.skipped_reads += 1
             return None  # the caller vouches that nothing was written on this thread yet
         thread_id = configurable["thread_id"]
         if checkpoint_id:
@@ -512,6 +515,7 @@ class GroupCommitSaver(BaseCheckpointSaver[str]):
         """Rows as dicts, with pending sends of pre-v4 checkpoints migrated like upstream."""
         try:
             async with self.pool.acquire(timeout=10) as conn:
+                self.reads += 1
                 rows = [dict(r) for r in await conn.fetch(query, *args)]
                 old = [r for r in rows if r["checkpoint"]["v"] < 4 and r["parent_checkpoint_id"]]
                 if old:
