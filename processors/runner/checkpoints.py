@@ -52,7 +52,13 @@ class CheckpointStore:
                     f"GRAPHWIRE_CHECKPOINT_ENCRYPTION_KEY is {len(raw)} bytes; an AES key must "
                     "be 16, 24 or 32 bytes (e.g. the output of `openssl rand -hex 16`)"
                 )
-            self.serde = EncryptedSerializer.from_pycryptodome_aes(key=raw)
+            try:
+                self.serde = EncryptedSerializer.from_pycryptodome_aes(key=raw)
+            except ImportError:
+                raise GraphwireError(
+                    "GRAPHWIRE_CHECKPOINT_ENCRYPTION_KEY needs pycryptodome: install "
+                    "graphwire[encryption] (or pip install pycryptodome)"
+                ) from None
         self.forget_interval_s = 1.0
         self._forget: set[str] = set()
         self._forgetter: asyncio.Task[None] | None = None

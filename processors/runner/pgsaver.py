@@ -164,12 +164,15 @@ DELETE_THREADS_SQL = (
     "DELETE FROM checkpoint_writes WHERE thread_id = ANY($1::text[])",
 )
 
-# What a lost or refused connection looks like from asyncpg: the server went away
-# (AdminShutdown and friends are OperatorInterventionError), the socket failed (OSError), the
+# What a lost or refused connection looks like from asyncpg: the server went away or cancelled
+# the statement (AdminShutdown, QueryCanceled: OperatorInterventionError), ran out of
+# connections, memory or disk (InsufficientResourcesError), the socket failed (OSError), the
 # pool found no connection in time (TimeoutError), or the connection was closed under us.
+# psycopg's OperationalError, which graphwire treated as an outage before, covers the same.
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
     asyncpg.InterfaceError,
     OSError,
     TimeoutError,
