@@ -288,3 +288,35 @@ async def test_a_bad_row_fails_only_its_own_caller_not_its_group(
     assert failed == {5: "UntranslatableCharacterError"}
     assert await saver.pool.fetchval("SELECT count(*) FROM checkpoints") == 31
     assert saver.commits < 31 + 1  # the 31 good ones did not each need their own statement
+
+
+async def test_a_stalled_database_fills_the_bounded_queue_then_callers_wait(
+    schema: str,
+) -> None:
+    """While another session holds a lock on checkpoints, 100 puts leave at most 8 queued
+    (the rest wait to enqueue) and none returns; after the lock goes, all 100 are committed."""
+    pool = await _schema_pool(schema)
+    saver = GroupCommitSaver(pool, max_queued=8)
+    await saver.setup()
+    blocker = await asyncpg.connect(TEST_DATABASE_URL, server_settings={"search_path": schema})
+    try:
+        lock = blocker.transaction()
+        await lock.start()
+        await blocker.execute("LOCK TABLE checkpoints IN EXCLUSIVE MODE")
+
+        async def put(i: int) -> None:
+            checkpoint = empty_checkpoint()
+            await saver.aput({"configurable": {"thread_id": f"q-{i}", "checkpoint_ns": ""}},
+                             checkpoint, {}, {})
+
+        puts = [asyncio.create_task(put(i)) for i in range(100)]
+        await asyncio.sleep(0.5)
+        assert saver._queue.qsize() == 8  # bounded: the other 91 wait in put (1 is in flight)
+        assert [t.done() for t in puts] == [False] * 100
+        await lock.rollback()
+        await asyncio.wait_for(asyncio.gather(*puts), timeout=10)
+        assert await pool.fetchval("SELECT count(*) FROM checkpoints") == 100
+    finally:
+        await blocker.close()
+        await saver.aclose()
+        await pool.close()

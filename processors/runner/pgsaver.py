@@ -19,6 +19,7 @@ trips each per step, and PostgreSQL plans and commits once per tick instead of o
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import random
@@ -388,7 +389,10 @@ class GroupCommitSaver(BaseCheckpointSaver[str]):
 
     async def _submit(self, op: _Write | _Delete) -> None:
         if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_loop(), name="checkpoint-writer")
+            # an empty context: the writer serves every run, it must not log as the first one
+            self._writer = asyncio.create_task(
+                self._write_loop(), name="checkpoint-writer", context=contextvars.Context()
+            )
         await self._queue.put(op)  # waits while the queue is full: backpressure
         await op.done
 
