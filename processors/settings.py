@@ -110,6 +110,10 @@ class Settings(BaseSettings):
     """PostgreSQL checkpoints: a redelivered request resumes from its last finished step."""
     checkpoint_schema: str | None = Field(default=None, pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     """PostgreSQL schema for the checkpoint tables (default: the connection's search_path)."""
+    checkpoint_encryption_key: SecretStr | None = None
+    """AES key (16, 24 or 32 bytes) encrypting checkpoint values and writes at rest (LangGraph's
+    EncryptedSerializer, AES-EAX); best from the secrets file graphwire_checkpoint_encryption_key.
+    Every worker and CLI reading the checkpoints needs the same key."""
     max_deliveries: int = Field(default=5, ge=1, le=100)
     """A request whose run took its worker down this many times (a crash, out of memory, a
     kill; not a drain on SIGTERM nor a retry after an outage) is not started again: an

@@ -510,3 +510,25 @@ async def test_a_lost_lease_stops_the_run_from_publishing(
     ]
     assert starts == [(1, False), (2, True)]
     assert [e["node"] for e in events if e["type"] == "node"] == ["wait"]
+
+
+async def test_a_fresh_stateless_run_skips_its_checkpoint_read_a_thread_does_not(
+    bootstrap: str, topics: TopicNames, runner: GraphRunner
+) -> None:
+    """Attempt 1 of a stateless request reads no checkpoint (its 4 checkpoints are still
+    written); a request on a thread_id reads its thread's checkpoint once."""
+    store = runner._checkpoints
+    assert store is not None and store.saver is not None
+    saver = store.saver
+    reads, skipped, puts = saver.reads, saver.skipped_reads, saver.committed_ops
+    await produce(bootstrap, topics.requests, [(b"f1", encode(request("fresh-1")))])
+    async with Collector(bootstrap, topics.results) as out:
+        await out.wait_count(topics.results, 1)
+        assert out.values(topics.results)[0]["status"] == "success"
+        assert (saver.reads - reads, saver.skipped_reads - skipped) == (0, 1)
+        assert saver.committed_ops - puts >= 4  # input + 3 nodes: checkpoints still written
+        thread = f"{topics.prefix}-t"
+        await produce(bootstrap, topics.requests,
+                      [(thread.encode(), encode(request("threaded-1", thread_id=thread)))])
+        await out.wait_count(topics.results, 2)
+    assert (saver.reads - reads, saver.skipped_reads - skipped) == (1, 1)

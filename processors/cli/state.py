@@ -22,8 +22,10 @@ async def state_command(args: argparse.Namespace) -> int:
         raise GraphwireError(
             f"unknown graph {args.graph!r}: registered graphs are {', '.join(registry.names())}"
         ) from None
+    key = settings.checkpoint_encryption_key
     async with CheckpointStore(
-        settings.database_url.get_secret_value(), schema=settings.checkpoint_schema
+        settings.database_url.get_secret_value(), schema=settings.checkpoint_schema,
+        encryption_key=key.get_secret_value() if key else None,
     ) as store:
         durable = graph.copy(update={"checkpointer": store.saver})
         snapshot = await durable.aget_state({"configurable": {"thread_id": args.thread_id}})

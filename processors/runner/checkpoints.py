@@ -1,4 +1,4 @@
-"""Checkpoints: LangGraph's PostgreSQL checkpointer over a connection pool.
+"""Checkpoints: the group-commit PostgreSQL checkpointer (pgsaver.py) over an asyncpg pool.
 
 With checkpoints, a request redelivered after a crash resumes from its last finished step:
 nodes that completed (and the LLM calls in them) are not paid for twice. The thread id is the
@@ -10,62 +10,55 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any, Self
+from typing import Self
 
-from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
-from psycopg import AsyncConnection
-from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool
+import asyncpg
+from langgraph.checkpoint.serde.base import SerializerProtocol
+from langgraph.checkpoint.serde.encrypted import EncryptedSerializer
 
-from graphwire.topics.errors import DependencyUnavailable
+from graphwire.processors.runner.pgsaver import GroupCommitSaver, init_connection
+from graphwire.topics.errors import DependencyUnavailable, GraphwireError
 
 log = logging.getLogger(__name__)
 
 _MIGRATION_LOCK = 0x67_77_63_6B  # "gwck": graphwire checkpoint migrations
 
 
-async def _try_lock(conn: AsyncConnection[Any]) -> bool:
-    cursor = await conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (_MIGRATION_LOCK,))
-    row = await cursor.fetchone()
-    return bool(row and row["ok"])
-
-
-class _Unlocked:
-    """An async context manager that does not serialize anything."""
-
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-
-class PooledPostgresSaver(AsyncPostgresSaver):
-    """``AsyncPostgresSaver`` without its instance-wide lock.
-
-    The upstream saver holds one ``asyncio.Lock`` around every database call, so 200 runs in
-    flight take turns on a single checkpoint write at a time, whatever the pool size. Over a
-    connection pool every call gets its own connection, so the lock protects nothing: drop it.
-    On this 2-core machine the worker is CPU-bound either way; the lock matters where each call
-    waits on a network round trip to PostgreSQL (it caps a worker at one call per round trip).
-    """
-
-    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
-        super().__init__(pool)
-        self.lock = _Unlocked()  # type: ignore[assignment]
-
-
 class CheckpointStore:
-    """Owns the pool and the ``AsyncPostgresSaver``; ``setup()`` creates its tables."""
+    """Owns the pool and the ``GroupCommitSaver``; ``start()`` creates its tables."""
 
     def __init__(
-        self, database_url: str, *, schema: str | None = None, pool_size: int = 20
+        self,
+        database_url: str,
+        *,
+        schema: str | None = None,
+        pool_size: int = 20,
+        encryption_key: str | None = None,
     ) -> None:
         self._url = database_url
         self._schema = schema
         self._pool_size = pool_size
-        self._pool: AsyncConnectionPool | None = None
-        self.saver: AsyncPostgresSaver | None = None
+        self._pool: asyncpg.Pool | None = None
+        self.saver: GroupCommitSaver | None = None
+        # With a key, values and writes are stored AES-encrypted (upstream's EncryptedSerializer,
+        # so AsyncPostgresSaver with the same serializer reads them); without one, as LangGraph
+        # stores them. Unencrypted rows written before a key was set still read back.
+        self.serde: SerializerProtocol | None = None
+        if encryption_key is not None:
+            raw = encryption_key.encode()
+            if len(raw) not in (16, 24, 32):
+                # names the length only: the key itself never reaches a log
+                raise GraphwireError(
+                    f"GRAPHWIRE_CHECKPOINT_ENCRYPTION_KEY is {len(raw)} bytes; an AES key must "
+                    "be 16, 24 or 32 bytes (e.g. the output of `openssl rand -hex 16`)"
+                )
+            try:
+                self.serde = EncryptedSerializer.from_pycryptodome_aes(key=raw)
+            except ImportError:
+                raise GraphwireError(
+                    "GRAPHWIRE_CHECKPOINT_ENCRYPTION_KEY needs pycryptodome: install "
+                    "graphwire[encryption] (or pip install pycryptodome)"
+                ) from None
         self.forget_interval_s = 1.0
         self._forget: set[str] = set()
         self._forgetter: asyncio.Task[None] | None = None
@@ -74,46 +67,35 @@ class CheckpointStore:
         """Open the pool, create the schema (if named) and the checkpoint tables."""
         if self._pool is not None:
             return
-        kwargs: dict[str, object] = {
-            "autocommit": True,
-            "prepare_threshold": 0,
-            "row_factory": dict_row,
-            # a server that stops answering must not hang a run or the shutdown
-            "connect_timeout": 5,
-            "keepalives": 1,
-            "keepalives_idle": 10,
-            "keepalives_interval": 5,
-            "keepalives_count": 3,
-        }
-        options = "-c statement_timeout=30000"
+        server_settings = {"statement_timeout": "30000"}
         if self._schema:
-            options += f" -c search_path={self._schema}"
-        kwargs["options"] = options
-        pool = AsyncConnectionPool(
-            self._url, min_size=1, max_size=self._pool_size, kwargs=kwargs, open=False
-        )
+            server_settings["search_path"] = self._schema
         try:
-            await pool.open(wait=True, timeout=10)
+            # timeout: a server that does not answer must not hang the start; command_timeout:
+            # nor a run or the shutdown once started
+            pool = await asyncpg.create_pool(
+                self._url, min_size=1, max_size=self._pool_size, init=init_connection,
+                timeout=5, command_timeout=30, server_settings=server_settings,
+            )
         except Exception as exc:
-            await pool.close()
             raise DependencyUnavailable(
                 f"PostgreSQL for checkpoints does not answer ({type(exc).__name__}: {exc}); "
                 "check GRAPHWIRE_DATABASE_URL or set GRAPHWIRE_CHECKPOINTS=false"
             ) from exc
-        saver = PooledPostgresSaver(pool)
+        saver = GroupCommitSaver(pool, serde=self.serde, inline=self.serde is None)
         try:
             # Replicas start together: one migrates at a time (session advisory lock). Try and
             # poll rather than wait in the lock: a session waiting inside a query would block
             # the migration's CREATE INDEX CONCURRENTLY, which waits for every open query.
-            async with pool.connection() as conn:
-                while not await _try_lock(conn):
+            async with pool.acquire() as conn:
+                while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _MIGRATION_LOCK):
                     await asyncio.sleep(0.2)
                 try:
                     if self._schema:
                         await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self._schema}"')
                     await saver.setup()
                 finally:
-                    await conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
+                    await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
         except Exception as exc:
             await pool.close()
             raise DependencyUnavailable(
@@ -129,8 +111,14 @@ class CheckpointStore:
             await asyncio.gather(self._forgetter, return_exceptions=True)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.flush_forgotten(), timeout=10)
+        if self.saver is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.saver.aclose(), timeout=10)
         if self._pool is not None:
-            await self._pool.close(timeout=5)
+            try:
+                await asyncio.wait_for(self._pool.close(), timeout=5)
+            except TimeoutError:
+                self._pool.terminate()
             self._pool, self.saver = None, None
 
     async def __aenter__(self) -> Self:
@@ -144,8 +132,8 @@ class CheckpointStore:
         """Raise ``DependencyUnavailable`` unless PostgreSQL answers."""
         assert self._pool is not None
         try:
-            async with self._pool.connection(timeout=2) as conn:
-                await conn.execute("SELECT 1")
+            async with self._pool.acquire(timeout=2) as conn:
+                await conn.execute("SELECT 1", timeout=2)
         except Exception as exc:
             raise DependencyUnavailable(f"PostgreSQL does not answer ({exc})") from exc
 
@@ -170,9 +158,9 @@ class CheckpointStore:
             return
         batch, self._forget = list(self._forget), set()
         try:
-            async with self._pool.connection(timeout=5) as conn, conn.transaction():
+            async with self._pool.acquire(timeout=5) as conn, conn.transaction():
                 for table in ("checkpoint_writes", "checkpoint_blobs", "checkpoints"):
-                    await conn.execute(f"DELETE FROM {table} WHERE thread_id = ANY(%s)", (batch,))
+                    await conn.execute(f"DELETE FROM {table} WHERE thread_id = ANY($1)", batch)
         except Exception as exc:  # results are out; leftovers only cost space until pruned
             log.warning("could not delete checkpoints of %d finished runs: %s", len(batch), exc)
 
@@ -182,11 +170,11 @@ class CheckpointStore:
         cutoff_sql = """
             SELECT thread_id FROM checkpoints
             GROUP BY thread_id
-            HAVING max((checkpoint->>'ts')::timestamptz) < now() - make_interval(secs => %s)
+            HAVING max((checkpoint->>'ts')::timestamptz) < now() - make_interval(secs => $1)
         """
-        async with self._pool.connection() as conn, conn.transaction():
-            rows = await (await conn.execute(cutoff_sql, (older_than_s,))).fetchall()
-            threads = [row["thread_id"] for row in rows]  # type: ignore[call-overload]
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(cutoff_sql, float(older_than_s))
+            threads = [row["thread_id"] for row in rows]
             for table in ("checkpoint_writes", "checkpoint_blobs", "checkpoints"):
-                await conn.execute(f"DELETE FROM {table} WHERE thread_id = ANY(%s)", (threads,))
+                await conn.execute(f"DELETE FROM {table} WHERE thread_id = ANY($1)", threads)
         return len(threads)

@@ -15,9 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import psycopg
 from langgraph.runtime import RunControl
-from psycopg_pool import PoolTimeout
 
 from graphwire.graphs.execution import RunOutcome, is_retriable, run_graph
 from graphwire.graphs.registry import GraphOptions
@@ -26,6 +24,7 @@ from graphwire.processors.runner import tracing
 from graphwire.processors.runner.callbacks import RunCallbacks
 from graphwire.processors.runner.checkpoints import CheckpointStore
 from graphwire.processors.runner.dedup import LeaseLost
+from graphwire.processors.runner.pgsaver import FRESH_THREAD, CheckpointDatabaseUnavailable
 from graphwire.processors.runner.publisher import OutputPublisher, Record, header, trace_headers
 from graphwire.processors.settings import Settings
 from graphwire.topics.codec import HEADER_TRACEPARENT, event_dict, result_dict
@@ -159,6 +158,16 @@ class RunExecutor:
         resumed = earlier is not None
         if resumed:
             payload_input, command = None, None
+        # Attempt 1 of a stateless request under dedup needs no checkpoint read: its thread is
+        # its request_id, and anything on it would come from an earlier delivery of the same
+        # request, which the Redis claim would have numbered attempt > 1 (after a done marker
+        # expired, forget_later already deleted the finished thread). Retries within this
+        # delivery (below) and every delivery > 1 still read. Without dedup every delivery says
+        # attempt 1, so nothing is skipped there.
+        first_config = config
+        if attempt == 1 and thread_id is None and self.settings.dedup:
+            first_config = {**config, "configurable": {**config["configurable"],
+                                                       FRESH_THREAD: True}}
         await run_started(resumed)
         control = RunControl()
         self._controls.add(control)
@@ -173,7 +182,7 @@ class RunExecutor:
                     graph,
                     input=payload_input,
                     command=command,
-                    config=config,
+                    config=first_config if try_index == 0 else config,
                     stream=request.stream,
                     timeout_s=request.timeout_s,
                     emit=emit,
@@ -311,5 +320,6 @@ async def _checkpointed_state(graph: Any, config: dict[str, Any]) -> Any:
 
 
 def _is_database_outage(exc: BaseException | None) -> bool:
-    """Connection-level failures of the checkpointer's PostgreSQL (not the graph's own bugs)."""
-    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | PoolTimeout)
+    """Connection-level failures of the checkpointer's PostgreSQL (not the graph's own bugs):
+    GroupCommitSaver wraps every one it sees in CheckpointDatabaseUnavailable."""
+    return isinstance(exc, CheckpointDatabaseUnavailable)

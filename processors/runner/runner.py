@@ -232,8 +232,10 @@ class GraphRunner:
             await self._dedup.start()
             checks["Redis"] = self._dedup.ping
         if s.checkpoints:
+            key = s.checkpoint_encryption_key
             self._checkpoints = CheckpointStore(
-                s.database_url.get_secret_value(), schema=s.checkpoint_schema
+                s.database_url.get_secret_value(), schema=s.checkpoint_schema,
+                encryption_key=key.get_secret_value() if key else None,
             )
             await self._checkpoints.start()
             checks["PostgreSQL"] = self._checkpoints.ping

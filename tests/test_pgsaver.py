@@ -1,0 +1,322 @@
+"""GroupCommitSaver: LangGraph's conformance suite, cross-compatibility with upstream's
+AsyncPostgresSaver, group commits, errors, encryption at rest. Real PostgreSQL, own schemas."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import empty_checkpoint
+from langgraph.graph import END, START, StateGraph
+from typing_extensions import TypedDict
+
+from graphwire.processors.runner.pgsaver import GroupCommitSaver, init_connection
+from tests.conftest import TEST_DATABASE_URL
+
+
+async def _schema_pool(schema: str) -> asyncpg.Pool:
+    admin = await asyncpg.connect(TEST_DATABASE_URL)
+    try:
+        await admin.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+    finally:
+        await admin.close()
+    pool = await asyncpg.create_pool(
+        TEST_DATABASE_URL, min_size=1, max_size=4, init=init_connection,
+        server_settings={"search_path": schema},
+    )
+    assert pool is not None
+    return pool
+
+
+async def _drop(schema: str) -> None:
+    admin = await asyncpg.connect(TEST_DATABASE_URL)
+    try:
+        await admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def schema() -> AsyncIterator[str]:
+    """A schema of this test's own (dropped afterwards)."""
+    name = f"pgsaver_{uuid.uuid4().hex[:10]}"
+    yield name
+    await _drop(name)
+
+
+@pytest.fixture
+async def saver(schema: str) -> AsyncIterator[GroupCommitSaver]:
+    """A set-up GroupCommitSaver in the test's schema."""
+    pool = await _schema_pool(schema)
+    saver = GroupCommitSaver(pool)
+    await saver.setup()
+    yield saver
+    await saver.aclose()
+    await pool.close()
+
+
+async def test_passes_langgraph_checkpoint_conformance_base_capabilities() -> None:
+    """Every base capability of langgraph-checkpoint-conformance passes (put, put_writes,
+    get_tuple, list, delete_thread)."""
+    from langgraph.checkpoint.conformance import checkpointer_test, validate
+
+    @checkpointer_test(name="GroupCommitSaver")
+    async def factory() -> AsyncIterator[GroupCommitSaver]:
+        name = f"pgsaver_conf_{uuid.uuid4().hex[:10]}"
+        pool = await _schema_pool(name)
+        saver = GroupCommitSaver(pool)
+        await saver.setup()
+        try:
+            yield saver
+        finally:
+            await saver.aclose()
+            await pool.close()
+            await _drop(name)
+
+    report = await validate(factory)
+    failed = {
+        cap: [t for t in res.failures]
+        for cap, res in report.results.items()
+        if res.detected and not res.passed
+    }
+    assert failed == {}
+    assert report.passed_all_base()
+
+
+class _State(TypedDict):
+    items: list[str]
+    count: int
+
+
+def _graph() -> Any:
+    def add(name: str) -> Any:
+        def node(state: _State) -> dict[str, Any]:
+            return {"items": [*state["items"], name], "count": state["count"] + 1}
+        return node
+
+    builder = StateGraph(_State)
+    for name in ("a", "b", "c"):
+        builder.add_node(name, add(name))
+    builder.add_edge(START, "a")
+    builder.add_edge("a", "b")
+    builder.add_edge("b", "c")
+    builder.add_edge("c", END)
+    return builder
+
+
+async def test_upstream_and_group_commit_savers_read_each_others_threads(schema: str) -> None:
+    """A thread written by AsyncPostgresSaver reads back identically through GroupCommitSaver,
+    and one written by GroupCommitSaver through AsyncPostgresSaver (same tables)."""
+    from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+    from psycopg import AsyncConnection
+    from psycopg.rows import dict_row
+
+    pool = await _schema_pool(schema)
+    ours = GroupCommitSaver(pool)
+    await ours.setup()
+    conn = await AsyncConnection.connect(
+        TEST_DATABASE_URL, autocommit=True, prepare_threshold=0, row_factory=dict_row,
+        options=f"-c search_path={schema}",
+    )
+    try:
+        theirs = AsyncPostgresSaver(conn)
+        await theirs.setup()  # finds our migrations: nothing to do
+        migrations = await pool.fetchval("SELECT count(*) FROM checkpoint_migrations")
+        assert migrations == 10
+        builder = _graph()
+        for writer, reader in ((theirs, ours), (ours, theirs)):
+            config = {"configurable": {"thread_id": f"t-{uuid.uuid4().hex}"}}
+            out = await builder.compile(checkpointer=writer).ainvoke(
+                {"items": [], "count": 0}, config
+            )
+            assert out == {"items": ["a", "b", "c"], "count": 3}
+            written = [t async for t in writer.alist(config)]
+            read = [t async for t in reader.alist(config)]
+            assert len(read) == len(written) == 5  # input + 3 nodes + start
+            assert [t.checkpoint for t in read] == [t.checkpoint for t in written]
+            assert [t.metadata for t in read] == [t.metadata for t in written]
+            assert [t.parent_config for t in read] == [t.parent_config for t in written]
+            assert [t.pending_writes for t in read] == [t.pending_writes for t in written]
+            state = await builder.compile(checkpointer=reader).aget_state(config)
+            assert state.values == {"items": ["a", "b", "c"], "count": 3}
+    finally:
+        await conn.close()
+        await ours.aclose()
+        await pool.close()
+
+
+async def test_concurrent_puts_share_group_commits(saver: GroupCommitSaver) -> None:
+    """64 runs putting at once commit in far fewer statements than puts, and every
+    checkpoint is there afterwards."""
+    puts = 0
+
+    async def run(i: int) -> None:
+        nonlocal puts
+        config: Any = {"configurable": {"thread_id": f"g-{i}", "checkpoint_ns": ""}}
+        for step in range(5):
+            checkpoint = empty_checkpoint()
+            checkpoint["channel_values"] = {"step": step, "blob": {"i": i}}
+            checkpoint["channel_versions"] = {"step": str(step + 1), "blob": str(step + 1)}
+            config = await saver.aput(config, checkpoint, {"step": step},
+                                      {"step": str(step + 1), "blob": str(step + 1)})
+            puts += 1
+
+    await asyncio.gather(*(run(i) for i in range(64)))
+    assert puts == 320
+    assert saver.committed_ops == 320
+    assert saver.commits <= 320 // 5  # measured ~10: one statement per writer tick
+    rows = await saver.pool.fetchval("SELECT count(*) FROM checkpoints")
+    blobs = await saver.pool.fetchval("SELECT count(*) FROM checkpoint_blobs")
+    assert (rows, blobs) == (320, 320)
+    latest = await saver.aget_tuple({"configurable": {"thread_id": "g-7"}})
+    assert latest is not None
+    assert latest.checkpoint["channel_values"] == {"step": 4, "blob": {"i": 7}}
+    assert latest.metadata == {"step": 4}
+
+
+async def test_encrypted_checkpoints_read_back_only_with_their_key(schema: str) -> None:
+    """With GRAPHWIRE_CHECKPOINT_ENCRYPTION_KEY values and writes are stored AES-encrypted
+    (no plaintext in any row); the same key reads them back, no key or another key fails."""
+    from graphwire.processors.runner.checkpoints import CheckpointStore
+
+    key, other = "k" * 32, "o" * 32
+    config: Any = {"configurable": {"thread_id": f"enc-{uuid.uuid4().hex}"}}
+    secret = "top-secret-value"
+    async with CheckpointStore(TEST_DATABASE_URL, schema=schema, pool_size=2,
+                               encryption_key=key) as store:
+        assert store.saver is not None
+        graph = _graph().compile(checkpointer=store.saver)
+        out = await graph.ainvoke({"items": [secret], "count": 0}, config)
+        assert out == {"items": [secret, "a", "b", "c"], "count": 3}
+    conn = await asyncpg.connect(TEST_DATABASE_URL, server_settings={"search_path": schema})
+    try:
+        blob_types = {r["type"] for r in await conn.fetch("SELECT type FROM checkpoint_blobs")}
+        write_types = {r["type"] for r in await conn.fetch("SELECT type FROM checkpoint_writes")}
+        assert blob_types == {"msgpack+aes", "null+aes"}  # no inline primitives either
+        assert {t.split("+")[1] for t in write_types} == {"aes"}
+        dump = await conn.fetchval(
+            "SELECT string_agg(checkpoint::text, '') FROM checkpoints"
+        )
+        blobs = await conn.fetch(
+            "SELECT blob FROM checkpoint_blobs UNION ALL SELECT blob FROM checkpoint_writes"
+        )
+        assert secret not in dump and '"count": 3' not in dump
+        assert all(secret.encode() not in (r["blob"] or b"") for r in blobs)
+    finally:
+        await conn.close()
+    async with CheckpointStore(TEST_DATABASE_URL, schema=schema, pool_size=2,
+                               encryption_key=key) as store:
+        state = await _graph().compile(checkpointer=store.saver).aget_state(config)
+        assert state.values == {"items": [secret, "a", "b", "c"], "count": 3}
+    for wrong in (None, other):
+        async with CheckpointStore(TEST_DATABASE_URL, schema=schema, pool_size=2,
+                                   encryption_key=wrong) as store:
+            assert store.saver is not None
+            with pytest.raises(Exception) as caught:
+                await store.saver.aget_tuple(config)
+            assert ("MAC check failed" in str(caught.value)) == (wrong is not None)
+
+
+def test_a_checkpoint_key_of_the_wrong_length_is_refused_without_echoing_it() -> None:
+    """A 10-byte key is refused with the lengths AES accepts, and the key is not in the error."""
+    from graphwire.processors.runner.checkpoints import CheckpointStore
+    from graphwire.topics.errors import GraphwireError
+
+    with pytest.raises(GraphwireError) as caught:
+        CheckpointStore(TEST_DATABASE_URL, encryption_key="0123456789")
+    assert str(caught.value) == (
+        "GRAPHWIRE_CHECKPOINT_ENCRYPTION_KEY is 10 bytes; an AES key must be 16, 24 or 32 "
+        "bytes (e.g. the output of `openssl rand -hex 16`)"
+    )
+
+
+async def test_sync_durability_commits_each_step_before_the_next_starts(
+    saver: GroupCommitSaver, schema: str
+) -> None:
+    """With durability="sync", 16 concurrent runs each see, from another connection at the
+    start of their last node, exactly their 3 earlier checkpoints committed."""
+    seen: dict[str, int] = {}
+    conn = await asyncpg.connect(TEST_DATABASE_URL, server_settings={"search_path": schema})
+    lock = asyncio.Lock()
+
+    async def last(state: _State, config: RunnableConfig) -> dict[str, Any]:
+        thread = config["configurable"]["thread_id"]
+        async with lock:  # one asyncpg connection, one query at a time
+            seen[thread] = await conn.fetchval(
+                "SELECT count(*) FROM checkpoints WHERE thread_id = $1", thread
+            )
+        return {"count": state["count"] + 1}
+
+    builder = StateGraph(_State)
+    builder.add_node("a", lambda state: {"count": state["count"] + 1})
+    builder.add_node("b", last)
+    builder.add_edge(START, "a")
+    builder.add_edge("a", "b")
+    builder.add_edge("b", END)
+    graph = builder.compile(checkpointer=saver)
+    try:
+        await asyncio.gather(*(
+            graph.ainvoke({"items": [], "count": 0},
+                          {"configurable": {"thread_id": f"s-{i}"}}, durability="sync")
+            for i in range(16)
+        ))
+    finally:
+        await conn.close()
+    # input (-1), after __start__ (0), after a (1): all committed before b (step 2) starts
+    assert seen == {f"s-{i}": 3 for i in range(16)}
+
+
+async def test_a_bad_row_fails_only_its_own_caller_not_its_group(
+    saver: GroupCommitSaver,
+) -> None:
+    """Of 32 puts sharing group commits, the one whose JSON PostgreSQL refuses (a NUL in a
+    string) fails with PostgreSQL's error; the 31 others are committed."""
+
+    async def put(i: int) -> None:
+        checkpoint = empty_checkpoint()
+        checkpoint["channel_values"] = {"text": "bad\x00" if i == 5 else f"ok {i}"}
+        await saver.aput({"configurable": {"thread_id": f"b-{i}", "checkpoint_ns": ""}},
+                         checkpoint, {}, {})
+
+    outcomes = await asyncio.gather(*(put(i) for i in range(32)), return_exceptions=True)
+    failed = {i: type(o).__name__ for i, o in enumerate(outcomes) if o is not None}
+    assert failed == {5: "UntranslatableCharacterError"}
+    assert await saver.pool.fetchval("SELECT count(*) FROM checkpoints") == 31
+    assert saver.commits < 31 + 1  # the 31 good ones did not each need their own statement
+
+
+async def test_a_stalled_database_fills_the_bounded_queue_then_callers_wait(
+    schema: str,
+) -> None:
+    """While another session holds a lock on checkpoints, 100 puts leave at most 8 queued
+    (the rest wait to enqueue) and none returns; after the lock goes, all 100 are committed."""
+    pool = await _schema_pool(schema)
+    saver = GroupCommitSaver(pool, max_queued=8)
+    await saver.setup()
+    blocker = await asyncpg.connect(TEST_DATABASE_URL, server_settings={"search_path": schema})
+    try:
+        lock = blocker.transaction()
+        await lock.start()
+        await blocker.execute("LOCK TABLE checkpoints IN EXCLUSIVE MODE")
+
+        async def put(i: int) -> None:
+            checkpoint = empty_checkpoint()
+            await saver.aput({"configurable": {"thread_id": f"q-{i}", "checkpoint_ns": ""}},
+                             checkpoint, {}, {})
+
+        puts = [asyncio.create_task(put(i)) for i in range(100)]
+        await asyncio.sleep(0.5)
+        assert saver._queue.qsize() == 8  # bounded: the other 91 wait in put (1 is in flight)
+        assert [t.done() for t in puts] == [False] * 100
+        await lock.rollback()
+        await asyncio.wait_for(asyncio.gather(*puts), timeout=10)
+        assert await pool.fetchval("SELECT count(*) FROM checkpoints") == 100
+    finally:
+        await blocker.close()
+        await saver.aclose()
+        await pool.close()
