@@ -21,6 +21,7 @@ from typing import Any, TypeAlias
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import ConsumerRecord
 
 from graphwire.processors.metrics import RunnerMetrics
@@ -247,6 +248,15 @@ class Outbox:
     ) -> None:
         """Add one message to its partition's batch (returns before the broker acknowledges
         it; the batch leaves within the linger, when full, or at ``confirm``)."""
+        # The check aiokafka's send() makes per message: a batch appended to directly skips it,
+        # and a record over the limit would then be refused by the broker, not here.
+        size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
+        if size > self._producer._max_request_size:
+            raise PublishFailed(
+                f"the producer refused a message for {topic} (MessageSizeTooLargeError: "
+                f"{size} bytes, over max_request_size {self._producer._max_request_size}); "
+                "check the topic and the message size limits"
+            )
         partition = self._partitions.get((topic, key))
         if partition is None:
             partition = self._partitions[(topic, key)] = await self._partition(topic, key)
