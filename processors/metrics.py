@@ -79,6 +79,34 @@ class RunnerMetrics:
             "Runs cancelled by shutdown or revoke after their grace period (redelivered).",
             registry=r,
         )
+        # run control (issue 14): cancels, double-texting
+        self.cancel_requests = Counter(
+            "graphwire_cancel_requests_total",
+            "Cancel messages handled, by what was found: running, pending (not started yet), "
+            "finished (dead-lettered), invalid (dead-lettered), local (no Redis).",
+            ["outcome"],
+            registry=r,
+        )
+        self.run_cancels = Counter(
+            "graphwire_run_cancels_total",
+            "Requests ended cancelled, by action (interrupt, rollback) and cause (cancel, "
+            "multitask).",
+            ["action", "cause"],
+            registry=r,
+        )
+        self.multitask = Counter(
+            "graphwire_multitask_total",
+            "Requests that arrived on a busy thread with a multitask_strategy other than "
+            "enqueue, by strategy (reject: rejected at once; interrupt/rollback: the runs ahead "
+            "were stopped).",
+            ["strategy"],
+            registry=r,
+        )
+        self.forks = Counter(
+            "graphwire_forks_total",
+            "Requests run from an earlier checkpoint of their thread (checkpoint_id).",
+            registry=r,
+        )
 
         self.duplicates = Counter(
             "graphwire_duplicates_skipped_total",

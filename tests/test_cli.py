@@ -79,7 +79,7 @@ def test_bad_input_json_and_bad_settings_say_what_to_fix() -> None:
 
 @pytest.mark.integration
 def test_topics_ensure_is_idempotent(bootstrap: str, prefix: str) -> None:
-    """First run creates the four topics, the second finds them."""
+    """First run creates the five topics, the second finds them."""
     command = ("topics", "ensure", "--partitions", "3", "--bootstrap-servers", bootstrap)
     first, second = (graphwire(*command, "--topic-prefix", prefix) for _ in range(2))
     assert first.returncode == second.returncode == 0
@@ -88,8 +88,9 @@ def test_topics_ensure_is_idempotent(bootstrap: str, prefix: str) -> None:
         [f"{prefix}.events", "created", "partitions=3"],
         [f"{prefix}.results", "created", "partitions=3"],
         [f"{prefix}.dlq", "created", "partitions=1"],
+        [f"{prefix}.control", "created", "partitions=1"],
     ]
-    assert [line.split()[1] for line in second.stdout.splitlines()] == ["exists"] * 4
+    assert [line.split()[1] for line in second.stdout.splitlines()] == ["exists"] * 5
 
 
 @pytest.mark.integration

@@ -15,6 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 CONTRACT_VERSION = 1
 
 StreamMode = Literal["updates", "custom", "messages", "values"]
+MultitaskStrategy = Literal["enqueue", "reject", "interrupt", "rollback"]
+"""What a request does when its thread has a run in progress (LangGraph Platform's names)."""
+CancelAction = Literal["interrupt", "rollback"]
+"""``interrupt`` keeps a cancelled run's checkpointed progress; ``rollback`` deletes it."""
 
 
 class Status(StrEnum):
@@ -30,6 +34,9 @@ class Status(StrEnum):
     """The run took longer than the request's ``timeout_s``."""
     INTERRUPTED = "interrupted"
     """The graph called ``interrupt()``; ``interrupts`` holds the values it asked about."""
+    CANCELLED = "cancelled"
+    """Stopped by a cancel (``<prefix>.control``) or a later request's ``multitask_strategy``
+    (``interrupt``/``rollback``); ``error.message`` says which and what became of its progress."""
 
 
 class EventType(StrEnum):
@@ -102,6 +109,15 @@ class Request(BaseModel):
     step, in the background), ``exit`` (only at the end: fastest, a crash restarts the run)."""
     cache: CacheSpec | None = None
     """Reuse the result of an identical earlier request (same graph, version, input, config)."""
+    multitask_strategy: MultitaskStrategy | None = None
+    """When the thread has a run in progress: ``enqueue`` (the default: run after it),
+    ``reject`` (this request is ``rejected`` at once), ``interrupt`` (stop that run at its next
+    step boundary, keeping its progress, then run this) or ``rollback`` (stop it and delete its
+    progress, then run this). The stopped run ends ``cancelled``. Needs ``thread_id``."""
+    checkpoint_id: str | None = Field(default=None, min_length=1, max_length=256)
+    """Run from this checkpoint of the thread (see ``graphwire history``), forking it as
+    LangGraph does; ``input`` may be left out (re-run from there), ``command.update`` edits the
+    state first. Needs ``thread_id``; an unknown id is ``rejected``."""
 
     @field_validator("request_id")
     @classmethod
@@ -121,8 +137,16 @@ class Request(BaseModel):
 
     @model_validator(mode="after")
     def _input_or_command(self) -> Self:
-        if self.input is None and self.command is None:
+        if self.input is None and self.command is None and self.checkpoint_id is None:
             raise ValueError("give 'input' (an object) or 'command'")
+        if self.thread_id is None:
+            if self.multitask_strategy not in (None, "enqueue"):
+                raise ValueError(
+                    f"multitask_strategy {self.multitask_strategy!r} acts on the run in progress "
+                    "on a thread: set 'thread_id', or leave the strategy out"
+                )
+            if self.checkpoint_id is not None:
+                raise ValueError("checkpoint_id names a checkpoint of a thread: set 'thread_id'")
         return self
 
     @property
@@ -187,3 +211,23 @@ class Result(BaseModel):
     """True when the output was reused from an identical earlier request (nothing ran)."""
     duration_ms: float = Field(ge=0)
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class Control(BaseModel):
+    """A control message, produced to ``<prefix>.control`` keyed by ``request_id``: any producer
+    may send one. Today one kind: cancel a request, wherever it is (running, queued, not
+    fetched yet). A running request stops at its next step boundary; one not started yet
+    runs nothing. Either way its result is ``cancelled``. A cancel for a request that already
+    finished is dead-lettered with the reason."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["cancel"] = "cancel"
+    """What to do (only ``cancel`` for now)."""
+    request_id: str = Field(min_length=1, max_length=128)
+    """The request to cancel."""
+    action: CancelAction = "interrupt"
+    """``interrupt`` keeps the run's checkpointed progress on its thread; ``rollback`` deletes
+    the checkpoints the run wrote (the thread is as it was before the run)."""
+    reason: str | None = Field(default=None, max_length=500)
+    """Why, in a few words (echoed in the cancelled result's message)."""

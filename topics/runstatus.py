@@ -16,6 +16,10 @@ so they share one Redis Cluster slot:
 - ``<ns>:{rid}:result`` a hash (``value``: the result message as published, ``dead_letter``:
   the reason of the dead letter sent with it) written before the result is published and
   deleted with the done marker: a redelivery in between publishes it again instead of running
+- ``<ns>:{rid}:cancel`` a cancel marker (``{"action": "interrupt"|"rollback", "reason": ...}``,
+  TTL ``GRAPHWIRE_DONE_TTL_S``) written by the runner that consumed the cancel from
+  ``<prefix>.control``: the claim of a request not started yet finds it (and runs nothing), the
+  lease renewals of a running one find it (and stop it at its next step boundary)
 
 ``<ns>`` is the topic prefix (``GRAPHWIRE_TOPIC_PREFIX``).
 """
@@ -41,13 +45,17 @@ class RunKeys:
     start: str
     deaths: str
     result: str
+    cancel: str
 
 
 def run_keys(namespace: str, request_id: str) -> RunKeys:
     """The keys the runner uses for ``request_id`` under ``namespace`` (the topic prefix)."""
     base = f"{namespace}:{{{request_id}}}"
     return RunKeys(
-        *(f"{base}:{name}" for name in ("lease", "done", "tries", "start", "deaths", "result"))
+        *(
+            f"{base}:{name}"
+            for name in ("lease", "done", "tries", "start", "deaths", "result", "cancel")
+        )
     )
 
 
@@ -82,6 +90,27 @@ class DoneMarker:
             return topic, int(partition), int(offset)
         except ValueError:
             return None
+
+
+@dataclass(frozen=True, slots=True)
+class CancelMarker:
+    """A cancel asked for a request: how, and why."""
+
+    action: str
+    """``interrupt`` (keep the checkpointed progress) or ``rollback`` (delete it)."""
+    reason: str | None = None
+
+    def encode(self) -> str:
+        """The marker's stored form."""
+        return orjson.dumps({"action": self.action, "reason": self.reason}).decode()
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> CancelMarker:
+        """Read a stored marker."""
+        value = orjson.loads(raw)
+        reason = value.get("reason")
+        action = str(value.get("action", "interrupt"))
+        return cls(action, reason if isinstance(reason, str) else None)
 
 
 @dataclass(frozen=True, slots=True)

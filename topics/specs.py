@@ -16,7 +16,7 @@ class TopicSpec:
 
 @dataclass(frozen=True, slots=True)
 class TopicNames:
-    """The four graphwire topics under one prefix (``GRAPHWIRE_TOPIC_PREFIX``)."""
+    """The graphwire topics under one prefix (``GRAPHWIRE_TOPIC_PREFIX``)."""
 
     prefix: str = "graphwire"
 
@@ -40,8 +40,13 @@ class TopicNames:
         """Dead letters: original bytes and headers plus the reason."""
         return f"{self.prefix}.dlq"
 
+    @property
+    def control(self) -> str:
+        """Control messages in (cancel), keyed by request_id; consumed by the runners' group."""
+        return f"{self.prefix}.control"
+
     def specs(self, partitions: int, replication_factor: int = 1) -> list[TopicSpec]:
-        """Specs for all four topics; requests/events/results share the partition count."""
+        """Specs for all topics; requests/events/results share the partition count."""
         week = str(7 * 24 * 3600 * 1000)
         month = str(30 * 24 * 3600 * 1000)
         return [
@@ -49,4 +54,5 @@ class TopicNames:
             TopicSpec(self.events, partitions, {"retention.ms": week}),
             TopicSpec(self.results, partitions, {"retention.ms": week}),
             TopicSpec(self.dlq, max(1, partitions // 4), {"retention.ms": month}),
+            TopicSpec(self.control, max(1, partitions // 4), {"retention.ms": week}),
         ]

@@ -31,12 +31,19 @@ from redis.exceptions import RedisError
 
 from graphwire.processors.runner.redisbatch import RedisBatcher
 from graphwire.topics.errors import DependencyUnavailable, GraphwireError
-from graphwire.topics.runstatus import RunState, read_run_state, run_keys
+from graphwire.topics.runstatus import (
+    CancelMarker,
+    DoneMarker,
+    RunState,
+    read_run_state,
+    run_keys,
+)
 
 log = logging.getLogger(__name__)
 
-# KEYS: lease, done, tries, start, deaths, result. ARGV: owner, lease_ms, ttl_s, token.
-# -> {"done", status} | {"busy", owner} | {"acquired", attempt, deaths, result, dead_letter}
+# KEYS: lease, done, tries, start, deaths, result, cancel. ARGV: owner, lease_ms, ttl_s, token.
+# -> {"done", status} | {"busy", owner}
+#    | {"acquired", attempt, deaths, result, dead_letter, cancel marker}
 _ACQUIRE = """
 local done = redis.call('GET', KEYS[2])
 if done then return {'done', done} end
@@ -55,15 +62,29 @@ redis.call('SET', KEYS[4], ARGV[4], 'EX', ARGV[3])
 local attempt = redis.call('INCR', KEYS[3])
 redis.call('EXPIRE', KEYS[3], ARGV[3])
 local kept = redis.call('HMGET', KEYS[6], 'value', 'dead_letter')
-return {'acquired', tostring(attempt), tostring(deaths), kept[1] or '', kept[2] or ''}
+local cancel = redis.call('GET', KEYS[7])
+return {'acquired', tostring(attempt), tostring(deaths), kept[1] or '', kept[2] or '',
+        cancel or ''}
 """
 
-# KEYS: lease. ARGV: owner, lease_ms. -> 1 renewed, 0 lost
+# KEYS: lease, cancel. ARGV: owner, lease_ms. -> 1 renewed, 0 lost, or the cancel marker
+# (renewed; a cancel was asked for): the run learns of a cancel in the round trip it makes anyway
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return redis.call('GET', KEYS[2]) or 1
 end
 return 0
+"""
+
+# KEYS: done, cancel, lease. ARGV: marker, ttl_s. -> {first, done marker or '', lease or ''}
+# ``first``: 1 when no cancel was asked for before. A done request gets no marker.
+_MARK_CANCEL = """
+local done = redis.call('GET', KEYS[1])
+if done then return {0, done, ''} end
+local first = redis.call('SET', KEYS[2], ARGV[1], 'NX', 'EX', ARGV[2])
+local lease = redis.call('GET', KEYS[3])
+return {first and 1 or 0, '', lease or ''}
 """
 
 # KEYS: lease, result. ARGV: owner, value, dead_letter, ttl_s. -> 1 kept, 0 lease lost
@@ -76,11 +97,12 @@ redis.call('EXPIRE', KEYS[2], ARGV[4])
 return 1
 """
 
-# KEYS: lease, done, start, result. ARGV: owner, status, ttl_s. Marks done (the start ended,
-# its kept result is now the done marker's pointer), frees the lease if still ours.
+# KEYS: lease, done, start, result, cancel. ARGV: owner, status, ttl_s. Marks done (the start
+# ended, its kept result is now the done marker's pointer; a cancel has nothing left to stop),
+# frees the lease if still ours.
 _COMPLETE = """
 redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
-redis.call('DEL', KEYS[3], KEYS[4])
+redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 """
@@ -121,6 +143,20 @@ class Claim:
     """Earlier starts whose worker died during the run (their lease expired, never released)."""
     kept: KeptResult | None = None
     """The result an earlier start kept: publish it again, do not run."""
+    cancel: CancelMarker | None = None
+    """A cancel asked for before this start: run nothing, the result is ``cancelled``."""
+
+
+@dataclass(frozen=True, slots=True)
+class CancelMark:
+    """The outcome of ``mark_cancel``."""
+
+    first: bool
+    """No cancel of this request was asked for before."""
+    done: DoneMarker | None
+    """The request already finished: there is nothing to cancel."""
+    running_on: str | None
+    """The lease owner of the run in progress, if one runs."""
 
 
 class DedupStore:
@@ -143,6 +179,7 @@ class DedupStore:
         self._batch: RedisBatcher | None = None
         self._held: dict[str, str] = {}
         self._on_lost: dict[str, Callable[[], None]] = {}
+        self._on_cancel: dict[str, Callable[[CancelMarker], None]] = {}
         self._lost: set[str] = set()
         self._renewer: asyncio.Task[None] | None = None
         # This process's mark on the starts it makes: a start marked by anyone else and never
@@ -162,6 +199,7 @@ class DedupStore:
                 "complete": _COMPLETE,
                 "release": _RELEASE,
                 "keep_result": _KEEP_RESULT,
+                "mark_cancel": _MARK_CANCEL,
             },
         )
         await self.ping()
@@ -209,7 +247,8 @@ class DedupStore:
 
     def _keys(self, request_id: str) -> list[str]:
         keys = run_keys(self._ns, request_id)
-        return [keys.lease, keys.done, keys.tries, keys.start, keys.deaths, keys.result]
+        return [keys.lease, keys.done, keys.tries, keys.start, keys.deaths, keys.result,
+                keys.cancel]
 
     async def _call(self, name: str, keys: list[str], args: list[object]) -> object:
         try:
@@ -230,13 +269,34 @@ class DedupStore:
         if state == "acquired":
             value, dead_letter = reply[3], reply[4].decode()
             kept = KeptResult(value, dead_letter or None) if value else None
-            return Claim("acquired", attempt=int(detail), deaths=int(reply[2]), kept=kept)
+            cancel = CancelMarker.decode(reply[5]) if reply[5] else None
+            return Claim("acquired", attempt=int(detail), deaths=int(reply[2]), kept=kept,
+                         cancel=cancel)
         return Claim("done" if state == "done" else "busy", detail=detail)
 
     async def renew(self, request_id: str, owner: str) -> bool:
         """Extend our lease; False if it was lost (expired and taken by another worker)."""
-        keys = self._keys(request_id)[:1]
+        keys = self._renew_keys(request_id)
         return bool(await self._call("renew", keys, [owner, self.lease_ms]))
+
+    def _renew_keys(self, request_id: str) -> list[str]:
+        keys = run_keys(self._ns, request_id)
+        return [keys.lease, keys.cancel]
+
+    async def mark_cancel(self, request_id: str, marker: CancelMarker) -> CancelMark:
+        """Record that ``request_id`` is to be cancelled (for ``done_ttl_s``), unless one was
+        already; says whether it is done (nothing to cancel) or running, and where."""
+        keys = run_keys(self._ns, request_id)
+        reply = await self._call(
+            "mark_cancel", [keys.done, keys.cancel, keys.lease], [marker.encode(), self.done_ttl_s]
+        )
+        assert isinstance(reply, list)
+        done, lease = reply[1], reply[2]
+        return CancelMark(
+            first=bool(reply[0]),
+            done=DoneMarker.decode(done) if done else None,
+            running_on=lease.decode() if lease else None,
+        )
 
     async def keep_result(
         self, request_id: str, owner: str, value: bytes, dead_letter: str | None
@@ -246,15 +306,17 @@ class DedupStore:
         Raises ``LeaseLost`` when the lease is no longer ours: then another start owns the
         request, and this one must publish nothing.
         """
-        lease, *_, result = self._keys(request_id)
+        lease, *_, result, _cancel = self._keys(request_id)
         args = [owner, value, dead_letter or "", self.done_ttl_s]
         if not await self._call("keep_result", [lease, result], args):
             raise LeaseLost(f"lease on {request_id} expired before its result was published")
 
     async def complete(self, request_id: str, owner: str, status: str) -> None:
         """Write the done marker and free the lease."""
-        lease, done, _tries, start, _deaths, result = self._keys(request_id)
-        await self._call("complete", [lease, done, start, result], [owner, status, self.done_ttl_s])
+        lease, done, _tries, start, _deaths, result, cancel = self._keys(request_id)
+        await self._call(
+            "complete", [lease, done, start, result, cancel], [owner, status, self.done_ttl_s]
+        )
 
     async def release(self, request_id: str, owner: str) -> None:
         """Free our lease without marking done (the request will run again): a clean end of
@@ -268,7 +330,9 @@ class DedupStore:
         event positions follow the earlier starts' instead of repeating them."""
         keys = run_keys(self._ns, request_id)
         try:
-            await self.batcher.command("DEL", keys.done, keys.start, keys.deaths, keys.result)
+            await self.batcher.command(
+                "DEL", keys.done, keys.start, keys.deaths, keys.result, keys.cancel
+            )
         except (RedisError, OSError) as exc:
             raise DependencyUnavailable(f"Redis does not answer ({exc})") from exc
 
@@ -276,15 +340,24 @@ class DedupStore:
         """What Redis knows of a request (``graphwire.topics.runstatus.read_run_state``)."""
         return await read_run_state(_BatchedReads(self.batcher), self._ns, request_id)
 
-    def hold(self, request_id: str, owner: str, on_lost: Callable[[], None] | None = None) -> None:
+    def hold(
+        self,
+        request_id: str,
+        owner: str,
+        on_lost: Callable[[], None] | None = None,
+        on_cancel: Callable[[CancelMarker], None] | None = None,
+    ) -> None:
         """Keep renewing our lease on ``request_id`` until ``let_go`` (one renewer for all).
 
         If a renewal finds the lease gone (it expired and was taken), ``on_lost`` is called
-        and ``lost(request_id)`` turns true: the run must stop and publish nothing.
+        and ``lost(request_id)`` turns true: the run must stop and publish nothing. If it finds
+        a cancel marker, ``on_cancel`` is called with it (at every renewal until let go).
         """
         self._held[request_id] = owner
         if on_lost is not None:
             self._on_lost[request_id] = on_lost
+        if on_cancel is not None:
+            self._on_cancel[request_id] = on_cancel
         if self._renewer is None or self._renewer.done():
             self._renewer = asyncio.create_task(self._renew_held())
 
@@ -292,6 +365,7 @@ class DedupStore:
         """Stop renewing the lease on ``request_id``."""
         self._held.pop(request_id, None)
         self._on_lost.pop(request_id, None)
+        self._on_cancel.pop(request_id, None)
         self._lost.discard(request_id)
 
     def lost(self, request_id: str) -> bool:
@@ -310,7 +384,7 @@ class DedupStore:
             script = self.batcher.script
             replies = await asyncio.gather(
                 *(
-                    script("renew", self._keys(request_id)[:1], [owner, self.lease_ms])
+                    script("renew", self._renew_keys(request_id), [owner, self.lease_ms])
                     for request_id, owner in held
                 ),
                 return_exceptions=True,
@@ -320,6 +394,11 @@ class DedupStore:
                 log.warning("could not renew %d leases: %s", len(failed), failed[0])
             for (request_id, _owner), ok in zip(held, replies, strict=True):
                 if isinstance(ok, BaseException):
+                    continue
+                if isinstance(ok, bytes) and request_id in self._held:
+                    on_cancel = self._on_cancel.get(request_id)
+                    if on_cancel is not None:
+                        on_cancel(CancelMarker.decode(ok))
                     continue
                 if not ok and request_id in self._held:
                     log.error(

@@ -23,6 +23,7 @@ from graphwire.processors.metrics import RunnerMetrics
 from graphwire.processors.runner import tracing
 from graphwire.processors.runner.callbacks import RunCallbacks
 from graphwire.processors.runner.checkpoints import CheckpointStore
+from graphwire.processors.runner.control import RunStops, Stop, delete_run_checkpoints
 from graphwire.processors.runner.dedup import LeaseLost
 from graphwire.processors.runner.pgsaver import FRESH_THREAD, CheckpointDatabaseUnavailable
 from graphwire.processors.runner.publisher import OutputPublisher, Record, header, trace_headers
@@ -61,6 +62,8 @@ class RunExecutor:
         self._controls: set[RunControl] = set()
         self._controls_by_request: dict[str, RunControl] = {}
         self._graph_options: dict[int, tuple[Any, GraphOptions]] = {}
+        self.stops = RunStops()
+        """Cancels and double-texting stops asked for on this worker."""
 
     def options(self, graph: Any) -> GraphOptions:
         """The graph's declared options, read once per graph object."""
@@ -158,20 +161,25 @@ class RunExecutor:
         resumed = earlier is not None
         if resumed:
             payload_input, command = None, None
+        fork_config = None
+        if request.checkpoint_id is not None and not resumed:  # time travel: fork from there
+            fork_config, command, earlier = await self._fork(graph, config, request, command)
         # Attempt 1 of a stateless request under dedup needs no checkpoint read: its thread is
         # its request_id, and anything on it would come from an earlier delivery of the same
         # request, which the Redis claim would have numbered attempt > 1 (after a done marker
         # expired, forget_later already deleted the finished thread). Retries within this
         # delivery (below) and every delivery > 1 still read. Without dedup every delivery says
         # attempt 1, so nothing is skipped there.
-        first_config = config
+        first_config = fork_config or config
         if attempt == 1 and thread_id is None and self.settings.dedup:
             first_config = {**config, "configurable": {**config["configurable"],
                                                        FRESH_THREAD: True}}
         await run_started(resumed)
         control = RunControl()
-        self._controls.add(control)
+        if graph.checkpointer is not None:  # shutdown stops only runs another worker resumes
+            self._controls.add(control)
         self._controls_by_request[rid] = control
+        self.stops.started(rid, control)  # a cancel asked for already stops it at once
         self.metrics.active.inc()
         try:
             while True:
@@ -187,7 +195,7 @@ class RunExecutor:
                     timeout_s=request.timeout_s,
                     emit=emit,
                     durability=durability if graph.checkpointer else None,
-                    control=control if graph.checkpointer else None,
+                    control=control,
                 )
                 if graph.checkpointer is not None and _is_database_outage(outcome.exception):
                     raise DependencyUnavailable(
@@ -210,6 +218,10 @@ class RunExecutor:
             self.metrics.active.dec()
             self._controls.discard(control)
             self._controls_by_request.pop(rid, None)
+            self.stops.ended(rid)
+        stop = self.stops.get(rid) if outcome.status == "drained" else None
+        if stop is not None:
+            outcome = await self._cancelled(graph, request, stop)
         if outcome.status == "drained":
             raise DependencyUnavailable(
                 f"{rid} stopped at a step boundary for shutdown; another worker resumes it "
@@ -237,6 +249,9 @@ class RunExecutor:
         if outcome.status == "error":
             assert outcome.error is not None
             dead_letter = f"graph failed: {outcome.error[1]}"
+        elif outcome.status == "rejected":  # an unknown checkpoint_id
+            assert outcome.error is not None
+            dead_letter = outcome.error[1]
         if keep_result is not None:
             await keep_result(result, dead_letter)
         await self._out.send_result(outbox, record, key, result, headers)
@@ -248,6 +263,62 @@ class RunExecutor:
         self.metrics.duration.labels(request.graph).observe(duration_ms / 1000)
         log.debug("run %s in %.1f ms (attempt %d)", outcome.status, duration_ms, attempt)
         return outcome, outbox.acked.get(self._out.results_topic)
+
+    async def _fork(
+        self, graph: Any, config: dict[str, Any], request: Request,
+        command: dict[str, Any] | None,
+    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None, RunOutcome | None]:
+        """The config that runs ``request`` from its ``checkpoint_id`` (after applying
+        ``command.update`` there, as LangGraph's ``update_state`` does), the command left to
+        send, and a ``rejected`` outcome instead when the checkpoint is unknown."""
+        checkpoint_id = request.checkpoint_id
+        if graph.checkpointer is None:
+            return None, command, RunOutcome(status="rejected", error=(
+                "InvalidRequest", "checkpoint_id needs checkpoints: this worker runs with "
+                "GRAPHWIRE_CHECKPOINTS=false"))
+        at = {**config, "configurable": {**config["configurable"], "checkpoint_id": checkpoint_id}}
+        try:
+            found = await graph.checkpointer.aget_tuple(at)
+        except Exception as exc:
+            raise DependencyUnavailable(f"cannot read the checkpoint: {exc}") from exc
+        if found is None:
+            return None, command, RunOutcome(status="rejected", error=(
+                "UnknownCheckpoint",
+                f"thread {request.thread_id!r} has no checkpoint {checkpoint_id!r}: pick one "
+                f"from `graphwire history {request.thread_id} --graph {request.graph}`"))
+        self.metrics.forks.inc()
+        if command and "update" in command:
+            at = await graph.aupdate_state(at, command["update"])
+            at = {**config, "configurable": {**config["configurable"], **at["configurable"]}}
+            command = {k: v for k, v in command.items() if k != "update"} or None
+        return at, command, None
+
+    async def _cancelled(self, graph: Any, request: Request, stop: Stop) -> RunOutcome:
+        """A run stopped at a step boundary by ``stop``: roll its checkpoints back if asked."""
+        rid = request.request_id
+        if stop.action == "rollback" and graph.checkpointer is not None:
+            await self.roll_back(request)
+        self.metrics.run_cancels.labels(stop.action, stop.cause).inc()
+        log.info("%s cancelled (%s, %s)", rid, stop.action, stop.cause)
+        return RunOutcome(
+            status="cancelled", error=("Cancelled", stop.message(request.thread_id, ran=True))
+        )
+
+    async def roll_back(self, request: Request) -> None:
+        """Delete the checkpoints ``request`` wrote on its thread (idempotent)."""
+        if self._checkpoints is None or self._checkpoints.saver is None:
+            return
+        thread = request.thread_id or request.request_id
+        try:
+            deleted = await delete_run_checkpoints(
+                self._checkpoints.saver, thread, request.request_id
+            )
+        except Exception as exc:
+            raise DependencyUnavailable(
+                f"could not roll back {request.request_id} on PostgreSQL: {exc}"
+            ) from exc
+        log.info("rolled back %s: %d checkpoints of thread %s deleted", request.request_id,
+                 deleted, thread)
 
     async def _back_off(self, request_id: str, attempt: int, outcome: RunOutcome) -> None:
         """Sleep before retry ``attempt + 1`` (exponential, jittered); give up on shutdown."""

@@ -24,6 +24,7 @@ from graphwire.processors.logs import bind, trace_id, unbind
 from graphwire.processors.metrics import RunnerMetrics
 from graphwire.processors.runner.cache import ResultCache, cache_key
 from graphwire.processors.runner.checkpoints import CheckpointStore
+from graphwire.processors.runner.control import ControlHandler, Stop
 from graphwire.processors.runner.dedup import Claim, DedupStore, LeaseLost
 from graphwire.processors.runner.gate import DependencyGate
 from graphwire.processors.runner.graphrun import KeepResult, RunExecutor
@@ -52,7 +53,7 @@ from graphwire.topics.errors import (
 )
 from graphwire.topics.models import Request
 from graphwire.topics.positions import event_position
-from graphwire.topics.runstatus import DoneMarker
+from graphwire.topics.runstatus import CancelMarker, DoneMarker
 
 log = logging.getLogger(__name__)
 
@@ -90,20 +91,26 @@ class RequestProcessor:
         self._executor = RunExecutor(
             settings, metrics, out, checkpoints=checkpoints, stopping=stopping
         )
+        self.control = ControlHandler(
+            out, metrics, self._executor.stops, dedup=dedup, gate=gate, stopping=stopping
+        )
+        """Handles the messages of ``<prefix>.control`` (cancels)."""
 
     def drain(self) -> None:
         """Ask every checkpointed run to stop at its next step boundary (on shutdown)."""
         self._executor.drain()
 
-    async def handle(self, record: Record) -> bool:
+    async def handle(self, record: Record, *, busy: str | None = None) -> bool:
         """Process one message to its end; False when it is left uncommitted (for redelivery).
 
         A message left unfinished stops its key: the scheduler drops the key's queued messages,
-        so a later message of the same thread never runs before an earlier one.
+        so a later message of the same thread never runs before an earlier one. ``busy``: the
+        request_id running on the thread of a ``multitask_strategy: reject`` request (which is
+        then rejected, not run).
         """
         while True:
             try:
-                await self._process(record)
+                await self._process(record, busy)
                 return True
             except DependencyUnavailable as exc:
                 if self._gate is not None and not self._stopping():
@@ -136,7 +143,7 @@ class RequestProcessor:
             return False
         return True
 
-    async def _process(self, record: Record) -> None:
+    async def _process(self, record: Record, busy: str | None = None) -> None:
         started = time.perf_counter()
         try:
             request = decode_request(record.value, max_bytes=self.settings.max_request_bytes)
@@ -168,7 +175,7 @@ class RequestProcessor:
                 thread_id=request.thread_id,
             )
             return
-        await self._run(record, request, graph, started)
+        await self._run(record, request, graph, started, busy)
 
     async def _reject(
         self, record: Record, request_id: str, graph: str, error: Exception, label: str,
@@ -194,20 +201,31 @@ class RequestProcessor:
                 return
         await self._out.reject(record, request_id, graph, error, label, started, **fields)
 
-    async def _run(self, record: Record, request: Request, graph: Any, started: float) -> None:
+    async def _run(
+        self, record: Record, request: Request, graph: Any, started: float, busy: str | None
+    ) -> None:
         token = bind(request_id=request.request_id, graph=request.graph,
                      trace_id=trace_id(header(record, HEADER_TRACEPARENT)))
         try:
-            await self._run_bound(record, request, graph, started)
+            await self._run_bound(record, request, graph, started, busy)
         finally:
             unbind(token)
 
     async def _run_bound(
-        self, record: Record, request: Request, graph: Any, started: float
+        self, record: Record, request: Request, graph: Any, started: float, busy: str | None
     ) -> None:
         """Claim the request_id, run (or resume) the graph, publish, then mark it done."""
         rid = request.request_id
+        stops = self._executor.stops
         if self._dedup is None:
+            if busy is not None:
+                await self._publish_busy(record, request, busy, started, 1)
+                return
+            stop = stops.get(rid)
+            if stop is not None:
+                await self._publish_cancelled(record, request, stop, started, 1)
+                stops.forget(rid)
+                return
             status, _ = await self._execute_cached(record, request, graph, started, attempt=1)
             self._forget_checkpoints(request, status)
             return
@@ -226,10 +244,23 @@ class RequestProcessor:
             value = self._out.encode(result, "output")
             await self._through_outage(lambda: dedup.keep_result(rid, owner, value, dead_letter))
 
-        dedup.hold(rid, owner, on_lost=lambda: self._executor.drain_request(rid, "lease lost"))
+        def on_cancel(marker: CancelMarker) -> None:
+            stops.ask(rid, _cancel_stop(marker))
+
+        stop = _cancel_stop(claim.cancel) if claim.cancel is not None else stops.get(rid)
+        dedup.hold(rid, owner, on_lost=lambda: self._executor.drain_request(rid, "lease lost"),
+                   on_cancel=on_cancel)
         try:
             if claim.kept is not None:
                 status, result_at = await self._publish_kept(record, request, claim, started)
+            elif stop is not None:  # cancelled before it started (or before this start)
+                status, result_at = await self._publish_cancelled(
+                    record, request, stop, started, claim.attempt, keep_result
+                )
+            elif busy is not None:
+                status, result_at = await self._publish_busy(
+                    record, request, busy, started, claim.attempt, keep_result
+                )
             else:
                 status, result_at = await self._execute_cached(
                     record,
@@ -244,6 +275,7 @@ class RequestProcessor:
             # outputs are out: only the done marker is missing, so an outage here is waited
             # out (not re-run, which would publish the result twice)
             await self._through_outage(lambda: dedup.complete(rid, owner, marker))
+            stops.forget(rid)
             self._forget_checkpoints(request, status)
         except BaseException:
             with contextlib.suppress(Exception):  # best effort: else the lease just expires
@@ -251,6 +283,87 @@ class RequestProcessor:
             raise
         finally:
             self._dedup.let_go(rid)
+
+    def double_text(self, record: Record, ahead: list[Record]) -> str | None:
+        """A request arrived on a thread with runs ahead of it (``ahead``: the running one
+        first): apply its ``multitask_strategy``. Returns the running request_id when the new
+        one is to be rejected at once (``reject``); None when it queues (``enqueue``, or after
+        asking the runs ahead to stop: ``interrupt``/``rollback``). Only requests that name a
+        strategy are decoded here."""
+        if record.value is None or b"multitask_strategy" not in record.value:
+            return None
+        try:
+            request = decode_request(record.value, max_bytes=self.settings.max_request_bytes)
+        except (InvalidRequest, UndecodableMessage):  # rejected with the reason at its turn
+            return None
+        strategy, thread = request.multitask_strategy, request.thread_id
+        if strategy in (None, "enqueue") or thread is None:
+            return None
+        ahead_ids = [rid for rid in map(_peek_request_id, ahead) if rid is not None]
+        if not ahead_ids:
+            return None
+        self.metrics.multitask.labels(strategy).inc()
+        if strategy == "reject":
+            return ahead_ids[0]
+        assert strategy in ("interrupt", "rollback")
+        why = (f"cancelled: request {request.request_id!r} arrived on thread {thread!r} with "
+               f"multitask_strategy {strategy!r}")
+        for rid in ahead_ids:
+            self._executor.stops.ask(rid, Stop(strategy, "multitask", why))
+        log.info("%s (%s) stops %s", request.request_id, strategy, ", ".join(ahead_ids))
+        return None
+
+    async def _publish_cancelled(
+        self, record: Record, request: Request, stop: Stop, started: float, attempt: int,
+        keep_result: KeepResult | None = None,
+    ) -> tuple[str, str | None]:
+        """A request cancelled before this start ran anything: run nothing, publish
+        ``cancelled``. A rollback of an earlier start's progress is done now."""
+        ran = attempt > 1
+        if ran and stop.action == "rollback":
+            await self._through_outage(lambda: self._executor.roll_back(request))
+        error = ("Cancelled", stop.message(request.thread_id, ran=ran))
+        self.metrics.run_cancels.labels(stop.action, stop.cause).inc()
+        return await self._publish_without_run(
+            record, request, "cancelled", error, started, attempt, keep_result
+        )
+
+    async def _publish_busy(
+        self, record: Record, request: Request, running: str, started: float, attempt: int,
+        keep_result: KeepResult | None = None,
+    ) -> tuple[str, str | None]:
+        """``multitask_strategy: reject`` on a busy thread: ``rejected`` at once, no run."""
+        error = ("ThreadBusy", f"thread {request.thread_id!r} has a run in progress "
+                 f"({running!r}) and this request's multitask_strategy is 'reject': send it "
+                 "again once that run has finished, or with 'enqueue' to wait for it")
+        return await self._publish_without_run(
+            record, request, "rejected", error, started, attempt, keep_result
+        )
+
+    async def _publish_without_run(
+        self, record: Record, request: Request, status: str, error: tuple[str, str],
+        started: float, attempt: int, keep_result: KeepResult | None,
+    ) -> tuple[str, str | None]:
+        rid = request.request_id
+        key, headers, outbox = rid.encode(), trace_headers(record), self._out.outbox()
+        duration_ms = (time.perf_counter() - started) * 1000
+        await self._bookend_events(
+            outbox, request, attempt, headers,
+            {"thread_id": request.thread_id, "worker": self.settings.worker_id,
+             "attempt": attempt, "resumed": False},
+            {"status": status, "duration_ms": round(duration_ms, 3)},
+        )
+        result = result_dict(
+            rid, request.graph, status, error=error, thread_id=request.thread_id,
+            attempts=attempt, duration_ms=duration_ms, metadata=request.metadata,
+        )
+        if keep_result is not None:
+            await keep_result(result, None)
+        await self._out.send_result(outbox, record, key, result, headers)
+        await outbox.confirm()
+        self.metrics.executions.labels(request.graph, status).inc()
+        log.info("%s %s without running: %s", rid, status, error[1])
+        return status, outbox.acked.get(self._out.results_topic)
 
     async def _publish_kept(
         self, record: Record, request: Request, claim: Claim, started: float
@@ -482,3 +595,19 @@ class RequestProcessor:
             self.metrics.lease_waits.inc()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
+
+
+def _cancel_stop(marker: CancelMarker) -> Stop:
+    reason = f" ({marker.reason})" if marker.reason else ""
+    why = f"cancelled by a cancel request{reason}"
+    return Stop("rollback" if marker.action == "rollback" else "interrupt", "cancel", why)
+
+
+def _peek_request_id(record: Record) -> str | None:
+    """The request_id of a queued request message, None when it has none (no JSON)."""
+    try:
+        body = loads(record.value or b"")
+    except ValueError:
+        return None
+    rid = body.get("request_id") if isinstance(body, dict) else None
+    return rid if isinstance(rid, str) else None

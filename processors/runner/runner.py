@@ -91,6 +91,8 @@ class GraphRunner:
         self._topics = settings.topics
         self._tracker = OffsetTracker()
         self._scheduler: KeyScheduler[Record] = KeyScheduler(self._handle)
+        self._control_topic = self._topics.control
+        self._busy: dict[tuple[str, int, int], str] = {}  # multitask "reject": the running rid
         self._slot_freed = asyncio.Event()
         self._stopping = False
         self._started = False
@@ -175,7 +177,9 @@ class GraphRunner:
                 "the broker and the security settings"
             ) from exc
         await out.start(s.bootstrap_servers, **security)
-        self._consumer.subscribe([self._topics.requests], listener=_Rebalance(self))
+        self._consumer.subscribe(
+            [self._topics.requests, self._control_topic], listener=_Rebalance(self)
+        )
         self._started = True
         self._poll_task = self._watched(self._poll_loop(), "poll")
         self._commit_task = self._watched(self._commit_loop(), "commit")
@@ -357,10 +361,18 @@ class GraphRunner:
                 continue
             if tp in held:  # fetched before its stall: the rewind fetches them again
                 continue
+            control = tp.topic == self._control_topic
             for record in records:
                 if not self._tracker.add(tp, record.offset):
                     continue  # finished before its partition was rewound
                 key: Hashable = record.key if record.key is not None else record.offset
+                if control:  # cancels never wait for each other
+                    key = record.offset
+                elif ahead := self._scheduler.ahead(tp, key):  # a busy thread: double-texting
+                    running = self._processor.double_text(record, ahead)
+                    if running is not None:  # "reject": answered now, beside the thread's runs
+                        self._busy[(tp.topic, tp.partition, record.offset)] = running
+                        key = ("busy", record.offset)
                 self._scheduler.submit(tp, key, record)
             if records:  # records of this partition not fetched yet (the fetch's high watermark)
                 highwater = consumer.highwater(tp)
@@ -442,7 +454,12 @@ class GraphRunner:
         """Process one message; mark it finished only when its outputs are acknowledged."""
         tp = TopicPartition(record.topic, record.partition)
         try:
-            finished = await self._processor.handle(record)
+            if record.topic == self._control_topic:
+                finished = await self._processor.control.handle(record)
+            else:
+                busy = (self._busy.pop((tp.topic, tp.partition, record.offset), None)
+                        if self._busy else None)
+                finished = await self._processor.handle(record, busy=busy)
         except Exception:  # the processor ends every message itself; this is a bug guard
             log.exception("internal error on %s/%d/%d", tp.topic, tp.partition, record.offset)
             finished = False

@@ -28,6 +28,7 @@ class KeyScheduler(Generic[T]):
         self._handler = handler
         self._queues: dict[tuple[Hashable, Hashable], deque[T]] = {}
         self._tasks: dict[Hashable, set[asyncio.Task[None]]] = {}
+        self._current: dict[tuple[Hashable, Hashable], T] = {}
 
     def submit(self, group: Hashable, key: Hashable, item: T) -> None:
         """Queue ``item`` behind earlier items of ``key`` (within ``group``), or start it."""
@@ -46,6 +47,7 @@ class KeyScheduler(Generic[T]):
         queue = self._queues[slot]
         try:
             while True:
+                self._current[slot] = item
                 try:
                     finished = await self._handler(item)
                 except Exception:  # the handler ends every item itself; this is a bug guard
@@ -58,6 +60,16 @@ class KeyScheduler(Generic[T]):
                 item = queue.popleft()
         finally:
             del self._queues[slot]
+            self._current.pop(slot, None)
+
+    def ahead(self, group: Hashable, key: Hashable) -> list[T]:
+        """The items a new item of ``key`` would wait for: the running one, then the queued
+        ones (empty when the key is idle)."""
+        queue = self._queues.get((group, key))
+        if queue is None:
+            return []
+        current = self._current.get((group, key))
+        return [current, *queue] if current is not None else list(queue)
 
     def running(self, group: Hashable | None = None) -> set[asyncio.Task[None]]:
         """Tasks working on ``group`` (or on every group)."""
