@@ -244,3 +244,29 @@ gated_builder.add_node("answer", _gated_answer)
 gated_builder.add_edge(START, "answer")
 gated_builder.add_edge("answer", END)
 gated = gated_builder.compile()
+
+
+class ThreadStepsState(TypedDict, total=False):
+    label: str
+    pause: float
+    log: Annotated[list[str], operator.add]
+
+
+def _labelled_step(i: int):  # type: ignore[no-untyped-def]
+    async def step(state: ThreadStepsState) -> ThreadStepsState:
+        await asyncio.sleep(state.get("pause", 0))
+        return {"log": [f"{state.get('label', '?')}{i}"]}
+
+    return step
+
+
+thread_steps_builder = StateGraph(ThreadStepsState)
+for _i in range(1, 5):
+    thread_steps_builder.add_node(f"step{_i}", _labelled_step(_i))
+thread_steps_builder.add_edge(START, "step1")
+for _i in range(1, 4):
+    thread_steps_builder.add_edge(f"step{_i}", f"step{_i + 1}")
+thread_steps_builder.add_edge("step4", END)
+thread_steps = thread_steps_builder.compile()
+"""step1 -> step2 -> step3 -> step4 on a thread, each sleeping ``pause`` s and appending
+``<label><i>`` to ``log``: the final state says which steps of which request took effect."""

@@ -31,9 +31,10 @@ from graphwire.topics.errors import (
     RunRejected,
     RunTimedOut,
 )
-from graphwire.topics.models import Event, Request, Result
+from graphwire.topics.history import CheckpointInfo, read_history
+from graphwire.topics.models import CancelAction, Control, Event, MultitaskStrategy, Request, Result
 from graphwire.topics.positions import next_event
-from graphwire.topics.runstatus import read_done_marker
+from graphwire.topics.runstatus import read_done_marker, read_run_state
 from graphwire.topics.specs import TopicNames
 
 log = logging.getLogger(__name__)
@@ -163,11 +164,14 @@ class GraphwireClient:
         timeout_s: float | None = None,
         reply_to: str | None = None,
         traceparent: str | None = None,
+        multitask_strategy: MultitaskStrategy | None = None,
+        checkpoint_id: str | None = None,
     ) -> str:
         """Produce a request (validated against the contract); returns its request_id."""
         request = self.build_request(
             graph, input, request_id=request_id, thread_id=thread_id, command=command,
             config=config, stream=stream, metadata=metadata, timeout_s=timeout_s,
+            multitask_strategy=multitask_strategy, checkpoint_id=checkpoint_id,
         )
         return await self.submit_request(request, reply_to=reply_to, traceparent=traceparent)
 
@@ -183,6 +187,8 @@ class GraphwireClient:
         stream: Iterable[str] = ("updates",),
         metadata: Mapping[str, Any] | None = None,
         timeout_s: float | None = None,
+        multitask_strategy: MultitaskStrategy | None = None,
+        checkpoint_id: str | None = None,
     ) -> Request:
         """The request ``submit`` would produce, validated but not sent (``ValueError`` when
         the contract refuses it): check a whole batch before submitting any of it."""
@@ -197,6 +203,10 @@ class GraphwireClient:
             "timeout_s": timeout_s,
             "metadata": dict(metadata or {}),
         }
+        if multitask_strategy is not None:
+            body["multitask_strategy"] = multitask_strategy
+        if checkpoint_id is not None:
+            body["checkpoint_id"] = checkpoint_id
         return Request.model_validate(body)
 
     async def submit_request(
@@ -396,6 +406,59 @@ class GraphwireClient:
         return await self.submit(graph, None, thread_id=thread_id, command={"resume": value},
                                  **kwargs)
 
+    async def cancel(
+        self,
+        request_id: str,
+        action: CancelAction = "interrupt",
+        *,
+        reason: str | None = None,
+        force: bool = False,
+    ) -> CancelOutcome:
+        """Cancel ``request_id`` wherever it is: a running run stops at its next step boundary
+        (``interrupt`` keeps its progress, ``rollback`` deletes it), one not started yet runs
+        nothing; its result is ``cancelled``.
+
+        With ``redis_url`` the run status is checked first: a finished request is not sent a
+        cancel (``state="finished"``), nor one nobody knows of (``"unknown"``) unless this
+        client submitted it or ``force`` (it may still be on the requests topic)."""
+        assert self._producer is not None, "call start() or use `async with` first"
+        control = Control(request_id=request_id, action=action, reason=reason)
+        state = "sent"
+        if self._redis_url:
+            from redis.asyncio import Redis
+
+            redis = Redis.from_url(self._redis_url, socket_timeout=5)
+            try:
+                found = await read_run_state(redis, self.topics.prefix, request_id)
+            finally:
+                await redis.aclose()
+            if found is not None and found.state == "done":
+                return CancelOutcome(request_id, "finished", found.status)
+            if found is not None:
+                state = "running"
+            elif force or self.watching(request_id):
+                state = "pending"
+            else:
+                return CancelOutcome(request_id, "unknown")
+        await self.send_control(control)
+        return CancelOutcome(request_id, state)
+
+    async def send_control(self, control: Control) -> None:
+        """Produce a control message to ``<prefix>.control`` (keyed by its request_id)."""
+        assert self._producer is not None, "call start() or use `async with` first"
+        await self._producer.send_and_wait(
+            self.topics.control, dumps(control.model_dump(mode="json")),
+            key=control.request_id.encode(),
+        )
+
+    async def history(
+        self, thread_id: str, *, database_url: str, schema: str | None = None, limit: int = 100
+    ) -> list[CheckpointInfo]:
+        """The thread's checkpoints, newest first, read from the checkpoint tables
+        (``GRAPHWIRE_DATABASE_URL``, ``GRAPHWIRE_CHECKPOINT_SCHEMA``): pass one's
+        ``checkpoint_id`` to ``submit(..., checkpoint_id=...)`` to fork the thread there."""
+        return await read_history(database_url, thread_id, schema=schema, limit=limit)
+
     async def invoke(self, graph: str, input: Mapping[str, Any], **kwargs: Any) -> Result:
         """Submit and wait for the result."""
         timeout = kwargs.pop("wait_timeout", None)
@@ -437,6 +500,29 @@ class GraphwireClient:
         else:
             self._keep_event(rid, Event.model_validate(loads(record.value)))
             self._event_signal[rid].set()
+
+
+class CancelOutcome:
+    """What ``cancel()`` found and did."""
+
+    __slots__ = ("request_id", "state", "status")
+
+    def __init__(self, request_id: str, state: str, status: str | None = None) -> None:
+        self.request_id = request_id
+        self.state = state
+        """``running`` (it stops at its next step boundary), ``pending`` (not started: it runs
+        nothing when reached), ``sent`` (no Redis to check), ``finished`` (nothing sent: it
+        ended ``status``) or ``unknown`` (nothing sent: no store knows the request)."""
+        self.status = status
+        """The final status of a finished request."""
+
+    @property
+    def sent(self) -> bool:
+        """True when a cancel was produced."""
+        return self.state in ("running", "pending", "sent")
+
+    def __repr__(self) -> str:
+        return f"CancelOutcome({self.request_id!r}, {self.state!r}, {self.status!r})"
 
 
 def _raise_for(result: Result) -> None:

@@ -61,6 +61,14 @@ class Client:
         """Resume an interrupted thread; returns the new request's id."""
         return self._call(self._client.resume(thread_id, value, **kwargs))
 
+    def cancel(self, request_id: str, action: str = "interrupt", **kwargs: Any) -> Any:
+        """Cancel a request (``GraphwireClient.cancel``); returns its ``CancelOutcome``."""
+        return self._call(self._client.cancel(request_id, action, **kwargs))  # type: ignore[arg-type]  # checked by the Control model
+
+    def history(self, thread_id: str, **kwargs: Any) -> list[Any]:
+        """A thread's checkpoints, newest first (``GraphwireClient.history``)."""
+        return self._call(self._client.history(thread_id, **kwargs))
+
     def events(self, request_id: str, timeout: float | None = None) -> Iterator[Event]:
         """The request's events in seq order, ending after ``run_finished``; ``timeout`` bounds
         the wait for each event."""
