@@ -21,7 +21,8 @@ from graphwire.topics.errors import DependencyUnavailable
 
 _HISTORY_SQL = (
     "SELECT checkpoint_id, parent_checkpoint_id, checkpoint->'channel_versions', "
-    "checkpoint->'versions_seen', checkpoint->>'ts', metadata FROM checkpoints "
+    "checkpoint->'versions_seen', checkpoint->'updated_channels', checkpoint->>'ts', metadata "
+    "FROM checkpoints "
     "WHERE thread_id = $1 AND checkpoint_ns = '' ORDER BY checkpoint_id DESC LIMIT $2"
 )
 _BRANCH = "branch:to:"
@@ -60,10 +61,25 @@ def _json(value: Any) -> Any:
     return orjson.loads(value) if isinstance(value, str | bytes) else value
 
 
-def _due(channel_versions: dict[str, Any], versions_seen: dict[str, Any]) -> list[str]:
-    """Nodes whose trigger channel has a version they have not seen (LangGraph's rule)."""
+def _counter(version: Any) -> int:
+    try:
+        return int(str(version).split(".")[0])
+    except ValueError:
+        return 0
+
+
+def _due(
+    channel_versions: dict[str, Any], versions_seen: dict[str, Any], updated: list[str] | None
+) -> list[str]:
+    """Nodes whose trigger channel the checkpoint's step wrote, in a version they have not
+    seen. LangGraph lists the written channels (``updated_channels``); where it does not (an
+    update), they are the ones at the step's version, the highest (one version per step)."""
+    if updated is None:
+        top = max((_counter(v) for v in channel_versions.values()), default=0)
+        updated = [c for c, v in channel_versions.items() if _counter(v) == top]
     due = []
-    for channel, version in channel_versions.items():
+    for channel in updated:
+        version = channel_versions.get(channel)
         if channel == _START:
             node = _START
         elif channel.startswith(_BRANCH):
@@ -71,24 +87,29 @@ def _due(channel_versions: dict[str, Any], versions_seen: dict[str, Any]) -> lis
         else:
             continue
         seen = (versions_seen.get(node) or {}).get(channel)
-        if seen is None or str(version) > str(seen):
+        if version is not None and (seen is None or str(version) > str(seen)):
             due.append(node)
     return sorted(due)
 
 
 def history_from_rows(rows: list[Any]) -> list[CheckpointInfo]:
     """``CheckpointInfo`` for rows of ``_HISTORY_SQL`` (newest first)."""
-    nexts: dict[str, list[str]] = {}
+    seen_by_id: dict[str, dict[str, Any]] = {}
     parsed = []
-    for checkpoint_id, parent, versions, seen, ts, metadata in rows:
+    for checkpoint_id, parent, versions, seen, updated, ts, metadata in rows:
         meta = _json(metadata) or {}
-        due = _due(_json(versions) or {}, _json(seen) or {})
-        nexts[checkpoint_id] = due
-        parsed.append((checkpoint_id, parent, ts, meta, due))
+        seen = _json(seen) or {}
+        seen_by_id[checkpoint_id] = seen
+        parsed.append((checkpoint_id, parent, ts, meta, seen,
+                       _due(_json(versions) or {}, seen, _json(updated))))
     out = []
-    for checkpoint_id, parent, ts, meta, due in parsed:
+    for checkpoint_id, parent, ts, meta, seen, due in parsed:
         step = meta.get("step")
         request_id = meta.get("graphwire_request_id")
+        before = seen_by_id.get(parent or "", {})
+        # the nodes that ran in the step that wrote it: those whose seen versions moved
+        ran = sorted(n for n, v in seen.items() if not n.startswith("__")
+                     and v != before.get(n)) if parent in seen_by_id else []
         out.append(CheckpointInfo(
             checkpoint_id=checkpoint_id,
             parent_checkpoint_id=parent,
@@ -96,7 +117,7 @@ def history_from_rows(rows: list[Any]) -> list[CheckpointInfo]:
             source=meta.get("source"),
             created_at=ts,
             request_id=request_id if isinstance(request_id, str) else None,
-            ran=[n for n in nexts.get(parent, []) if n != _START] if parent else [],
+            ran=ran,
             next=[n for n in due if n != _START],
         ))
     return out

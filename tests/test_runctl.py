@@ -1,0 +1,275 @@
+"""Run control on Kafka (issue 14): cancel, multitask_strategy on a thread, time travel."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+
+from graphwire.graphs.registry import GraphRegistry
+from graphwire.processors.runner.runner import GraphRunner
+from graphwire.processors.settings import Settings
+from graphwire.topics.client import GraphwireClient
+from graphwire.topics.history import read_history
+from graphwire.topics.specs import TopicNames
+from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL
+from tests.kafka_helpers import Collector, encode, produce, request
+
+pytestmark = pytest.mark.integration
+
+GRAPHS = "steps=tests.sample_graphs:thread_steps"
+
+
+def steps(request_id: str, thread: str, label: str, pause: float, **fields: Any) -> dict[str, Any]:
+    """A request of the 4-step thread graph."""
+    return request(request_id, graph="steps", thread_id=thread,
+                   input={"label": label, "pause": pause}, **fields)
+
+
+@pytest.fixture
+async def runner(settings: Settings, topics: TopicNames) -> AsyncIterator[GraphRunner]:
+    """An in-process runner of the 4-step thread graph (dedup and checkpoints on)."""
+    async with GraphRunner(settings, GraphRegistry.from_sources(specs=GRAPHS)) as running:
+        yield running
+
+
+@pytest.fixture
+async def client(bootstrap: str, topics: TopicNames) -> AsyncIterator[GraphwireClient]:
+    """A client of this test's topics that checks run status in Redis."""
+    async with GraphwireClient(bootstrap, topic_prefix=topics.prefix,
+                               redis_url=TEST_REDIS_URL) as c:
+        yield c
+
+
+def by_id(out: Collector, topic: str) -> dict[str, Any]:
+    return {v["request_id"]: v for v in out.values(topic)}
+
+
+def events_of(out: Collector, topics: TopicNames, rid: str) -> list[tuple[str, str | None]]:
+    """(type, node) of ``rid``'s events, in order."""
+    return [(e["type"], e["node"]) for e in out.values(topics.events) if e["request_id"] == rid]
+
+
+async def wait_node(out: Collector, topics: TopicNames, rid: str, node: str) -> None:
+    await out.wait_until(lambda: ("node", node) in events_of(out, topics, rid))
+
+
+async def wait_results(out: Collector, topics: TopicNames, *rids: str) -> dict[str, Any]:
+    await out.wait_until(lambda: set(rids) <= set(by_id(out, topics.results)), timeout=60)
+    return by_id(out, topics.results)
+
+
+ALL = ["Z1", "Z2", "Z3", "Z4"]
+
+
+@pytest.mark.parametrize(
+    ("strategy", "first_status", "second_status", "final_log"),
+    [
+        ("enqueue", "success", "success", [*ALL, "A1", "A2", "A3", "A4", "B1", "B2", "B3", "B4"]),
+        ("reject", "success", "rejected", [*ALL, "A1", "A2", "A3", "A4"]),
+        ("interrupt", "cancelled", "success", [*ALL, "A1", "A2", "B1", "B2", "B3", "B4"]),
+        ("rollback", "cancelled", "success", [*ALL, "B1", "B2", "B3", "B4"]),
+    ],
+)
+async def test_multitask_strategy_on_a_busy_thread(
+    bootstrap: str, topics: TopicNames, runner: GraphRunner, strategy: str,
+    first_status: str, second_status: str, final_log: list[str],
+) -> None:
+    """A second request arrives while the first runs its step2: each strategy ends both as
+    Platform users expect, and the final state shows which of the first run's steps held."""
+    thread = f"t-{strategy}"
+    async with Collector(bootstrap, topics.results, topics.events, topics.dlq) as out:
+        await produce(bootstrap, topics.requests,
+                      [(thread.encode(), encode(steps("r0", thread, "Z", 0)))])
+        await wait_results(out, topics, "r0")
+        await produce(bootstrap, topics.requests,
+                      [(thread.encode(), encode(steps("r1", thread, "A", 1.5)))])
+        await wait_node(out, topics, "r1", "step1")  # r1 is in step2 now (1.5 s)
+        second = steps("r2", thread, "B", 0, multitask_strategy=strategy)
+        await produce(bootstrap, topics.requests, [(thread.encode(), encode(second))])
+        results = await wait_results(out, topics, "r1", "r2")
+        order = [v["request_id"] for v in out.values(topics.results)]
+        await asyncio.sleep(0.3)
+        dead = out.values(topics.dlq)
+    r1, r2 = results["r1"], results["r2"]
+    assert (r1["status"], r2["status"]) == (first_status, second_status)
+    last = r2 if second_status == "success" else r1
+    assert last["output"]["log"] == final_log
+    assert dead == []
+    m = runner.metrics.registry.get_sample_value
+    if strategy == "enqueue":
+        assert order == ["r0", "r1", "r2"]
+        assert m("graphwire_multitask_total", {"strategy": "enqueue"}) is None
+        return
+    assert m("graphwire_multitask_total", {"strategy": strategy}) == 1
+    if strategy == "reject":
+        assert order == ["r0", "r2", "r1"]  # rejected at once, while r1 still ran
+        assert r2["error"]["type"] == "ThreadBusy"
+        assert "thread 't-reject' has a run in progress ('r1')" in r2["error"]["message"]
+        assert events_of(out, topics, "r2") == [("run_started", None), ("run_finished", None)]
+        return
+    assert order == ["r0", "r1", "r2"]
+    assert r1["error"]["type"] == "Cancelled"
+    assert r1["error"]["message"].startswith(
+        f"cancelled: request 'r2' arrived on thread '{thread}' with multitask_strategy "
+        f"'{strategy}'"
+    )
+    assert r1["output"] is None
+    assert events_of(out, topics, "r1") == [
+        ("run_started", None), ("node", "step1"), ("node", "step2"), ("run_finished", None)
+    ]
+    assert m("graphwire_run_cancels_total", {"action": strategy, "cause": "multitask"}) == 1
+
+
+async def test_cancel_running_and_queued_requests_of_a_thread(
+    bootstrap: str, topics: TopicNames, runner: GraphRunner, client: GraphwireClient,
+) -> None:
+    """A cancel stops the running request at its next step boundary (progress kept) and a
+    queued one runs nothing; the request behind them runs on the kept state."""
+    thread = "t-cancel"
+    async with Collector(bootstrap, topics.results, topics.events, topics.dlq) as out:
+        await produce(bootstrap, topics.requests, [
+            (thread.encode(), encode(steps("c1", thread, "A", 1.5))),
+            (thread.encode(), encode(steps("c2", thread, "B", 0))),
+            (thread.encode(), encode(steps("c3", thread, "C", 0))),
+        ])
+        await wait_node(out, topics, "c1", "step1")
+        running = await client.cancel("c1", reason="user pressed stop")
+        queued = await client.cancel("c2", force=True)
+        results = await wait_results(out, topics, "c1", "c2", "c3")
+        await asyncio.sleep(0.3)
+        dead = out.values(topics.dlq)
+        finished = await client.cancel("c3")
+        unknown = await client.cancel("never-sent")
+    assert (running.state, queued.state) == ("running", "pending")
+    assert (finished.state, finished.status, finished.sent) == ("finished", "success", False)
+    assert (unknown.state, unknown.sent) == ("unknown", False)
+    assert [results[r]["status"] for r in ("c1", "c2", "c3")] == ["cancelled", "cancelled",
+                                                                  "success"]
+    assert results["c1"]["error"] == {
+        "type": "Cancelled",
+        "message": "cancelled by a cancel request (user pressed stop); the steps it finished "
+                   "are kept on thread 't-cancel' (interrupt)",
+    }
+    assert results["c2"]["error"]["message"] == (
+        "cancelled by a cancel request; it had not started, so nothing ran"
+    )
+    assert events_of(out, topics, "c2") == [("run_started", None), ("run_finished", None)]
+    assert results["c3"]["output"]["log"] == ["A1", "A2", "C1", "C2", "C3", "C4"]
+    assert dead == []
+    m = runner.metrics.registry.get_sample_value
+    assert m("graphwire_cancel_requests_total", {"outcome": "running"}) == 1
+    assert m("graphwire_cancel_requests_total", {"outcome": "pending"}) == 1
+    assert m("graphwire_run_cancels_total", {"action": "interrupt", "cause": "cancel"}) == 2
+
+
+async def test_cancel_of_a_finished_request_and_bad_control_messages_are_dead_lettered(
+    bootstrap: str, topics: TopicNames, runner: GraphRunner,
+) -> None:
+    """Control messages any producer sends: a cancel of a finished request and invalid ones get
+    a dead letter saying why; the control partition keeps moving."""
+    async with Collector(bootstrap, topics.results, topics.dlq) as out:
+        await produce(bootstrap, topics.requests,
+                      [(b"t-done", encode(steps("d1", "t-done", "A", 0)))])
+        await wait_results(out, topics, "d1")
+        await produce(bootstrap, topics.control, [
+            (b"d1", encode({"type": "cancel", "request_id": "d1"})),
+            (b"x", encode({"type": "cancel"})),
+            (b"x", encode({"type": "cancel", "request_id": "d1", "action": "undo"})),
+            (b"x", b"not json"),
+        ])
+        await out.wait_count(topics.dlq, 4)
+        reasons = sorted(dict(r.headers)["x-graphwire-error"].decode()
+                         for r in out.records[topics.dlq])
+    assert reasons == sorted([
+        "cannot cancel 'd1': it already finished (success); nothing to cancel",
+        "invalid control message: request_id: Field required (see `graphwire schema`)",
+        "invalid control message: action: Input should be 'interrupt' or 'rollback' "
+        "(see `graphwire schema`)",
+        'control message is not UTF-8 JSON; produce an object like {"type": "cancel", '
+        '"request_id": "..."}',
+    ])
+    m = runner.metrics.registry.get_sample_value
+    assert m("graphwire_cancel_requests_total", {"outcome": "finished"}) == 1
+    assert m("graphwire_cancel_requests_total", {"outcome": "invalid"}) == 3
+
+
+async def test_bad_run_control_fields_are_rejected_and_the_partition_moves_on(
+    bootstrap: str, topics: TopicNames, runner: GraphRunner,
+) -> None:
+    """An unknown strategy, rollback without a thread, checkpoint_id without a thread and an
+    unknown checkpoint_id: each is rejected with the reason and dead-lettered."""
+    bad = [
+        steps("b1", "t-bad", "A", 0, multitask_strategy="later"),
+        request("b2", graph="steps", input={"label": "A"}, multitask_strategy="rollback"),
+        request("b3", graph="steps", input={"label": "A"}, checkpoint_id="abc"),
+        steps("b4", "t-bad", "A", 0, checkpoint_id="no-such-checkpoint"),
+        steps("b5", "t-bad", "A", 0),
+    ]
+    async with Collector(bootstrap, topics.results, topics.dlq) as out:
+        await produce(bootstrap, topics.requests, [(b"t-bad", encode(b)) for b in bad])
+        results = await wait_results(out, topics, "b1", "b2", "b3", "b4", "b5")
+        await out.wait_count(topics.dlq, 4)
+        dead = sorted(orjson.loads(r.value)["request_id"] for r in out.records[topics.dlq])
+    assert [results[f"b{i}"]["status"] for i in range(1, 6)] == ["rejected"] * 4 + ["success"]
+    assert results["b1"]["error"]["message"] == (
+        "invalid request: multitask_strategy: Input should be 'enqueue', 'reject', 'interrupt' "
+        "or 'rollback'"
+    )
+    assert results["b2"]["error"]["message"] == (
+        "invalid request: request: multitask_strategy 'rollback' acts on the run in progress "
+        "on a thread: set 'thread_id', or leave the strategy out"
+    )
+    assert results["b3"]["error"]["message"] == (
+        "invalid request: request: checkpoint_id names a checkpoint of a thread: set "
+        "'thread_id'"
+    )
+    assert results["b4"]["error"] == {
+        "type": "UnknownCheckpoint",
+        "message": "thread 't-bad' has no checkpoint 'no-such-checkpoint': pick one from "
+                   "`graphwire history t-bad --graph steps`",
+    }
+    assert dead == ["b1", "b2", "b3", "b4"]
+
+
+async def test_fork_from_the_checkpoint_after_step2_reruns_steps_3_and_4_only(
+    bootstrap: str, topics: TopicNames, runner: GraphRunner, prefix: str,
+) -> None:
+    """Run 4 steps, fork from the checkpoint after step2 with an edited label: steps 3 and 4
+    run again (with the edit), 1 and 2 do not; the history shows the branch."""
+    thread = "t-fork"
+    async with Collector(bootstrap, topics.results, topics.events) as out:
+        await produce(bootstrap, topics.requests,
+                      [(thread.encode(), encode(steps("f1", thread, "A", 0)))])
+        await wait_results(out, topics, "f1")
+        before = await read_history(TEST_DATABASE_URL, thread, schema=prefix)
+        after_step2 = next(c for c in before if c.ran == ["step2"])
+        fork = request("f2", graph="steps", thread_id=thread, input=None,
+                       command={"update": {"label": "F"}},
+                       checkpoint_id=after_step2.checkpoint_id)
+        await produce(bootstrap, topics.requests, [(thread.encode(), encode(fork))])
+        results = await wait_results(out, topics, "f2")
+        after = await read_history(TEST_DATABASE_URL, thread, schema=prefix)
+    assert [(c.step, c.source, c.ran, c.next) for c in before] == [
+        (4, "loop", ["step4"], []),
+        (3, "loop", ["step3"], ["step4"]),
+        (2, "loop", ["step2"], ["step3"]),
+        (1, "loop", ["step1"], ["step2"]),
+        (0, "loop", [], ["step1"]),
+        (-1, "input", [], []),
+    ]
+    assert {c.request_id for c in before} == {"f1"}
+    assert results["f2"]["status"] == "success"
+    assert results["f2"]["output"]["log"] == ["A1", "A2", "F3", "F4"]
+    assert events_of(out, topics, "f2") == [
+        ("run_started", None), ("node", "step3"), ("node", "step4"), ("run_finished", None)
+    ]
+    branch = after[: len(after) - len(before)]
+    assert [(c.step, c.source, c.ran, c.request_id) for c in branch] == [
+        (5, "loop", ["step4"], "f2"), (4, "loop", ["step3"], "f2"), (3, "update", [], "f2"),
+    ]
+    assert branch[-1].parent_checkpoint_id == after_step2.checkpoint_id
+    assert runner.metrics.registry.get_sample_value("graphwire_forks_total") == 1
