@@ -273,3 +273,59 @@ async def test_fork_from_the_checkpoint_after_step2_reruns_steps_3_and_4_only(
     ]
     assert branch[-1].parent_checkpoint_id == after_step2.checkpoint_id
     assert runner.metrics.registry.get_sample_value("graphwire_forks_total") == 1
+
+
+async def test_cancel_reaches_runs_on_either_of_two_workers(
+    bootstrap: str, topics: TopicNames, worker_env: dict[str, str], worker_log: Any,
+    prefix: str, client: GraphwireClient,
+) -> None:
+    """Two workers, one control partition: the runs on the worker that does not read the
+    control topic are stopped too (through their lease renewals), at a step boundary;
+    interrupt keeps the steps on the thread, rollback leaves no checkpoint of the run."""
+    from aiokafka import AIOKafkaProducer
+
+    from tests.kafka_helpers import WorkerProcess, wait_for_members
+
+    env = {**worker_env, "GRAPHWIRE_GRAPHS": GRAPHS}
+    workers = [WorkerProcess({**env, "GRAPHWIRE_WORKER_ID": f"w{i}"}, log_path=worker_log).start()
+               for i in range(2)]
+    try:
+        await wait_for_members(bootstrap, env["GRAPHWIRE_GROUP_ID"], 2)
+        rids = [f"w-{p}" for p in range(4)]
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+        await producer.start()
+        try:
+            for p, rid in enumerate(rids):  # one per partition: both workers get two
+                await producer.send_and_wait(topics.requests, encode(steps(rid, rid, "A", 1.5)),
+                                             key=rid.encode(), partition=p)
+        finally:
+            await producer.stop()
+        async with Collector(bootstrap, topics.results, topics.events, topics.dlq) as out:
+            for rid in rids:
+                await wait_node(out, topics, rid, "step1")
+            actions = ["interrupt", "rollback", "interrupt", "rollback"]
+            outcomes = [await client.cancel(rid, action) for rid, action in zip(rids, actions)]
+            results = await wait_results(out, topics, *rids)
+            starts = {e["request_id"]: e["data"]["worker"] for e in out.values(topics.events)
+                      if e["type"] == "run_started"}
+            await asyncio.sleep(0.3)
+            dead = out.values(topics.dlq)
+        assert [o.state for o in outcomes] == ["running"] * 4
+        assert sorted(starts.values()) == ["w0", "w0", "w1", "w1"]
+        assert [results[r]["status"] for r in rids] == ["cancelled"] * 4
+        assert dead == []
+        for rid, action in zip(rids, actions):
+            nodes = [n for t, n in events_of(out, topics, rid) if t == "node"]
+            assert 1 <= len(nodes) < 4 and nodes == [f"step{i}" for i in range(1, len(nodes) + 1)]
+            history = await read_history(TEST_DATABASE_URL, rid, schema=prefix)
+            if action == "rollback":
+                assert history == [], rid
+                assert results[rid]["error"]["message"].endswith(
+                    "the checkpoints it wrote were deleted (rollback)")
+            else:
+                assert history[0].ran == [nodes[-1]] and history[0].next == [
+                    f"step{len(nodes) + 1}"], rid
+        assert [w.terminate() for w in workers] == [0, 0]
+    finally:
+        for w in workers:
+            w.stop()
