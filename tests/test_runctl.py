@@ -329,3 +329,57 @@ async def test_cancel_reaches_runs_on_either_of_two_workers(
     finally:
         for w in workers:
             w.stop()
+
+
+async def _cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    """``graphwire ARGS`` as a child process (the runner in this loop keeps running)."""
+    import os
+    import sys
+
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "graphwire", *args, env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_cli_cancel_outcomes_history_and_fork(
+    bootstrap: str, topics: TopicNames, runner: GraphRunner, worker_env: dict[str, str],
+) -> None:
+    """`graphwire cancel` says finished (exit 4) or unknown (exit 5) and sends nothing;
+    `graphwire history --json` lists the checkpoints; `submit --checkpoint-id` forks."""
+    env = {**worker_env, "GRAPHWIRE_GRAPHS": GRAPHS}
+    async with Collector(bootstrap, topics.results, topics.control) as out:
+        await produce(bootstrap, topics.requests,
+                      [(b"t-cli", encode(steps("h1", "t-cli", "A", 0)))])
+        await wait_results(out, topics, "h1")
+        finished = await _cli(env, "cancel", "h1")
+        unknown = await _cli(env, "cancel", "nope", "--action", "rollback")
+        history = await _cli(env, "history", "t-cli", "--graph", "steps", "--json")
+        rows = [orjson.loads(line) for line in history[1].splitlines()]
+        after_step2 = next(r for r in rows if r["ran"] == ["step2"])
+        fork = await _cli(env, "submit", "steps", "--thread", "t-cli", "--checkpoint-id",
+                          after_step2["checkpoint_id"], "--wait")
+        missing = await _cli(env, "history", "t-none", "--graph", "steps")
+        sent = len(out.records[topics.control])
+    assert finished == (4, "", "graphwire: h1 already finished (success): nothing to cancel\n")
+    assert unknown[0] == 5 and unknown[2].startswith("graphwire: unknown request 'nope'")
+    assert history[0] == 0
+    assert [(r["graph"], r["step"], r["ran"], r["next"], r["request_id"]) for r in rows] == [
+        ("steps", 4, ["step4"], [], "h1"),
+        ("steps", 3, ["step3"], ["step4"], "h1"),
+        ("steps", 2, ["step2"], ["step3"], "h1"),
+        ("steps", 1, ["step1"], ["step2"], "h1"),
+        ("steps", 0, [], ["step1"], "h1"),
+        ("steps", -1, [], [], "h1"),
+    ]
+    assert fork[0] == 0, fork
+    assert orjson.loads(fork[1])["output"]["log"] == ["A1", "A2", "A3", "A4"]
+    assert missing[0] == 1
+    assert missing[2] == (
+        "graphwire: error: no checkpoint for thread 't-none': check the thread id, "
+        "GRAPHWIRE_DATABASE_URL and GRAPHWIRE_CHECKPOINT_SCHEMA\n"
+    )
+    assert sent == 0

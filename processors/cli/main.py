@@ -27,6 +27,7 @@ from graphwire.processors.cli.common import (
 )
 from graphwire.processors.cli.gateway import add_parsers as add_gateway_parsers
 from graphwire.processors.cli.ops import add_parsers as add_ops_parsers
+from graphwire.processors.cli.runctl import add_parsers as add_runctl_parsers
 from graphwire.processors.cli.state import (
     checkpoints_prune_command,
     dlq_list_command,
@@ -106,7 +107,9 @@ async def _submit(args: argparse.Namespace) -> int:
     if not args.graph:
         raise GraphwireError("name the graph to run (see `graphwire graphs`), or give --file")
     settings = settings_from(args)
-    if (args.input is None) == (args.resume is None):
+    if args.input is not None and args.resume is not None or (
+        args.input is None and args.resume is None and not args.checkpoint_id
+    ):
         raise GraphwireError("give --input JSON (a new run) or --resume JSON with --thread")
     if args.resume is not None and not args.thread:
         raise GraphwireError("--resume continues a thread: add --thread THREAD_ID")
@@ -129,6 +132,8 @@ async def _submit(args: argparse.Namespace) -> int:
             command=command,
             stream=stream,
             timeout_s=args.timeout_s,
+            multitask_strategy=args.multitask_strategy,
+            checkpoint_id=args.checkpoint_id,
         )
         print(f"submitted {request_id}", file=sys.stderr)
         if not (args.wait or args.stream):
@@ -230,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--wait-timeout", type=float, default=60.0, help="seconds to wait for the result"
     )
+    p.add_argument("--multitask-strategy", choices=["enqueue", "reject", "interrupt", "rollback"],
+                   help="when the thread has a run in progress (default enqueue)")
+    p.add_argument("--checkpoint-id", help="run from this checkpoint of --thread (a fork)")
     p.set_defaults(func=_submit, is_async=True)
 
     p = sub.add_parser("state", help="print a thread's current state and pending interrupts")
@@ -263,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_traffic_parsers(sub, _kafka_flags)
     add_gateway_parsers(sub, _kafka_flags)
     add_ops_parsers(sub, _kafka_flags)
+    add_runctl_parsers(sub, _kafka_flags)
 
     p = sub.add_parser("graphs", help="list registered graphs and their nodes")
     _graph_flags(p)
