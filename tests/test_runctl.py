@@ -304,7 +304,8 @@ async def test_cancel_reaches_runs_on_either_of_two_workers(
             for rid in rids:
                 await wait_node(out, topics, rid, "step1")
             actions = ["interrupt", "rollback", "interrupt", "rollback"]
-            outcomes = [await client.cancel(rid, action) for rid, action in zip(rids, actions)]
+            outcomes = [await client.cancel(rid, action)
+                        for rid, action in zip(rids, actions, strict=True)]
             results = await wait_results(out, topics, *rids)
             starts = {e["request_id"]: e["data"]["worker"] for e in out.values(topics.events)
                       if e["type"] == "run_started"}
@@ -314,7 +315,7 @@ async def test_cancel_reaches_runs_on_either_of_two_workers(
         assert sorted(starts.values()) == ["w0", "w0", "w1", "w1"]
         assert [results[r]["status"] for r in rids] == ["cancelled"] * 4
         assert dead == []
-        for rid, action in zip(rids, actions):
+        for rid, action in zip(rids, actions, strict=True):
             nodes = [n for t, n in events_of(out, topics, rid) if t == "node"]
             assert 1 <= len(nodes) < 4 and nodes == [f"step{i}" for i in range(1, len(nodes) + 1)]
             history = await read_history(TEST_DATABASE_URL, rid, schema=prefix)

@@ -107,7 +107,7 @@ async def _submit(args: argparse.Namespace) -> int:
     if not args.graph:
         raise GraphwireError("name the graph to run (see `graphwire graphs`), or give --file")
     settings = settings_from(args)
-    if args.input is not None and args.resume is not None or (
+    if (args.input is not None and args.resume is not None) or (
         args.input is None and args.resume is None and not args.checkpoint_id
     ):
         raise GraphwireError("give --input JSON (a new run) or --resume JSON with --thread")

@@ -37,6 +37,7 @@ from graphwire.processors.gateway.models import (
     RunStatus,
     WorkflowRequest,
 )
+from graphwire.processors.gateway.runctl import add_routes as add_runctl_routes
 from graphwire.processors.gateway.sse import event_stream
 from graphwire.processors.settings import Settings
 from graphwire.topics.client import GraphwireClient
@@ -148,6 +149,7 @@ class Gateway:
                 command=body.command,
                 config=body.config.model_dump(exclude_defaults=True),
                 stream=body.stream, metadata=metadata, timeout_s=body.timeout_s,
+                multitask_strategy=body.multitask_strategy, checkpoint_id=body.checkpoint_id,
             )
         except ValueError as exc:  # the contract's validation (pydantic)
             raise HTTPException(422, _contract_error(exc)) from None
@@ -319,6 +321,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                         return_exceptions=True)
         results = [o if isinstance(o, Result) else None for o in outcomes]
         return BatchResponse(request_ids=ids, results=results)
+
+    add_runctl_routes(app, gw)  # cancel, thread history
 
     @app.get("/health")
     async def health() -> dict[str, str]:

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from graphwire.processors.metrics import UNKNOWN
-from graphwire.topics.models import Result, RunConfig, StreamMode
+from graphwire.topics.models import MultitaskStrategy, Result, RunConfig, StreamMode
 
 
 class WorkflowRequest(BaseModel):
@@ -36,6 +36,11 @@ class WorkflowRequest(BaseModel):
     stream: list[StreamMode] = Field(default_factory=lambda: list[StreamMode](["updates"]))
     metadata: dict[str, Any] = Field(default_factory=dict)
     timeout_s: float | None = Field(default=None, gt=0, le=24 * 3600)
+    multitask_strategy: MultitaskStrategy | None = Field(
+        default=None, description="when the thread has a run in progress: enqueue (default), "
+                                  "reject, interrupt or rollback")
+    checkpoint_id: str | None = Field(default=None, min_length=1, max_length=256,
+                                      description="run from this checkpoint of the thread")
 
 
 class Accepted(BaseModel):
@@ -53,7 +58,7 @@ class Accepted(BaseModel):
 class RunStatus(BaseModel):
     request_id: str
     status: str = Field(description="accepted, running, success, error, rejected, timeout, "
-                                    "interrupted")
+                                    "interrupted, cancelled")
     source: Literal["redis", "postgresql"]
     attempts: int | None = None
     requested_at: datetime | None = None
