@@ -384,3 +384,57 @@ async def test_cli_cancel_outcomes_history_and_fork(
         "GRAPHWIRE_DATABASE_URL and GRAPHWIRE_CHECKPOINT_SCHEMA\n"
     )
     assert sent == 0
+
+
+async def test_gateway_cancel_and_thread_history(
+    topics: TopicNames, runner: GraphRunner, worker_env: dict[str, str],
+) -> None:
+    """HTTP: a caller cancels its own running run (202, rollback) and a finished one is 409,
+    another caller's or an unknown one 404; the thread's history is the caller's only."""
+    from tests.gateway_helpers import gateway_settings, serve, token
+
+    me = {"Authorization": f"Bearer {token('runctl-user', ['steps'])}"}
+    other = {"Authorization": f"Bearer {token('someone-else', ['steps'])}"}
+
+    def run(label: str, pause: float, **extra: Any) -> dict[str, Any]:
+        return {"workflow_name": "steps", "thread_id": "t1",
+                "input_data": {"label": label, "pause": pause}, **extra}
+
+    async with serve(gateway_settings(worker_env)) as http:
+        first = (await http.post("/workflow/execute", json=run("A", 1.5), headers=me)).json()
+        rid = first["request_id"]
+        scope = rid.partition(".")[0]
+        for _ in range(100):
+            status = (await http.get(f"/workflow/status/{rid}", headers=me)).json()
+            if status.get("status") == "running":
+                break
+            await asyncio.sleep(0.1)
+        hidden = await http.post(f"/workflow/cancel/{rid}", headers=other)
+        cancel = await http.post(f"/workflow/cancel/{rid}?action=rollback&reason=oops",
+                                 headers=me)
+        ended = await http.post("/workflow/invoke", json=run("B", 0), headers=me)
+        cancelled = await http.get(f"/workflow/status/{rid}", headers=me)
+        again = await http.post(f"/workflow/cancel/{rid}", headers=me)
+        unknown = await http.post(f"/workflow/cancel/{scope}.never", headers=me)
+        bad = await http.post(f"/workflow/cancel/{rid}?action=undo", headers=me)
+        history = await http.get("/workflow/threads/t1/history", headers=me)
+        theirs = await http.get("/workflow/threads/t1/history", headers=other)
+    assert hidden.status_code == 404
+    assert (cancel.status_code, cancel.json()) == (202, {
+        "request_id": rid, "action": "rollback", "state": "running",
+        "status_url": f"/workflow/status/{rid}"})
+    assert ended.json()["output"]["log"] == ["B1", "B2", "B3", "B4"]  # rolled back: no A steps
+    assert cancelled.json()["status"] == "cancelled"
+    assert (again.status_code, again.json()) == (
+        409, {"detail": f"{rid} already finished (cancelled): nothing to cancel"})
+    assert (unknown.status_code, unknown.json()) == (
+        404, {"detail": f"unknown request '{scope}.never'"})
+    assert bad.status_code == 422
+    assert history.status_code == 200
+    rows = history.json()
+    assert [(r["step"], r["ran"], r["request_id"]) for r in rows] == [
+        (4, ["step4"], ended.json()["request_id"]), (3, ["step3"], ended.json()["request_id"]),
+        (2, ["step2"], ended.json()["request_id"]), (1, ["step1"], ended.json()["request_id"]),
+        (0, [], ended.json()["request_id"]), (-1, [], ended.json()["request_id"]),
+    ]
+    assert theirs.status_code == 404
