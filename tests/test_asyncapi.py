@@ -41,7 +41,7 @@ def test_the_document_is_valid_asyncapi_3() -> None:
     document = asyncapi_document("kafka-1:9092")
     assert asyncapi_errors(document) == []
     assert document["servers"]["kafka"]["host"] == "kafka-1:9092"
-    assert sorted(document["channels"]) == ["dlq", "events", "requests", "results"]
+    assert sorted(document["channels"]) == ["control", "dlq", "events", "requests", "results"]
     assert {op["action"] for op in document["operations"].values()} == {"send", "receive"}
 
 
@@ -70,6 +70,14 @@ def payload_validator(name: str) -> jsonschema.Draft202012Validator:
         ("Event", {**event_dict("r1", 0, "node", "g", "n", {}, {}), "seq": -1}, False),
         ("Result", result_dict("r1", "g", "success", output={"a": 1}, duration_ms=2.0), True),
         ("Result", {**result_dict("r1", "g", "success"), "status": "fine"}, False),
+        ("Result", result_dict("r1", "g", "cancelled", error=("Cancelled", "x")), True),
+        ("Control", {"type": "cancel", "request_id": "r1", "action": "rollback"}, True),
+        ("Control", {"type": "cancel", "request_id": "r1", "action": "undo"}, False),
+        ("Control", {"type": "cancel"}, False),
+        ("Request", {"request_id": "r1", "graph": "g", "thread_id": "t", "checkpoint_id": "c",
+                     "multitask_strategy": "interrupt"}, True),
+        ("Request", {"request_id": "r1", "graph": "g", "input": {},
+                     "multitask_strategy": "later"}, False),
     ],
 )
 def test_payload_schemas_accept_real_messages_and_refuse_broken_ones(

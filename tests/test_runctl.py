@@ -438,3 +438,40 @@ async def test_gateway_cancel_and_thread_history(
         (0, [], ended.json()["request_id"]), (-1, [], ended.json()["request_id"]),
     ]
     assert theirs.status_code == 404
+
+
+async def test_kcat_cancel_example(
+    bootstrap: str, topics: TopicNames, runner: GraphRunner, tmp_path: Any,
+) -> None:
+    """examples/kcat/cancel.sh: any producer can cancel; the script prints the cancelled
+    result."""
+    import os
+    import shutil
+
+    if shutil.which("kcat") is None:
+        pytest.skip("kcat is not installed (apt-get install kcat; .ci/run installs it)")
+    import confluent_kafka
+
+    from tests.kafka_helpers import ROOT
+
+    # Debian's kcat links librdkafka 2.0, which the test broker refuses: use the wheel's
+    libs = os.path.join(os.path.dirname(os.path.dirname(confluent_kafka.__file__)),
+                        "confluent_kafka.libs")
+    lib = next(f for f in sorted(os.listdir(libs)) if f.startswith("librdkafka"))
+    (tmp_path / "librdkafka.so.1").symlink_to(os.path.join(libs, lib))
+    env = {**os.environ, "GRAPHWIRE_BOOTSTRAP_SERVERS": bootstrap,
+           "GRAPHWIRE_TOPIC_PREFIX": topics.prefix, "LD_LIBRARY_PATH": str(tmp_path)}
+    async with Collector(bootstrap, topics.events) as out:
+        await produce(bootstrap, topics.requests,
+                      [(b"t-kcat", encode(steps("k1", "t-kcat", "A", 1.5)))])
+        await wait_node(out, topics, "k1", "step1")
+        process = await asyncio.create_subprocess_exec(
+            "sh", str(ROOT / "examples" / "kcat" / "cancel.sh"), "k1", "rollback", env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, stderr
+    assert stderr.decode() == "cancel (rollback) of k1 sent\n"
+    result = orjson.loads(stdout)
+    assert (result["request_id"], result["status"], result["error"]["type"]) == (
+        "k1", "cancelled", "Cancelled")

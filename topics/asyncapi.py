@@ -21,7 +21,7 @@ from graphwire.topics.codec import (
     HEADER_TRACEPARENT,
     HEADER_VALUE_DROPPED,
 )
-from graphwire.topics.models import CONTRACT_VERSION, Event, Request, Result
+from graphwire.topics.models import CONTRACT_VERSION, Control, Event, Request, Result
 
 _KAFKA_BINDING = "0.5.0"
 _EVENTS_CHANNEL = (
@@ -44,7 +44,8 @@ def _version() -> str:
 
 def _schemas() -> dict[str, Any]:
     _, top = models_json_schema(
-        [(Request, "validation"), (Event, "validation"), (Result, "validation")],
+        [(Request, "validation"), (Event, "validation"), (Result, "validation"),
+         (Control, "validation")],
         ref_template="#/components/schemas/{model}",
     )
     schemas: dict[str, Any] = top["$defs"]
@@ -97,6 +98,9 @@ def asyncapi_document(bootstrap_servers: str = "localhost:9092") -> dict[str, An
             "results": _channel("results", "One result per request.", "result"),
             "dlq": _channel("dlq", "Messages graphwire could not run, with the reason.",
                             "deadLetter"),
+            "control": _channel(
+                "control", "Control messages in (cancel a request wherever it is), keyed by "
+                "request_id; a cancel of a finished request is dead-lettered.", "control"),
         },
         "operations": {
             "receiveRequest": {
@@ -104,6 +108,13 @@ def asyncapi_document(bootstrap_servers: str = "localhost:9092") -> dict[str, An
                 "channel": {"$ref": "#/channels/requests"},
                 "summary": "Runs the named graph for each request.",
                 "messages": [{"$ref": "#/channels/requests/messages/request"}],
+            },
+            "receiveControl": {
+                "action": "receive",
+                "channel": {"$ref": "#/channels/control"},
+                "summary": "Cancels a request: it stops at its next step boundary, or runs "
+                           "nothing if not started; its result is `cancelled`.",
+                "messages": [{"$ref": "#/channels/control/messages/control"}],
             },
             "sendEvent": {
                 "action": "send",
@@ -162,6 +173,13 @@ def asyncapi_document(bootstrap_servers: str = "localhost:9092") -> dict[str, An
                     "title": "Result",
                     "payload": {"$ref": "#/components/schemas/Result"},
                     "headers": {"type": "object", "properties": {HEADER_TRACEPARENT: trace}},
+                    "bindings": {"kafka": {"key": _string("request_id"),
+                                           "bindingVersion": _KAFKA_BINDING}},
+                },
+                "control": {
+                    "name": "control",
+                    "title": "Control",
+                    "payload": {"$ref": "#/components/schemas/Control"},
                     "bindings": {"kafka": {"key": _string("request_id"),
                                            "bindingVersion": _KAFKA_BINDING}},
                 },

@@ -6,13 +6,16 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from graphwire.topics.models import CONTRACT_VERSION, Event, Request, Result
+from graphwire.topics.models import CONTRACT_VERSION, Control, Event, Request, Result
 
-SCHEMA_MODELS: dict[str, type[BaseModel]] = {"request": Request, "event": Event, "result": Result}
+SCHEMA_MODELS: dict[str, type[BaseModel]] = {
+    "request": Request, "event": Event, "result": Result, "control": Control,
+}
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:
-    """``{"request": schema, "event": schema, "result": schema}``, draft 2020-12."""
+    """``{"request": schema, "event": schema, "result": schema, "control": schema}``, draft
+    2020-12."""
     out: dict[str, dict[str, Any]] = {}
     for name, model in SCHEMA_MODELS.items():
         schema = model.model_json_schema(mode="validation")
