@@ -475,3 +475,62 @@ async def test_kcat_cancel_example(
     result = orjson.loads(stdout)
     assert (result["request_id"], result["status"], result["error"]["type"]) == (
         "k1", "cancelled", "Cancelled")
+
+
+async def test_audit_tables_record_cancels_and_forks(
+    bootstrap: str, topics: TopicNames, runner: GraphRunner, worker_env: dict[str, str],
+    tmp_path: Any,
+) -> None:
+    """The audit sink records a cancelled run (status, reason, the run_finished event's cancel
+    action) and a fork (its run_started event names the checkpoint it forked from)."""
+    import asyncpg
+
+    from graphwire.processors.audit.db import server_settings
+    from tests.kafka_helpers import WorkerProcess
+
+    env = {**worker_env, "GRAPHWIRE_AUDIT_SCHEMA": topics.prefix,
+           "GRAPHWIRE_AUDIT_GROUP_ID": f"{topics.prefix}-audit",
+           "GRAPHWIRE_AUDIT_BATCH_WITHIN_S": "0.2", "GRAPHWIRE_AUDIT_HTTP_PORT": "0"}
+    sink = WorkerProcess(env, "--migrate", command="audit", log_path=tmp_path / "sink.log")
+    sink.start()
+    try:
+        async with Collector(bootstrap, topics.results, topics.events) as out:
+            await produce(bootstrap, topics.requests, [
+                (b"t-audit", encode(steps("a1", "t-audit", "A", 1.5))),
+            ])
+            await wait_node(out, topics, "a1", "step1")
+            await produce(bootstrap, topics.control, [
+                (b"a1", encode({"type": "cancel", "request_id": "a1", "action": "interrupt"}))
+            ])
+            await wait_results(out, topics, "a1")
+            history = await read_history(TEST_DATABASE_URL, "t-audit", schema=topics.prefix)
+            fork = request("a2", graph="steps", thread_id="t-audit", input=None,
+                           checkpoint_id=history[-1].checkpoint_id)  # the input checkpoint
+            await produce(bootstrap, topics.requests, [(b"t-audit", encode(fork))])
+            await wait_results(out, topics, "a2")
+        db = await asyncpg.connect(TEST_DATABASE_URL,
+                                   server_settings=server_settings(topics.prefix))
+        try:
+            rows: list[Any] = []
+            for _ in range(150):
+                rows = await db.fetch(
+                    "SELECT r.request_id, r.status, r.error->>'type' AS error, "
+                    "(SELECT e.data FROM graphwire_events e WHERE e.request_id = r.request_id "
+                    " AND e.type = 'run_started') AS started, "
+                    "(SELECT e.data FROM graphwire_events e WHERE e.request_id = r.request_id "
+                    " AND e.type = 'run_finished') AS finished "
+                    "FROM graphwire_runs r WHERE r.finished_at IS NOT NULL ORDER BY 1")
+                if len(rows) == 2 and all(r["finished"] for r in rows):
+                    break
+                await asyncio.sleep(0.2)
+        finally:
+            await db.close()
+    finally:
+        sink.stop()
+    a1, a2 = ({**dict(r), "started": orjson.loads(r["started"]),
+               "finished": orjson.loads(r["finished"])} for r in rows)
+    assert (a1["status"], a1["error"]) == ("cancelled", "Cancelled")
+    assert a1["finished"]["cancel"] == {"action": "interrupt", "cause": "cancel"}
+    assert "forked_from" not in a1["started"]
+    assert (a2["status"], a2["finished"]["status"]) == ("success", "success")
+    assert a2["started"]["forked_from"] == history[-1].checkpoint_id

@@ -137,6 +137,8 @@ class RunExecutor:
             """Every try opens with one, at ``i = 0`` of its own base."""
             data = {"thread_id": thread_id, "worker": self.settings.worker_id,
                     "attempt": attempt, "resumed": resumed}
+            if request.checkpoint_id is not None:  # a fork: recorded with the run's events
+                data["forked_from"] = request.checkpoint_id
             await emit("run_started", None, data)
 
         graph = self._durable(request.graph, graph)
@@ -228,9 +230,11 @@ class RunExecutor:
                 "from its checkpoint"
             )
         duration_ms = (time.perf_counter() - started) * 1000
-        await emit(
-            "run_finished", None, {"status": outcome.status, "duration_ms": round(duration_ms, 3)}
-        )
+        finished: dict[str, Any] = {"status": outcome.status,
+                                    "duration_ms": round(duration_ms, 3)}
+        if stop is not None:  # a cancel: recorded with the run's events
+            finished["cancel"] = {"action": stop.action, "cause": stop.cause}
+        await emit("run_finished", None, finished)
         result = result_dict(
             rid,
             request.graph,

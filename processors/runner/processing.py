@@ -325,7 +325,8 @@ class RequestProcessor:
         error = ("Cancelled", stop.message(request.thread_id, ran=ran))
         self.metrics.run_cancels.labels(stop.action, stop.cause).inc()
         return await self._publish_without_run(
-            record, request, "cancelled", error, started, attempt, keep_result
+            record, request, "cancelled", error, started, attempt, keep_result,
+            {"cancel": {"action": stop.action, "cause": stop.cause}},
         )
 
     async def _publish_busy(
@@ -343,6 +344,7 @@ class RequestProcessor:
     async def _publish_without_run(
         self, record: Record, request: Request, status: str, error: tuple[str, str],
         started: float, attempt: int, keep_result: KeepResult | None,
+        finished: dict[str, Any] | None = None,
     ) -> tuple[str, str | None]:
         rid = request.request_id
         key, headers, outbox = rid.encode(), trace_headers(record), self._out.outbox()
@@ -351,7 +353,7 @@ class RequestProcessor:
             outbox, request, attempt, headers,
             {"thread_id": request.thread_id, "worker": self.settings.worker_id,
              "attempt": attempt, "resumed": False},
-            {"status": status, "duration_ms": round(duration_ms, 3)},
+            {"status": status, "duration_ms": round(duration_ms, 3), **(finished or {})},
         )
         result = result_dict(
             rid, request.graph, status, error=error, thread_id=request.thread_id,
