@@ -46,11 +46,12 @@ def test_graphs_lists_names_and_nodes() -> None:
 
 
 def test_schema_writes_valid_json_schema_files(tmp_path: Path) -> None:
-    """`graphwire schema --out DIR` writes request/event/result schemas that are valid 2020-12."""
+    """`graphwire schema --out DIR` writes request/event/result/control schemas, valid 2020-12."""
     out = graphwire("schema", "--out", str(tmp_path))
     assert out.returncode == 0
     files = sorted(p.name for p in tmp_path.iterdir())
-    assert files == ["event.schema.json", "request.schema.json", "result.schema.json"]
+    assert files == ["control.schema.json", "event.schema.json", "request.schema.json",
+                     "result.schema.json"]
     for file in files:
         jsonschema.Draft202012Validator.check_schema(json.loads((tmp_path / file).read_text()))
 
