@@ -183,10 +183,12 @@ def _dev_demo(env: dict[str, str] | None = None) -> tuple[list[str], str]:
 
 def test_dev_demo_shows_events_and_results_of_each_builtin() -> None:
     """The README's run command (`graphwire dev --demo`): every built-in graph, the approval
-    graph interrupted and resumed, every run in the audit table, exit code 0."""
+    graph interrupted and resumed, run control (reject, cancel, history, fork), every run in
+    the audit table, exit code 0."""
     lines, _ = _dev_demo()
     assert [line.split()[1] for line in lines if line.startswith(">>> ")] == [
-        "pipeline", "echo", "slow", "chat", "approval", "resume",
+        "pipeline", "echo", "slow", "chat", "approval", "resume", "reject:", "cancel",
+        "history:", "fork:",
     ]
     assert f"  event {2**32 + 2} node tokenize: {{'tokens': ['hello', 'world']}}" in lines
     assert f"  event {2**32 + 2} custom: {{'tool': 'add', 'a': 19, 'b': 23}}" in lines
@@ -200,7 +202,23 @@ def test_dev_demo_shows_events_and_results_of_each_builtin() -> None:
     assert results[4].startswith("  result interrupted: [{'id': ")
     assert results[5].startswith("  result success: {'topic': 'graphwire', 'draft': ")
     assert results[5].endswith("'approved': True, 'comment': None, 'published': True}")
-    assert "audit: 6 of 6 runs recorded in PostgreSQL (graphwire runs show REQUEST_ID)" in lines
+    assert results[6].startswith("  result rejected: type='ThreadBusy' message=\"thread ")
+    assert results[7].startswith("  result cancelled: type='Cancelled' message='cancelled by a "
+                                 "cancel request (demo); it had not started")
+    assert [line.split(" ", 3)[3] for line in lines if ": ran " in line] == [
+        "step 3 loop: ran count, next -", "step 2 loop: ran tokenize, next count",
+        "step 1 loop: ran normalize, next tokenize", "step 0 loop: ran -, next normalize",
+        "step -1 input: ran -, next -",
+    ]
+    fork = lines.index(next(line for line in lines if line.startswith(">>> fork:")))
+    assert [line.split()[2:4] for line in lines[fork + 1:fork + 5]] == [
+        ["run_started:", "{'thread_id':"], ["node", "tokenize:"], ["node", "count:"],
+        ["run_finished:", "{'status':"],
+    ]
+    assert results[8] == (
+        "  result success: {'text': 'forked text', 'tokens': ['forked', 'text'], 'count': 2}"
+    )
+    assert "audit: 11 of 11 runs recorded in PostgreSQL (graphwire runs show REQUEST_ID)" in lines
 
 
 def test_dev_starts_embedded_redis_and_postgres_when_none_answer() -> None:
@@ -210,7 +228,7 @@ def test_dev_starts_embedded_redis_and_postgres_when_none_answer() -> None:
         "GRAPHWIRE_DATABASE_URL": "postgresql://127.0.0.1:1/postgres",
     })
     assert "(embedded: Redis, PostgreSQL)" in lines[0]
-    assert "audit: 6 of 6 runs recorded in PostgreSQL (graphwire runs show REQUEST_ID)" in lines
+    assert "audit: 11 of 11 runs recorded in PostgreSQL (graphwire runs show REQUEST_ID)" in lines
     data = Path(lines[1].split(" logs ")[1].strip())
     assert data.name.startswith("graphwire-dev-")
     assert not data.exists()

@@ -55,8 +55,11 @@ async def _show(client: GraphwireClient, request_id: str) -> str:
     return str(result.status)
 
 
-async def demo(client: GraphwireClient) -> tuple[bool, list[str]]:
-    """Submit to every built-in graph, print events and results; (all as expected, ids)."""
+async def demo(
+    client: GraphwireClient, database_url: str | None = None, schema: str | None = None
+) -> tuple[bool, list[str]]:
+    """Submit to every built-in graph, print events and results; (all as expected, ids).
+    With ``database_url``, run control too (reject, cancel, history, fork)."""
     ok, ids = True, []
     for graph, payload, stream in DEMO_REQUESTS:
         request_id = await client.submit(graph, payload, stream=stream)
@@ -72,6 +75,13 @@ async def demo(client: GraphwireClient) -> tuple[bool, list[str]]:
     ids.append(request_id)
     print(f"\n>>> resume thread {thread} with {{'approved': True}}", flush=True)
     ok &= await _show(client, request_id) == "success"
+    if database_url is not None:
+        from graphwire.processors.dev.runctl_demo import run_control_demo
+
+        control_ok, control_ids = await run_control_demo(
+            client, _show, thread, database_url, schema
+        )
+        ok, ids = ok and control_ok, ids + control_ids
     return ok, ids
 
 
@@ -236,9 +246,10 @@ async def run_dev(
         ok = True
         if demo_requests:
             async with GraphwireClient(
-                broker.bootstrap_servers, topic_prefix=base.topic_prefix
+                broker.bootstrap_servers, topic_prefix=base.topic_prefix,
+                redis_url=services.redis_url,
             ) as client:
-                ok, ids = await demo(client)
+                ok, ids = await demo(client, services.database_url, base.checkpoint_schema)
             recorded = await _audited(services.database_url, ids)
             print(f"\naudit: {recorded} of {len(ids)} runs recorded in PostgreSQL "
                   "(graphwire runs show REQUEST_ID)", flush=True)
