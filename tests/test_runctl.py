@@ -534,3 +534,41 @@ async def test_audit_tables_record_cancels_and_forks(
     assert "forked_from" not in a1["started"]
     assert (a2["status"], a2["finished"]["status"]) == ("success", "success")
     assert a2["started"]["forked_from"] == history[-1].checkpoint_id
+
+
+async def test_cancel_survives_the_crash_of_the_worker_running_it(
+    bootstrap: str, topics: TopicNames, worker_env: dict[str, str], worker_log: Any,
+    prefix: str, client: GraphwireClient,
+) -> None:
+    """The worker running a request is SIGKILLed, the cancel (rollback) is sent while no worker
+    is up: the next worker ends the request cancelled (attempt 2) and deletes what the dead
+    one checkpointed."""
+    from tests.kafka_helpers import WorkerProcess
+
+    env = {**worker_env, "GRAPHWIRE_GRAPHS": GRAPHS}
+    first = WorkerProcess({**env, "GRAPHWIRE_WORKER_ID": "first"}, log_path=worker_log).start()
+    second = None
+    try:
+        async with Collector(bootstrap, topics.results, topics.events, topics.dlq) as out:
+            await produce(bootstrap, topics.requests,
+                          [(b"t-crash", encode(steps("x1", "t-crash", "A", 1.5)))])
+            await wait_node(out, topics, "x1", "step1")
+            first.kill()
+            outcome = await client.cancel("x1", "rollback")
+            assert await read_history(TEST_DATABASE_URL, "t-crash", schema=prefix) != []
+            second = WorkerProcess({**env, "GRAPHWIRE_WORKER_ID": "second"},
+                                   log_path=worker_log).start()
+            results = await wait_results(out, topics, "x1")
+            await asyncio.sleep(0.3)
+            dead = out.values(topics.dlq)
+        assert outcome.state == "running"  # the dead worker's lease had not expired yet
+        assert (results["x1"]["status"], results["x1"]["attempts"]) == ("cancelled", 2)
+        assert results["x1"]["error"]["message"].endswith(
+            "the checkpoints it wrote were deleted (rollback)")
+        assert await read_history(TEST_DATABASE_URL, "t-crash", schema=prefix) == []
+        assert dead == []
+        assert second.terminate() == 0
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
