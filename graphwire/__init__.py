@@ -19,7 +19,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from graphwire.topics.client import GraphwireClient
+    from graphwire.topics.client import CancelOutcome, GraphwireClient
     from graphwire.topics.errors import (
         DependencyUnavailable,
         GraphwireError,
@@ -29,7 +29,8 @@ if TYPE_CHECKING:
         RunRejected,
         RunTimedOut,
     )
-    from graphwire.topics.models import Event, EventType, Request, Result, Status
+    from graphwire.topics.history import CheckpointInfo
+    from graphwire.topics.models import Control, Event, EventType, Request, Result, Status
     from graphwire.topics.syncclient import Client
 
 _EXPORTS = {
@@ -47,10 +48,17 @@ _EXPORTS = {
     "Event": "graphwire.topics.models",
     "EventType": "graphwire.topics.models",
     "Status": "graphwire.topics.models",
+    # run control
+    "CancelOutcome": "graphwire.topics.client",
+    "CheckpointInfo": "graphwire.topics.history",
+    "Control": "graphwire.topics.models",
 }
 
 __all__ = [
+    "CancelOutcome",
+    "CheckpointInfo",
     "Client",
+    "Control",
     "DependencyUnavailable",
     "Event",
     "EventType",
