@@ -5,6 +5,7 @@
 import contextlib
 from typing import Annotated, Any, Literal
 
+from aiokafka.errors import KafkaError
 from fastapi import Depends, FastAPI, HTTPException, Query
 from pydantic import BaseModel, Field
 
@@ -60,6 +61,9 @@ def add_routes(app: FastAPI, gw: Any) -> None:
             outcome = await gw.client.cancel(request_id, action, reason=reason, force=pending)
         except DependencyUnavailable as exc:
             raise HTTPException(503, str(exc), headers={"Retry-After": "5"}) from None
+        except KafkaError as exc:  # the control message could not be produced
+            raise HTTPException(503, f"Kafka refused the cancel ({type(exc).__name__}); retry",
+                                headers={"Retry-After": "5"}) from None
         except ValueError as exc:  # the Control model refused it (an over-long id)
             raise HTTPException(422, str(exc).splitlines()[0]) from None
         if outcome.state == "finished":

@@ -12,6 +12,9 @@ is a duplicate that runs nothing.
 The calls of concurrent runs share pipelined round trips (``RedisBatcher``): each call is still
 one script, atomic on its own, and each caller gets its own reply or error.
 
+Cancels (``mark_cancel``, from ``<prefix>.control``) leave a marker the claim and the lease
+renewals read in the round trips they make anyway (``graphwire.processors.runner.control``).
+
 Deaths, not starts, make a poison message: each start records this process's token in the
 ``start`` key and a clean end (release or complete) deletes it, so an acquire that finds
 another process's token there knows that start's worker died (its lease expired instead).
