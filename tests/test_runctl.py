@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from graphwire.graphs.registry import GraphRegistry
+from graphwire.processors.runner.dedup import DedupStore
 from graphwire.processors.runner.runner import GraphRunner
 from graphwire.processors.settings import Settings
 from graphwire.topics.client import GraphwireClient
@@ -280,13 +281,14 @@ async def test_cancel_reaches_runs_on_either_of_two_workers(
     prefix: str, client: GraphwireClient,
 ) -> None:
     """Two workers, one control partition: the runs on the worker that does not read the
-    control topic are stopped too (through their lease renewals), at a step boundary;
+    control topic are stopped too (the cancel is announced over Redis), at a step boundary;
     interrupt keeps the steps on the thread, rollback leaves no checkpoint of the run."""
     from aiokafka import AIOKafkaProducer
 
     from tests.kafka_helpers import WorkerProcess, wait_for_members
 
-    env = {**worker_env, "GRAPHWIRE_GRAPHS": GRAPHS}
+    # leases renewed every 10 s: too late for a 6 s run, so the announcement must carry it
+    env = {**worker_env, "GRAPHWIRE_GRAPHS": GRAPHS, "GRAPHWIRE_LEASE_MS": "30000"}
     workers = [WorkerProcess({**env, "GRAPHWIRE_WORKER_ID": f"w{i}"}, log_path=worker_log).start()
                for i in range(2)]
     try:
@@ -572,3 +574,34 @@ async def test_cancel_survives_the_crash_of_the_worker_running_it(
         first.stop()
         if second is not None:
             second.stop()
+
+
+async def test_a_held_request_learns_of_its_cancel_from_the_announcement_or_the_renewal(
+    prefix: str,
+) -> None:
+    """DedupStore: with the listener, on_cancel fires within moments of mark_cancel; without
+    it, at the next lease renewal. A cancel of a done request is refused, not marked."""
+    from graphwire.topics.runstatus import CancelMarker
+
+    seen: list[tuple[str, str, str | None]] = []
+    async with DedupStore(TEST_REDIS_URL, namespace=prefix, lease_ms=30_000) as fast, \
+            DedupStore(TEST_REDIS_URL, namespace=prefix, lease_ms=1500) as slow:
+        fast.listen_for_cancels()
+        await asyncio.sleep(0.3)  # subscribed
+        for store, rid in ((fast, "heard"), (slow, "renewed")):
+            assert (await store.acquire(rid, "w")).state == "acquired"
+            store.hold(rid, "w", on_cancel=lambda m, rid=rid: seen.append((rid, m.action,
+                                                                            m.reason)))
+        mark = await slow.mark_cancel("heard", CancelMarker("rollback", "why"))
+        await asyncio.sleep(0.2)
+        heard_first = list(seen)
+        await slow.mark_cancel("renewed", CancelMarker("interrupt"))
+        await asyncio.sleep(1.0)  # a renewal every 0.5 s
+        await slow.complete("done-one", "w", "success")
+        done = await slow.mark_cancel("done-one", CancelMarker("interrupt"))
+        fast.let_go("heard")
+        slow.let_go("renewed")
+    assert (mark.first, mark.done, mark.running_on) == (True, None, "w")
+    assert heard_first == [("heard", "rollback", "why")]
+    assert seen[1:2] == [("renewed", "interrupt", None)]
+    assert (done.first, done.done is not None and done.done.status) == (False, "success")

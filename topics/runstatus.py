@@ -21,6 +21,10 @@ so they share one Redis Cluster slot:
   ``<prefix>.control``: the claim of a request not started yet finds it (and runs nothing), the
   lease renewals of a running one find it (and stop it at its next step boundary)
 
+and one channel: ``<ns>:cancels`` (pub/sub), where the same runner announces each cancel
+(``{"request_id", "action", "reason"}``) so that the worker running it stops it at once rather
+than at its next renewal.
+
 ``<ns>`` is the topic prefix (``GRAPHWIRE_TOPIC_PREFIX``).
 """
 
@@ -46,6 +50,11 @@ class RunKeys:
     deaths: str
     result: str
     cancel: str
+
+
+def cancel_channel(namespace: str) -> str:
+    """The pub/sub channel where cancels are announced to every runner."""
+    return f"{namespace}:cancels"
 
 
 def run_keys(namespace: str, request_id: str) -> RunKeys:

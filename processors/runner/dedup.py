@@ -23,12 +23,14 @@ another process's token there knows that start's worker died (its lease expired 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Self
 
+import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -38,6 +40,7 @@ from graphwire.topics.runstatus import (
     CancelMarker,
     DoneMarker,
     RunState,
+    cancel_channel,
     read_run_state,
     run_keys,
 )
@@ -80,13 +83,15 @@ end
 return 0
 """
 
-# KEYS: done, cancel, lease. ARGV: marker, ttl_s. -> {first, done marker or '', lease or ''}
-# ``first``: 1 when no cancel was asked for before. A done request gets no marker.
+# KEYS: done, cancel, lease. ARGV: marker, ttl_s, channel, announcement.
+# -> {first, done marker or '', lease or ''}; ``first``: 1 when no cancel was asked for before.
+# A done request gets no marker; a marked one is announced on the channel.
 _MARK_CANCEL = """
 local done = redis.call('GET', KEYS[1])
 if done then return {0, done, ''} end
 local first = redis.call('SET', KEYS[2], ARGV[1], 'NX', 'EX', ARGV[2])
 local lease = redis.call('GET', KEYS[3])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
 return {first and 1 or 0, '', lease or ''}
 """
 
@@ -185,6 +190,7 @@ class DedupStore:
         self._on_cancel: dict[str, Callable[[CancelMarker], None]] = {}
         self._lost: set[str] = set()
         self._renewer: asyncio.Task[None] | None = None
+        self._listener: asyncio.Task[None] | None = None
         # This process's mark on the starts it makes: a start marked by anyone else and never
         # ended is a death, even when a restarted worker reuses the same owner name.
         self._token = uuid.uuid4().hex
@@ -209,9 +215,11 @@ class DedupStore:
 
     async def stop(self) -> None:
         """Disconnect. Idempotent."""
-        if self._renewer is not None:
-            self._renewer.cancel()
-            await asyncio.gather(self._renewer, return_exceptions=True)
+        for task in (self._renewer, self._listener):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._listener = None
         if self._batch is not None:
             await self._batch.stop()
             self._batch = None
@@ -290,8 +298,12 @@ class DedupStore:
         """Record that ``request_id`` is to be cancelled (for ``done_ttl_s``), unless one was
         already; says whether it is done (nothing to cancel) or running, and where."""
         keys = run_keys(self._ns, request_id)
+        announcement = orjson.dumps(
+            {"request_id": request_id, "action": marker.action, "reason": marker.reason}
+        )
         reply = await self._call(
-            "mark_cancel", [keys.done, keys.cancel, keys.lease], [marker.encode(), self.done_ttl_s]
+            "mark_cancel", [keys.done, keys.cancel, keys.lease],
+            [marker.encode(), self.done_ttl_s, cancel_channel(self._ns), announcement],
         )
         assert isinstance(reply, list)
         done, lease = reply[1], reply[2]
@@ -363,6 +375,43 @@ class DedupStore:
             self._on_cancel[request_id] = on_cancel
         if self._renewer is None or self._renewer.done():
             self._renewer = asyncio.create_task(self._renew_held())
+
+    def listen_for_cancels(self) -> None:
+        """Subscribe to the cancel announcements: a held request's ``on_cancel`` is called as
+        soon as a cancel of it is marked (the lease renewals remain the backstop)."""
+        if self._listener is None or self._listener.done():
+            self._listener = asyncio.create_task(self._listen(), name="graphwire-cancels")
+
+    async def _listen(self) -> None:
+        delay = 0.5
+        while True:
+            pubsub = self.client.pubsub()
+            try:
+                await pubsub.subscribe(cancel_channel(self._ns))
+                delay = 0.5
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True,
+                                                       timeout=1.0)
+                    if message is not None:
+                        self._announced(message["data"])
+            except (RedisError, OSError) as exc:
+                log.warning("cancel announcements unavailable (%s); lease renewals still see "
+                            "cancels; resubscribing in %.1fs", type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+
+    def _announced(self, data: bytes) -> None:
+        try:
+            value = orjson.loads(data)
+            request_id = value["request_id"]
+        except (ValueError, KeyError, TypeError):
+            return
+        callback = self._on_cancel.get(request_id)
+        if callback is not None:
+            callback(CancelMarker.decode(data))
 
     def let_go(self, request_id: str) -> None:
         """Stop renewing the lease on ``request_id``."""

@@ -234,6 +234,7 @@ class GraphRunner:
                 done_ttl_s=s.done_ttl_s,
             )
             await self._dedup.start()
+            self._dedup.listen_for_cancels()  # a cancel reaches a run here at once
             checks["Redis"] = self._dedup.ping
         if s.checkpoints:
             key = s.checkpoint_encryption_key
