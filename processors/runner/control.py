@@ -8,8 +8,10 @@ committed like a request's once handled), and that member:
    the claim of a request not started yet finds it in the same round trip and runs nothing,
    and the lease renewals of a running request (a round trip made anyway, every third of a
    lease) find it and stop the run at its next step boundary, on whichever worker holds it,
-   also after a rebalance moved it;
-2. stops the run at once if it runs on this very worker.
+   also after a rebalance or a crash moved it;
+2. announces it on a Redis channel (same script): the worker holding the run stops it at its
+   next step boundary without waiting for a renewal (a missed announcement only costs time);
+3. stops the run at once if it runs on this very worker.
 
 A cancel of a finished request is dead-lettered with the reason; one of a request no store
 knows yet (still on the requests topic) waits in Redis for it (``done_ttl_s``).
