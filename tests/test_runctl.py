@@ -605,3 +605,26 @@ async def test_a_held_request_learns_of_its_cancel_from_the_announcement_or_the_
     assert heard_first == [("heard", "rollback", "why")]
     assert seen[1:2] == [("renewed", "interrupt", None)]
     assert (done.first, done.done is not None and done.done.status) == (False, "success")
+
+
+async def test_sync_client_cancel_and_history(
+    bootstrap: str, topics: TopicNames, runner: GraphRunner, prefix: str,
+) -> None:
+    """The blocking Client: cancel of a finished request sends nothing; history lists the
+    thread's checkpoints."""
+    from graphwire import CancelOutcome, CheckpointInfo, Client
+
+    async with Collector(bootstrap, topics.results) as out:
+        await produce(bootstrap, topics.requests,
+                      [(b"t-sync", encode(steps("s1", "t-sync", "A", 0)))])
+        await wait_results(out, topics, "s1")
+
+    def blocking() -> tuple[CancelOutcome, list[CheckpointInfo]]:
+        with Client(bootstrap, topic_prefix=topics.prefix, redis_url=TEST_REDIS_URL) as client:
+            return (client.cancel("s1", "rollback"),
+                    client.history("t-sync", database_url=TEST_DATABASE_URL, schema=prefix))
+
+    outcome, history = await asyncio.to_thread(blocking)
+    assert (outcome.state, outcome.status, outcome.sent) == ("finished", "success", False)
+    assert [c.step for c in history] == [4, 3, 2, 1, 0, -1]
+    assert {c.request_id for c in history} == {"s1"}
