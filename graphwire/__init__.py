@@ -6,8 +6,10 @@ The public API, the one thing users import::
 
 ``GraphwireClient`` (asyncio) and ``Client`` (blocking) submit requests and read their events and
 results; the errors are what ``result(raise_on_error=True)`` raises. The message models are here
-too, for services that build or read messages themselves. Everything else (``graphwire.topics``,
-``graphwire.graphs``, ``graphwire.processors``) is internal: its module paths may move.
+too, for services that build or read messages themselves. Graph authors make side effects at most
+once with ``once``, ``once_tool`` and ``effect_key`` (``EffectInDoubt``). Everything else
+(``graphwire.topics``, ``graphwire.graphs``, ``graphwire.processors``) is internal: its module
+paths may move.
 
 Names are imported on first use, so ``import graphwire`` stays cheap and a graph module that
 imports only ``graphwire.graphs`` does not pull in the Kafka client.
@@ -19,6 +21,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from graphwire.graphs.effects import EffectInDoubt, effect_key, once, once_tool
     from graphwire.topics.client import GraphwireClient
     from graphwire.topics.errors import (
         DependencyUnavailable,
@@ -47,11 +50,17 @@ _EXPORTS = {
     "Event": "graphwire.topics.models",
     "EventType": "graphwire.topics.models",
     "Status": "graphwire.topics.models",
+    # side effects at most once, for graph authors
+    "once": "graphwire.graphs.effects",
+    "once_tool": "graphwire.graphs.effects",
+    "effect_key": "graphwire.graphs.effects",
+    "EffectInDoubt": "graphwire.graphs.effects",
 }
 
 __all__ = [
     "Client",
     "DependencyUnavailable",
+    "EffectInDoubt",
     "Event",
     "EventType",
     "GraphwireClient",
@@ -64,6 +73,9 @@ __all__ = [
     "RunRejected",
     "RunTimedOut",
     "Status",
+    "effect_key",
+    "once",
+    "once_tool",
 ]
 
 

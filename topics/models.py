@@ -42,6 +42,8 @@ class EventType(StrEnum):
     VALUES = "values"
     INTERRUPT = "interrupt"
     RUN_FINISHED = "run_finished"
+    EFFECT = "effect"
+    """A ``once()`` call: ``{name, key, outcome: called|replayed|in_doubt|failed, calls}``."""
 
 
 class RunConfig(BaseModel):

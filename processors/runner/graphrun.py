@@ -17,6 +17,7 @@ from typing import Any
 
 from langgraph.runtime import RunControl
 
+from graphwire.graphs.effects import bind_effects
 from graphwire.graphs.execution import RunOutcome, is_retriable, run_graph
 from graphwire.graphs.registry import GraphOptions
 from graphwire.processors.metrics import RunnerMetrics
@@ -169,6 +170,11 @@ class RunExecutor:
             first_config = {**config, "configurable": {**config["configurable"],
                                                        FRESH_THREAD: True}}
         await run_started(resumed)
+        # once() effects journal next to the checkpoints; without them there is nothing to
+        # resume, and once() just calls
+        journal = None
+        if graph.checkpointer is not None and self._checkpoints is not None:
+            journal = self._checkpoints.effects
         control = RunControl()
         self._controls.add(control)
         self._controls_by_request[rid] = control
@@ -178,17 +184,19 @@ class RunExecutor:
                 if earlier is not None and earlier.status != "unfinished":
                     outcome = earlier  # the crash came after the graph ended: nothing to run
                     break
-                outcome = await run_graph(
-                    graph,
-                    input=payload_input,
-                    command=command,
-                    config=first_config if try_index == 0 else config,
-                    stream=request.stream,
-                    timeout_s=request.timeout_s,
-                    emit=emit,
-                    durability=durability if graph.checkpointer else None,
-                    control=control if graph.checkpointer else None,
-                )
+                with bind_effects(journal, thread_id=thread_id or rid, request_id=rid,
+                                  namespace=self.settings.topic_prefix, emit=emit):
+                    outcome = await run_graph(
+                        graph,
+                        input=payload_input,
+                        command=command,
+                        config=first_config if try_index == 0 else config,
+                        stream=request.stream,
+                        timeout_s=request.timeout_s,
+                        emit=emit,
+                        durability=durability if graph.checkpointer else None,
+                        control=control if graph.checkpointer else None,
+                    )
                 if graph.checkpointer is not None and _is_database_outage(outcome.exception):
                     raise DependencyUnavailable(
                         f"PostgreSQL (checkpoints) failed during {rid}: {outcome.exception}"
