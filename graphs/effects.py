@@ -218,12 +218,18 @@ def _key(name: str, site: _Site, scope: _Scope | None, number: int) -> str:
     return "gw-" + hashlib.sha256(material).hexdigest()[:32]
 
 
-def effect_key(name: str) -> str:
+def effect_key(name: str | None = None) -> str:
     """The idempotency key of the next ``once(name, ...)`` in this node execution (inside that
-    call: of the call itself). Stable across retries, redeliveries, resumes and workers."""
+    call: of the call itself; without ``name``, inside a ``once`` call or a ``once_tool``: of
+    that call). Stable across retries, redeliveries, resumes and workers."""
     active = _ACTIVE.get()
-    if active is not None and active[0] == name:
+    if active is not None and name in (None, active[0]):
         return active[1]
+    if name is None:
+        raise GraphwireError(
+            "effect_key() without a name works inside a once() call or a once_tool; "
+            "elsewhere say which call: effect_key('charge')"
+        )
     site = _site()
     scope = _SCOPE.get()
     return _key(name, site, scope, _counters(scope, site.execution).get(name, 0))
