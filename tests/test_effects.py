@@ -4,6 +4,7 @@ PostgreSQL journal, cleanup, and SIGKILLed workers against a real HTTP server th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import operator
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -282,3 +283,209 @@ async def test_the_journal_goes_with_the_threads_checkpoints(
     assert len(await _journal(prefix)) == 5
     assert await store.prune(0) == 1
     assert await _journal(prefix) == []
+
+
+class EffectServer:
+    """An HTTP service that records every call with its idempotency key. ``/pause`` answers
+    ``pause_s`` the first time and 0 after; with ``hold_first`` the first call gets no answer
+    until the test ends."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, Any]] = []
+        self.hold_first = False
+        self.pause_s = 30.0
+        self._pauses = 0
+        self._release = asyncio.Event()
+        self.url = ""
+
+    async def _charge(self, req: web.Request) -> web.Response:
+        body = await req.json()
+        self.calls.append((req.path, req.headers["Idempotency-Key"], body))
+        if self.hold_first and len(self.calls) == 1:
+            await self._release.wait()
+        if req.path == "/add":
+            return web.json_response({"sum": body["a"] + body["b"]})
+        return web.json_response({"charged": body["amount"], "call": len(self.calls)})
+
+    async def _pause(self, req: web.Request) -> web.Response:
+        self._pauses += 1
+        return web.json_response({"seconds": self.pause_s if self._pauses == 1 else 0})
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[EffectServer]:
+        app = web.Application()
+        app.router.add_post("/charge", self._charge)
+        app.router.add_post("/add", self._charge)
+        app.router.add_get("/pause", self._pause)
+        runner = web.AppRunner(app, shutdown_timeout=1)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}"
+        try:
+            yield self
+        finally:
+            self._release.set()
+            await runner.cleanup()
+
+    async def wait_calls(self, count: int, timeout: float = 60.0) -> None:
+        for _ in range(int(timeout * 10)):
+            if len(self.calls) >= count:
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"the server saw {len(self.calls)} calls, not {count}")
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[EffectServer]:
+    """The test's own HTTP service, on a free port."""
+    async with EffectServer().running() as started:
+        yield started
+
+
+def _effects(out: Collector, topics: TopicNames) -> list[tuple[str | None, str, str, int]]:
+    return [(e["node"], e["data"]["key"], e["data"]["outcome"], e["data"]["calls"])
+            for e in out.values(topics.events) if e["type"] == "effect"]
+
+
+async def _kill_after(
+    out: Collector, first: WorkerProcess, ready: Any, env: dict[str, str], worker_log: Path,
+) -> WorkerProcess:
+    """Wait until ``ready()`` holds, SIGKILL ``first``, start a second worker."""
+    await out.wait_until(ready, timeout=60)
+    first.kill()
+    return WorkerProcess(env, log_path=worker_log).start()
+
+
+@pytest.mark.integration
+async def test_sigkill_after_the_call_the_rerun_replays_it_and_the_server_saw_one_call(
+    bootstrap: str, topics: TopicNames, worker_env: dict[str, str], worker_log: Path,
+    server: EffectServer,
+) -> None:
+    """Killed after the server answered (the effect recorded) and before the node ended: the
+    redelivered run completes with the recorded receipt; the server saw exactly one call."""
+    env = {**worker_env, "GRAPHWIRE_GRAPHS": "charge=tests.effect_graphs:make_charge"}
+    first, second = WorkerProcess(env, log_path=worker_log).start(), None
+    try:
+        async with Collector(bootstrap, topics.results, topics.events, topics.dlq) as out:
+            await produce(bootstrap, topics.requests, [(b"k", encode(request(
+                "pay-1", graph="charge", input={"url": server.url, "amount": 5})))])
+            second = await _kill_after(
+                out, first, lambda: any(e[2] == "called" for e in _effects(out, topics)),
+                env, worker_log)
+            await out.wait_count(topics.results, 1, timeout=60)
+            [result] = out.values(topics.results)
+            effects = _effects(out, topics)
+        [(path, key, body)] = server.calls
+        assert (path, body) == ("/charge", {"amount": 5})
+        assert (result["status"], result["attempts"]) == ("success", 2)
+        assert result["output"]["receipt"] == {"charged": 5, "call": 1}
+        assert result["output"]["done"] is True
+        assert effects == [("charge", key, "called", 1), ("charge", key, "replayed", 1)]
+        assert out.records[topics.dlq] == []
+    finally:
+        first.stop()
+        if second:
+            second.stop()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("retry_in_doubt", [False, True])
+async def test_sigkill_during_the_call_is_in_doubt_unless_the_target_dedupes(
+    bootstrap: str, topics: TopicNames, worker_env: dict[str, str], worker_log: Path,
+    server: EffectServer, retry_in_doubt: bool,
+) -> None:
+    """Killed while the server holds its answer: the re-run raises EffectInDoubt, an error
+    result naming the key and a dead letter; with retry_in_doubt=True it calls again with the
+    same key (the server saw two calls) and succeeds."""
+    server.hold_first = True
+    env = {**worker_env, "GRAPHWIRE_GRAPHS": "charge=tests.effect_graphs:make_charge"}
+    first, second = WorkerProcess(env, log_path=worker_log).start(), None
+    body = request("pay-2", graph="charge", input={
+        "url": server.url, "amount": 7, "retry_in_doubt": retry_in_doubt})
+    try:
+        async with Collector(bootstrap, topics.results, topics.events, topics.dlq) as out:
+            await produce(bootstrap, topics.requests, [(b"k", encode(body))])
+            await server.wait_calls(1)
+            second = await _kill_after(out, first, lambda: True, env, worker_log)
+            await out.wait_count(topics.results, 1, timeout=60)
+            if not retry_in_doubt:
+                await out.wait_count(topics.dlq, 1)
+            [result] = out.values(topics.results)
+            effects = _effects(out, topics)
+            dead = [orjson.loads(r.value) for r in out.records[topics.dlq]]
+            headers = [dict(r.headers) for r in out.records[topics.dlq]]
+        key = server.calls[0][1]
+        if retry_in_doubt:
+            assert [(p, k) for p, k, _ in server.calls] == [("/charge", key), ("/charge", key)]
+            assert (result["status"], result["attempts"]) == ("success", 2)
+            assert result["output"]["receipt"] == {"charged": 7, "call": 2}
+            assert effects == [("charge", key, "called", 2)]
+            assert dead == []
+            return
+        assert [(p, k) for p, k, _ in server.calls] == [("/charge", key)]
+        assert (result["status"], result["attempts"]) == ("error", 2)
+        assert result["error"]["type"] == "EffectInDoubt"
+        assert result["error"]["message"].startswith(f"effect 'charge' (key {key}) is in doubt")
+        assert effects == [("charge", key, "in_doubt", 1)]
+        assert dead == [body]
+        reason = headers[0]["x-graphwire-error"].decode()
+        assert reason.startswith(f"graph failed: effect 'charge' (key {key}) is in doubt")
+    finally:
+        first.stop()
+        if second:
+            second.stop()
+
+
+@pytest.mark.integration
+async def test_chat_killed_mid_run_ran_its_effectful_tool_once(
+    bootstrap: str, topics: TopicNames, worker_env: dict[str, str], worker_log: Path,
+    server: EffectServer,
+) -> None:
+    """chat with a once_tool ``add``: killed after the tool's call and before its tools node
+    ended; the re-run replays the tool call, answers 42, and the server saw one call."""
+    env = {**worker_env, "GRAPHWIRE_GRAPHS": "chat=tests.effect_graphs:make_effect_chat",
+           "EFFECT_SERVER_URL": server.url}
+    first, second = WorkerProcess(env, log_path=worker_log).start(), None
+    body = request("chat-1", graph="chat", input={
+        "messages": [{"role": "user", "content": "What is 19 + 23?"}]})
+    try:
+        async with Collector(bootstrap, topics.results, topics.events) as out:
+            await produce(bootstrap, topics.requests, [(b"k", encode(body))])
+            second = await _kill_after(
+                out, first, lambda: any(e[2] == "called" for e in _effects(out, topics)),
+                env, worker_log)
+            await out.wait_count(topics.results, 1, timeout=60)
+            [result] = out.values(topics.results)
+            effects = _effects(out, topics)
+        [(path, key, call)] = server.calls
+        assert (path, call) == ("/add", {"a": 19, "b": 23})
+        assert (result["status"], result["attempts"]) == ("success", 2)
+        assert result["output"]["messages"][-1]["content"] == "The answer is 42."
+        assert effects == [("tools", key, "called", 1), ("tools", key, "replayed", 1)]
+    finally:
+        first.stop()
+        if second:
+            second.stop()
+
+
+@pytest.mark.integration
+async def test_a_runner_retry_of_a_retriable_error_keeps_the_key_and_the_effect(
+    bootstrap: str, topics: TopicNames, settings: Settings, server: EffectServer,
+) -> None:
+    """The node raises ConnectionError after its effect; the runner's retry (attempt 2) gets
+    the same key and the recorded receipt: one call on the server, a success."""
+    fast = settings.model_copy(update={"retry_backoff_s": 0.01})
+    registry = GraphRegistry.from_sources(specs="charge=tests.effect_graphs:make_flaky_charge")
+    async with GraphRunner(fast, registry):
+        async with Collector(bootstrap, topics.results, topics.events) as out:
+            await produce(bootstrap, topics.requests, [(b"k", encode(request(
+                "retry-1", graph="charge", input={"url": server.url, "amount": 3})))])
+            await out.wait_count(topics.results, 1)
+            [result] = out.values(topics.results)
+            effects = _effects(out, topics)
+    [(_, key, _)] = server.calls
+    assert (result["status"], result["attempts"]) == ("success", 2)
+    assert result["output"]["receipt"] == {"charged": 3, "call": 1}
+    assert effects == [("charge", key, "called", 1), ("charge", key, "replayed", 1)]
