@@ -27,6 +27,7 @@ from graphwire.processors.settings import Settings
 from graphwire.topics.specs import TopicNames
 from tests.conftest import TEST_DATABASE_URL
 from tests.kafka_helpers import Collector, WorkerProcess, encode, produce, request
+from tests.test_cli import graphwire
 
 Events = list[tuple[str, str | None, Any]]
 
@@ -268,8 +269,8 @@ async def test_a_result_that_is_not_json_is_a_clear_error_and_stays_in_doubt(
 async def test_the_journal_goes_with_the_threads_checkpoints(
     store: CheckpointStore, prefix: str
 ) -> None:
-    """forget_later (a finished stateless run) and prune (`graphwire checkpoints prune`)
-    delete a thread's journal rows with its checkpoints; prune also takes orphaned rows."""
+    """forget_later (a finished stateless run) and `graphwire checkpoints prune` delete a
+    thread's journal rows with its checkpoints; prune also takes orphaned rows that old."""
     graph = _looping_graph([])
     for thread in ("a", "b"):
         await _invoke(graph, store, {"rounds": 0}, thread, thread)
@@ -281,7 +282,11 @@ async def test_the_journal_goes_with_the_threads_checkpoints(
     await store.effects.begin(EffectIntent("orphan", "gone", "r9", "x", "n", False))
     assert await store.prune(3600) == 0
     assert len(await _journal(prefix)) == 5
-    assert await store.prune(0) == 1
+    env = {"GRAPHWIRE_DATABASE_URL": TEST_DATABASE_URL, "GRAPHWIRE_CHECKPOINT_SCHEMA": prefix}
+    pruned = await asyncio.to_thread(
+        graphwire, "checkpoints", "prune", "--older-than-s", "0", env=env
+    )
+    assert pruned.stdout.strip() == "deleted the checkpoints of 1 threads idle for more than 0 s"
     assert await _journal(prefix) == []
 
 
@@ -489,3 +494,45 @@ async def test_a_runner_retry_of_a_retriable_error_keeps_the_key_and_the_effect(
     assert (result["status"], result["attempts"]) == ("success", 2)
     assert result["output"]["receipt"] == {"charged": 3, "call": 1}
     assert effects == [("charge", key, "called", 1), ("charge", key, "replayed", 1)]
+
+
+async def test_effect_events_land_in_the_audit_record_and_runs_show(prefix: str) -> None:
+    """The sink stores a run's effect events like any other; `graphwire runs show` lists them
+    again under ``effects``, in order."""
+    from graphwire.processors.audit.db import migrate
+    from graphwire.processors.audit.rows import Record, to_row
+    from graphwire.processors.audit.writer import AuditWriter
+    from graphwire.topics.codec import event_dict, result_dict
+
+    schema, names = f"{prefix}_audit", TopicNames(prefix)
+    conn = await asyncpg.connect(TEST_DATABASE_URL)
+    await migrate(conn, schema)
+    writer = AuditWriter(TEST_DATABASE_URL, schema=schema)
+    try:
+        data = [("called", 1), ("replayed", 1)]
+        records = [
+            Record(names.events, 0, i, b"r1", orjson.dumps(event_dict(
+                "r1", i, "effect", "charge", "charge",
+                {"name": "charge", "key": "gw-k", "outcome": outcome, "calls": calls}, {},
+            )), [], 1_700_000_000.0)
+            for i, (outcome, calls) in enumerate(data)
+        ]
+        result = result_dict("r1", "charge", "success", output={"ok": True}, attempts=2)
+        records.append(Record(names.results, 0, 0, b"r1", orjson.dumps(result), [],
+                              1_700_000_001.0))
+        await writer.write([to_row(r, names, max_request_bytes=1 << 20) for r in records])
+        shown = await asyncio.to_thread(graphwire, "runs", "show", "r1", env={
+            "GRAPHWIRE_DATABASE_URL": TEST_DATABASE_URL, "GRAPHWIRE_AUDIT_SCHEMA": schema})
+    finally:
+        await writer.close()
+        await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        await conn.close()
+    assert shown.returncode == 0, shown.stderr
+    run = orjson.loads(shown.stdout)
+    assert [e["type"] for e in run["events"]] == ["effect", "effect"]
+    assert run["effects"] == [
+        {"seq": 0, "node": "charge", "name": "charge", "key": "gw-k", "outcome": "called",
+         "calls": 1},
+        {"seq": 1, "node": "charge", "name": "charge", "key": "gw-k", "outcome": "replayed",
+         "calls": 1},
+    ]

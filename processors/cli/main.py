@@ -253,7 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("checkpoints", help="manage LangGraph checkpoints in PostgreSQL")
     csub = p.add_subparsers(dest="checkpoints_command", required=True, metavar="ACTION")
-    c = csub.add_parser("prune", help="delete threads idle for longer than the retention")
+    c = csub.add_parser(
+        "prune", help="delete threads idle for longer than the retention, with their effect journal"
+    )
     c.add_argument(
         "--older-than-s", type=float, help="seconds (default GRAPHWIRE_CHECKPOINT_TTL_S, 30 days)"
     )
