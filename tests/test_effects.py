@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 from langgraph.func import entrypoint, task
 from langgraph.graph import END, START, StateGraph
-from langgraph.types import RetryPolicy
+from langgraph.types import Command, RetryPolicy, interrupt
 
 from graphwire import EffectInDoubt, effect_key, once
 from graphwire.graphs.effects import EffectIntent, EffectResultNotJSON, bind_effects
@@ -178,6 +178,31 @@ async def test_a_state_graph_node_rerun_after_a_crash_replays_its_effect(
     out = await _invoke(graph, store, None, "th", "r1")  # resume from the checkpoint
     assert out["receipt"] == {"charged": 5}
     assert calls == [1]
+
+
+async def test_an_effect_before_an_interrupt_is_not_made_again_on_resume(
+    store: CheckpointStore,
+) -> None:
+    """A node charges, then asks a person (interrupt); the resume (another request on the
+    thread) runs the node again from its start: the charge is replayed, not made again."""
+    calls: list[str] = []
+
+    async def review(state: OnceState) -> OnceState:
+        receipt = await once("charge", lambda: calls.append(effect_key()) or {"id": 1})
+        approved = interrupt("approve?")
+        return {"receipt": {**receipt, "approved": approved}}
+
+    builder = StateGraph(OnceState)
+    builder.add_node("review", review)
+    builder.add_edge(START, "review")
+    graph = builder.compile()
+    paused = await _invoke(graph, store, {}, "th", "r1")
+    assert [i.value for i in paused["__interrupt__"]] == ["approve?"]
+    events: Events = []
+    out = await _invoke(graph, store, Command(resume=True), "th", "r2", events)
+    assert out["receipt"] == {"id": 1, "approved": True}
+    assert len(calls) == 1
+    assert [(d["key"], d["outcome"]) for _, _, d in events] == [(calls[0], "replayed")]
 
 
 async def test_functional_api_tasks_journal_their_effects(store: CheckpointStore) -> None:
