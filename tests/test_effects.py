@@ -561,3 +561,28 @@ async def test_effect_events_land_in_the_audit_record_and_runs_show(prefix: str)
         {"seq": 1, "node": "charge", "name": "charge", "key": "gw-k", "outcome": "replayed",
          "calls": 1},
     ]
+
+
+async def test_with_an_encryption_key_results_are_stored_encrypted(
+    worker_env: dict[str, str], prefix: str
+) -> None:
+    """With GRAPHWIRE_CHECKPOINT_ENCRYPTION_KEY the journal holds the result sealed (no JSON
+    column), and a replay decrypts it."""
+    async with CheckpointStore(TEST_DATABASE_URL, schema=prefix, pool_size=2,
+                               encryption_key="0123456789abcdef") as sealed_store:
+        journal = sealed_store.effects
+        assert journal is not None
+        intent = EffectIntent("k1", "th", "r1", "charge", "node", False)
+        await journal.begin(intent)
+        await journal.finish("k1", orjson.dumps({"card": "4242"}), None)
+        replay = await journal.begin(intent)
+    conn = await asyncpg.connect(TEST_DATABASE_URL)
+    try:
+        row = await conn.fetchrow(
+            f'SELECT result, sealed, cipher FROM "{prefix}".graphwire_effects WHERE key = $1', "k1"
+        )
+    finally:
+        await conn.close()
+    assert (replay.state, replay.result) == ("done", {"card": "4242"})
+    assert row["result"] is None and row["cipher"] == "aes"
+    assert b"4242" not in row["sealed"]

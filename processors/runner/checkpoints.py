@@ -109,7 +109,8 @@ class CheckpointStore:
                 "check that the GRAPHWIRE_DATABASE_URL user may create tables"
             ) from exc
         self._pool, self.saver = pool, saver
-        self.effects = PgEffectJournal(pool)
+        cipher = self.serde.cipher if isinstance(self.serde, EncryptedSerializer) else None
+        self.effects = PgEffectJournal(pool, cipher=cipher)
 
     async def stop(self) -> None:
         """Delete what is waiting to be forgotten, close the pool. Idempotent."""

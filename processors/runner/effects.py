@@ -21,9 +21,11 @@ from typing import Any
 
 import asyncpg
 import orjson
+from langgraph.checkpoint.serde.base import CipherProtocol
 
 from graphwire.graphs.effects import EffectIntent, EffectRecord
 from graphwire.processors.runner.pgsaver import CONNECTION_ERRORS, _unavailable
+from graphwire.topics.errors import GraphwireError
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,9 @@ CREATE TABLE IF NOT EXISTS graphwire_effects (
     node        text NOT NULL,
     status      text NOT NULL DEFAULT 'pending',  -- pending | done | failed
     calls       integer NOT NULL DEFAULT 1,       -- times started (in-doubt retries, failures)
-    result      jsonb,
+    result      jsonb,                -- the JSON result, or with an encryption key:
+    sealed      bytea,                -- the result's JSON encrypted by ``cipher``
+    cipher      text,
     error       text,
     started_at  timestamptz NOT NULL DEFAULT now(),
     finished_at timestamptz
@@ -44,18 +48,21 @@ CREATE TABLE IF NOT EXISTS graphwire_effects (
 CREATE INDEX IF NOT EXISTS graphwire_effects_thread ON graphwire_effects (thread_id);
 """
 
-# $1-$3 the outcomes, $4-$9 the intents. The final SELECT reads the snapshot from before the
+# $1-$5 the outcomes, $6-$11 the intents. The final SELECT reads the snapshot from before the
 # statement: a fresh key shows no row, a bumped one its old calls (``again`` has the new).
 GROUP_SQL = """
 WITH finished AS (
     UPDATE graphwire_effects e
     SET status = CASE WHEN u.error IS NULL THEN 'done' ELSE 'failed' END,
-        result = u.result::jsonb, error = u.error, finished_at = now()
-    FROM unnest($1::text[], $2::text[], $3::text[]) AS u(key, result, error)
+        result = u.result::jsonb, sealed = u.sealed, cipher = u.cipher, error = u.error,
+        finished_at = now()
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[])
+        AS u(key, result, error, sealed, cipher)
     WHERE e.key = u.key
     RETURNING 1
 ), input AS (
-    SELECT * FROM unnest($4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::bool[])
+    SELECT * FROM unnest($6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
+                         $11::bool[])
         AS u(key, thread_id, request_id, name, node, retry)
 ), fresh AS (
     INSERT INTO graphwire_effects (key, thread_id, request_id, name, node)
@@ -71,7 +78,7 @@ WITH finished AS (
     RETURNING e.key, e.calls
 )
 SELECT i.key, f.key IS NOT NULL AS fresh, a.calls AS again_calls, e.status, e.calls,
-       e.result::text AS result, (SELECT count(*) FROM finished) AS finished
+       e.result::text AS result, e.sealed, e.cipher, (SELECT count(*) FROM finished) AS finished
 FROM input i
 LEFT JOIN fresh f ON f.key = i.key
 LEFT JOIN again a ON a.key = i.key
@@ -81,23 +88,28 @@ LEFT JOIN graphwire_effects e ON e.key = i.key
 DELETE_SQL = "DELETE FROM graphwire_effects WHERE thread_id = ANY($1)"
 
 
+_Outcome = tuple[str, str | None, str | None, bytes | None, str | None]
+"""key, result JSON (plain), error, result JSON (sealed), cipher"""
+
+
 @dataclass(slots=True)
 class _Op:
     done: asyncio.Future[Any]
     intent: EffectIntent | None = None
-    outcome: tuple[str, str | None, str | None] | None = None  # key, result JSON, error
+    outcome: _Outcome | None = None
 
 
 @dataclass(slots=True)
 class _Group:
-    finishes: list[tuple[str, str | None, str | None]] = field(default_factory=list)
+    finishes: list[_Outcome] = field(default_factory=list)
     begins: list[_Op] = field(default_factory=list)
 
     def params(self) -> list[list[Any]]:
         intents = [op.intent for op in self.begins if op.intent is not None]
         return [
             [f[0] for f in self.finishes], [f[1] for f in self.finishes],
-            [f[2] for f in self.finishes],
+            [f[2] for f in self.finishes], [f[3] for f in self.finishes],
+            [f[4] for f in self.finishes],
             [i.key for i in intents], [i.thread_id for i in intents],
             [i.request_id for i in intents], [i.name for i in intents],
             [i.node for i in intents], [i.retry_in_doubt for i in intents],
@@ -105,10 +117,16 @@ class _Group:
 
 
 class PgEffectJournal:
-    """The ``EffectJournal`` of a worker; ``aclose()`` commits what is queued."""
+    """The ``EffectJournal`` of a worker; ``aclose()`` commits what is queued.
 
-    def __init__(self, pool: asyncpg.Pool, *, max_group: int = 512) -> None:
+    With ``cipher`` (the checkpoints' encryption key) results are stored encrypted, as the
+    checkpoints are."""
+
+    def __init__(
+        self, pool: asyncpg.Pool, *, cipher: CipherProtocol | None = None, max_group: int = 512
+    ) -> None:
         self.pool = pool
+        self._cipher = cipher
         self._queue: asyncio.Queue[_Op] = asyncio.Queue(maxsize=4 * max_group)
         self._max_group = max_group
         self._writer: asyncio.Task[None] | None = None
@@ -125,17 +143,31 @@ class PgEffectJournal:
         if row["again_calls"] is not None:
             return EffectRecord("call", int(row["again_calls"]))
         if row["status"] == "done":
-            result = orjson.loads(row["result"]) if row["result"] is not None else None
-            return EffectRecord("done", int(row["calls"]), result)
+            return EffectRecord("done", int(row["calls"]), self._result(row))
         # pending without retry_in_doubt; or no row at all: another transaction (a worker
         # whose lease was taken over) holds the key uncommitted, so this one is in doubt too
         return EffectRecord("in_doubt", int(row["calls"] or 1))
 
     async def finish(self, key: str, result: bytes | None, error: str | None) -> None:
         """Record the outcome; returns once committed."""
-        text = result.decode() if result is not None else None
-        op = _Op(asyncio.get_running_loop().create_future(), outcome=(key, text, error))
+        text, sealed, cipher = None, None, None
+        if result is not None and self._cipher is not None:
+            cipher, sealed = self._cipher.encrypt(result)
+        elif result is not None:
+            text = result.decode()
+        op = _Op(asyncio.get_running_loop().create_future(),
+                 outcome=(key, text, error, sealed, cipher))
         await self._submit(op)
+
+    def _result(self, row: Any) -> Any:
+        if row["sealed"] is not None:
+            if self._cipher is None:
+                raise GraphwireError(
+                    "an effect result in the journal is encrypted: set the same "
+                    "GRAPHWIRE_CHECKPOINT_ENCRYPTION_KEY as the worker that recorded it"
+                )
+            return orjson.loads(self._cipher.decrypt(row["cipher"], row["sealed"]))
+        return orjson.loads(row["result"]) if row["result"] is not None else None
 
     async def aclose(self) -> None:
         """Commit what is queued, then stop the writer. Idempotent."""
