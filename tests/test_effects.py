@@ -117,6 +117,32 @@ async def test_effect_keys_differ_per_request_turn_iteration_and_call(
     assert all(k.startswith("gw-") and len(k) == 35 for k in every)
 
 
+async def test_a_subgraph_called_in_a_loop_gets_a_key_per_call(store: CheckpointStore) -> None:
+    """The same subgraph node in two iterations of its parent's loop: two keys (its steps
+    start again at each call; the parent's task tells the calls apart), each called once."""
+    calls: list[str] = []
+
+    async def inner(state: LoopState) -> LoopState:
+        return {"keys": [await once("x", lambda: calls.append(effect_key()) or effect_key())]}
+
+    child = StateGraph(LoopState)
+    child.add_node("inner", inner)
+    child.add_edge(START, "inner")
+    sub = child.compile()
+
+    async def outer(state: LoopState) -> LoopState:
+        out = await sub.ainvoke({"keys": []})
+        return {"rounds": state.get("rounds", 0) + 1, "keys": out["keys"]}
+
+    parent = StateGraph(LoopState)
+    parent.add_node("outer", outer)
+    parent.add_edge(START, "outer")
+    parent.add_conditional_edges("outer", lambda s: "outer" if s["rounds"] < 2 else END)
+    out = await _invoke(parent.compile(), store, {"rounds": 0}, "th", "r1")
+    assert len(out["keys"]) == 2 and len(set(out["keys"])) == 2
+    assert calls == out["keys"]
+
+
 class OnceState(TypedDict, total=False):
     receipt: Any
     tries: int
