@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import json
 import logging
 import random
@@ -628,6 +629,13 @@ class GroupCommitSaver(BaseCheckpointSaver[str]):
         """Not supported: this saver is async only."""
         raise NotImplementedError(_SYNC)
 
+
+# LangGraph asks inspect.signature(saver.aput_writes) whether it takes task_path when every run
+# starts (put_writes_accepts_task_path): 6% of a worker running 0.2 s async steps (py-spy).
+# inspect returns a function's __signature__ as it is, so it is computed once, here.
+GroupCommitSaver.aput_writes.__signature__ = inspect.signature(  # type: ignore[attr-defined]
+    GroupCommitSaver.aput_writes
+)
 
 _SYNC = ("GroupCommitSaver is async only: use the graph's async API (ainvoke, astream, "
          "aget_state)")
