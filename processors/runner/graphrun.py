@@ -18,7 +18,7 @@ from typing import Any
 from langgraph.runtime import RunControl
 
 from graphwire.graphs.effects import bind_effects
-from graphwire.graphs.execution import RunOutcome, is_retriable, run_graph
+from graphwire.graphs.execution import RunOutcome, inline_sync_nodes, is_retriable, run_graph
 from graphwire.graphs.registry import GraphOptions
 from graphwire.processors.metrics import RunnerMetrics
 from graphwire.processors.runner import tracing
@@ -64,11 +64,16 @@ class RunExecutor:
         self._graph_options: dict[int, tuple[Any, GraphOptions]] = {}
 
     def options(self, graph: Any) -> GraphOptions:
-        """The graph's declared options, read once per graph object."""
+        """The graph's declared options, read once per graph object (which is then prepared:
+        its sync nodes made inline where the graph or ``GRAPHWIRE_SYNC_NODES`` says so)."""
         options = self._graph_options.get(id(graph))
         if options is None or options[0] is not graph:
             options = (graph, GraphOptions.of(graph))
             self._graph_options[id(graph)] = options
+            where = self.settings.sync_nodes
+            if where == "inline" or (where == "declared" and options[1].sync_nodes == "inline"):
+                changed = inline_sync_nodes(graph)
+                log.debug("sync nodes %s of graph %s run inline", changed, graph.name)
         return options[1]
 
     def _durable(self, name: str, graph: Any) -> Any:
