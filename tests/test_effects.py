@@ -531,16 +531,20 @@ async def test_a_runner_retry_of_a_retriable_error_keeps_the_key_and_the_effect(
     bootstrap: str, topics: TopicNames, settings: Settings, server: EffectServer,
 ) -> None:
     """The node raises ConnectionError after its effect; the runner's retry (attempt 2) gets
-    the same key and the recorded receipt: one call on the server, a success."""
+    the same key and the recorded receipt: one call on the server, a success, and
+    graphwire_effects_total counts one call and one replay."""
     fast = settings.model_copy(update={"retry_backoff_s": 0.01})
     registry = GraphRegistry.from_sources(specs="charge=tests.effect_graphs:make_flaky_charge")
-    async with GraphRunner(fast, registry):
+    async with GraphRunner(fast, registry) as runner:
         async with Collector(bootstrap, topics.results, topics.events) as out:
             await produce(bootstrap, topics.requests, [(b"k", encode(request(
                 "retry-1", graph="charge", input={"url": server.url, "amount": 3})))])
             await out.wait_count(topics.results, 1)
             [result] = out.values(topics.results)
             effects = _effects(out, topics)
+        counted = {o: runner.metrics.registry.get_sample_value(
+            "graphwire_effects_total", {"outcome": o}) for o in ("called", "replayed")}
+    assert counted == {"called": 1.0, "replayed": 1.0}
     [(_, key, _)] = server.calls
     assert (result["status"], result["attempts"]) == ("success", 2)
     assert result["output"]["receipt"] == {"charged": 3, "call": 1}

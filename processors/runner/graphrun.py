@@ -136,6 +136,10 @@ class RunExecutor:
             self.metrics.event_published(type_)
             await outbox.send(events_topic, self._out.encode(event, "data"), key, headers)
 
+        async def emit_effect(type_: str, node: str | None, data: Any) -> None:
+            self.metrics.effects.labels(data["outcome"]).inc()
+            await emit(type_, node, data)
+
         async def run_started(resumed: bool) -> None:
             """Every try opens with one, at ``i = 0`` of its own base."""
             data = {"thread_id": thread_id, "worker": self.settings.worker_id,
@@ -190,7 +194,7 @@ class RunExecutor:
                     outcome = earlier  # the crash came after the graph ended: nothing to run
                     break
                 with bind_effects(journal, thread_id=thread_id or rid, request_id=rid,
-                                  namespace=self.settings.topic_prefix, emit=emit):
+                                  namespace=self.settings.topic_prefix, emit=emit_effect):
                     outcome = await run_graph(
                         graph,
                         input=payload_input,
