@@ -48,8 +48,9 @@ CREATE TABLE IF NOT EXISTS graphwire_effects (
 CREATE INDEX IF NOT EXISTS graphwire_effects_thread ON graphwire_effects (thread_id);
 """
 
-# $1-$5 the outcomes, $6-$11 the intents. The final SELECT reads the snapshot from before the
-# statement: a fresh key shows no row, a bumped one its old calls (``again`` has the new).
+# $1-$5 the outcomes, $6-$11 the intents. Every CTE runs to completion whether read or not;
+# the final SELECT reads the snapshot from before the statement: a fresh key shows no row, a
+# bumped one its old calls (``again`` has the new).
 GROUP_SQL = """
 WITH finished AS (
     UPDATE graphwire_effects e
@@ -59,7 +60,6 @@ WITH finished AS (
     FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[])
         AS u(key, result, error, sealed, cipher)
     WHERE e.key = u.key
-    RETURNING 1
 ), input AS (
     SELECT * FROM unnest($6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
                          $11::bool[])
@@ -78,7 +78,7 @@ WITH finished AS (
     RETURNING e.key, e.calls
 )
 SELECT i.key, f.key IS NOT NULL AS fresh, a.calls AS again_calls, e.status, e.calls,
-       e.result::text AS result, e.sealed, e.cipher, (SELECT count(*) FROM finished) AS finished
+       e.result::text AS result, e.sealed, e.cipher
 FROM input i
 LEFT JOIN fresh f ON f.key = i.key
 LEFT JOIN again a ON a.key = i.key
