@@ -59,7 +59,7 @@ async def _journal(prefix: str) -> list[dict[str, Any]]:
     conn = await asyncpg.connect(TEST_DATABASE_URL)
     try:
         rows = await conn.fetch(
-            f'SELECT key, thread_id, name, node, status, calls, result::text AS result '
+            f'SELECT key, thread_id, name, node, status, calls, result '
             f'FROM "{prefix}".graphwire_effects ORDER BY started_at, key'
         )
     finally:
@@ -278,9 +278,9 @@ async def test_journal_states_group_commits_and_in_doubt_retries(store: Checkpoi
     assert (doubt.state, doubt.calls) == ("in_doubt", 1)
     again = await journal.begin(intent("k1", retry=True))
     assert (again.state, again.calls) == ("call", 2)
-    await journal.finish("k1", orjson.dumps({"ok": [1, 2]}), None)
+    await journal.finish("k1", orjson.dumps({"ok": [1, 2], "nul": "a\x00b"}), None)
     done = await journal.begin(intent("k1", retry=True))
-    assert (done.state, done.calls, done.result) == ("done", 2, {"ok": [1, 2]})
+    assert (done.state, done.calls, done.result) == ("done", 2, {"ok": [1, 2], "nul": "a\x00b"})
     await journal.begin(intent("k2"))
     await journal.finish("k2", None, "ConnectionError: refused")
     after_failure = await journal.begin(intent("k2"))

@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS graphwire_effects (
     node        text NOT NULL,
     status      text NOT NULL DEFAULT 'pending',  -- pending | done | failed
     calls       integer NOT NULL DEFAULT 1,       -- times started (in-doubt retries, failures)
-    result      jsonb,                -- the JSON result, or with an encryption key:
+    result      text,                 -- the JSON result as orjson wrote it (jsonb refuses the
+                                      -- escaped NUL character), or with an encryption key:
     sealed      bytea,                -- the result's JSON encrypted by ``cipher``
     cipher      text,
     error       text,
@@ -55,7 +56,7 @@ GROUP_SQL = """
 WITH finished AS (
     UPDATE graphwire_effects e
     SET status = CASE WHEN u.error IS NULL THEN 'done' ELSE 'failed' END,
-        result = u.result::jsonb, sealed = u.sealed, cipher = u.cipher, error = u.error,
+        result = u.result, sealed = u.sealed, cipher = u.cipher, error = u.error,
         finished_at = now()
     FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[])
         AS u(key, result, error, sealed, cipher)
@@ -78,7 +79,7 @@ WITH finished AS (
     RETURNING e.key, e.calls
 )
 SELECT i.key, f.key IS NOT NULL AS fresh, a.calls AS again_calls, e.status, e.calls,
-       e.result::text AS result, e.sealed, e.cipher
+       e.result, e.sealed, e.cipher
 FROM input i
 LEFT JOIN fresh f ON f.key = i.key
 LEFT JOIN again a ON a.key = i.key
