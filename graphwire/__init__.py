@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     )
     from graphwire.topics.models import Event, EventType, Request, Result, Status
     from graphwire.topics.syncclient import Client
+    from graphwire.topics.webhooks import WebhookSignatureError, sign_webhook, verify_webhook
 
 _EXPORTS = {
     "GraphwireClient": "graphwire.topics.client",
@@ -47,6 +48,9 @@ _EXPORTS = {
     "Event": "graphwire.topics.models",
     "EventType": "graphwire.topics.models",
     "Status": "graphwire.topics.models",
+    "verify_webhook": "graphwire.topics.webhooks",
+    "sign_webhook": "graphwire.topics.webhooks",
+    "WebhookSignatureError": "graphwire.topics.webhooks",
 }
 
 __all__ = [
@@ -64,6 +68,9 @@ __all__ = [
     "RunRejected",
     "RunTimedOut",
     "Status",
+    "WebhookSignatureError",
+    "sign_webhook",
+    "verify_webhook",
 ]
 
 

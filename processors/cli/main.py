@@ -34,6 +34,7 @@ from graphwire.processors.cli.state import (
     state_command,
 )
 from graphwire.processors.cli.traffic import add_parsers as add_traffic_parsers
+from graphwire.processors.cli.webhooks import add_parsers as add_webhooks_parsers
 from graphwire.topics.errors import GraphwireError
 
 log = logging.getLogger("graphwire")
@@ -263,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_traffic_parsers(sub, _kafka_flags)
     add_gateway_parsers(sub, _kafka_flags)
     add_ops_parsers(sub, _kafka_flags)
+    add_webhooks_parsers(sub, _kafka_flags)
 
     p = sub.add_parser("graphs", help="list registered graphs and their nodes")
     _graph_flags(p)
@@ -306,7 +308,8 @@ def run_async(coro: Coroutine[Any, Any, int]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``graphwire`` console script."""
     args = build_parser().parse_args(argv)
-    if args.command not in ("worker", "audit", "gateway"):  # one-line errors, not aiokafka's
+    # one-line errors, not aiokafka's
+    if args.command not in ("worker", "audit", "gateway", "webhooks"):
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         if args.command in ("worker", "audit") and args.processes > 1:
