@@ -189,10 +189,10 @@ class Settings(BaseSettings):
     """Results held at once (being delivered or waiting for a retry)."""
     webhook_per_host: int = Field(default=8, ge=1)
     """Concurrent requests to one host (``host:port``)."""
-    webhook_host_down_after: int = Field(default=3, ge=1)
-    """A host whose last this many deliveries all gave up is "down": until one succeeds, its
-    further results get one attempt each before their dead letter, so a dead receiver never
-    holds the in-flight slots that other hosts' results need."""
+    webhook_host_down_after: int = Field(default=10, ge=1)
+    """A host whose last this many attempts all failed is "down": one result at a time probes it
+    with one attempt, the others go to the dead letters at once (replay them once it is back),
+    so a dead receiver never holds the in-flight slots other hosts' results need."""
     webhook_http_port: int = Field(default=8083, ge=0, le=65535)
     """``/health``, ``/ready`` and ``/metrics`` of the webhook processor (0 disables)."""
 

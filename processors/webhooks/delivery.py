@@ -12,9 +12,10 @@ the POST. The outcome of an attempt:
 
 Only the result body and graphwire's own headers are sent: no credentials, cookies, proxies
 from the environment, or headers of the request message. Concurrency is limited per host
-(``host:port``). A host whose last ``down_after`` deliveries all gave up is *down*: until one
-succeeds its results get a single attempt each, so that a dead receiver cannot hold the
-in-flight slots that every other host's results need (no head-of-line blocking).
+(``host:port``). A host whose last ``down_after`` attempts all failed is *down*: one delivery at a
+time probes it with a single attempt and the others are dead-lettered at once, so that a dead
+receiver cannot hold the in-flight slots every other host's results need (no head-of-line
+blocking). A probe that succeeds brings the host back.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
+from aiohttp.abc import AbstractResolver
 
 from graphwire.processors.webhooks.metrics import WebhookMetrics
 from graphwire.processors.webhooks.policy import (
@@ -104,8 +106,10 @@ class WebhookSender:
         backoff_s: float = 1.0,
         backoff_max_s: float = 60.0,
         per_host: int = 8,
-        down_after: int = 3,
+        down_after: int = 10,
+        dns: AbstractResolver | None = None,
     ) -> None:
+        """``dns``: the resolver under the address check (default aiohttp's)."""
         self.policy = policy
         self._secret = secret.encode()
         self.metrics = metrics
@@ -113,9 +117,11 @@ class WebhookSender:
         self.max_attempts = max_attempts
         self.backoff_s, self.backoff_max_s = backoff_s, backoff_max_s
         self.per_host, self.down_after = per_host, down_after
+        self._dns = dns
         self._session: aiohttp.ClientSession | None = None
         self._slots: dict[str, tuple[asyncio.Semaphore, list[int]]] = {}
-        self._failures: OrderedDict[str, int] = OrderedDict()  # host -> deliveries given up
+        self._failures: OrderedDict[str, int] = OrderedDict()  # host -> failed attempts in a row
+        self._probing: set[str] = set()  # hosts down with an attempt in progress
         metrics.hosts_down.set_function(
             lambda: sum(n >= self.down_after for n in self._failures.values())
         )
@@ -125,7 +131,8 @@ class WebhookSender:
         if self._session is not None:
             return
         connector = aiohttp.TCPConnector(
-            resolver=GuardedResolver(self.policy), limit=0, limit_per_host=0, ttl_dns_cache=10
+            resolver=GuardedResolver(self.policy, self._dns), limit=0, limit_per_host=0,
+            ttl_dns_cache=10,
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -142,41 +149,55 @@ class WebhookSender:
             self._session = None
 
     def host_down(self, url: str) -> bool:
-        """True while ``url``'s host counts as down (one attempt per delivery)."""
+        """True while ``url``'s host counts as down (see ``deliver``)."""
         return self._failures.get(host_key(url), 0) >= self.down_after
 
     async def deliver(self, delivery: Delivery) -> Outcome:
-        """Attempt ``delivery`` until it is accepted or given up (cancellable in between)."""
+        """Attempt ``delivery`` until it is accepted or given up (cancellable in between).
+
+        While its host is down (``down_after`` failed attempts in a row, over all deliveries),
+        one delivery at a time makes a single attempt (a probe) and the others are given up at
+        once: a dead receiver's results go to the dead letters at the speed they come, instead of
+        filling the in-flight slots. A probe that succeeds brings the host back.
+        """
         host = host_key(delivery.url)
-        down = self.host_down(delivery.url)
-        limit = 1 if down else self.max_attempts
         attempt = 0
         while True:
+            probe = self.host_down(delivery.url)
+            if probe and host in self._probing:
+                return Outcome(False, attempt, self._down_reason(delivery, attempt))
             attempt += 1
-            result = await self._attempt(delivery, attempt)
+            if probe:
+                self._probing.add(host)
+            try:
+                result = await self._attempt(delivery, attempt)
+            finally:
+                if probe:
+                    self._probing.discard(host)
             if result.ok:
                 self._failures.pop(host, None)
                 return Outcome(True, attempt, status=result.status)
-            if not result.retriable or attempt >= limit:
-                if result.retriable:
-                    self._count_failure(host)
-                elif result.status is not None:  # it answered: alive, whatever it said
-                    self._failures.pop(host, None)
-                return Outcome(False, attempt, self._reason(delivery, result, attempt, down),
-                               result.status)
+            if result.retriable:
+                self._count_failure(host)
+            elif result.status is not None:  # it answered: alive, whatever it said
+                self._failures.pop(host, None)
+            if not result.retriable:
+                return Outcome(False, attempt, f"webhook {describe_url(delivery.url)}: "
+                                               f"{result.detail}", result.status)
+            if probe or attempt >= self.max_attempts:
+                reason = (self._down_reason(delivery, attempt, result.detail) if probe else
+                          f"webhook {describe_url(delivery.url)}: gave up after {attempt} "
+                          f"attempts, the last: {result.detail}; fix the receiver, then "
+                          "`graphwire dlq replay` the dead letter")
+                return Outcome(False, attempt, reason, result.status)
             self.metrics.retries.labels(result.label).inc()
             await asyncio.sleep(self._delay(attempt, result.retry_after_s))
 
-    def _reason(self, delivery: Delivery, result: _Attempt, attempts: int, down: bool) -> str:
-        where = describe_url(delivery.url)
-        if not result.retriable:
-            return f"webhook {where}: {result.detail}"
-        if down:
-            return (f"webhook {where}: {result.detail}; the host is down (its last "
-                    f"{self.down_after} deliveries gave up), so one attempt was made; fix the "
-                    "receiver, then `graphwire dlq replay` the dead letters")
-        return (f"webhook {where}: gave up after {attempts} attempts, the last: {result.detail}; "
-                "fix the receiver, then `graphwire dlq replay` the dead letter")
+    def _down_reason(self, delivery: Delivery, attempts: int, last: str = "") -> str:
+        tried = f"{attempts} attempts, the last: {last}" if last else f"{attempts} attempts"
+        return (f"webhook {describe_url(delivery.url)}: the host is down ({self.down_after} "
+                f"failed attempts in a row; this delivery made {tried}); fix the receiver, then "
+                "`graphwire dlq replay` the dead letters")
 
     def _count_failure(self, host: str) -> None:
         self._failures[host] = self._failures.pop(host, 0) + 1
