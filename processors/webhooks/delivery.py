@@ -163,17 +163,18 @@ class WebhookSender:
         host = host_key(delivery.url)
         attempt = 0
         while True:
-            probe = self.host_down(delivery.url)
-            if probe and host in self._probing:
-                return Outcome(False, attempt, self._down_reason(delivery, attempt))
-            attempt += 1
-            if probe:
-                self._probing.add(host)
-            try:
-                result = await self._attempt(delivery, attempt)
-            finally:
+            async with self._slot(host):  # decided once a connection is ours: the host may
+                probe = self.host_down(delivery.url)  # have gone down while this one waited
+                if probe and host in self._probing:
+                    return Outcome(False, attempt, self._down_reason(delivery, attempt))
+                attempt += 1
                 if probe:
-                    self._probing.discard(host)
+                    self._probing.add(host)
+                try:
+                    result = await self._attempt(delivery, attempt)
+                finally:
+                    if probe:
+                        self._probing.discard(host)
             if result.ok:
                 self._failures.pop(host, None)
                 return Outcome(True, attempt, status=result.status)
@@ -277,25 +278,24 @@ class WebhookSender:
             SIGNATURE_HEADER: sign_webhook(self._secret, timestamp, delivery.body),
         }
         started = time.perf_counter()
-        async with self._slot(host_key(url)):
-            try:
-                async with self._session.post(
-                    url, data=delivery.body, headers=headers, allow_redirects=False
-                ) as response:
-                    status = response.status
-                    location = response.headers.get("Location")
-                    retry_after = response.headers.get("Retry-After")
-            except aiohttp.ClientConnectorError as exc:
-                if isinstance(exc.os_error, AddressRefused):
-                    self.metrics.attempts.labels("refused").inc()
-                    return _Attempt(False, False, "refused", str(exc.os_error)), None
-                return self._failed("connection", f"cannot connect ({exc.os_error})"), None
-            except TimeoutError:
-                return self._failed("timeout", f"no answer within {self.timeout_s:g}s"), None
-            except aiohttp.ClientError as exc:
-                return self._failed("connection", f"{type(exc).__name__}: {exc}"), None
-            finally:
-                self.metrics.attempt_duration.observe(time.perf_counter() - started)
+        try:
+            async with self._session.post(
+                url, data=delivery.body, headers=headers, allow_redirects=False
+            ) as response:
+                status = response.status
+                location = response.headers.get("Location")
+                retry_after = response.headers.get("Retry-After")
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, AddressRefused):
+                self.metrics.attempts.labels("refused").inc()
+                return _Attempt(False, False, "refused", str(exc.os_error)), None
+            return self._failed("connection", f"cannot connect ({exc.os_error})"), None
+        except TimeoutError:
+            return self._failed("timeout", f"no answer within {self.timeout_s:g}s"), None
+        except aiohttp.ClientError as exc:
+            return self._failed("connection", f"{type(exc).__name__}: {exc}"), None
+        finally:
+            self.metrics.attempt_duration.observe(time.perf_counter() - started)
         label = f"{status // 100}xx"
         self.metrics.attempts.labels(label).inc()
         if 200 <= status < 300:
