@@ -514,3 +514,80 @@ async def test_the_processor_refuses_to_start_without_a_secret(settings: Setting
     """No GRAPHWIRE_WEBHOOK_SECRET: a one-line error that says what to set."""
     with pytest.raises(Exception, match="GRAPHWIRE_WEBHOOK_SECRET is not set"):
         WebhookDispatcher(settings)
+
+
+async def test_replaying_a_webhook_dead_letter_delivers_the_result_again(
+    topics: TopicNames, settings: Settings, receiver: Receiver, bootstrap: str,
+) -> None:
+    """`graphwire dlq replay` puts a webhook's dead letter back on the results topic (not the
+    requests topic): the receiver, fixed meanwhile, gets the same result bytes."""
+    from graphwire.topics.deadletters import is_webhook_letter, read_dead_letters, replay
+
+    receiver.scripts["/hook"] = [400]  # broken at first; 200 once the script is used up
+    hooks = hook_settings(settings)
+    async with WebhookDispatcher(hooks):
+        key, value, headers = result_message("again", receiver.url("/hook"))
+        await produce(bootstrap, topics.results, [(key, value, headers)])
+        await until_committed(bootstrap, hooks.webhook_group_id, topics.results, 1)
+        letters = await read_dead_letters(bootstrap, topics)
+        assert [is_webhook_letter(d, topics) for d in letters] == [True]
+        assert await replay(bootstrap, topics, letters) == 1
+        await until_committed(bootstrap, hooks.webhook_group_id, topics.results, 2)
+    first, second = receiver.paths("/hook")
+    assert first.body == second.body == value
+    assert verify_webhook(second.body, second.headers, SECRET)["request_id"] == "again"
+    async with Collector(bootstrap, topics.requests) as requests:
+        await asyncio.sleep(0.5)
+        assert requests.records[topics.requests] == []
+
+
+async def test_gateway_takes_webhook_under_the_runners_rules(
+    topics: TopicNames, worker_env: dict[str, str], bootstrap: str,
+) -> None:
+    """execute and batch accept an allowed webhook (it reaches the request on Kafka) and answer
+    422 with the reason for one that is not; a batch with one is submitted not at all."""
+    from tests.gateway_helpers import A, gateway_settings, serve
+
+    settings = gateway_settings(worker_env, webhook_allowed_hosts="hooks.example.com")
+    good, bad = "https://hooks.example.com/done?t=1", "https://evil.example.org/x"
+    async with Collector(bootstrap, topics.requests) as out, serve(settings) as http:
+        accepted = await http.post("/workflow/execute", headers=A, json={
+            "workflow_name": "echo", "input_data": {"text": "x"}, "webhook": good})
+        assert accepted.status_code == 202, accepted.text
+        refused = await http.post("/workflow/execute", headers=A, json={
+            "workflow_name": "echo", "input_data": {"text": "x"}, "webhook": bad})
+        assert (refused.status_code, refused.json()) == (422, {"detail": (
+            "webhook: webhook host 'evil.example.org' is not in GRAPHWIRE_WEBHOOK_ALLOWED_HOSTS; "
+            "use an allowed host or ask the operator to add it")})
+        batch = await http.post("/workflow/batch", headers=A, json={"requests": [
+            {"workflow_name": "echo", "input_data": {}, "webhook": good},
+            {"workflow_name": "echo", "input_data": {}, "webhook": "ftp://hooks.example.com/"}]})
+        assert (batch.status_code, batch.json()) == (422, {"detail": (
+            "requests[1]: webhook: webhook must be an http:// or https:// URL with a host; "
+            "nothing in this batch was submitted")})
+        await out.wait_count(topics.requests, 1)
+        await asyncio.sleep(0.5)
+    [sent] = out.values(topics.requests)
+    assert sent["request_id"] == accepted.json()["request_id"]
+    assert sent["webhook"] == good
+
+
+def test_doctor_webhook_checks() -> None:
+    """Off without an allow-list; with one, a missing secret fails, a short one and a whole
+    top-level domain warn, and the retry bound is stated."""
+    from graphwire.processors.cli.doctor import webhook_checks
+
+    def table(**fields: Any) -> dict[str, tuple[str, str]]:
+        s = Settings(_env_file=None, **fields)  # type: ignore[call-arg]
+        return {c.name: (c.status, c.detail) for c in webhook_checks(s)}
+
+    assert table() == {"webhooks": ("pass", "off: GRAPHWIRE_WEBHOOK_ALLOWED_HOSTS is empty, so "
+                                            "requests with a webhook are rejected")}
+    found = table(webhook_allowed_hosts="*.com, hooks.internal")
+    assert found["webhook secret"][0] == "fail"
+    assert found["webhook allow-list"] == ("warn", "*.com allows a whole top-level domain")
+    found = table(webhook_allowed_hosts="hooks.example.com", webhook_secret="short",
+                  webhook_max_attempts=3, webhook_backoff_s=1, webhook_timeout_s=10)
+    assert found["webhook secret"] == ("warn", "5 characters")
+    assert found["webhook retries"] == ("pass", "3 attempts: a dead receiver's result is "
+                                                "dead-lettered within about 33 s")
