@@ -35,13 +35,12 @@ from aiohttp.abc import AbstractResolver
 
 from graphwire.processors.webhooks.metrics import WebhookMetrics
 from graphwire.processors.webhooks.policy import (
-    AddressRefused,
-    GuardedResolver,
     WebhookPolicy,
     describe_url,
     host_key,
     is_ip_literal,
 )
+from graphwire.processors.webhooks.resolver import AddressRefused, GuardedResolver
 from graphwire.topics.webhooks import (
     ATTEMPT_HEADER,
     DELIVERY_HEADER,

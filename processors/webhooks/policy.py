@@ -9,26 +9,19 @@ loopback, link-local (cloud metadata at 169.254.169.254), shared, reserved, mult
 unspecified addresses are refused, unless the allow-list names that host exactly (not through a
 wildcard): an operator who writes ``hooks.internal`` or ``10.0.0.7`` there means it. The check runs
 inside the HTTP client's resolver, on the very addresses it connects to, so a name that resolves
-to a public address when checked and a private one when connecting (DNS rebinding) cannot slip by.
+to a public address when checked and a private one when connecting (DNS rebinding) cannot slip by
+(``resolver.GuardedResolver``). This module is pure: runners and the gateway check with it too.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import socket
 from urllib.parse import urlsplit
-
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import DefaultResolver
 
 from graphwire.topics.models import webhook_url_problem
 
 
-class AddressRefused(OSError):
-    """A webhook host resolved to an address graphwire does not call (raised by the resolver)."""
-
-
-def _normal(host: str) -> str:
+def normal_host(host: str) -> str:
     return host.strip().strip("[]").rstrip(".").lower()
 
 
@@ -36,7 +29,7 @@ class WebhookPolicy:
     """The allow-list, parsed once; ``refusal(url)`` says why a URL may not be called."""
 
     def __init__(self, allowed_hosts: str) -> None:
-        entries = [_normal(e) for e in allowed_hosts.split(",") if e.strip()]
+        entries = [normal_host(e) for e in allowed_hosts.split(",") if e.strip()]
         self.exact = frozenset(e for e in entries if not e.startswith("*."))
         self.suffixes = tuple(e[1:] for e in entries if e.startswith("*."))  # ".example.com"
 
@@ -47,11 +40,11 @@ class WebhookPolicy:
 
     def named(self, host: str) -> bool:
         """True when the allow-list names ``host`` exactly (private addresses allowed then)."""
-        return _normal(host) in self.exact
+        return normal_host(host) in self.exact
 
     def allows_host(self, host: str) -> bool:
         """True when ``host`` is named or under an allowed wildcard."""
-        host = _normal(host)
+        host = normal_host(host)
         return host in self.exact or any(host.endswith(s) for s in self.suffixes)
 
     def refusal(self, url: str) -> str | None:
@@ -96,39 +89,10 @@ class WebhookPolicy:
         )
 
 
-class GuardedResolver(AbstractResolver):
-    """aiohttp's resolver, refusing addresses the policy does not allow (``AddressRefused``)."""
-
-    def __init__(self, policy: WebhookPolicy, resolver: AbstractResolver | None = None) -> None:
-        self._policy = policy
-        self._resolver = resolver or DefaultResolver()
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        if is_ip_literal(host):  # aiohttp does not ask for these; a direct caller may
-            address = _normal(host)
-            ip_family = socket.AF_INET6 if ":" in address else socket.AF_INET
-            results: list[ResolveResult] = [
-                {"hostname": host, "host": address, "port": port, "family": ip_family,
-                 "proto": 0, "flags": socket.AI_NUMERICHOST}
-            ]
-        else:
-            results = await self._resolver.resolve(host, port, family)
-        for result in results:
-            refusal = self._policy.address_refusal(host, result["host"])
-            if refusal is not None:
-                raise AddressRefused(refusal)
-        return results
-
-    async def close(self) -> None:
-        await self._resolver.close()
-
-
 def is_ip_literal(host: str) -> bool:
     """True when ``host`` is an IP address rather than a name."""
     try:
-        ipaddress.ip_address(_normal(host))
+        ipaddress.ip_address(normal_host(host))
     except ValueError:
         return False
     return True
