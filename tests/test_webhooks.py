@@ -591,3 +591,45 @@ def test_doctor_webhook_checks() -> None:
     assert found["webhook secret"] == ("warn", "5 characters")
     assert found["webhook retries"] == ("pass", "3 attempts: a dead receiver's result is "
                                                 "dead-lettered within about 33 s")
+
+
+async def test_the_webhook_processor_leaks_no_secret(
+    topics: TopicNames, worker_env: dict[str, str], receiver: Receiver, tmp_path: Path,
+    bootstrap: str,
+) -> None:
+    """At DEBUG, through deliveries, retries, a dead letter and a refusal: neither the signing
+    key, nor other configured secrets, nor a webhook URL's query token reach the log, the
+    receiver, the dead letters or the metrics."""
+    token_in_url = "tok-Sup3r-s3cret-0xF00D"
+    sasl, pg = "sasl-Sup3r-s3cret-0xBEEF", "pg-Sup3r-s3cret-0xC0FFEE"
+    port = free_port()
+    env = {**worker_env, "GRAPHWIRE_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
+           "GRAPHWIRE_WEBHOOK_SECRET": SECRET, "GRAPHWIRE_SASL_PASSWORD": sasl,
+           "GRAPHWIRE_DATABASE_URL": f"postgresql://u:{pg}@127.0.0.1:5432/test",
+           "GRAPHWIRE_WEBHOOK_GROUP_ID": f"{worker_env['GRAPHWIRE_TOPIC_PREFIX']}-webhooks",
+           "GRAPHWIRE_WEBHOOK_BACKOFF_S": "0.05", "GRAPHWIRE_WEBHOOK_MAX_ATTEMPTS": "2",
+           "GRAPHWIRE_WEBHOOK_HTTP_PORT": str(port), "GRAPHWIRE_LOG_LEVEL": "DEBUG"}
+    receiver.scripts["/fails"] = [500, 500]
+    log = tmp_path / "webhooks.log"
+    process = WorkerProcess(env, log_path=log, command="webhooks").start()
+    try:
+        async with Collector(bootstrap, topics.dlq) as out:
+            await produce(bootstrap, topics.results, [
+                result_message("ok", receiver.url(f"/ok?token={token_in_url}")),
+                result_message("fails", receiver.url(f"/fails?token={token_in_url}")),
+                result_message("refused", f"https://elsewhere.example.org/?token={token_in_url}"),
+                result_message("closed", f"http://127.0.0.1:{closed_port()}/?t={token_in_url}"),
+            ])
+            await wait_ready(port, 200)
+            await out.wait_count(topics.dlq, 3)
+            texts = [orjson.dumps(await metrics(port)).decode()]
+    finally:
+        assert process.terminate(timeout=60) == 0
+    reasons = [dict(r.headers)[HEADER_ERROR].decode() for r in out.records[topics.dlq]]
+    texts += reasons + [f"{c.headers!r} {c.body!r}" for c in receiver.calls]
+    logged = log.read_text()
+    levels = {orjson.loads(line)["level"] for line in logged.splitlines() if line.startswith("{")}
+    assert "debug" in levels and "dead-lettered the webhook" in logged  # the log was really read
+    for secret in (SECRET, sasl, pg):
+        assert not [t for t in [*texts, logged] if secret in t], secret
+    assert token_in_url not in logged and not [r for r in reasons if token_in_url in r]

@@ -291,8 +291,10 @@ class WebhookSender:
             return self._failed("connection", f"cannot connect ({exc.os_error})"), None
         except TimeoutError:
             return self._failed("timeout", f"no answer within {self.timeout_s:g}s"), None
-        except aiohttp.ClientError as exc:
-            return self._failed("connection", f"{type(exc).__name__}: {exc}"), None
+        except aiohttp.ClientError as exc:  # its text may hold the URL: not its query
+            text = f"{type(exc).__name__}: {exc}"
+            query = urlsplit(url).query
+            return self._failed("connection", text.replace(query, "…") if query else text), None
         finally:
             self.metrics.attempt_duration.observe(time.perf_counter() - started)
         label = f"{status // 100}xx"
