@@ -31,7 +31,7 @@ from typing import Any, Self, TypeAlias
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError, MessageSizeTooLargeError
 from aiokafka.structs import ConsumerRecord
 
 from graphwire.processors.runner.offsets import OffsetTracker
@@ -39,7 +39,7 @@ from graphwire.processors.settings import Settings
 from graphwire.processors.webhooks.delivery import Delivery, Outcome, WebhookSender
 from graphwire.processors.webhooks.metrics import WebhookMetrics
 from graphwire.processors.webhooks.policy import WebhookPolicy, describe_url
-from graphwire.topics.codec import HEADER_ERROR, HEADER_SOURCE
+from graphwire.topics.codec import HEADER_ERROR, HEADER_SOURCE, HEADER_VALUE_DROPPED
 from graphwire.topics.errors import DependencyUnavailable, GraphwireError
 from graphwire.topics.webhooks import HEADER_WEBHOOK
 
@@ -269,6 +269,9 @@ class WebhookDispatcher:
                 held = self._tasks.setdefault(tp, set())
                 held.add(task)
                 task.add_done_callback(held.discard)
+                # a delivery never raises (it dead-letters); if one does, its offset can never
+                # be committed: fail loudly (exit non-zero, restart, redelivered)
+                task.add_done_callback(lambda done: self._task_done(done, "delivery"))
             if records:
                 highwater = consumer.highwater(tp)
                 if highwater is not None:
@@ -328,12 +331,19 @@ class WebhookDispatcher:
             (HEADER_ERROR, reason.encode()),
             (HEADER_SOURCE, f"{record.topic}/{record.partition}/{record.offset}".encode()),
         ]
-        delay = 0.5
+        value, delay = record.value, 0.5
         while True:
             try:
-                await producer.send_and_wait(self._topics.dlq, record.value, key=record.key,
+                await producer.send_and_wait(self._topics.dlq, value, key=record.key,
                                              headers=headers)
                 return
+            except MessageSizeTooLargeError:
+                # the dlq takes smaller messages than results: keep the reason and the pointer
+                # to the result (still on the results topic) rather than hold the partition
+                if value is None:
+                    raise
+                value = None
+                headers.append((HEADER_VALUE_DROPPED, str(len(record.value or b"")).encode()))
             except KafkaError as exc:
                 self.metrics.dead_letter_failures.inc()
                 log.warning("could not publish a webhook dead letter, retrying: %s", exc)
