@@ -290,7 +290,8 @@ async def test_runner_result_is_posted_signed_and_a_refused_webhook_is_rejected(
 ) -> None:
     """End to end: the runner's result reaches the receiver once, signed, byte for byte as on
     the results topic; a request whose webhook host is not allowed is rejected at once with the
-    reason, and nothing is POSTed for it."""
+    reason, and nothing is POSTed for it; a rejection for another reason (an unknown graph) is
+    POSTed like any result."""
     env = {**worker_env, "GRAPHWIRE_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1"}
     worker = WorkerProcess(env, log_path=tmp_path / "worker.log").start()
     hooks = hook_settings(settings)
@@ -300,21 +301,25 @@ async def test_runner_result_is_posted_signed_and_a_refused_webhook_is_rejected(
             await produce(bootstrap, topics.requests, [
                 (b"ok", encode(request("ok", "echo", input={"text": "hi"},
                                        webhook=receiver.url("/hook?token=t")))),
-                (b"bad", encode(request("bad", "echo", input={"text": "hi"},
+                (b"bad", encode(request("bad", "nope", input={"text": "hi"},
                                         webhook="https://evil.example.org/steal"))),
+                (b"nope", encode(request("nope", "nope", webhook=receiver.url("/rejected")))),
             ])
-            await out.wait_count(topics.results, 2, timeout=60)
-            await until_committed(bootstrap, hooks.webhook_group_id, topics.results, 2)
+            await out.wait_count(topics.results, 3, timeout=60)
+            await until_committed(bootstrap, hooks.webhook_group_id, topics.results, 3)
             records = {r.key: r for r in out.records[topics.results]}
             assert sample(dispatcher, "graphwire_webhook_deliveries_total",
-                          outcome="delivered") == 1
+                          outcome="delivered") == 2
             assert sample(dispatcher, "graphwire_webhook_deliveries_total",
                           outcome="skipped") == 1
     finally:
         worker.stop()
     ok, bad = records[b"ok"], records[b"bad"]
-    assert [c.path for c in receiver.calls] == ["/hook"]
-    call = receiver.calls[0]
+    assert sorted(c.path for c in receiver.calls) == ["/hook", "/rejected"]
+    [call] = receiver.paths("/hook")
+    [unknown] = receiver.paths("/rejected")
+    assert unknown.body == records[b"nope"].value
+    assert verify_webhook(unknown.body, unknown.headers, SECRET)["status"] == "rejected"
     assert call.body == ok.value
     assert verify_webhook(call.body, call.headers, SECRET) == orjson.loads(ok.value)
     assert orjson.loads(ok.value)["status"] == "success"
@@ -510,10 +515,21 @@ async def test_sigkill_mid_stream_loses_no_result(
     assert all(len(delivery_ids) == 1 for delivery_ids in ids.values())  # redeliveries dedupe
 
 
-async def test_the_processor_refuses_to_start_without_a_secret(settings: Settings) -> None:
-    """No GRAPHWIRE_WEBHOOK_SECRET: a one-line error that says what to set."""
-    with pytest.raises(Exception, match="GRAPHWIRE_WEBHOOK_SECRET is not set"):
-        WebhookDispatcher(settings)
+def test_the_processor_refuses_to_start_without_a_secret(worker_env: dict[str, str]) -> None:
+    """No GRAPHWIRE_WEBHOOK_SECRET: `graphwire webhooks` exits 1 with one line saying what to
+    set."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.kafka_helpers import ROOT
+
+    done = subprocess.run([sys.executable, "-m", "graphwire", "webhooks"], cwd=ROOT,
+                          env={**os.environ, **worker_env}, capture_output=True, text=True,
+                          timeout=60)
+    assert (done.returncode, done.stderr) == (1, (
+        "graphwire: error: GRAPHWIRE_WEBHOOK_SECRET is not set: webhooks are signed with it; set "
+        "it to a long random value (e.g. `openssl rand -hex 32`) and give receivers the same\n"))
 
 
 async def test_replaying_a_webhook_dead_letter_delivers_the_result_again(

@@ -152,6 +152,14 @@ class RequestProcessor:
                 record, exc.request_id, peek_graph(record.value), exc, reason, started
             )
             return
+        if request.webhook is not None:  # refused at once, not when the result is out
+            refusal = self._webhooks.refusal(request.webhook)
+            if refusal is not None:
+                await self._reject(record, request.request_id, request.graph,
+                                   InvalidRequest(f"invalid request: {refusal}"),
+                                   "webhook_refused", started, metadata=request.metadata,
+                                   thread_id=request.thread_id)
+                return
         try:
             if self._allowed and request.graph not in self._allowed:
                 raise UnknownGraphName(request.graph)
@@ -171,14 +179,6 @@ class RequestProcessor:
                 webhook=request.webhook,
             )
             return
-        if request.webhook is not None:  # refused at once, not when the result is out
-            refusal = self._webhooks.refusal(request.webhook)
-            if refusal is not None:
-                await self._reject(record, request.request_id, request.graph,
-                                   InvalidRequest(f"invalid request: {refusal}"),
-                                   "webhook_refused", started, metadata=request.metadata,
-                                   thread_id=request.thread_id)
-                return
         await self._run(record, request, graph, started)
 
     async def _reject(
