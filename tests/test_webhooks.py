@@ -650,3 +650,16 @@ async def test_the_webhook_processor_leaks_no_secret(
     for secret in (SECRET, sasl, pg):
         assert not [t for t in [*texts, logged] if secret in t], secret
     assert token_in_url not in logged and not [r for r in reasons if token_in_url in r]
+
+
+def test_the_audit_records_a_webhook_dead_letter_with_its_own_origin() -> None:
+    """A webhook's dead letter is a row of origin 'webhooks', pointing at the result."""
+    from graphwire.processors.audit.rows import Record, to_row
+
+    names = TopicNames("p")
+    letter = Record(names.dlq, 0, 7, b"r1", orjson.dumps({"request_id": "r1"}),
+                    [(HEADER_ERROR, b"webhook gave up"), (HEADER_SOURCE, b"p.results/2/40")],
+                    1700000000.0)
+    row = to_row(letter, names, max_request_bytes=1024)
+    assert (row.table, row.values[:5]) == ("dead_letters", ("p.results", 2, 40, "webhooks", "r1"))
+    assert row.values[8] == "webhook gave up"
