@@ -154,6 +154,7 @@ class Receiver:
         self.calls: list[Call] = []
         self.scripts: dict[str, list[Any]] = {}
         self.delay_s = 0.0
+        self.concurrent = self.most_concurrent = 0
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -180,8 +181,13 @@ class Receiver:
         self.calls.append(Call(request.path, dict(request.headers), body))
         script = self.scripts.get(request.path)
         action = script.pop(0) if script else 200
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
+        self.concurrent += 1
+        self.most_concurrent = max(self.most_concurrent, self.concurrent)
+        try:
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
+        finally:
+            self.concurrent -= 1
         if action == "hang":
             await asyncio.sleep(3600)
         if isinstance(action, tuple):
@@ -469,6 +475,24 @@ async def test_a_dead_host_does_not_hold_up_the_others(
         assert len(dead.calls) < 15
         reasons = [dict(r.headers)[HEADER_ERROR].decode() for r in out.records[topics.dlq]]
         assert sum("the host is down (2 failed attempts in a row" in r for r in reasons) >= 20
+        assert any("made 1 attempt, the last: no answer within 1s); fix the receiver" in r
+                   for r in reasons)
+
+
+async def test_per_host_concurrency_is_limited(
+    topics: TopicNames, settings: Settings, receiver: Receiver, bootstrap: str,
+) -> None:
+    """20 results for one slow host with GRAPHWIRE_WEBHOOK_PER_HOST=3: never more than 3
+    requests at once there (and 3 at some point), every result delivered."""
+    receiver.delay_s = 0.2
+    hooks = hook_settings(settings, webhook_per_host=3)
+    async with WebhookDispatcher(hooks):
+        await produce(bootstrap, topics.results,
+                      [result_message(f"c{i}", receiver.url("/slow")) for i in range(20)])
+        await until_committed(bootstrap, hooks.webhook_group_id, topics.results, 20)
+    assert receiver.most_concurrent == 3
+    assert sorted(orjson.loads(c.body)["request_id"] for c in receiver.calls) == sorted(
+        f"c{i}" for i in range(20))
 
 
 async def test_sigkill_mid_stream_loses_no_result(

@@ -130,6 +130,7 @@ async def _submit(args: argparse.Namespace) -> int:
             command=command,
             stream=stream,
             timeout_s=args.timeout_s,
+            webhook=args.webhook,
         )
         print(f"submitted {request_id}", file=sys.stderr)
         if not (args.wait or args.stream):
@@ -223,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--thread", help="thread id (stateful graphs)")
     p.add_argument("--request-id", help="idempotency key (default: a new uuid)")
     p.add_argument("--timeout-s", type=float, help="give up the run after this many seconds")
+    p.add_argument("--webhook", help="POST the result to this URL (graphwire webhooks)")
     p.add_argument("--wait", action="store_true", help="wait for the result and print it")
     p.add_argument(
         "--stream", action="store_true", help="print events as they arrive, then the result"

@@ -58,6 +58,10 @@ _RETRY_STATUSES = frozenset({408, 429})
 _USER_AGENT = "graphwire-webhooks/1"
 
 
+def _attempts(count: int) -> str:
+    return f"{count} attempt" if count == 1 else f"{count} attempts"
+
+
 @dataclass(frozen=True, slots=True)
 class Delivery:
     """One result to POST."""
@@ -186,15 +190,15 @@ class WebhookSender:
                                                f"{result.detail}", result.status)
             if probe or attempt >= self.max_attempts:
                 reason = (self._down_reason(delivery, attempt, result.detail) if probe else
-                          f"webhook {describe_url(delivery.url)}: gave up after {attempt} "
-                          f"attempts, the last: {result.detail}; fix the receiver, then "
-                          "`graphwire dlq replay` the dead letter")
+                          f"webhook {describe_url(delivery.url)}: gave up after "
+                          f"{_attempts(attempt)}, the last: {result.detail}; fix the receiver, "
+                          "then `graphwire dlq replay` the dead letter")
                 return Outcome(False, attempt, reason, result.status)
             self.metrics.retries.labels(result.label).inc()
             await asyncio.sleep(self._delay(attempt, result.retry_after_s))
 
     def _down_reason(self, delivery: Delivery, attempts: int, last: str = "") -> str:
-        tried = f"{attempts} attempts, the last: {last}" if last else f"{attempts} attempts"
+        tried = f"{_attempts(attempts)}, the last: {last}" if last else _attempts(attempts)
         return (f"webhook {describe_url(delivery.url)}: the host is down ({self.down_after} "
                 f"failed attempts in a row; this delivery made {tried}); fix the receiver, then "
                 "`graphwire dlq replay` the dead letters")
