@@ -538,6 +538,31 @@ async def test_sigkill_mid_stream_loses_no_result(
         ids.setdefault(result["request_id"], set()).add(call.headers["X-Graphwire-Delivery"])
     assert len(ids) == 200
     assert all(len(delivery_ids) == 1 for delivery_ids in ids.values())  # redeliveries dedupe
+    from graphwire.topics.deadletters import read_dead_letters
+
+    assert await read_dead_letters(bootstrap, topics) == []
+
+
+async def test_the_offset_waits_for_a_result_still_being_retried(
+    topics: TopicNames, settings: Settings, receiver: Receiver, bootstrap: str,
+) -> None:
+    """Two results in one partition: the second is delivered at once, the first is retried
+    for a second; the committed offset stays before the first until it is delivered."""
+    receiver.scripts["/slow"] = [503] * 10
+    hooks = hook_settings(settings, webhook_max_attempts=12, webhook_backoff_s=0.2,
+                          webhook_backoff_max_s=0.2)
+    _, first, headers1 = result_message("first", receiver.url("/slow"))
+    _, second, headers2 = result_message("second", receiver.url("/fast"))
+    async with WebhookDispatcher(hooks):
+        await produce(bootstrap, topics.results, [(b"k", first, headers1),
+                                                  (b"k", second, headers2)])
+        await until(lambda: len(receiver.paths("/fast")) == 1, 30, "the second delivered")
+        await asyncio.sleep(0.5)  # five commit intervals
+        assert await committed_total(bootstrap, hooks.webhook_group_id, topics.results,
+                                     PARTITIONS) == 0
+        assert len(receiver.paths("/slow")) < 11  # still being retried
+        await until_committed(bootstrap, hooks.webhook_group_id, topics.results, 2)
+    assert len(receiver.paths("/slow")) == 11
 
 
 def test_the_processor_refuses_to_start_without_a_secret(worker_env: dict[str, str]) -> None:
