@@ -20,8 +20,8 @@ async def webhooks_command(args: argparse.Namespace) -> int:
     from graphwire.processors.webhooks.dispatcher import WebhookDispatcher
 
     settings = settings_from(args)
-    if args.group_id:
-        settings = settings.model_copy(update={"webhook_group_id": args.group_id})
+    if args.webhook_group_id:
+        settings = settings.model_copy(update={"webhook_group_id": args.webhook_group_id})
     setup_logging(settings.log_level, settings.log_format)
     stop = asyncio.Event()
     dispatcher = WebhookDispatcher(settings, on_failure=stop.set)  # no secret: one-line error
@@ -48,6 +48,7 @@ async def webhooks_command(args: argparse.Namespace) -> int:
 def add_parsers(sub: Any, kafka_flags: Any) -> None:
     p = sub.add_parser("webhooks", help="POST results to the webhooks their requests name")
     kafka_flags(p)
-    p.add_argument("--group-id", help="consumer group (GRAPHWIRE_WEBHOOK_GROUP_ID)")
+    p.add_argument("--group-id", dest="webhook_group_id",
+                   help="consumer group (GRAPHWIRE_WEBHOOK_GROUP_ID)")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=webhooks_command, is_async=True)
