@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     )
     from graphwire.topics.models import Event, EventType, Request, Result, Status
     from graphwire.topics.syncclient import Client
+    from graphwire.topics.webhooks import WebhookSignatureError, sign_webhook, verify_webhook
 
 _EXPORTS = {
     "GraphwireClient": "graphwire.topics.client",
@@ -55,6 +56,9 @@ _EXPORTS = {
     "once_tool": "graphwire.graphs.effects",
     "effect_key": "graphwire.graphs.effects",
     "EffectInDoubt": "graphwire.graphs.effects",
+    "verify_webhook": "graphwire.topics.webhooks",
+    "sign_webhook": "graphwire.topics.webhooks",
+    "WebhookSignatureError": "graphwire.topics.webhooks",
 }
 
 __all__ = [
@@ -73,9 +77,12 @@ __all__ = [
     "RunRejected",
     "RunTimedOut",
     "Status",
+    "WebhookSignatureError",
     "effect_key",
     "once",
     "once_tool",
+    "sign_webhook",
+    "verify_webhook",
 ]
 
 

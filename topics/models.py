@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from typing import Any, Literal, Self
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -104,6 +105,21 @@ class Request(BaseModel):
     step, in the background), ``exit`` (only at the end: fastest, a crash restarts the run)."""
     cache: CacheSpec | None = None
     """Reuse the result of an identical earlier request (same graph, version, input, config)."""
+    # -- webhooks (issue 16) --
+    webhook: str | None = Field(default=None, min_length=1, max_length=2048)
+    """POST the result here when the run ends (``graphwire webhooks``, signed; see
+    ``graphwire.topics.webhooks``). An http(s) URL whose host the workers' allow-list names
+    (``GRAPHWIRE_WEBHOOK_ALLOWED_HOSTS``); without credentials in it."""
+
+    @field_validator("webhook")
+    @classmethod
+    def _webhook_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            problem = webhook_url_problem(value)
+            if problem is not None:
+                raise ValueError(problem)
+        return value
+    # -- end webhooks --
 
     @field_validator("request_id")
     @classmethod
@@ -131,6 +147,22 @@ class Request(BaseModel):
     def key(self) -> str:
         """The Kafka message key this request should be produced with."""
         return self.thread_id or self.request_id
+
+
+def webhook_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a webhook (syntax only; the allow-list is the workers'), or None."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError on a bad port)
+    except ValueError as exc:
+        return f"webhook is not a valid URL ({exc})"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "webhook must be an http:// or https:// URL with a host"
+    if parts.username is not None or parts.password is not None:
+        return "webhook must not carry credentials (user:password@); receivers verify the signature"
+    if not url.isprintable() or any(c.isspace() for c in url):
+        return "webhook must not contain spaces or control characters"
+    return None
 
 
 class ErrorInfo(BaseModel):

@@ -35,6 +35,7 @@ from graphwire.processors.cli.state import (
     state_command,
 )
 from graphwire.processors.cli.traffic import add_parsers as add_traffic_parsers
+from graphwire.processors.cli.webhooks import add_parsers as add_webhooks_parsers
 from graphwire.topics.errors import GraphwireError
 
 log = logging.getLogger("graphwire")
@@ -141,6 +142,7 @@ async def _submit(args: argparse.Namespace) -> int:
             command=command,
             stream=stream,
             timeout_s=args.timeout_s,
+            webhook=args.webhook,
         )
         print(f"submitted {request_id}", file=sys.stderr)
         if not (args.wait or args.stream):
@@ -234,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--thread", help="thread id (stateful graphs)")
     p.add_argument("--request-id", help="idempotency key (default: a new uuid)")
     p.add_argument("--timeout-s", type=float, help="give up the run after this many seconds")
+    p.add_argument("--webhook", help="POST the result to this URL (graphwire webhooks)")
     p.add_argument("--wait", action="store_true", help="wait for the result and print it")
     p.add_argument(
         "--stream", action="store_true", help="print events as they arrive, then the result"
@@ -277,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_traffic_parsers(sub, _kafka_flags)
     add_gateway_parsers(sub, _kafka_flags)
     add_ops_parsers(sub, _kafka_flags)
+    add_webhooks_parsers(sub, _kafka_flags)
 
     p = sub.add_parser("graphs", help="list registered graphs and their nodes")
     _graph_flags(p)
@@ -320,7 +324,8 @@ def run_async(coro: Coroutine[Any, Any, int]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``graphwire`` console script."""
     args = build_parser().parse_args(argv)
-    if args.command not in ("worker", "audit", "gateway"):  # one-line errors, not aiokafka's
+    # one-line errors, not aiokafka's
+    if args.command not in ("worker", "audit", "gateway", "webhooks"):
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         if args.command in ("worker", "audit") and args.processes > 1:

@@ -36,6 +36,9 @@ class WorkflowRequest(BaseModel):
     stream: list[StreamMode] = Field(default_factory=lambda: list[StreamMode](["updates"]))
     metadata: dict[str, Any] = Field(default_factory=dict)
     timeout_s: float | None = Field(default=None, gt=0, le=24 * 3600)
+    webhook: str | None = Field(default=None, max_length=2048,
+                                description="POST the result to this URL when the run ends "
+                                            "(signed; its host must be allowed)")
 
 
 class Accepted(BaseModel):

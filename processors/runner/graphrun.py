@@ -256,7 +256,7 @@ class RunExecutor:
             dead_letter = f"graph failed: {outcome.error[1]}"
         if keep_result is not None:
             await keep_result(result, dead_letter)
-        await self._out.send_result(outbox, record, key, result, headers)
+        await self._out.send_result(outbox, record, key, result, headers, webhook=request.webhook)
         if dead_letter is not None:
             await self._out.send_dead_letter(outbox, record, dead_letter)
             self.metrics.dead_letters.labels("graph_error").inc()
