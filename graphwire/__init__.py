@@ -7,7 +7,8 @@ The public API, the one thing users import::
 ``GraphwireClient`` (asyncio) and ``Client`` (blocking) submit requests and read their events and
 results; the errors are what ``result(raise_on_error=True)`` raises. The message models are here
 too, for services that build or read messages themselves. Graph authors make side effects at most
-once with ``once``, ``once_tool`` and ``effect_key`` (``EffectInDoubt``). Everything else
+once with ``once``, ``once_tool`` and ``effect_key`` (``EffectInDoubt``); webhook receivers
+check a delivery with ``verify_webhook``. Everything else
 (``graphwire.topics``, ``graphwire.graphs``, ``graphwire.processors``) is internal: its module
 paths may move.
 
