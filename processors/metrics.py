@@ -170,6 +170,13 @@ class RunnerMetrics:
             ["topic", "partition"],
             registry=r,
         )
+        # side effects (graphs/effects.py): alert on in_doubt, it needs a person
+        self.effects = Counter(
+            "graphwire_effects_total",
+            "once() calls, by outcome: called, replayed, in_doubt, failed.",
+            ["outcome"],
+            registry=r,
+        )
 
     def graph_label(self, graph: str) -> str:
         """``graph`` if it is registered, else ``unknown`` (names from requests are unbounded)."""

@@ -166,12 +166,15 @@ class GraphwireClient:
         traceparent: str | None = None,
         multitask_strategy: MultitaskStrategy | None = None,
         checkpoint_id: str | None = None,
+        webhook: str | None = None,
     ) -> str:
-        """Produce a request (validated against the contract); returns its request_id."""
+        """Produce a request (validated against the contract); returns its request_id.
+        ``webhook``: a URL the result is POSTed to (``graphwire webhooks``)."""
         request = self.build_request(
             graph, input, request_id=request_id, thread_id=thread_id, command=command,
             config=config, stream=stream, metadata=metadata, timeout_s=timeout_s,
             multitask_strategy=multitask_strategy, checkpoint_id=checkpoint_id,
+            webhook=webhook,
         )
         return await self.submit_request(request, reply_to=reply_to, traceparent=traceparent)
 
@@ -189,6 +192,7 @@ class GraphwireClient:
         timeout_s: float | None = None,
         multitask_strategy: MultitaskStrategy | None = None,
         checkpoint_id: str | None = None,
+        webhook: str | None = None,
     ) -> Request:
         """The request ``submit`` would produce, validated but not sent (``ValueError`` when
         the contract refuses it): check a whole batch before submitting any of it."""
@@ -207,6 +211,8 @@ class GraphwireClient:
             body["multitask_strategy"] = multitask_strategy
         if checkpoint_id is not None:
             body["checkpoint_id"] = checkpoint_id
+        if webhook is not None:
+            body["webhook"] = webhook
         return Request.model_validate(body)
 
     async def submit_request(
@@ -226,7 +232,9 @@ class GraphwireClient:
                 del self._thread_graphs[next(iter(self._thread_graphs))]
         await self._producer.send_and_wait(
             self.topics.requests,
-            dumps(request.model_dump(mode="json")),
+            # without a webhook, no "webhook": null that runners from before it would refuse
+            dumps(request.model_dump(mode="json",
+                                     exclude={"webhook"} if request.webhook is None else None)),
             key=request.key.encode(),
             headers=headers,
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from typing import Any, Literal, Self
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -49,6 +50,8 @@ class EventType(StrEnum):
     VALUES = "values"
     INTERRUPT = "interrupt"
     RUN_FINISHED = "run_finished"
+    EFFECT = "effect"
+    """A ``once()`` call: ``{name, key, outcome: called|replayed|in_doubt|failed, calls}``."""
 
 
 class RunConfig(BaseModel):
@@ -118,6 +121,21 @@ class Request(BaseModel):
     """Run from this checkpoint of the thread (see ``graphwire history``), forking it as
     LangGraph does; ``input`` may be left out (re-run from there), ``command.update`` edits the
     state first. Needs ``thread_id``; an unknown id is ``rejected``."""
+    # -- webhooks (issue 16) --
+    webhook: str | None = Field(default=None, min_length=1, max_length=2048)
+    """POST the result here when the run ends (``graphwire webhooks``, signed; see
+    ``graphwire.topics.webhooks``). An http(s) URL whose host the workers' allow-list names
+    (``GRAPHWIRE_WEBHOOK_ALLOWED_HOSTS``); without credentials in it."""
+
+    @field_validator("webhook")
+    @classmethod
+    def _webhook_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            problem = webhook_url_problem(value)
+            if problem is not None:
+                raise ValueError(problem)
+        return value
+    # -- end webhooks --
 
     @field_validator("request_id")
     @classmethod
@@ -153,6 +171,22 @@ class Request(BaseModel):
     def key(self) -> str:
         """The Kafka message key this request should be produced with."""
         return self.thread_id or self.request_id
+
+
+def webhook_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a webhook (syntax only; the allow-list is the workers'), or None."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError on a bad port)
+    except ValueError as exc:
+        return f"webhook is not a valid URL ({exc})"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "webhook must be an http:// or https:// URL with a host"
+    if parts.username is not None or parts.password is not None:
+        return "webhook must not carry credentials (user:password@); receivers verify the signature"
+    if not url.isprintable() or any(c.isspace() for c in url):
+        return "webhook must not contain spaces or control characters"
+    return None
 
 
 class ErrorInfo(BaseModel):

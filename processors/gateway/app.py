@@ -40,6 +40,7 @@ from graphwire.processors.gateway.models import (
 from graphwire.processors.gateway.runctl import add_routes as add_runctl_routes
 from graphwire.processors.gateway.sse import event_stream
 from graphwire.processors.settings import Settings
+from graphwire.processors.webhooks.policy import WebhookPolicy
 from graphwire.topics.client import GraphwireClient
 from graphwire.topics.errors import DependencyUnavailable, GraphwireError
 from graphwire.topics.models import Request as RunRequest
@@ -67,6 +68,7 @@ class Gateway:
         self.redis = Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
         self.limiter: RateLimiter | None = None
         self.db: Any = None
+        self.webhooks = WebhookPolicy(settings.webhook_allowed_hosts)  # the runners' rules
 
     async def start(self) -> None:
         await self.client.start()
@@ -139,6 +141,8 @@ class Gateway:
             if request_id and request_id != idempotency_key:
                 raise HTTPException(422, "Idempotency-Key and request_id differ; send one")
             request_id = idempotency_key
+        if body.webhook is not None and (refusal := self.webhooks.refusal(body.webhook)):
+            raise HTTPException(422, f"webhook: {refusal}")
         scope = principal.scope
         metadata = {**body.metadata, "principal": principal.as_metadata()}
         try:
@@ -150,6 +154,7 @@ class Gateway:
                 config=body.config.model_dump(exclude_defaults=True),
                 stream=body.stream, metadata=metadata, timeout_s=body.timeout_s,
                 multitask_strategy=body.multitask_strategy, checkpoint_id=body.checkpoint_id,
+                webhook=body.webhook,
             )
         except ValueError as exc:  # the contract's validation (pydantic)
             raise HTTPException(422, _contract_error(exc)) from None

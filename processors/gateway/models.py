@@ -41,6 +41,9 @@ class WorkflowRequest(BaseModel):
                                   "reject, interrupt or rollback")
     checkpoint_id: str | None = Field(default=None, min_length=1, max_length=256,
                                       description="run from this checkpoint of the thread")
+    webhook: str | None = Field(default=None, max_length=2048,
+                                description="POST the result to this URL when the run ends "
+                                            "(signed; its host must be allowed)")
 
 
 class Accepted(BaseModel):
