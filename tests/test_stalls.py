@@ -180,11 +180,12 @@ async def test_revoking_a_stalled_partition_forgets_the_stall_and_its_new_owner_
         limited, GraphRegistry.from_sources()
     ) as old:
         await produce_to(bootstrap, topics.requests, [
-            (0, b"k", b"not json", [("blob", b"x" * BLOB)]),
-            (0, b"k", encode(request("b")), []),
+            (1, b"k", b"not json", [("blob", b"x" * BLOB)]),
+            (1, b"k", encode(request("b")), []),
         ])
         await until(lambda: old.readiness()["Kafka"] != "ok")
-        # range assignment by member id: the new member ("a-...") takes partitions 0 and 1
+        # round robin over the sorted partitions (control/0, requests/0..3) by member id: the
+        # new member ("a-...") takes control/0, requests/1 and requests/3
         async with GraphRunner(settings.model_copy(update={"worker_id": "a-new"}),
                                GraphRegistry.from_sources()) as new:
             await out.wait_until(lambda: len(out.records[topics.results]) == 1, timeout=30)
@@ -195,7 +196,7 @@ async def test_revoking_a_stalled_partition_forgets_the_stall_and_its_new_owner_
             assert new.metrics.registry.get_sample_value("graphwire_stalled_partitions") == 0
     assert [r.key for r in out.records[topics.results]] == [b"b"]
     assert [dict(r.headers)["x-graphwire-source"] for r in out.records[topics.dlq]] == [
-        f"{topics.requests}/0/0".encode()
+        f"{topics.requests}/1/0".encode()
     ]
 
 
