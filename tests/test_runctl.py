@@ -421,6 +421,15 @@ async def test_gateway_cancel_and_thread_history(
         bad = await http.post(f"/workflow/cancel/{rid}?action=undo", headers=me)
         history = await http.get("/workflow/threads/t1/history", headers=me)
         theirs = await http.get("/workflow/threads/t1/history", headers=other)
+        after_step2 = next(r for r in history.json() if r["ran"] == ["step2"])
+        fork = await http.post("/workflow/invoke", headers=me, json={
+            "workflow_name": "steps", "thread_id": "t1", "checkpoint_id":
+            after_step2["checkpoint_id"], "command": {"update": {"label": "F"}}})
+        busy_first = (await http.post("/workflow/execute", json=run("C", 1.0),
+                                      headers=me)).json()["request_id"]
+        await asyncio.sleep(0.5)
+        refused = await http.post("/workflow/invoke", headers=me,
+                                  json=run("D", 0, multitask_strategy="reject"))
     assert hidden.status_code == 404
     assert (cancel.status_code, cancel.json()) == (202, {
         "request_id": rid, "action": "rollback", "state": "running",
@@ -440,6 +449,10 @@ async def test_gateway_cancel_and_thread_history(
         (0, [], ended.json()["request_id"]), (-1, [], ended.json()["request_id"]),
     ]
     assert theirs.status_code == 404
+    assert fork.json()["output"]["log"] == ["B1", "B2", "F3", "F4"]
+    assert (refused.json()["status"], refused.json()["error"]["type"]) == ("rejected",
+                                                                           "ThreadBusy")
+    assert busy_first in refused.json()["error"]["message"]
 
 
 async def test_kcat_cancel_example(
