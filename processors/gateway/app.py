@@ -222,6 +222,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await _app.state.ui.stop()
             await gw.stop()
 
     app = FastAPI(
@@ -334,6 +335,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def metrics() -> Response:
         return Response(generate_latest(gw.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    # the run inspector (/ui): pages, their JSON (/ui/api), static files; same authentication
+    from graphwire.processors.gateway.ui import mount as mount_ui
+
+    app.state.ui = mount_ui(app, gw, gw.principal)
     return app
 
 
