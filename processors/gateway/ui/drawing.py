@@ -16,7 +16,7 @@ from graphwire.processors.gateway.ui.models import Bar, Drawing, DrawnEdge, Draw
 
 START, END = "__start__", "__end__"
 NODE_W, NODE_H, GAP_X, GAP_Y, MARGIN = 140.0, 34.0, 40.0, 56.0, 20.0
-TIMELINE_W, BAR_H = 640.0, 22.0
+TIMELINE_W, BAR_H = 600.0, 22.0
 
 
 def _ranks(nodes: Sequence[str], edges: Sequence[tuple[str, str]]) -> dict[str, int]:

@@ -20,7 +20,7 @@ SEEN = "coalesce(requested_at, finished_at)"
 SCOPE = "split_part(request_id, '.', 1)"
 SUMMARY_COLUMNS = (
     "request_id, graph, thread_id, status, attempts, cached, duration_ms, requested_at, "
-    f"finished_at, {SEEN} AS seen, command ? 'resume' AS resume"
+    f"finished_at, {SEEN} AS seen, coalesce(command ? 'resume', false) AS resume"
 )
 FAILED = ("error", "timeout", "rejected")
 
@@ -112,7 +112,8 @@ async def latest_change(db: Any, scope: str) -> tuple[datetime | None, datetime 
 async def run(db: Any, request_id: str) -> dict[str, Any] | None:
     """One run's row (the caller's ownership is checked before)."""
     row = await db.fetchrow(
-        f"SELECT *, {SEEN} AS seen, command ? 'resume' AS resume FROM graphwire_runs "
+        f"SELECT *, {SEEN} AS seen, coalesce(command ? 'resume', false) AS resume "
+        "FROM graphwire_runs "
         "WHERE request_id = $1", request_id)
     return None if row is None else dict(row)
 

@@ -6,8 +6,6 @@ A page shell loads its fragment with htmx; ``static/ui.js`` adds the API key (ty
 sessionStorage) to every request, and asks for it on a 401.
 """
 
-from __future__ import annotations
-
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable

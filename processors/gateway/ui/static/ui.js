@@ -18,9 +18,13 @@
 
   function key() { return sessionStorage.getItem(KEY) || ""; }
 
+  // an API key goes as X-API-Key; a JWT (three base64url parts) as a bearer token
   function headers(extra) {
     var h = extra || {};
-    if (authOn && key()) { h["X-API-Key"] = key(); }
+    var k = key();
+    if (!authOn || !k) { return h; }
+    if (/^[\w-]+\.[\w-]+\.[\w-]+$/.test(k)) { h["Authorization"] = "Bearer " + k; }
+    else { h["X-API-Key"] = k; }
     return h;
   }
 
@@ -173,5 +177,7 @@
     }, function () { button.disabled = false; });
   });
 
-  start();
+  // htmx attaches its triggers on DOMContentLoaded (its listener was added first: it loads first)
+  if (document.readyState === "complete") { start(); }
+  else { document.addEventListener("DOMContentLoaded", start); }
 })();
