@@ -34,8 +34,6 @@ async def test_runs_appear_live_and_one_run_shows_its_nodes_in_order(
     page shows normalize, tokenize, count in that order in the timeline and the drawing."""
     async with stack(worker_env, tmp_path) as s, browser() as context:
         page = await context.new_page()
-        page.on("console", lambda m: print("CONSOLE", m.type, m.text))
-        page.on("response", lambda r: print("RESP", r.status, r.url))
         await sign_in(page, f"{s.base}/ui/runs", KEY_A)
         await page.wait_for_selector("#runs-table tr.empty")
         await page.wait_for_selector("#live-state.on")
@@ -76,7 +74,7 @@ async def test_runs_appear_live_and_one_run_shows_its_nodes_in_order(
         assert await texts(page, "table.events tbody tr td:nth-child(4)") == [
             "run_started", "node", "node", "node", "run_finished"]
         output = page.locator("details.json", has_text="Output").locator("pre")
-        assert orjson.loads(await output.inner_text()) == {
+        assert orjson.loads(await output.text_content() or "") == {
             "text": "hello inspector", "tokens": ["hello", "inspector"], "count": 2}
         await screenshot(page, "run")
 
@@ -87,3 +85,54 @@ async def test_runs_appear_live_and_one_run_shows_its_nodes_in_order(
             "0.0% (0)"]
         await page.wait_for_selector("table.lag tbody tr td")
         await screenshot(page, "overview")
+
+
+async def test_resume_an_interrupted_approval_thread_from_the_form(
+    worker_env: dict[str, str], topics: TopicNames, tmp_path: Path
+) -> None:
+    """An ``approval`` run waits at ``review``; its page shows the interrupt's draft and a
+    form; resuming from the form starts the thread's next turn, whose page shows it finish."""
+    async with stack(worker_env, tmp_path) as s, browser() as context:
+        first = await s.http.post("/workflow/execute?wait=true", headers=A, json={
+            "workflow_name": "approval", "input_data": {"topic": "the inspector"},
+            "thread_id": "launch-1", "request_id": "ask-1"})
+        assert first.json()["status"] == "interrupted", first.text
+        rid = first.json()["request_id"]
+        page = await context.new_page()
+        await sign_in(page, f"{s.base}/ui/runs/{rid}", KEY_A)
+        await page.wait_for_selector("section.interrupt form.json-post")
+        shown = orjson.loads(await page.locator("section.interrupt pre").first.text_content() or "")
+        assert shown["draft"] == "Announcing the inspector: a short post, ready for review."
+        assert await texts(page, "svg.timeline .bar-label") == ["draft"]
+        await screenshot(page, "run-interrupted")
+
+        await page.fill("section.interrupt textarea",
+                        '{"approved": true, "comment": "ship it"}')
+        await page.click("section.interrupt button[type=submit]")
+        await page.wait_for_url(lambda url: not url.endswith(f"/ui/runs/{rid}"))
+        resumed = page.url.rsplit("/", 1)[1]
+        assert resumed != rid and resumed.startswith(f"{SCOPE_A}.")
+        await page.wait_for_selector("#run[data-status=success]", timeout=60_000)
+        output = page.locator("details.json", has_text="Output").locator("pre")
+        assert orjson.loads(await output.text_content() or "") == {
+            "topic": "the inspector",
+            "draft": "Announcing the inspector: a short post, ready for review.",
+            "approved": True, "comment": "ship it", "published": True}
+        command = page.locator("details.json", has_text="Command").locator("pre")
+        assert orjson.loads(await command.text_content() or "") == {
+            "resume": {"approved": True, "comment": "ship it"}}
+        turns = await texts(page, "table.runs tbody tr td:first-child")
+        assert turns == ["ask-1", f"{resumed.split('.', 1)[1]} resume"]
+        await screenshot(page, "run-resumed")
+
+        await page.click(f"a[href='/ui/threads/{SCOPE_A}.launch-1']")
+        await page.wait_for_selector("ol.turns li")
+        assert await page.locator("ol.turns li").evaluate_all(
+            "items => items.map(i => i.dataset.requestId)") == [rid, resumed]
+        await page.wait_for_selector("table.events tbody tr")
+        steps = await texts(page, "table.events tbody tr td:first-child")
+        assert steps and steps == sorted(steps, key=int, reverse=True)  # newest first
+        await screenshot(page, "thread")
+        again = await s.http.post(f"/ui/api/runs/{rid}/resume", headers=A,
+                                  json={"resume": {"approved": False}})
+        assert again.status_code == 403  # no CSRF token: refused before anything else
