@@ -136,3 +136,151 @@ async def test_resume_an_interrupted_approval_thread_from_the_form(
         again = await s.http.post(f"/ui/api/runs/{rid}/resume", headers=A,
                                   json={"resume": {"approved": False}})
         assert again.status_code == 403  # no CSRF token: refused before anything else
+
+
+XSS = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
+
+
+async def no_script_ran(page: Any) -> None:
+    assert await page.evaluate("typeof window.__pwned") == "undefined"
+    sources = await page.locator("script").evaluate_all("s => s.map(e => e.src)")
+    assert [src.rsplit("/", 1)[1] for src in sources] == ["htmx.min.js", "ui.js"]
+    assert await page.locator("img").count() == 0
+
+
+async def test_replay_a_dead_letter(
+    worker_env: dict[str, str], topics: TopicNames, tmp_path: Path, bootstrap: str
+) -> None:
+    """A request for an unknown graph is dead-lettered; the Dead letters page shows its reason
+    and original bytes as text (its ``<script>`` never runs); Replay, once confirmed,
+    re-produces exactly those bytes, and the runner dead-letters them a second time."""
+    rid = f"{SCOPE_A}.dead-1"
+    original = encode(request(rid, XSS, input={"text": XSS}))
+    async with stack(worker_env, tmp_path) as s, browser() as context, Collector(
+        bootstrap, topics.requests, topics.dlq
+    ) as out:
+        await produce(bootstrap, topics.requests, [(b"dead-1", original)])
+        await out.wait_count(topics.dlq, 1, timeout=60)
+        page = await context.new_page()
+        await sign_in(page, f"{s.base}/ui/dead-letters", KEY_A)
+
+        async def letters() -> int:
+            await page.reload()
+            return await page.locator("table.letters tr[data-letter]").count()
+
+        await eventually(letters)
+        row = page.locator("table.letters tr[data-letter]")
+        reason = await row.locator("td.reason").text_content() or ""
+        assert "unknown graph" in reason.lower() and XSS in reason, reason
+        assert await row.locator("pre.bytes").text_content() == original.decode()
+        await no_script_ran(page)
+        await row.locator("details summary").click()
+        await screenshot(page, "dead-letters")
+
+        asked: list[str] = []
+
+        async def confirm(dialog: Any) -> None:
+            asked.append(dialog.message)
+            await dialog.accept()
+
+        page.on("dialog", confirm)
+        await row.locator("button.post").click()
+        await page.wait_for_selector("table.letters .outcome.ok")
+        letter_id = await row.get_attribute("data-letter")
+        assert asked == [f"Replay dead letter {letter_id} to the requests topic? The request "
+                         "runs again."]
+        assert (await row.locator(".outcome").text_content() or "").startswith(
+            f"replayed to {topics.requests}")
+        await out.wait_count(topics.requests, 2, timeout=30)
+        sent = [r for r in out.records[topics.requests]]
+        assert [r.value for r in sent] == [original, original]
+        assert [r.key for r in sent] == [b"dead-1", b"dead-1"]
+        await out.wait_count(topics.dlq, 2, timeout=60)  # ran again: still an unknown graph
+        assert await eventually(lambda: _count_is(letters, 2))
+        await no_script_ran(page)
+        refused = await s.http.post(f"/ui/api/dead-letters/{letter_id}/replay", headers=A)
+        assert (refused.status_code, refused.json()["detail"]) == (
+            403, "missing or wrong CSRF token: reload the page at /ui and submit again")
+
+
+async def _count_is(count: Any, want: int) -> bool:
+    return bool(await count() == want)
+
+
+async def test_a_script_in_the_input_renders_as_text_and_never_runs(
+    worker_env: dict[str, str], topics: TopicNames, tmp_path: Path
+) -> None:
+    """Input, output, thread id and event data holding ``<script>`` and an ``onerror`` image
+    show as text on the Runs, run and thread pages; no script of theirs runs; every page is
+    sent with the Content-Security-Policy."""
+    async with stack(worker_env, tmp_path) as s, browser() as context:
+        done = await s.http.post("/workflow/execute?wait=true", headers=A, json={
+            "workflow_name": "echo", "input_data": {"text": XSS}, "thread_id": XSS})
+        assert done.json()["output"] == {"text": XSS}, done.text
+        rid = done.json()["request_id"]
+        page = await context.new_page()
+        policies: list[str] = []
+        page.on("response", lambda r: policies.append(
+            r.headers.get("content-security-policy", "")) if "/ui" in r.url else None)
+        await sign_in(page, f"{s.base}/ui/runs", KEY_A)
+        await page.wait_for_selector(f"tr[data-request-id='{rid}']")
+        thread_cell = page.locator(f"tr[data-request-id='{rid}'] td:nth-child(6)")
+        assert (await thread_cell.text_content() or "").strip() == XSS
+        await no_script_ran(page)
+        await page.goto(f"{s.base}/ui/runs/{rid}")
+        await page.wait_for_selector("#run[data-status=success]")
+        output = page.locator("details.json", has_text="Output").locator("pre")
+        assert orjson.loads(await output.text_content() or "") == {"text": XSS}
+        source = page.locator("details.json", has_text="Input").locator("pre")
+        assert orjson.loads(await source.text_content() or "") == {"text": XSS}
+        await no_script_ran(page)
+        await screenshot(page, "run-escaped")
+        await page.click("dl.facts a[href^='/ui/threads/']")
+        await page.wait_for_selector("ol.turns li")
+        assert (await page.locator("h1 code").text_content() or "") == XSS
+        await no_script_ran(page)
+    assert policies and set(policies) == {
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; font-src 'self'; form-action 'self'; base-uri 'none'; "
+        "frame-ancestors 'none'"}
+
+
+async def test_another_callers_runs_are_not_visible(
+    worker_env: dict[str, str], topics: TopicNames, tmp_path: Path
+) -> None:
+    """svc-a's Runs page lists only svc-a's runs; svc-echo's run, thread and JSON are 'not
+    found' to svc-a, and svc-echo sees its own run but not svc-a's."""
+    echo = {"X-API-Key": KEY_ECHO}
+    async with stack(worker_env, tmp_path) as s, browser() as context:
+        mine = (await s.http.post("/workflow/execute?wait=true", headers=A, json=run(
+            "echo", thread_id="shared-name"))).json()["request_id"]
+        theirs = (await s.http.post("/workflow/execute?wait=true", headers=echo, json=run(
+            "echo", thread_id="shared-name"))).json()["request_id"]
+        assert mine.split(".")[0] != theirs.split(".")[0]
+        page = await context.new_page()
+        await sign_in(page, f"{s.base}/ui/runs", KEY_A)
+
+        async def listed() -> list[str]:
+            return list(await page.locator("tr[data-request-id]").evaluate_all(
+                "rows => rows.map(r => r.dataset.requestId)"))
+
+        assert await eventually(listed) == [mine]
+        await page.goto(f"{s.base}/ui/runs/{theirs}")
+        await page.wait_for_selector("#page p.error")
+        assert await page.locator("#page p.error").text_content() == (
+            f"unknown request '{theirs}'")
+        for path in (f"/ui/api/runs/{theirs}", f"/ui/fragments/runs/{theirs}"):
+            hidden = await s.http.get(path, headers=A)
+            assert (hidden.status_code, hidden.json()) == (
+                404, {"detail": f"unknown request '{theirs}'"})
+        listing = await s.http.get("/ui/api/runs", headers=A, params={"thread": "shared-name"})
+        assert [r["request_id"] for r in listing.json()["runs"]] == [mine]
+        their_thread = theirs.split(".")[0] + ".shared-name"
+        hidden = await s.http.get(f"/ui/api/threads/{their_thread}", headers=A)
+        assert hidden.status_code == 404
+        theirs_listing = await s.http.get("/ui/api/runs", headers=echo)
+        assert [r["request_id"] for r in theirs_listing.json()["runs"]] == [theirs]
+        other = await context.browser.new_context()
+        page = await other.new_page()
+        await sign_in(page, f"{s.base}/ui/runs", KEY_ECHO)
+        assert await eventually(listed) == [theirs]

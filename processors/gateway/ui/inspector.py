@@ -10,6 +10,7 @@ import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import asyncpg
 import orjson
@@ -194,7 +195,8 @@ class Inspector:
                                command={"resume": value},
                                metadata={"resumed_from": request_id, "via": "ui"})
         rid = await self.gw.submit(body, principal, None)
-        return Resumed(request_id=rid, thread_id=detail.thread_id, run_url=f"/ui/runs/{rid}")
+        return Resumed(request_id=rid, thread_id=detail.thread_id,
+                       run_url=f"/ui/runs/{quote(rid, safe='')}")
 
     # -- threads -----------------------------------------------------------------------------
 
@@ -279,7 +281,7 @@ class Inspector:
             raise HTTPException(503, f"Kafka did not take the replay ({type(exc).__name__}); "
                                      "retry") from None
         return Replayed(id=letter_id, request_id=rid, topic=self.settings.topics.requests,
-                        run_url=f"/ui/runs/{rid}" if rid else None)
+                        run_url=f"/ui/runs/{quote(rid, safe='')}" if rid else None)
 
     # -- overview ----------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
@@ -52,6 +53,7 @@ def _templates() -> Environment:
                       trim_blocks=True, lstrip_blocks=True)
     env.filters["pretty"] = lambda v: orjson.dumps(v, option=orjson.OPT_INDENT_2,
                                                    default=str).decode()
+    env.filters["seg"] = lambda v: quote(str(v), safe="")  # one path segment, "/" and all
     env.filters["when"] = lambda v: v.strftime("%Y-%m-%d %H:%M:%S") if v else "-"
     env.filters["ms"] = lambda v: "-" if v is None else f"{v:,.1f} ms"
     return env
@@ -102,19 +104,19 @@ def mount(app: FastAPI, gw: Any, caller: Callable[..., Any]) -> Inspector:
         """The caller's runs, newest first, filtered; keyset pages (``next_cursor``)."""
         return await inspector.runs(principal, flt, cursor, limit)
 
-    @api.get("/runs/{request_id}", response_model=RunDetail)
+    @api.get("/runs/{request_id:path}", response_model=RunDetail)
     async def run(request_id: RunId, principal: Caller) -> RunDetail:
         """One run: its events (timeline), graph drawing with the path taken, thread turns."""
         return await inspector.run(principal, request_id)
 
-    @api.post("/runs/{request_id}/resume", response_model=Resumed, status_code=202,
+    @api.post("/runs/{request_id:path}/resume", response_model=Resumed, status_code=202,
               dependencies=[Depends(check_csrf)])
     async def resume(request_id: RunId, body: ResumeBody, principal: Caller) -> Resumed:
         """Resume the interrupted thread of this run with ``resume`` (needs the page's
         ``X-CSRF-Token``)."""
         return await inspector.resume(principal, request_id, body.resume)
 
-    @api.get("/threads/{thread_id}", response_model=ThreadDetail)
+    @api.get("/threads/{thread_id:path}", response_model=ThreadDetail)
     async def thread(thread_id: RunId, principal: Caller) -> ThreadDetail:
         """A thread's turns in order and its checkpoint history (newest first)."""
         return await inspector.thread(principal, thread_id)
@@ -176,13 +178,15 @@ def mount(app: FastAPI, gw: Any, caller: Callable[..., Any]) -> Inspector:
     async def runs_page(request: Request) -> HTMLResponse:
         return shell(request, "runs", "/ui/fragments/runs", "Runs")
 
-    @pages.get("/runs/{request_id}")
+    @pages.get("/runs/{request_id:path}")
     async def run_page(request: Request, request_id: RunId) -> HTMLResponse:
-        return shell(request, "runs", f"/ui/fragments/runs/{request_id}", "Run")
+        return shell(request, "runs", f"/ui/fragments/runs/{quote(request_id, safe='')}",
+                     "Run")
 
-    @pages.get("/threads/{thread_id}")
+    @pages.get("/threads/{thread_id:path}")
     async def thread_page(request: Request, thread_id: RunId) -> HTMLResponse:
-        return shell(request, "runs", f"/ui/fragments/threads/{thread_id}", "Thread")
+        return shell(request, "runs", f"/ui/fragments/threads/{quote(thread_id, safe='')}",
+                     "Thread")
 
     @pages.get("/dead-letters")
     async def dead_letters_page(request: Request) -> HTMLResponse:
@@ -200,7 +204,7 @@ def mount(app: FastAPI, gw: Any, caller: Callable[..., Any]) -> Inspector:
         return fragment("runs.html", page=page, args=args, first=cursor is None,
                         scope=principal.scope)
 
-    @pages.get("/fragments/runs/{request_id}")
+    @pages.get("/fragments/runs/{request_id:path}")
     async def run_fragment(request_id: RunId, principal: Caller) -> HTMLResponse:
         try:
             detail = await inspector.run(principal, request_id)
@@ -210,7 +214,7 @@ def mount(app: FastAPI, gw: Any, caller: Callable[..., Any]) -> Inspector:
             return fragment("pending.html", request_id=request_id)  # the sink is a second behind
         return fragment("run.html", r=detail, scope=principal.scope)
 
-    @pages.get("/fragments/threads/{thread_id}")
+    @pages.get("/fragments/threads/{thread_id:path}")
     async def thread_fragment(thread_id: RunId, principal: Caller) -> HTMLResponse:
         return fragment("thread.html", t=await inspector.thread(principal, thread_id),
                         scope=principal.scope)
