@@ -65,7 +65,11 @@ def runs_page_sql(flt: RunFilter, cursor: tuple[datetime, str] | None,
     """The SQL and arguments of one page of runs (``limit + 1`` rows: one more says there is
     a next page)."""
     args: list[Any] = [flt.scope]
-    where = [f"{SCOPE} = $1"]
+    # A thread id is namespaced too, so its index alone holds the page; the scope is then a
+    # filter on those rows, written so the planner does not also read the caller's whole slice
+    # of a scope index (and sort) to intersect the two.
+    where = [f"{SCOPE} = $1" if flt.thread_id is None else "left(request_id, length($1) + 1) "
+                                                             "= $1 || '.'"]
     for column, value in (("graph", flt.graph), ("status", flt.status),
                           ("thread_id", flt.thread_id)):
         if value is not None:
