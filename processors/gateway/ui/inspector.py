@@ -92,8 +92,9 @@ class Inspector:
                                      "migrate`") from None
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             log.warning("audit tables unavailable: %s", type(exc).__name__)
-            raise HTTPException(503, f"PostgreSQL does not answer ({type(exc).__name__}); "
-                                     "retry in a few seconds", headers={"Retry-After": "5"},
+            raise HTTPException(503, f"the audit tables' PostgreSQL does not answer "
+                                     f"({type(exc).__name__}): check GRAPHWIRE_DATABASE_URL, "
+                                     "or retry in a few seconds", headers={"Retry-After": "5"},
                                 ) from None
 
     # -- ownership ---------------------------------------------------------------------------
