@@ -86,6 +86,19 @@ async def test_runs_appear_live_and_one_run_shows_its_nodes_in_order(
         await page.wait_for_selector("table.lag tbody tr td")
         await screenshot(page, "overview")
 
+        async def caught_up() -> dict[tuple[str, str], tuple[int, int]] | None:
+            lag = (await s.http.get("/ui/api/overview", headers=A)).json()["lag"]
+            ends: dict[tuple[str, str], tuple[int, int]] = {}
+            for p in lag:
+                key = (p["group"].rsplit("-", 1)[1], p["topic"].rsplit(".", 1)[1])
+                end, behind = ends.get(key, (0, 0))
+                ends[key] = (end + p["end"], behind + p["lag"])
+            return ends if all(behind == 0 for _, behind in ends.values()) else None
+
+        assert await eventually(caught_up) == {
+            ("runners", "requests"): (3, 0), ("audit", "requests"): (3, 0),
+            ("audit", "results"): (3, 0), ("audit", "events"): (15, 0), ("audit", "dlq"): (0, 0)}
+
 
 async def test_resume_an_interrupted_approval_thread_from_the_form(
     worker_env: dict[str, str], topics: TopicNames, tmp_path: Path

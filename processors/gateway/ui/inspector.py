@@ -4,6 +4,7 @@ JSON or render them as HTML."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import logging
@@ -117,8 +118,22 @@ class Inspector:
                 rows, following = await queries.runs_page(db, flt, cursor, limit)
             except queries.BadCursor as exc:
                 raise HTTPException(422, str(exc)) from None
+        await self._live_status(rows)
         return RunsPage(runs=[RunSummary.model_validate(r) for r in rows],
                         next_cursor=following)
+
+    async def _live_status(self, rows: list[dict[str, Any]]) -> None:
+        """Rows the audit table knows only as accepted: the runner's status in Redis
+        (``running``, or done before the sink wrote the result)."""
+        waiting = [r for r in rows if r["status"] == "accepted"]
+        if not waiting:
+            return
+        found = await asyncio.gather(
+            *(read_run_state(self.gw.redis, self.settings.topic_prefix, r["request_id"])
+              for r in waiting), return_exceptions=True)
+        for row, state in zip(waiting, found, strict=True):
+            if not isinstance(state, BaseException) and state is not None:
+                row["status"] = state.status
 
     async def run(self, principal: Principal, request_id: str) -> RunDetail:
         if not self.own(principal, request_id):

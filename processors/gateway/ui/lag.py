@@ -50,23 +50,39 @@ class LagReader:
             await admin.start()
             try:
                 await consumer.topics()
+                wanted = {t for topics in self.groups().values() for t in topics}
+                tps = [TopicPartition(t, p) for t in sorted(wanted)
+                       for p in sorted(consumer.partitions_for_topic(t) or ())]
+                ends = await self._log_ends(consumer, tps)
                 found: list[PartitionLag] = []
                 for group, topics in self.groups().items():
-                    tps = [TopicPartition(t, p) for t in topics
-                           for p in sorted(consumer.partitions_for_topic(t) or ())]
-                    if not tps:
+                    mine = [tp for tp in tps if tp.topic in topics]
+                    if not mine:
                         continue
-                    ends = await consumer.end_offsets(tps)
-                    committed = await admin.list_consumer_group_offsets(group, partitions=tps)
-                    for tp in tps:
+                    committed = await admin.list_consumer_group_offsets(group, partitions=mine)
+                    for tp in mine:
                         meta = committed.get(tp)
                         done = meta.offset if meta is not None and meta.offset >= 0 else None
-                        end = int(ends[tp])
                         found.append(PartitionLag(group=group, topic=tp.topic,
                                                   partition=tp.partition, committed=done,
-                                                  end=end, lag=max(0, end - (done or 0))))
+                                                  end=ends[tp],
+                                                  lag=max(0, ends[tp] - (done or 0))))
                 return found
             finally:
                 await admin.close()
         finally:
             await consumer.stop()
+
+    @staticmethod
+    async def _log_ends(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> dict[Any, int]:
+        """Each partition's high watermark, as a fetch reports it. ``end_offsets`` alone is not
+        enough: some Kafka-protocol brokers (Tansu) answer ListOffsets with the last batch's
+        base offset, short of the end by the batch's other records."""
+        if not tps:
+            return {}
+        listed = await consumer.end_offsets(tps)
+        consumer.assign(tps)
+        for tp in tps:
+            consumer.seek(tp, max(0, listed[tp] - 1))
+        await consumer.getmany(*tps, timeout_ms=300, max_records=len(tps))
+        return {tp: max(int(listed[tp]), consumer.highwater(tp) or 0) for tp in tps}

@@ -15,6 +15,14 @@
   var keyForm = document.getElementById("key-form");
   var forget = document.getElementById("forget-key");
   var live = null;
+  var liveOn = false;
+
+  function markLive() {
+    var state = document.getElementById("live-state");
+    if (!state) { return; }
+    state.textContent = liveOn ? "live" : "reconnecting…";
+    state.className = liveOn ? "live on" : "live";
+  }
 
   function key() { return sessionStorage.getItem(KEY) || ""; }
 
@@ -67,7 +75,7 @@
   document.body.addEventListener("htmx:sendError", function () {
     showError("the gateway does not answer; retrying when you reload");
   });
-  document.body.addEventListener("htmx:afterSettle", function () { follow(); });
+  document.body.addEventListener("htmx:afterSettle", function () { markLive(); follow(); });
 
   keyForm.addEventListener("submit", function (e) {
     e.preventDefault();
@@ -86,7 +94,6 @@
     var table = document.querySelector("#runs-table[data-live]");
     if (!table || live) { return; }
     live = new AbortController();
-    var state = document.getElementById("live-state");
     fetch("/ui/api/live", { headers: headers({}), signal: live.signal }).then(function (res) {
       if (!res.ok || !res.body) { throw new Error("HTTP " + res.status); }
       var reader = res.body.getReader();
@@ -107,10 +114,12 @@
           return pump();
         });
       }
-      if (state) { state.textContent = "live"; state.className = "live on"; }
+      liveOn = true;
+      markLive();
       return pump();
     }).catch(function () {
-      if (state) { state.textContent = "reconnecting…"; state.className = "live"; }
+      liveOn = false;
+      markLive();
     }).then(function () {
       live = null;
       setTimeout(follow, 2000);
