@@ -31,11 +31,13 @@ def _ranks(nodes: Sequence[str], edges: Sequence[tuple[str, str]]) -> dict[str, 
             if target not in rank:
                 rank[target] = rank[node] + 1
                 queue.append(target)
-    deepest = max(rank.values(), default=-1)
-    for node in nodes:  # unreachable from __start__: below everything else
+    deepest = max((r for n, r in rank.items() if n != END), default=-1)
+    for node in nodes:  # unreachable from __start__: below everything else, above __end__
         rank.setdefault(node, deepest + 1)
     if END in rank:  # __end__ at the bottom, below every node that can reach it
-        rank[END] = max(r for n, r in rank.items() if n != END) + 1
+        rank[END] = max((r for n, r in rank.items() if n != END), default=-1) + 1
+    rows = {r: i for i, r in enumerate(sorted(set(rank.values())))}  # no empty rows
+    rank = {n: rows[r] for n, r in rank.items()}
     return rank
 
 
@@ -73,6 +75,10 @@ def draw(graph: Any, visited: Sequence[str], finished: bool) -> Drawing:
 
 def _edge(a: tuple[float, float], b: tuple[float, float], back: bool) -> str:
     (x1, y1), (x2, y2) = a, b
+    if a == b:  # a node that loops on itself: a small loop on its right side
+        side = x1 + NODE_W / 2
+        return (f"M{side:.1f},{y1 - 8:.1f} C{side + 36:.1f},{y1 - 30:.1f} "
+                f"{side + 36:.1f},{y1 + 30:.1f} {side:.1f},{y1 + 8:.1f}")
     if back:  # up (a loop): out of the right side, around, into the right side
         out = max(x1, x2) + NODE_W / 2 + 40
         return (f"M{x1 + NODE_W / 2:.1f},{y1:.1f} C{out:.1f},{y1:.1f} {out:.1f},{y2:.1f} "

@@ -196,6 +196,9 @@ class Inspector:
                     langgraph_json=self.settings.langgraph_json)
             except (GraphLoadError, OSError) as exc:
                 self._registry_error = f"the gateway could not load the graphs: {exc}"
+            except Exception as exc:  # a user's graph factory that raises: no drawing, no 500
+                self._registry_error = ("the gateway could not load the graphs "
+                                        f"({type(exc).__name__}: {exc})")
         if self._registry is None or name not in self._registry.names():
             return None
         return self._registry.get(name)

@@ -6,9 +6,10 @@
 - CSRF on the POSTs (resume, replay): double submit. The page sets a random token in an
   HttpOnly, SameSite=Strict cookie and repeats it in a ``<meta>`` tag; the page's script sends it
   back as ``X-CSRF-Token``. Another site can neither read the meta tag nor send that header
-  without a CORS preflight; the POST also refuses a foreign ``Origin``. (With an API key the key
-  itself, kept in sessionStorage and sent as a header, is a second guard; with
-  ``GRAPHWIRE_GATEWAY_AUTH=false`` the token is the only one.)
+  without a CORS preflight; the POST also refuses an ``Origin`` that is neither ``Host`` nor
+  ``X-Forwarded-Host`` (a proxy that rewrites ``Host`` should set the latter). With an API
+  key, the key itself (kept in sessionStorage, sent as a header) is a second guard; with
+  ``GRAPHWIRE_GATEWAY_AUTH=false`` the token is the only one.
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ def check_csrf(request: Request) -> None:
     """403 unless the POST carries the cookie's token in ``X-CSRF-Token`` from our origin
     (FastAPI dependency)."""
     origin = request.headers.get("origin")
-    if origin and urlsplit(origin).netloc != request.headers.get("host", ""):
+    hosts = {request.headers.get("host", ""), request.headers.get("x-forwarded-host", "")}
+    if origin and urlsplit(origin).netloc not in hosts - {""}:
         raise HTTPException(403, "cross-origin POST refused: use the inspector at /ui")
     cookie = request.cookies.get(CSRF_COOKIE, "")
     sent = request.headers.get(CSRF_HEADER, "")
