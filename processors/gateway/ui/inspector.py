@@ -74,6 +74,7 @@ class Inspector:
         self._registry: Any = None
         self._registry_error: str | None = None
         self._checkpoints: Any = None
+        self._opening = asyncio.Lock()  # one checkpoint reader, however many pages ask at once
 
     async def stop(self) -> None:
         """Close the checkpoint reader. Idempotent."""
@@ -238,16 +239,17 @@ class Inspector:
         if not self.settings.checkpoints:
             return [], "checkpoints are off (GRAPHWIRE_CHECKPOINTS=false)"
         try:
-            if self._checkpoints is None:
-                from graphwire.processors.runner.checkpoints import CheckpointStore
+            async with self._opening:
+                if self._checkpoints is None:
+                    from graphwire.processors.runner.checkpoints import CheckpointStore
 
-                key = self.settings.checkpoint_encryption_key
-                store = CheckpointStore(
-                    self.settings.database_url.get_secret_value(),
-                    schema=self.settings.checkpoint_schema, pool_size=2,
-                    encryption_key=key.get_secret_value() if key else None)
-                await store.start()
-                self._checkpoints = store
+                    key = self.settings.checkpoint_encryption_key
+                    store = CheckpointStore(
+                        self.settings.database_url.get_secret_value(),
+                        schema=self.settings.checkpoint_schema, pool_size=2,
+                        encryption_key=key.get_secret_value() if key else None)
+                    await store.start()
+                    self._checkpoints = store
             found = []
             config = {"configurable": {"thread_id": thread_id}}
             async for item in self._checkpoints.saver.alist(config, limit=limit):
