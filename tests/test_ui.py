@@ -59,7 +59,7 @@ async def test_runs_appear_live_and_one_run_shows_its_nodes_in_order(
         await screenshot(page, "runs")
 
         await page.click(f"a[href='/ui/runs/{ids[0]}']")
-        await page.wait_for_selector("svg.timeline")
+        await page.wait_for_selector("#run[data-recorded=yes] svg.timeline")
         assert await texts(page, "svg.timeline .bar-label") == ["normalize", "tokenize", "count"]
         drawn = await page.locator("svg.graph g.node.visited").evaluate_all(
             "nodes => nodes.map(n => [n.dataset.node, n.dataset.order])")
@@ -125,7 +125,7 @@ async def test_resume_an_interrupted_approval_thread_from_the_form(
         await page.wait_for_url(lambda url: not url.endswith(f"/ui/runs/{rid}"))
         resumed = page.url.rsplit("/", 1)[1]
         assert resumed != rid and resumed.startswith(f"{SCOPE_A}.")
-        await page.wait_for_selector("#run[data-status=success]", timeout=60_000)
+        await page.wait_for_selector("#run[data-status=success][data-recorded=yes]", timeout=60_000)
         output = page.locator("details.json", has_text="Output").locator("pre")
         assert orjson.loads(await output.text_content() or "") == {
             "topic": "the inspector",
@@ -241,7 +241,7 @@ async def test_a_script_in_the_input_renders_as_text_and_never_runs(
         assert (await thread_cell.text_content() or "").strip() == XSS
         await no_script_ran(page)
         await page.goto(f"{s.base}/ui/runs/{rid}")
-        await page.wait_for_selector("#run[data-status=success]")
+        await page.wait_for_selector("#run[data-status=success][data-recorded=yes]")
         output = page.locator("details.json", has_text="Output").locator("pre")
         assert orjson.loads(await output.text_content() or "") == {"text": XSS}
         source = page.locator("details.json", has_text="Input").locator("pre")

@@ -179,7 +179,9 @@ class Inspector:
             starts=len({e.attempt for e in events}),
             drawing=picture, bars=drawing.bars(events, total), timeline_ms=total,
             turns=[RunSummary.model_validate(t) for t in turns],
-            resumable=status == "interrupted" and bool(row["thread_id"]) and not later,
+            resumable=status == "interrupted" and bool(row["thread_id"]) and not later
+            and row["status"] == "interrupted",
+            recorded=_recorded(row, events),
             # RUN CONTROL: when POST /workflow/cancel/{request_id} exists (the run-control
             # issue), set cancel_url here for runs that are accepted or running; the page
             # (templates/run.html, "cancel") shows the button for it.
@@ -326,6 +328,19 @@ class Inspector:
         except Exception as exc:
             note = f"consumer lag unavailable: Kafka did not answer ({type(exc).__name__})"
         return Overview(since=now - timedelta(hours=1), graphs=graphs, lag=lag, lag_note=note)
+
+
+def _recorded(row: dict[str, Any], events: list[EventRow]) -> bool:
+    """The audit table holds the result and the events before it. The sink writes each topic
+    in order but the two topics independently, so a result can land a moment before its
+    run's last events; a run that published none (rejected, cached) is done once the result
+    is a few seconds old."""
+    if row["status"] == "accepted":
+        return False
+    if row["status"] == "rejected" or any(e.type == "run_finished" for e in events):
+        return True
+    finished = row["finished_at"]
+    return finished is None or datetime.now(UTC) - finished > timedelta(seconds=5)
 
 
 def _events(rows: list[dict[str, Any]]) -> list[EventRow]:

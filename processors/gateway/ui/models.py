@@ -112,6 +112,8 @@ class RunDetail(BaseModel):
     timeline_ms: float
     turns: list[RunSummary] = Field(description="the thread's runs (its resumes among them)")
     resumable: bool = Field(description="an interrupted thread this caller may resume")
+    recorded: bool = Field(description="the audit table has the result (else the status is "
+                                       "the runner's, from Redis, and the output is to come)")
     cancel_url: str | None = Field(
         default=None, description="POST here to cancel (when run control is available)")
 
