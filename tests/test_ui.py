@@ -95,6 +95,15 @@ async def test_runs_appear_live_and_one_run_shows_its_nodes_in_order(
                 ends[key] = (end + p["end"], behind + p["lag"])
             return ends if all(behind == 0 for _, behind in ends.values()) else None
 
+        hour = (await s.http.get("/ui/api/overview", headers=A)).json()["graphs"]
+        durations = sorted(r["duration_ms"] for r in (
+            await s.http.get("/ui/api/runs", headers=A)).json()["runs"])
+        assert [(g["graph"], g["runs"], g["failed"], g["error_rate"]) for g in hour] == [
+            ("pipeline", 3, 0, 0.0)]
+        assert hour[0]["p50_ms"] == pytest.approx(durations[1])
+        assert hour[0]["p99_ms"] == pytest.approx(durations[1] + 0.98 * (durations[2]
+                                                                         - durations[1]))
+        assert sum(m["runs"] for m in hour[0]["per_minute"]) == 3
         assert await eventually(caught_up) == {
             ("runners", "requests"): (3, 0), ("audit", "requests"): (3, 0),
             ("audit", "results"): (3, 0), ("audit", "events"): (15, 0), ("audit", "dlq"): (0, 0)}
