@@ -27,6 +27,7 @@ from graphwire.processors.cli.common import (
 )
 from graphwire.processors.cli.gateway import add_parsers as add_gateway_parsers
 from graphwire.processors.cli.ops import add_parsers as add_ops_parsers
+from graphwire.processors.cli.schedules import add_parsers as add_schedule_parsers
 from graphwire.processors.cli.state import (
     checkpoints_prune_command,
     dlq_list_command,
@@ -263,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_traffic_parsers(sub, _kafka_flags)
     add_gateway_parsers(sub, _kafka_flags)
     add_ops_parsers(sub, _kafka_flags)
+    add_schedule_parsers(sub, _kafka_flags)
 
     p = sub.add_parser("graphs", help="list registered graphs and their nodes")
     _graph_flags(p)
@@ -306,7 +308,7 @@ def run_async(coro: Coroutine[Any, Any, int]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``graphwire`` console script."""
     args = build_parser().parse_args(argv)
-    if args.command not in ("worker", "audit", "gateway"):  # one-line errors, not aiokafka's
+    if args.command not in ("worker", "audit", "gateway", "scheduler"):  # one-line errors, not aiokafka's
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         if args.command in ("worker", "audit") and args.processes > 1:

@@ -150,6 +150,9 @@ class RequestProcessor:
                 record, exc.request_id, peek_graph(record.value), exc, reason, started
             )
             return
+        if request.deferred:  # graphwire scheduler stores it and produces it when due
+            self.metrics.deferred.inc()
+            return
         try:
             if self._allowed and request.graph not in self._allowed:
                 raise UnknownGraphName(request.graph)
