@@ -273,31 +273,33 @@ async def test_missed_firings_run_once_or_are_skipped_by_policy(
     bootstrap: str, topics: TopicNames, sched_env: dict[str, str], db: Any,
     processes: list[WorkerProcess], tmp_path: Path,
 ) -> None:
-    """Crons whose firings fell due an hour ago while no scheduler ran: ``run`` fires the
-    latest missed one once, ``skip`` fires none; both then wait for their next time."""
-    hour_ago = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+    """Daily crons whose last three firings fell due while no scheduler ran: ``run`` fires the
+    latest missed one (today's) once, ``skip`` fires none; both then wait for tomorrow."""
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    if datetime.now(UTC) - today < timedelta(minutes=2):
+        pytest.skip("today's firing would still be on time, not missed")
     for name, missed in (("catchup", "run"), ("dropped", "skip")):
         await db.execute(
             "INSERT INTO graphwire_crons (name, graph, schedule, input, missed, next_at) "
-            "VALUES ($1, 'pipeline', '*/5 * * * *', '{\"text\": \"A\"}', $2, $3)",
-            name, missed, hour_ago,
+            "VALUES ($1, 'pipeline', '0 0 * * *', '{\"text\": \"A\"}', $2, $3)",
+            name, missed, today - timedelta(days=2),
         )
     async with Collector(bootstrap, topics.requests, topics.results) as out:
         await start_stack(bootstrap, sched_env, processes, tmp_path)
         await out.wait_count(topics.results, 1, timeout=20)
         await asyncio.sleep(1.5)
-        ids = sorted(orjson.loads(r.value)["request_id"] for r in out.records[topics.results])
-    now = datetime.now(UTC)
-    latest = now.replace(second=0, microsecond=0) - timedelta(minutes=now.minute % 5)
-    if (now - latest) < timedelta(seconds=62):  # on time, not missed: it fires as such
-        latest -= timedelta(minutes=5)
-    assert ids == [firing_id("catchup", latest)]
-    rows = await db.fetch("SELECT name, next_at FROM graphwire_crons ORDER BY name")
-    assert [r["next_at"] > now for r in rows] == [True, True]
+        ids = [orjson.loads(r.value)["request_id"] for r in out.records[topics.results]]
+    assert ids == [firing_id("catchup", today)]
+    rows = await db.fetch("SELECT name, next_at, last_fired FROM graphwire_crons ORDER BY name")
+    assert [(r["name"], r["next_at"], r["last_fired"]) for r in rows] == [
+        ("catchup", today + timedelta(days=1), today),
+        ("dropped", today + timedelta(days=1), None),
+    ]
     port = int(sched_env["GRAPHWIRE_SCHEDULER_HTTP_PORT"])
     samples = await metrics(port)
-    assert samples['graphwire_scheduler_missed_firings_total{policy="run"}'] >= 12
-    assert samples['graphwire_scheduler_missed_firings_total{policy="skip"}'] >= 12
+    assert samples['graphwire_scheduler_missed_firings_total{policy="run"}'] == 3
+    assert samples['graphwire_scheduler_missed_firings_total{policy="skip"}'] == 3
+    assert samples['graphwire_scheduler_fired_total{source="cron"}'] == 1
 
 
 def test_bad_schedule_or_timezone_is_a_clear_cli_error(sched_env: dict[str, str]) -> None:
