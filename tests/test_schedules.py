@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -15,8 +16,8 @@ import pytest
 
 from graphwire.processors.audit.db import migrate, server_settings
 from graphwire.processors.dev.broker import free_port
-from graphwire.topics.crons import Cron, due_firings, firing_id
 from graphwire.topics.admin import ensure_topics
+from graphwire.topics.crons import Cron, due_firings, firing_id
 from graphwire.topics.specs import TopicNames, TopicSpec
 from tests.conftest import TEST_DATABASE_URL
 from tests.kafka_helpers import (
@@ -238,7 +239,7 @@ async def test_cron_fires_on_time_three_times_then_pause_stops_it(
         three = firings()[:3]
         times = [datetime.fromisoformat(v["request_id"].split(":", 1)[1]) for _, v in three]
         assert [t.second % 2 for t in times] == [0, 0, 0]
-        assert [(b - a).total_seconds() for a, b in zip(times, times[1:], strict=False)] == \
+        assert [(b - a).total_seconds() for a, b in itertools.pairwise(times)] == \
             [2.0, 2.0]
         for (record, value), at in zip(three, times, strict=True):
             lateness = record.timestamp / 1000 - at.timestamp()

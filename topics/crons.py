@@ -309,3 +309,70 @@ class CronStore:
 
 def _unknown(name: str) -> UnknownCron:
     return UnknownCron(f"no cron named {name!r}: see `graphwire cron list`")
+
+
+class Crons:
+    """``GraphwireClient.crons``: define and manage crons from Python (needs ``database_url``:
+    the database, and ``schema``, of the scheduler's tables)."""
+
+    def __init__(self, database_url: str, schema: str | None = None) -> None:
+        self._url = database_url
+        self._schema = schema
+        self._pool: Any = None
+
+    async def _store(self) -> CronStore:
+        if self._pool is None:
+            import asyncpg
+
+            settings = {"search_path": '"' + self._schema.replace('"', '""') + '"'} \
+                if self._schema else None
+            try:
+                self._pool = await asyncpg.create_pool(
+                    self._url, min_size=0, max_size=2, timeout=10, command_timeout=30,
+                    server_settings=settings,
+                )
+            except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+                from graphwire.topics.errors import DependencyUnavailable
+
+                raise DependencyUnavailable(
+                    f"PostgreSQL does not answer ({type(exc).__name__}); check database_url"
+                ) from None
+        return CronStore(self._pool)
+
+    async def add(
+        self, name: str, graph: str, schedule: str, input: dict[str, Any] | None = None, *,
+        thread_id: str | None = None, timezone: str = "UTC",
+        missed: Literal["run", "skip"] = "run", metadata: dict[str, Any] | None = None,
+        replace: bool = False,
+    ) -> Cron:
+        """Define a cron (``InvalidCron`` for a bad schedule or time zone, ``CronExists``)."""
+        spec = cron_spec(name=name, graph=graph, schedule=schedule, timezone=timezone,
+                         input=input or {}, thread_id=thread_id, metadata=metadata or {},
+                         missed=missed)
+        return await (await self._store()).add(spec, replace=replace)
+
+    async def list(self) -> list[Cron]:
+        """Every cron, by name."""
+        return await (await self._store()).list()
+
+    async def get(self, name: str) -> Cron:
+        """One cron (``UnknownCron``)."""
+        return await (await self._store()).get(name)
+
+    async def remove(self, name: str) -> None:
+        """Delete a cron (``UnknownCron``)."""
+        await (await self._store()).remove(name)
+
+    async def pause(self, name: str) -> Cron:
+        """Stop firing until ``resume``."""
+        return await (await self._store()).pause(name)
+
+    async def resume(self, name: str) -> Cron:
+        """Fire again from the next scheduled time."""
+        return await (await self._store()).resume(name)
+
+    async def close(self) -> None:
+        """Close the connections. Idempotent."""
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None

@@ -308,7 +308,8 @@ def run_async(coro: Coroutine[Any, Any, int]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``graphwire`` console script."""
     args = build_parser().parse_args(argv)
-    if args.command not in ("worker", "audit", "gateway", "scheduler"):  # one-line errors, not aiokafka's
+    # one-line errors, not aiokafka's
+    if args.command not in ("worker", "audit", "gateway", "scheduler"):
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         if args.command in ("worker", "audit") and args.processes > 1:

@@ -74,7 +74,8 @@ def _json_arg(flag: str, text: str | None) -> Any:
 
 
 def _row(cron: Any) -> dict[str, Any]:
-    return cron.model_dump(mode="json")
+    row: dict[str, Any] = cron.model_dump(mode="json")
+    return row
 
 
 async def cron_command(args: argparse.Namespace) -> int:

@@ -108,7 +108,12 @@ class RequestIntake:
 
     @property
     def running(self) -> bool:
+        """True while the consuming task runs."""
         return self._task is not None and not self._task.done()
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        return self._task
 
     async def _consume(self) -> None:
         assert self._consumer is not None

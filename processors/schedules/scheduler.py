@@ -117,7 +117,8 @@ class Scheduler:
     @property
     def failed(self) -> BaseException | None:
         """The exception that ended the leader or intake task (a bug), if one did."""
-        for task in (self._leading, self._intake and self._intake._task):
+        tasks = [self._leading, self._intake.task if self._intake else None]
+        for task in tasks:
             if task is not None and task.done() and not task.cancelled():
                 exc = task.exception()
                 if exc is not None:

@@ -16,8 +16,8 @@ from zoneinfo import ZoneInfo
 import orjson
 from croniter import croniter
 
-from graphwire.topics.crons import Cron, cron_from_row, due_firings, rfc3339
 from graphwire.topics.codec import dumps
+from graphwire.topics.crons import Cron, cron_from_row, due_firings, rfc3339
 
 _CRON_COLUMNS = (
     "name, graph, schedule, timezone, input, thread_id, metadata, missed, owner, paused, "
@@ -75,7 +75,8 @@ async def take_due(conn: Any, now: datetime, limit: int) -> list[Due]:
     )
     due = []
     for row in rows:
-        headers = orjson.loads(row["headers"]) if isinstance(row["headers"], str) else row["headers"]
+        headers = row["headers"]
+        headers = orjson.loads(headers) if isinstance(headers, str) else headers
         due.append(Due(row["request_id"], row["due_at"], row["cron"], row["msg_key"],
                        row["value"], [(n, base64.b64decode(v)) for n, v in headers]))
     return due
