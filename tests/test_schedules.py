@@ -386,3 +386,78 @@ def test_cron_schedules_follow_their_time_zone_across_dst() -> None:
     summer = next_firing("0 2 * * *", "America/New_York", datetime(2026, 3, 20, tzinfo=UTC))
     assert (winter, summer) == (datetime(2026, 3, 1, 7, tzinfo=UTC),
                                 datetime(2026, 3, 20, 6, tzinfo=UTC))
+
+
+async def test_gateway_crons_belong_to_their_caller_and_delayed_runs_show_scheduled(
+    bootstrap: str, topics: TopicNames, sched_env: dict[str, str], db: Any,
+    processes: list[WorkerProcess], tmp_path: Path,
+) -> None:
+    """/crons: a caller adds, lists, pauses, resumes and removes its own crons (namespaced,
+    invisible to others; 403/409/422 with reasons); an execute with after_seconds is
+    ``scheduled`` in status until it runs, then ``success``."""
+    from tests.gateway_helpers import KEY_ECHO, A, gateway_settings, serve, token
+
+    await start_stack(bootstrap, sched_env, processes, tmp_path)
+    cron = {"name": "hourly", "workflow_name": "pipeline", "schedule": "0 * * * *",
+            "timezone": "Europe/Paris", "input_data": {"text": "X"}, "thread_id": "t1"}
+    other = {"Authorization": f"Bearer {token('someone-else', ['*'])}"}
+    async with serve(gateway_settings(sched_env)) as http:
+        added = await http.post("/crons", json=cron, headers=A)
+        assert added.status_code == 201, added.text
+        view = added.json()
+        scope = view["firing_prefix"].split(".", 1)[0]
+        assert {k: view[k] for k in ("name", "workflow_name", "thread_id", "paused")} == {
+            "name": "hourly", "workflow_name": "pipeline", "thread_id": "t1", "paused": False}
+        assert view["firing_prefix"] == f"{scope}.hourly:"
+        stored = await db.fetchrow("SELECT name, owner, thread_id, metadata FROM graphwire_crons")
+        assert (stored["name"], stored["owner"], stored["thread_id"]) == (
+            f"{scope}.hourly", scope, f"{scope}.t1")
+        assert orjson.loads(stored["metadata"]) == {
+            "principal": {"type": "api_key", "name": "svc-a"}}
+        again = await http.post("/crons", json=cron, headers=A)
+        assert (again.status_code, again.json()["detail"]) == (
+            409, "a cron named 'hourly' exists already: pick another name, remove it "
+            "first (`graphwire cron rm`), or replace it")
+        bad = await http.post("/crons", json={**cron, "name": "b", "schedule": "99 * * * *"},
+                              headers=A)
+        assert bad.status_code == 422
+        assert bad.json()["detail"].startswith("cannot read the schedule '99 * * * *'")
+        badtz = await http.post("/crons", json={**cron, "name": "b", "timezone": "Nowhere/X"},
+                                headers=A)
+        assert (badtz.status_code, badtz.json()["detail"]) == (
+            422, "unknown time zone 'Nowhere/X' (ZoneInfoNotFoundError); use an IANA name like "
+            "UTC, Europe/Paris or America/New_York")
+        refused = await http.post("/crons", json={**cron, "name": "e"},
+                                  headers={"X-API-Key": KEY_ECHO})
+        assert (refused.status_code, refused.json()["detail"]) == (
+            403, "svc-echo may not run 'pipeline'")
+        assert [c["name"] for c in (await http.get("/crons", headers=A)).json()] == ["hourly"]
+        assert (await http.get("/crons", headers=other)).json() == []
+        for method, path in (("GET", "/crons/hourly"), ("DELETE", "/crons/hourly"),
+                             ("POST", "/crons/hourly/pause")):
+            hidden = await http.request(method, path, headers=other)
+            assert (hidden.status_code, hidden.json()["detail"]) == (
+                404, "no cron named 'hourly': see `graphwire cron list`")
+        paused = await http.post("/crons/hourly/pause", headers=A)
+        assert (paused.status_code, paused.json()["paused"]) == (200, True)
+        resumed = await http.post("/crons/hourly/resume", headers=A)
+        assert (resumed.status_code, resumed.json()["paused"]) == (200, False)
+        gone = await http.delete("/crons/hourly", headers=A)
+        assert gone.status_code == 204
+        assert (await http.get("/crons/hourly", headers=A)).status_code == 404
+
+        later = await http.post("/workflow/execute", headers=A,
+                                json={"workflow_name": "pipeline", "input_data": {"text": "L"},
+                                      "after_seconds": 3})
+        assert later.status_code == 202, later.text
+        rid = later.json()["request_id"]
+        seen: list[str] = []
+        for _ in range(100):
+            status = await http.get(f"/workflow/status/{rid}", headers=A)
+            if status.status_code == 200:
+                if not seen or seen[-1] != status.json()["status"]:
+                    seen.append(status.json()["status"])
+                if seen[-1] == "success":
+                    break
+            await asyncio.sleep(0.1)
+        assert seen[0] == "scheduled" and seen[-1] == "success", seen

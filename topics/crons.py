@@ -56,7 +56,7 @@ def check_schedule(schedule: str) -> str:
     """``schedule`` if croniter reads it; else ``InvalidCron`` saying what is wrong."""
     try:
         croniter(schedule, datetime.now(UTC))
-    except (ValueError, KeyError) as exc:  # croniter's errors are ValueErrors
+    except Exception as exc:  # croniter's errors are ValueErrors; odd text may raise others
         raise InvalidCron(
             f"cannot read the schedule {schedule!r} ({exc}); write 5 cron fields like "
             "'*/5 * * * *' (minute hour day month weekday), a 6th for seconds"
@@ -68,7 +68,7 @@ def check_timezone(name: str) -> str:
     """``name`` if it is an IANA time zone; else ``InvalidCron``."""
     try:
         ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
         raise InvalidCron(
             f"unknown time zone {name!r} ({type(exc).__name__}); use an IANA name like UTC, "
             "Europe/Paris or America/New_York"
