@@ -461,3 +461,23 @@ async def test_gateway_crons_belong_to_their_caller_and_delayed_runs_show_schedu
                     break
             await asyncio.sleep(0.1)
         assert seen[0] == "scheduled" and seen[-1] == "success", seen
+
+
+async def test_doctor_warns_when_nothing_fires_what_is_due(
+    topics: TopicNames, sched_env: dict[str, str], db: Any
+) -> None:
+    """doctor's scheduler check: pass with nothing overdue; a delayed request 5 minutes past
+    due (no scheduler running) is a warning naming the fix."""
+    from tests.test_ops import graphwire, rows
+
+    env = {**sched_env, "GRAPHWIRE_PARTITIONS": "4"}
+    assert rows(graphwire(env, "doctor").stdout)["scheduler"] == "pass"
+    await db.execute(
+        "INSERT INTO graphwire_schedules (request_id, due_at, graph, value) "
+        "VALUES ('late', now() - interval '5 minutes', 'pipeline', '{}')"
+    )
+    late = graphwire(env, "doctor")
+    assert rows(late.stdout)["scheduler"] == "warn"
+    assert "scheduler                      warn    1 delayed requests or crons overdue\n" \
+        f"{'':<30} fix     run `graphwire scheduler` (its leader produces what is due)" \
+        in late.stdout
