@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from graphwire.topics.client import GraphwireClient
+    from graphwire.topics.crons import Cron, CronError, CronSpec
     from graphwire.topics.errors import (
         DependencyUnavailable,
         GraphwireError,
@@ -47,10 +48,17 @@ _EXPORTS = {
     "Event": "graphwire.topics.models",
     "EventType": "graphwire.topics.models",
     "Status": "graphwire.topics.models",
+    # crons (client.crons returns and raises these)
+    "Cron": "graphwire.topics.crons",
+    "CronSpec": "graphwire.topics.crons",
+    "CronError": "graphwire.topics.crons",
 }
 
 __all__ = [
     "Client",
+    "Cron",
+    "CronError",
+    "CronSpec",
     "DependencyUnavailable",
     "Event",
     "EventType",

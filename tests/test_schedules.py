@@ -481,3 +481,49 @@ async def test_doctor_warns_when_nothing_fires_what_is_due(
     assert "scheduler                      warn    1 delayed requests or crons overdue\n" \
         f"{'':<30} fix     run `graphwire scheduler` (its leader produces what is due)" \
         in late.stdout
+
+
+async def test_client_submits_delayed_runs_and_manages_crons(
+    bootstrap: str, topics: TopicNames, sched_env: dict[str, str], db: Any,
+    processes: list[WorkerProcess], tmp_path: Path,
+) -> None:
+    """GraphwireClient: submit(after_seconds=...) gives its result after the delay, and
+    client.crons adds, lists, pauses, resumes and removes; the blocking Client does the same."""
+    from graphwire import Client, CronError, GraphwireClient, GraphwireError
+
+    await start_stack(bootstrap, sched_env, processes, tmp_path)
+    schema = sched_env["GRAPHWIRE_AUDIT_SCHEMA"]
+    async with GraphwireClient(bootstrap, topic_prefix=topics.prefix,
+                               database_url=TEST_DATABASE_URL, database_schema=schema) as client:
+        sent = time.time()
+        rid = await client.submit("pipeline", {"text": "Later On"}, after_seconds=2)
+        result = await client.result(rid, timeout=20)
+        assert (result.status, result.output["text"]) == ("success", "later on")
+        assert 2.0 <= time.time() - sent < 4.5
+        cron = await client.crons.add("report", "pipeline", "30 7 * * 1-5", {"text": "R"},
+                                      timezone="Asia/Tokyo", missed="skip")
+        assert (cron.name, cron.timezone, cron.missed, cron.paused) == (
+            "report", "Asia/Tokyo", "skip", False)
+        tokyo = cron.next_at.astimezone(__import__("zoneinfo").ZoneInfo("Asia/Tokyo"))
+        assert (tokyo.hour, tokyo.minute, tokyo.weekday() < 5) == (7, 30, True)
+        assert (await client.crons.pause("report")).paused is True
+        assert (await client.crons.resume("report")).paused is False
+        assert [c.name for c in await client.crons.list()] == ["report"]
+        with pytest.raises(CronError, match="cannot read the schedule 'sometimes'"):
+            await client.crons.add("x", "pipeline", "sometimes")
+        await client.crons.remove("report")
+        assert await client.crons.list() == []
+    no_db = GraphwireClient(bootstrap, topic_prefix=topics.prefix)
+    with pytest.raises(GraphwireError, match="create the client with "
+                       "database_url"):
+        _ = no_db.crons
+
+    def blocking() -> list[str]:
+        with Client(bootstrap, topic_prefix=topics.prefix, database_url=TEST_DATABASE_URL,
+                    database_schema=schema) as sync:
+            sync.crons.add("nightly", "pipeline", "0 2 * * *", {"text": "N"})
+            names = [c.name for c in sync.crons.list()]
+            sync.crons.remove("nightly")
+            return names + [c.name for c in sync.crons.list()]
+
+    assert await asyncio.to_thread(blocking) == ["nightly"]
