@@ -130,6 +130,8 @@ async def _submit(args: argparse.Namespace) -> int:
             command=command,
             stream=stream,
             timeout_s=args.timeout_s,
+            after_seconds=args.after_seconds,
+            run_at=args.run_at,
         )
         print(f"submitted {request_id}", file=sys.stderr)
         if not (args.wait or args.stream):
@@ -223,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--thread", help="thread id (stateful graphs)")
     p.add_argument("--request-id", help="idempotency key (default: a new uuid)")
     p.add_argument("--timeout-s", type=float, help="give up the run after this many seconds")
+    p.add_argument("--after-seconds", type=float, help="run this many seconds from now")
+    p.add_argument("--run-at", help="run at this RFC 3339 time, e.g. 2026-12-02T15:00:00Z")
     p.add_argument("--wait", action="store_true", help="wait for the result and print it")
     p.add_argument(
         "--stream", action="store_true", help="print events as they arrive, then the result"
