@@ -285,17 +285,26 @@ async def test_missed_firings_run_once_or_are_skipped_by_policy(
             "VALUES ($1, 'pipeline', '0 0 * * *', '{\"text\": \"A\"}', $2, $3)",
             name, missed, today - timedelta(days=2),
         )
+    await db.execute(  # written around CronStore: it cannot fire, and stops nothing else
+        "INSERT INTO graphwire_crons (name, graph, schedule, timezone, input, next_at) "
+        "VALUES ('broken', 'pipeline', '0 0 * * *', 'Mars/Olympus', '{}', $1)", today,
+    )
     async with Collector(bootstrap, topics.requests, topics.results) as out:
         await start_stack(bootstrap, sched_env, processes, tmp_path)
         await out.wait_count(topics.results, 1, timeout=20)
         await asyncio.sleep(1.5)
         ids = [orjson.loads(r.value)["request_id"] for r in out.records[topics.results]]
     assert ids == [firing_id("catchup", today)]
-    rows = await db.fetch("SELECT name, next_at, last_fired FROM graphwire_crons ORDER BY name")
-    assert [(r["name"], r["next_at"], r["last_fired"]) for r in rows] == [
-        ("catchup", today + timedelta(days=1), today),
-        ("dropped", today + timedelta(days=1), None),
+    rows = await db.fetch("SELECT name, next_at, last_fired, paused FROM graphwire_crons "
+                          "ORDER BY name")
+    assert [(r["name"], r["next_at"], r["last_fired"], r["paused"]) for r in rows] == [
+        ("broken", today, None, True),
+        ("catchup", today + timedelta(days=1), today, False),
+        ("dropped", today + timedelta(days=1), None, False),
     ]
+    log = (tmp_path / "scheduler.log").read_text()
+    assert "cron broken cannot fire (InvalidCron: unknown time zone 'Mars/Olympus' " in log
+    assert "paused it: redefine it with `graphwire cron add broken --replace ...`" in log
     port = int(sched_env["GRAPHWIRE_SCHEDULER_HTTP_PORT"])
     samples = await metrics(port)
     assert samples['graphwire_scheduler_missed_firings_total{policy="run"}'] == 3

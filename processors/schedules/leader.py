@@ -38,6 +38,7 @@ _TRY_LOCK = (
 _OUTAGES = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, DependencyUnavailable,
             KafkaError, TimeoutError)
 _PRUNE_EVERY_S = 60.0
+_COUNT_EVERY_S = 5.0
 
 
 class Leadership:
@@ -53,7 +54,7 @@ class Leadership:
         self.role = "starting"
         """``leader``, ``standby``, or ``starting`` (no database answer yet)."""
         self.database_error: str | None = None
-        self._pruned = 0.0
+        self._pruned = self._counted = 0.0
 
     def wake(self) -> None:
         """Stop waiting and tick now (on shutdown)."""
@@ -137,6 +138,11 @@ class Leadership:
         return len(due)
 
     async def _maybe_prune(self, conn: Any, now: datetime) -> None:
+        """Every few seconds count what is pending; every minute delete old fired rows."""
+        if time.monotonic() - self._counted < _COUNT_EVERY_S:
+            return
+        self._counted = time.monotonic()
+        self._metrics.pending.set(await store.pending(conn))
         if time.monotonic() - self._pruned < _PRUNE_EVERY_S:
             return
         self._pruned = time.monotonic()
@@ -144,7 +150,6 @@ class Leadership:
         deleted = await store.prune(conn, retention, now)
         if deleted:
             log.info("pruned %d fired schedules older than %s", deleted, retention)
-        self._metrics.pending.set(await store.pending(conn))
 
 
 async def _close(conn: Any) -> None:

@@ -8,6 +8,7 @@ headers). ``fired_at`` is set once the broker acknowledged it: a row produced bu
 from __future__ import annotations
 
 import base64
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -18,6 +19,8 @@ from croniter import croniter
 
 from graphwire.topics.codec import dumps
 from graphwire.topics.crons import Cron, cron_from_row, due_firings, rfc3339
+
+log = logging.getLogger(__name__)
 
 _CRON_COLUMNS = (
     "name, graph, schedule, timezone, input, thread_id, metadata, missed, owner, paused, "
@@ -123,17 +126,28 @@ class CronTick:
     missed_skipped: int = 0
 
 
+MAX_MISSED_COUNTED = 1000  # counting is CPU on the event loop: a long outage counts this many
+
+
 def _missed(cron: Cron, now: datetime, grace: timedelta) -> int:
-    """How many firings between ``cron.next_at`` and the grace cutoff were missed."""
+    """How many firings between ``cron.next_at`` and the grace cutoff were missed (at most
+    ``MAX_MISSED_COUNTED``)."""
     cutoff = now - grace
     if cron.next_at >= cutoff:
         return 0
     count, at = 0, cron.next_at
     it = croniter(cron.schedule, at.astimezone(ZoneInfo(cron.timezone)))
-    while at < cutoff and count < 100_000:
+    while at < cutoff and count < MAX_MISSED_COUNTED:
         count += 1
         at = it.get_next(datetime)
     return count
+
+
+def _firing(cron: Cron, at: datetime) -> Stored:
+    body = cron.request(at)
+    key = (body.get("thread_id") or body["request_id"]).encode()
+    return Stored(body["request_id"], at, cron.graph, cron.name, key, dumps(body), [],
+                  f"cron {cron.name} {rfc3339(at)}")
 
 
 async def take_crons(conn: Any, now: datetime, grace: timedelta) -> CronTick:
@@ -146,20 +160,23 @@ async def take_crons(conn: Any, now: datetime, grace: timedelta) -> CronTick:
             "FOR UPDATE", now,
         )
         for row in rows:
-            cron = cron_from_row(row)
-            fire, upcoming = due_firings(cron, now, grace)
+            try:
+                cron = cron_from_row(row)
+                fire, upcoming = due_firings(cron, now, grace)
+                firings = [_firing(cron, at) for at in fire]
+            except Exception as exc:  # a row written around CronStore: never stop the others
+                log.error("cron %s cannot fire (%s: %s); paused it: redefine it with "
+                          "`graphwire cron add %s --replace ...`", row["name"],
+                          type(exc).__name__, exc, row["name"])
+                await conn.execute("UPDATE graphwire_crons SET paused = true, updated_at = now() "
+                                   "WHERE name = $1", row["name"])
+                continue
             missed = _missed(cron, now, grace)
             if missed:
                 if cron.missed == "run":
                     missed_run += missed
                 else:
                     missed_skipped += missed
-            firings = []
-            for at in fire:
-                body = cron.request(at)
-                key = (body.get("thread_id") or body["request_id"]).encode()
-                firings.append(Stored(body["request_id"], at, cron.graph, cron.name, key,
-                                      dumps(body), [], f"cron {cron.name} {rfc3339(at)}"))
             if firings:
                 await store(conn, firings)
             await conn.execute(
