@@ -536,3 +536,23 @@ async def test_client_submits_delayed_runs_and_manages_crons(
             return names + [c.name for c in sync.crons.list()]
 
     assert await asyncio.to_thread(blocking) == ["nightly"]
+
+
+async def test_sigterm_hands_the_lead_to_the_standby(
+    bootstrap: str, topics: TopicNames, sched_env: dict[str, str], db: Any,
+    processes: list[WorkerProcess], tmp_path: Path,
+) -> None:
+    """SIGTERM: the leader exits 0 and releases the lock; the standby leads and fires."""
+    await start_stack(bootstrap, sched_env, processes, tmp_path)
+    second_port = free_port()
+    spawn(processes, sched_env, "scheduler", tmp_path / "standby.log",
+          GRAPHWIRE_SCHEDULER_HTTP_PORT=str(second_port))
+    await wait_leader(second_port, 0)
+    assert processes[1].terminate(timeout=20) == 0
+    await wait_leader(second_port, 1, timeout=10)
+    async with Collector(bootstrap, topics.results) as out:
+        await produce(bootstrap, topics.requests,
+                      [(b"after-term", encode(request("after-term", after_seconds=0.5)))])
+        await out.wait_count(topics.results, 1, timeout=20)
+        assert [orjson.loads(r.value)["status"] for r in out.records[topics.results]] == [
+            "success"]
