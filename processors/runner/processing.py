@@ -152,6 +152,8 @@ class RequestProcessor:
             return
         if request.deferred:  # graphwire scheduler stores it and produces it when due
             self.metrics.deferred.inc()
+            log.info("%s runs later (after_seconds/run_at): left to graphwire scheduler",
+                     request.request_id)
             return
         try:
             if self._allowed and request.graph not in self._allowed:
