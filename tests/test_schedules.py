@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import orjson
 import pytest
@@ -548,6 +549,11 @@ async def test_sigterm_hands_the_lead_to_the_standby(
     spawn(processes, sched_env, "scheduler", tmp_path / "standby.log",
           GRAPHWIRE_SCHEDULER_HTTP_PORT=str(second_port))
     await wait_leader(second_port, 0)
+    assert await wait_ready(second_port, 200) == {
+        "ready": True, "dependencies": {"kafka": "ok", "postgresql": "ok"}}
+    async with aiohttp.ClientSession() as http, \
+            http.get(f"http://127.0.0.1:{second_port}/health") as health:
+        assert (health.status, await health.json()) == (200, {"status": "alive"})
     assert processes[1].terminate(timeout=20) == 0
     await wait_leader(second_port, 1, timeout=10)
     async with Collector(bootstrap, topics.results) as out:
@@ -556,3 +562,23 @@ async def test_sigterm_hands_the_lead_to_the_standby(
         await out.wait_count(topics.results, 1, timeout=20)
         assert [orjson.loads(r.value)["status"] for r in out.records[topics.results]] == [
             "success"]
+
+
+def test_scheduler_refuses_to_start_without_its_tables_or_database(
+    sched_env: dict[str, str],
+) -> None:
+    """An unmigrated schema: exit 1 saying to migrate; no PostgreSQL: exit 3 naming the URL
+    setting (the secret URL itself never printed)."""
+    unmigrated = cli(sched_env, "scheduler")
+    schema = sched_env["GRAPHWIRE_AUDIT_SCHEMA"]
+    assert (unmigrated.returncode, unmigrated.stderr.splitlines()[-1]) == (
+        1, f"graphwire: error: the audit schema {schema!r} (GRAPHWIRE_AUDIT_SCHEMA) does not "
+        "exist in this database: run `graphwire db migrate` to create it, or correct the "
+        "setting")
+    url = "postgresql://admin:hunter2secret@127.0.0.1:1/nowhere"
+    down = cli({**sched_env, "GRAPHWIRE_DATABASE_URL": url}, "scheduler")
+    assert down.returncode == 3
+    last = down.stderr.splitlines()[-1]
+    assert last.startswith("graphwire: error: PostgreSQL does not answer (")
+    assert last.endswith("check GRAPHWIRE_DATABASE_URL")
+    assert "hunter2secret" not in down.stderr + down.stdout
