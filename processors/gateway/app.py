@@ -27,6 +27,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from graphwire.processors.gateway.auth import Authenticator, AuthError, Principal, RateLimiter
+from graphwire.processors.gateway.crons import add_cron_routes
 from graphwire.processors.gateway.models import (
     Accepted,
     BatchRequest,
@@ -153,6 +154,7 @@ class Gateway:
                 config=body.config.model_dump(exclude_defaults=True),
                 stream=body.stream, metadata=metadata, timeout_s=body.timeout_s,
                 webhook=body.webhook,
+                after_seconds=body.after_seconds, run_at=body.run_at,
             )
         except ValueError as exc:  # the contract's validation (pydantic)
             raise HTTPException(422, _contract_error(exc)) from None
@@ -196,6 +198,13 @@ class Gateway:
                 )
                 if row is not None:
                     return RunStatus(request_id=request_id, source="postgresql", **dict(row))
+                due = await self.db.fetchval(  # accepted to run later (graphwire scheduler)
+                    "SELECT due_at FROM graphwire_schedules WHERE request_id = $1 "
+                    "AND fired_at IS NULL", request_id,
+                )
+                if due is not None:
+                    return RunStatus(request_id=request_id, source="postgresql",
+                                     status="scheduled", run_at=due)
         raise HTTPException(404, f"unknown request {request_id!r}")
 
     async def readiness(self) -> dict[str, str]:
@@ -324,6 +333,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                         return_exceptions=True)
         results = [o if isinstance(o, Result) else None for o in outcomes]
         return BatchResponse(request_ids=ids, results=results)
+
+    add_cron_routes(app, gw, gw.principal)
 
     @app.get("/health")
     async def health() -> dict[str, str]:

@@ -152,6 +152,11 @@ class RequestProcessor:
                 record, exc.request_id, peek_graph(record.value), exc, reason, started
             )
             return
+        if request.deferred:  # graphwire scheduler stores it and produces it when due
+            self.metrics.deferred.inc()
+            log.info("%s runs later (after_seconds/run_at): left to graphwire scheduler",
+                     request.request_id)
+            return
         if request.webhook is not None:  # refused at once, not when the result is out
             refusal = self._webhooks.refusal(request.webhook)
             if refusal is not None:
