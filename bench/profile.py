@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_runner import HELLO, asyncio_run, drain, ensure_bench_database  # noqa: E402
+from bench.bench_runner import HELLO, SLOW, asyncio_run, drain, ensure_bench_database  # noqa: E402
 from graphwire.processors.dev.broker import DevBroker  # noqa: E402
 
 FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
@@ -106,7 +106,7 @@ def summarise(raw: str, top: int) -> str:
 
 
 async def record(args: argparse.Namespace, raw_path: Path) -> float:
-    """Drain ``args.runs`` pipeline requests with the worker under py-spy; runs/s."""
+    """Drain ``args.runs`` requests of ``args.graph`` with the worker under py-spy; runs/s."""
     for item in args.env:
         name, sep, value = item.partition("=")
         if not sep or not name.startswith("GRAPHWIRE_"):
@@ -130,7 +130,8 @@ async def record(args: argparse.Namespace, raw_path: Path) -> float:
             process.wait(120)
 
     with DevBroker() as broker:
-        result = await drain(broker.bootstrap_servers, "pipeline", HELLO, args.runs,
+        body = SLOW if args.graph == "slow" else HELLO
+        result = await drain(broker.bootstrap_servers, args.graph, body, args.runs,
                              mode=args.settings, max_in_flight=args.max_in_flight,
                              processes=args.processes, on_first_result=attach, on_drained=detach)
     if not spy or spy[0].returncode != 0:
@@ -145,6 +146,8 @@ def main() -> None:
                         help="defaults: dedup + checkpoints on; off: both off")
     parser.add_argument("--env", action="append", default=[], metavar="GRAPHWIRE_X=V",
                         help="extra worker setting, repeatable")
+    parser.add_argument("--graph", choices=("pipeline", "slow"), default="pipeline",
+                        help="pipeline (3 quick nodes) or slow (one 0.2 s async node)")
     parser.add_argument("--runs", type=int, default=4000)
     parser.add_argument("--max-in-flight", type=int, default=64)
     parser.add_argument("--processes", type=int, default=1)
@@ -156,7 +159,7 @@ def main() -> None:
     args = parser.parse_args()
     raw_path = Path(args.raw or tempfile.mkstemp(suffix=".raw", prefix="graphwire-profile-")[1])
     rate = asyncio_run(record(args, raw_path))
-    print(f"worker settings {args.settings} {' '.join(args.env)}: {args.runs} pipeline runs at "
+    print(f"worker settings {args.settings} {' '.join(args.env)}: {args.runs} {args.graph} runs at "
           f"{rate:.0f} runs/s under py-spy ({args.rate} Hz, "
           f"{'all threads' if args.all_threads else 'GIL holder only'}); "
           f"folded stacks in {raw_path}\n")

@@ -9,6 +9,10 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import interrupt
 
+QUICK_SYNC_NODES = {"graphwire": {"sync_nodes": "inline"}}
+"""Metadata of the built-ins whose sync nodes are microsecond string functions: the worker runs
+them on its event loop rather than a thread (``GraphOptions.sync_nodes``)."""
+
 
 class TextState(TypedDict):
     """State of ``echo``: one text field."""
@@ -40,7 +44,7 @@ def build_echo() -> CompiledStateGraph[Any, Any, Any, Any]:
     builder.add_node("echo", echo)
     builder.add_edge(START, "echo")
     builder.add_edge("echo", END)
-    return builder.compile(name="echo")
+    return builder.compile(name="echo").with_config(metadata=QUICK_SYNC_NODES)
 
 
 def build_pipeline() -> CompiledStateGraph[Any, Any, Any, Any]:
@@ -63,7 +67,7 @@ def build_pipeline() -> CompiledStateGraph[Any, Any, Any, Any]:
     builder.add_edge("normalize", "tokenize")
     builder.add_edge("tokenize", "count")
     builder.add_edge("count", END)
-    return builder.compile(name="pipeline")
+    return builder.compile(name="pipeline").with_config(metadata=QUICK_SYNC_NODES)
 
 
 def build_slow() -> CompiledStateGraph[Any, Any, Any, Any]:

@@ -142,16 +142,20 @@ class ScriptedChatModel(BaseChatModel):
             yield chunk
 
 
-def build_chat(model: BaseChatModel | None = None) -> CompiledStateGraph[Any, Any, Any, Any]:
-    """An ``agent`` node calling the model, a ``tools`` node running ``add``, looping until done."""
-    llm = (model or ScriptedChatModel()).bind_tools([add])
+def build_chat(
+    model: BaseChatModel | None = None, tools: Sequence[Any] | None = None
+) -> CompiledStateGraph[Any, Any, Any, Any]:
+    """An ``agent`` node calling the model, a ``tools`` node running ``add`` (or ``tools``: an
+    effectful tool wrapped in ``once_tool`` runs once per tool call), looping until done."""
+    tools = list(tools or [add])
+    llm = (model or ScriptedChatModel()).bind_tools(tools)
 
     async def agent(state: MessagesState) -> dict[str, Any]:
         return {"messages": [await llm.ainvoke(state["messages"])]}
 
     builder = StateGraph(MessagesState)
     builder.add_node("agent", agent)
-    builder.add_node("tools", ToolNode([add]))
+    builder.add_node("tools", ToolNode(tools))
     builder.add_edge(START, "agent")
     builder.add_conditional_edges("agent", tools_condition)
     builder.add_edge("tools", "agent")

@@ -6,11 +6,13 @@ Nothing here knows about Kafka: the caller passes ``emit`` and gets a ``RunOutco
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from langchain_core.messages import BaseMessage
+from langchain_core.runnables.config import run_in_executor
 
 # RetryPolicy's default predicate: public through langgraph.types, defined privately.
 from langgraph._internal._retry import default_retry_on
@@ -52,6 +54,34 @@ def is_retriable(exc: BaseException | None) -> bool:
     if isinstance(flag, bool):
         return flag
     return isinstance(exc, Exception) and default_retry_on(exc)
+
+
+def inline_sync_nodes(graph: Pregel[Any, Any, Any, Any]) -> list[str]:
+    """Make ``graph``'s plain sync nodes run on the event loop instead of a worker thread.
+
+    LangGraph wraps a sync node function as ``RunnableCallable(func, afunc=partial(
+    run_in_executor, None, func))``, so under ``astream`` every call of it is a hop to the
+    default thread pool and back (for a microsecond node, most of its cost). Without an
+    ``afunc``, ``RunnableCallable.ainvoke`` calls ``invoke`` directly, in the caller's context,
+    with the same callbacks. Only nodes with exactly that wrapper are changed; async nodes,
+    subgraphs and other runnables are left alone. Returns the names of the changed nodes.
+
+    Only for graphs whose sync nodes are quick and never block (a blocking node would stall
+    every run on the worker): graphs opt in with ``{"graphwire": {"sync_nodes": "inline"}}``.
+    """
+    changed = []
+    for name, node in graph.nodes.items():
+        bound = node.bound
+        wrapper = getattr(bound, "afunc", None)
+        if (
+            isinstance(wrapper, functools.partial)
+            and wrapper.func is run_in_executor
+            and wrapper.args[:1] == (None,)
+            and getattr(bound, "func", None) is not None
+        ):
+            bound.afunc = None  # type: ignore[attr-defined]  # RunnableCallable's own field
+            changed.append(name)
+    return changed
 
 
 def message_data(message: Any) -> dict[str, Any]:

@@ -6,8 +6,11 @@ The public API, the one thing users import::
 
 ``GraphwireClient`` (asyncio) and ``Client`` (blocking) submit requests and read their events and
 results; the errors are what ``result(raise_on_error=True)`` raises. The message models are here
-too, for services that build or read messages themselves. Everything else (``graphwire.topics``,
-``graphwire.graphs``, ``graphwire.processors``) is internal: its module paths may move.
+too, for services that build or read messages themselves. Graph authors make side effects at most
+once with ``once``, ``once_tool`` and ``effect_key`` (``EffectInDoubt``); webhook receivers
+check a delivery with ``verify_webhook``. Everything else
+(``graphwire.topics``, ``graphwire.graphs``, ``graphwire.processors``) is internal: its module
+paths may move.
 
 Names are imported on first use, so ``import graphwire`` stays cheap and a graph module that
 imports only ``graphwire.graphs`` does not pull in the Kafka client.
@@ -19,7 +22,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from graphwire.graphs.effects import EffectInDoubt, effect_key, once, once_tool
     from graphwire.topics.client import GraphwireClient
+    from graphwire.topics.crons import Cron, CronError, CronSpec
     from graphwire.topics.errors import (
         DependencyUnavailable,
         GraphwireError,
@@ -31,6 +36,7 @@ if TYPE_CHECKING:
     )
     from graphwire.topics.models import Event, EventType, Request, Result, Status
     from graphwire.topics.syncclient import Client
+    from graphwire.topics.webhooks import WebhookSignatureError, sign_webhook, verify_webhook
 
 _EXPORTS = {
     "GraphwireClient": "graphwire.topics.client",
@@ -47,11 +53,27 @@ _EXPORTS = {
     "Event": "graphwire.topics.models",
     "EventType": "graphwire.topics.models",
     "Status": "graphwire.topics.models",
+    # side effects at most once, for graph authors
+    "once": "graphwire.graphs.effects",
+    "once_tool": "graphwire.graphs.effects",
+    "effect_key": "graphwire.graphs.effects",
+    "EffectInDoubt": "graphwire.graphs.effects",
+    "verify_webhook": "graphwire.topics.webhooks",
+    "sign_webhook": "graphwire.topics.webhooks",
+    "WebhookSignatureError": "graphwire.topics.webhooks",
+    # crons (client.crons returns and raises these)
+    "Cron": "graphwire.topics.crons",
+    "CronSpec": "graphwire.topics.crons",
+    "CronError": "graphwire.topics.crons",
 }
 
 __all__ = [
     "Client",
+    "Cron",
+    "CronError",
+    "CronSpec",
     "DependencyUnavailable",
+    "EffectInDoubt",
     "Event",
     "EventType",
     "GraphwireClient",
@@ -64,6 +86,12 @@ __all__ = [
     "RunRejected",
     "RunTimedOut",
     "Status",
+    "WebhookSignatureError",
+    "effect_key",
+    "once",
+    "once_tool",
+    "sign_webhook",
+    "verify_webhook",
 ]
 
 

@@ -142,6 +142,18 @@ class RunnerMetrics:
             ["topic", "partition"],
             registry=r,
         )
+        # side effects (graphs/effects.py): alert on in_doubt, it needs a person
+        self.effects = Counter(
+            "graphwire_effects_total",
+            "once() calls, by outcome: called, replayed, in_doubt, failed.",
+            ["outcome"],
+            registry=r,
+        )
+        self.deferred = Counter(  # issue 16: after_seconds/run_at are the scheduler's
+            "graphwire_deferred_requests_total",
+            "Requests with after_seconds or run_at, left to graphwire scheduler.",
+            registry=r,
+        )
 
     def graph_label(self, graph: str) -> str:
         """``graph`` if it is registered, else ``unknown`` (names from requests are unbounded)."""

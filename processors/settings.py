@@ -127,6 +127,13 @@ class Settings(BaseSettings):
     """``graphwire checkpoints prune`` deletes threads idle for longer than this."""
     durability: Literal["exit", "async", "sync"] = "async"
     """When LangGraph writes checkpoints: after each step in the background, in line, or at exit."""
+    gc_young_threshold: int = Field(default=50_000, ge=0)
+    """The worker's young-generation GC threshold (Python's default is 700): a run allocates
+    thousands of short-lived objects, so the default collects many times per run. Objects alive
+    after start-up (graphs, modules) are frozen out of collections. 0 keeps Python's defaults."""
+    sync_nodes: Literal["declared", "thread", "inline"] = "declared"
+    """Where plain sync nodes run: as each graph declares (``sync_nodes`` in its graphwire
+    metadata; undeclared means ``thread``), or forced to a worker thread or the event loop."""
 
     # Audit sink (PostgreSQL record of every request, event, result and dead letter)
     audit_group_id: str = "graphwire-audit"
@@ -143,6 +150,22 @@ class Settings(BaseSettings):
     """``/health``, ``/ready`` and ``/metrics`` of the sink (0 disables)."""
     audit_retention_days: float = Field(default=30.0, gt=0)
     """``graphwire db prune`` deletes events older than this."""
+
+    # Scheduler (graphwire scheduler): after_seconds/run_at and crons, tables in the audit schema
+    scheduler_group_id: str = "graphwire-scheduler"
+    """Consumer group in which schedulers read requests for the delayed ones."""
+    scheduler_http_port: int = Field(default=8082, ge=0, le=65535)
+    """``/health``, ``/ready`` and ``/metrics`` of the scheduler (0 disables)."""
+    scheduler_tick_s: float = Field(default=0.2, gt=0, le=60)
+    """Longest the leader sleeps between looks at what is due."""
+    scheduler_standby_poll_s: float = Field(default=2.0, gt=0, le=300)
+    """How often a standby tries to take the lead."""
+    scheduler_missed_grace_s: float = Field(default=60.0, ge=0)
+    """A cron firing reached later than this is missed; its cron's ``missed`` policy decides."""
+    scheduler_batch: int = Field(default=500, ge=1, le=100_000)
+    """Due requests produced per round."""
+    scheduler_retention_s: float = Field(default=7 * 24 * 3600, gt=0)
+    """Fired schedules are kept this long (``fired_at``), then deleted."""
 
     # HTTP gateway (graphwire gateway)
     gateway_host: str = "0.0.0.0"
@@ -167,6 +190,34 @@ class Settings(BaseSettings):
     gateway_wait_timeout_s: float = Field(default=30.0, gt=0, le=600)
     """Longest ``?wait=true`` and SSE stream wait for a result."""
     gateway_max_batch: int = Field(default=100, ge=1, le=10_000)
+
+    # Webhooks (graphwire webhooks): POST each result to its request's webhook URL
+    webhook_allowed_hosts: str = ""
+    """Comma-separated hosts webhooks may call (``hooks.example.com``, ``*.example.com``, IPs);
+    empty: requests with a webhook are rejected. Only a host named exactly may resolve to a
+    private, loopback or link-local address."""
+    webhook_secret: SecretStr | None = None
+    """HMAC-SHA256 key signing every delivery (``X-Graphwire-Signature``); required to deliver."""
+    webhook_group_id: str = "graphwire-webhooks"
+    """Consumer group of the webhook processors, on the results topic."""
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    """One attempt (connect, send, answer) may take this long."""
+    webhook_max_attempts: int = Field(default=8, ge=1, le=50)
+    """Attempts on 5xx, 408, 429, timeouts and connection errors before the dead letter."""
+    webhook_backoff_s: float = Field(default=1.0, gt=0)
+    """Delay before the second attempt; doubles per attempt (with jitter)..."""
+    webhook_backoff_max_s: float = Field(default=60.0, gt=0)
+    """...up to this (and a ``Retry-After`` up to this is honoured)."""
+    webhook_max_in_flight: int = Field(default=1000, ge=1)
+    """Results held at once (being delivered or waiting for a retry)."""
+    webhook_per_host: int = Field(default=8, ge=1)
+    """Concurrent requests to one host (``host:port``)."""
+    webhook_host_down_after: int = Field(default=10, ge=1)
+    """A host whose last this many attempts all failed is "down": one result at a time probes it
+    with one attempt, the others go to the dead letters at once (replay them once it is back),
+    so a dead receiver never holds the in-flight slots other hosts' results need."""
+    webhook_http_port: int = Field(default=8083, ge=0, le=65535)
+    """``/health``, ``/ready`` and ``/metrics`` of the webhook processor (0 disables)."""
 
     # Operations
     http_port: int = Field(default=8080, ge=0, le=65535)

@@ -241,3 +241,23 @@ def test_dev_ctrl_c_stops_everything_and_removes_its_data() -> None:
     for port in [*ports, broker_port]:
         with socket.socket() as probe:
             assert probe.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still answers"
+
+
+def test_tune_gc_freezes_start_up_objects_and_raises_the_young_threshold() -> None:
+    """The worker's GC setting: threshold N collects the young generation every N allocations,
+    start-up objects leave the collector (frozen); 0 changes nothing."""
+    import gc
+
+    from graphwire.processors.cli.main import tune_gc
+
+    before = gc.get_threshold()
+    try:
+        tune_gc(0)
+        assert gc.get_threshold() == before
+        assert gc.get_freeze_count() == 0
+        tune_gc(50_000)
+        assert gc.get_threshold() == (50_000, before[1], before[2])
+        assert gc.get_freeze_count() > 1000  # this process's modules and objects
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

@@ -41,6 +41,7 @@ from ruamel.yaml import YAML
 from graphwire.processors.gateway.models import GatewayMetrics
 from graphwire.processors.metrics import AuditMetrics, RunnerMetrics
 from graphwire.processors.settings import Settings
+from graphwire.processors.webhooks.metrics import WebhookMetrics
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
@@ -57,6 +58,8 @@ PROCESSORS = {
     "graphwire-runner": ("runner", "http_port", ["worker"]),
     "graphwire-audit": ("audit", "audit_http_port", ["audit"]),
     "graphwire-gateway": ("gateway", "gateway_port", ["gateway"]),
+    "graphwire-webhooks": ("webhooks", "webhook_http_port", ["webhooks"]),
+    "graphwire-scheduler": ("scheduler", "scheduler_http_port", ["scheduler"]),
 }
 # tests/conftest.py's own variables (the test harness, not graphwire settings)
 HARNESS_VARS = {
@@ -359,8 +362,9 @@ def test_every_image_command_is_a_graphwire_command(
     from graphwire.processors.cli.main import build_parser
 
     commands = image_commands(compose, rendered[overlay])
-    assert {"compose:runner", "compose:audit", "compose:gateway", "k8s:graphwire-runner",
-            "k8s:graphwire-audit", "k8s:graphwire-gateway"} <= set(commands)
+    assert {"compose:runner", "compose:audit", "compose:gateway", "compose:webhooks",
+            "k8s:graphwire-runner", "k8s:graphwire-audit", "k8s:graphwire-gateway",
+            "k8s:graphwire-webhooks"} <= set(commands)
     parser = build_parser()
     for where, argv in commands.items():
         args = parser.parse_args(argv)
@@ -391,7 +395,7 @@ def test_compose_stack(compose: dict[str, Any]) -> None:
     services = compose["services"]
     assert set(services) == {
         "kafka", "redis", "postgres", "topics-init", "db-migrate",
-        "runner", "audit", "gateway", "prometheus", "grafana",
+        "runner", "audit", "gateway", "webhooks", "scheduler", "prometheus", "grafana",
     }
     kafka = services["kafka"]
     assert kafka["image"].startswith("apache/kafka:")
@@ -399,7 +403,8 @@ def test_compose_stack(compose: dict[str, Any]) -> None:
     assert "zookeeper" not in json.dumps(compose).lower()
 
     graphwire = {n: s for n, s in services.items() if s.get("build") == "."}
-    assert set(graphwire) == {"topics-init", "db-migrate", "runner", "audit", "gateway"}
+    assert set(graphwire) == {"topics-init", "db-migrate", "runner", "audit", "gateway",
+                              "webhooks", "scheduler"}
     assert {s["image"] for s in graphwire.values()} == {"graphwire:local"}, "one image"
     assert services["topics-init"]["command"] == ["topics", "ensure", "--partitions", "12"]
     assert services["db-migrate"]["command"] == ["db", "migrate"]
@@ -408,7 +413,10 @@ def test_compose_stack(compose: dict[str, Any]) -> None:
     for name, (_, _, command) in PROCESSORS.items():
         service = services[name.removeprefix("graphwire-")]
         assert service["command"] == command
-        for dependency in ("topics-init", "db-migrate"):
+        # the webhook processor touches no database: it needs the topics only
+        jobs = ("topics-init",) if name == "graphwire-webhooks" else ("topics-init", "db-migrate")
+        assert set(jobs) <= set(service["depends_on"])
+        for dependency in jobs:
             assert service["depends_on"][dependency] == {
                 "condition": "service_completed_successfully"
             }
@@ -417,6 +425,9 @@ def test_compose_stack(compose: dict[str, Any]) -> None:
     assert runner["deploy"]["replicas"] == 3
     assert runner["environment"]["GRAPHWIRE_HTTP_PORT"] == "8080"
     assert audit["environment"]["GRAPHWIRE_AUDIT_HTTP_PORT"] == "8081"
+    scheduler = services["scheduler"]  # one leader, one standby
+    assert (scheduler["deploy"]["replicas"], _compose_port(scheduler, "scheduler_http_port")) == (
+        2, 8082)
     assert _compose_port(gateway, "gateway_port") == 8000
     assert gateway["ports"] == ["8000:8000"]
     # the gateway needs real credentials: the variable is required, auth is never switched off
@@ -430,7 +441,7 @@ def test_compose_stack(compose: dict[str, Any]) -> None:
     assert int(runner["stop_grace_period"].removesuffix("s")) > grace
 
 
-@pytest.mark.parametrize("name", ["runner", "audit", "gateway"])
+@pytest.mark.parametrize("name", ["runner", "audit", "gateway", "webhooks", "scheduler"])
 def test_compose_healthchecks_use_each_processors_health_port(
     compose: dict[str, Any], name: str
 ) -> None:
@@ -497,7 +508,7 @@ def test_grafana_provisioning(compose: dict[str, Any]) -> None:
 def _registries_metrics() -> dict[str, set[str]]:
     """Every sample name the three processors can export -> its label names."""
     metrics: dict[str, set[str]] = {}
-    for owner in (RunnerMetrics(), AuditMetrics(), GatewayMetrics()):
+    for owner in (RunnerMetrics(), AuditMetrics(), GatewayMetrics(), WebhookMetrics()):
         collectors = {id(c): c for c in vars(owner).values() if hasattr(c, "_labelnames")}
         labels_by_name = {c._name: set(c._labelnames) for c in collectors.values()}
         for family in owner.registry.collect():
@@ -710,7 +721,7 @@ def test_configured_values_are_valid_settings(
 
 
 def test_compose_values_are_valid_settings(compose: dict[str, Any]) -> None:
-    for name in ("topics-init", "db-migrate", "runner", "audit", "gateway"):
+    for name in ("topics-init", "db-migrate", "runner", "audit", "gateway", "webhooks"):
         env = compose["services"][name]["environment"]
         Settings.model_validate({settings_field(k): v for k, v in env.items()})
 
@@ -886,7 +897,7 @@ def test_runner_outlives_its_drain(overlay: str, rendered: dict[str, list[Any]])
 def test_pods_are_locked_down(overlay: str, rendered: dict[str, list[Any]]) -> None:
     docs = rendered[overlay]
     pods = [d for d in docs if d["kind"] in POD_TEMPLATE_KINDS]
-    assert len(pods) == 6
+    assert len(pods) == 8
     for doc in pods:
         spec = pod_spec(doc)
         assert spec is not None
@@ -939,7 +950,7 @@ def test_jobs_and_secrets(overlay: str, rendered: dict[str, list[Any]]) -> None:
     secret = load_one(BASE / "secret.template.yaml")
     keys = set(secret["stringData"])
     assert keys == {"GRAPHWIRE_DATABASE_URL", "GRAPHWIRE_REDIS_URL", "GRAPHWIRE_SASL_PASSWORD",
-                    "GRAPHWIRE_GATEWAY_API_KEYS"}
+                    "GRAPHWIRE_GATEWAY_API_KEYS", "GRAPHWIRE_WEBHOOK_SECRET"}
     for value in secret["stringData"].values():
         assert value == "" or "CHANGE_ME" in value, "placeholders only"
     assert not any(d["kind"] == "Secret" for d in docs), "credentials are never applied from git"

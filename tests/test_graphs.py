@@ -192,3 +192,53 @@ async def test_a_failing_emit_propagates_instead_of_becoming_an_error_outcome() 
             timeout_s=None,
             emit=emit,
         )
+
+
+async def test_inline_sync_nodes_run_on_the_event_loop_with_their_context() -> None:
+    """After inline_sync_nodes, a sync node runs on the loop's own thread (no pool hop), still
+    sees its config and stream writer, and gives the same events; async nodes are untouched."""
+    import asyncio
+    import threading
+
+    from langgraph.config import get_config, get_stream_writer
+
+    from graphwire.graphs.execution import inline_sync_nodes
+    from graphwire.graphs.registry import GraphOptions
+
+    class S(TypedDict, total=False):
+        n: int
+        threads: list[str]
+
+    def add(state: S) -> S:
+        get_stream_writer()({"tag": get_config()["configurable"]["tag"]})
+        where = "loop" if threading.get_ident() == loop_thread else "pool"
+        return {"n": state["n"] + 1, "threads": [*state.get("threads", []), where]}
+
+    async def double(state: S) -> S:
+        return {"n": state["n"] * 2}
+
+    def build() -> Any:
+        builder = StateGraph(S)
+        builder.add_node("add", add)
+        builder.add_node("double", double)
+        builder.add_edge(START, "add")
+        builder.add_edge("add", "double")
+        builder.add_edge("double", END)
+        return builder.compile()
+
+    loop_thread = threading.get_ident()
+    assert asyncio.get_running_loop() is not None
+    config = {"configurable": {"tag": "t1"}}
+    modes = ["updates", "custom"]
+    pooled, pooled_events = await _run(build(), {"n": 1}, config=config, stream=modes)
+    graph = build()
+    assert inline_sync_nodes(graph) == ["add"]
+    inlined, inlined_events = await _run(graph, {"n": 1}, config=config, stream=modes)
+    assert pooled.output == {"n": 4, "threads": ["pool"]}
+    assert inlined.output == {"n": 4, "threads": ["loop"]}
+    assert [e[:2] for e in inlined_events] == [e[:2] for e in pooled_events] == [
+        ("custom", None), ("node", "add"), ("node", "double")]
+    assert inlined_events[0][2] == {"tag": "t1"}
+    assert inline_sync_nodes(graph) == []  # idempotent: nothing left to change
+    assert GraphOptions.of(GraphRegistry.from_sources().get("pipeline")).sync_nodes == "inline"
+    assert GraphOptions.of(GraphRegistry.from_sources().get("slow")).sync_nodes is None

@@ -62,7 +62,8 @@ async def saver(schema: str) -> AsyncIterator[GroupCommitSaver]:
 
 async def test_passes_langgraph_checkpoint_conformance_base_capabilities() -> None:
     """Every base capability of langgraph-checkpoint-conformance passes (put, put_writes,
-    get_tuple, list, delete_thread)."""
+    get_tuple, list, delete_thread), and so does the one optional capability the saver has,
+    copy_thread."""
     from langgraph.checkpoint.conformance import checkpointer_test, validate
 
     @checkpointer_test(name="GroupCommitSaver")
@@ -86,6 +87,9 @@ async def test_passes_langgraph_checkpoint_conformance_base_capabilities() -> No
     }
     assert failed == {}
     assert report.passed_all_base()
+    detected = {str(cap) for cap, res in report.results.items() if res.detected}
+    assert {"copy_thread"} <= detected
+    assert {"delete_for_runs", "prune"}.isdisjoint(detected)
 
 
 class _State(TypedDict):

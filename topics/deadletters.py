@@ -58,6 +58,11 @@ class DeadLetter:
         return [(k, v) for k, v in self.headers if k not in _OURS]
 
 
+def is_webhook_letter(letter: DeadLetter, topics: TopicNames) -> bool:
+    """True for the dead letter of a webhook delivery (its value is a result, not a request)."""
+    return letter.source.startswith(f"{topics.results}/")
+
+
 async def read_dead_letters(
     bootstrap_servers: str, topics: TopicNames, **client_kwargs: Any
 ) -> list[DeadLetter]:
@@ -101,7 +106,8 @@ async def replay(
     letters: list[DeadLetter],
     **client_kwargs: Any,
 ) -> int:
-    """Re-produce ``letters`` to the requests topic with their original key, bytes, headers."""
+    """Re-produce ``letters`` with their original key, bytes and headers: a request's to the
+    requests topic (run again), a webhook's (a result) to the results topic (delivered again)."""
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap_servers,
         acks="all",
@@ -116,8 +122,9 @@ async def replay(
                     f"dead letter {letter.partition}/{letter.offset} does not carry its value "
                     f"(too large); replay it from its source {letter.source}"
                 )
+            target = topics.results if is_webhook_letter(letter, topics) else topics.requests
             await producer.send_and_wait(
-                topics.requests, letter.value, key=letter.key, headers=letter.original_headers
+                target, letter.value, key=letter.key, headers=letter.original_headers
             )
         return len(letters)
     finally:

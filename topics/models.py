@@ -9,12 +9,21 @@ from __future__ import annotations
 
 from enum import StrEnum
 from typing import Any, Literal, Self
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 CONTRACT_VERSION = 1
 
 StreamMode = Literal["updates", "custom", "messages", "values"]
+MAX_DELAY_S = 366 * 24 * 3600  # after_seconds: at most a year (and a day)
 
 
 class Status(StrEnum):
@@ -42,6 +51,8 @@ class EventType(StrEnum):
     VALUES = "values"
     INTERRUPT = "interrupt"
     RUN_FINISHED = "run_finished"
+    EFFECT = "effect"
+    """A ``once()`` call: ``{name, key, outcome: called|replayed|in_doubt|failed, calls}``."""
 
 
 class RunConfig(BaseModel):
@@ -102,6 +113,37 @@ class Request(BaseModel):
     step, in the background), ``exit`` (only at the end: fastest, a crash restarts the run)."""
     cache: CacheSpec | None = None
     """Reuse the result of an identical earlier request (same graph, version, input, config)."""
+    # -- webhooks (issue 16) --
+    webhook: str | None = Field(default=None, min_length=1, max_length=2048)
+    """POST the result here when the run ends (``graphwire webhooks``, signed; see
+    ``graphwire.topics.webhooks``). An http(s) URL whose host the workers' allow-list names
+    (``GRAPHWIRE_WEBHOOK_ALLOWED_HOSTS``); without credentials in it."""
+
+    @field_validator("webhook")
+    @classmethod
+    def _webhook_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            problem = webhook_url_problem(value)
+            if problem is not None:
+                raise ValueError(problem)
+        return value
+    # -- end webhooks --
+    # -- scheduled runs (``graphwire scheduler``): accepted now, run then ---------------------
+    after_seconds: float | None = Field(default=None, ge=0, le=MAX_DELAY_S)
+    """Run this many seconds after the request's Kafka timestamp (when it was produced)."""
+    run_at: AwareDatetime | None = None
+    """Run at this time: RFC 3339 with an offset, e.g. ``2026-12-02T15:00:00Z``."""
+
+    @model_validator(mode="after")
+    def _one_schedule(self) -> Self:
+        if self.after_seconds is not None and self.run_at is not None:
+            raise ValueError("give 'after_seconds' or 'run_at', not both")
+        return self
+
+    @property
+    def deferred(self) -> bool:
+        """True when ``graphwire scheduler`` (not a runner) takes this request: it runs later."""
+        return self.after_seconds is not None or self.run_at is not None
 
     @field_validator("request_id")
     @classmethod
@@ -129,6 +171,22 @@ class Request(BaseModel):
     def key(self) -> str:
         """The Kafka message key this request should be produced with."""
         return self.thread_id or self.request_id
+
+
+def webhook_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a webhook (syntax only; the allow-list is the workers'), or None."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError on a bad port)
+    except ValueError as exc:
+        return f"webhook is not a valid URL ({exc})"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "webhook must be an http:// or https:// URL with a host"
+    if parts.username is not None or parts.password is not None:
+        return "webhook must not carry credentials (user:password@); receivers verify the signature"
+    if not url.isprintable() or any(c.isspace() for c in url):
+        return "webhook must not contain spaces or control characters"
+    return None
 
 
 class ErrorInfo(BaseModel):

@@ -181,6 +181,12 @@ async def run_with_events(conn: Any, request_id: str) -> dict[str, Any] | None:
          "ts": e["ts"].isoformat()}
         for e in events
     ]
+    # the once() calls of the run, from its effect events: the journal itself is deleted with
+    # the thread's checkpoints, this record stays
+    row["effects"] = [
+        {"seq": e["seq"], "node": e["node"], **e["data"]}
+        for e in row["events"] if e["type"] == "effect" and isinstance(e["data"], dict)
+    ]
     return row
 
 

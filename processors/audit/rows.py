@@ -184,8 +184,9 @@ def _rid_of(value: bytes | None) -> str | None:
 
 
 def dead_letter_row(record: Record, reason: str | None = None) -> tuple[Any, ...]:
-    """A ``dead_letters`` row: a runner's dead letter from the dlq topic (``reason`` None), or
-    this record itself, rejected by the sink with ``reason``."""
+    """A ``dead_letters`` row: a runner's (or the webhook processor's, of a result) dead letter
+    from the dlq topic (``reason`` None), or this record itself, rejected by the sink with
+    ``reason``."""
     headers = {k: v for k, v in record.headers}
     origin, topic, partition, offset = "audit", record.topic, record.partition, record.offset
     if reason is None:
@@ -194,6 +195,8 @@ def dead_letter_row(record: Record, reason: str | None = None) -> tuple[Any, ...
         source = _text(headers.get(HEADER_SOURCE, b"")).rsplit("/", 2)
         if len(source) == 3 and source[1].isdigit() and source[2].isdigit():
             topic, partition, offset = source[0], int(source[1]), int(source[2])
+        if topic == record.topic.removesuffix(".dlq") + ".results":  # graphwire webhooks'
+            origin = "webhooks"
     return (
         topic, partition, offset, origin, _rid_of(record.value), record.key, record.value,
         _headers_json(record.headers), reason.replace("\x00", "\\x00"), _time(record.timestamp),

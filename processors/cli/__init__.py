@@ -8,4 +8,5 @@
 - ``state``    ``state``, ``checkpoints``, ``dlq`` (their handlers)
 - ``traffic``  ``submit --file``, ``tail``
 - ``gateway``  ``gateway``, ``gateway-key``
+- ``webhooks`` ``webhooks``
 """

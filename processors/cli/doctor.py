@@ -197,6 +197,8 @@ async def store_checks(settings: Settings) -> list[Check]:
             checks.append(Check("audit tables migrated", "pass" if have >= want else "fail",
                                 f"version {have} of {want}",
                                 "" if have >= want else "graphwire db migrate"))
+            if have >= 6:
+                checks.append(await _scheduler_check(conn, settings))
         if settings.checkpoints:
             schema = settings.checkpoint_schema
             name = f'"{schema}".checkpoints' if schema else "checkpoints"
@@ -209,9 +211,65 @@ async def store_checks(settings: Settings) -> list[Check]:
     return checks
 
 
+def webhook_checks(settings: Settings) -> list[Check]:
+    """``graphwire webhooks``: a secret that can sign, an allow-list that is not too wide, how
+    long a dead receiver is retried."""
+    from graphwire.processors.webhooks.policy import WebhookPolicy
+
+    policy = WebhookPolicy(settings.webhook_allowed_hosts)
+    secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else ""
+    if not policy.enabled:
+        return [Check("webhooks", "pass", "off: GRAPHWIRE_WEBHOOK_ALLOWED_HOSTS is empty, so "
+                                          "requests with a webhook are rejected")]
+    checks = []
+    if not secret:
+        checks.append(Check("webhook secret", "fail", "GRAPHWIRE_WEBHOOK_SECRET is not set: "
+                            "graphwire webhooks does not start", "set it to `openssl rand -hex "
+                            "32` and give receivers the same value"))
+    elif len(secret) < 32:
+        checks.append(Check("webhook secret", "warn", f"{len(secret)} characters",
+                            "use at least 32 random characters (openssl rand -hex 32)"))
+    else:
+        checks.append(Check("webhook secret", "pass", f"{len(secret)} characters"))
+    wide = [f"*{s}" for s in policy.suffixes if s.count(".") < 2]  # "*.com", "*.io"
+    named = sorted(policy.exact)
+    if wide:
+        checks.append(Check("webhook allow-list", "warn", f"{', '.join(wide)} allows a whole "
+                            "top-level domain", "list the receivers' own domains"))
+    else:
+        checks.append(Check("webhook allow-list", "pass",
+                            ", ".join([*named, *(f"*{s}" for s in policy.suffixes)]) +
+                            " (named hosts may resolve to private addresses)"))
+    s = settings
+    waits = sum(min(s.webhook_backoff_max_s, s.webhook_backoff_s * 2.0 ** n)
+                for n in range(s.webhook_max_attempts - 1))
+    bound = waits + s.webhook_max_attempts * s.webhook_timeout_s
+    checks.append(Check("webhook retries", "pass" if bound <= 3600 else "warn",
+                        f"{s.webhook_max_attempts} attempts: a dead receiver's result is "
+                        f"dead-lettered within about {bound:.0f} s",
+                        "" if bound <= 3600 else "lower GRAPHWIRE_WEBHOOK_MAX_ATTEMPTS or "
+                        "GRAPHWIRE_WEBHOOK_BACKOFF_MAX_S: results wait uncommitted meanwhile"))
+    return checks
+async def _scheduler_check(conn: Any, settings: Settings) -> Check:
+    """Delayed requests or crons overdue by more than the missed grace: no scheduler leads."""
+    from graphwire.processors.audit.db import search_path
+
+    prefix = f"{search_path(settings.audit_schema)}." if settings.audit_schema else ""
+    late = f"now() - make_interval(secs => {float(settings.scheduler_missed_grace_s)})"
+    overdue = await conn.fetchval(
+        f"SELECT (SELECT count(*) FROM {prefix}graphwire_schedules WHERE fired_at IS NULL "
+        f"AND due_at < {late}) + (SELECT count(*) FROM {prefix}graphwire_crons "
+        f"WHERE NOT paused AND next_at < {late})"
+    )
+    if overdue:
+        return Check("scheduler", "warn", f"{overdue} delayed requests or crons overdue",
+                     "run `graphwire scheduler` (its leader produces what is due)")
+    return Check("scheduler", "pass", "nothing overdue")
+
+
 async def run_doctor(settings: Settings) -> list[Check]:
     kafka, stores = await asyncio.gather(kafka_checks(settings), store_checks(settings))
-    return [*kafka, *stores, *settings_checks(settings)]
+    return [*kafka, *stores, *settings_checks(settings), *webhook_checks(settings)]
 
 
 def render(checks: list[Check], colour: bool = False) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import signal
@@ -27,6 +28,7 @@ from graphwire.processors.cli.common import (
 )
 from graphwire.processors.cli.gateway import add_parsers as add_gateway_parsers
 from graphwire.processors.cli.ops import add_parsers as add_ops_parsers
+from graphwire.processors.cli.schedules import add_parsers as add_schedule_parsers
 from graphwire.processors.cli.state import (
     checkpoints_prune_command,
     dlq_list_command,
@@ -34,12 +36,23 @@ from graphwire.processors.cli.state import (
     state_command,
 )
 from graphwire.processors.cli.traffic import add_parsers as add_traffic_parsers
+from graphwire.processors.cli.webhooks import add_parsers as add_webhooks_parsers
 from graphwire.topics.errors import GraphwireError
 
 log = logging.getLogger("graphwire")
 
 
 # -- commands ----------------------------------------------------------------------------
+
+
+def tune_gc(young_threshold: int) -> None:
+    """Freeze what start-up allocated out of the collector, and collect the young generation
+    every ``young_threshold`` allocations instead of 700 (0: leave Python's settings)."""
+    if young_threshold:
+        gc.collect()
+        gc.freeze()
+        _, middle, old = gc.get_threshold()
+        gc.set_threshold(young_threshold, middle, old)
 
 
 async def _worker(args: argparse.Namespace) -> int:
@@ -60,6 +73,7 @@ async def _worker(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await runner.start()
+    tune_gc(settings.gc_young_threshold)
     health = HealthServer(
         runner.readiness, runner.metrics.registry, host=settings.http_host, port=settings.http_port
     )
@@ -129,6 +143,9 @@ async def _submit(args: argparse.Namespace) -> int:
             command=command,
             stream=stream,
             timeout_s=args.timeout_s,
+            webhook=args.webhook,
+            after_seconds=args.after_seconds,
+            run_at=args.run_at,
         )
         print(f"submitted {request_id}", file=sys.stderr)
         if not (args.wait or args.stream):
@@ -222,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--thread", help="thread id (stateful graphs)")
     p.add_argument("--request-id", help="idempotency key (default: a new uuid)")
     p.add_argument("--timeout-s", type=float, help="give up the run after this many seconds")
+    p.add_argument("--webhook", help="POST the result to this URL (graphwire webhooks)")
+    p.add_argument("--after-seconds", type=float, help="run this many seconds from now")
+    p.add_argument("--run-at", help="run at this RFC 3339 time, e.g. 2026-12-02T15:00:00Z")
     p.add_argument("--wait", action="store_true", help="wait for the result and print it")
     p.add_argument(
         "--stream", action="store_true", help="print events as they arrive, then the result"
@@ -253,7 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("checkpoints", help="manage LangGraph checkpoints in PostgreSQL")
     csub = p.add_subparsers(dest="checkpoints_command", required=True, metavar="ACTION")
-    c = csub.add_parser("prune", help="delete threads idle for longer than the retention")
+    c = csub.add_parser(
+        "prune", help="delete threads idle for longer than the retention, with their effect journal"
+    )
     c.add_argument(
         "--older-than-s", type=float, help="seconds (default GRAPHWIRE_CHECKPOINT_TTL_S, 30 days)"
     )
@@ -263,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_traffic_parsers(sub, _kafka_flags)
     add_gateway_parsers(sub, _kafka_flags)
     add_ops_parsers(sub, _kafka_flags)
+    add_webhooks_parsers(sub, _kafka_flags)
+    add_schedule_parsers(sub, _kafka_flags)
 
     p = sub.add_parser("graphs", help="list registered graphs and their nodes")
     _graph_flags(p)
@@ -306,7 +330,8 @@ def run_async(coro: Coroutine[Any, Any, int]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``graphwire`` console script."""
     args = build_parser().parse_args(argv)
-    if args.command not in ("worker", "audit", "gateway"):  # one-line errors, not aiokafka's
+    # one-line errors, not aiokafka's
+    if args.command not in ("worker", "audit", "gateway", "webhooks", "scheduler"):
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         if args.command in ("worker", "audit") and args.processes > 1:

@@ -81,7 +81,7 @@ async def dlq_list_command(args: argparse.Namespace) -> int:
 
 async def dlq_replay_command(args: argparse.Namespace) -> int:
     from graphwire.processors.runner.dedup import DedupStore
-    from graphwire.topics.deadletters import read_dead_letters, replay
+    from graphwire.topics.deadletters import is_webhook_letter, read_dead_letters, replay
 
     if not args.all and not args.request_id:
         raise GraphwireError("say which dead letters to replay: --request-id ID or --all")
@@ -97,12 +97,16 @@ async def dlq_replay_command(args: argparse.Namespace) -> int:
         async with DedupStore(
             settings.redis_url.get_secret_value(), namespace=settings.topic_prefix
         ) as store:
-            for rid in {d.request_id for d in letters if d.request_id}:
+            # (not for a webhook's dead letter: its result is delivered again, nothing reruns)
+            for rid in {d.request_id for d in letters
+                        if d.request_id and not is_webhook_letter(d, settings.topics)}:
                 await store.forget(rid)
     count = await replay(
         settings.bootstrap_servers, settings.topics, letters, **settings.kafka_security()
     )
-    print(f"replayed {count} dead letters to {settings.topics.requests}")
+    hooks = sum(is_webhook_letter(d, settings.topics) for d in letters)
+    print(f"replayed {count - hooks} dead letters to {settings.topics.requests}"
+          + (f" and {hooks} webhook deliveries to {settings.topics.results}" if hooks else ""))
     return EXIT_OK
 
 

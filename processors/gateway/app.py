@@ -27,6 +27,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from graphwire.processors.gateway.auth import Authenticator, AuthError, Principal, RateLimiter
+from graphwire.processors.gateway.crons import add_cron_routes
 from graphwire.processors.gateway.models import (
     Accepted,
     BatchRequest,
@@ -39,6 +40,7 @@ from graphwire.processors.gateway.models import (
 )
 from graphwire.processors.gateway.sse import event_stream
 from graphwire.processors.settings import Settings
+from graphwire.processors.webhooks.policy import WebhookPolicy
 from graphwire.topics.client import GraphwireClient
 from graphwire.topics.errors import DependencyUnavailable, GraphwireError
 from graphwire.topics.models import Request as RunRequest
@@ -66,6 +68,7 @@ class Gateway:
         self.redis = Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
         self.limiter: RateLimiter | None = None
         self.db: Any = None
+        self.webhooks = WebhookPolicy(settings.webhook_allowed_hosts)  # the runners' rules
 
     async def start(self) -> None:
         await self.client.start()
@@ -138,6 +141,8 @@ class Gateway:
             if request_id and request_id != idempotency_key:
                 raise HTTPException(422, "Idempotency-Key and request_id differ; send one")
             request_id = idempotency_key
+        if body.webhook is not None and (refusal := self.webhooks.refusal(body.webhook)):
+            raise HTTPException(422, f"webhook: {refusal}")
         scope = principal.scope
         metadata = {**body.metadata, "principal": principal.as_metadata()}
         try:
@@ -148,6 +153,8 @@ class Gateway:
                 command=body.command,
                 config=body.config.model_dump(exclude_defaults=True),
                 stream=body.stream, metadata=metadata, timeout_s=body.timeout_s,
+                webhook=body.webhook,
+                after_seconds=body.after_seconds, run_at=body.run_at,
             )
         except ValueError as exc:  # the contract's validation (pydantic)
             raise HTTPException(422, _contract_error(exc)) from None
@@ -191,6 +198,13 @@ class Gateway:
                 )
                 if row is not None:
                     return RunStatus(request_id=request_id, source="postgresql", **dict(row))
+                due = await self.db.fetchval(  # accepted to run later (graphwire scheduler)
+                    "SELECT due_at FROM graphwire_schedules WHERE request_id = $1 "
+                    "AND fired_at IS NULL", request_id,
+                )
+                if due is not None:
+                    return RunStatus(request_id=request_id, source="postgresql",
+                                     status="scheduled", run_at=due)
         raise HTTPException(404, f"unknown request {request_id!r}")
 
     async def readiness(self) -> dict[str, str]:
@@ -320,6 +334,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                         return_exceptions=True)
         results = [o if isinstance(o, Result) else None for o in outcomes]
         return BatchResponse(request_ids=ids, results=results)
+
+    add_cron_routes(app, gw, gw.principal)
 
     @app.get("/health")
     async def health() -> dict[str, str]:

@@ -16,6 +16,9 @@ import asyncpg
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from langgraph.checkpoint.serde.encrypted import EncryptedSerializer
 
+from graphwire.processors.runner.effects import DELETE_SQL as DELETE_EFFECTS_SQL
+from graphwire.processors.runner.effects import TABLE_SQL as EFFECTS_TABLE_SQL
+from graphwire.processors.runner.effects import PgEffectJournal
 from graphwire.processors.runner.pgsaver import GroupCommitSaver, init_connection
 from graphwire.topics.errors import DependencyUnavailable, GraphwireError
 
@@ -40,6 +43,8 @@ class CheckpointStore:
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
         self.saver: GroupCommitSaver | None = None
+        self.effects: PgEffectJournal | None = None
+        """The journal of ``once`` effects, deleted with the thread's checkpoints."""
         # With a key, values and writes are stored AES-encrypted (upstream's EncryptedSerializer,
         # so AsyncPostgresSaver with the same serializer reads them); without one, as LangGraph
         # stores them. Unencrypted rows written before a key was set still read back.
@@ -94,6 +99,7 @@ class CheckpointStore:
                     if self._schema:
                         await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self._schema}"')
                     await saver.setup()
+                    await conn.execute(EFFECTS_TABLE_SQL)
                 finally:
                     await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
         except Exception as exc:
@@ -103,6 +109,8 @@ class CheckpointStore:
                 "check that the GRAPHWIRE_DATABASE_URL user may create tables"
             ) from exc
         self._pool, self.saver = pool, saver
+        cipher = self.serde.cipher if isinstance(self.serde, EncryptedSerializer) else None
+        self.effects = PgEffectJournal(pool, cipher=cipher)
 
     async def stop(self) -> None:
         """Delete what is waiting to be forgotten, close the pool. Idempotent."""
@@ -114,12 +122,15 @@ class CheckpointStore:
         if self.saver is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.saver.aclose(), timeout=10)
+        if self.effects is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.effects.aclose(), timeout=10)
         if self._pool is not None:
             try:
                 await asyncio.wait_for(self._pool.close(), timeout=5)
             except TimeoutError:
                 self._pool.terminate()
-            self._pool, self.saver = None, None
+            self._pool, self.saver, self.effects = None, None, None
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -161,11 +172,13 @@ class CheckpointStore:
             async with self._pool.acquire(timeout=5) as conn, conn.transaction():
                 for table in ("checkpoint_writes", "checkpoint_blobs", "checkpoints"):
                     await conn.execute(f"DELETE FROM {table} WHERE thread_id = ANY($1)", batch)
+                await conn.execute(DELETE_EFFECTS_SQL, batch)
         except Exception as exc:  # results are out; leftovers only cost space until pruned
             log.warning("could not delete checkpoints of %d finished runs: %s", len(batch), exc)
 
     async def prune(self, older_than_s: float) -> int:
-        """Delete every thread whose newest checkpoint is older than ``older_than_s``."""
+        """Delete every thread whose newest checkpoint is older than ``older_than_s``, with its
+        effect journal (and journal rows that older whose thread has no checkpoint left)."""
         assert self._pool is not None
         cutoff_sql = """
             SELECT thread_id FROM checkpoints
@@ -177,4 +190,9 @@ class CheckpointStore:
             threads = [row["thread_id"] for row in rows]
             for table in ("checkpoint_writes", "checkpoint_blobs", "checkpoints"):
                 await conn.execute(f"DELETE FROM {table} WHERE thread_id = ANY($1)", threads)
+            await conn.execute(DELETE_EFFECTS_SQL, threads)
+            await conn.execute(
+                "DELETE FROM graphwire_effects e WHERE started_at < now() - make_interval(secs "
+                "=> $1) AND NOT EXISTS (SELECT 1 FROM checkpoints c WHERE c.thread_id = "
+                "e.thread_id)", float(older_than_s))
         return len(threads)

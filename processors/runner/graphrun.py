@@ -17,7 +17,8 @@ from typing import Any
 
 from langgraph.runtime import RunControl
 
-from graphwire.graphs.execution import RunOutcome, is_retriable, run_graph
+from graphwire.graphs.effects import bind_effects
+from graphwire.graphs.execution import RunOutcome, inline_sync_nodes, is_retriable, run_graph
 from graphwire.graphs.registry import GraphOptions
 from graphwire.processors.metrics import RunnerMetrics
 from graphwire.processors.runner import tracing
@@ -63,11 +64,16 @@ class RunExecutor:
         self._graph_options: dict[int, tuple[Any, GraphOptions]] = {}
 
     def options(self, graph: Any) -> GraphOptions:
-        """The graph's declared options, read once per graph object."""
+        """The graph's declared options, read once per graph object (which is then prepared:
+        its sync nodes made inline where the graph or ``GRAPHWIRE_SYNC_NODES`` says so)."""
         options = self._graph_options.get(id(graph))
         if options is None or options[0] is not graph:
             options = (graph, GraphOptions.of(graph))
             self._graph_options[id(graph)] = options
+            where = self.settings.sync_nodes
+            if where == "inline" or (where == "declared" and options[1].sync_nodes == "inline"):
+                changed = inline_sync_nodes(graph)
+                log.debug("sync nodes %s of graph %s run inline", changed, graph.name)
         return options[1]
 
     def _durable(self, name: str, graph: Any) -> Any:
@@ -130,6 +136,10 @@ class RunExecutor:
             self.metrics.event_published(type_)
             await outbox.send(events_topic, self._out.encode(event, "data"), key, headers)
 
+        async def emit_effect(type_: str, node: str | None, data: Any) -> None:
+            self.metrics.effects.labels(data["outcome"]).inc()
+            await emit(type_, node, data)
+
         async def run_started(resumed: bool) -> None:
             """Every try opens with one, at ``i = 0`` of its own base."""
             data = {"thread_id": thread_id, "worker": self.settings.worker_id,
@@ -169,6 +179,11 @@ class RunExecutor:
             first_config = {**config, "configurable": {**config["configurable"],
                                                        FRESH_THREAD: True}}
         await run_started(resumed)
+        # once() effects journal next to the checkpoints; without them there is nothing to
+        # resume, and once() just calls
+        journal = None
+        if graph.checkpointer is not None and self._checkpoints is not None:
+            journal = self._checkpoints.effects
         control = RunControl()
         self._controls.add(control)
         self._controls_by_request[rid] = control
@@ -178,17 +193,19 @@ class RunExecutor:
                 if earlier is not None and earlier.status != "unfinished":
                     outcome = earlier  # the crash came after the graph ended: nothing to run
                     break
-                outcome = await run_graph(
-                    graph,
-                    input=payload_input,
-                    command=command,
-                    config=first_config if try_index == 0 else config,
-                    stream=request.stream,
-                    timeout_s=request.timeout_s,
-                    emit=emit,
-                    durability=durability if graph.checkpointer else None,
-                    control=control if graph.checkpointer else None,
-                )
+                with bind_effects(journal, thread_id=thread_id or rid, request_id=rid,
+                                  namespace=self.settings.topic_prefix, emit=emit_effect):
+                    outcome = await run_graph(
+                        graph,
+                        input=payload_input,
+                        command=command,
+                        config=first_config if try_index == 0 else config,
+                        stream=request.stream,
+                        timeout_s=request.timeout_s,
+                        emit=emit,
+                        durability=durability if graph.checkpointer else None,
+                        control=control if graph.checkpointer else None,
+                    )
                 if graph.checkpointer is not None and _is_database_outage(outcome.exception):
                     raise DependencyUnavailable(
                         f"PostgreSQL (checkpoints) failed during {rid}: {outcome.exception}"
@@ -239,7 +256,7 @@ class RunExecutor:
             dead_letter = f"graph failed: {outcome.error[1]}"
         if keep_result is not None:
             await keep_result(result, dead_letter)
-        await self._out.send_result(outbox, record, key, result, headers)
+        await self._out.send_result(outbox, record, key, result, headers, webhook=request.webhook)
         if dead_letter is not None:
             await self._out.send_dead_letter(outbox, record, dead_letter)
             self.metrics.dead_letters.labels("graph_error").inc()

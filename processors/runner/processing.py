@@ -35,6 +35,7 @@ from graphwire.processors.runner.publisher import (
     trace_headers,
 )
 from graphwire.processors.settings import Settings
+from graphwire.processors.webhooks.policy import WebhookPolicy
 from graphwire.topics.codec import (
     HEADER_TRACEPARENT,
     decode_request,
@@ -86,6 +87,7 @@ class RequestProcessor:
             g.strip() for g in settings.allowed_graphs.split(",") if g.strip()
         )
         self._versions: dict[str, tuple[Any, str]] = {}
+        self._webhooks = WebhookPolicy(settings.webhook_allowed_hosts)
         self._cache = ResultCache(dedup.batcher) if dedup is not None else None
         self._executor = RunExecutor(
             settings, metrics, out, checkpoints=checkpoints, stopping=stopping
@@ -150,6 +152,19 @@ class RequestProcessor:
                 record, exc.request_id, peek_graph(record.value), exc, reason, started
             )
             return
+        if request.deferred:  # graphwire scheduler stores it and produces it when due
+            self.metrics.deferred.inc()
+            log.info("%s runs later (after_seconds/run_at): left to graphwire scheduler",
+                     request.request_id)
+            return
+        if request.webhook is not None:  # refused at once, not when the result is out
+            refusal = self._webhooks.refusal(request.webhook)
+            if refusal is not None:
+                await self._reject(record, request.request_id, request.graph,
+                                   InvalidRequest(f"invalid request: {refusal}"),
+                                   "webhook_refused", started, metadata=request.metadata,
+                                   thread_id=request.thread_id)
+                return
         try:
             if self._allowed and request.graph not in self._allowed:
                 raise UnknownGraphName(request.graph)
@@ -166,6 +181,7 @@ class RequestProcessor:
                 started,
                 metadata=request.metadata,
                 thread_id=request.thread_id,
+                webhook=request.webhook,
             )
             return
         await self._run(record, request, graph, started)
@@ -273,7 +289,7 @@ class RequestProcessor:
              "attempt": claim.attempt, "resumed": True, "republished": True},
             {"status": result["status"], "duration_ms": duration_ms, "republished": True},
         )
-        await self._out.send_result(outbox, record, key, result, headers)
+        await self._out.send_result(outbox, record, key, result, headers, webhook=request.webhook)
         if kept.dead_letter is not None:
             await self._out.send_dead_letter(outbox, record, kept.dead_letter)
         await outbox.confirm()
@@ -303,7 +319,8 @@ class RequestProcessor:
         dead_letter, dedup = f"poison message: {reason}", self._dedup
         value = self._out.encode(result, "output")
         await self._through_outage(lambda: dedup.keep_result(rid, owner, value, dead_letter))
-        await self._out.send_result(outbox, record, rid.encode(), result, trace_headers(record))
+        await self._out.send_result(outbox, record, rid.encode(), result, trace_headers(record),
+                                    webhook=request.webhook)
         await self._out.send_dead_letter(outbox, record, dead_letter)
         await outbox.confirm()
         self.metrics.dead_letters.labels("poison").inc()
@@ -429,7 +446,7 @@ class RequestProcessor:
         )
         if keep_result is not None:
             await keep_result(result, None)
-        await self._out.send_result(outbox, record, key, result, headers)
+        await self._out.send_result(outbox, record, key, result, headers, webhook=request.webhook)
         await outbox.confirm()
         self.metrics.executions.labels(request.graph, "success").inc()
         return outbox.acked.get(self._out.results_topic)

@@ -37,6 +37,7 @@ from graphwire.topics.codec import (
 )
 from graphwire.topics.errors import DependencyUnavailable, GraphwireError
 from graphwire.topics.specs import TopicNames
+from graphwire.topics.webhooks import HEADER_WEBHOOK
 
 log = logging.getLogger(__name__)
 
@@ -502,12 +503,16 @@ class OutputPublisher:
         return value
 
     async def send_result(
-        self, outbox: Outbox, record: Record, key: bytes, result: dict[str, Any], headers: Headers
+        self, outbox: Outbox, record: Record, key: bytes, result: dict[str, Any], headers: Headers,
+        *, webhook: str | None = None,
     ) -> None:
         """The result to the results topic and, when the request asked, a copy to its reply-to
-        (delivered within ``reply_to_timeout_s`` or given up, see ``Outbox.send_copy``)."""
+        (delivered within ``reply_to_timeout_s`` or given up, see ``Outbox.send_copy``).
+        ``webhook``: the request's, as a header of the results-topic message (``graphwire
+        webhooks`` POSTs it there)."""
         value = self.encode(result, "output")
-        await outbox.send(self._topics.results, value, key, headers)
+        own = [*headers, (HEADER_WEBHOOK, webhook.encode())] if webhook else headers
+        await outbox.send(self._topics.results, value, key, own)
         reply_to = header(record, HEADER_REPLY_TO)
         if not reply_to:
             return
@@ -608,6 +613,7 @@ class OutputPublisher:
         *,
         metadata: dict[str, Any] | None = None,
         thread_id: str | None = None,
+        webhook: str | None = None,
     ) -> None:
         """A ``rejected`` result and a dead letter for a request that cannot run."""
         outbox = self.outbox()
@@ -620,7 +626,8 @@ class OutputPublisher:
             duration_ms=(time.perf_counter() - started) * 1000,
             metadata=metadata,
         )
-        await self.send_result(outbox, record, request_id.encode(), result, trace_headers(record))
+        await self.send_result(outbox, record, request_id.encode(), result, trace_headers(record),
+                               webhook=webhook)
         await self.send_dead_letter(outbox, record, str(error))
         await outbox.confirm()
         self._metrics.executions.labels(self._metrics.graph_label(graph), "rejected").inc()

@@ -1,0 +1,415 @@
+"""WebhookDispatcher (``graphwire webhooks``): reads the results topic as its own consumer group
+and POSTs every result whose request asked for a webhook.
+
+Delivery rules:
+
+1. At least once. A result's offset is committed only once it is delivered (2xx) or its dead
+   letter is acknowledged by the broker. A crash, a SIGKILL or a rebalance redelivers whatever
+   was not finished; the receiver sees the same ``X-Graphwire-Delivery`` id again and dedupes.
+2. No head-of-line blocking. Each result is delivered by a task of its own, up to
+   ``webhook_max_in_flight`` at once (then fetching pauses, polling goes on); a result waiting
+   for its retry holds no connection, hosts get ``webhook_per_host`` connections each, and a host
+   that is down gets one attempt per result (``WebhookSender``). Commits move over the lowest
+   unfinished offset of each partition only (``OffsetTracker``).
+3. A result that cannot be delivered gets a dead letter on ``<prefix>.dlq``: the result's bytes
+   and headers, ``x-graphwire-error`` (the reason, with the URL's query left out) and
+   ``x-graphwire-source`` (``<prefix>.results/partition/offset``). A dead letter that cannot be
+   published is retried; the offset waits for it.
+4. On stop (SIGTERM): stop fetching, give attempts in progress the attempt timeout, cancel the
+   rest (redelivered), commit what is finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable, Coroutine
+from typing import Any, Self, TypeAlias
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaConnectionError, KafkaError, MessageSizeTooLargeError
+from aiokafka.structs import ConsumerRecord
+
+from graphwire.processors.runner.offsets import OffsetTracker
+from graphwire.processors.settings import Settings
+from graphwire.processors.webhooks.delivery import Delivery, Outcome, WebhookSender
+from graphwire.processors.webhooks.metrics import WebhookMetrics
+from graphwire.processors.webhooks.policy import WebhookPolicy, describe_url
+from graphwire.topics.codec import HEADER_ERROR, HEADER_SOURCE, HEADER_VALUE_DROPPED
+from graphwire.topics.errors import DependencyUnavailable, GraphwireError
+from graphwire.topics.webhooks import HEADER_WEBHOOK
+
+log = logging.getLogger(__name__)
+
+Record: TypeAlias = ConsumerRecord[bytes, bytes]
+_DELIVERY_NAMESPACE = uuid.UUID("6f1c5d0e-4c3b-5b7a-9a51-3f0e2d8c1b47")
+
+
+def delivery_id(topic: str, partition: int, offset: int) -> str:
+    """The stable delivery id of the result at ``topic/partition/offset`` (a UUID)."""
+    return str(uuid.uuid5(_DELIVERY_NAMESPACE, f"{topic}/{partition}/{offset}"))
+
+
+def _header(record: Record, name: str) -> str | None:
+    for key, value in record.headers:
+        if key == name:
+            return bytes(value).decode("utf-8", "replace")
+    return None
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, dispatcher: WebhookDispatcher) -> None:
+        self._dispatcher = dispatcher
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._dispatcher._on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        log.info("assigned %s", sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
+
+
+class WebhookDispatcher:
+    """Delivers the results of ``<prefix>.results`` to their webhooks (see the module doc)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        metrics: WebhookMetrics | None = None,
+        on_failure: Callable[[], object] | None = None,
+    ) -> None:
+        """Raises ``GraphwireError`` when ``GRAPHWIRE_WEBHOOK_SECRET`` is not set."""
+        if settings.webhook_secret is None or not settings.webhook_secret.get_secret_value():
+            raise GraphwireError(
+                "GRAPHWIRE_WEBHOOK_SECRET is not set: webhooks are signed with it; set it to a "
+                "long random value (e.g. `openssl rand -hex 32`) and give receivers the same"
+            )
+        self.settings = settings
+        self.metrics = metrics or WebhookMetrics()
+        self.policy = WebhookPolicy(settings.webhook_allowed_hosts)
+        self.sender = WebhookSender(
+            self.policy,
+            settings.webhook_secret.get_secret_value(),
+            self.metrics,
+            timeout_s=settings.webhook_timeout_s,
+            max_attempts=settings.webhook_max_attempts,
+            backoff_s=settings.webhook_backoff_s,
+            backoff_max_s=settings.webhook_backoff_max_s,
+            per_host=settings.webhook_per_host,
+            down_after=settings.webhook_host_down_after,
+        )
+        self._topics = settings.topics
+        self._tracker = OffsetTracker()
+        self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = {}
+        self._slot_freed = asyncio.Event()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._poll_task: asyncio.Task[None] | None = None
+        self._commit_task: asyncio.Task[None] | None = None
+        self._commit_lock = asyncio.Lock()
+        self._started = self._stopping = False
+        self._stopped = asyncio.Event()
+        self._failure: str | None = None
+        self._on_failure = on_failure
+        self.metrics.in_flight.set_function(lambda: self._tracker.in_flight)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect to Kafka, join the group, start delivering. Safe to call twice."""
+        if self._started:
+            return
+        s = self.settings
+        security = s.kafka_security()
+        client_id = f"graphwire-webhooks-{s.worker_id}"
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=s.bootstrap_servers, client_id=client_id, acks="all",
+            max_request_size=s.max_message_bytes, **security,
+        )
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.bootstrap_servers,
+            client_id=client_id,
+            group_id=s.webhook_group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=s.fetch_max_wait_ms,
+            max_partition_fetch_bytes=max(1024 * 1024, s.max_message_bytes),
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=s.heartbeat_interval_ms,
+            max_poll_interval_ms=s.max_poll_interval_ms,
+            **security,
+        )
+        await self.sender.start()
+        try:
+            await self._producer.start()
+            await self._consumer.start()
+        except KafkaConnectionError as exc:
+            await self._close_clients()
+            raise DependencyUnavailable(
+                f"cannot reach Kafka at {s.bootstrap_servers}: check GRAPHWIRE_BOOTSTRAP_SERVERS, "
+                "the broker and the security settings"
+            ) from exc
+        self._consumer.subscribe([self._topics.results], listener=_Rebalance(self))
+        self._started = True
+        self._poll_task = self._watched(self._poll_loop(), "poll")
+        self._commit_task = self._watched(self._commit_loop(), "commit")
+        if not self.policy.enabled:
+            log.warning("GRAPHWIRE_WEBHOOK_ALLOWED_HOSTS is empty: every webhook is refused and "
+                        "dead-lettered; list the hosts receivers run on")
+        log.info("webhooks %s delivering results of %s as group %s", s.worker_id,
+                 self._topics.results, s.webhook_group_id)
+
+    async def stop(self) -> None:
+        """Stop fetching, let attempts in progress end (the attempt timeout), cancel the rest
+        (redelivered), commit what is finished, leave the group. Idempotent."""
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        if not self._started:
+            return
+        self._stopping = True
+        try:
+            if self._poll_task is not None:
+                await asyncio.gather(self._poll_task, return_exceptions=True)
+            tasks = set().union(*self._tasks.values())
+            if tasks:
+                grace = min(self.settings.shutdown_grace_s, self.settings.webhook_timeout_s + 1)
+                _done, pending = await asyncio.wait(tasks, timeout=grace)
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+            if self._commit_task is not None:
+                self._commit_task.cancel()
+                await asyncio.gather(self._commit_task, return_exceptions=True)
+            await self._commit()
+            log.info("webhooks stopped: %d results left for redelivery", self._tracker.in_flight)
+        finally:
+            await self._close_clients()
+            self._stopped.set()
+
+    async def _close_clients(self) -> None:
+        await self.sender.close()
+        if self._consumer is not None:
+            await self._consumer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def readiness(self) -> dict[str, str]:
+        """``{"Kafka": "ok"}`` or why not."""
+        if self._failure is not None:
+            return {"Kafka": self._failure}
+        if not self._started or self._stopping:
+            return {"Kafka": "not consuming"}
+        return {"Kafka": "ok"}
+
+    @property
+    def failure(self) -> str | None:
+        """Why a task of the processor died, if one did (it should exit non-zero)."""
+        return self._failure
+
+    @property
+    def in_flight(self) -> int:
+        """Results held: being delivered or waiting for a retry."""
+        return self._tracker.in_flight
+
+    # -- consuming -------------------------------------------------------------------------
+
+    async def _poll_loop(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        limit, poll_ms = self.settings.webhook_max_in_flight, self.settings.poll_timeout_ms
+        while not self._stopping:
+            free = limit - self._tracker.in_flight
+            if free <= 0:  # at the limit: wait for a slot, polling paused to stay in the group
+                self._slot_freed.clear()
+                try:
+                    await asyncio.wait_for(self._slot_freed.wait(), timeout=1.0)
+                except TimeoutError:
+                    consumer.pause(*consumer.assignment())
+                    with contextlib.suppress(KafkaError):
+                        self._dispatch(consumer, await consumer.getmany(timeout_ms=0,
+                                                                        max_records=1))
+                continue
+            if consumer.paused():
+                consumer.resume(*consumer.paused())
+            try:
+                batches = await consumer.getmany(timeout_ms=poll_ms, max_records=free)
+            except KafkaError as exc:
+                log.warning("fetch failed, retrying: %s", exc)
+                await asyncio.sleep(0.5)
+                continue
+            self._dispatch(consumer, batches)
+
+    def _dispatch(self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[Record]]
+                  ) -> None:
+        assigned = consumer.assignment()
+        for tp, records in batches.items():
+            if tp not in assigned:  # revoked while fetched: the new owner reads them
+                continue
+            for record in records:
+                if not self._tracker.add(tp, record.offset):
+                    continue
+                url = _header(record, HEADER_WEBHOOK)
+                if not url:  # most results: nothing to deliver
+                    self._tracker.finish(tp, record.offset)
+                    self.metrics.deliveries.labels("skipped").inc()
+                    continue
+                task = asyncio.create_task(self._deliver(tp, record, url))
+                held = self._tasks.setdefault(tp, set())
+                held.add(task)
+                task.add_done_callback(held.discard)
+                # a delivery never raises (it dead-letters); if one does, its offset can never
+                # be committed: fail loudly (exit non-zero, restart, redelivered)
+                task.add_done_callback(lambda done: self._task_done(done, "delivery"))
+            if records:
+                highwater = consumer.highwater(tp)
+                if highwater is not None:
+                    lag = max(0, highwater - records[-1].offset - 1)
+                    self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
+
+    # -- one result ------------------------------------------------------------------------
+
+    async def _deliver(self, tp: TopicPartition, record: Record, url: str) -> None:
+        """Deliver or dead-letter one result, then mark it finished (cancelled: left for
+        redelivery)."""
+        try:
+            outcome = await self._outcome(record, url)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug of ours must not hold the partition: dead-letter it
+            log.exception("internal error delivering %s/%d/%d", tp.topic, tp.partition,
+                          record.offset)
+            outcome = Outcome(False, 0, f"internal error while delivering ({type(exc).__name__}: "
+                                        f"{exc}); report it to the graphwire maintainers")
+        if outcome.delivered:
+            self.metrics.deliveries.labels("delivered").inc()
+            self.metrics.delivery_latency.observe(max(0.0, time.time() - record.timestamp / 1000))
+            log.debug("delivered %s/%d/%d to %s in %d attempts", tp.topic, tp.partition,
+                      record.offset, describe_url(url), outcome.attempts)
+        else:
+            await self._dead_letter(record, outcome.reason)
+            self.metrics.deliveries.labels("dead_lettered").inc()
+            log.warning("dead-lettered the webhook of %s/%d/%d: %s", tp.topic, tp.partition,
+                        record.offset, outcome.reason)
+        self._tracker.finish(tp, record.offset)
+        self._slot_freed.set()
+
+    async def _outcome(self, record: Record, url: str) -> Outcome:
+        refusal = self.policy.refusal(url)  # the allow-list may have changed since the run
+        if refusal is not None:
+            self.metrics.attempts.labels("refused").inc()
+            return Outcome(False, 0, f"webhook {describe_url(url)}: {refusal}")
+        try:
+            body = orjson.loads(record.value or b"")
+        except orjson.JSONDecodeError:
+            body = None
+        request_id = body.get("request_id") if isinstance(body, dict) else None
+        if not isinstance(request_id, str) or record.value is None:
+            return Outcome(False, 0, "not a result (no JSON object with a request_id): nothing "
+                                     "to deliver; check what produced it to the results topic")
+        delivery = Delivery(url, record.value, delivery_id(record.topic, record.partition,
+                                                           record.offset), request_id)
+        return await self.sender.deliver(delivery)
+
+    async def _dead_letter(self, record: Record, reason: str) -> None:
+        """Publish the dead letter; retried until the broker acknowledges it (or cancelled)."""
+        producer = self._producer
+        assert producer is not None
+        headers = [
+            *((k, bytes(v)) for k, v in record.headers),
+            (HEADER_ERROR, reason.encode()),
+            (HEADER_SOURCE, f"{record.topic}/{record.partition}/{record.offset}".encode()),
+        ]
+        value, delay = record.value, 0.5
+        while True:
+            try:
+                await producer.send_and_wait(self._topics.dlq, value, key=record.key,
+                                             headers=headers)
+                return
+            except MessageSizeTooLargeError:
+                # the dlq takes smaller messages than results: keep the reason and the pointer
+                # to the result (still on the results topic) rather than hold the partition
+                if value is None:
+                    raise
+                value = None
+                headers.append((HEADER_VALUE_DROPPED, str(len(record.value or b"")).encode()))
+            except KafkaError as exc:
+                self.metrics.dead_letter_failures.inc()
+                log.warning("could not publish a webhook dead letter, retrying: %s", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    # -- committing ------------------------------------------------------------------------
+
+    async def _commit_loop(self) -> None:
+        interval = self.settings.commit_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            await self._commit()
+
+    async def _commit(self, partitions: set[TopicPartition] | None = None) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        async with self._commit_lock:
+            positions = self._tracker.committable()
+            if partitions is not None:
+                positions = {tp: p for tp, p in positions.items() if tp in partitions}
+            if not positions:
+                return
+            try:
+                await consumer.commit(positions)
+            except KafkaError as exc:  # a rebalance in progress: retried on the next tick
+                self.metrics.commits.labels("failed").inc()
+                log.warning("commit of %d partitions failed: %s", len(positions), exc)
+                return
+            self._tracker.mark_committed(positions)
+            self.metrics.commits.labels("ok").inc()
+
+    async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        """Cancel the revoked partitions' deliveries (the new owner redelivers them), commit
+        what finished."""
+        for tp in revoked:
+            with contextlib.suppress(KeyError):
+                self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+        tasks = set().union(*(self._tasks.pop(tp, set()) for tp in revoked))
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        mine = {tp for tp in revoked if self._tracker.position(tp) is not None}
+        await self._commit(mine)
+        self._tracker.remove(mine)
+        self._slot_freed.set()
+        if tasks:
+            log.info("revoked %d partitions: %d deliveries go to the new owner", len(revoked),
+                     len(tasks))
+
+    # -- the processor's own tasks ---------------------------------------------------------
+
+    def _watched(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro, name=f"graphwire-webhooks-{name}")
+        task.add_done_callback(lambda done: self._task_done(done, name))
+        return task
+
+    def _task_done(self, task: asyncio.Task[None], name: str) -> None:
+        if task.cancelled() or task.exception() is None or self._failure is not None:
+            return
+        exc = task.exception()
+        self._failure = (
+            f"the webhook processor's {name} task died ({type(exc).__name__}: {exc}); it must be "
+            "restarted (it exits non-zero) and the error reported to the graphwire maintainers"
+        )
+        log.error("%s", self._failure, exc_info=exc)
+        if self._on_failure is not None:
+            self._on_failure()
