@@ -217,6 +217,7 @@ async def test_replay_a_dead_letter(
         sent = [r for r in out.records[topics.requests]]
         assert [r.value for r in sent] == [original, original]
         assert [r.key for r in sent] == [b"dead-1", b"dead-1"]
+        assert [list(r.headers) for r in sent] == [[], []]  # graphwire's own headers stripped
         await out.wait_count(topics.dlq, 2, timeout=60)  # ran again: still an unknown graph
         assert await eventually(lambda: _count_is(letters, 2))
         await no_script_ran(page)

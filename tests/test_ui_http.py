@@ -4,12 +4,15 @@ without a key, and clear errors (bad cursor, no audit database)."""
 from __future__ import annotations
 
 import re
+import uuid
 
+import asyncpg
 import pytest
 
 from graphwire.processors.dev.broker import free_port
 from graphwire.processors.gateway.ui.security import POLICY
 from graphwire.topics.specs import TopicNames
+from tests.conftest import TEST_DATABASE_URL
 from tests.gateway_helpers import A, gateway_settings, serve
 from tests.ui_helpers import scope_of
 
@@ -49,6 +52,22 @@ async def test_posts_need_the_pages_csrf_token_from_our_origin(
         no_cookie = await http.post(url, headers={**A, "X-CSRF-Token": token[1]})
         assert no_cookie.status_code == 403
         http.cookies.set("graphwire_ui_csrf", token[1])
+        topic = f"t{uuid.uuid4().hex[:12]}.events"  # a record the sink could not read
+        db = await asyncpg.connect(TEST_DATABASE_URL)
+        try:
+            own = await db.fetchval(
+                "INSERT INTO graphwire_dead_letters (source_topic, source_partition, "
+                "source_offset, origin, request_id, value, reason, received_at) VALUES "
+                "($1, 0, 0, 'audit', $2, '{}', 'bad event', now()) RETURNING id",
+                topic, f"{scope_of('api_key', 'svc-a')}.bad-event")
+            sinks = await http.post(f"/ui/api/dead-letters/{own}/replay",
+                                    headers={**A, "X-CSRF-Token": token[1]})
+        finally:
+            await db.execute("DELETE FROM graphwire_dead_letters WHERE source_topic = $1", topic)
+            await db.close()
+        assert (sinks.status_code, sinks.json()) == (409, {
+            "detail": f"dead letter {own} is the audit sink's own (a record it could not read): "
+                      "there is nothing to rerun"})
         resume = await http.post(f"/ui/api/runs/{scope_of('api_key', 'svc-a')}.x/resume",
                                  headers={**A, "X-CSRF-Token": token[1]},
                                  json={"resume": {"approved": True}})

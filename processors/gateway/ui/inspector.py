@@ -36,8 +36,7 @@ from graphwire.processors.gateway.ui.models import (
     RunSummary,
     ThreadDetail,
 )
-from graphwire.topics.codec import HEADER_ERROR, HEADER_SOURCE, HEADER_VALUE_DROPPED
-from graphwire.topics.deadletters import DeadLetter, replay
+from graphwire.topics.deadletters import DeadLetter, is_webhook_letter, replay
 from graphwire.topics.errors import GraphwireError
 from graphwire.topics.positions import EVENTS_PER_TRY, TRIES_PER_START
 from graphwire.topics.runstatus import read_run_state
@@ -46,7 +45,6 @@ log = logging.getLogger(__name__)
 
 NO_AUDIT = ("the run inspector reads the audit tables: set GRAPHWIRE_DATABASE_URL (and "
             "GRAPHWIRE_AUDIT_SCHEMA) for the gateway and run `graphwire audit`")
-OURS = (HEADER_ERROR, HEADER_SOURCE, HEADER_VALUE_DROPPED)
 
 
 def _json(value: Any) -> Any:
@@ -278,32 +276,41 @@ class Inspector:
         return DeadLettersPage(letters=[_letter(r) for r in rows], next_before=following)
 
     async def replay(self, principal: Principal, letter_id: int) -> Replayed:
-        """Re-produce a dead letter's original bytes, key and headers to the requests topic,
-        after forgetting that its request finished (as ``graphwire dlq replay``)."""
+        """Re-produce a dead letter's original bytes, key and headers, as ``graphwire dlq
+        replay`` does: a request to the requests topic (after forgetting that it finished),
+        a webhook's result to the results topic (delivered again, nothing reruns)."""
         async with self.reading() as db:
             row = await queries.dead_letter(db, letter_id)
         if row is None or not self.own(principal, row["request_id"]):
             raise HTTPException(404, f"unknown dead letter {letter_id}")
+        if row["origin"] != "runner":
+            raise HTTPException(409, f"dead letter {letter_id} is the audit sink's own (a record "
+                                     "it could not read): there is nothing to rerun")
         if row["value"] is None:
             raise HTTPException(409, f"dead letter {letter_id} does not carry its value (too "
                                      "large); replay it from its source")
-        headers = [(k, v.encode()) for k, v in _json(row["headers"]) if k not in OURS]
+        # graphwire's own headers stay on the letter (replay() routes by its source header and
+        # sends only the producer's)
+        headers = [(k, v.encode()) for k, v in _json(row["headers"])]
         letter = DeadLetter(row["source_partition"], row["source_offset"], row["key"],
                             row["value"], headers)
+        topics = self.settings.topics
+        webhook = is_webhook_letter(letter, topics)
         rid = row["request_id"]
-        if self.settings.dedup and rid:
+        if self.settings.dedup and rid and not webhook:
             from graphwire.processors.runner.dedup import DedupStore
 
             async with DedupStore(self.settings.redis_url.get_secret_value(),
                                   namespace=self.settings.topic_prefix) as store:
                 await store.forget(rid)
         try:
-            await replay(self.settings.bootstrap_servers, self.settings.topics, [letter],
+            await replay(self.settings.bootstrap_servers, topics, [letter],
                          **self.settings.kafka_security())
         except Exception as exc:
             raise HTTPException(503, f"Kafka did not take the replay ({type(exc).__name__}); "
                                      "retry") from None
-        return Replayed(id=letter_id, request_id=rid, topic=self.settings.topics.requests,
+        return Replayed(id=letter_id, request_id=rid,
+                        topic=topics.results if webhook else topics.requests,
                         run_url=f"/ui/runs/{quote(rid, safe='')}" if rid else None)
 
     # -- overview ----------------------------------------------------------------------------
