@@ -20,6 +20,11 @@ the ratio uses the mean of the two (both are printed: their spread shows the mac
 | 2 workers (``--processes 2``) vs 1, defaults                    | >= 1.6x  |
 | worker RSS with 500 runs in flight (``--soak N``: flat over N)  | reported |
 
+``pipeline`` declares ``sync_nodes: inline`` (its nodes are microsecond string functions), so
+the defaults figure runs them on the worker's event loop; the "sync nodes in threads" figure
+(``GRAPHWIRE_SYNC_NODES=thread``) is the same worker with LangGraph's thread hop, for a graph
+that does not declare it.
+
 A checkpointed step is one of pipeline's 3 nodes (3 per run, a fixed denominator so that a
 change writing fewer checkpoint rows shows up as a gain); the rows actually inserted into the
 checkpoint table are printed as context. PostgreSQL CPU is utime+stime of every ``postgres``
@@ -121,8 +126,10 @@ def worker_env(bootstrap: str, prefix: str, max_in_flight: int, mode: str) -> di
     }
     if mode == "off":
         env |= PLAIN
+    elif mode == "threads":  # the defaults, but sync nodes hop to a thread as LangGraph does
+        env["GRAPHWIRE_SYNC_NODES"] = "thread"
     elif mode != "defaults":
-        raise ValueError(f"unknown worker mode {mode!r}: use 'defaults' or 'off'")
+        raise ValueError(f"unknown worker mode {mode!r}: use 'defaults', 'threads' or 'off'")
     return env
 
 
@@ -497,6 +504,13 @@ async def main(args: argparse.Namespace) -> None:
             Figure("pipeline: dedup + checkpoints off vs bare loop", off.rate, "runs/s",
                    (b2 + b3) / 2, ">= 0.85x", f"bare {b2:.0f} / {b3:.0f}")
         )
+        threads = await drain(bs, "pipeline", HELLO, n, mode="threads", max_in_flight=64)
+        b4, b5 = bare_pair("pipeline", HELLO, n, b3)
+        figures.append(
+            Figure("pipeline: defaults, sync nodes in threads vs bare loop", threads.rate,
+                   "runs/s", (b4 + b5) / 2, "context",
+                   f"GRAPHWIRE_SYNC_NODES=thread; bare {b4:.0f} / {b5:.0f}")
+        )
         pg = defaults.pg
         figures.append(
             Figure("PostgreSQL server CPU per checkpointed step", pg["cpu_ms_per_step"], "ms",
@@ -538,6 +552,7 @@ async def main(args: argparse.Namespace) -> None:
         )
         context |= {"postgres": pg, "soak": s, "soak_runs": rss_runs,
                     "errors": {"defaults": defaults.errors, "off": off.errors,
+                               "threads": threads.errors,
                                "slow_off": slow_off.errors, "slow_defaults": slow_def.errors,
                                "two": two.errors, "soak": soak.errors}}
     show(figures)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from graphwire.graphs.effects import EffectInDoubt, effect_key, once, once_tool
     from graphwire.topics.client import CancelOutcome, GraphwireClient
+    from graphwire.topics.crons import Cron, CronError, CronSpec
     from graphwire.topics.errors import (
         DependencyUnavailable,
         GraphwireError,
@@ -65,6 +66,10 @@ _EXPORTS = {
     "verify_webhook": "graphwire.topics.webhooks",
     "sign_webhook": "graphwire.topics.webhooks",
     "WebhookSignatureError": "graphwire.topics.webhooks",
+    # crons (client.crons returns and raises these)
+    "Cron": "graphwire.topics.crons",
+    "CronSpec": "graphwire.topics.crons",
+    "CronError": "graphwire.topics.crons",
 }
 
 __all__ = [
@@ -72,6 +77,9 @@ __all__ = [
     "CheckpointInfo",
     "Client",
     "Control",
+    "Cron",
+    "CronError",
+    "CronSpec",
     "DependencyUnavailable",
     "EffectInDoubt",
     "Event",

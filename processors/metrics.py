@@ -177,6 +177,11 @@ class RunnerMetrics:
             ["outcome"],
             registry=r,
         )
+        self.deferred = Counter(  # issue 16: after_seconds/run_at are the scheduler's
+            "graphwire_deferred_requests_total",
+            "Requests with after_seconds or run_at, left to graphwire scheduler.",
+            registry=r,
+        )
 
     def graph_label(self, graph: str) -> str:
         """``graph`` if it is registered, else ``unknown`` (names from requests are unbounded)."""

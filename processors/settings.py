@@ -151,6 +151,22 @@ class Settings(BaseSettings):
     audit_retention_days: float = Field(default=30.0, gt=0)
     """``graphwire db prune`` deletes events older than this."""
 
+    # Scheduler (graphwire scheduler): after_seconds/run_at and crons, tables in the audit schema
+    scheduler_group_id: str = "graphwire-scheduler"
+    """Consumer group in which schedulers read requests for the delayed ones."""
+    scheduler_http_port: int = Field(default=8082, ge=0, le=65535)
+    """``/health``, ``/ready`` and ``/metrics`` of the scheduler (0 disables)."""
+    scheduler_tick_s: float = Field(default=0.2, gt=0, le=60)
+    """Longest the leader sleeps between looks at what is due."""
+    scheduler_standby_poll_s: float = Field(default=2.0, gt=0, le=300)
+    """How often a standby tries to take the lead."""
+    scheduler_missed_grace_s: float = Field(default=60.0, ge=0)
+    """A cron firing reached later than this is missed; its cron's ``missed`` policy decides."""
+    scheduler_batch: int = Field(default=500, ge=1, le=100_000)
+    """Due requests produced per round."""
+    scheduler_retention_s: float = Field(default=7 * 24 * 3600, gt=0)
+    """Fired schedules are kept this long (``fired_at``), then deleted."""
+
     # HTTP gateway (graphwire gateway)
     gateway_host: str = "0.0.0.0"
     gateway_port: int = Field(default=8000, ge=1, le=65535)

@@ -204,7 +204,7 @@ async def test_db_migrate_and_prune_from_the_cli(schema: str, writer: AuditWrite
     env = {"GRAPHWIRE_DATABASE_URL": TEST_DATABASE_URL, "GRAPHWIRE_AUDIT_SCHEMA": schema}
     migrated = cli(env, "db", "migrate")
     assert migrated.returncode == 0, migrated.stderr
-    assert migrated.stdout == "audit tables at version 3 (nothing to do)\n"
+    assert migrated.stdout == "audit tables at version 7 (nothing to do)\n"
     now = time.time()
     rows = [row(rec(T.events, i, {"request_id": "r", "seq": i, "type": "node", "graph": "g",
                                   "ts": now - age * 86400}))

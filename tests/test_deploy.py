@@ -59,6 +59,7 @@ PROCESSORS = {
     "graphwire-audit": ("audit", "audit_http_port", ["audit"]),
     "graphwire-gateway": ("gateway", "gateway_port", ["gateway"]),
     "graphwire-webhooks": ("webhooks", "webhook_http_port", ["webhooks"]),
+    "graphwire-scheduler": ("scheduler", "scheduler_http_port", ["scheduler"]),
 }
 # tests/conftest.py's own variables (the test harness, not graphwire settings)
 HARNESS_VARS = {
@@ -394,7 +395,7 @@ def test_compose_stack(compose: dict[str, Any]) -> None:
     services = compose["services"]
     assert set(services) == {
         "kafka", "redis", "postgres", "topics-init", "db-migrate",
-        "runner", "audit", "gateway", "webhooks", "prometheus", "grafana",
+        "runner", "audit", "gateway", "webhooks", "scheduler", "prometheus", "grafana",
     }
     kafka = services["kafka"]
     assert kafka["image"].startswith("apache/kafka:")
@@ -403,7 +404,7 @@ def test_compose_stack(compose: dict[str, Any]) -> None:
 
     graphwire = {n: s for n, s in services.items() if s.get("build") == "."}
     assert set(graphwire) == {"topics-init", "db-migrate", "runner", "audit", "gateway",
-                              "webhooks"}
+                              "webhooks", "scheduler"}
     assert {s["image"] for s in graphwire.values()} == {"graphwire:local"}, "one image"
     assert services["topics-init"]["command"] == ["topics", "ensure", "--partitions", "12"]
     assert services["db-migrate"]["command"] == ["db", "migrate"]
@@ -424,6 +425,9 @@ def test_compose_stack(compose: dict[str, Any]) -> None:
     assert runner["deploy"]["replicas"] == 3
     assert runner["environment"]["GRAPHWIRE_HTTP_PORT"] == "8080"
     assert audit["environment"]["GRAPHWIRE_AUDIT_HTTP_PORT"] == "8081"
+    scheduler = services["scheduler"]  # one leader, one standby
+    assert (scheduler["deploy"]["replicas"], _compose_port(scheduler, "scheduler_http_port")) == (
+        2, 8082)
     assert _compose_port(gateway, "gateway_port") == 8000
     assert gateway["ports"] == ["8000:8000"]
     # the gateway needs real credentials: the variable is required, auth is never switched off
@@ -437,7 +441,7 @@ def test_compose_stack(compose: dict[str, Any]) -> None:
     assert int(runner["stop_grace_period"].removesuffix("s")) > grace
 
 
-@pytest.mark.parametrize("name", ["runner", "audit", "gateway", "webhooks"])
+@pytest.mark.parametrize("name", ["runner", "audit", "gateway", "webhooks", "scheduler"])
 def test_compose_healthchecks_use_each_processors_health_port(
     compose: dict[str, Any], name: str
 ) -> None:
@@ -893,7 +897,7 @@ def test_runner_outlives_its_drain(overlay: str, rendered: dict[str, list[Any]])
 def test_pods_are_locked_down(overlay: str, rendered: dict[str, list[Any]]) -> None:
     docs = rendered[overlay]
     pods = [d for d in docs if d["kind"] in POD_TEMPLATE_KINDS]
-    assert len(pods) == 7
+    assert len(pods) == 8
     for doc in pods:
         spec = pod_spec(doc)
         assert spec is not None

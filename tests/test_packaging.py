@@ -101,7 +101,10 @@ def wheel_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert top == {"graphwire", wheel.name.split("-py")[0] + ".dist-info"}, top
     assert {"graphwire/__init__.py", "graphwire/topics/client.py",
             "graphwire/graphs/registry.py", "graphwire/processors/runner/runner.py",
-            "graphwire/processors/audit/migrations/0001_audit_tables.sql"} <= names
+            "graphwire/processors/audit/migrations/0001_audit_tables.sql",
+            "graphwire/processors/gateway/ui/static/htmx.min.js",  # the run inspector's assets
+            "graphwire/processors/gateway/ui/static/ui.js",
+            "graphwire/processors/gateway/ui/templates/shell.html"} <= names
     venv = tmp / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     site = Path(subprocess.run(

@@ -173,6 +173,7 @@ async def test_doctor_names_a_missing_audit_schema_and_finds_checkpoints_on_the_
     checks = await store_checks(settings)
     assert checks[1:] == [
         Check("audit tables migrated", "pass", f"version {LATEST} of {LATEST}"),
+        Check("scheduler", "pass", "nothing overdue"),
         Check("checkpoint tables", "pass", "present"),
     ]
 

@@ -17,12 +17,14 @@ import logging
 import uuid
 from collections import OrderedDict, defaultdict, deque
 from collections.abc import AsyncGenerator, Iterable, Mapping
+from datetime import datetime
 from typing import Any, Self
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from graphwire.topics.codec import HEADER_REPLY_TO, HEADER_TRACEPARENT, dumps, loads
+from graphwire.topics.crons import Crons
 from graphwire.topics.errors import (
     DependencyUnavailable,
     GraphwireError,
@@ -53,6 +55,8 @@ class GraphwireClient:
         max_kept_results: int = 10_000,
         max_events_per_run: int = 10_000,
         max_kept_events: int = 100_000,
+        database_url: str | None = None,
+        database_schema: str | None = None,
         **client_kwargs: Any,
     ) -> None:
         """``client_kwargs`` go to aiokafka (``security_protocol``, ``sasl_mechanism``,
@@ -61,7 +65,8 @@ class GraphwireClient:
         Memory is bounded (see ``dropped_events``): the results of the last
         ``max_kept_results`` runs; of each run its newest ``max_events_per_run`` events (older
         ones are dropped); and ``max_kept_events`` events in all (the events of the runs that
-        received none for longest are dropped first)."""
+        received none for longest are dropped first). ``database_url`` (and
+        ``database_schema``, ``GRAPHWIRE_AUDIT_SCHEMA``) enable ``crons``."""
         if not 1 <= max_events_per_run <= max_kept_events or max_kept_results < 1:
             raise ValueError(
                 "GraphwireClient needs 1 <= max_events_per_run <= max_kept_events and "
@@ -90,6 +95,7 @@ class GraphwireClient:
         self._dropped_total = 0
         self._event_signal: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
         self._thread_graphs: dict[str, str] = {}
+        self._crons = Crons(database_url, database_schema) if database_url else None
 
     async def start(self) -> None:
         """Connect and start reading results and events from their current ends."""
@@ -142,6 +148,19 @@ class GraphwireClient:
             if client is not None:
                 await client.stop()
         self._consumer = self._producer = None
+        if self._crons is not None:
+            await self._crons.close()
+
+    @property
+    def crons(self) -> Crons:
+        """Define and manage crons (``add``, ``list``, ``get``, ``remove``, ``pause``,
+        ``resume``); needs ``database_url``."""
+        if self._crons is None:
+            raise GraphwireError(
+                "crons live in PostgreSQL: create the client with database_url=... (and "
+                "database_schema=... if the scheduler's tables are in one)"
+            )
+        return self._crons
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -167,14 +186,17 @@ class GraphwireClient:
         multitask_strategy: MultitaskStrategy | None = None,
         checkpoint_id: str | None = None,
         webhook: str | None = None,
+        after_seconds: float | None = None,
+        run_at: datetime | str | None = None,
     ) -> str:
         """Produce a request (validated against the contract); returns its request_id.
-        ``webhook``: a URL the result is POSTed to (``graphwire webhooks``)."""
+        ``webhook``: a URL the result is POSTed to (``graphwire webhooks``).
+        ``after_seconds``/``run_at``: accepted now, run then (by ``graphwire scheduler``)."""
         request = self.build_request(
             graph, input, request_id=request_id, thread_id=thread_id, command=command,
             config=config, stream=stream, metadata=metadata, timeout_s=timeout_s,
             multitask_strategy=multitask_strategy, checkpoint_id=checkpoint_id,
-            webhook=webhook,
+            webhook=webhook, after_seconds=after_seconds, run_at=run_at,
         )
         return await self.submit_request(request, reply_to=reply_to, traceparent=traceparent)
 
@@ -193,6 +215,8 @@ class GraphwireClient:
         multitask_strategy: MultitaskStrategy | None = None,
         checkpoint_id: str | None = None,
         webhook: str | None = None,
+        after_seconds: float | None = None,
+        run_at: datetime | str | None = None,
     ) -> Request:
         """The request ``submit`` would produce, validated but not sent (``ValueError`` when
         the contract refuses it): check a whole batch before submitting any of it."""
@@ -213,6 +237,8 @@ class GraphwireClient:
             body["checkpoint_id"] = checkpoint_id
         if webhook is not None:
             body["webhook"] = webhook
+        if after_seconds is not None or run_at is not None:  # scheduled runs
+            body.update(after_seconds=after_seconds, run_at=run_at)
         return Request.model_validate(body)
 
     async def submit_request(
@@ -230,11 +256,15 @@ class GraphwireClient:
             self._thread_graphs[request.thread_id] = request.graph
             if len(self._thread_graphs) > self._max_kept:
                 del self._thread_graphs[next(iter(self._thread_graphs))]
+        body = request.model_dump(mode="json")
+        # unset optional fields are left out, as other producers do: no "webhook": null that
+        # runners from before it would refuse
+        for name in ("webhook", "after_seconds", "run_at"):
+            if body.get(name) is None:
+                body.pop(name, None)
         await self._producer.send_and_wait(
             self.topics.requests,
-            # without a webhook, no "webhook": null that runners from before it would refuse
-            dumps(request.model_dump(mode="json",
-                                     exclude={"webhook"} if request.webhook is None else None)),
+            dumps(body),
             key=request.key.encode(),
             headers=headers,
         )

@@ -11,7 +11,14 @@ from enum import StrEnum
 from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 CONTRACT_VERSION = 1
 
@@ -20,6 +27,7 @@ MultitaskStrategy = Literal["enqueue", "reject", "interrupt", "rollback"]
 """What a request does when its thread has a run in progress (LangGraph Platform's names)."""
 CancelAction = Literal["interrupt", "rollback"]
 """``interrupt`` keeps a cancelled run's checkpointed progress; ``rollback`` deletes it."""
+MAX_DELAY_S = 366 * 24 * 3600  # after_seconds: at most a year (and a day)
 
 
 class Status(StrEnum):
@@ -136,6 +144,22 @@ class Request(BaseModel):
                 raise ValueError(problem)
         return value
     # -- end webhooks --
+    # -- scheduled runs (``graphwire scheduler``): accepted now, run then ---------------------
+    after_seconds: float | None = Field(default=None, ge=0, le=MAX_DELAY_S)
+    """Run this many seconds after the request's Kafka timestamp (when it was produced)."""
+    run_at: AwareDatetime | None = None
+    """Run at this time: RFC 3339 with an offset, e.g. ``2026-12-02T15:00:00Z``."""
+
+    @model_validator(mode="after")
+    def _one_schedule(self) -> Self:
+        if self.after_seconds is not None and self.run_at is not None:
+            raise ValueError("give 'after_seconds' or 'run_at', not both")
+        return self
+
+    @property
+    def deferred(self) -> bool:
+        """True when ``graphwire scheduler`` (not a runner) takes this request: it runs later."""
+        return self.after_seconds is not None or self.run_at is not None
 
     @field_validator("request_id")
     @classmethod

@@ -16,10 +16,11 @@ import asyncio
 import concurrent.futures
 import contextlib
 import threading
-from collections.abc import Coroutine, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from typing import Any, Self, TypeVar
 
 from graphwire.topics.client import GraphwireClient
+from graphwire.topics.crons import Cron, Crons
 from graphwire.topics.models import Event, Result
 
 T = TypeVar("T")
@@ -91,6 +92,11 @@ class Client:
             with contextlib.suppress(RuntimeError, StopAsyncIteration):
                 self._call(stream.aclose(), 5)
 
+    @property
+    def crons(self) -> SyncCrons:
+        """Blocking ``GraphwireClient.crons`` (needs ``database_url=``)."""
+        return SyncCrons(self._client.crons, self._call)
+
     def close(self) -> None:
         """Disconnect and stop the background loop. Idempotent."""
         if self._loop.is_running():
@@ -107,3 +113,36 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class SyncCrons:
+    """Blocking ``add``/``list``/``get``/``remove``/``pause``/``resume`` of crons."""
+
+    def __init__(self, crons: Crons, call: Callable[[Coroutine[Any, Any, Any]], Any]) -> None:
+        self._crons = crons
+        self._call = call
+
+    def add(self, name: str, graph: str, schedule: str,
+            input: dict[str, Any] | None = None, **kwargs: Any) -> Cron:
+        """Define a cron; same arguments as ``Crons.add``."""
+        cron: Cron = self._call(self._crons.add(name, graph, schedule, input, **kwargs))
+        return cron
+
+    def list(self) -> list[Cron]:
+        found: list[Cron] = self._call(self._crons.list())
+        return found
+
+    def get(self, name: str) -> Cron:
+        cron: Cron = self._call(self._crons.get(name))
+        return cron
+
+    def remove(self, name: str) -> None:
+        self._call(self._crons.remove(name))
+
+    def pause(self, name: str) -> Cron:
+        cron: Cron = self._call(self._crons.pause(name))
+        return cron
+
+    def resume(self, name: str) -> Cron:
+        cron: Cron = self._call(self._crons.resume(name))
+        return cron

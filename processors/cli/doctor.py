@@ -197,6 +197,8 @@ async def store_checks(settings: Settings) -> list[Check]:
             checks.append(Check("audit tables migrated", "pass" if have >= want else "fail",
                                 f"version {have} of {want}",
                                 "" if have >= want else "graphwire db migrate"))
+            if have >= 6:
+                checks.append(await _scheduler_check(conn, settings))
         if settings.checkpoints:
             schema = settings.checkpoint_schema
             name = f'"{schema}".checkpoints' if schema else "checkpoints"
@@ -248,6 +250,21 @@ def webhook_checks(settings: Settings) -> list[Check]:
                         "" if bound <= 3600 else "lower GRAPHWIRE_WEBHOOK_MAX_ATTEMPTS or "
                         "GRAPHWIRE_WEBHOOK_BACKOFF_MAX_S: results wait uncommitted meanwhile"))
     return checks
+async def _scheduler_check(conn: Any, settings: Settings) -> Check:
+    """Delayed requests or crons overdue by more than the missed grace: no scheduler leads."""
+    from graphwire.processors.audit.db import search_path
+
+    prefix = f"{search_path(settings.audit_schema)}." if settings.audit_schema else ""
+    late = f"now() - make_interval(secs => {float(settings.scheduler_missed_grace_s)})"
+    overdue = await conn.fetchval(
+        f"SELECT (SELECT count(*) FROM {prefix}graphwire_schedules WHERE fired_at IS NULL "
+        f"AND due_at < {late}) + (SELECT count(*) FROM {prefix}graphwire_crons "
+        f"WHERE NOT paused AND next_at < {late})"
+    )
+    if overdue:
+        return Check("scheduler", "warn", f"{overdue} delayed requests or crons overdue",
+                     "run `graphwire scheduler` (its leader produces what is due)")
+    return Check("scheduler", "pass", "nothing overdue")
 
 
 async def run_doctor(settings: Settings) -> list[Check]:

@@ -29,6 +29,7 @@ from graphwire.processors.cli.common import (
 from graphwire.processors.cli.gateway import add_parsers as add_gateway_parsers
 from graphwire.processors.cli.ops import add_parsers as add_ops_parsers
 from graphwire.processors.cli.runctl import add_parsers as add_runctl_parsers
+from graphwire.processors.cli.schedules import add_parsers as add_schedule_parsers
 from graphwire.processors.cli.state import (
     checkpoints_prune_command,
     dlq_list_command,
@@ -148,6 +149,8 @@ async def _submit(args: argparse.Namespace) -> int:
             multitask_strategy=args.multitask_strategy,
             checkpoint_id=args.checkpoint_id,
             webhook=args.webhook,
+            after_seconds=args.after_seconds,
+            run_at=args.run_at,
         )
         print(f"submitted {request_id}", file=sys.stderr)
         if not (args.wait or args.stream):
@@ -242,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--request-id", help="idempotency key (default: a new uuid)")
     p.add_argument("--timeout-s", type=float, help="give up the run after this many seconds")
     p.add_argument("--webhook", help="POST the result to this URL (graphwire webhooks)")
+    p.add_argument("--after-seconds", type=float, help="run this many seconds from now")
+    p.add_argument("--run-at", help="run at this RFC 3339 time, e.g. 2026-12-02T15:00:00Z")
     p.add_argument("--wait", action="store_true", help="wait for the result and print it")
     p.add_argument(
         "--stream", action="store_true", help="print events as they arrive, then the result"
@@ -290,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_ops_parsers(sub, _kafka_flags)
     add_runctl_parsers(sub, _kafka_flags)
     add_webhooks_parsers(sub, _kafka_flags)
+    add_schedule_parsers(sub, _kafka_flags)
 
     p = sub.add_parser("graphs", help="list registered graphs and their nodes")
     _graph_flags(p)
@@ -334,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``graphwire`` console script."""
     args = build_parser().parse_args(argv)
     # one-line errors, not aiokafka's
-    if args.command not in ("worker", "audit", "gateway", "webhooks"):
+    if args.command not in ("worker", "audit", "gateway", "webhooks", "scheduler"):
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         if args.command in ("worker", "audit") and args.processes > 1:

@@ -2,9 +2,9 @@
 
 Starts the Kafka-compatible development broker (memory storage), Redis and PostgreSQL (the
 configured ones when they answer, else embedded ones), creates the topics, migrates the audit
-tables, and runs a runner and the audit sink as supervised child processes, with a live status
-line. ``--demo`` submits requests to every built-in graph and prints their events and results.
-Ctrl-C stops everything and deletes the temporary data unless ``--keep``.
+tables, and runs a runner, the audit sink and the scheduler as supervised child processes,
+with a live status line. ``--demo`` submits requests to every built-in graph and prints their
+events and results. Ctrl-C stops everything and deletes the temporary data unless ``--keep``.
 """
 
 from __future__ import annotations
@@ -216,7 +216,7 @@ async def run_dev(
             await migrate(conn, base.audit_schema)
         finally:
             await conn.close()
-        runner_port, audit_port = free_port(), free_port()
+        runner_port, audit_port, scheduler_port = free_port(), free_port(), free_port()
         env = {
             **os.environ,
             "GRAPHWIRE_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
@@ -226,18 +226,23 @@ async def run_dev(
             "GRAPHWIRE_HEARTBEAT_INTERVAL_MS": "2000",
             "GRAPHWIRE_HTTP_PORT": str(runner_port),
             "GRAPHWIRE_AUDIT_HTTP_PORT": str(audit_port),
+            "GRAPHWIRE_SCHEDULER_HTTP_PORT": str(scheduler_port),
             "GRAPHWIRE_LOG_FORMAT": "json",
         }
         children.append(_Child("worker", env, data / "worker.log"))
         children.append(_Child("audit", env, data / "audit.log"))
+        children.append(_Child("scheduler", env, data / "scheduler.log"))
         await _wait_ready("runner", runner_port, children[0].process, data / "worker.log")
         await _wait_ready("audit sink", audit_port, children[1].process, data / "audit.log")
+        await _wait_ready("scheduler", scheduler_port, children[2].process,
+                          data / "scheduler.log")
         embedded = f" (embedded: {', '.join(services.embedded)})" if services.embedded else ""
         print(
             f"graphwire dev: broker {broker.bootstrap_servers}, Redis and PostgreSQL ready"
-            f"{embedded}; runner and audit sink running.\n"
+            f"{embedded}; runner, audit sink and scheduler running.\n"
             f"  runner  http://127.0.0.1:{runner_port}/metrics   "
-            f"audit http://127.0.0.1:{audit_port}/metrics   logs {data}\n"
+            f"audit http://127.0.0.1:{audit_port}/metrics   "
+            f"scheduler http://127.0.0.1:{scheduler_port}/metrics   logs {data}\n"
             f"  Submit from another terminal:\n"
             f"  GRAPHWIRE_BOOTSTRAP_SERVERS={broker.bootstrap_servers} graphwire submit "
             'pipeline --input \'{"text": "Hello World"}\' --stream',

@@ -27,6 +27,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from graphwire.processors.gateway.auth import Authenticator, AuthError, Principal, RateLimiter
+from graphwire.processors.gateway.crons import add_cron_routes
 from graphwire.processors.gateway.models import (
     Accepted,
     BatchRequest,
@@ -155,6 +156,7 @@ class Gateway:
                 stream=body.stream, metadata=metadata, timeout_s=body.timeout_s,
                 multitask_strategy=body.multitask_strategy, checkpoint_id=body.checkpoint_id,
                 webhook=body.webhook,
+                after_seconds=body.after_seconds, run_at=body.run_at,
             )
         except ValueError as exc:  # the contract's validation (pydantic)
             raise HTTPException(422, _contract_error(exc)) from None
@@ -198,6 +200,13 @@ class Gateway:
                 )
                 if row is not None:
                     return RunStatus(request_id=request_id, source="postgresql", **dict(row))
+                due = await self.db.fetchval(  # accepted to run later (graphwire scheduler)
+                    "SELECT due_at FROM graphwire_schedules WHERE request_id = $1 "
+                    "AND fired_at IS NULL", request_id,
+                )
+                if due is not None:
+                    return RunStatus(request_id=request_id, source="postgresql",
+                                     status="scheduled", run_at=due)
         raise HTTPException(404, f"unknown request {request_id!r}")
 
     async def readiness(self) -> dict[str, str]:
@@ -229,6 +238,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await _app.state.ui.stop()
             await gw.stop()
 
     app = FastAPI(
@@ -328,6 +338,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return BatchResponse(request_ids=ids, results=results)
 
     add_runctl_routes(app, gw)  # cancel, thread history
+    add_cron_routes(app, gw, gw.principal)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -343,6 +354,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def metrics() -> Response:
         return Response(generate_latest(gw.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    # the run inspector (/ui): pages, their JSON (/ui/api), static files; same authentication
+    from graphwire.processors.gateway.ui import mount as mount_ui
+
+    app.state.ui = mount_ui(app, gw, gw.principal)
     return app
 
 

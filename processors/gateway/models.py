@@ -9,11 +9,17 @@ from typing import Any, Literal
 import orjson
 from fastapi import HTTPException
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from graphwire.processors.metrics import UNKNOWN
-from graphwire.topics.models import MultitaskStrategy, Result, RunConfig, StreamMode
+from graphwire.topics.models import (
+    MAX_DELAY_S,
+    MultitaskStrategy,
+    Result,
+    RunConfig,
+    StreamMode,
+)
 
 
 class WorkflowRequest(BaseModel):
@@ -44,6 +50,10 @@ class WorkflowRequest(BaseModel):
     webhook: str | None = Field(default=None, max_length=2048,
                                 description="POST the result to this URL when the run ends "
                                             "(signed; its host must be allowed)")
+    # scheduled runs: accepted now, run then (graphwire scheduler)
+    after_seconds: float | None = Field(default=None, ge=0, le=MAX_DELAY_S,
+                                        description="run this many seconds from now")
+    run_at: AwareDatetime | None = Field(default=None, description="run at this RFC 3339 time")
 
 
 class Accepted(BaseModel):
@@ -60,12 +70,13 @@ class Accepted(BaseModel):
 
 class RunStatus(BaseModel):
     request_id: str
-    status: str = Field(description="accepted, running, success, error, rejected, timeout, "
-                                    "interrupted, cancelled")
+    status: str = Field(description="scheduled, accepted, running, success, error, rejected, "
+                                    "timeout, interrupted, cancelled")
     source: Literal["redis", "postgresql"]
     attempts: int | None = None
     requested_at: datetime | None = None
     finished_at: datetime | None = None
+    run_at: datetime | None = Field(default=None, description="when a scheduled run is due")
 
 
 class BatchRequest(BaseModel):

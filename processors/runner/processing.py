@@ -159,6 +159,11 @@ class RequestProcessor:
                 record, exc.request_id, peek_graph(record.value), exc, reason, started
             )
             return
+        if request.deferred:  # graphwire scheduler stores it and produces it when due
+            self.metrics.deferred.inc()
+            log.info("%s runs later (after_seconds/run_at): left to graphwire scheduler",
+                     request.request_id)
+            return
         if request.webhook is not None:  # refused at once, not when the result is out
             refusal = self._webhooks.refusal(request.webhook)
             if refusal is not None:
@@ -308,8 +313,8 @@ class RequestProcessor:
         except (InvalidRequest, UndecodableMessage):  # rejected with the reason at its turn
             return None
         strategy, thread = request.multitask_strategy, request.thread_id
-        if strategy in (None, "enqueue") or thread is None:
-            return None
+        if strategy in (None, "enqueue") or thread is None or request.deferred:
+            return None  # a deferred request applies its strategy when it is produced again
         ahead_ids = [rid for rid in map(_peek_request_id, ahead) if rid is not None]
         if not ahead_ids:
             return None

@@ -1,0 +1,252 @@
+"""The run inspector's routes: ``/ui/api/...`` (JSON, in the OpenAPI document), ``/ui/...``
+(page shells, no data, no key needed) and ``/ui/fragments/...`` (the pages' HTML, rendered from
+the same models as the JSON, with the same authentication).
+
+A page shell loads its fragment with htmx; ``static/ui.js`` adds the API key (typed once, kept in
+sessionStorage) to every request, and asks for it on a 401.
+"""
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote
+
+import orjson
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Path as PathParam
+from fastapi.responses import HTMLResponse, RedirectResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from graphwire.processors.gateway.auth import Principal
+from graphwire.processors.gateway.ui import queries
+from graphwire.processors.gateway.ui.inspector import Inspector
+from graphwire.processors.gateway.ui.models import (
+    DeadLettersPage,
+    Overview,
+    Replayed,
+    ResumeBody,
+    Resumed,
+    RunDetail,
+    RunsPage,
+    ThreadDetail,
+)
+from graphwire.processors.gateway.ui.security import (
+    CSRF_COOKIE,
+    UiHeaders,
+    check_csrf,
+    csrf_token,
+)
+
+HERE = Path(__file__).parent
+LIVE_POLL_S = 1.0
+LIVE_MAX_S = 300.0  # then the browser reconnects (and re-authenticates)
+PAGES = {"overview": "Overview", "runs": "Runs", "dead-letters": "Dead letters"}
+
+
+def _templates() -> Environment:
+    env = Environment(loader=FileSystemLoader(HERE / "templates"),
+                      autoescape=select_autoescape(default=True, default_for_string=True),
+                      trim_blocks=True, lstrip_blocks=True)
+    env.filters["pretty"] = lambda v: orjson.dumps(v, option=orjson.OPT_INDENT_2,
+                                                   default=str).decode()
+    env.filters["seg"] = lambda v: quote(str(v), safe="")  # one path segment, "/" and all
+    env.filters["when"] = lambda v: v.strftime("%Y-%m-%d %H:%M:%S") if v else "-"
+    env.filters["ms"] = lambda v: "-" if v is None else f"{v:,.1f} ms"
+    return env
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise HTTPException(422, "the time is out of range") from None
+
+
+def mount(app: FastAPI, gw: Any, caller: Callable[..., Any]) -> Inspector:
+    """Add the inspector's routes, static files and security headers to ``app``; returns the
+    Inspector (``await inspector.stop()`` on shutdown)."""
+    inspector = Inspector(gw)
+    env = _templates()
+    Caller = Annotated[Principal, Depends(caller)]
+    RunId = Annotated[str, PathParam(min_length=1, max_length=300)]
+    Limit = Annotated[int, Query(ge=1, le=200)]
+    api = APIRouter(prefix="/ui/api", tags=["run inspector"])
+    pages = APIRouter(prefix="/ui", include_in_schema=False)
+
+    def run_filter(
+        principal: Caller,
+        graph: Annotated[str | None, Query(max_length=200)] = None,
+        status: Annotated[str | None, Query(max_length=40)] = None,
+        thread: Annotated[str | None, Query(max_length=300,
+                                            description="the caller's thread id")] = None,
+        since: Annotated[datetime | None, Query(description="runs seen at or after")] = None,
+        until: Annotated[datetime | None, Query(description="runs seen before")] = None,
+    ) -> queries.RunFilter:
+        return queries.RunFilter(
+            scope=principal.scope, graph=graph or None, status=status or None,
+            thread_id=inspector.owned_thread(principal, thread) if thread else None,
+            since=_utc(since), until=_utc(until))
+
+    Filter = Annotated[queries.RunFilter, Depends(run_filter)]
+    Cursor = Annotated[str | None, Query(max_length=1000, description="from next_cursor")]
+
+    # -- JSON ------------------------------------------------------------------------------
+
+    @api.get("/runs", response_model=RunsPage)
+    async def runs(principal: Caller, flt: Filter, cursor: Cursor = None,
+                   limit: Limit = 50) -> RunsPage:
+        """The caller's runs, newest first, filtered; keyset pages (``next_cursor``)."""
+        return await inspector.runs(principal, flt, cursor, limit)
+
+    @api.get("/runs/{request_id:path}", response_model=RunDetail)
+    async def run(request_id: RunId, principal: Caller) -> RunDetail:
+        """One run: its events (timeline), graph drawing with the path taken, thread turns."""
+        return await inspector.run(principal, request_id)
+
+    @api.post("/runs/{request_id:path}/resume", response_model=Resumed, status_code=202,
+              dependencies=[Depends(check_csrf)])
+    async def resume(request_id: RunId, body: ResumeBody, principal: Caller) -> Resumed:
+        """Resume the interrupted thread of this run with ``resume`` (needs the page's
+        ``X-CSRF-Token``)."""
+        return await inspector.resume(principal, request_id, body.resume)
+
+    @api.get("/threads/{thread_id:path}", response_model=ThreadDetail)
+    async def thread(thread_id: RunId, principal: Caller) -> ThreadDetail:
+        """A thread's turns in order and its checkpoint history (newest first)."""
+        return await inspector.thread(principal, thread_id)
+
+    @api.get("/dead-letters", response_model=DeadLettersPage)
+    async def dead_letters(principal: Caller,
+                           before: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
+                           limit: Limit = 50) -> DeadLettersPage:
+        """The caller's dead letters, newest first; keyset pages (``next_before``)."""
+        return await inspector.dead_letters(principal, before, limit)
+
+    @api.post("/dead-letters/{letter_id}/replay", response_model=Replayed,
+              dependencies=[Depends(check_csrf)])
+    async def replay(letter_id: Annotated[int, PathParam(ge=1, le=2**63 - 1)],
+                     principal: Caller) -> Replayed:
+        """Re-produce the dead letter's original bytes to the requests topic (needs the
+        page's ``X-CSRF-Token``)."""
+        return await inspector.replay(principal, letter_id)
+
+    @api.get("/overview", response_model=Overview)
+    async def overview(principal: Caller) -> Overview:
+        """Throughput, error rate, p50/p99 per graph over the last hour; consumer lag."""
+        return await inspector.overview(principal)
+
+    @api.get("/live", include_in_schema=False)
+    async def live(request: Request, principal: Caller) -> StreamingResponse:
+        """SSE: ``event: changed`` whenever the caller's newest run or newest result moves."""
+        return StreamingResponse(_changes(inspector, request, principal.scope),
+                                 media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache",
+                                          "X-Accel-Buffering": "no"})
+
+    # -- HTML ------------------------------------------------------------------------------
+
+    def shell(request: Request, page: str, fragment: str, title: str) -> HTMLResponse:
+        token, new = csrf_token(request)
+        query = request.url.query
+        html = env.get_template("shell.html").render(
+            page=page, title=title, pages=PAGES, csrf=token, auth=gw.settings.gateway_auth,
+            fragment=fragment + (f"?{query}" if query else ""))
+        response = HTMLResponse(html)
+        if new:
+            response.set_cookie(CSRF_COOKIE, token, httponly=True, samesite="strict",
+                                path="/ui", secure=request.url.scheme == "https")
+        return response
+
+    def fragment(name: str, **context: Any) -> HTMLResponse:
+        return HTMLResponse(env.get_template(name).render(**context))
+
+    @pages.get("")
+    async def root() -> RedirectResponse:
+        return RedirectResponse("/ui/", status_code=307)
+
+    @pages.get("/")
+    async def overview_page(request: Request) -> HTMLResponse:
+        return shell(request, "overview", "/ui/fragments/overview", "Overview")
+
+    @pages.get("/runs")
+    async def runs_page(request: Request) -> HTMLResponse:
+        return shell(request, "runs", "/ui/fragments/runs", "Runs")
+
+    @pages.get("/runs/{request_id:path}")
+    async def run_page(request: Request, request_id: RunId) -> HTMLResponse:
+        return shell(request, "runs", f"/ui/fragments/runs/{quote(request_id, safe='')}",
+                     "Run")
+
+    @pages.get("/threads/{thread_id:path}")
+    async def thread_page(request: Request, thread_id: RunId) -> HTMLResponse:
+        return shell(request, "runs", f"/ui/fragments/threads/{quote(thread_id, safe='')}",
+                     "Thread")
+
+    @pages.get("/dead-letters")
+    async def dead_letters_page(request: Request) -> HTMLResponse:
+        return shell(request, "dead-letters", "/ui/fragments/dead-letters", "Dead letters")
+
+    @pages.get("/fragments/overview")
+    async def overview_fragment(principal: Caller) -> HTMLResponse:
+        return fragment("overview.html", o=await inspector.overview(principal))
+
+    @pages.get("/fragments/runs")
+    async def runs_fragment(request: Request, principal: Caller, flt: Filter,
+                            cursor: Cursor = None, limit: Limit = 50) -> HTMLResponse:
+        page = await inspector.runs(principal, flt, cursor, limit)
+        args = {k: v for k, v in request.query_params.items() if k not in ("cursor",) and v}
+        return fragment("runs.html", page=page, args=args, first=cursor is None,
+                        scope=principal.scope)
+
+    @pages.get("/fragments/runs/{request_id:path}")
+    async def run_fragment(request_id: RunId, principal: Caller) -> HTMLResponse:
+        try:
+            detail = await inspector.run(principal, request_id)
+        except HTTPException as exc:
+            if exc.status_code != 404 or not inspector.own(principal, request_id):
+                raise
+            return fragment("pending.html", request_id=request_id)  # the sink is a second behind
+        return fragment("run.html", r=detail, scope=principal.scope)
+
+    @pages.get("/fragments/threads/{thread_id:path}")
+    async def thread_fragment(thread_id: RunId, principal: Caller) -> HTMLResponse:
+        return fragment("thread.html", t=await inspector.thread(principal, thread_id),
+                        scope=principal.scope)
+
+    @pages.get("/fragments/dead-letters")
+    async def dead_letters_fragment(principal: Caller,
+                                    before: Annotated[int | None, Query(ge=1)] = None,
+                                    limit: Limit = 50) -> HTMLResponse:
+        return fragment("dead_letters.html",
+                        page=await inspector.dead_letters(principal, before, limit))
+
+    app.include_router(api)
+    app.include_router(pages)
+    app.mount("/ui/static", StaticFiles(directory=HERE / "static"), name="ui-static")
+    app.add_middleware(UiHeaders)
+    return inspector
+
+
+async def _changes(inspector: Inspector, request: Request, scope: str) -> AsyncIterator[bytes]:
+    deadline = time.monotonic() + LIVE_MAX_S
+    last: tuple[Any, Any] | None = None
+    yield b": the caller's runs, live\nretry: 2000\n\n"
+    while time.monotonic() < deadline and not await request.is_disconnected():
+        try:
+            async with inspector.reading() as db:
+                now = await queries.latest_change(db, scope)
+        except HTTPException:
+            now = last or (None, None)
+        if last is not None and now != last:
+            data = orjson.dumps({"seen": now[0], "finished": now[1]})
+            yield b"event: changed\ndata: %s\n\n" % data
+        elif last is None:
+            yield b": ready\n\n"
+        last = now
+        await asyncio.sleep(LIVE_POLL_S)

@@ -1,0 +1,187 @@
+"""The schedules table (``graphwire_schedules``, migration 0006): stored requests and firings.
+
+A row is a request to produce when it is due, exactly as it will be produced (value, key,
+headers). ``fired_at`` is set once the broker acknowledged it: a row produced but not marked
+(its leader died in between) is produced again by the next leader, with the same request_id.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import orjson
+from croniter import croniter
+
+from graphwire.topics.codec import dumps
+from graphwire.topics.crons import Cron, cron_from_row, due_firings, rfc3339
+
+log = logging.getLogger(__name__)
+
+_CRON_COLUMNS = (
+    "name, graph, schedule, timezone, input, thread_id, metadata, missed, owner, paused, "
+    "next_at, last_fired"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """One row of ``graphwire_schedules``."""
+
+    request_id: str
+    due_at: datetime
+    graph: str
+    cron: str | None
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    source: str | None = None
+
+    def args(self) -> tuple[Any, ...]:
+        headers = [[name, base64.b64encode(value).decode()] for name, value in self.headers]
+        return (self.request_id, self.due_at, self.graph, self.cron, self.key, self.value,
+                orjson.dumps(headers).decode(), self.source)
+
+
+_INSERT = (
+    "INSERT INTO graphwire_schedules (request_id, due_at, graph, cron, msg_key, value, headers, "
+    "source) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8) ON CONFLICT (request_id) DO NOTHING"
+)
+
+
+async def store(db: Any, rows: list[Stored]) -> None:
+    """Insert ``rows`` (a request_id stored already keeps its first row)."""
+    await db.executemany(_INSERT, [row.args() for row in rows])
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """A stored request whose time has come."""
+
+    request_id: str
+    due_at: datetime
+    cron: str | None
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+async def take_due(conn: Any, now: datetime, limit: int) -> list[Due]:
+    """Unfired rows due at ``now``, oldest first."""
+    rows = await conn.fetch(
+        "SELECT request_id, due_at, cron, msg_key, value, headers FROM graphwire_schedules "
+        "WHERE fired_at IS NULL AND due_at <= $1 ORDER BY due_at LIMIT $2", now, limit,
+    )
+    due = []
+    for row in rows:
+        headers = row["headers"]
+        headers = orjson.loads(headers) if isinstance(headers, str) else headers
+        due.append(Due(row["request_id"], row["due_at"], row["cron"], row["msg_key"],
+                       row["value"], [(n, base64.b64decode(v)) for n, v in headers]))
+    return due
+
+
+async def mark_fired(conn: Any, request_ids: list[str]) -> None:
+    """The broker acknowledged these: do not produce them again."""
+    await conn.execute(
+        "UPDATE graphwire_schedules SET fired_at = now() WHERE request_id = ANY($1::text[])",
+        request_ids,
+    )
+
+
+async def next_due(conn: Any) -> datetime | None:
+    """The earliest time something is due: an unfired row or an active cron's next firing."""
+    found: datetime | None = await conn.fetchval(
+        "SELECT least((SELECT min(due_at) FROM graphwire_schedules WHERE fired_at IS NULL), "
+        "(SELECT min(next_at) FROM graphwire_crons WHERE NOT paused))"
+    )
+    return found
+
+
+async def pending(conn: Any) -> int:
+    """Rows not produced yet."""
+    return int(await conn.fetchval(
+        "SELECT count(*) FROM graphwire_schedules WHERE fired_at IS NULL"
+    ))
+
+
+async def prune(conn: Any, older_than: timedelta, now: datetime) -> int:
+    """Delete rows fired more than ``older_than`` ago; returns how many."""
+    status = await conn.execute(
+        "DELETE FROM graphwire_schedules WHERE fired_at < $1", now - older_than
+    )
+    return int(status.split()[-1])
+
+
+@dataclass(frozen=True, slots=True)
+class CronTick:
+    """What taking the due crons did."""
+
+    stored: int = 0
+    missed_run: int = 0
+    missed_skipped: int = 0
+
+
+MAX_MISSED_COUNTED = 1000  # counting is CPU on the event loop: a long outage counts this many
+
+
+def _missed(cron: Cron, now: datetime, grace: timedelta) -> int:
+    """How many firings between ``cron.next_at`` and the grace cutoff were missed (at most
+    ``MAX_MISSED_COUNTED``)."""
+    cutoff = now - grace
+    if cron.next_at >= cutoff:
+        return 0
+    count, at = 0, cron.next_at
+    it = croniter(cron.schedule, at.astimezone(ZoneInfo(cron.timezone)))
+    while at < cutoff and count < MAX_MISSED_COUNTED:
+        count += 1
+        at = it.get_next(datetime)
+    return count
+
+
+def _firing(cron: Cron, at: datetime) -> Stored:
+    body = cron.request(at)
+    key = (body.get("thread_id") or body["request_id"]).encode()
+    return Stored(body["request_id"], at, cron.graph, cron.name, key, dumps(body), [],
+                  f"cron {cron.name} {rfc3339(at)}")
+
+
+async def take_crons(conn: Any, now: datetime, grace: timedelta) -> CronTick:
+    """Turn every due firing of an active cron into a row (one transaction), and move each
+    cron's ``next_at`` past ``now``."""
+    stored = missed_run = missed_skipped = 0
+    async with conn.transaction():
+        rows = await conn.fetch(
+            f"SELECT {_CRON_COLUMNS} FROM graphwire_crons WHERE NOT paused AND next_at <= $1 "
+            "FOR UPDATE", now,
+        )
+        for row in rows:
+            try:
+                cron = cron_from_row(row)
+                fire, upcoming = due_firings(cron, now, grace)
+                firings = [_firing(cron, at) for at in fire]
+            except Exception as exc:  # a row written around CronStore: never stop the others
+                log.error("cron %s cannot fire (%s: %s); paused it: redefine it with "
+                          "`graphwire cron add %s --replace ...`", row["name"],
+                          type(exc).__name__, exc, row["name"])
+                await conn.execute("UPDATE graphwire_crons SET paused = true, updated_at = now() "
+                                   "WHERE name = $1", row["name"])
+                continue
+            missed = _missed(cron, now, grace)
+            if missed:
+                if cron.missed == "run":
+                    missed_run += missed
+                else:
+                    missed_skipped += missed
+            if firings:
+                await store(conn, firings)
+            await conn.execute(
+                "UPDATE graphwire_crons SET next_at = $2, last_fired = coalesce($3, last_fired) "
+                "WHERE name = $1", cron.name, upcoming, fire[-1] if fire else None,
+            )
+            stored += len(firings)
+    return CronTick(stored, missed_run, missed_skipped)

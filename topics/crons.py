@@ -1,0 +1,378 @@
+"""Crons: graphs run on a timetable, and the crons table in PostgreSQL (one home for it).
+
+A cron is a named request template plus a schedule. ``graphwire scheduler`` (the leader) turns
+each due firing into a normal request with the stable id ``<name>:<scheduled time>`` (UTC, RFC
+3339, e.g. ``nightly:2026-12-02T02:00:00Z``), so a firing produced twice runs once (the runner's
+dedup) and shows in runs, status and the audit like any request.
+
+Schedules use croniter's syntax (``*/5 * * * *``; a 6th field is seconds: ``* * * * * */10``),
+evaluated in the cron's IANA time zone (``zoneinfo``), so ``0 2 * * *`` in ``Europe/Paris``
+follows daylight saving time. A firing the scheduler reaches more than its grace late (it was
+down) is *missed*: ``missed="run"`` runs the latest missed firing once, ``"skip"`` drops them.
+
+``CronStore`` is what the CLI, ``GraphwireClient.crons``, the gateway and the scheduler use;
+the table is created by migration 0006 (``graphwire db migrate``).
+
+CronError
+ +-- InvalidCron   a bad name, schedule, time zone or request template: fix the definition
+ +-- CronExists    ``add`` of a name that is taken: pick another, or ``replace=True``
+ +-- UnknownCron   no cron of that name (for this caller)
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import orjson
+from croniter import croniter
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from graphwire.topics.errors import GraphwireError
+from graphwire.topics.models import Request
+
+CRON_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$"
+MAX_FIRINGS_PER_TICK = 1000  # a per-second cron long overdue catches up over several ticks
+
+
+class CronError(GraphwireError):
+    """Something about a cron definition or its name; ``str()`` says what to fix."""
+
+
+class InvalidCron(CronError):
+    """A bad name, schedule, time zone or request template."""
+
+
+class CronExists(CronError):
+    """A cron of that name exists already."""
+
+
+class UnknownCron(CronError):
+    """No cron of that name (visible to this caller)."""
+
+
+def check_schedule(schedule: str) -> str:
+    """``schedule`` if croniter reads it; else ``InvalidCron`` saying what is wrong."""
+    try:
+        croniter(schedule, datetime.now(UTC))
+    except Exception as exc:  # croniter's errors are ValueErrors; odd text may raise others
+        raise InvalidCron(
+            f"cannot read the schedule {schedule!r} ({exc}); write 5 cron fields like "
+            "'*/5 * * * *' (minute hour day month weekday), a 6th for seconds"
+        ) from None
+    return schedule
+
+
+def check_timezone(name: str) -> str:
+    """``name`` if it is an IANA time zone; else ``InvalidCron``."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
+        raise InvalidCron(
+            f"unknown time zone {name!r} ({type(exc).__name__}); use an IANA name like UTC, "
+            "Europe/Paris or America/New_York"
+        ) from None
+    return name
+
+
+class CronSpec(BaseModel):
+    """What defines a cron."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=CRON_NAME_PATTERN)
+    """1..80 characters: letters, digits, ``_ . -``; firings are ``<name>:<time>``."""
+    graph: str = Field(min_length=1, max_length=200)
+    """The graph each firing runs."""
+    schedule: str = Field(min_length=1, max_length=200)
+    """croniter syntax, e.g. ``*/5 * * * *``; a 6th field is seconds."""
+    timezone: str = "UTC"
+    """The IANA time zone the schedule is read in."""
+    input: dict[str, Any] = Field(default_factory=dict)
+    """The input of every firing."""
+    thread_id: str | None = Field(default=None, min_length=1, max_length=256)
+    """Run every firing on this thread (state carries over), else each stands alone."""
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    """Echoed on every firing's events and result (plus ``cron`` and ``scheduled_at``)."""
+    missed: Literal["run", "skip"] = "run"
+    """Firings missed while no scheduler ran: run the latest one once, or skip them."""
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        return check_schedule(value)
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        return check_timezone(value)
+
+    def request(self, at: datetime) -> dict[str, Any]:
+        """The request of the firing scheduled at ``at`` (validated against the contract)."""
+        body = {
+            "request_id": firing_id(self.name, at),
+            "graph": self.graph,
+            "input": self.input,
+            "thread_id": self.thread_id,
+            "metadata": {**self.metadata, "cron": self.name, "scheduled_at": rfc3339(at)},
+        }
+        return Request.model_validate(body).model_dump(mode="json", exclude_none=True)
+
+
+def cron_spec(**fields: Any) -> CronSpec:
+    """A ``CronSpec``, or ``InvalidCron`` naming the first field that is wrong."""
+    try:
+        return CronSpec.model_validate(fields)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "cron"
+        message = str(first["msg"]).removeprefix("Value error, ")
+        if where == "name":
+            message = "use 1..80 letters, digits, '_', '.' or '-', starting with a letter or digit"
+        raise InvalidCron(f"invalid cron: {where}: {message}") from None
+
+
+class Cron(CronSpec):
+    """A stored cron: its definition and where its timetable stands."""
+
+    owner: str | None = None
+    """The gateway caller that owns it (None: defined with the CLI or a client)."""
+    paused: bool = False
+    next_at: datetime
+    """The next firing the scheduler has not yet taken."""
+    last_fired: datetime | None = None
+    """The scheduled time of the latest firing taken."""
+
+
+def rfc3339(at: datetime) -> str:
+    """``at`` in UTC as RFC 3339 to the second: ``2026-12-02T02:00:00Z``."""
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def firing_id(name: str, at: datetime) -> str:
+    """The request_id of the firing of cron ``name`` scheduled at ``at``."""
+    return f"{name}:{rfc3339(at)}"
+
+
+def next_firing(schedule: str, timezone: str, after: datetime) -> datetime:
+    """The first firing strictly after ``after`` (UTC)."""
+    start = after.astimezone(ZoneInfo(timezone))
+    found: datetime = croniter(schedule, start).get_next(datetime)
+    return found.astimezone(UTC)
+
+
+def due_firings(
+    cron: Cron, now: datetime, grace: timedelta
+) -> tuple[list[datetime], datetime]:
+    """The firings to produce at ``now`` and the next firing after them.
+
+    Firings up to ``grace`` late run, each once; older ones were missed (no scheduler ran):
+    with ``missed="run"`` the latest of them runs once, with ``"skip"`` none does."""
+    zone = ZoneInfo(cron.timezone)
+    cutoff = now - grace
+    fire: list[datetime] = []
+    if cron.next_at < cutoff:
+        prev: datetime = croniter(cron.schedule, cutoff.astimezone(zone)).get_prev(datetime)
+        last_missed = max(prev.astimezone(UTC), cron.next_at)
+        if cron.missed == "run":
+            fire.append(last_missed)
+        it = croniter(cron.schedule, last_missed.astimezone(zone))
+    else:
+        fire.append(cron.next_at)
+        it = croniter(cron.schedule, cron.next_at.astimezone(zone))
+    while True:
+        upcoming: datetime = it.get_next(datetime)
+        upcoming = upcoming.astimezone(UTC)
+        if upcoming > now or len(fire) >= MAX_FIRINGS_PER_TICK:
+            return fire, upcoming
+        fire.append(upcoming)
+
+
+_COLUMNS = (
+    "name, graph, schedule, timezone, input, thread_id, metadata, missed, owner, paused, "
+    "next_at, last_fired"
+)
+
+
+def cron_from_row(row: Any) -> Cron:
+    """A ``graphwire_crons`` row as a ``Cron``."""
+    values = dict(row)
+    for name in ("input", "metadata"):
+        if isinstance(values.get(name), str):
+            values[name] = orjson.loads(values[name])
+    return Cron.model_validate(values)
+
+
+class CronStore:
+    """Reads and writes ``graphwire_crons`` over an asyncpg pool or connection.
+
+    With ``owner`` (the gateway caller's scope) every call sees only that owner's crons."""
+
+    def __init__(self, db: Any) -> None:
+        self._db = db
+
+    async def add(
+        self, spec: CronSpec, *, owner: str | None = None, replace: bool = False,
+        now: datetime | None = None,
+    ) -> Cron:
+        """Store ``spec``; its first firing is the first after ``now``. ``CronExists`` when
+        the name is taken (``replace=True`` redefines a cron of the same owner)."""
+        try:
+            spec.request(datetime.now(UTC))  # the template must make a valid request
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "request"
+            raise InvalidCron(
+                f"cron {spec.name!r} would make invalid requests: {where}: {first['msg']}"
+            ) from None
+        next_at = next_firing(spec.schedule, spec.timezone, now or datetime.now(UTC))
+        args = (
+            spec.name, spec.graph, spec.schedule, spec.timezone, orjson.dumps(spec.input).decode(),
+            spec.thread_id, orjson.dumps(spec.metadata).decode(), spec.missed, owner, next_at,
+        )
+        insert = (
+            "INSERT INTO graphwire_crons (name, graph, schedule, timezone, input, thread_id, "
+            "metadata, missed, owner, next_at) "
+            "VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7::jsonb, $8, $9, $10)"
+        )
+        if replace:
+            insert += (
+                " ON CONFLICT (name) DO UPDATE SET graph = $2, schedule = $3, timezone = $4, "
+                "input = $5::jsonb, thread_id = $6, metadata = $7::jsonb, missed = $8, "
+                "next_at = $10, updated_at = now() "
+                "WHERE graphwire_crons.owner IS NOT DISTINCT FROM $9"
+            )
+        else:
+            insert += " ON CONFLICT (name) DO NOTHING"
+        row = await self._db.fetchrow(insert + f" RETURNING {_COLUMNS}", *args)
+        if row is None:
+            raise CronExists(
+                f"a cron named {spec.name!r} exists already: pick another name, remove it "
+                "first (`graphwire cron rm`), or replace it"
+            )
+        return cron_from_row(row)
+
+    async def list(self, *, owner: str | None = None) -> list[Cron]:
+        """Every cron (of ``owner``), by name."""
+        if owner is None:
+            rows = await self._db.fetch(f"SELECT {_COLUMNS} FROM graphwire_crons ORDER BY name")
+        else:
+            rows = await self._db.fetch(
+                f"SELECT {_COLUMNS} FROM graphwire_crons WHERE owner = $1 ORDER BY name", owner
+            )
+        return [cron_from_row(r) for r in rows]
+
+    async def get(self, name: str, *, owner: str | None = None) -> Cron:
+        """The cron ``name``, or ``UnknownCron``."""
+        row = await self._db.fetchrow(
+            f"SELECT {_COLUMNS} FROM graphwire_crons WHERE name = $1 "
+            "AND ($2::text IS NULL OR owner = $2)", name, owner,
+        )
+        if row is None:
+            raise _unknown(name)
+        return cron_from_row(row)
+
+    async def remove(self, name: str, *, owner: str | None = None) -> None:
+        """Delete the cron ``name`` (firings already produced still run), or ``UnknownCron``."""
+        status = await self._db.execute(
+            "DELETE FROM graphwire_crons WHERE name = $1 AND ($2::text IS NULL OR owner = $2)",
+            name, owner,
+        )
+        if status.split()[-1] == "0":
+            raise _unknown(name)
+
+    async def pause(self, name: str, *, owner: str | None = None) -> Cron:
+        """Stop firing ``name`` until ``resume`` (firings in the pause are not run later)."""
+        row = await self._db.fetchrow(
+            "UPDATE graphwire_crons SET paused = true, updated_at = now() WHERE name = $1 "
+            f"AND ($2::text IS NULL OR owner = $2) RETURNING {_COLUMNS}", name, owner,
+        )
+        if row is None:
+            raise _unknown(name)
+        return cron_from_row(row)
+
+    async def resume(self, name: str, *, owner: str | None = None,
+                     now: datetime | None = None) -> Cron:
+        """Fire ``name`` again, from its first firing after ``now``."""
+        cron = await self.get(name, owner=owner)
+        next_at = next_firing(cron.schedule, cron.timezone, now or datetime.now(UTC))
+        row = await self._db.fetchrow(
+            "UPDATE graphwire_crons SET paused = false, next_at = CASE WHEN paused THEN $3 "
+            "ELSE next_at END, updated_at = now() WHERE name = $1 "
+            f"AND ($2::text IS NULL OR owner = $2) RETURNING {_COLUMNS}", name, owner, next_at,
+        )
+        if row is None:
+            raise _unknown(name)
+        return cron_from_row(row)
+
+
+def _unknown(name: str) -> UnknownCron:
+    return UnknownCron(f"no cron named {name!r}: see `graphwire cron list`")
+
+
+class Crons:
+    """``GraphwireClient.crons``: define and manage crons from Python (needs ``database_url``:
+    the database, and ``schema``, of the scheduler's tables)."""
+
+    def __init__(self, database_url: str, schema: str | None = None) -> None:
+        self._url = database_url
+        self._schema = schema
+        self._pool: Any = None
+
+    async def _store(self) -> CronStore:
+        if self._pool is None:
+            import asyncpg
+
+            settings = {"search_path": '"' + self._schema.replace('"', '""') + '"'} \
+                if self._schema else None
+            try:
+                self._pool = await asyncpg.create_pool(
+                    self._url, min_size=0, max_size=2, timeout=10, command_timeout=30,
+                    server_settings=settings,
+                )
+            except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+                from graphwire.topics.errors import DependencyUnavailable
+
+                raise DependencyUnavailable(
+                    f"PostgreSQL does not answer ({type(exc).__name__}); check database_url"
+                ) from None
+        return CronStore(self._pool)
+
+    async def add(
+        self, name: str, graph: str, schedule: str, input: dict[str, Any] | None = None, *,
+        thread_id: str | None = None, timezone: str = "UTC",
+        missed: Literal["run", "skip"] = "run", metadata: dict[str, Any] | None = None,
+        replace: bool = False,
+    ) -> Cron:
+        """Define a cron (``InvalidCron`` for a bad schedule or time zone, ``CronExists``)."""
+        spec = cron_spec(name=name, graph=graph, schedule=schedule, timezone=timezone,
+                         input=input or {}, thread_id=thread_id, metadata=metadata or {},
+                         missed=missed)
+        return await (await self._store()).add(spec, replace=replace)
+
+    async def list(self) -> list[Cron]:
+        """Every cron, by name."""
+        return await (await self._store()).list()
+
+    async def get(self, name: str) -> Cron:
+        """One cron (``UnknownCron``)."""
+        return await (await self._store()).get(name)
+
+    async def remove(self, name: str) -> None:
+        """Delete a cron (``UnknownCron``)."""
+        await (await self._store()).remove(name)
+
+    async def pause(self, name: str) -> Cron:
+        """Stop firing until ``resume``."""
+        return await (await self._store()).pause(name)
+
+    async def resume(self, name: str) -> Cron:
+        """Fire again from the next scheduled time."""
+        return await (await self._store()).resume(name)
+
+    async def close(self) -> None:
+        """Close the connections. Idempotent."""
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
