@@ -307,3 +307,34 @@ async def test_another_callers_runs_are_not_visible(
         page = await other.new_page()
         await sign_in(page, f"{s.base}/ui/runs", KEY_ECHO)
         assert await eventually(listed) == [theirs]
+
+
+async def test_cancel_a_running_run_from_its_page(
+    worker_env: dict[str, str], topics: TopicNames, tmp_path: Path
+) -> None:
+    """A run of ``paced`` (20 steps of 0.5 s) shows a cancel button while it runs; confirming it
+    stops the run at a step boundary: its page turns ``cancelled`` and the button is gone.
+    ``paced`` is registered as ``slow``, a graph svc-a's key may run."""
+    env = {**worker_env, "GRAPHWIRE_GRAPHS": "slow=tests.sample_graphs:paced"}
+    async with stack(env, tmp_path) as s, browser() as context:
+        sent = await s.http.post("/workflow/execute", headers=A, json={
+            "workflow_name": "slow", "input_data": {"steps": 20, "pause": 0.5},
+            "request_id": "long-1"})
+        assert sent.status_code == 202, sent.text
+        rid = sent.json()["request_id"]
+        page = await context.new_page()
+        page.on("dialog", lambda dialog: dialog.accept())
+        await sign_in(page, f"{s.base}/ui/runs/{rid}", KEY_A)
+        button = page.locator("button.post.danger", has_text="Cancel run")
+        await button.wait_for(timeout=30_000)
+        await screenshot(page, "run-cancel")
+        await button.click()
+        await page.wait_for_selector("#run[data-status=cancelled][data-recorded=yes]",
+                                     timeout=60_000)
+        assert await page.locator("button.post.danger").count() == 0
+        final = await s.http.get(f"/workflow/status/{rid}", headers=A)
+        assert final.json()["status"] == "cancelled", final.text
+        steps_run = await texts(page, "svg.timeline .bar-label")
+        assert 1 <= len(steps_run) < 20 and set(steps_run) == {"step"}
+        again = await s.http.post(f"/ui/api/runs/{rid}/cancel", headers=A)
+        assert again.status_code == 403  # no CSRF token: refused before anything else

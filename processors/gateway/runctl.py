@@ -38,6 +38,37 @@ class Checkpoint(BaseModel):
     next: list[str]
 
 
+async def cancel_run(
+    gw: Any, request_id: str, principal: Principal,
+    action: Literal["interrupt", "rollback"], reason: str | None,
+) -> CancelAccepted:
+    """Send a cancel for the caller's run ``request_id``: 404 for another caller's or an unknown
+    run, 409 for a finished one, 503 when Kafka or Redis cannot take it (the API route and the
+    inspector's button both use this)."""
+    gw.own(request_id, principal)
+    audit = await _audit_status(gw, request_id)
+    if audit is not None and audit != "accepted":
+        raise HTTPException(409, f"{request_id} already finished ({audit}): nothing to cancel")
+    pending = audit == "accepted" or gw.client.watching(request_id)
+    try:
+        outcome = await gw.client.cancel(request_id, action, reason=reason, force=pending)
+    except DependencyUnavailable as exc:
+        raise HTTPException(503, str(exc), headers={"Retry-After": "5"}) from None
+    except KafkaError as exc:  # the control message could not be produced
+        raise HTTPException(503, f"Kafka refused the cancel ({type(exc).__name__}); retry",
+                            headers={"Retry-After": "5"}) from None
+    except ValueError as exc:  # the Control model refused it (an over-long id)
+        raise HTTPException(422, str(exc).splitlines()[0]) from None
+    if outcome.state == "finished":
+        raise HTTPException(
+            409, f"{request_id} already finished ({outcome.status}): nothing to cancel"
+        )
+    if outcome.state == "unknown":
+        raise HTTPException(404, f"unknown request {request_id!r}")
+    return CancelAccepted(request_id=request_id, action=action, state=outcome.state,
+                          status_url=f"/workflow/status/{request_id}")
+
+
 def add_routes(app: FastAPI, gw: Any) -> None:
     """Add the run-control routes to the gateway ``gw``'s app."""
     Caller = Annotated[Principal, Depends(gw.principal)]
@@ -52,28 +83,7 @@ def add_routes(app: FastAPI, gw: Any) -> None:
     ) -> CancelAccepted:
         """Cancel a run wherever it is; ``interrupt`` keeps its progress, ``rollback``
         deletes it. Its result becomes ``cancelled``."""
-        gw.own(request_id, principal)
-        audit = await _audit_status(gw, request_id)
-        if audit is not None and audit != "accepted":
-            raise HTTPException(409, f"{request_id} already finished ({audit}): nothing to cancel")
-        pending = audit == "accepted" or gw.client.watching(request_id)
-        try:
-            outcome = await gw.client.cancel(request_id, action, reason=reason, force=pending)
-        except DependencyUnavailable as exc:
-            raise HTTPException(503, str(exc), headers={"Retry-After": "5"}) from None
-        except KafkaError as exc:  # the control message could not be produced
-            raise HTTPException(503, f"Kafka refused the cancel ({type(exc).__name__}); retry",
-                                headers={"Retry-After": "5"}) from None
-        except ValueError as exc:  # the Control model refused it (an over-long id)
-            raise HTTPException(422, str(exc).splitlines()[0]) from None
-        if outcome.state == "finished":
-            raise HTTPException(
-                409, f"{request_id} already finished ({outcome.status}): nothing to cancel"
-            )
-        if outcome.state == "unknown":
-            raise HTTPException(404, f"unknown request {request_id!r}")
-        return CancelAccepted(request_id=request_id, action=action, state=outcome.state,
-                              status_url=f"/workflow/status/{request_id}")
+        return await cancel_run(gw, request_id, principal, action, reason)
 
     @app.get("/workflow/threads/{thread_id}/history", response_model=list[Checkpoint],
              responses={404: {"description": "no checkpoint on this caller's thread"}})

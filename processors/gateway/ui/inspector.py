@@ -180,10 +180,9 @@ class Inspector:
             resumable=status == "interrupted" and bool(row["thread_id"]) and not later
             and row["status"] == "interrupted",
             recorded=_recorded(row, events),
-            # RUN CONTROL: when POST /workflow/cancel/{request_id} exists (the run-control
-            # issue), set cancel_url here for runs that are accepted or running; the page
-            # (templates/run.html, "cancel") shows the button for it.
-            cancel_url=None,
+            # a run not finished yet (queued, or running on some worker) can be cancelled
+            cancel_url=(f"/ui/api/runs/{quote(row['request_id'], safe='')}/cancel"
+                        if status in ("accepted", "running") else None),
         )
 
     def graph(self, name: str) -> Any:

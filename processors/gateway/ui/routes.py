@@ -22,6 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from graphwire.processors.gateway.auth import Principal
+from graphwire.processors.gateway.runctl import CancelAccepted, cancel_run
 from graphwire.processors.gateway.ui import queries
 from graphwire.processors.gateway.ui.inspector import Inspector
 from graphwire.processors.gateway.ui.models import (
@@ -115,6 +116,15 @@ def mount(app: FastAPI, gw: Any, caller: Callable[..., Any]) -> Inspector:
         """Resume the interrupted thread of this run with ``resume`` (needs the page's
         ``X-CSRF-Token``)."""
         return await inspector.resume(principal, request_id, body.resume)
+
+    @api.post("/runs/{request_id:path}/cancel", response_model=CancelAccepted, status_code=202,
+              dependencies=[Depends(check_csrf)],
+              responses={404: {"description": "no such run of this caller"},
+                         409: {"description": "the run already finished"}})
+    async def cancel(request_id: RunId, principal: Caller) -> CancelAccepted:
+        """Cancel this run at its next step boundary, keeping its progress (the API's
+        ``POST /workflow/cancel/{request_id}``; needs the page's ``X-CSRF-Token``)."""
+        return await cancel_run(gw, request_id, principal, "interrupt", "cancelled in the UI")
 
     @api.get("/threads/{thread_id:path}", response_model=ThreadDetail)
     async def thread(thread_id: RunId, principal: Caller) -> ThreadDetail:
