@@ -1,9 +1,29 @@
-"""Which offsets may be committed: only those below which every message is finished."""
+"""Which offsets may be committed: only those below which every message is finished; and the
+rebalance listener through which a consumer commits them before its partitions are taken."""
 
 from __future__ import annotations
 
+import logging
 from collections import deque
-from collections.abc import Hashable, Iterable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
+
+from aiokafka import ConsumerRebalanceListener, TopicPartition
+
+log = logging.getLogger(__name__)
+
+
+class RevokeListener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Awaits ``on_revoked(partitions)`` before they go (the owner commits what is finished
+    there and forgets the rest); logs assignments."""
+
+    def __init__(self, on_revoked: Callable[[set[TopicPartition]], Awaitable[None]]) -> None:
+        self._on_revoked = on_revoked
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        log.info("assigned %s", sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
 
 
 class _PartitionState:

@@ -28,7 +28,7 @@ from collections.abc import Callable, Coroutine, Hashable
 from dataclasses import dataclass
 from typing import Any, Self
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from graphwire.graphs.registry import GraphRegistry
@@ -36,7 +36,7 @@ from graphwire.processors.metrics import RunnerMetrics
 from graphwire.processors.runner.checkpoints import CheckpointStore
 from graphwire.processors.runner.dedup import DedupStore
 from graphwire.processors.runner.gate import Check, DependencyGate
-from graphwire.processors.runner.offsets import OffsetTracker
+from graphwire.processors.runner.offsets import OffsetTracker, RevokeListener
 from graphwire.processors.runner.processing import RequestProcessor
 from graphwire.processors.runner.publisher import OutputPublisher, Record
 from graphwire.processors.runner.scheduler import KeyScheduler
@@ -60,17 +60,6 @@ class _Stall:
     """Times it stalled at that message (the backoff grows with it)."""
     rewind: asyncio.Task[None] | None = None
     """Set from the stall until the partition is rewound and may be fetched again."""
-
-
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, runner: GraphRunner) -> None:
-        self._runner = runner
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self._runner._on_revoked(revoked)
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        log.info("assigned %s", sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
 
 
 class GraphRunner:
@@ -178,7 +167,7 @@ class GraphRunner:
             ) from exc
         await out.start(s.bootstrap_servers, **security)
         self._consumer.subscribe(
-            [self._topics.requests, self._control_topic], listener=_Rebalance(self)
+            [self._topics.requests, self._control_topic], listener=RevokeListener(self._on_revoked)
         )
         self._started = True
         self._poll_task = self._watched(self._poll_loop(), "poll")

@@ -30,11 +30,11 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Self, TypeAlias
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError, MessageSizeTooLargeError
 from aiokafka.structs import ConsumerRecord
 
-from graphwire.processors.runner.offsets import OffsetTracker
+from graphwire.processors.runner.offsets import OffsetTracker, RevokeListener
 from graphwire.processors.settings import Settings
 from graphwire.processors.webhooks.delivery import Delivery, Outcome, WebhookSender
 from graphwire.processors.webhooks.metrics import WebhookMetrics
@@ -59,17 +59,6 @@ def _header(record: Record, name: str) -> str | None:
         if key == name:
             return bytes(value).decode("utf-8", "replace")
     return None
-
-
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, dispatcher: WebhookDispatcher) -> None:
-        self._dispatcher = dispatcher
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self._dispatcher._on_revoked(revoked)
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        log.info("assigned %s", sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
 
 
 class WebhookDispatcher:
@@ -153,7 +142,7 @@ class WebhookDispatcher:
                 f"cannot reach Kafka at {s.bootstrap_servers}: check GRAPHWIRE_BOOTSTRAP_SERVERS, "
                 "the broker and the security settings"
             ) from exc
-        self._consumer.subscribe([self._topics.results], listener=_Rebalance(self))
+        self._consumer.subscribe([self._topics.results], listener=RevokeListener(self._on_revoked))
         self._started = True
         self._poll_task = self._watched(self._poll_loop(), "poll")
         self._commit_task = self._watched(self._commit_loop(), "commit")
