@@ -20,7 +20,7 @@ def gateway_command(args: argparse.Namespace) -> int:
     settings = settings.model_copy(update=updates)
     setup_logging(settings.log_level, settings.log_format)
     app = create_app(settings)  # fails here, with one line, when no credentials are configured
-    uvicorn.run(app, host=settings.gateway_host, port=settings.gateway_port, loop="uvloop",
+    uvicorn.run(app, host=settings.gateway_bind_host, port=settings.gateway_port, loop="uvloop",
                 log_config=None, access_log=False, timeout_graceful_shutdown=10)
     return EXIT_OK
 
@@ -39,7 +39,8 @@ def gateway_key_command(args: argparse.Namespace) -> int:
 def add_parsers(sub: Any, kafka_flags: Any) -> None:
     p = sub.add_parser("gateway", help="serve the HTTP API (FastAPI) in front of Kafka")
     kafka_flags(p)
-    p.add_argument("--host", help="listen address (GRAPHWIRE_GATEWAY_HOST, 0.0.0.0)")
+    p.add_argument("--host", help="listen address (GRAPHWIRE_GATEWAY_HOST; default 0.0.0.0, "
+                   "127.0.0.1 when GRAPHWIRE_GATEWAY_AUTH=false)")
     p.add_argument("--port", type=int, help="listen port (GRAPHWIRE_GATEWAY_PORT, 8000)")
     p.set_defaults(func=gateway_command, is_async=False)
 

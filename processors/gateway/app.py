@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 
 from graphwire.processors.gateway.auth import Authenticator, AuthError, Principal, RateLimiter
 from graphwire.processors.gateway.crons import add_cron_routes
+from graphwire.processors.gateway.guard import BrowserGuard, allowed_hosts
 from graphwire.processors.gateway.models import (
     Accepted,
     BatchRequest,
@@ -72,6 +73,10 @@ class Gateway:
         self.webhooks = WebhookPolicy(settings.webhook_allowed_hosts)  # the runners' rules
 
     async def start(self) -> None:
+        if not self.settings.gateway_auth:
+            log.warning("GRAPHWIRE_GATEWAY_AUTH=false: anyone who reaches %s may run every graph "
+                        "and read every run, as one anonymous caller; for development only",
+                        self.settings.gateway_bind_host)
         await self.client.start()
         try:
             await self.redis.ping()
@@ -254,6 +259,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            allow_headers=["Authorization", "X-API-Key", "Idempotency-Key",
                                           "Content-Type", "Last-Event-ID"])
     app.add_middleware(BodyLimit, max_bytes=settings.gateway_max_body_bytes)
+    app.add_middleware(BrowserGuard, trusted_origins=frozenset(origins), hosts=allowed_hosts(
+        settings.gateway_allowed_hosts, auth=settings.gateway_auth,
+        bound=settings.gateway_bind_host))
 
     app.add_middleware(Measure, metrics=gw.metrics)
 
