@@ -29,7 +29,7 @@ def gateway_key_command(args: argparse.Namespace) -> int:
     from graphwire.processors.gateway.auth import new_key
 
     graphs = [g.strip() for g in args.graphs.split(",") if g.strip()] or ["*"]
-    key, entry = new_key(args.name, graphs, args.rate)
+    key, entry = new_key(args.name, graphs, args.rate, rotation=args.rotation)
     print(f"API key for {args.name} (shown once; keep it secret): {key}")
     print("add this entry to GRAPHWIRE_GATEWAY_API_KEYS (a JSON list) or its file:")
     print(json.dumps(entry))
@@ -48,4 +48,7 @@ def add_parsers(sub: Any, kafka_flags: Any) -> None:
     p.add_argument("name", help="who the key is for (recorded with every request)")
     p.add_argument("--graphs", default="*", help="comma-separated graphs it may run (default *)")
     p.add_argument("--rate", type=int, help="requests per minute (default the gateway's)")
+    p.add_argument("--rotation", action="store_true",
+                   help="the key replaces another of the same name (same caller, same data); "
+                        "remove the old entry once clients use the new key")
     p.set_defaults(func=gateway_key_command, is_async=False)

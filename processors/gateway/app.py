@@ -26,7 +26,14 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from graphwire.processors.gateway.auth import Authenticator, AuthError, Principal, RateLimiter
+from graphwire.processors.gateway import legacy
+from graphwire.processors.gateway.auth import (
+    ID_BUDGET,
+    Authenticator,
+    AuthError,
+    Principal,
+    RateLimiter,
+)
 from graphwire.processors.gateway.crons import add_cron_routes
 from graphwire.processors.gateway.guard import BrowserGuard, allowed_hosts
 from graphwire.processors.gateway.models import (
@@ -135,7 +142,7 @@ class Gateway:
             self.metrics.auth_failures.labels("403").inc()
             raise HTTPException(403, f"{principal.name} may not run {body.workflow_name!r}")
 
-    def prepare(
+    async def prepare(
         self, body: WorkflowRequest, principal: Principal, idempotency_key: str | None
     ) -> RunRequest:
         """The run to produce, checked (403, 422) but not sent. Its request_id and thread_id
@@ -155,7 +162,7 @@ class Gateway:
             return self.client.build_request(
                 body.workflow_name, body.input_data,
                 request_id=f"{scope}.{request_id or uuid.uuid4().hex}",
-                thread_id=f"{scope}.{body.thread_id}" if body.thread_id else None,
+                thread_id=await self.thread_of(principal, body.thread_id),
                 command=body.command,
                 config=body.config.model_dump(exclude_defaults=True),
                 stream=body.stream, metadata=metadata, timeout_s=body.timeout_s,
@@ -170,7 +177,15 @@ class Gateway:
         self, body: WorkflowRequest, principal: Principal, idempotency_key: str | None
     ) -> str:
         """Check and produce the run (``prepare``); returns its request_id."""
-        return await self.client.submit_request(self.prepare(body, principal, idempotency_key))
+        request = await self.prepare(body, principal, idempotency_key)
+        return await self.client.submit_request(request)
+
+    async def thread_of(self, principal: Principal, thread_id: str | None) -> str | None:
+        """The stored id of the caller's thread: under its scope, or under its legacy scope
+        when the thread has runs there and none under the current one (``legacy``)."""
+        if thread_id is None:
+            return None
+        return await legacy.thread_of(self.db, principal, thread_id)
 
     async def wait(self, request_id: str, timeout: float) -> Response:
         """The result as JSON (already validated by the client: no second pass here)."""
@@ -187,7 +202,7 @@ class Gateway:
 
     def own(self, request_id: str, principal: Principal) -> None:
         """404 (not 403: no hint that it exists) for another caller's run."""
-        if not request_id.startswith(f"{principal.scope}."):
+        if not principal.owns(request_id):
             raise HTTPException(404, f"unknown request {request_id!r}")
 
     async def status(self, request_id: str) -> RunStatus:
@@ -266,7 +281,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(Measure, metrics=gw.metrics)
 
     Caller = Annotated[Principal, Depends(gw.principal)]
-    IdemKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=115)]
+    IdemKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=ID_BUDGET)]
     Wait = Annotated[float | None, Query(gt=0, le=600, description="seconds (default setting)")]
 
     @app.post("/workflow/execute", status_code=202, response_model=Accepted | Result,
@@ -330,7 +345,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         checked = []
         for index, item in enumerate(body.requests):
             try:
-                checked.append(gw.prepare(item, caller, None))
+                checked.append(await gw.prepare(item, caller, None))
             except HTTPException as exc:
                 raise HTTPException(exc.status_code, f"requests[{index}]: {exc.detail}; "
                                     "nothing in this batch was submitted") from None
