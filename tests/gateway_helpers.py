@@ -44,6 +44,7 @@ def gateway_settings(worker_env: dict[str, str], **overrides: Any) -> Settings:
         **env,
         "gateway_api_keys": SecretStr(orjson.dumps(KEYS).decode()),
         "gateway_jwt_secret": SecretStr(JWT_SECRET),
+        "gateway_ops_port": 0,  # many gateways per run: no fixed ops port
         **overrides,
     }
     return Settings(_env_file=None, **fields)  # type: ignore[call-arg]

@@ -46,6 +46,7 @@ from graphwire.processors.gateway.models import (
     RunStatus,
     WorkflowRequest,
 )
+from graphwire.processors.gateway.ops import OpsServer, Readiness, is_ready
 from graphwire.processors.gateway.runctl import add_routes as add_runctl_routes
 from graphwire.processors.gateway.sse import event_stream
 from graphwire.processors.settings import Settings
@@ -251,13 +252,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ``uvicorn graphwire.processors.gateway.app:create_app --factory`` serves it."""
     settings = settings or Settings()
     gw = Gateway(settings)
+    readiness = Readiness(gw.readiness)
+    ops = OpsServer(readiness, gw.metrics.registry, host=settings.gateway_ops_host,
+                    port=settings.gateway_ops_port)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await gw.start()
         try:
+            await ops.start()
             yield
         finally:
+            await ops.stop()
             await _app.state.ui.stop()
             await gw.stop()
 
@@ -266,6 +272,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Run LangGraph graphs over HTTP; Kafka behind it.",
         version="1",
         lifespan=lifespan,
+        # Swagger UI and ReDoc load their scripts from a CDN, on the inspector's origin
+        docs_url="/docs" if settings.gateway_docs else None,
+        redoc_url="/redoc" if settings.gateway_docs else None,
     )
     app.state.gateway = gw
     origins = [o.strip() for o in settings.gateway_cors_origins.split(",") if o.strip()]
@@ -369,13 +378,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/ready")
     async def ready() -> JSONResponse:
-        deps = await gw.readiness()
-        ok = deps["kafka"] == "ok" and deps["redis"] == "ok"
-        return JSONResponse({"ready": ok, "dependencies": deps}, status_code=200 if ok else 503)
+        """Whether this gateway can take runs (each dependency's state: the ops port's)."""
+        deps = await readiness()
+        ok = is_ready(deps)
+        body: dict[str, Any] = {"ready": ok}
+        if not settings.gateway_ops_port:
+            body["dependencies"] = deps
+        return JSONResponse(body, status_code=200 if ok else 503)
 
-    @app.get("/metrics", response_class=Response)
-    async def metrics() -> Response:
-        return Response(generate_latest(gw.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    if not settings.gateway_ops_port:  # no ops port: metrics on the API's, as before
+
+        @app.get("/metrics", response_class=Response)
+        async def metrics() -> Response:
+            return Response(generate_latest(gw.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     # the run inspector (/ui): pages, their JSON (/ui/api), static files; same authentication
     from graphwire.processors.gateway.ui import mount as mount_ui
