@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 import time
 import uuid
 from typing import Any
@@ -188,3 +190,14 @@ def test_duplicate_api_key_names_refused_unless_rotation(worker_env: dict[str, s
     callers = [auth.authenticate({"x-api-key": k}) for k in
                ("gw_old_key_0123456789abcdef", "gw_new_key_0123456789abcdef")]
     assert [c.scope for c in callers] == [_scopes("api_key", "svc-x")[0]] * 2
+
+
+def test_gateway_key_rotation_flag_prints_a_rotation_entry() -> None:
+    """`graphwire gateway-key NAME --rotation` prints an entry marked "rotation": true whose
+    hash is that of the key it prints."""
+    out = subprocess.run([sys.executable, "-m", "graphwire", "gateway-key", "svc-x", "--rotation"],
+                         capture_output=True, text=True, timeout=60, check=True)
+    first, _, entry = out.stdout.splitlines()
+    key = first.rsplit(": ", 1)[1]
+    assert orjson.loads(entry) == {"name": "svc-x", "key_sha256": hash_key(key),
+                                   "graphs": ["*"], "rotation": True}
