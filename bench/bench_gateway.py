@@ -73,6 +73,7 @@ async def main() -> None:
             **os.environ, "GRAPHWIRE_BOOTSTRAP_SERVERS": bs, "GRAPHWIRE_TOPIC_PREFIX": prefix,
             "GRAPHWIRE_REDIS_URL": REDIS, "GRAPHWIRE_DEDUP": "false",
             "GRAPHWIRE_GATEWAY_PORT": str(port), "GRAPHWIRE_LOG_LEVEL": "WARNING",
+            "GRAPHWIRE_GATEWAY_OPS_PORT": "0",  # no fixed port: /ready stays on the API's
             "GRAPHWIRE_GATEWAY_RATE_PER_MINUTE": "10000000",
             "GRAPHWIRE_GATEWAY_API_KEYS": orjson.dumps(
                 [{"name": "bench", "key_sha256": hash_key(KEY), "graphs": ["*"]}]).decode(),

@@ -168,7 +168,8 @@ class Settings(BaseSettings):
     """Fired schedules are kept this long (``fired_at``), then deleted."""
 
     # HTTP gateway (graphwire gateway)
-    gateway_host: str = "0.0.0.0"
+    gateway_host: str | None = None
+    """Listen address; unset: ``0.0.0.0``, or ``127.0.0.1`` when GRAPHWIRE_GATEWAY_AUTH=false."""
     gateway_port: int = Field(default=8000, ge=1, le=65535)
     gateway_auth: bool = True
     """Require an API key or a JWT (false: anonymous, for development only)."""
@@ -181,7 +182,9 @@ class Settings(BaseSettings):
     gateway_jwt_public_key: str | None = None
     """RS256 public key (PEM text or a path to a PEM file)."""
     gateway_jwt_audience: str | None = None
+    """Required ``aud`` of every JWT (required setting with RS256, see gateway_jwt_any_audience)."""
     gateway_jwt_issuer: str | None = None
+    """Required ``iss`` of every JWT, when set."""
     gateway_rate_per_minute: int = Field(default=600, ge=1)
     """Requests per minute per principal (API keys may set their own)."""
     gateway_cors_origins: str = ""
@@ -190,6 +193,38 @@ class Settings(BaseSettings):
     gateway_wait_timeout_s: float = Field(default=30.0, gt=0, le=600)
     """Longest ``?wait=true`` and SSE stream wait for a result."""
     gateway_max_batch: int = Field(default=100, ge=1, le=10_000)
+
+    # -- hostile input (gateway auth) --
+    gateway_allowed_hosts: str = ""
+    """Comma-separated ``Host`` names the gateway answers (``api.example.com``,
+    ``*.example.com``, ``*`` for any); others get a 400 (DNS rebinding). Empty: the loopback
+    names and the bound address without authentication, any name with it."""
+    gateway_jwt_any_audience: bool = False
+    """Accept RS256 JWTs without GRAPHWIRE_GATEWAY_JWT_AUDIENCE. Off, an RS256 key with no
+    audience refuses to start: a key shared by a company IdP would accept every app's tokens."""
+    gateway_jwt_max_age_s: float | None = Field(default=None, gt=0)
+    """Refuse JWTs issued (``iat``, then required) longer ago than this, whatever their ``exp``."""
+    gateway_legacy_scopes: bool = True
+    """Callers also own the runs, threads and crons stored under their former 48-bit scope
+    (ids ``<12 hex>.<id>``, graphwire 0.1): they read, cancel and continue them. Switch off
+    once those have aged out (the audit retention); until then the short scope is guessable."""
+    gateway_ops_port: int = Field(default=8084, ge=0, le=65535)
+    """``/health``, ``/ready`` (with each dependency's state) and ``/metrics`` of the gateway,
+    away from the API's port (0: on the API's port, as before). The API's port keeps ``/health``
+    and a ``/ready`` that says only ready or not."""
+    gateway_ops_host: str = "0.0.0.0"
+    """Address of the ops port (Prometheus and the kubelet reach it; keep it off the Ingress)."""
+    gateway_docs: bool = False
+    """Serve Swagger UI at ``/docs`` and ReDoc at ``/redoc`` (their scripts come from a CDN);
+    ``/openapi.json`` is always served."""
+
+    @property
+    def gateway_bind_host(self) -> str:
+        """Where the gateway listens: GRAPHWIRE_GATEWAY_HOST, else every interface with
+        authentication and only the loopback one without."""
+        if self.gateway_host:
+            return self.gateway_host
+        return "0.0.0.0" if self.gateway_auth else "127.0.0.1"
 
     # Webhooks (graphwire webhooks): POST each result to its request's webhook URL
     webhook_allowed_hosts: str = ""

@@ -40,13 +40,14 @@ def token(sub: str, graphs: list[str], *, expires_in: float = 300, secret: str =
 
 def gateway_settings(worker_env: dict[str, str], **overrides: Any) -> Settings:
     env = {k.removeprefix("GRAPHWIRE_").lower(): v for k, v in worker_env.items()}
-    return Settings(
-        _env_file=None,  # type: ignore[call-arg]
+    fields: dict[str, Any] = {
         **env,
-        gateway_api_keys=SecretStr(orjson.dumps(KEYS).decode()),
-        gateway_jwt_secret=SecretStr(JWT_SECRET),
+        "gateway_api_keys": SecretStr(orjson.dumps(KEYS).decode()),
+        "gateway_jwt_secret": SecretStr(JWT_SECRET),
+        "gateway_ops_port": 0,  # many gateways per run: no fixed ops port
         **overrides,
-    )
+    }
+    return Settings(_env_file=None, **fields)  # type: ignore[call-arg]
 
 
 @asynccontextmanager

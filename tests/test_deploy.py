@@ -57,10 +57,12 @@ K8S_VERSIONS = ("1.29.0", kv.latest_version() + ".0")
 PROCESSORS = {
     "graphwire-runner": ("runner", "http_port", ["worker"]),
     "graphwire-audit": ("audit", "audit_http_port", ["audit"]),
-    "graphwire-gateway": ("gateway", "gateway_port", ["gateway"]),
+    "graphwire-gateway": ("gateway", "gateway_ops_port", ["gateway"]),
     "graphwire-webhooks": ("webhooks", "webhook_http_port", ["webhooks"]),
     "graphwire-scheduler": ("scheduler", "scheduler_http_port", ["scheduler"]),
 }
+# processors whose Service exposes an API port besides the health/metrics port (not exposed)
+API_PORTS = {"graphwire-gateway": "gateway_port"}
 # tests/conftest.py's own variables (the test harness, not graphwire settings)
 HARNESS_VARS = {
     "GRAPHWIRE_TEST_BOOTSTRAP", "GRAPHWIRE_TEST_DATABASE_URL", "GRAPHWIRE_TEST_REDIS_URL",
@@ -429,7 +431,9 @@ def test_compose_stack(compose: dict[str, Any]) -> None:
     assert (scheduler["deploy"]["replicas"], _compose_port(scheduler, "scheduler_http_port")) == (
         2, 8082)
     assert _compose_port(gateway, "gateway_port") == 8000
-    assert gateway["ports"] == ["8000:8000"]
+    assert gateway["ports"] == ["8000:8000"]  # the API only: its ops port stays inside
+    assert _compose_port(gateway, "gateway_ops_port") == 8084
+    assert gateway["environment"]["GRAPHWIRE_GATEWAY_HOST"] == "0.0.0.0"  # unset: loopback
     # the gateway needs real credentials: the variable is required, auth is never switched off
     assert gateway["environment"]["GRAPHWIRE_GATEWAY_API_KEYS"].startswith(
         "${GRAPHWIRE_GATEWAY_API_KEYS:?"
@@ -864,8 +868,9 @@ def test_processor_ports_probes_and_services(
     _, container = _container(docs, deployment)
     assert container["args"] == command
     configured = int(setting(docs, container, field))
-    (declared,) = container["ports"]
-    assert declared["containerPort"] == configured, f"GRAPHWIRE_{field.upper()}"
+    api = int(setting(docs, container, API_PORTS[deployment])) if deployment in API_PORTS else None
+    declared = sorted(p["containerPort"] for p in container["ports"])
+    assert declared == sorted([configured] + ([api] if api else [])), f"GRAPHWIRE_{field.upper()}"
     liveness, readiness = container["livenessProbe"], container["readinessProbe"]
     assert liveness["httpGet"]["path"] == "/health"
     assert readiness["httpGet"]["path"] == "/ready"
@@ -877,8 +882,8 @@ def test_processor_ports_probes_and_services(
     service = only(docs, "Service", deployment)
     assert service["spec"]["selector"].items() <= template["metadata"]["labels"].items()
     (port,) = service["spec"]["ports"]
-    assert _port_number(container, port["targetPort"]) == configured
-    assert port["port"] == configured
+    assert _port_number(container, port["targetPort"]) == (api or configured)
+    assert port["port"] == (api or configured)
     selector = only(docs, "Deployment", deployment)["spec"]["selector"]["matchLabels"]
     assert selector.items() <= template["metadata"]["labels"].items()
 

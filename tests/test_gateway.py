@@ -41,7 +41,7 @@ async def test_execute_wait_invoke_status_and_principal(
         assert accepted.status_code == 202, accepted.text
         rid = accepted.json()["request_id"]
         scope, _, own = rid.partition(".")
-        assert len(scope) == 12 and len(own) == 32  # the caller's namespace, a fresh uuid
+        assert len(scope) == 32 and len(own) == 32  # the caller's 128-bit namespace, a uuid
         assert accepted.json() == {"request_id": rid, "status": "accepted",
                                    "status_url": f"/workflow/status/{rid}",
                                    "stream_url": f"/workflow/stream/{rid}"}

@@ -49,6 +49,7 @@ async def test_a_full_run_leaks_no_configured_secret(
     prefix = worker_env["GRAPHWIRE_TOPIC_PREFIX"]
     database_url, pg_password = _with_password(TEST_DATABASE_URL)
     ports = {"worker": free_port(), "audit": free_port(), "gateway": free_port()}
+    ops_port = free_port()  # the gateway's /metrics
     env = {
         **worker_env,
         "GRAPHWIRE_DATABASE_URL": database_url,
@@ -64,6 +65,7 @@ async def test_a_full_run_leaks_no_configured_secret(
         "GRAPHWIRE_HTTP_PORT": str(ports["worker"]),
         "GRAPHWIRE_AUDIT_HTTP_PORT": str(ports["audit"]),
         "GRAPHWIRE_GATEWAY_PORT": str(ports["gateway"]),
+        "GRAPHWIRE_GATEWAY_OPS_PORT": str(ops_port),
     }
     logs = {name: tmp_path / f"{name}.log" for name in ports}
     procs = [
@@ -110,7 +112,7 @@ async def test_a_full_run_leaks_no_configured_secret(
             finally:
                 await conn.close()
             async with aiohttp.ClientSession() as session:
-                for port in ports.values():
+                for port in (ports["worker"], ports["audit"], ops_port):
                     async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
                         texts.append(await response.text())
     finally:

@@ -20,7 +20,7 @@ def gateway_command(args: argparse.Namespace) -> int:
     settings = settings.model_copy(update=updates)
     setup_logging(settings.log_level, settings.log_format)
     app = create_app(settings)  # fails here, with one line, when no credentials are configured
-    uvicorn.run(app, host=settings.gateway_host, port=settings.gateway_port, loop="uvloop",
+    uvicorn.run(app, host=settings.gateway_bind_host, port=settings.gateway_port, loop="uvloop",
                 log_config=None, access_log=False, timeout_graceful_shutdown=10)
     return EXIT_OK
 
@@ -29,7 +29,7 @@ def gateway_key_command(args: argparse.Namespace) -> int:
     from graphwire.processors.gateway.auth import new_key
 
     graphs = [g.strip() for g in args.graphs.split(",") if g.strip()] or ["*"]
-    key, entry = new_key(args.name, graphs, args.rate)
+    key, entry = new_key(args.name, graphs, args.rate, rotation=args.rotation)
     print(f"API key for {args.name} (shown once; keep it secret): {key}")
     print("add this entry to GRAPHWIRE_GATEWAY_API_KEYS (a JSON list) or its file:")
     print(json.dumps(entry))
@@ -39,7 +39,8 @@ def gateway_key_command(args: argparse.Namespace) -> int:
 def add_parsers(sub: Any, kafka_flags: Any) -> None:
     p = sub.add_parser("gateway", help="serve the HTTP API (FastAPI) in front of Kafka")
     kafka_flags(p)
-    p.add_argument("--host", help="listen address (GRAPHWIRE_GATEWAY_HOST, 0.0.0.0)")
+    p.add_argument("--host", help="listen address (GRAPHWIRE_GATEWAY_HOST; default 0.0.0.0, "
+                   "127.0.0.1 when GRAPHWIRE_GATEWAY_AUTH=false)")
     p.add_argument("--port", type=int, help="listen port (GRAPHWIRE_GATEWAY_PORT, 8000)")
     p.set_defaults(func=gateway_command, is_async=False)
 
@@ -47,4 +48,7 @@ def add_parsers(sub: Any, kafka_flags: Any) -> None:
     p.add_argument("name", help="who the key is for (recorded with every request)")
     p.add_argument("--graphs", default="*", help="comma-separated graphs it may run (default *)")
     p.add_argument("--rate", type=int, help="requests per minute (default the gateway's)")
+    p.add_argument("--rotation", action="store_true",
+                   help="the key replaces another of the same name (same caller, same data); "
+                        "remove the old entry once clients use the new key")
     p.set_defaults(func=gateway_key_command, is_async=False)

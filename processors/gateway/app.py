@@ -26,8 +26,16 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from graphwire.processors.gateway.auth import Authenticator, AuthError, Principal, RateLimiter
+from graphwire.processors.gateway import legacy
+from graphwire.processors.gateway.auth import (
+    ID_BUDGET,
+    Authenticator,
+    AuthError,
+    Principal,
+    RateLimiter,
+)
 from graphwire.processors.gateway.crons import add_cron_routes
+from graphwire.processors.gateway.guard import BrowserGuard, allowed_hosts
 from graphwire.processors.gateway.models import (
     Accepted,
     BatchRequest,
@@ -38,6 +46,7 @@ from graphwire.processors.gateway.models import (
     RunStatus,
     WorkflowRequest,
 )
+from graphwire.processors.gateway.ops import OpsServer, Readiness, is_ready
 from graphwire.processors.gateway.runctl import add_routes as add_runctl_routes
 from graphwire.processors.gateway.sse import event_stream
 from graphwire.processors.settings import Settings
@@ -72,6 +81,10 @@ class Gateway:
         self.webhooks = WebhookPolicy(settings.webhook_allowed_hosts)  # the runners' rules
 
     async def start(self) -> None:
+        if not self.settings.gateway_auth:
+            log.warning("GRAPHWIRE_GATEWAY_AUTH=false: anyone who reaches %s may run every graph "
+                        "and read every run, as one anonymous caller; for development only",
+                        self.settings.gateway_bind_host)
         await self.client.start()
         try:
             await self.redis.ping()
@@ -130,7 +143,7 @@ class Gateway:
             self.metrics.auth_failures.labels("403").inc()
             raise HTTPException(403, f"{principal.name} may not run {body.workflow_name!r}")
 
-    def prepare(
+    async def prepare(
         self, body: WorkflowRequest, principal: Principal, idempotency_key: str | None
     ) -> RunRequest:
         """The run to produce, checked (403, 422) but not sent. Its request_id and thread_id
@@ -150,7 +163,7 @@ class Gateway:
             return self.client.build_request(
                 body.workflow_name, body.input_data,
                 request_id=f"{scope}.{request_id or uuid.uuid4().hex}",
-                thread_id=f"{scope}.{body.thread_id}" if body.thread_id else None,
+                thread_id=await self.thread_of(principal, body.thread_id),
                 command=body.command,
                 config=body.config.model_dump(exclude_defaults=True),
                 stream=body.stream, metadata=metadata, timeout_s=body.timeout_s,
@@ -165,7 +178,15 @@ class Gateway:
         self, body: WorkflowRequest, principal: Principal, idempotency_key: str | None
     ) -> str:
         """Check and produce the run (``prepare``); returns its request_id."""
-        return await self.client.submit_request(self.prepare(body, principal, idempotency_key))
+        request = await self.prepare(body, principal, idempotency_key)
+        return await self.client.submit_request(request)
+
+    async def thread_of(self, principal: Principal, thread_id: str | None) -> str | None:
+        """The stored id of the caller's thread: under its scope, or under its legacy scope
+        when the thread has runs there and none under the current one (``legacy``)."""
+        if thread_id is None:
+            return None
+        return await legacy.thread_of(self.db, principal, thread_id)
 
     async def wait(self, request_id: str, timeout: float) -> Response:
         """The result as JSON (already validated by the client: no second pass here)."""
@@ -182,7 +203,7 @@ class Gateway:
 
     def own(self, request_id: str, principal: Principal) -> None:
         """404 (not 403: no hint that it exists) for another caller's run."""
-        if not request_id.startswith(f"{principal.scope}."):
+        if not principal.owns(request_id):
             raise HTTPException(404, f"unknown request {request_id!r}")
 
     async def status(self, request_id: str) -> RunStatus:
@@ -231,13 +252,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ``uvicorn graphwire.processors.gateway.app:create_app --factory`` serves it."""
     settings = settings or Settings()
     gw = Gateway(settings)
+    readiness = Readiness(gw.readiness)
+    ops = OpsServer(readiness, gw.metrics.registry, host=settings.gateway_ops_host,
+                    port=settings.gateway_ops_port)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await gw.start()
         try:
+            await ops.start()
             yield
         finally:
+            await ops.stop()
             await _app.state.ui.stop()
             await gw.stop()
 
@@ -246,6 +272,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Run LangGraph graphs over HTTP; Kafka behind it.",
         version="1",
         lifespan=lifespan,
+        # Swagger UI and ReDoc load their scripts from a CDN, on the inspector's origin
+        docs_url="/docs" if settings.gateway_docs else None,
+        redoc_url="/redoc" if settings.gateway_docs else None,
     )
     app.state.gateway = gw
     origins = [o.strip() for o in settings.gateway_cors_origins.split(",") if o.strip()]
@@ -254,11 +283,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            allow_headers=["Authorization", "X-API-Key", "Idempotency-Key",
                                           "Content-Type", "Last-Event-ID"])
     app.add_middleware(BodyLimit, max_bytes=settings.gateway_max_body_bytes)
+    app.add_middleware(BrowserGuard, trusted_origins=frozenset(origins), hosts=allowed_hosts(
+        settings.gateway_allowed_hosts, auth=settings.gateway_auth,
+        bound=settings.gateway_bind_host))
 
     app.add_middleware(Measure, metrics=gw.metrics)
 
     Caller = Annotated[Principal, Depends(gw.principal)]
-    IdemKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=115)]
+    IdemKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=ID_BUDGET)]
     Wait = Annotated[float | None, Query(gt=0, le=600, description="seconds (default setting)")]
 
     @app.post("/workflow/execute", status_code=202, response_model=Accepted | Result,
@@ -322,7 +354,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         checked = []
         for index, item in enumerate(body.requests):
             try:
-                checked.append(gw.prepare(item, caller, None))
+                checked.append(await gw.prepare(item, caller, None))
             except HTTPException as exc:
                 raise HTTPException(exc.status_code, f"requests[{index}]: {exc.detail}; "
                                     "nothing in this batch was submitted") from None
@@ -346,13 +378,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/ready")
     async def ready() -> JSONResponse:
-        deps = await gw.readiness()
-        ok = deps["kafka"] == "ok" and deps["redis"] == "ok"
-        return JSONResponse({"ready": ok, "dependencies": deps}, status_code=200 if ok else 503)
+        """Whether this gateway can take runs (each dependency's state: the ops port's)."""
+        deps = await readiness()
+        ok = is_ready(deps)
+        body: dict[str, Any] = {"ready": ok}
+        if not settings.gateway_ops_port:
+            body["dependencies"] = deps
+        return JSONResponse(body, status_code=200 if ok else 503)
 
-    @app.get("/metrics", response_class=Response)
-    async def metrics() -> Response:
-        return Response(generate_latest(gw.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    if not settings.gateway_ops_port:  # no ops port: metrics on the API's, as before
+
+        @app.get("/metrics", response_class=Response)
+        async def metrics() -> Response:
+            return Response(generate_latest(gw.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     # the run inspector (/ui): pages, their JSON (/ui/api), static files; same authentication
     from graphwire.processors.gateway.ui import mount as mount_ui

@@ -5,7 +5,12 @@
   ``graphwire gateway-key NAME`` makes a key and prints its settings entry.
 - JWTs: ``Authorization: Bearer <token>``, HS256 (a shared secret) or RS256 (a public key);
   ``sub`` names the principal, ``graphs`` lists what it may run (``["*"]`` for all), ``exp``
-  is required.
+  is required. ``aud`` and ``iss`` are required when their settings are set, and an RS256 key
+  (often an identity provider's, shared by many apps) needs an audience. ``iat`` is required
+  with a maximum token age.
+- Scopes: a caller's runs, threads and crons are ``<scope>.<id>``, the scope being 128 bits of
+  SHA-256 of its kind and name (32 hex). graphwire 0.1 used 48 bits (12 hex); while
+  ``GRAPHWIRE_GATEWAY_LEGACY_SCOPES`` is on, ids under that scope are the caller's too.
 - Rate limits: a sliding window per principal in Redis, checked and recorded atomically by one
   Lua script (so every gateway replica shares the count, on Redis's clock).
 """
@@ -15,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,11 +42,36 @@ class Principal:
     name: str
     graphs: frozenset[str]
     rate_per_minute: int
+    legacy_scopes: bool = False
+    """Ids under the 48-bit scope of graphwire 0.1 are this caller's too."""
 
     @property
     def scope(self) -> str:
-        """A short stable name for this caller's runs and threads (``<scope>.<id>``)."""
-        return hashlib.sha256(f"{self.kind}:{self.name}".encode()).hexdigest()[:12]
+        """A stable name for this caller's runs, threads and crons (``<scope>.<id>``)."""
+        return self._digest()[:SCOPE_HEX]
+
+    @property
+    def legacy_scope(self) -> str:
+        """The 48-bit scope graphwire 0.1 gave this caller."""
+        return self._digest()[:LEGACY_SCOPE_HEX]
+
+    @property
+    def scopes(self) -> tuple[str, ...]:
+        """The scopes whose ids are this caller's, the current one first."""
+        return (self.scope, self.legacy_scope) if self.legacy_scopes else (self.scope,)
+
+    def owns(self, namespaced: str) -> bool:
+        """Whether ``<scope>.<id>`` (a request, thread or cron name) is this caller's."""
+        scope, dot, _ = namespaced.partition(".")
+        return bool(dot) and scope in self.scopes
+
+    def local(self, namespaced: str) -> str:
+        """The caller's own id of one of its namespaced ids (its scope removed)."""
+        scope, dot, rest = namespaced.partition(".")
+        return rest if dot and scope in self.scopes else namespaced
+
+    def _digest(self) -> str:
+        return hashlib.sha256(f"{self.kind}:{self.name}".encode()).hexdigest()
 
     def may_run(self, graph: str) -> bool:
         return "*" in self.graphs or graph in self.graphs
@@ -48,6 +79,12 @@ class Principal:
     def as_metadata(self) -> dict[str, str]:
         """What the request's metadata (and so the audit table) records of the caller."""
         return {"type": self.kind, "name": self.name}
+
+
+SCOPE_HEX = 32  # 128 bits: no second preimage within reach, whoever picks the names
+LEGACY_SCOPE_HEX = 12
+ID_BUDGET = 128 - SCOPE_HEX - 1
+"""What is left of the contract's 128-character request id for the caller's own id."""
 
 
 class AuthError(Exception):
@@ -63,6 +100,8 @@ class ApiKey(BaseModel):
     key_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     graphs: list[str] = Field(default_factory=lambda: ["*"])
     rate_per_minute: int | None = Field(default=None, ge=1)
+    rotation: bool = False
+    """This key replaces another of the same name (both work until the old one is removed)."""
 
 
 def hash_key(key: str) -> str:
@@ -70,14 +109,32 @@ def hash_key(key: str) -> str:
 
 
 def new_key(
-    name: str, graphs: list[str], rate_per_minute: int | None = None
+    name: str, graphs: list[str], rate_per_minute: int | None = None, *, rotation: bool = False
 ) -> tuple[str, dict[str, Any]]:
     """A fresh API key and the settings entry that accepts it."""
     key = "gw_" + secrets.token_urlsafe(32)
     entry: dict[str, Any] = {"name": name, "key_sha256": hash_key(key), "graphs": graphs}
     if rate_per_minute:
         entry["rate_per_minute"] = rate_per_minute
+    if rotation:
+        entry["rotation"] = True
     return key, entry
+
+
+def _check_names(where: str, keys: list[ApiKey]) -> None:
+    """Refuse two keys of one name (they would be one caller) unless all but one are marked
+    as rotations; refuse one key listed twice."""
+    names: dict[str, list[ApiKey]] = {}
+    for item in keys:
+        names.setdefault(item.name, []).append(item)
+    for name, same in names.items():
+        if sum(not k.rotation for k in same) > 1:
+            raise GraphwireError(
+                f"{where}: {len(same)} keys are named {name!r}, and keys with one name share "
+                "all runs, threads and crons: rename one, or mark the key that replaces "
+                'another "rotation": true (`graphwire gateway-key NAME --rotation`)')
+    if len({k.key_sha256 for k in keys}) < len(keys):
+        raise GraphwireError(f"{where}: a key_sha256 is listed twice; keep one entry per key")
 
 
 class Authenticator:
@@ -103,6 +160,17 @@ class Authenticator:
             self._jwt_keys.append(("RS256", pem))
         self._audience = settings.gateway_jwt_audience
         self._issuer = settings.gateway_jwt_issuer
+        self._max_age_s: float | None = settings.gateway_jwt_max_age_s
+        self._legacy_scopes: bool = settings.gateway_legacy_scopes
+        if (settings.gateway_jwt_public_key and not self._audience
+                and not settings.gateway_jwt_any_audience):
+            raise GraphwireError(
+                "an RS256 key (GRAPHWIRE_GATEWAY_JWT_PUBLIC_KEY) needs "
+                "GRAPHWIRE_GATEWAY_JWT_AUDIENCE: without one, every token its issuer signs for "
+                "any other app is accepted here; set the audience your identity provider puts "
+                "in this API's tokens (or GRAPHWIRE_GATEWAY_JWT_ANY_AUDIENCE=true if this key "
+                "signs tokens for this gateway only)"
+            )
         if self.enabled and not self._keys and not self._jwt_keys:
             raise GraphwireError(
                 "the gateway has no credentials to accept: set GRAPHWIRE_GATEWAY_API_KEYS (or "
@@ -131,18 +199,20 @@ class Authenticator:
                     f"{where}: not a JSON list of {{name, key_sha256, graphs, rate_per_minute}} "
                     f"({str(exc).splitlines()[0]})"
                 ) from None
+        _check_names(" and ".join(where for where, _ in sources), raw)
         return {item.key_sha256: item for item in raw}
 
     def authenticate(self, headers: Any) -> Principal:
         if not self.enabled:
-            return Principal("anonymous", "anonymous", frozenset({"*"}), self.default_rate)
+            return Principal("anonymous", "anonymous", frozenset({"*"}), self.default_rate,
+                             self._legacy_scopes)
         key = headers.get("x-api-key")
         if key:
             found = self._keys.get(hash_key(key))
             if found is None or not hmac.compare_digest(found.key_sha256, hash_key(key)):
                 raise AuthError(401, "unknown API key")
             return Principal("api_key", found.name, frozenset(found.graphs),
-                             found.rate_per_minute or self.default_rate)
+                             found.rate_per_minute or self.default_rate, self._legacy_scopes)
         authorization = headers.get("authorization", "")
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() == "bearer" and token:
@@ -153,23 +223,28 @@ class Authenticator:
         if not self._jwt_keys:
             raise AuthError(401, "this gateway does not accept JWTs; send an API key")
         last: Exception | None = None
+        required = ["exp", "sub", "iat"] if self._max_age_s is not None else ["exp", "sub"]
         for algorithm, key in self._jwt_keys:
             try:
                 claims = jwt.decode(
                     token, key, algorithms=[algorithm], audience=self._audience,
-                    issuer=self._issuer, options={"require": ["exp", "sub"]},
+                    issuer=self._issuer, options={"require": required},
                 )
             except jwt.ExpiredSignatureError:
                 raise AuthError(401, "the JWT has expired") from None
             except jwt.PyJWTError as exc:  # invalid token, or a key of the wrong kind
                 last = exc
                 continue
+            if self._max_age_s is not None and time.time() - int(claims["iat"]) > self._max_age_s:
+                raise AuthError(401, f"the JWT was issued more than {self._max_age_s:g} s ago: "
+                                     "get a new one")
             graphs = claims.get("graphs", [])
             if isinstance(graphs, str):
                 graphs = [graphs]
             if not isinstance(graphs, list) or not all(isinstance(g, str) for g in graphs):
                 raise AuthError(401, "the JWT's 'graphs' claim must be a list of graph names")
-            return Principal("jwt", str(claims["sub"]), frozenset(graphs), self.default_rate)
+            return Principal("jwt", str(claims["sub"]), frozenset(graphs), self.default_rate,
+                             self._legacy_scopes)
         raise AuthError(401, f"invalid JWT ({type(last).__name__})")
 
 

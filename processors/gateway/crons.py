@@ -13,7 +13,8 @@ import asyncpg
 from fastapi import Depends, FastAPI, HTTPException, Path, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from graphwire.processors.gateway.auth import Principal
+from graphwire.processors.gateway import legacy
+from graphwire.processors.gateway.auth import SCOPE_HEX, Principal
 from graphwire.topics.crons import (
     Cron,
     CronError,
@@ -24,7 +25,8 @@ from graphwire.topics.crons import (
     cron_spec,
 )
 
-_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,66}$"  # 67 + "<scope>." (13) = CRON_NAME's 80
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,46}$"  # 47 + "<scope>." (33) = CRON_NAME's 80
+_LEGACY_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,66}$"  # 67 + "<legacy scope>." (13) = 80
 
 
 class CronBody(BaseModel):
@@ -38,7 +40,7 @@ class CronBody(BaseModel):
                           description="cron fields, e.g. '*/5 * * * *' (a 6th is seconds)")
     timezone: str = Field(default="UTC", max_length=100, description="IANA time zone")
     input_data: dict[str, Any] = Field(default_factory=dict)
-    thread_id: str | None = Field(default=None, min_length=1, max_length=240)
+    thread_id: str | None = Field(default=None, min_length=1, max_length=256 - SCOPE_HEX - 1)
     missed: Literal["run", "skip"] = "run"
     metadata: dict[str, Any] = Field(default_factory=dict)
     replace: bool = Field(default=False, description="redefine the caller's cron of that name")
@@ -60,9 +62,9 @@ class CronView(BaseModel):
     firing_prefix: str = Field(description="its firings' request_ids start with this")
 
     @classmethod
-    def of(cls, cron: Cron, scope: str) -> "CronView":
-        thread = cron.thread_id.removeprefix(f"{scope}.") if cron.thread_id else None
-        return cls(name=cron.name.removeprefix(f"{scope}."), workflow_name=cron.graph,
+    def of(cls, cron: Cron, who: Principal) -> "CronView":
+        thread = who.local(cron.thread_id) if cron.thread_id else None
+        return cls(name=who.local(cron.name), workflow_name=cron.graph,
                    schedule=cron.schedule, timezone=cron.timezone, input_data=cron.input,
                    thread_id=thread, missed=cron.missed, paused=cron.paused,
                    next_at=cron.next_at, last_fired=cron.last_fired,
@@ -72,7 +74,7 @@ class CronView(BaseModel):
 def add_cron_routes(app: FastAPI, gw: Any, caller: Any) -> None:
     """``/crons`` routes on ``app``; ``caller`` is the authenticating dependency."""
     Caller = Annotated[Principal, Depends(caller)]
-    Name = Annotated[str, Path(pattern=_NAME)]
+    Name = Annotated[str, Path(pattern=_LEGACY_NAME)]  # crons made under 0.1 have longer names
 
     def store() -> CronStore:
         if gw.db is None:
@@ -80,21 +82,40 @@ def add_cron_routes(app: FastAPI, gw: Any, caller: Any) -> None:
                                 "check GRAPHWIRE_DATABASE_URL", headers={"Retry-After": "5"})
         return CronStore(gw.db)
 
-    async def call(operation: Any, scope: str) -> Any:
+    def local(message: str, who: Principal) -> str:
+        for scope in who.scopes:
+            message = message.replace(f"{scope}.", "")
+        return message
+
+    async def call(operation: Any, who: Principal) -> Any:
         """Await ``operation``; its errors as HTTP answers, in the caller's own names."""
         try:
             return await operation
         except CronExists as exc:
-            raise HTTPException(409, str(exc).replace(f"{scope}.", "")) from None
+            raise HTTPException(409, local(str(exc), who)) from None
         except UnknownCron as exc:
-            raise HTTPException(404, str(exc).replace(f"{scope}.", "")) from None
+            raise HTTPException(404, local(str(exc), who)) from None
         except CronError as exc:
-            raise HTTPException(422, str(exc).replace(f"{scope}.", "")) from None
+            raise HTTPException(422, local(str(exc), who)) from None
         except (asyncpg.DataError, asyncpg.UntranslatableCharacterError) as exc:
             raise HTTPException(422, f"PostgreSQL cannot store it: {exc}") from None
         except (asyncpg.PostgresConnectionError, OSError, asyncpg.InterfaceError):
             raise HTTPException(503, "PostgreSQL does not answer; retry in a few seconds",
                                 headers={"Retry-After": "5"}) from None
+
+    async def owner_of(name: str, who: Principal) -> str:
+        """The caller's scope that holds its cron ``name`` (the current one when none does)."""
+        async def exists(scope: str) -> bool:
+            try:
+                await store().get(f"{scope}.{name}", owner=scope)
+            except UnknownCron:
+                return False
+            return True
+
+        for scope in who.scopes[1:]:
+            if await call(exists(scope), who):
+                return scope
+        return who.scope
 
     @app.post("/crons", status_code=201, response_model=CronView)
     async def add_cron(body: CronBody, who: Caller) -> CronView:
@@ -102,45 +123,56 @@ def add_cron_routes(app: FastAPI, gw: Any, caller: Any) -> None:
         if not who.may_run(body.workflow_name):
             raise HTTPException(403, f"{who.name} may not run {body.workflow_name!r}")
         scope = who.scope
+        thread = await legacy.thread_of(gw.db, who, body.thread_id) if body.thread_id else None
         try:
             spec = cron_spec(
                 name=f"{scope}.{body.name}", graph=body.workflow_name, schedule=body.schedule,
-                timezone=body.timezone, input=body.input_data,
-                thread_id=f"{scope}.{body.thread_id}" if body.thread_id else None,
+                timezone=body.timezone, input=body.input_data, thread_id=thread,
                 metadata={**body.metadata, "principal": who.as_metadata()},
                 missed=body.missed,
             )
         except InvalidCron as exc:
-            raise HTTPException(422, str(exc).replace(f"{scope}.", "")) from None
-        cron = await call(store().add(spec, owner=scope, replace=body.replace), scope)
-        return CronView.of(cron, scope)
+            raise HTTPException(422, local(str(exc), who)) from None
+        old = await owner_of(body.name, who)
+        if old != scope:  # the caller's cron of that name from 0.1: replace it, or refuse
+            if not body.replace:
+                raise HTTPException(409, f"a cron named {body.name!r} exists already: pick "
+                                         "another name, remove it first, or replace it")
+            await call(store().remove(f"{old}.{body.name}", owner=old), who)
+        cron = await call(store().add(spec, owner=scope, replace=body.replace), who)
+        return CronView.of(cron, who)
 
     @app.get("/crons", response_model=list[CronView])
     async def list_crons(who: Caller) -> list[CronView]:
         """This caller's crons, by name."""
-        found = await call(store().list(owner=who.scope), who.scope)
-        return [CronView.of(c, who.scope) for c in found]
+        found = [c for scope in who.scopes
+                 for c in await call(store().list(owner=scope), who)]
+        return sorted((CronView.of(c, who) for c in found), key=lambda view: view.name)
 
     @app.get("/crons/{name}", response_model=CronView)
     async def get_cron(name: Name, who: Caller) -> CronView:
         """One of this caller's crons."""
-        cron = await call(store().get(f"{who.scope}.{name}", owner=who.scope), who.scope)
-        return CronView.of(cron, who.scope)
+        scope = await owner_of(name, who)
+        cron = await call(store().get(f"{scope}.{name}", owner=scope), who)
+        return CronView.of(cron, who)
 
     @app.delete("/crons/{name}", status_code=204, response_class=Response)
     async def remove_cron(name: Name, who: Caller) -> Response:
         """Delete one of this caller's crons (firings already produced still run)."""
-        await call(store().remove(f"{who.scope}.{name}", owner=who.scope), who.scope)
+        scope = await owner_of(name, who)
+        await call(store().remove(f"{scope}.{name}", owner=scope), who)
         return Response(status_code=204)
 
     @app.post("/crons/{name}/pause", response_model=CronView)
     async def pause_cron(name: Name, who: Caller) -> CronView:
         """Stop firing until resumed."""
-        cron = await call(store().pause(f"{who.scope}.{name}", owner=who.scope), who.scope)
-        return CronView.of(cron, who.scope)
+        scope = await owner_of(name, who)
+        cron = await call(store().pause(f"{scope}.{name}", owner=scope), who)
+        return CronView.of(cron, who)
 
     @app.post("/crons/{name}/resume", response_model=CronView)
     async def resume_cron(name: Name, who: Caller) -> CronView:
         """Fire again from the next scheduled time."""
-        cron = await call(store().resume(f"{who.scope}.{name}", owner=who.scope), who.scope)
-        return CronView.of(cron, who.scope)
+        scope = await owner_of(name, who)
+        cron = await call(store().resume(f"{scope}.{name}", owner=scope), who)
+        return CronView.of(cron, who)

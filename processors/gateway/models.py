@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from graphwire.processors.gateway.auth import ID_BUDGET, SCOPE_HEX
 from graphwire.processors.metrics import UNKNOWN
 from graphwire.topics.models import (
     MAX_DELAY_S,
@@ -31,10 +32,10 @@ class WorkflowRequest(BaseModel):
     input_data: dict[str, Any] | None = Field(default=None, description="the graph's input")
     config: RunConfig = Field(default_factory=RunConfig)
     request_id: str | None = Field(
-        default=None, min_length=1, max_length=115, pattern=r"^[\x20-\x7e]+$",
+        default=None, min_length=1, max_length=ID_BUDGET, pattern=r"^[\x20-\x7e]+$",
         description="idempotency key; the run's id is it, in the caller's namespace",
     )
-    thread_id: str | None = Field(default=None, min_length=1, max_length=240,
+    thread_id: str | None = Field(default=None, min_length=1, max_length=256 - SCOPE_HEX - 1,
                                   description="the caller's thread (namespaced per caller)")
     command: dict[str, Any] | None = Field(
         default=None, description='instead of input, e.g. {"resume": ...}'

@@ -92,7 +92,7 @@ def add_routes(app: FastAPI, gw: Any) -> None:
         limit: int = Query(default=100, ge=1, le=1000),
     ) -> list[Checkpoint]:
         """The thread's checkpoints, newest first: id, step, the nodes that ran, next, time."""
-        thread = f"{principal.scope}.{thread_id}"
+        thread = await gw.thread_of(principal, thread_id)
         settings = gw.settings
         try:
             found = await read_history(settings.database_url.get_secret_value(), thread,

@@ -101,12 +101,11 @@ class Inspector:
 
     @staticmethod
     def own(principal: Principal, request_id: str | None) -> bool:
-        return bool(request_id) and str(request_id).startswith(f"{principal.scope}.")
+        return bool(request_id) and principal.owns(str(request_id))
 
     def owned_thread(self, principal: Principal, thread_id: str) -> str:
         """The stored (namespaced) thread id of what the caller typed."""
-        scope = f"{principal.scope}."
-        return thread_id if thread_id.startswith(scope) else scope + thread_id
+        return thread_id if principal.owns(thread_id) else f"{principal.scope}.{thread_id}"
 
     # -- runs --------------------------------------------------------------------------------
 
@@ -209,7 +208,7 @@ class Inspector:
         if not detail.resumable or not detail.thread_id or not detail.graph:
             raise HTTPException(409, f"run {request_id!r} is {detail.status}, not the latest "
                                      "interrupt of its thread: nothing to resume")
-        own_thread = detail.thread_id.removeprefix(f"{principal.scope}.")
+        own_thread = principal.local(detail.thread_id)
         body = WorkflowRequest(workflow_name=detail.graph, thread_id=own_thread,
                                command={"resume": value},
                                metadata={"resumed_from": request_id, "via": "ui"})
