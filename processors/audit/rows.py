@@ -78,9 +78,10 @@ def _text(value: bytes) -> str:
 def _nul_free(obj: Any) -> Any:
     """PostgreSQL text and jsonb cannot hold U+0000: replace it with U+FFFD.
 
-    Applied to every jsonb column and to the free text columns (graph, thread_id, an event's
-    node; results and events get it through ``_object``), so such a row is stored, not
-    refused and isolated. Ids that are keys (request_id) are refused instead, with a reason."""
+    Applied to every jsonb column and to the text columns (a request's graph and thread_id
+    here; results and events get it on every field through ``_object``), so such a row is
+    stored, not refused and isolated. A request's request_id never needs it: the contract
+    refuses one that is not printable."""
     if isinstance(obj, str):
         return obj.replace("\x00", "\ufffd")
     if isinstance(obj, dict):

@@ -22,7 +22,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 
 from graphwire.processors.metrics import RunnerMetrics
 from graphwire.processors.pgerrors import kind
-from graphwire.processors.runner.publisher import OutputPublisher, PublishFailed
+from graphwire.processors.runner.publisher import OutputPublisher
 from graphwire.processors.schedules.metrics import SchedulerMetrics
 from graphwire.processors.schedules.store import Stored, store
 from graphwire.processors.settings import Settings
@@ -33,7 +33,7 @@ from graphwire.topics.codec import (
     dumps,
     loads,
 )
-from graphwire.topics.errors import GraphwireError, InvalidRequest
+from graphwire.topics.errors import DependencyUnavailable, GraphwireError, InvalidRequest
 from graphwire.topics.models import Request
 
 log = logging.getLogger(__name__)
@@ -224,17 +224,24 @@ class RequestIntake:
 
     async def _reject(self, refused: Refused) -> None:
         """A ``rejected`` result and a dead letter for ``refused``, as the runner gives a
-        request that cannot run; acknowledged before the offset is committed."""
+        request that cannot run; acknowledged before the offset is committed. Nothing here
+        stops the intake: what cannot be published is logged, and the intake goes on."""
         record = refused.record
         request = decode_request(record.value, max_bytes=self.settings.max_request_bytes)
         error = InvalidRequest(refused.reason, request_id=request.request_id)
+        fields: dict[str, Any] = {"metadata": request.metadata, "thread_id": request.thread_id,
+                                  "webhook": request.webhook}
         try:
-            await self._out.reject(
-                record, request.request_id, request.graph, error, "unschedulable",
-                time.perf_counter(), metadata=request.metadata, thread_id=request.thread_id,
-                webhook=request.webhook,
-            )
-        except PublishFailed as exc:  # for good (not authorised, too large): do not stop
-            log.error("could not reject %s (%s): %s; it stays on %s/%d at offset %d only",
-                      request.request_id, refused.reason, exc, record.topic, record.partition,
-                      record.offset)
+            try:
+                await self._out.reject(record, request.request_id, request.graph, error,
+                                       "unschedulable", time.perf_counter(), **fields)
+            except TypeError:  # its metadata cannot be encoded again (too deep): leave it out
+                await self._out.reject(record, request.request_id, request.graph, error,
+                                       "unschedulable", time.perf_counter(),
+                                       **{**fields, "metadata": None})
+        except (asyncio.CancelledError, DependencyUnavailable):
+            raise  # stopping: the offset stays uncommitted, the next owner rejects it
+        except Exception as exc:  # refused for good (not authorised, too large): do not stop
+            log.error("could not reject %s (%s): %s: %s; it stays on %s/%d at offset %d only",
+                      request.request_id, refused.reason, type(exc).__name__, exc, record.topic,
+                      record.partition, record.offset)
