@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import secrets
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import orjson
 import pytest
+from asyncpg.exceptions._base import DataError as ClientDataError
 
 from graphwire.processors.audit.rows import Row
 from graphwire.processors.audit.writer import AuditWriter
+from graphwire.processors.pgerrors import kind
 from graphwire.topics.codec import decode_request
 from graphwire.topics.errors import InvalidRequest
 from tests.conftest import TEST_DATABASE_URL
@@ -77,3 +81,19 @@ async def test_a_nul_in_a_text_column_is_stored_as_a_replacement_character(
     run = await db.fetchrow("SELECT graph, thread_id FROM graphwire_runs")
     assert (run["graph"], run["thread_id"]) == ("pipe\ufffdline", "t\ufffd")
     assert await db.fetchval("SELECT count(*) FROM graphwire_dead_letters") == 0
+
+
+async def test_a_value_too_large_for_an_index_is_a_dead_letter_not_an_outage(
+    writer: CountingWriter, db: Any
+) -> None:
+    """A result whose thread_id is too large for the thread index (SQLSTATE 54000, the same
+    every time) becomes a dead letter; the event beside it is stored, /ready stays ready."""
+    huge = {**RESULT, "request_id": "wide", "thread_id": secrets.token_urlsafe(15_000)}
+    rows = [row(rec(T.results, 0, huge)), row(rec(T.events, 1, event(1)))]
+    written = await asyncio.wait_for(writer.write_until_done(rows), 120)
+    assert written == {"graphwire_events": 1, "graphwire_dead_letters": 1}
+    letter = await db.fetchrow("SELECT source_offset, origin, reason FROM graphwire_dead_letters")
+    assert (letter["source_offset"], letter["origin"]) == (0, "audit")
+    assert "PostgreSQL refused the row (ProgramLimitExceededError: index row" in letter["reason"]
+    assert writer.problem is None
+    assert kind(ClientDataError("invalid input for query argument $1")) == "data"
