@@ -7,6 +7,7 @@ stays ready; a valid record produced after them is stored (and, delayed, runs).
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -30,6 +31,7 @@ pytestmark = pytest.mark.integration
 __all__ = ["audit_env", "db", "processes", "sched_env"]  # fixtures
 
 LAST_SECOND_MS = 253402300799000  # 9999-12-31T23:59:59Z
+WIDE = secrets.token_urlsafe(15_000)  # incompressible: larger than a btree index row may be
 HOSTILE = [
     "a\x00b", "\x00", "\x01\x02\x1f\x7f", "line\nbreak\rreturn", "\x1b[31mred\x1b[0m", "\u2028",
     "\ufeff\u202ertl", "x" * 5000, "",
@@ -163,7 +165,8 @@ def hostile_results(tag: str) -> list[Message]:
             bodies.append({**good, "request_id": rid, field: value})
     for field, value in (("attempts", 2**40), ("attempts", -1), ("duration_ms", 1e308),
                          ("output", DEEP), ("error", {"type": "\x00", "message": "\x00"}),
-                         ("output", {"text": "y" * 900_000})):
+                         ("output", {"text": "y" * 900_000}),
+                         ("thread_id", WIDE), ("graph", WIDE)):  # too large for an index
         bodies.append({**good, "request_id": f"{tag}-{next(n)}", field: value})
     return [(b"k", deep_json(b), None) for b in bodies] + [
         (b"k", b"not json", None), (b"k", None, None), (b"k", b"[]", None)]
