@@ -4,7 +4,10 @@ Its own consumer group on the requests topic (``GRAPHWIRE_SCHEDULER_GROUP_ID``),
 in any language delay a run by adding one field. Runners skip such requests; this stores each
 in ``graphwire_schedules`` as the request it will produce when due (the same bytes without
 those two fields, the same key, its ``reply-to`` and trace headers), and commits the offsets
-only after the rows are in. A request that does not validate is the runner's to reject.
+only after the rows are in. A request that does not validate is the runner's to reject; a
+valid one that cannot be stored (a due time out of range, a row PostgreSQL refuses) is rejected
+here, with a ``rejected`` result and a dead letter, and the intake goes on. Only an outage makes
+it wait (``graphwire.processors.pgerrors``).
 """
 
 from __future__ import annotations
@@ -203,12 +206,13 @@ class RequestIntake:
                 if failure == "data":
                     if len(rows) == 1:
                         return [(rows[0], f"invalid request: PostgreSQL refused to store it "
-                                          f"({type(exc).__name__}: {exc}); remove NUL and "
-                                          "control characters from its fields")]
+                                          f"({type(exc).__name__}: {exc}); check its fields "
+                                          "for NUL characters and values out of range")]
                     middle = len(rows) // 2
                     return [*await self._store(rows[:middle]), *await self._store(rows[middle:])]
                 self._metrics.errors.labels("intake_store").inc()
-                if failure == "conflict":
+                if failure == "conflict":  # a deadlock or serialization failure: again
+                    await asyncio.sleep(0.05)
                     continue
                 self.database_error = f"{type(exc).__name__}: {exc}"
                 log.warning("storing %d delayed requests failed (%s); retrying", len(rows),
