@@ -76,7 +76,12 @@ def _text(value: bytes) -> str:
 
 
 def _nul_free(obj: Any) -> Any:
-    """PostgreSQL text and jsonb cannot hold U+0000: replace it with U+FFFD."""
+    """PostgreSQL text and jsonb cannot hold U+0000: replace it with U+FFFD.
+
+    Applied to every jsonb column and to the text columns (a request's graph and thread_id
+    here; results and events get it on every field through ``_object``), so such a row is
+    stored, not refused and isolated. A request's request_id never needs it: the contract
+    refuses one that is not printable."""
     if isinstance(obj, str):
         return obj.replace("\x00", "\ufffd")
     if isinstance(obj, dict):
@@ -126,9 +131,12 @@ def request_row(record: Record, max_bytes: int) -> tuple[Any, ...]:
     """A ``requests`` staging row; the request must pass the runner's own validation."""
     request = decode_request(record.value, max_bytes=max_bytes)
     if b"\\u0000" in (record.value or b""):
-        request = request.model_copy(
-            update={k: _nul_free(getattr(request, k)) for k in ("input", "command", "metadata")}
-        )
+        # jsonb and the text columns graph and thread_id (names shown and searched, not keys:
+        # the run is still recorded); request_id is a key, and the contract refuses it already
+        request = request.model_copy(update={
+            k: _nul_free(getattr(request, k))
+            for k in ("input", "command", "metadata", "graph", "thread_id")
+        })
     return (
         request.request_id, request.graph, request.thread_id, _json(request.input),
         _json(request.command), _json(request.metadata), _time(record.timestamp),

@@ -8,8 +8,9 @@ the last result in offset order, which a replay writes again unchanged.
 
 ``write_until_done`` never gives up while the process runs: PostgreSQL unreachable (or the
 tables missing) means wait with backoff, report not ready, try again. Rows PostgreSQL refuses
-(a data error) are isolated one by one and turned into dead letters, so one bad row never holds
-the batch back.
+(a data error) are isolated by splitting the batch in halves until each bad row is alone, and
+turned into dead letters, so one bad row never holds the batch back (nor turns it into one
+transaction per row).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from graphwire.processors.audit.rows import (
     rejected,
 )
 from graphwire.processors.metrics import AuditMetrics
+from graphwire.processors.pgerrors import kind
 
 log = logging.getLogger(__name__)
 
@@ -124,28 +126,7 @@ _MERGES = {
     "dead_letters": ("graphwire_dead_letters", _MERGE_DEAD_LETTERS),
 }
 
-# SQLSTATE classes worth retrying: the connection, the server's resources or state, a
-# deadlock/serialization conflict, or a setup an operator can fix (missing table or schema,
-# privileges, authentication, unknown database). Anything else (class 22 data exceptions,
-# class 23 constraint violations, and asyncpg's own encoding errors such as OverflowError for an
-# integer too large for its column) is about the rows: retrying cannot help, so the rows are
-# isolated and the bad ones become dead letters.
-_RETRY_CLASSES = frozenset({"08", "53", "54", "55", "57", "58", "40", "42", "3D", "3F", "28",
-                            "XX"})
-
-
-def _kind(exc: BaseException) -> str:
-    """``unavailable`` (wait and retry), ``conflict`` (retry now) or ``data`` (isolate)."""
-    if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError | ConnectionError):
-        return "unavailable"
-    state = getattr(exc, "sqlstate", None)
-    if isinstance(state, str) and state:
-        if state.startswith("40"):
-            return "conflict"
-        return "unavailable" if state[:2] in _RETRY_CLASSES else "data"
-    if isinstance(exc, asyncpg.PostgresError):
-        return "unavailable"
-    return "data"
+_kind = kind  # the shared classifier (graphwire.processors.pgerrors), under its old name
 
 
 class AuditWriter:
@@ -240,15 +221,15 @@ class AuditWriter:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                kind = _kind(exc)
-                self.metrics.write_failures.labels(kind).inc()
-                if kind == "data":
+                failure = kind(exc)
+                self.metrics.write_failures.labels(failure).inc()
+                if failure == "data":
                     if len(rows) > 1:
                         log.warning("PostgreSQL refused a batch of %d rows (%r); isolating the "
                                     "bad ones", len(rows), exc)
                         return await self._isolate(rows)
                     return await self._refused(rows[0], exc)
-                if kind == "conflict":  # a deadlock with another sink process: just again
+                if failure == "conflict":  # a deadlock with another sink process: just again
                     await asyncio.sleep(random.uniform(0.01, 0.1))
                     continue
                 failures += 1
@@ -276,10 +257,13 @@ class AuditWriter:
                 pool.terminate()
 
     async def _isolate(self, rows: Sequence[Row]) -> dict[str, int]:
-        """Write rows one at a time; a row PostgreSQL refuses becomes a dead letter."""
+        """Write each half of a refused batch on its own (recursively): the good rows go in
+        with few transactions (a batch of n with one bad row: 2*log2(n) more), and a single
+        row PostgreSQL refuses becomes a dead letter."""
+        middle = len(rows) // 2
         total: dict[str, int] = {}
-        for row in rows:
-            for table, count in (await self.write_until_done([row])).items():
+        for half in (rows[:middle], rows[middle:]):
+            for table, count in (await self.write_until_done(half)).items():
                 total[table] = total.get(table, 0) + count
         return total
 

@@ -64,7 +64,7 @@ class Scheduler:
                 **s.kafka_security(),
             )
             await self._producer.start()
-            self._intake = RequestIntake(s, self._pool, self.metrics)
+            self._intake = RequestIntake(s, self._pool, self.metrics, self._producer)
             await self._intake.start()
         except KafkaConnectionError as exc:
             await self.stop()
