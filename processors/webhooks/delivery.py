@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import random
 import time
@@ -55,6 +56,7 @@ from graphwire.topics.webhooks import (
 log = logging.getLogger(__name__)
 
 _MAX_REDIRECTS = 3
+_STREAM_ABOVE = 1024 * 1024
 _MAX_HOSTS_REMEMBERED = 10_000
 _RETRY_STATUSES = frozenset({408, 429})
 _USER_AGENT = "graphwire-webhooks/1"
@@ -295,8 +297,11 @@ class WebhookSender:
         }
         started = time.perf_counter()
         try:
+            # a large body as a stream: aiohttp writes bytes in one call (and warns about it)
+            data = delivery.body if len(delivery.body) <= _STREAM_ABOVE else io.BytesIO(
+                delivery.body)
             async with self._session.post(
-                url, data=delivery.body, headers=headers, allow_redirects=False
+                url, data=data, headers=headers, allow_redirects=False
             ) as response:
                 status = response.status
                 location = response.headers.get("Location")

@@ -23,6 +23,8 @@ from urllib.parse import urlsplit
 
 from graphwire.topics.models import webhook_url_problem
 
+MAX_URL_LENGTH = 2048  # as the request's webhook field
+_DESCRIBED_PATH = 120  # characters of a path kept in logs and dead letters
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215: local-use translation
@@ -114,6 +116,9 @@ class WebhookPolicy:
 
     def refusal(self, url: str) -> str | None:
         """Why ``url`` may not be a webhook (one sentence with the fix), or None when it may."""
+        if len(url) > MAX_URL_LENGTH:
+            return (f"webhook URL is longer than {MAX_URL_LENGTH} characters; use a shorter URL "
+                    "(the request field allows no more)")
         problem = webhook_url_problem(url)
         if problem is not None:
             return problem
@@ -165,15 +170,16 @@ def is_ip_literal(host: str) -> bool:
 
 
 def describe_url(url: str) -> str:
-    """``url`` for logs and dead letters: scheme, host, port and path; the query (which may hold
-    a token) left out."""
+    """``url`` for logs and dead letters: scheme, host, port and path (its first 120
+    characters); the query (which may hold a token) left out."""
     try:
         parts = urlsplit(url)
         port = f":{parts.port}" if parts.port else ""
     except ValueError:
         return "(an invalid URL)"
     query = "?…" if parts.query else ""
-    return f"{parts.scheme}://{parts.hostname}{port}{parts.path}{query}"
+    path = parts.path if len(parts.path) <= _DESCRIBED_PATH else parts.path[:_DESCRIBED_PATH] + "…"
+    return f"{parts.scheme}://{parts.hostname}{port}{path}{query}"
 
 
 def host_key(url: str) -> str:
