@@ -338,3 +338,32 @@ async def test_slow_answers_count_against_their_host(
     assert reasons == {f"webhook {slow}: the host is down (3 failed or slow (over 0.2s) attempts "
                        "in a row; this delivery made 0 attempts); fix the receiver, then "
                        "`graphwire dlq replay` the dead letters"}
+
+
+async def test_a_full_host_queue_dead_letters_at_once(
+    topics: TopicNames, settings: Settings, bootstrap: str,
+) -> None:
+    """One slot and two queued results per host: of 6 results fetched together for a slow host,
+    3 are delivered and 3 dead-lettered at once with the reason, none held meanwhile."""
+    arrivals = Arrivals()
+    try:
+        slow = await arrivals.serve("slow", 1.0)
+        hooks = hook_settings(settings, webhook_per_host=1, webhook_host_max_in_flight=1,
+                              webhook_host_max_queued=2, webhook_timeout_s=5.0,
+                              webhook_slow_s=4.0)
+        async with Collector(bootstrap, topics.dlq) as out, WebhookDispatcher(hooks):
+            await produce(bootstrap, topics.results,
+                          [(b"k", *result_message(f"s{i}", slow)[1:]) for i in range(6)])
+            await out.wait_count(topics.dlq, 3, timeout=30)
+            assert len(arrivals.order) == 1  # the dead letters did not wait for the slow host
+            await until_committed(bootstrap, hooks.webhook_group_id, topics.results, 6,
+                                  timeout=60)
+    finally:
+        await arrivals.close()
+    assert arrivals.order == ["slow:s0", "slow:s1", "slow:s2"]
+    letters = out.records[topics.dlq]
+    assert [orjson.loads(r.value or b"")["request_id"] for r in letters] == ["s3", "s4", "s5"]
+    assert {dict(r.headers)[HEADER_ERROR].decode() for r in letters} == {
+        f"webhook {slow}: its host already has 2 results waiting "
+        "(GRAPHWIRE_WEBHOOK_HOST_MAX_QUEUED), its receiver does not keep up; `graphwire dlq "
+        "replay` the dead letter once it does"}
