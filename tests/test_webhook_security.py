@@ -128,7 +128,7 @@ async def test_the_gateway_shows_a_caller_its_key_once(
     topics: TopicNames, worker_env: dict[str, str], bootstrap: str,
 ) -> None:
     """POST /workflow/webhooks/signing-key: the caller's own key the first time, 409 after;
-    another caller gets its own; a gateway without the master secret answers 501."""
+    another caller gets its own; a gateway without the master secret answers 404."""
     from tests.gateway_helpers import A, gateway_settings, serve, token
 
     settings = gateway_settings(worker_env, webhook_secret=SecretStr(SECRET))
@@ -151,7 +151,9 @@ async def test_the_gateway_shows_a_caller_its_key_once(
     assert other.json()["signing_key"] == signing_key(SECRET, scope_b) != shown["signing_key"]
     async with serve(gateway_settings(worker_env)) as http:
         off = await http.post("/workflow/webhooks/signing-key", headers=A)
-    assert off.status_code == 501
+    assert (off.status_code, off.json()["detail"]) == (404, (
+        "webhook signing keys are not served here: the gateway has no GRAPHWIRE_WEBHOOK_SECRET; "
+        "ask the operator"))
 
 
 def test_operator_prints_a_callers_key(monkeypatch: pytest.MonkeyPatch,

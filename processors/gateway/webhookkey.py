@@ -36,7 +36,7 @@ def add_routes(app: FastAPI, gw: Any) -> None:
         try:
             keys = SigningKeys.from_settings(gw.settings)
         except GraphwireError:
-            raise HTTPException(501, "webhook signing keys are not served here: the gateway "
+            raise HTTPException(404, "webhook signing keys are not served here: the gateway "
                                      "has no GRAPHWIRE_WEBHOOK_SECRET; ask the operator") from None
         scope = caller.scope
         key = keys.key(scope)
