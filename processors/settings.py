@@ -234,6 +234,9 @@ class Settings(BaseSettings):
     wait in the host's queue without holding a slot, so one slow receiver cannot take them all."""
     webhook_max_queued: int = Field(default=10_000, ge=1)
     """Results waiting in hosts' queues at most; at the limit fetching pauses."""
+    webhook_max_queued_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
+    """Bytes of the results waiting in hosts' queues at most (one host's queue: a tenth of it);
+    at the limit fetching pauses."""
     webhook_host_max_queued: int = Field(default=1000, ge=1)
     """Results one host's queue holds at most; a result beyond it goes to the dead letters with
     the reason at once (replay it when the receiver keeps up)."""

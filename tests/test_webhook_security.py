@@ -367,5 +367,5 @@ async def test_a_full_host_queue_dead_letters_at_once(
     assert [orjson.loads(r.value or b"")["request_id"] for r in letters] == ["s3", "s4", "s5"]
     assert {dict(r.headers)[HEADER_ERROR].decode() for r in letters} == {
         f"webhook {slow}: its host already has 2 results waiting "
-        "(GRAPHWIRE_WEBHOOK_HOST_MAX_QUEUED), its receiver does not keep up; `graphwire dlq "
-        "replay` the dead letter once it does"}
+        "(GRAPHWIRE_WEBHOOK_HOST_MAX_QUEUED, or a tenth of GRAPHWIRE_WEBHOOK_MAX_QUEUED_BYTES), "
+        "its receiver does not keep up; `graphwire dlq replay` the dead letter once it does"}

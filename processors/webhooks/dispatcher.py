@@ -10,11 +10,12 @@ Delivery rules:
    ``webhook_max_in_flight`` at once (the shared in-flight slots). One host holds at most
    ``webhook_host_max_in_flight`` of them; its further results wait in the host's queue (FIFO)
    holding no slot, and start as its own deliveries end, so a slow receiver delays only its own
-   results. Queues hold ``webhook_max_queued`` results in all (then fetching pauses, polling goes
-   on) and ``webhook_host_max_queued`` per host (a result beyond it is dead-lettered at once with
-   the reason). A result waiting for its retry holds no connection, hosts get
-   ``webhook_per_host`` connections each, and a host that is down (failed or slow answers) gets
-   one attempt per result (``WebhookSender``). Commits move over the lowest unfinished offset of
+   results. Queues hold ``webhook_max_queued`` results and ``webhook_max_queued_bytes`` in all
+   (then fetching pauses, polling goes on), and ``webhook_host_max_queued`` results or a tenth of
+   the bytes per host (a result beyond it is dead-lettered at once with the reason). A result
+   waiting for its retry holds no connection, hosts get ``webhook_per_host`` connections each,
+   and a host that is down (failed or slow answers) gets one attempt per result
+   (``WebhookSender``). Commits move over the lowest unfinished offset of
    each partition only (``OffsetTracker``).
 3. A result that cannot be delivered gets a dead letter on ``<prefix>.dlq``: the result's bytes
    and headers, ``x-graphwire-error`` (the reason, with the URL's query left out) and
@@ -83,6 +84,7 @@ class _Lane:
 
     active: int = 0
     waiting: deque[tuple[TopicPartition, Record, str]] = field(default_factory=deque)
+    waiting_bytes: int = 0
 
 
 class WebhookDispatcher:
@@ -122,7 +124,7 @@ class WebhookDispatcher:
         self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = {}
         self._slot_freed = asyncio.Event()
         self._lanes: OrderedDict[str, _Lane] = OrderedDict()  # hosts with work, round robin
-        self._active = self._queued = 0
+        self._active = self._queued = self._queued_bytes = 0
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._poll_task: asyncio.Task[None] | None = None
@@ -250,6 +252,8 @@ class WebhookDispatcher:
         limit, poll_ms = s.webhook_max_in_flight, s.poll_timeout_ms
         while not self._stopping:
             free = min(limit - self._active, s.webhook_max_queued - self._queued)
+            if self._queued_bytes >= s.webhook_max_queued_bytes:
+                free = 0
             if free <= 0:  # at the limit: wait for a slot, polling paused to stay in the group
                 self._slot_freed.clear()
                 try:
@@ -299,12 +303,16 @@ class WebhookDispatcher:
         lane = self._lanes.setdefault(host, _Lane())
         if not lane.waiting and self._has_room(lane):
             self._start(tp, record, url, host, lane)
-        elif len(lane.waiting) < self.settings.webhook_host_max_queued:
+        elif (len(lane.waiting) < self.settings.webhook_host_max_queued
+              and lane.waiting_bytes < self.settings.webhook_max_queued_bytes // 10):
             lane.waiting.append((tp, record, url))
             self._queued += 1
+            self._queued_bytes += len(record.value or b"")
+            lane.waiting_bytes += len(record.value or b"")
         else:
             reason = (f"webhook {describe_url(url)}: its host already has "
-                      f"{len(lane.waiting)} results waiting (GRAPHWIRE_WEBHOOK_HOST_MAX_QUEUED), "
+                      f"{len(lane.waiting)} results waiting (GRAPHWIRE_WEBHOOK_HOST_MAX_QUEUED, "
+                      "or a tenth of GRAPHWIRE_WEBHOOK_MAX_QUEUED_BYTES), "
                       "its receiver does not keep up; `graphwire dlq replay` the dead letter "
                       "once it does")
             self._spawn(tp, self._finish(tp, record, Outcome(False, 0, reason), url))
@@ -346,8 +354,11 @@ class WebhookDispatcher:
             turn = self._lanes[name]
             if turn.waiting and self._has_room(turn):
                 self._lanes.move_to_end(name)  # the next free slot goes to another host first
+                tp, record, url = turn.waiting.popleft()
                 self._queued -= 1
-                self._start(*turn.waiting.popleft(), name, turn)
+                self._queued_bytes -= len(record.value or b"")
+                turn.waiting_bytes -= len(record.value or b"")
+                self._start(tp, record, url, name, turn)
         for name in [n for n, t in self._lanes.items() if not t.active and not t.waiting]:
             del self._lanes[name]
 
@@ -468,6 +479,9 @@ class WebhookDispatcher:
         for lane in self._lanes.values():  # waiting results of those partitions: not ours now
             kept = deque(item for item in lane.waiting if item[0] not in revoked)
             self._queued -= len(lane.waiting) - len(kept)
+            dropped = sum(len(item[1].value or b"") for item in lane.waiting if item[0] in revoked)
+            self._queued_bytes -= dropped
+            lane.waiting_bytes -= dropped
             lane.waiting = kept
         tasks = set().union(*(self._tasks.pop(tp, set()) for tp in revoked))
         for task in tasks:
