@@ -369,3 +369,34 @@ async def test_a_full_host_queue_dead_letters_at_once(
         f"webhook {slow}: its host already has 2 results waiting "
         "(GRAPHWIRE_WEBHOOK_HOST_MAX_QUEUED, or a tenth of GRAPHWIRE_WEBHOOK_MAX_QUEUED_BYTES), "
         "its receiver does not keep up; `graphwire dlq replay` the dead letter once it does"}
+
+
+async def test_a_rebalance_with_results_queued_loses_none(
+    topics: TopicNames, settings: Settings, bootstrap: str,
+) -> None:
+    """A second processor joins while the first has results of a slow host queued: the revoked
+    partitions' queued results go to the new owner, every one of 40 results is delivered and
+    committed, and both end with nothing in flight or queued."""
+    arrivals = Arrivals()
+    try:
+        slow = await arrivals.serve("slow", 0.5)
+        hooks = hook_settings(settings, webhook_per_host=2, webhook_host_max_in_flight=2,
+                              webhook_timeout_s=5.0, webhook_slow_s=4.0)
+        async with WebhookDispatcher(hooks) as first:
+            await produce(bootstrap, topics.results,
+                          [result_message(f"s{i}", slow) for i in range(40)])
+            await until(lambda: len(arrivals.order) >= 4, 60, "first deliveries")
+            assert sample(first, "graphwire_webhook_queued_results") > 0
+            async with WebhookDispatcher(hooks) as second:
+                await until(lambda: set(arrivals.order) >= {f"slow:s{i}" for i in range(40)},
+                            120, "every result")
+                await until_committed(bootstrap, hooks.webhook_group_id, topics.results, 40,
+                                      timeout=60)
+                for d in (first, second):
+                    await until(lambda d=d: sample(d, "graphwire_webhook_queued_results") == 0
+                                == d.in_flight, 30, "idle")
+                assert sample(second, "graphwire_webhook_deliveries_total",
+                              outcome="delivered") > 0  # partitions moved with work queued
+    finally:
+        await arrivals.close()
+    assert set(arrivals.order) == {f"slow:s{i}" for i in range(40)}
