@@ -232,6 +232,10 @@ class Settings(BaseSettings):
     webhook_host_max_in_flight: int = Field(default=100, ge=1)
     """In-flight slots (of ``webhook_max_in_flight``) one host may hold; its further results
     wait in the host's queue without holding a slot, so one slow receiver cannot take them all."""
+    webhook_caller_max_in_flight: int = Field(default=100, ge=1)
+    """In-flight slots one caller (the scope of its request ids) may hold over all its hosts, so
+    a tenant's many hosts (subdomains under a wildcard) cannot take them all either; results
+    produced to Kafka directly (no scope) are the operator's and not counted."""
     webhook_max_queued: int = Field(default=10_000, ge=1)
     """Results waiting in hosts' queues at most; at the limit fetching pauses."""
     webhook_max_queued_bytes: int = Field(default=256 * 1024 * 1024, ge=1)

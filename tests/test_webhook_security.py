@@ -251,10 +251,12 @@ def test_the_dispatcher_refuses_a_bad_private_network_setting(settings: Settings
 
 
 class Arrivals:
-    """Two receivers on one server port each, recording arrivals in one list, in order."""
+    """Receivers on a server port each, recording arrivals in one list, in order, and the most
+    requests in progress at once over all of them."""
 
     def __init__(self) -> None:
         self.order: list[str] = []
+        self.concurrent = self.most_concurrent = 0
         self.delay_s: dict[str, float] = {}
         self._runners: list[web.AppRunner] = []
         self.ports: dict[str, int] = {}
@@ -265,7 +267,12 @@ class Arrivals:
         async def handle(request: web.Request) -> web.Response:
             body = await request.read()
             self.order.append(f"{name}:{orjson.loads(body)['request_id']}")
-            await asyncio.sleep(self.delay_s[name])
+            self.concurrent += 1
+            self.most_concurrent = max(self.most_concurrent, self.concurrent)
+            try:
+                await asyncio.sleep(self.delay_s[name])
+            finally:
+                self.concurrent -= 1
             return web.Response(status=200)
 
         app = web.Application()
@@ -400,3 +407,31 @@ async def test_a_rebalance_with_results_queued_loses_none(
     finally:
         await arrivals.close()
     assert set(arrivals.order) == {f"slow:s{i}" for i in range(40)}
+
+
+async def test_one_caller_over_many_hosts_holds_its_share_only(
+    topics: TopicNames, settings: Settings, bootstrap: str,
+) -> None:
+    """One caller's results for two slow hosts (4 slots and connections per host, 4 per
+    caller): never more than 4 of its requests at once over both hosts, and all 16 delivered;
+    requests produced to Kafka directly (no scope) are not capped per caller."""
+    arrivals = Arrivals()
+    try:
+        one, two = await arrivals.serve("one", 0.5), await arrivals.serve("two", 0.5)
+        hooks = hook_settings(settings, webhook_per_host=4, webhook_host_max_in_flight=4,
+                              webhook_caller_max_in_flight=4, webhook_timeout_s=5.0,
+                              webhook_slow_s=4.0)
+        async with WebhookDispatcher(hooks):
+            await produce(bootstrap, topics.results, [
+                result_message(f"{SCOPE_A}.{i}", one if i % 2 else two) for i in range(16)])
+            await until_committed(bootstrap, hooks.webhook_group_id, topics.results, 16,
+                                  timeout=60)
+            capped, arrivals.most_concurrent = arrivals.most_concurrent, 0
+            await produce(bootstrap, topics.results, [
+                result_message(f"raw-{i}", one if i % 2 else two) for i in range(16)])
+            await until_committed(bootstrap, hooks.webhook_group_id, topics.results, 32,
+                                  timeout=60)
+    finally:
+        await arrivals.close()
+    assert (capped, arrivals.most_concurrent) == (4, 8)
+    assert len(arrivals.order) == 32

@@ -8,7 +8,8 @@ Delivery rules:
    was not finished; the receiver sees the same ``X-Graphwire-Delivery`` id again and dedupes.
 2. No head-of-line blocking. Each result is delivered by a task of its own, up to
    ``webhook_max_in_flight`` at once (the shared in-flight slots). One host holds at most
-   ``webhook_host_max_in_flight`` of them; its further results wait in the host's queue (FIFO)
+   ``webhook_host_max_in_flight`` of them, one caller (the scope of its request ids, over all its
+   hosts) ``webhook_caller_max_in_flight``; further results wait in the host's queue (FIFO)
    holding no slot, and start as its own deliveries end, so a slow receiver delays only its own
    results. Queues hold ``webhook_max_queued`` results and ``webhook_max_queued_bytes`` in all
    (then fetching pauses, polling goes on), and ``webhook_host_max_queued`` results or a tenth of
@@ -50,7 +51,7 @@ from graphwire.processors.webhooks.metrics import WebhookMetrics
 from graphwire.processors.webhooks.policy import WebhookPolicy, describe_url, host_key
 from graphwire.topics.codec import HEADER_ERROR, HEADER_SOURCE, HEADER_VALUE_DROPPED
 from graphwire.topics.errors import DependencyUnavailable, GraphwireError
-from graphwire.topics.webhooks import HEADER_WEBHOOK
+from graphwire.topics.webhooks import HEADER_WEBHOOK, OPERATOR_SCOPE, scope_of
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,11 @@ def _header(record: Record, name: str) -> str | None:
         if key == name:
             return bytes(value).decode("utf-8", "replace") if value is not None else ""
     return None
+
+
+def _caller(record: Record) -> str:
+    """The caller scope of a result: results are keyed by their request id."""
+    return scope_of(record.key.decode("utf-8", "replace")) if record.key else OPERATOR_SCOPE
 
 
 def _lane_key(url: str) -> str:
@@ -125,6 +131,7 @@ class WebhookDispatcher:
         self._slot_freed = asyncio.Event()
         self._lanes: OrderedDict[str, _Lane] = OrderedDict()  # hosts with work, round robin
         self._active = self._queued = self._queued_bytes = 0
+        self._caller_active: dict[str, int] = {}  # slots held per caller scope
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._poll_task: asyncio.Task[None] | None = None
@@ -301,7 +308,7 @@ class WebhookDispatcher:
         """Start the delivery, or queue it behind its host's, or refuse it (host queue full)."""
         host = _lane_key(url)
         lane = self._lanes.setdefault(host, _Lane())
-        if not lane.waiting and self._has_room(lane):
+        if not lane.waiting and self._has_room(lane, _caller(record)):
             self._start(tp, record, url, host, lane)
         elif (len(lane.waiting) < self.settings.webhook_host_max_queued
               and lane.waiting_bytes < self.settings.webhook_max_queued_bytes // 10):
@@ -317,17 +324,22 @@ class WebhookDispatcher:
                       "once it does")
             self._spawn(tp, self._finish(tp, record, Outcome(False, 0, reason), url))
 
-    def _has_room(self, lane: _Lane) -> bool:
-        return (lane.active < self.settings.webhook_host_max_in_flight
-                and self._active < self.settings.webhook_max_in_flight)
+    def _has_room(self, lane: _Lane, caller: str) -> bool:
+        s = self.settings
+        return (lane.active < s.webhook_host_max_in_flight
+                and self._active < s.webhook_max_in_flight
+                and (caller == OPERATOR_SCOPE  # raw producers are the operator's: not capped
+                     or self._caller_active.get(caller, 0) < s.webhook_caller_max_in_flight))
 
     def _start(self, tp: TopicPartition, record: Record, url: str, host: str,
                lane: _Lane) -> None:
+        caller = _caller(record)
         lane.active += 1
         self._active += 1
+        self._caller_active[caller] = self._caller_active.get(caller, 0) + 1
         task = self._spawn(tp, self._deliver(tp, record, url))
         # a callback, not a `finally`: it runs even for a task cancelled before it started
-        task.add_done_callback(lambda _done: self._release(host))
+        task.add_done_callback(lambda _done: self._release(host, caller))
 
     def _spawn(self, tp: TopicPartition, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)
@@ -339,12 +351,15 @@ class WebhookDispatcher:
         task.add_done_callback(lambda done: self._task_done(done, "delivery"))
         return task
 
-    def _release(self, host: str) -> None:
+    def _release(self, host: str, caller: str) -> None:
         """A delivery of ``host`` ended: give its slot to the next waiting result, the hosts
         taking turns (round robin)."""
         lane = self._lanes[host]
         lane.active -= 1
         self._active -= 1
+        self._caller_active[caller] -= 1
+        if not self._caller_active[caller]:
+            del self._caller_active[caller]
         self._slot_freed.set()
         if self._stopping:
             return
@@ -352,7 +367,7 @@ class WebhookDispatcher:
             if self._active >= self.settings.webhook_max_in_flight:
                 break
             turn = self._lanes[name]
-            if turn.waiting and self._has_room(turn):
+            if turn.waiting and self._has_room(turn, _caller(turn.waiting[0][1])):
                 self._lanes.move_to_end(name)  # the next free slot goes to another host first
                 tp, record, url = turn.waiting.popleft()
                 self._queued -= 1
