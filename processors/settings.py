@@ -229,10 +229,13 @@ class Settings(BaseSettings):
     # Webhooks (graphwire webhooks): POST each result to its request's webhook URL
     webhook_allowed_hosts: str = ""
     """Comma-separated hosts webhooks may call (``hooks.example.com``, ``*.example.com``, IPs);
-    empty: requests with a webhook are rejected. Only a host named exactly may resolve to a
-    private, loopback or link-local address."""
+    empty: requests with a webhook are rejected. ``https://`` only, unless an entry is written
+    ``http://host`` (that host may also be called in cleartext). Every address must be public
+    unless it is in ``webhook_private_cidrs``."""
     webhook_secret: SecretStr | None = None
-    """HMAC-SHA256 key signing every delivery (``X-Graphwire-Signature``); required to deliver."""
+    """The master secret each caller's signing key is derived from (``X-Graphwire-Signature``);
+    required to deliver, and on the gateway to show callers their key. Never give it to a
+    receiver: it derives every caller's key."""
     webhook_group_id: str = "graphwire-webhooks"
     """Consumer group of the webhook processors, on the results topic."""
     webhook_timeout_s: float = Field(default=10.0, gt=0, le=300)
@@ -253,6 +256,32 @@ class Settings(BaseSettings):
     so a dead receiver never holds the in-flight slots other hosts' results need."""
     webhook_http_port: int = Field(default=8083, ge=0, le=65535)
     """``/health``, ``/ready`` and ``/metrics`` of the webhook processor (0 disables)."""
+    # -- hostile input (webhooks) --
+    webhook_previous_secrets: SecretStr | None = None
+    """Comma-separated previous master secrets, while rotating: every delivery is also signed
+    with the keys derived from them, so receivers keep verifying until they fetched the new key.
+    Operator action: drop them once every receiver has its new key."""
+    webhook_private_cidrs: str = ""
+    """Comma-separated networks (``10.0.0.0/8``, ``fd00::/8``) allowed webhook hosts may resolve
+    to although they are not public (private, loopback, ...); empty: only public addresses."""
+    webhook_host_max_in_flight: int = Field(default=100, ge=1)
+    """In-flight slots (of ``webhook_max_in_flight``) one host may hold; its further results
+    wait in the host's queue without holding a slot, so one slow receiver cannot take them all."""
+    webhook_caller_max_in_flight: int = Field(default=100, ge=1)
+    """In-flight slots one caller (the scope of its request ids) may hold over all its hosts, so
+    a tenant's many hosts (subdomains under a wildcard) cannot take them all either; results
+    produced to Kafka directly (no scope) are the operator's and not counted."""
+    webhook_max_queued: int = Field(default=10_000, ge=1)
+    """Results waiting in hosts' queues at most; at the limit fetching pauses."""
+    webhook_max_queued_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
+    """Bytes of the results waiting in hosts' queues at most (one host's queue: a tenth of it);
+    at the limit fetching pauses."""
+    webhook_host_max_queued: int = Field(default=1000, ge=1)
+    """Results one host's queue holds at most; a result beyond it goes to the dead letters with
+    the reason at once (replay it when the receiver keeps up)."""
+    webhook_slow_s: float | None = Field(default=None, gt=0)
+    """An answer slower than this (default: half of ``webhook_timeout_s``) counts against its
+    host like a failed attempt (towards ``webhook_host_down_after``), though it is delivered."""
 
     # Operations
     http_port: int = Field(default=8080, ge=0, le=65535)

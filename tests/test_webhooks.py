@@ -25,12 +25,13 @@ from graphwire.processors.dev.broker import free_port
 from graphwire.processors.settings import Settings
 from graphwire.processors.webhooks.delivery import Delivery, WebhookSender
 from graphwire.processors.webhooks.dispatcher import WebhookDispatcher, delivery_id
+from graphwire.processors.webhooks.keys import SigningKeys
 from graphwire.processors.webhooks.metrics import WebhookMetrics
 from graphwire.processors.webhooks.policy import WebhookPolicy, describe_url
 from graphwire.topics.codec import HEADER_ERROR, HEADER_SOURCE, result_dict
 from graphwire.topics.models import Request
 from graphwire.topics.specs import TopicNames
-from graphwire.topics.webhooks import HEADER_WEBHOOK
+from graphwire.topics.webhooks import HEADER_WEBHOOK, signing_key
 from tests.conftest import PARTITIONS
 from tests.kafka_helpers import (
     Collector,
@@ -46,38 +47,43 @@ from tests.kafka_helpers import (
 pytestmark = pytest.mark.integration
 
 SECRET = "webhook-test-secret-0123456789abcdef"
+OPERATOR_KEY = signing_key(SECRET, "")  # signs results whose request id has no caller scope
 
 
 # -- the signature (no I/O) ---------------------------------------------------------------------
 
 
-def test_signature_is_hmac_sha256_over_timestamp_dot_body() -> None:
+def test_signature_is_hmac_sha256_over_timestamp_delivery_url_and_body() -> None:
     """The documented scheme, computed independently, is what sign_webhook produces."""
     body = b'{"request_id":"r1","status":"success"}'
-    expected = hmac.new(SECRET.encode(), b"1700000000." + body, hashlib.sha256).hexdigest()
-    assert sign_webhook(SECRET, 1700000000, body) == f"v1={expected}"
+    expected = hmac.new(OPERATOR_KEY.encode(), b"1700000000\nd1\nhttps://h.example/x\n" + body,
+                        hashlib.sha256).hexdigest()
+    assert sign_webhook(OPERATOR_KEY, 1700000000, body, delivery_id="d1",
+                        url="https://h.example/x") == f"v2={expected}"
 
 
 def test_verify_webhook_accepts_a_good_delivery_and_refuses_the_rest() -> None:
     """verify_webhook returns the result; tampering, another key, an old timestamp or a missing
     header each raise WebhookSignatureError with what went wrong."""
     body = orjson.dumps({"request_id": "r1", "status": "success"})
-    now = 1700000000
+    now, url, key = 1700000000, "https://h.example/x", OPERATOR_KEY
     headers = {"x-graphwire-timestamp": str(now),  # any case: header names are not case-bound
-               "X-Graphwire-Signature": sign_webhook(SECRET, now, body)}
-    assert verify_webhook(body, headers, SECRET, now=now + 10) == {"request_id": "r1",
-                                                                  "status": "success"}
-    with pytest.raises(WebhookSignatureError, match="does not match the body"):
-        verify_webhook(body + b" ", headers, SECRET, now=now)
-    with pytest.raises(WebhookSignatureError, match="does not match the body"):
-        verify_webhook(body, headers, "another-secret", now=now)
+               "X-Graphwire-Delivery": "d1",
+               "X-Graphwire-Signature": sign_webhook(key, now, body, delivery_id="d1", url=url)}
+    assert verify_webhook(body, headers, key, url=url, now=now + 10) == {"request_id": "r1",
+                                                                        "status": "success"}
+    with pytest.raises(WebhookSignatureError, match="signature does not match"):
+        verify_webhook(body + b" ", headers, key, url=url, now=now)
+    with pytest.raises(WebhookSignatureError, match="signature does not match"):
+        verify_webhook(body, headers, "another-secret", url=url, now=now)
     with pytest.raises(WebhookSignatureError, match="301s away from this clock"):
-        verify_webhook(body, headers, SECRET, now=now + 301)
+        verify_webhook(body, headers, key, url=url, now=now + 301)
     with pytest.raises(WebhookSignatureError, match="missing X-Graphwire-Timestamp"):
-        verify_webhook(body, {"X-Graphwire-Signature": "v1=00"}, SECRET, now=now)
-    rotated = {**headers, "X-Graphwire-Signature": "v1=deadbeef, " + headers[
+        verify_webhook(body, {"X-Graphwire-Signature": "v2=00"}, key, url=url, now=now)
+    rotated = {**headers, "X-Graphwire-Signature": "v2=deadbeef, " + headers[
         "X-Graphwire-Signature"]}
-    assert verify_webhook(body, rotated, SECRET, now=now)["request_id"] == "r1"
+    assert verify_webhook(body, rotated, key, url=url, now=now)["request_id"] == "r1"
+    assert verify_webhook(body, headers, ["old-key", key], url=url, now=now)["request_id"] == "r1"
 
 
 # -- the policy (no I/O) ------------------------------------------------------------------------
@@ -85,7 +91,7 @@ def test_verify_webhook_accepts_a_good_delivery_and_refuses_the_rest() -> None:
 
 def test_allow_list_matching() -> None:
     """Exact names, subdomain wildcards (not the apex) and IPs; empty refuses everything."""
-    policy = WebhookPolicy(" Hooks.Example.com, *.svc.example.net ,10.0.0.7")
+    policy = WebhookPolicy(" Hooks.Example.com, *.svc.example.net ,http://10.0.0.7")
     assert policy.refusal("https://hooks.example.com/x?y=1") is None
     assert policy.refusal("https://a.b.svc.example.net:8443/") is None
     assert policy.refusal("http://10.0.0.7/hook") is None
@@ -108,15 +114,19 @@ def test_allow_list_matching() -> None:
     ("::ffff:127.0.0.1", "loopback"), ("100.64.0.1", "non-public"), ("0.0.0.0", "private"),
     ("224.0.0.1", "multicast"),
 ])
-def test_non_public_addresses_are_refused_unless_the_host_is_named(address: str,
-                                                                   kind: str) -> None:
-    """A wildcard-matched host may not resolve to a non-public address; a named one may."""
+def test_non_public_addresses_are_refused_unless_their_network_is_opted_in(
+        address: str, kind: str) -> None:
+    """No allowed host may resolve to a non-public address, named or not, unless
+    GRAPHWIRE_WEBHOOK_PRIVATE_CIDRS lists its network."""
     policy = WebhookPolicy("*.example.com, hooks.internal")
-    refusal = policy.address_refusal("a.example.com", address)
-    assert refusal is not None and refusal.startswith(
-        f"webhook host 'a.example.com' resolves to the {kind} address ")
-    assert "SSRF protection" in refusal
-    assert policy.address_refusal("hooks.internal", address) is None
+    for host in ("a.example.com", "hooks.internal"):
+        refusal = policy.address_refusal(host, address)
+        assert refusal is not None and refusal.startswith(
+            f"webhook host '{host}' resolves to the {kind} address ")
+        assert "SSRF protection" in refusal
+    unwrapped = address.removeprefix("::ffff:")  # an IPv4-mapped address is its IPv4
+    opted_in = WebhookPolicy("hooks.internal", f"{unwrapped}/{32 if '.' in unwrapped else 128}")
+    assert opted_in.address_refusal("hooks.internal", address) is None
     assert policy.address_refusal("a.example.com", "93.184.216.34") is None
 
 
@@ -216,7 +226,8 @@ def closed_port() -> int:
 def hook_settings(settings: Settings, **overrides: Any) -> Settings:
     """The test's settings with a webhook processor of its own: fast retries, 3 attempts."""
     base: dict[str, Any] = {
-        "webhook_allowed_hosts": "127.0.0.1",
+        "webhook_allowed_hosts": "http://127.0.0.1",
+        "webhook_private_cidrs": "127.0.0.0/8, ::1/128",
         "webhook_secret": SecretStr(SECRET),
         "webhook_group_id": f"{settings.topic_prefix}-webhooks",
         "webhook_backoff_s": 0.05,
@@ -256,9 +267,9 @@ def sample(dispatcher: WebhookDispatcher, name: str, **labels: str) -> float:
 
 
 
-async def test_sender_refuses_a_wildcard_host_resolving_to_loopback(receiver: Receiver) -> None:
-    """DNS says loopback for a wildcard-matched name: refused in the resolver, nothing sent; the
-    same address under a name the allow-list names exactly is delivered."""
+async def test_sender_refuses_a_host_resolving_to_loopback(receiver: Receiver) -> None:
+    """DNS says loopback for a wildcard-matched name and for a name listed exactly: both refused
+    in the resolver, nothing sent; once loopback is opted in, delivered."""
 
     class Dns(AbstractResolver):  # the test's DNS zone: both names are 127.0.0.1
         async def resolve(self, host: str, port: int = 0,
@@ -269,26 +280,30 @@ async def test_sender_refuses_a_wildcard_host_resolving_to_loopback(receiver: Re
         async def close(self) -> None:
             pass
 
-    policy = WebhookPolicy("*.hooks.test, named.internal")
-    sender = WebhookSender(policy, SECRET, WebhookMetrics(), max_attempts=3, backoff_s=0.01,
-                           dns=Dns())
-    await sender.start()
-    try:
-        body = orjson.dumps({"request_id": "r"})
-        refused = await sender.deliver(Delivery(
-            receiver.url("/a", "rebind.hooks.test"), body, "d1", "r"))
-        named = await sender.deliver(Delivery(receiver.url("/b", "named.internal"), body, "d2",
-                                              "r"))
-    finally:
-        await sender.close()
-    assert (refused.delivered, refused.attempts) == (False, 1)
+    body = orjson.dumps({"request_id": "r"})
+    outcomes = []
+    for cidrs in ("", "127.0.0.0/8"):
+        policy = WebhookPolicy("*.hooks.test, named.internal", cidrs)
+        sender = WebhookSender(policy, SigningKeys(SECRET), WebhookMetrics(), max_attempts=3,
+                               backoff_s=0.01, dns=Dns())
+        await sender.start()
+        try:
+            outcomes += [await sender.deliver(Delivery(receiver.url(f"/{n}", host), body, n, "r"))
+                         for n, host in ((f"a{cidrs}", "rebind.hooks.test"),
+                                         (f"b{cidrs}", "named.internal"))]
+        finally:
+            await sender.close()
+    refused, named, *_allowed = outcomes
+    assert [(o.delivered, o.attempts) for o in outcomes] == [(False, 1), (False, 1), (True, 1),
+                                                             (True, 1)]
     assert refused.reason == (
         f"webhook http://rebind.hooks.test:{receiver.port}/a: webhook host 'rebind.hooks.test' "
         "resolves to the loopback address 127.0.0.1, which graphwire does not call (SSRF "
-        "protection); name the host exactly in GRAPHWIRE_WEBHOOK_ALLOWED_HOSTS if it is meant "
-        "to be called")
-    assert (named.delivered, named.attempts, named.status) == (True, 1, 200)
-    assert [c.path for c in receiver.calls] == ["/b"]
+        "protection); if it is meant to be called, the operator lists its network in "
+        "GRAPHWIRE_WEBHOOK_PRIVATE_CIDRS")
+    assert named.reason.startswith(f"webhook http://named.internal:{receiver.port}/b: webhook "
+                                   "host 'named.internal' resolves to the loopback address")
+    assert [c.path for c in receiver.calls] == ["/a127.0.0.0/8", "/b127.0.0.0/8"]
 
 
 async def test_runner_result_is_posted_signed_and_a_refused_webhook_is_rejected(
@@ -299,7 +314,7 @@ async def test_runner_result_is_posted_signed_and_a_refused_webhook_is_rejected(
     the results topic; a request whose webhook host is not allowed is rejected at once with the
     reason, and nothing is POSTed for it; a rejection for another reason (an unknown graph) is
     POSTed like any result."""
-    env = {**worker_env, "GRAPHWIRE_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1"}
+    env = {**worker_env, "GRAPHWIRE_WEBHOOK_ALLOWED_HOSTS": "http://127.0.0.1"}
     worker = WorkerProcess(env, log_path=tmp_path / "worker.log").start()
     hooks = hook_settings(settings)
     try:
@@ -326,9 +341,11 @@ async def test_runner_result_is_posted_signed_and_a_refused_webhook_is_rejected(
     [call] = receiver.paths("/hook")
     [unknown] = receiver.paths("/rejected")
     assert unknown.body == records[b"nope"].value
-    assert verify_webhook(unknown.body, unknown.headers, SECRET)["status"] == "rejected"
+    assert verify_webhook(unknown.body, unknown.headers, OPERATOR_KEY,
+                          url=receiver.url("/rejected"))["status"] == "rejected"
     assert call.body == ok.value
-    assert verify_webhook(call.body, call.headers, SECRET) == orjson.loads(ok.value)
+    assert verify_webhook(call.body, call.headers, OPERATOR_KEY,
+                          url=receiver.url("/hook?token=t")) == orjson.loads(ok.value)
     assert orjson.loads(ok.value)["status"] == "success"
     assert call.headers["X-Graphwire-Delivery"] == delivery_id(ok.topic, ok.partition, ok.offset)
     assert (call.headers["X-Graphwire-Request-Id"], call.headers["X-Graphwire-Attempt"],
@@ -365,7 +382,8 @@ async def test_500_500_200_is_one_delivery_in_three_attempts(
     calls = receiver.paths("/flaky")
     assert [c.headers["X-Graphwire-Attempt"] for c in calls] == ["1", "2", "3"]
     assert len({c.headers["X-Graphwire-Delivery"] for c in calls}) == 1
-    assert all(verify_webhook(c.body, c.headers, SECRET)["request_id"] == "r1" for c in calls)
+    assert all(verify_webhook(c.body, c.headers, OPERATOR_KEY, url=receiver.url("/flaky"))[
+        "request_id"] == "r1" for c in calls)
 
 
 async def test_a_receiver_that_is_down_gets_a_dead_letter_after_the_bound(
@@ -432,14 +450,16 @@ async def test_redirects_are_followed_only_to_the_same_host(
         "/away": [("redirect", 307, receiver.url("/final", "localhost"))],
         "/found": [("redirect", 302, "/final")],
     })
-    hooks = hook_settings(settings, webhook_allowed_hosts="127.0.0.1, localhost")
+    hooks = hook_settings(settings, webhook_allowed_hosts="http://127.0.0.1, http://localhost")
     async with Collector(bootstrap, topics.dlq) as out, WebhookDispatcher(hooks):
         await produce(bootstrap, topics.results, [
             result_message(f"r{p}", receiver.url(p)) for p in ("/moved", "/away", "/found")])
         await until_committed(bootstrap, hooks.webhook_group_id, topics.results, 3)
         await out.wait_count(topics.dlq, 2)
     [final] = receiver.paths("/final")
-    assert verify_webhook(final.body, final.headers, SECRET)["request_id"] == "r/moved"
+    # signed for the URL the request named, which the receiver knows (not the redirect's)
+    assert verify_webhook(final.body, final.headers, OPERATOR_KEY,
+                          url=receiver.url("/moved"))["request_id"] == "r/moved"
     reasons = sorted(dict(r.headers)[HEADER_ERROR].decode() for r in out.records[topics.dlq])
     assert reasons == [
         f"webhook {receiver.url('/away')}: redirected to {receiver.url('/final', 'localhost')}, "
@@ -474,7 +494,8 @@ async def test_a_dead_host_does_not_hold_up_the_others(
         # two attempts in flight until it counts as down, then one probe at a time
         assert len(dead.calls) < 15
         reasons = [dict(r.headers)[HEADER_ERROR].decode() for r in out.records[topics.dlq]]
-        assert sum("the host is down (2 failed attempts in a row" in r for r in reasons) >= 20
+        assert sum("the host is down (2 failed or slow (over 0.5s) attempts in a row" in r
+                   for r in reasons) >= 20
         assert any("made 1 attempt, the last: no answer within 1s); fix the receiver" in r
                    for r in reasons)
 
@@ -504,8 +525,8 @@ async def test_sigkill_mid_stream_loses_no_result(
     and /metrics answer meanwhile."""
     receiver.delay_s = 0.05
     port = free_port()
-    env = {**worker_env, "GRAPHWIRE_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
-           "GRAPHWIRE_WEBHOOK_SECRET": SECRET,
+    env = {**worker_env, "GRAPHWIRE_WEBHOOK_ALLOWED_HOSTS": "http://127.0.0.1",
+           "GRAPHWIRE_WEBHOOK_PRIVATE_CIDRS": "127.0.0.0/8", "GRAPHWIRE_WEBHOOK_SECRET": SECRET,
            "GRAPHWIRE_WEBHOOK_GROUP_ID": f"{worker_env['GRAPHWIRE_TOPIC_PREFIX']}-webhooks",
            "GRAPHWIRE_WEBHOOK_PER_HOST": "2", "GRAPHWIRE_WEBHOOK_HTTP_PORT": str(port)}
     log = tmp_path / "webhooks.log"
@@ -534,7 +555,7 @@ async def test_sigkill_mid_stream_loses_no_result(
             second.stop()
     ids: dict[str, set[str]] = {}
     for call in receiver.calls:
-        result = verify_webhook(call.body, call.headers, SECRET)
+        result = verify_webhook(call.body, call.headers, OPERATOR_KEY, url=receiver.url("/hook"))
         ids.setdefault(result["request_id"], set()).add(call.headers["X-Graphwire-Delivery"])
     assert len(ids) == 200
     assert all(len(delivery_ids) == 1 for delivery_ids in ids.values())  # redeliveries dedupe
@@ -578,8 +599,8 @@ def test_the_processor_refuses_to_start_without_a_secret(worker_env: dict[str, s
                           env={**os.environ, **worker_env}, capture_output=True, text=True,
                           timeout=60)
     assert (done.returncode, done.stderr) == (1, (
-        "graphwire: error: GRAPHWIRE_WEBHOOK_SECRET is not set: webhooks are signed with it; set "
-        "it to a long random value (e.g. `openssl rand -hex 32`) and give receivers the same\n"))
+        "graphwire: error: GRAPHWIRE_WEBHOOK_SECRET is not set: webhooks are signed with keys "
+        "derived from it; set it to a long random value (e.g. `openssl rand -hex 32`)\n"))
 
 
 async def test_replaying_a_webhook_dead_letter_delivers_the_result_again(
@@ -601,7 +622,8 @@ async def test_replaying_a_webhook_dead_letter_delivers_the_result_again(
         await until_committed(bootstrap, hooks.webhook_group_id, topics.results, 2)
     first, second = receiver.paths("/hook")
     assert first.body == second.body == value
-    assert verify_webhook(second.body, second.headers, SECRET)["request_id"] == "again"
+    assert verify_webhook(second.body, second.headers, OPERATOR_KEY,
+                          url=receiver.url("/hook"))["request_id"] == "again"
     async with Collector(bootstrap, topics.requests) as requests:
         await asyncio.sleep(0.5)
         assert requests.records[topics.requests] == []
@@ -669,8 +691,9 @@ async def test_the_webhook_processor_leaks_no_secret(
     token_in_url = "tok-Sup3r-s3cret-0xF00D"
     sasl, pg = "sasl-Sup3r-s3cret-0xBEEF", "pg-Sup3r-s3cret-0xC0FFEE"
     port = free_port()
-    env = {**worker_env, "GRAPHWIRE_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
-           "GRAPHWIRE_WEBHOOK_SECRET": SECRET, "GRAPHWIRE_SASL_PASSWORD": sasl,
+    env = {**worker_env, "GRAPHWIRE_WEBHOOK_ALLOWED_HOSTS": "http://127.0.0.1",
+           "GRAPHWIRE_WEBHOOK_PRIVATE_CIDRS": "127.0.0.0/8", "GRAPHWIRE_WEBHOOK_SECRET": SECRET,
+           "GRAPHWIRE_SASL_PASSWORD": sasl,
            "GRAPHWIRE_DATABASE_URL": f"postgresql://u:{pg}@127.0.0.1:5432/test",
            "GRAPHWIRE_WEBHOOK_GROUP_ID": f"{worker_env['GRAPHWIRE_TOPIC_PREFIX']}-webhooks",
            "GRAPHWIRE_WEBHOOK_BACKOFF_S": "0.05", "GRAPHWIRE_WEBHOOK_MAX_ATTEMPTS": "2",
@@ -696,7 +719,7 @@ async def test_the_webhook_processor_leaks_no_secret(
     logged = log.read_text()
     levels = {orjson.loads(line)["level"] for line in logged.splitlines() if line.startswith("{")}
     assert "debug" in levels and "dead-lettered the webhook" in logged  # the log was really read
-    for secret in (SECRET, sasl, pg):
+    for secret in (SECRET, OPERATOR_KEY, sasl, pg):
         assert not [t for t in [*texts, logged] if secret in t], secret
     assert token_in_url not in logged and not [r for r in reasons if token_in_url in r]
 

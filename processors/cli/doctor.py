@@ -225,7 +225,7 @@ def webhook_checks(settings: Settings) -> list[Check]:
     if not secret:
         checks.append(Check("webhook secret", "fail", "GRAPHWIRE_WEBHOOK_SECRET is not set: "
                             "graphwire webhooks does not start", "set it to `openssl rand -hex "
-                            "32` and give receivers the same value"))
+                            "32`; receivers get their caller's key, never this"))
     elif len(secret) < 32:
         checks.append(Check("webhook secret", "warn", f"{len(secret)} characters",
                             "use at least 32 random characters (openssl rand -hex 32)"))
@@ -239,7 +239,7 @@ def webhook_checks(settings: Settings) -> list[Check]:
     else:
         checks.append(Check("webhook allow-list", "pass",
                             ", ".join([*named, *(f"*{s}" for s in policy.suffixes)]) +
-                            " (named hosts may resolve to private addresses)"))
+                            " (private networks: GRAPHWIRE_WEBHOOK_PRIVATE_CIDRS)"))
     s = settings
     waits = sum(min(s.webhook_backoff_max_s, s.webhook_backoff_s * 2.0 ** n)
                 for n in range(s.webhook_max_attempts - 1))

@@ -1,4 +1,5 @@
-"""``graphwire webhooks``: the webhook processor, until SIGTERM."""
+"""``graphwire webhooks``: the webhook processor, until SIGTERM; ``graphwire webhooks key``: a
+caller's signing key, for the operator."""
 
 from __future__ import annotations
 
@@ -45,6 +46,22 @@ async def webhooks_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def webhook_key_command(args: argparse.Namespace) -> int:
+    """Print the signing key of ``--scope`` (or the operator's key) derived from the master."""
+    from graphwire.processors.webhooks.keys import SigningKeys
+    from graphwire.topics.webhooks import OPERATOR_SCOPE, scope_of
+
+    scope = args.scope if args.scope is not None else OPERATOR_SCOPE
+    if args.request_id:
+        scope = scope_of(args.request_id)
+    if scope and scope_of(f"{scope}.x") != scope:
+        print("graphwire: error: --scope is the lowercase hex before the first dot of the "
+              "caller's request ids (e.g. f3cb5844f63a)", file=sys.stderr)
+        return EXIT_FAILED
+    print(SigningKeys.from_settings(settings_from(args)).key(scope))
+    return EXIT_OK
+
+
 def add_parsers(sub: Any, kafka_flags: Any) -> None:
     p = sub.add_parser("webhooks", help="POST results to the webhooks their requests name")
     kafka_flags(p)
@@ -52,3 +69,12 @@ def add_parsers(sub: Any, kafka_flags: Any) -> None:
                    help="consumer group (GRAPHWIRE_WEBHOOK_GROUP_ID)")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=webhooks_command, is_async=True)
+    actions = p.add_subparsers(dest="webhooks_action", metavar="[key]")
+    k = actions.add_parser(
+        "key", help="print a caller's webhook signing key (from GRAPHWIRE_WEBHOOK_SECRET)",
+        description="Print the webhook signing key of one caller, for its receiver: the caller's "
+                    "scope (the hex before the first dot of its request ids), or a request id "
+                    "of it; neither: the operator's key (requests produced to Kafka directly).")
+    k.add_argument("--scope", help="the caller's scope, e.g. f3cb5844f63a")
+    k.add_argument("--request-id", help="a request id of the caller (its scope is used)")
+    k.set_defaults(func=webhook_key_command, is_async=False)

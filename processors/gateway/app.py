@@ -49,6 +49,7 @@ from graphwire.processors.gateway.models import (
 from graphwire.processors.gateway.ops import OpsServer, Readiness, is_ready
 from graphwire.processors.gateway.runctl import add_routes as add_runctl_routes
 from graphwire.processors.gateway.sse import event_stream
+from graphwire.processors.gateway.webhookkey import add_routes as add_webhook_key_routes
 from graphwire.processors.settings import Settings
 from graphwire.processors.webhooks.policy import WebhookPolicy
 from graphwire.topics.client import GraphwireClient
@@ -371,6 +372,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     add_runctl_routes(app, gw)  # cancel, thread history
     add_cron_routes(app, gw, gw.principal)
+    add_webhook_key_routes(app, gw)  # POST /workflow/webhooks/signing-key
 
     @app.get("/health")
     async def health() -> dict[str, str]:

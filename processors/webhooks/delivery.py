@@ -15,13 +15,16 @@ from the environment, or headers of the request message. Concurrency is limited 
 (``host:port``). A host whose last ``down_after`` attempts all failed is *down*: one delivery at a
 time probes it with a single attempt and the others are dead-lettered at once, so that a dead
 receiver cannot hold the in-flight slots every other host's results need (no head-of-line
-blocking). A probe that succeeds brings the host back.
+blocking). An accepted answer slower than ``slow_s`` counts against the host like a failed
+attempt (the result is delivered): a receiver that answers just under the timeout is as costly as
+one that does not answer. A probe that succeeds quickly brings the host back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import random
 import time
@@ -33,6 +36,7 @@ from urllib.parse import urljoin, urlsplit
 import aiohttp
 from aiohttp.abc import AbstractResolver
 
+from graphwire.processors.webhooks.keys import SigningKeys
 from graphwire.processors.webhooks.metrics import WebhookMetrics
 from graphwire.processors.webhooks.policy import (
     WebhookPolicy,
@@ -47,12 +51,12 @@ from graphwire.topics.webhooks import (
     REQUEST_ID_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
-    sign_webhook,
 )
 
 log = logging.getLogger(__name__)
 
 _MAX_REDIRECTS = 3
+_STREAM_ABOVE = 1024 * 1024
 _MAX_HOSTS_REMEMBERED = 10_000
 _RETRY_STATUSES = frozenset({408, 429})
 _USER_AGENT = "graphwire-webhooks/1"
@@ -93,6 +97,7 @@ class _Attempt:
     detail: str
     status: int | None = None
     retry_after_s: float | None = None
+    slow: bool = False  # accepted, but after more than slow_s
 
 
 class WebhookSender:
@@ -101,7 +106,7 @@ class WebhookSender:
     def __init__(
         self,
         policy: WebhookPolicy,
-        secret: str,
+        keys: SigningKeys,
         metrics: WebhookMetrics,
         *,
         timeout_s: float = 10.0,
@@ -110,11 +115,14 @@ class WebhookSender:
         backoff_max_s: float = 60.0,
         per_host: int = 8,
         down_after: int = 10,
+        slow_s: float | None = None,
         dns: AbstractResolver | None = None,
     ) -> None:
-        """``dns``: the resolver under the address check (default aiohttp's)."""
+        """``dns``: the resolver under the address check (default aiohttp's); ``slow_s``: an
+        answer slower than this counts against its host (default half of ``timeout_s``)."""
         self.policy = policy
-        self._secret = secret.encode()
+        self._keys = keys
+        self.slow_s = slow_s if slow_s is not None else timeout_s / 2
         self.metrics = metrics
         self.timeout_s = timeout_s
         self.max_attempts = max_attempts
@@ -179,7 +187,11 @@ class WebhookSender:
                     if probe:
                         self._probing.discard(host)
             if result.ok:
-                self._failures.pop(host, None)
+                if result.slow:  # delivered, but a receiver this slow holds slots: a strike
+                    self.metrics.slow_answers.inc()
+                    self._count_failure(host)
+                else:
+                    self._failures.pop(host, None)
                 return Outcome(True, attempt, status=result.status)
             if result.retriable:
                 self._count_failure(host)
@@ -200,8 +212,8 @@ class WebhookSender:
     def _down_reason(self, delivery: Delivery, attempts: int, last: str = "") -> str:
         tried = f"{_attempts(attempts)}, the last: {last}" if last else _attempts(attempts)
         return (f"webhook {describe_url(delivery.url)}: the host is down ({self.down_after} "
-                f"failed attempts in a row; this delivery made {tried}); fix the receiver, then "
-                "`graphwire dlq replay` the dead letters")
+                f"failed or slow (over {self.slow_s:g}s) attempts in a row; this delivery made "
+                f"{tried}); fix the receiver, then `graphwire dlq replay` the dead letters")
 
     def _count_failure(self, host: str) -> None:
         self._failures[host] = self._failures.pop(host, 0) + 1
@@ -278,12 +290,18 @@ class WebhookSender:
             REQUEST_ID_HEADER: delivery.request_id,
             ATTEMPT_HEADER: str(attempt),
             TIMESTAMP_HEADER: str(timestamp),
-            SIGNATURE_HEADER: sign_webhook(self._secret, timestamp, delivery.body),
+            # signed for the URL the request named (not a redirect's): the receiver knows it
+            SIGNATURE_HEADER: self._keys.signature(
+                delivery.request_id, timestamp, delivery.body, delivery_id=delivery.delivery_id,
+                url=delivery.url),
         }
         started = time.perf_counter()
         try:
+            # a large body as a stream: aiohttp writes bytes in one call (and warns about it)
+            data = delivery.body if len(delivery.body) <= _STREAM_ABOVE else io.BytesIO(
+                delivery.body)
             async with self._session.post(
-                url, data=delivery.body, headers=headers, allow_redirects=False
+                url, data=data, headers=headers, allow_redirects=False
             ) as response:
                 status = response.status
                 location = response.headers.get("Location")
@@ -300,11 +318,13 @@ class WebhookSender:
             query = urlsplit(url).query
             return self._failed("connection", text.replace(query, "…") if query else text), None
         finally:
-            self.metrics.attempt_duration.observe(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            self.metrics.attempt_duration.observe(elapsed)
         label = f"{status // 100}xx"
         self.metrics.attempts.labels(label).inc()
         if 200 <= status < 300:
-            return _Attempt(True, False, label, "accepted", status), None
+            return _Attempt(True, False, label, "accepted", status,
+                            slow=elapsed > self.slow_s), None
         if status in (307, 308) and location:
             return _Attempt(False, False, label, "redirect", status), location
         detail = f"the receiver answered HTTP {status}"

@@ -7,10 +7,17 @@ Delivery rules:
    letter is acknowledged by the broker. A crash, a SIGKILL or a rebalance redelivers whatever
    was not finished; the receiver sees the same ``X-Graphwire-Delivery`` id again and dedupes.
 2. No head-of-line blocking. Each result is delivered by a task of its own, up to
-   ``webhook_max_in_flight`` at once (then fetching pauses, polling goes on); a result waiting
-   for its retry holds no connection, hosts get ``webhook_per_host`` connections each, and a host
-   that is down gets one attempt per result (``WebhookSender``). Commits move over the lowest
-   unfinished offset of each partition only (``OffsetTracker``).
+   ``webhook_max_in_flight`` at once (the shared in-flight slots). One host holds at most
+   ``webhook_host_max_in_flight`` of them, one caller (the scope of its request ids, over all its
+   hosts) ``webhook_caller_max_in_flight``; further results wait in the host's queue (FIFO)
+   holding no slot, and start as its own deliveries end, so a slow receiver delays only its own
+   results. Queues hold ``webhook_max_queued`` results and ``webhook_max_queued_bytes`` in all
+   (then fetching pauses, polling goes on), and ``webhook_host_max_queued`` results or a tenth of
+   the bytes per host (a result beyond it is dead-lettered at once with the reason). A result
+   waiting for its retry holds no connection, hosts get ``webhook_per_host`` connections each,
+   and a host that is down (failed or slow answers) gets one attempt per result
+   (``WebhookSender``). Commits move over the lowest unfinished offset of
+   each partition only (``OffsetTracker``).
 3. A result that cannot be delivered gets a dead letter on ``<prefix>.dlq``: the result's bytes
    and headers, ``x-graphwire-error`` (the reason, with the URL's query left out) and
    ``x-graphwire-source`` (``<prefix>.results/partition/offset``). A dead letter that cannot be
@@ -26,7 +33,9 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import OrderedDict, deque
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
 from typing import Any, Self, TypeAlias
 
 import orjson
@@ -37,15 +46,17 @@ from aiokafka.structs import ConsumerRecord
 from graphwire.processors.runner.offsets import OffsetTracker, RevokeListener
 from graphwire.processors.settings import Settings
 from graphwire.processors.webhooks.delivery import Delivery, Outcome, WebhookSender
+from graphwire.processors.webhooks.keys import SigningKeys
 from graphwire.processors.webhooks.metrics import WebhookMetrics
-from graphwire.processors.webhooks.policy import WebhookPolicy, describe_url
+from graphwire.processors.webhooks.policy import WebhookPolicy, describe_url, host_key
 from graphwire.topics.codec import HEADER_ERROR, HEADER_SOURCE, HEADER_VALUE_DROPPED
 from graphwire.topics.errors import DependencyUnavailable, GraphwireError
-from graphwire.topics.webhooks import HEADER_WEBHOOK
+from graphwire.topics.webhooks import HEADER_WEBHOOK, OPERATOR_SCOPE, scope_of
 
 log = logging.getLogger(__name__)
 
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
+_MAX_REQUEST_ID = 1024  # the contract allows 128; a header this long is still sendable
 _DELIVERY_NAMESPACE = uuid.UUID("6f1c5d0e-4c3b-5b7a-9a51-3f0e2d8c1b47")
 
 
@@ -57,8 +68,29 @@ def delivery_id(topic: str, partition: int, offset: int) -> str:
 def _header(record: Record, name: str) -> str | None:
     for key, value in record.headers:
         if key == name:
-            return bytes(value).decode("utf-8", "replace")
+            return bytes(value).decode("utf-8", "replace") if value is not None else ""
     return None
+
+
+def _caller(record: Record) -> str:
+    """The caller scope of a result: results are keyed by their request id."""
+    return scope_of(record.key.decode("utf-8", "replace")) if record.key else OPERATOR_SCOPE
+
+
+def _lane_key(url: str) -> str:
+    try:
+        return host_key(url)
+    except ValueError:  # a bad URL: dead-lettered by the policy check, in a lane of its own
+        return "(invalid URL)"
+
+
+@dataclass
+class _Lane:
+    """One host's deliveries: how many hold an in-flight slot, and those waiting for one."""
+
+    active: int = 0
+    waiting: deque[tuple[TopicPartition, Record, str]] = field(default_factory=deque)
+    waiting_bytes: int = 0
 
 
 class WebhookDispatcher:
@@ -71,18 +103,19 @@ class WebhookDispatcher:
         metrics: WebhookMetrics | None = None,
         on_failure: Callable[[], object] | None = None,
     ) -> None:
-        """Raises ``GraphwireError`` when ``GRAPHWIRE_WEBHOOK_SECRET`` is not set."""
-        if settings.webhook_secret is None or not settings.webhook_secret.get_secret_value():
-            raise GraphwireError(
-                "GRAPHWIRE_WEBHOOK_SECRET is not set: webhooks are signed with it; set it to a "
-                "long random value (e.g. `openssl rand -hex 32`) and give receivers the same"
-            )
+        """Raises ``GraphwireError`` when ``GRAPHWIRE_WEBHOOK_SECRET`` is not set or a setting
+        is invalid."""
+        keys = SigningKeys.from_settings(settings)
         self.settings = settings
         self.metrics = metrics or WebhookMetrics()
-        self.policy = WebhookPolicy(settings.webhook_allowed_hosts)
+        try:
+            self.policy = WebhookPolicy(settings.webhook_allowed_hosts,
+                                        settings.webhook_private_cidrs)
+        except ValueError as exc:
+            raise GraphwireError(str(exc)) from None
         self.sender = WebhookSender(
             self.policy,
-            settings.webhook_secret.get_secret_value(),
+            keys,
             self.metrics,
             timeout_s=settings.webhook_timeout_s,
             max_attempts=settings.webhook_max_attempts,
@@ -90,11 +123,15 @@ class WebhookDispatcher:
             backoff_max_s=settings.webhook_backoff_max_s,
             per_host=settings.webhook_per_host,
             down_after=settings.webhook_host_down_after,
+            slow_s=settings.webhook_slow_s,
         )
         self._topics = settings.topics
         self._tracker = OffsetTracker()
         self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = {}
         self._slot_freed = asyncio.Event()
+        self._lanes: OrderedDict[str, _Lane] = OrderedDict()  # hosts with work, round robin
+        self._active = self._queued = self._queued_bytes = 0
+        self._caller_active: dict[str, int] = {}  # slots held per caller scope
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._poll_task: asyncio.Task[None] | None = None
@@ -105,6 +142,7 @@ class WebhookDispatcher:
         self._failure: str | None = None
         self._on_failure = on_failure
         self.metrics.in_flight.set_function(lambda: self._tracker.in_flight)
+        self.metrics.queued.set_function(lambda: self._queued)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -217,9 +255,12 @@ class WebhookDispatcher:
     async def _poll_loop(self) -> None:
         consumer = self._consumer
         assert consumer is not None
-        limit, poll_ms = self.settings.webhook_max_in_flight, self.settings.poll_timeout_ms
+        s = self.settings
+        limit, poll_ms = s.webhook_max_in_flight, s.poll_timeout_ms
         while not self._stopping:
-            free = limit - self._tracker.in_flight
+            free = min(limit - self._active, s.webhook_max_queued - self._queued)
+            if self._queued_bytes >= s.webhook_max_queued_bytes:
+                free = 0
             if free <= 0:  # at the limit: wait for a slot, polling paused to stay in the group
                 self._slot_freed.clear()
                 try:
@@ -254,18 +295,87 @@ class WebhookDispatcher:
                     self._tracker.finish(tp, record.offset)
                     self.metrics.deliveries.labels("skipped").inc()
                     continue
-                task = asyncio.create_task(self._deliver(tp, record, url))
-                held = self._tasks.setdefault(tp, set())
-                held.add(task)
-                task.add_done_callback(held.discard)
-                # a delivery never raises (it dead-letters); if one does, its offset can never
-                # be committed: fail loudly (exit non-zero, restart, redelivered)
-                task.add_done_callback(lambda done: self._task_done(done, "delivery"))
+                self._admit(tp, record, url)
             if records:
                 highwater = consumer.highwater(tp)
                 if highwater is not None:
                     lag = max(0, highwater - records[-1].offset - 1)
                     self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
+
+    # -- fair shares of the in-flight slots --------------------------------------------------
+
+    def _admit(self, tp: TopicPartition, record: Record, url: str) -> None:
+        """Start the delivery, or queue it behind its host's, or refuse it (host queue full)."""
+        host = _lane_key(url)
+        lane = self._lanes.setdefault(host, _Lane())
+        if not lane.waiting and self._has_room(lane, _caller(record)):
+            self._start(tp, record, url, host, lane)
+        elif (len(lane.waiting) < self.settings.webhook_host_max_queued
+              and lane.waiting_bytes < self.settings.webhook_max_queued_bytes // 10):
+            lane.waiting.append((tp, record, url))
+            self._queued += 1
+            self._queued_bytes += len(record.value or b"")
+            lane.waiting_bytes += len(record.value or b"")
+        else:
+            reason = (f"webhook {describe_url(url)}: its host already has "
+                      f"{len(lane.waiting)} results waiting (GRAPHWIRE_WEBHOOK_HOST_MAX_QUEUED, "
+                      "or a tenth of GRAPHWIRE_WEBHOOK_MAX_QUEUED_BYTES), "
+                      "its receiver does not keep up; `graphwire dlq replay` the dead letter "
+                      "once it does")
+            self._spawn(tp, self._finish(tp, record, Outcome(False, 0, reason), url))
+
+    def _has_room(self, lane: _Lane, caller: str) -> bool:
+        s = self.settings
+        return (lane.active < s.webhook_host_max_in_flight
+                and self._active < s.webhook_max_in_flight
+                and (caller == OPERATOR_SCOPE  # raw producers are the operator's: not capped
+                     or self._caller_active.get(caller, 0) < s.webhook_caller_max_in_flight))
+
+    def _start(self, tp: TopicPartition, record: Record, url: str, host: str,
+               lane: _Lane) -> None:
+        caller = _caller(record)
+        lane.active += 1
+        self._active += 1
+        self._caller_active[caller] = self._caller_active.get(caller, 0) + 1
+        task = self._spawn(tp, self._deliver(tp, record, url))
+        # a callback, not a `finally`: it runs even for a task cancelled before it started
+        task.add_done_callback(lambda _done: self._release(host, caller))
+
+    def _spawn(self, tp: TopicPartition, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro)
+        held = self._tasks.setdefault(tp, set())
+        held.add(task)
+        task.add_done_callback(held.discard)
+        # a delivery never raises (it dead-letters); if one does, its offset can never
+        # be committed: fail loudly (exit non-zero, restart, redelivered)
+        task.add_done_callback(lambda done: self._task_done(done, "delivery"))
+        return task
+
+    def _release(self, host: str, caller: str) -> None:
+        """A delivery of ``host`` ended: give its slot to the next waiting result, the hosts
+        taking turns (round robin)."""
+        lane = self._lanes[host]
+        lane.active -= 1
+        self._active -= 1
+        self._caller_active[caller] -= 1
+        if not self._caller_active[caller]:
+            del self._caller_active[caller]
+        self._slot_freed.set()
+        if self._stopping:
+            return
+        for name in list(self._lanes):
+            if self._active >= self.settings.webhook_max_in_flight:
+                break
+            turn = self._lanes[name]
+            if turn.waiting and self._has_room(turn, _caller(turn.waiting[0][1])):
+                self._lanes.move_to_end(name)  # the next free slot goes to another host first
+                tp, record, url = turn.waiting.popleft()
+                self._queued -= 1
+                self._queued_bytes -= len(record.value or b"")
+                turn.waiting_bytes -= len(record.value or b"")
+                self._start(tp, record, url, name, turn)
+        for name in [n for n, t in self._lanes.items() if not t.active and not t.waiting]:
+            del self._lanes[name]
 
     # -- one result ------------------------------------------------------------------------
 
@@ -281,6 +391,11 @@ class WebhookDispatcher:
                           record.offset)
             outcome = Outcome(False, 0, f"internal error while delivering ({type(exc).__name__}: "
                                         f"{exc}); report it to the graphwire maintainers")
+        await self._finish(tp, record, outcome, url)
+
+    async def _finish(self, tp: TopicPartition, record: Record, outcome: Outcome, url: str
+                      ) -> None:
+        """Count the outcome, dead-letter what was not delivered, mark the offset finished."""
         if outcome.delivered:
             self.metrics.deliveries.labels("delivered").inc()
             self.metrics.delivery_latency.observe(max(0.0, time.time() - record.timestamp / 1000))
@@ -307,6 +422,10 @@ class WebhookDispatcher:
         if not isinstance(request_id, str) or record.value is None:
             return Outcome(False, 0, "not a result (no JSON object with a request_id): nothing "
                                      "to deliver; check what produced it to the results topic")
+        if not request_id or len(request_id) > _MAX_REQUEST_ID or not request_id.isprintable():
+            return Outcome(False, 0, "the result's request_id is empty, longer than "
+                                     f"{_MAX_REQUEST_ID} characters or holds control characters: "
+                                     "it cannot be sent as a header; check what produced it")
         delivery = Delivery(url, record.value, delivery_id(record.topic, record.partition,
                                                            record.offset), request_id)
         return await self.sender.deliver(delivery)
@@ -372,6 +491,13 @@ class WebhookDispatcher:
         for tp in revoked:
             with contextlib.suppress(KeyError):
                 self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+        for lane in self._lanes.values():  # waiting results of those partitions: not ours now
+            kept = deque(item for item in lane.waiting if item[0] not in revoked)
+            self._queued -= len(lane.waiting) - len(kept)
+            dropped = sum(len(item[1].value or b"") for item in lane.waiting if item[0] in revoked)
+            self._queued_bytes -= dropped
+            lane.waiting_bytes -= dropped
+            lane.waiting = kept
         tasks = set().union(*(self._tasks.pop(tp, set()) for tp in revoked))
         for task in tasks:
             task.cancel()

@@ -60,6 +60,16 @@ class WebhookMetrics:
             "Hosts whose recent deliveries all gave up (one attempt each until one succeeds).",
             registry=r,
         )
+        self.slow_answers = Counter(
+            "graphwire_webhook_slow_answers_total",
+            "Accepted answers slower than GRAPHWIRE_WEBHOOK_SLOW_S (counted against the host).",
+            registry=r,
+        )
+        self.queued = Gauge(
+            "graphwire_webhook_queued_results",
+            "Results waiting for a busy host (holding no in-flight slot).",
+            registry=r,
+        )
         self.dead_letter_failures = Counter(
             "graphwire_webhook_dead_letter_failures_total",
             "Dead letters that could not be published yet (retried; the offset waits).",
