@@ -236,6 +236,7 @@ async def lag_behind_runner(bootstrap: str, n: int) -> tuple[float, float, float
         "GRAPHWIRE_HTTP_PORT": str(port),
         "GRAPHWIRE_DEDUP": "false",
         "GRAPHWIRE_CHECKPOINTS": "false",
+        "GRAPHWIRE_DEMO_GRAPHS": "true",  # the benchmark runs the demo graphs
     }
     conn = await asyncpg.connect(DATABASE_URL, server_settings=server_settings(schema))
     rows_sql = ("SELECT (SELECT count(*) FROM graphwire_events) + "

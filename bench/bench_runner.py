@@ -123,6 +123,7 @@ def worker_env(bootstrap: str, prefix: str, max_in_flight: int, mode: str) -> di
         "GRAPHWIRE_REDIS_URL": REDIS_URL,
         "GRAPHWIRE_DATABASE_URL": bench_database_url(),
         "GRAPHWIRE_CHECKPOINT_SCHEMA": CHECKPOINT_SCHEMA,
+        "GRAPHWIRE_DEMO_GRAPHS": "true",  # the benchmarks run the demo graphs
     }
     if mode == "off":
         env |= PLAIN

@@ -1,6 +1,7 @@
 """The registry that maps graph names to compiled LangGraph graphs.
 
-Sources, later ones overriding earlier ones: the built-ins, a ``langgraph.json`` file (its
+Sources, later ones overriding earlier ones: the built-in demo graphs (only when asked:
+``graphwire dev``, ``--demo-graphs`` or ``GRAPHWIRE_DEMO_GRAPHS``), a ``langgraph.json`` file (its
 ``graphs`` section, as the LangGraph CLI reads it, so an existing project runs unchanged) and
 ``GRAPHWIRE_GRAPHS="name=package.module:attr,..."``. An attribute may be a compiled graph, a
 ``StateGraph`` (compiled here) or a factory returning either.
@@ -194,7 +195,8 @@ class GraphRegistry:
         specs: str = "",
         langgraph_json: str | Path | None = None,
     ) -> GraphRegistry:
-        """A registry loaded from the built-ins, a langgraph.json, and GRAPHWIRE_GRAPHS."""
+        """A registry loaded from the built-in demo graphs (``builtins``; the CLI passes
+        ``Settings.demo_graphs``, off by default), a langgraph.json, and GRAPHWIRE_GRAPHS."""
         registry = cls()
         if builtins:
             registry.load_builtins()

@@ -12,7 +12,7 @@ import ssl
 from typing import Any, Literal, Self
 
 from aiokafka.helpers import create_ssl_context
-from pydantic import Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from graphwire.topics.specs import TopicNames
@@ -91,8 +91,6 @@ class Settings(BaseSettings):
     """Extra graphs: ``name=package.module:attr,...``."""
     langgraph_json: str | None = None
     """Path to a LangGraph CLI ``langgraph.json`` whose graphs to serve."""
-    builtin_graphs: bool = True
-    """Serve the built-in graphs (echo, pipeline, slow, chat)."""
     allowed_graphs: str = ""
     """Comma-separated allow-list: requests for any other graph are rejected, even when it is
     registered (empty: every registered graph)."""
@@ -296,6 +294,23 @@ class Settings(BaseSettings):
     an LLM call; switch them off for cheap, high-volume graphs."""
     otel: bool = False
     """OpenTelemetry spans per run and node (``graphwire[otel]``; exporter from ``OTEL_*``)."""
+
+    # -- hostile input (deployment and demo graphs) --
+    demo_graphs: bool = Field(
+        default=False,
+        validation_alias=AliasChoices(
+            "demo_graphs", "graphwire_demo_graphs", "graphwire_builtin_graphs"
+        ),
+    )
+    """Serve the built-in demo graphs (echo, pipeline, slow, chat, approval) besides the
+    configured ones. Off by default: ``slow`` sleeps as long as a caller asks, and any caller
+    may run them; ``graphwire dev`` turns them on, ``graphwire worker --demo-graphs`` too.
+    ``GRAPHWIRE_BUILTIN_GRAPHS`` is its former name and still read."""
+
+    @property
+    def builtin_graphs(self) -> bool:
+        """Former name of ``demo_graphs``."""
+        return self.demo_graphs
 
     @model_validator(mode="after")
     def _check_sasl(self) -> Self:

@@ -33,8 +33,8 @@ def graphwire(
 
 
 def test_graphs_lists_names_and_nodes() -> None:
-    """`graphwire graphs` prints each graph with its nodes in order."""
-    out = graphwire("graphs")
+    """`graphwire graphs --demo-graphs` prints each demo graph with its nodes in order."""
+    out = graphwire("graphs", "--demo-graphs")
     assert out.returncode == 0
     assert out.stdout.splitlines() == [
         "approval             draft -> review -> publish",
@@ -43,6 +43,37 @@ def test_graphs_lists_names_and_nodes() -> None:
         "pipeline             normalize -> tokenize -> count",
         "slow                 wait",
     ]
+
+
+NO_GRAPHS = (
+    "no graphs to serve: name yours with GRAPHWIRE_GRAPHS=name=package.module:attr (or --graphs) "
+    "or GRAPHWIRE_LANGGRAPH_JSON=path/to/langgraph.json (or --config); for the built-in demo "
+    "graphs (echo, chat, slow, ...; never in production) add --demo-graphs or set "
+    "GRAPHWIRE_DEMO_GRAPHS=true"
+)
+
+
+def test_demo_graphs_are_off_unless_asked_for() -> None:
+    """No demo graph by default: `graphwire graphs` lists none and says how to add graphs;
+    GRAPHWIRE_DEMO_GRAPHS=true (or its former name GRAPHWIRE_BUILTIN_GRAPHS) turns them on,
+    and configured graphs are served alone."""
+    out = graphwire("graphs")
+    assert (out.returncode, out.stdout, out.stderr) == (0, "", NO_GRAPHS + "\n")
+    for variable in ("GRAPHWIRE_DEMO_GRAPHS", "GRAPHWIRE_BUILTIN_GRAPHS"):
+        listed = graphwire("graphs", env={variable: "true"})
+        assert [line.split()[0] for line in listed.stdout.splitlines()] == [
+            "approval", "chat", "echo", "pipeline", "slow"
+        ]
+    mine = graphwire("graphs", "--graphs", "upper=tests.sample_graphs:make_upper")
+    assert mine.stdout.split() == ["upper", "upper"]
+
+
+def test_worker_without_graphs_exits_with_how_to_add_them() -> None:
+    """`graphwire worker` with no graph configured and no demo graphs: exit 1 and one line
+    naming GRAPHWIRE_GRAPHS, GRAPHWIRE_LANGGRAPH_JSON and --demo-graphs (nothing served)."""
+    out = graphwire("worker", env={"GRAPHWIRE_BOOTSTRAP_SERVERS": "127.0.0.1:1"}, timeout=120)
+    assert (out.returncode, out.stdout) == (1, "")
+    assert out.stderr == f"graphwire: error: {NO_GRAPHS}\n"
 
 
 def test_schema_writes_valid_json_schema_files(tmp_path: Path) -> None:

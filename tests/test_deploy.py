@@ -720,6 +720,8 @@ def test_configured_values_are_valid_settings(
     """The ConfigMap (with the Secret template's placeholders) is accepted by Settings."""
     values = dict(config_map(rendered[overlay]))
     values.update(load_one(BASE / "secret.template.yaml")["stringData"])
+    if values["GRAPHWIRE_SECURITY_PROTOCOL"].startswith("SASL"):  # each container's own user
+        values.update(GRAPHWIRE_SASL_USERNAME="graphwire-runner", GRAPHWIRE_SASL_PASSWORD="pw")
     settings = Settings.model_validate({settings_field(k): v for k, v in values.items()})
     assert settings.topics.requests.startswith(settings.topic_prefix)
 
@@ -727,7 +729,12 @@ def test_configured_values_are_valid_settings(
 def test_compose_values_are_valid_settings(compose: dict[str, Any]) -> None:
     for name in ("topics-init", "db-migrate", "runner", "audit", "gateway", "webhooks"):
         env = compose["services"][name]["environment"]
-        Settings.model_validate({settings_field(k): v for k, v in env.items()})
+        Settings.model_validate({settings_field(k): _interpolated(v) for k, v in env.items()})
+
+
+def _interpolated(value: str) -> str:
+    """A compose value with each ``${VAR:-default}`` as compose fills it with VAR unset."""
+    return re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", value)
 
 
 # --- Kubernetes ----------------------------------------------------------------------------
@@ -750,7 +757,8 @@ def test_kustomizations() -> None:
         }
         assert files <= referenced, f"{name}: not referenced: {files - referenced}"
     assert load_one(OVERLAYS["dev"] / "kustomization.yaml")["resources"] == ["../../base"]
-    assert load_one(OVERLAYS["prod"] / "kustomization.yaml")["resources"] == ["../../base"]
+    assert load_one(OVERLAYS["prod"] / "kustomization.yaml")["resources"] == [
+        "../../base", "kafka-users.yaml"]
     assert "secret.template.yaml" not in load_one(BASE / "kustomization.yaml")["resources"]
     assert not (K8S / "runner.yaml").exists() and not (K8S / "audit.yaml").exists()
 
@@ -769,6 +777,8 @@ def test_manifests_match_kubernetes_schemas(
         if doc["apiVersion"] == "keda.sh/v1alpha1":
             errors = schema_errors(scaledobject_schema, doc)
             assert errors == [], f"{overlay} {_key(doc)}: {errors}"
+            continue
+        if doc["kind"] == "KafkaUser":  # Strimzi's: checked field by field in test_kafka_acls_...
             continue
         try:
             kv.validate(doc, version, strict=True)
@@ -965,7 +975,11 @@ def test_jobs_and_secrets(overlay: str, rendered: dict[str, list[Any]]) -> None:
         for container in (pod_spec(doc) or {}).get("containers", []):
             for var in container.get("env", []):
                 ref = var.get("valueFrom", {}).get("secretKeyRef")
-                if ref:
+                if ref and overlay == "prod" and var["name"] == "GRAPHWIRE_SASL_PASSWORD":
+                    # each processor's own Kafka user (kafka-users.yaml)
+                    assert (ref["name"], ref["key"]) == (PRINCIPALS[doc["metadata"]["name"]],
+                                                         "password")
+                elif ref:
                     assert ref["name"] == secret["metadata"]["name"]
                     assert ref["key"] == var["name"] and ref["key"] in keys
             assert container["envFrom"] == [{"configMapRef": {"name": "graphwire-config"}}]
@@ -996,3 +1010,179 @@ def test_overlays(rendered: dict[str, list[Any]]) -> None:
     (prod_image,) = {c["image"] for d in prod if d["kind"] in POD_TEMPLATE_KINDS
                      for c in pod_spec(d)["containers"]}  # type: ignore[index]
     assert not prod_image.endswith(":latest") and "/" in prod_image
+
+
+# --- hostile tenants: demo graphs off and Kafka locked down in production -------------------
+
+KAFKA_ACLS_SCRIPT = ROOT / "deploy" / "kafka" / "acls.sh"
+KAFKA_USERS = OVERLAYS["prod"] / "kafka-users.yaml"
+_T = Settings(_env_file=None).topics  # type: ignore[call-arg]
+# What each processor does on Kafka, read from the code (runner.py, publisher.py, sink.py,
+# dispatcher.py, schedules/intake.py and scheduler.py, gateway app.py and ui/inspector.py and
+# ui/lag.py, topics/admin.py): principal -> {(resource type, name, pattern): operations}.
+# Read and Write imply Describe. The gateway's result and event readers use no group.
+EXPECTED_ACLS: dict[str, dict[tuple[str, str, str], set[str]]] = {
+    "graphwire-gateway": {
+        ("topic", _T.requests, "literal"): {"Write"},
+        ("topic", _T.control, "literal"): {"Write"},
+        ("topic", _T.results, "literal"): {"Read", "Write"},  # Write: webhook replay
+        ("topic", _T.events, "literal"): {"Read"},
+        ("topic", _T.dlq, "literal"): {"Describe"},  # the inspector's lag view
+        ("group", "graphwire-runners", "literal"): {"Describe"},
+        ("group", "graphwire-audit", "literal"): {"Describe"},
+    },
+    "graphwire-runner": {
+        ("topic", _T.requests, "literal"): {"Read"},
+        ("topic", _T.control, "literal"): {"Read"},
+        ("topic", _T.events, "literal"): {"Write"},
+        ("topic", _T.results, "literal"): {"Write"},
+        ("topic", _T.dlq, "literal"): {"Write"},
+        ("group", "graphwire-runners", "literal"): {"Read"},
+    },
+    "graphwire-audit": {
+        ("topic", _T.requests, "literal"): {"Read"},
+        ("topic", _T.events, "literal"): {"Read"},
+        ("topic", _T.results, "literal"): {"Read"},
+        ("topic", _T.dlq, "literal"): {"Read"},
+        ("group", "graphwire-audit", "literal"): {"Read"},
+    },
+    "graphwire-webhooks": {
+        ("topic", _T.results, "literal"): {"Read"},
+        ("topic", _T.dlq, "literal"): {"Write"},
+        ("group", "graphwire-webhooks", "literal"): {"Read"},
+    },
+    "graphwire-scheduler": {
+        ("topic", _T.requests, "literal"): {"Read", "Write"},
+        ("group", "graphwire-scheduler", "literal"): {"Read"},
+    },
+    "graphwire-admin": {
+        ("topic", f"{_T.prefix}.", "prefix"): {"Create", "Describe", "DescribeConfigs", "Alter"},
+    },
+    "graphwire-keda": {
+        ("topic", _T.requests, "literal"): {"Describe"},
+        ("group", "graphwire-runners", "literal"): {"Describe"},
+    },
+}
+# Deployment or Job -> the Kafka principal it authenticates as (None: no Kafka client)
+PRINCIPALS = {
+    "graphwire-runner": "graphwire-runner",
+    "graphwire-audit": "graphwire-audit",
+    "graphwire-gateway": "graphwire-gateway",
+    "graphwire-webhooks": "graphwire-webhooks",
+    "graphwire-scheduler": "graphwire-scheduler",
+    "graphwire-topics-ensure": "graphwire-admin",
+    "graphwire-db-migrate": None,
+    "graphwire-db-prune": None,
+}
+
+
+def _acls_of_kafka_users(docs: list[dict[str, Any]]) -> dict[str, dict[Any, set[str]]]:
+    found: dict[str, dict[Any, set[str]]] = {}
+    for user in docs:
+        assert user["apiVersion"] == "kafka.strimzi.io/v1", _key(user)
+        assert set(user["spec"]) == {"authentication", "authorization"}, _key(user)
+        assert user["spec"]["authentication"] == {"type": "scram-sha-512"}
+        assert user["spec"]["authorization"]["type"] == "simple"
+        assert set(user["metadata"]["labels"]) == {"strimzi.io/cluster"}
+        acls: dict[Any, set[str]] = {}
+        for acl in user["spec"]["authorization"]["acls"]:
+            assert set(acl) == {"resource", "operations"}, acl  # allow, any host
+            resource = acl["resource"]
+            assert set(resource) <= {"type", "name", "patternType"}, resource
+            key = (resource["type"], resource["name"], resource.get("patternType", "literal"))
+            assert key not in acls, f"{user['metadata']['name']}: {key} twice"
+            acls[key] = set(acl["operations"])
+        found[user["metadata"]["name"]] = acls
+    return found
+
+
+def _acls_of_script(text: str) -> dict[str, dict[Any, set[str]]]:
+    """The grants of ``acls.sh``: ``grant PRINCIPAL TYPE NAME PATTERN OP...`` lines."""
+    found: dict[str, dict[Any, set[str]]] = {}
+    for line in text.splitlines():
+        if not line.startswith("grant "):
+            continue
+        _, principal, kind, name, pattern, *ops = line.split()
+        name = name.replace("${PREFIX}", _T.prefix)
+        acls = found.setdefault(principal, {})
+        assert (kind, name, pattern) not in acls, line
+        acls[(kind, name, pattern)] = set(ops)
+    return found
+
+
+def test_kafka_acls_grant_each_processor_only_what_it_uses(
+    rendered: dict[str, list[Any]],
+) -> None:
+    """The prod overlay's Strimzi KafkaUsers and deploy/kafka/acls.sh grant the same ACLs: the
+    gateway writes requests and control, the runner reads those and writes events, results and
+    dlq, the webhooks read results and write dlq, the audit sink reads the four data topics;
+    no principal gets All, Delete, cluster rights or a wildcard."""
+    users = [d for d in rendered["prod"] if d["kind"] == "KafkaUser"]
+    assert _acls_of_kafka_users(users) == EXPECTED_ACLS
+    assert {d["metadata"]["namespace"] for d in users} == {"graphwire"}
+    script = KAFKA_ACLS_SCRIPT.read_text()
+    assert script.startswith("#!/bin/sh\n") and "set -eu" in script
+    assert _acls_of_script(script) == EXPECTED_ACLS
+    for acls in EXPECTED_ACLS.values():
+        for (kind, name, _), ops in acls.items():
+            assert kind in ("topic", "group") and "*" not in name
+            assert not ops & {"All", "Delete", "AlterConfigs", "ClusterAction"}
+    assert not [d for d in rendered["base"] + rendered["dev"] if d["kind"] == "KafkaUser"]
+
+
+def test_prod_overlay_is_sasl_ssl_with_one_principal_per_processor(
+    rendered: dict[str, list[Any]],
+) -> None:
+    """Every prod container with a Kafka client authenticates over SASL_SSL as its own principal
+    (password from the KafkaUser's Secret, the cluster CA mounted); its settings load and
+    `graphwire doctor` finds nothing to fix on Kafka."""
+    from graphwire.processors.cli.doctor import settings_checks
+
+    docs = rendered["prod"]
+    config = config_map(docs)
+    assert config["GRAPHWIRE_SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert config["GRAPHWIRE_SASL_MECHANISM"] == "SCRAM-SHA-512"
+    seen = set()
+    for doc in docs:
+        spec = pod_spec(doc)
+        if spec is None:
+            continue
+        (container,) = spec["containers"]
+        seen.add(doc["metadata"]["name"])
+        principal = PRINCIPALS[doc["metadata"]["name"]]
+        env = container_env(docs, container)
+        refs = {v["name"]: v["valueFrom"]["secretKeyRef"] for v in container.get("env", [])
+                if "secretKeyRef" in v.get("valueFrom", {})}
+        if principal is None:
+            assert env["GRAPHWIRE_SECURITY_PROTOCOL"] == "PLAINTEXT"  # no Kafka client at all
+            assert "GRAPHWIRE_SASL_PASSWORD" not in refs
+            continue
+        assert env["GRAPHWIRE_SASL_USERNAME"] == principal
+        assert refs["GRAPHWIRE_SASL_PASSWORD"] == {"name": principal, "key": "password",
+                                                   "optional": False}
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        ca_dir = config["GRAPHWIRE_SSL_CAFILE"].rsplit("/", 1)[0]
+        (volume,) = [v for v in spec["volumes"] if v["name"] == mounts[ca_dir]]
+        assert volume["secret"]["secretName"] == "kafka-cluster-ca-cert"
+        values = {settings_field(k): v for k, v in env.items()}
+        values["sasl_password"] = "from-the-secret"
+        values["ssl_cafile"] = None  # the file exists only in the pod
+        checks = settings_checks(Settings.model_validate(values))
+        kafka = [c for c in checks if "Kafka" in c.name or "demo" in c.name]
+        assert [(c.name, c.status) for c in kafka] == [("Kafka TLS/SASL", "pass"),
+                                                       ("demo graphs", "pass")]
+    assert seen == set(PRINCIPALS)
+
+
+def test_demo_graphs_only_where_asked(rendered: dict[str, list[Any]], compose: dict[str, Any]
+                                      ) -> None:
+    """The demo graphs are off in the base and the prod overlay (which says so), on in the dev
+    overlay and in compose's local stack (which lets GRAPHWIRE_DEMO_GRAPHS turn them off)."""
+    assert config_map(rendered["base"])["GRAPHWIRE_DEMO_GRAPHS"] == "false"
+    assert config_map(rendered["prod"])["GRAPHWIRE_DEMO_GRAPHS"] == "false"
+    assert load_one(OVERLAYS["prod"] / "patches" / "config.yaml")["data"][
+        "GRAPHWIRE_DEMO_GRAPHS"] == "false"
+    assert config_map(rendered["dev"])["GRAPHWIRE_DEMO_GRAPHS"] == "true"
+    assert compose["services"]["runner"]["environment"]["GRAPHWIRE_DEMO_GRAPHS"] == (
+        "${GRAPHWIRE_DEMO_GRAPHS:-true}")
+    assert settings_default("demo_graphs") is False

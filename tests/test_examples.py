@@ -23,9 +23,12 @@ EXAMPLES = ROOT / "examples"
 def worker(
     bootstrap: str, topics: TopicNames, worker_env: dict[str, str], tmp_path: Path
 ) -> Iterator[dict[str, str]]:
-    """A worker serving the built-ins and the LangGraph project; yields the examples' env."""
+    """A worker started as examples/README.md says (``--demo-graphs`` for the demo graphs the
+    clients call, ``--config`` for the LangGraph project); yields the examples' env."""
+    env = {k: v for k, v in worker_env.items() if k != "GRAPHWIRE_DEMO_GRAPHS"}
     process = WorkerProcess(
-        worker_env,
+        env,
+        "--demo-graphs",
         "--config",
         str(EXAMPLES / "langgraph_project" / "langgraph.json"),
         log_path=tmp_path / "worker.log",

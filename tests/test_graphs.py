@@ -7,11 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from langchain_core.messages import HumanMessage
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import interrupt
 from typing_extensions import TypedDict
 
+from graphwire.graphs.chat import ScriptedChatModel, add
 from graphwire.graphs.execution import RunOutcome, run_graph
 from graphwire.graphs.registry import GraphLoadError, GraphRegistry, UnknownGraphName
 
@@ -138,6 +140,36 @@ async def test_chat_streams_tokens_tool_progress_and_answer() -> None:
         d["tool_call_chunks"][0] for t, _, d in events if t == "message" and "tool_call_chunks" in d
     ]
     assert [(c["name"], json.loads(c["args"])) for c in calls] == [("add", {"a": 19, "b": 23})]
+
+
+@pytest.mark.timeout(60, method="signal")
+def test_chat_model_answers_a_200000_digit_message_and_adds_exactly() -> None:
+    """The chat model's reply to 200,000 digits (minutes of regex backtracking with the GIL held
+    before) is an echo; ``a + b`` of up to 18 digits a side is a tool call with exact ints.
+
+    It runs in the main thread so that the signal timeout can stop a regex that backtracks."""
+    model = ScriptedChatModel().bind_tools([add])
+    digits = "1" * 200_000
+    assert model.invoke([HumanMessage(digits)]).content == f"You said: {digits}"
+    call = model.invoke([HumanMessage("999999999999999999 + -123456789012345678?")])
+    assert [(c["name"], c["args"]) for c in call.tool_calls] == [
+        ("add", {"a": 999999999999999999, "b": -123456789012345678})
+    ]
+    for text in ("1" * 19 + " + 1", "1 + 2" + "3" * 18, "x" * 1000 + " 1 + 2", "y" * 997 + "1+23"):
+        assert model.invoke([HumanMessage(text)]).content == f"You said: {text}"
+
+
+async def test_chat_graph_adds_18_digit_numbers_exactly() -> None:
+    """Through the graph: the tool gets both 18-digit ints and the answer is their exact sum."""
+    outcome, events = await _run(
+        GraphRegistry.from_sources().get("chat"),
+        {"messages": [{"role": "user", "content": "999999999999999999+-123456789012345678"}]},
+        stream=["custom"],
+    )
+    assert events == [
+        ("custom", None, {"tool": "add", "a": 999999999999999999, "b": -123456789012345678})
+    ]
+    assert outcome.output["messages"][-1].content == "The answer is 876543210987654321."
 
 
 async def test_timeout_and_error_outcomes() -> None:

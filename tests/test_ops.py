@@ -87,6 +87,34 @@ def test_doctor_settings_checks_outside_dev() -> None:
     assert {c.status for c in settings_checks(secured)} == {"pass"}
 
 
+def test_doctor_flags_clear_text_kafka_and_demo_graphs_in_a_production_config() -> None:
+    """Brokers that are not all loopback make a production config: there PLAINTEXT and
+    SASL_PLAINTEXT fail (anyone on the path reads every tenant's data, and the password), SSL
+    without SASL warns (no client identity for per-service ACLs), demo graphs warn; 127.0.0.2
+    is loopback, so a dev config passes with demo graphs on."""
+    def kafka_and_demo(**fields: object) -> list[tuple[str, str, str]]:
+        checks = settings_checks(Settings(_env_file=None, **fields))  # type: ignore[call-arg]
+        return [(c.name, c.status, c.fix) for c in checks
+                if c.name in ("security", "Kafka TLS/SASL", "demo graphs")]
+
+    remote = {"bootstrap_servers": "10.0.0.5:9092"}
+    sasl = {"sasl_mechanism": "SCRAM-SHA-512", "sasl_username": "u", "sasl_password": "p"}
+    to_sasl_ssl = ("set GRAPHWIRE_SECURITY_PROTOCOL=SASL_SSL with a SASL user per processor and "
+                   "ACLs (deploy/kafka/acls.sh, docs/security.md)")
+    off = ("unset GRAPHWIRE_DEMO_GRAPHS (and drop --demo-graphs): any caller may run them, and "
+           "`slow` sleeps as long as asked")
+    assert kafka_and_demo(**remote, demo_graphs=True) == [
+        ("Kafka TLS/SASL", "fail", to_sasl_ssl), ("demo graphs", "warn", off)]
+    assert kafka_and_demo(**remote, security_protocol="SASL_PLAINTEXT", **sasl) == [
+        ("Kafka TLS/SASL", "fail", to_sasl_ssl), ("demo graphs", "pass", "")]
+    assert kafka_and_demo(**remote, security_protocol="SSL") == [
+        ("Kafka TLS/SASL", "warn", to_sasl_ssl), ("demo graphs", "pass", "")]
+    assert kafka_and_demo(**remote, security_protocol="SASL_SSL", **sasl) == [
+        ("Kafka TLS/SASL", "pass", ""), ("demo graphs", "pass", "")]
+    assert kafka_and_demo(bootstrap_servers="127.0.0.2:9092,[::1]:9093", demo_graphs=True) == [
+        ("security", "pass", ""), ("demo graphs", "pass", "")]
+
+
 @pytest.mark.integration
 def test_topics_scale_refuses_to_decrease_and_names_an_unsupported_broker(
     topics: TopicNames, worker_env: dict[str, str]

@@ -140,9 +140,9 @@ def test_migrations_ship_in_the_package() -> None:
 
 
 def test_user_packages_with_graphwires_folder_names_work(project: Path, install: Path) -> None:
-    """``graphwire graphs`` loads the user's ``graphs.mine`` and lists it with the built-ins;
-    the user's packages stay the user's after graphwire is imported."""
-    listed = subprocess.run([str(install / "graphwire"), "graphs"], cwd=project,
+    """``graphwire graphs --demo-graphs`` loads the user's ``graphs.mine`` and lists it with the
+    demo graphs; the user's packages stay the user's after graphwire is imported."""
+    listed = subprocess.run([str(install / "graphwire"), "graphs", "--demo-graphs"], cwd=project,
                             env=user_env(project), capture_output=True, text=True, timeout=120)
     assert listed.returncode == 0, listed.stderr
     rows = [line.split() for line in listed.stdout.splitlines()]

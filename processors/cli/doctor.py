@@ -1,13 +1,16 @@
 """``graphwire doctor``: the production checklist, checked against the real deployment.
 
 Each check is pass, warn or fail, with the fix when it is not pass. The exit code is 1 when any
-check fails. "Local" means every broker is on localhost: a development setup, where replication
-and TLS are not expected.
+check fails. "Local" means every broker is on a loopback address (localhost, 127.0.0.0/8, ::1):
+a development setup, where replication and TLS are not expected. Anything else is a production
+config: whoever can write to its topics acts for every tenant (docs/security.md), so Kafka must
+be SASL_SSL and the demo graphs off.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
@@ -25,9 +28,48 @@ class Check:
     fix: str = ""
 
 
+def _loopback(host: str) -> bool:
+    if host in _LOCAL:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _local(settings: Settings) -> bool:
     hosts = [h.strip().rsplit(":", 1)[0].strip("[]") for h in settings.bootstrap_servers.split(",")]
-    return all(h in _LOCAL for h in hosts)
+    return all(_loopback(h) for h in hosts)
+
+
+_TO_SASL_SSL = ("set GRAPHWIRE_SECURITY_PROTOCOL=SASL_SSL with a SASL user per processor and ACLs "
+                "(deploy/kafka/acls.sh, docs/security.md)")
+
+
+def kafka_security_check(settings: Settings) -> Check:
+    """Of a production config: SASL_SSL passes; SSL alone has no client identity to give each
+    processor its own ACLs; PLAINTEXT and SASL_PLAINTEXT send every tenant's data in clear."""
+    protocol = settings.security_protocol
+    if protocol == "SASL_SSL":
+        return Check("Kafka TLS/SASL", "pass", protocol)
+    if protocol == "SSL":
+        return Check("Kafka TLS/SASL", "warn",
+                     "SSL without SASL: the brokers cannot tell one processor from another, so "
+                     "ACLs cannot keep a producer out of the requests and control topics",
+                     _TO_SASL_SSL)
+    return Check("Kafka TLS/SASL", "fail",
+                 f"{protocol} to remote brokers: anyone on the path reads every tenant's "
+                 "requests and results" + (" and the SASL password" if "SASL" in protocol else ""),
+                 _TO_SASL_SSL)
+
+
+def demo_graphs_check(settings: Settings, local: bool) -> Check:
+    """The demo graphs are for development: any caller may run them."""
+    if settings.demo_graphs and not local:
+        return Check("demo graphs", "warn", "the demo graphs (echo, chat, slow, ...) are served",
+                     "unset GRAPHWIRE_DEMO_GRAPHS (and drop --demo-graphs): any caller may run "
+                     "them, and `slow` sleeps as long as asked")
+    return Check("demo graphs", "pass", "on (development)" if settings.demo_graphs else "off")
 
 
 def settings_checks(settings: Settings) -> list[Check]:
@@ -62,13 +104,10 @@ def settings_checks(settings: Settings) -> list[Check]:
                             "GRAPHWIRE_LEASE_MS of 30000 suits most graphs"))
     if local:
         checks.append(Check("security", "pass", "local brokers: PLAINTEXT is fine for dev"))
+        checks.append(demo_graphs_check(settings, local))
         return checks
-    if settings.security_protocol == "PLAINTEXT":
-        checks.append(Check("Kafka TLS/SASL", "fail", "PLAINTEXT to remote brokers",
-                            "set GRAPHWIRE_SECURITY_PROTOCOL=SASL_SSL (or SSL) and the SASL "
-                            "settings"))
-    else:
-        checks.append(Check("Kafka TLS/SASL", "pass", settings.security_protocol))
+    checks.append(kafka_security_check(settings))
+    checks.append(demo_graphs_check(settings, local))
     redis = urlparse(settings.redis_url.get_secret_value())
     if settings.dedup and redis.scheme != "rediss" and redis.hostname not in _LOCAL:
         checks.append(Check("Redis TLS", "warn", f"{redis.scheme}:// to {redis.hostname}",

@@ -45,6 +45,13 @@ log = logging.getLogger("graphwire")
 
 # -- commands ----------------------------------------------------------------------------
 
+NO_GRAPHS = (
+    "no graphs to serve: name yours with GRAPHWIRE_GRAPHS=name=package.module:attr (or --graphs) "
+    "or GRAPHWIRE_LANGGRAPH_JSON=path/to/langgraph.json (or --config); for the built-in demo "
+    "graphs (echo, chat, slow, ...; never in production) add --demo-graphs or set "
+    "GRAPHWIRE_DEMO_GRAPHS=true"
+)
+
 
 def tune_gc(young_threshold: int) -> None:
     """Freeze what start-up allocated out of the collector, and collect the young generation
@@ -61,13 +68,15 @@ async def _worker(args: argparse.Namespace) -> int:
     from graphwire.processors.logs import setup_logging
     from graphwire.processors.runner.runner import GraphRunner
 
-    settings = settings_from(args)
+    settings = _graph_settings(args)
     setup_logging(settings.log_level, settings.log_format)
     if settings.otel:
         from graphwire.processors.runner.tracing import setup_tracing
 
         setup_tracing("graphwire-worker")
     registry = registry_from(settings)
+    if not registry.names():
+        raise GraphwireError(NO_GRAPHS)
     stop = asyncio.Event()
     runner = GraphRunner(settings, registry, on_failure=stop.set)  # a dead task: exit, restart
     loop = asyncio.get_running_loop()
@@ -164,8 +173,18 @@ async def _submit(args: argparse.Namespace) -> int:
         return EXIT_OK if result.status == "success" else EXIT_FAILED
 
 
+def _graph_settings(args: argparse.Namespace) -> Any:
+    """The settings, with ``--demo-graphs`` turning the demo graphs on."""
+    settings = settings_from(args)
+    if getattr(args, "demo_graphs", False):
+        return settings.model_copy(update={"demo_graphs": True})
+    return settings
+
+
 def _graphs(args: argparse.Namespace) -> int:
-    registry = registry_from(settings_from(args))
+    registry = registry_from(_graph_settings(args))
+    if not registry.names():
+        print(NO_GRAPHS, file=sys.stderr)
     for name in registry.names():
         print(f"{name:<20} {' -> '.join(registry.nodes(name))}")
     return EXIT_OK
@@ -203,11 +222,18 @@ def _kafka_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--topic-prefix", help="topic name prefix (GRAPHWIRE_TOPIC_PREFIX)")
 
 
-def _graph_flags(p: argparse.ArgumentParser) -> None:
+def _graph_flags(p: argparse.ArgumentParser, demo_flag: bool = True) -> None:
     p.add_argument("--graphs", help="extra graphs: name=package.module:attr,... (GRAPHWIRE_GRAPHS)")
     p.add_argument(
         "--config", dest="langgraph_json", help="a LangGraph CLI langgraph.json to serve"
     )
+    if demo_flag:
+        p.add_argument(
+            "--demo-graphs",
+            action="store_true",
+            help="also serve the built-in demo graphs: echo, chat, slow, ... "
+            "(GRAPHWIRE_DEMO_GRAPHS; never in production: any caller may run them)",
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -263,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("state", help="print a thread's current state and pending interrupts")
     p.add_argument("thread_id")
     p.add_argument("--graph", required=True, help="the graph the thread runs")
-    _graph_flags(p)
+    _graph_flags(p, demo_flag=False)  # GRAPHWIRE_DEMO_GRAPHS=true for a demo graph's thread
     p.set_defaults(func=state_command, is_async=True)
 
     p = sub.add_parser("dlq", help="inspect and replay dead letters")

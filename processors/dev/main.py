@@ -218,6 +218,7 @@ async def run_dev(
             await conn.close()
         runner_port, audit_port, scheduler_port = free_port(), free_port(), free_port()
         env = {
+            "GRAPHWIRE_DEMO_GRAPHS": "true",  # unless the environment says false
             **os.environ,
             "GRAPHWIRE_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
             "GRAPHWIRE_REDIS_URL": services.redis_url,
