@@ -153,8 +153,11 @@ def mount(app: FastAPI, gw: Any, caller: Callable[..., Any]) -> Inspector:
 
     @api.get("/live", include_in_schema=False)
     async def live(request: Request, principal: Caller) -> StreamingResponse:
-        """SSE: ``event: changed`` whenever the caller's newest run or newest result moves."""
-        return StreamingResponse(_changes(inspector, request, principal.scope),
+        """SSE: ``event: changed`` whenever the caller's newest run or newest result moves
+        (429 when the caller holds its maximum of open streams)."""
+        slot = await gw.caps.take_stream(principal)
+        body = gw.caps.guard(principal, slot, _changes(inspector, request, principal.scope))
+        return StreamingResponse(body,
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache",
                                           "X-Accel-Buffering": "no"})
