@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import uvicorn
 from fastapi import FastAPI
@@ -129,3 +132,115 @@ async def test_a_full_postgresql_pool_answers_503_instead_of_hanging(
             "few seconds")
         assert status.headers["retry-after"] == "5"
         assert (await http.get("/crons", headers=A)).status_code == 200
+
+
+# -- crons -------------------------------------------------------------------------------------
+
+from tests.test_schedules import (  # noqa: E402 - the scheduler tests' fixtures and helpers
+    db,
+    processes,
+    sched_env,
+    spawn,
+    wait_leader,
+)
+
+__all__ = ["db", "processes", "sched_env"]  # fixtures used by name
+
+
+async def test_gateway_crons_are_capped_per_owner_and_may_not_fire_every_second(
+    sched_env: dict[str, str], db: Any, topics: Any
+) -> None:
+    """With at most 2 crons per caller, a third is 409 (a redefinition is not a new one); a
+    schedule firing every second is 422 saying what to write; the stored principal carries
+    the caller's rate limit for the scheduler."""
+    cron = {"name": "a", "workflow_name": "echo", "schedule": "0 * * * *",
+            "input_data": {"text": "x"}}
+    async with serve(gateway_settings(sched_env, gateway_max_crons=2)) as http:
+        codes = [(await http.post("/crons", json={**cron, "name": n}, headers=A)).status_code
+                 for n in ("a", "b")]
+        assert codes == [201, 201]
+        third = await http.post("/crons", json={**cron, "name": "c"}, headers=A)
+        assert (third.status_code, third.json()["detail"]) == (
+            409, "2 crons are defined already, the most one caller may have: remove one first")
+        again = await http.post("/crons", json={**cron, "schedule": "5 * * * *",
+                                                "replace": True}, headers=A)
+        assert again.status_code == 201, again.text
+        assert (await http.delete("/crons/b", headers=A)).status_code == 204
+        every = await http.post("/crons", json={**cron, "name": "s",
+                                                "schedule": "* * * * * *"}, headers=A)
+        assert (every.status_code, every.json()["detail"]) == (
+            422, "invalid cron: schedule: '* * * * * *' fires 1 s apart, and crons may fire at "
+            "most every 60 s: use 5 fields (minute hour day month weekday) or a single second "
+            "in the 6th")
+        minute = await http.post("/crons", json={**cron, "name": "m",
+                                                 "schedule": "* * * * * 30"}, headers=A)
+        assert minute.status_code == 201, minute.text
+    rows = await db.fetch("SELECT name, metadata FROM graphwire_crons ORDER BY name")
+    assert [r["name"].split(".", 1)[1] for r in rows] == ["a", "m"]
+    assert orjson.loads(rows[0]["metadata"])["principal"] == {
+        "type": "api_key", "name": "svc-a", "rate_per_minute": 600}
+
+
+async def test_cron_names_graphs_and_threads_refuse_control_characters(db: Any) -> None:
+    """A NUL, newline or escape in a cron's name, graph or thread_id is InvalidCron before
+    any query (PostgreSQL never sees it); a name longer than 80 likewise."""
+    from graphwire.topics.crons import CronStore, InvalidCron, cron_spec
+
+    store = CronStore(db)
+    refused = []
+    for call in (lambda: store.get("a\x00b"), lambda: store.remove("a\nb"),
+                 lambda: store.pause("x" * 81)):
+        with pytest.raises(InvalidCron) as caught:
+            await call()
+        refused.append(str(caught.value).split(":")[0])
+    assert refused == ["invalid cron name 'a\\x00b'", "invalid cron name 'a\\nb'",
+                       f"invalid cron name '{'x' * 81}'"]
+    for field, value in (("graph", "ec\x00ho"), ("thread_id", "t\n1"),
+                         ("graph", "e\x1b[31m")):
+        with pytest.raises(InvalidCron) as caught:
+            cron_spec(**{"name": "n", "graph": "echo", "schedule": "0 * * * *", field: value})
+        assert str(caught.value) == (
+            f"invalid cron: {field}: the graph name and thread_id must not contain control "
+            "characters (NUL, newlines, escapes)")
+
+
+async def test_cron_firings_are_charged_to_their_owners_rate_limit(
+    bootstrap: str, topics: Any, sched_env: dict[str, str], db: Any,
+    processes: list[WorkerProcess], tmp_path: Path,
+) -> None:
+    """A gateway cron firing every second whose owner may make 3 requests a minute: 3
+    firings are produced, the others are skipped (a log line and a metric each); a CLI cron
+    (no owner) beside it is not charged."""
+    from graphwire.topics.crons import CronStore, cron_spec
+    from tests.kafka_helpers import Collector, metrics
+
+    owner = f"svc-{uuid.uuid4().hex[:8]}"
+    store = CronStore(db)
+    principal = {"type": "api_key", "name": owner, "rate_per_minute": 3}
+    await store.add(cron_spec(name="owned", graph="echo", schedule="* * * * * *",
+                              input={"text": "x"}, metadata={"principal": principal}),
+                    owner="scope1")
+    await store.add(cron_spec(name="free", graph="echo", schedule="* * * * * *",
+                              input={"text": "x"}))
+    async with Collector(bootstrap, topics.requests) as out:
+        spawn(processes, sched_env, "scheduler", tmp_path / "scheduler.log")
+        port = int(sched_env["GRAPHWIRE_SCHEDULER_HTTP_PORT"])
+        await wait_leader(port, 1)
+
+        def fired(name: str) -> list[str]:
+            ids = [orjson.loads(r.value)["request_id"] for r in out.records[topics.requests]]
+            return [i for i in ids if i.startswith(f"{name}:")]
+
+        await out.wait_until(lambda: len(fired("free")) >= 8, timeout=30)
+        await store.pause("owned")
+        await store.pause("free")
+        await asyncio.sleep(1.0)
+        owned = fired("owned")
+        skipped = (await metrics(port)).get(
+            'graphwire_scheduler_skipped_firings_total{reason="rate_limited"}')
+    assert len(owned) == 3
+    log_text = (tmp_path / "scheduler.log").read_text()
+    lines = [line for line in log_text.splitlines() if "skipped cron firing owned:" in line]
+    assert skipped is not None and skipped >= 4
+    assert len(lines) == skipped
+    assert f"its owner {owner} is over its rate limit of 3 requests per minute" in lines[0]

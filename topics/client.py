@@ -72,14 +72,14 @@ class GraphwireClient:
         just received one; a record larger than the whole budget is handed to its waiters but
         not kept. ``database_url`` (and
         ``database_schema``, ``GRAPHWIRE_AUDIT_SCHEMA``) enable ``crons``."""
-        if (not 1 <= max_events_per_run <= max_kept_events or max_kept_results < 1
-                or max_kept_bytes < 1):
+        if not 1 <= max_events_per_run <= max_kept_events or max_kept_results < 1:
             raise ValueError(
-                "GraphwireClient needs 1 <= max_events_per_run <= max_kept_events, "
-                "max_kept_results >= 1 and max_kept_bytes >= 1 (got "
-                f"{max_events_per_run}, {max_kept_events}, {max_kept_results}, "
-                f"{max_kept_bytes}); raise max_kept_events or lower max_events_per_run"
+                "GraphwireClient needs 1 <= max_events_per_run <= max_kept_events and "
+                f"max_kept_results >= 1 (got {max_events_per_run}, {max_kept_events}, "
+                f"{max_kept_results}); raise max_kept_events or lower max_events_per_run"
             )
+        if max_kept_bytes < 1:
+            raise ValueError(f"GraphwireClient needs max_kept_bytes >= 1 (got {max_kept_bytes})")
         self.bootstrap_servers = bootstrap_servers
         self.topics = TopicNames(topic_prefix)
         self._redis_url = redis_url

@@ -3,6 +3,11 @@
 A caller's cron is stored as ``<scope>.<name>`` with owner ``<scope>`` (the caller's scope, as
 for its runs and threads), so its firings are ``<scope>.<name>:<time>``: the caller reads them
 at ``/workflow/status/...`` like its other runs, and never sees another caller's crons.
+
+Limits (``GRAPHWIRE_GATEWAY_MAX_CRONS``, ``GRAPHWIRE_GATEWAY_CRON_MIN_INTERVAL_S``): a caller
+has at most so many crons, none firing more often than the minimum interval, and the scheduler
+charges each firing to the caller's rate limit (the cron's ``metadata.principal`` carries the
+caller's ``rate_per_minute`` for it; ``processors/schedules/leader.py``).
 (No ``from __future__ import annotations``: FastAPI reads the routes' local ``Annotated``.)
 """
 
@@ -20,7 +25,9 @@ from graphwire.topics.crons import (
     CronExists,
     CronStore,
     InvalidCron,
+    TooManyCrons,
     UnknownCron,
+    check_min_interval,
     cron_spec,
 )
 
@@ -84,7 +91,7 @@ def add_cron_routes(app: FastAPI, gw: Any, caller: Any) -> None:
         """Await ``operation``; its errors as HTTP answers, in the caller's own names."""
         try:
             return await operation
-        except CronExists as exc:
+        except (CronExists, TooManyCrons) as exc:
             raise HTTPException(409, str(exc).replace(f"{scope}.", "")) from None
         except UnknownCron as exc:
             raise HTTPException(404, str(exc).replace(f"{scope}.", "")) from None
@@ -107,12 +114,16 @@ def add_cron_routes(app: FastAPI, gw: Any, caller: Any) -> None:
                 name=f"{scope}.{body.name}", graph=body.workflow_name, schedule=body.schedule,
                 timezone=body.timezone, input=body.input_data,
                 thread_id=f"{scope}.{body.thread_id}" if body.thread_id else None,
-                metadata={**body.metadata, "principal": who.as_metadata()},
+                metadata={**body.metadata, "principal": {
+                    **who.as_metadata(), "rate_per_minute": who.rate_per_minute}},
                 missed=body.missed,
             )
+            check_min_interval(spec.schedule, spec.timezone,
+                               gw.settings.gateway_cron_min_interval_s)
         except InvalidCron as exc:
             raise HTTPException(422, str(exc).replace(f"{scope}.", "")) from None
-        cron = await call(store().add(spec, owner=scope, replace=body.replace), scope)
+        cron = await call(store().add(spec, owner=scope, replace=body.replace,
+                                      max_per_owner=gw.settings.gateway_max_crons), scope)
         return CronView.of(cron, scope)
 
     @app.get("/crons", response_model=list[CronView])
