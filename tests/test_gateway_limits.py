@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import orjson
 import pytest
@@ -244,3 +245,114 @@ async def test_cron_firings_are_charged_to_their_owners_rate_limit(
     assert skipped is not None and skipped >= 4
     assert len(lines) == skipped
     assert f"its owner {owner} is over its rate limit of 3 requests per minute" in lines[0]
+
+
+# -- memory ------------------------------------------------------------------------------------
+
+
+async def test_the_clients_kept_results_and_events_never_exceed_its_byte_budget(
+    bootstrap: str, topics: Any
+) -> None:
+    """12 results of 300 kB (and 100 kB events for the streamed half) into a client with a
+    budget of 2 MB: after every record it keeps at most 2 MB, exactly the sum of what it
+    kept; the newest results are kept, the oldest dropped; events of runs nobody streams
+    are never kept."""
+    from aiokafka import AIOKafkaProducer
+
+    from graphwire.topics.client import GraphwireClient
+    from graphwire.topics.models import Event, Result
+
+    budget = 2_000_000
+    seen: list[int] = []
+    async with GraphwireClient(bootstrap, topic_prefix=topics.prefix,
+                               max_kept_bytes=budget) as client:
+        client.add_result_listener(lambda _result: seen.append(client.kept_bytes))
+        rids = [f"mem-{uuid.uuid4().hex[:8]}-{i}" for i in range(12)]
+        for i, rid in enumerate(rids):
+            client.watch(rid, events=i % 2 == 0)  # the even ones are streamed
+        sizes: dict[str, int] = {}
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=2_000_000)
+        await producer.start()
+        try:
+            for i, rid in enumerate(rids):
+                event = Event(request_id=rid, seq=0, type="node", graph="echo",
+                              data={"text": "e" * 100_000}, ts=1.0)
+                value = orjson.dumps(event.model_dump(mode="json"))
+                sizes[f"{rid}/event"] = len(value)
+                await producer.send_and_wait(topics.events, value, key=rid.encode())
+                result = Result(request_id=rid, graph="echo", status="success",
+                                output={"text": "r" * 300_000 + str(i)}, duration_ms=1.0)
+                value = orjson.dumps(result.model_dump(mode="json"))
+                sizes[rid] = len(value)
+                await producer.send_and_wait(topics.results, value, key=rid.encode())
+        finally:
+            await producer.stop()
+        last = await client.result(rids[-1], timeout=30)
+        assert last.output == {"text": "r" * 300_000 + "11"}
+        kept = [rid for rid in rids if client.known_result(rid) is not None]
+        streamed = [rid for rid in rids if client.seen_events(rid)]
+        assert len(seen) == 12
+        assert max(seen) <= budget
+        assert client.kept_bytes == sum(sizes[r] for r in kept) + sum(
+            sizes[f"{r}/event"] for r in streamed)
+        assert kept == rids[-len(kept):] and 4 <= len(kept) <= 6
+        assert set(streamed) <= set(rids[::2])
+        assert client.seen_events(rids[-1]) == []  # not streamed: its event was not kept
+
+
+# -- the inspector's thread page ---------------------------------------------------------------
+
+
+async def test_the_thread_page_paginates_turns_and_caps_events_and_rendered_bytes(
+    worker_env: dict[str, str], prefix: str, topics: Any
+) -> None:
+    """A thread of 45 turns with 100 kB outputs and 120 events each: the JSON pages hold 20,
+    20 and 5 turns in order (``next_cursor``), each with its first 50 events and no list of
+    the other turns; the HTML page shows 20 turns, each value cut to 20 kB, and links on."""
+    from graphwire.processors.audit.db import migrate, server_settings
+    from tests.conftest import TEST_DATABASE_URL
+
+    scope = "f3cb5844f63a"  # svc-a's
+    conn = await asyncpg.connect(TEST_DATABASE_URL, server_settings=server_settings(prefix))
+    try:
+        await migrate(conn, prefix)
+        await conn.execute("""
+            INSERT INTO graphwire_runs (request_id, graph, thread_id, status, requested_at,
+                                        finished_at, duration_ms, input, output)
+            SELECT format('%s.turn%s', $1::text, lpad(i::text, 2, '0')), 'echo',
+                   $1::text || '.long', 'success',
+                   '2026-01-01T00:00:00Z'::timestamptz + i * interval '1 minute',
+                   '2026-01-01T00:00:01Z'::timestamptz + i * interval '1 minute', 1.0,
+                   '{"text": "in"}'::jsonb, jsonb_build_object('text', repeat('x', 100000))
+            FROM generate_series(1, 45) i""", scope)
+        await conn.execute("""
+            INSERT INTO graphwire_events (request_id, seq, type, node, data, ts)
+            SELECT r.request_id, e, 'node', 'echo', '{"n": 1}'::jsonb, r.requested_at
+            FROM graphwire_runs r, generate_series(0, 119) e""")
+    finally:
+        await conn.close()
+    settings = gateway_settings(worker_env, audit_schema=prefix, checkpoints=False)
+    async with serve(settings) as http:
+        pages, cursor = [], None
+        while True:
+            page = await http.get("/ui/api/threads/long", headers=A,
+                                  params={"cursor": cursor} if cursor else {})
+            assert page.status_code == 200, page.text
+            body = page.json()
+            pages.append([t["request_id"].split(".")[1] for t in body["turns"]])
+            assert {len(t["events"]) for t in body["turns"]} == {50}
+            assert {len(t["turns"]) for t in body["turns"]} == {0}
+            assert body["events_per_turn"] == 50
+            cursor = body["next_cursor"]
+            if cursor is None:
+                break
+        assert [len(p) for p in pages] == [20, 20, 5]
+        assert [t for p in pages for t in p] == [f"turn{i:02d}" for i in range(1, 46)]
+        html = await http.get("/ui/fragments/threads/long", headers=A)
+        assert html.status_code == 200
+        assert html.text.count("<li data-request-id=") == 20
+        assert html.text.count("more bytes: open the run") == 20
+        assert len(html.text.encode()) < 20 * 2 * 21_000
+        assert "later turns »" in html.text
+        bad = await http.get("/ui/api/threads/long", headers=A, params={"cursor": "nope"})
+        assert bad.status_code == 422
