@@ -356,3 +356,62 @@ async def test_the_thread_page_paginates_turns_and_caps_events_and_rendered_byte
         assert "later turns »" in html.text
         bad = await http.get("/ui/api/threads/long", headers=A, params={"cursor": "nope"})
         assert bad.status_code == 422
+
+
+# -- fuzz --------------------------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning")
+async def test_fuzzed_cron_bodies_and_thread_pages_never_fail_the_gateway(
+    sched_env: dict[str, str], db: Any, topics: Any
+) -> None:
+    """Cron bodies with NUL, control characters, newlines, every-second and garbage schedules,
+    odd time zones and thread ids, and thread pages with garbage cursors and limits: each is
+    answered 200/201/204/403/404/409/422/429, never 5xx, and the gateway stays ready."""
+    import hypothesis
+    from hypothesis import HealthCheck
+    from hypothesis import strategies as st
+
+    nasty = st.text(alphabet=st.characters(codec="utf-8", categories=None), max_size=120)
+    names = st.one_of(nasty, st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,66}", fullmatch=True))
+    schedules = st.one_of(nasty, st.sampled_from([
+        "* * * * * *", "*/5 * * * * *", "0 * * * *", "0,1 * * * *", "* * * * * 30",
+        "0 0 31 2 *", "59 23 * * * 59", "* * * * * * 2099", "@hourly", "0 0 * * 7#5"]))
+    bodies = st.fixed_dictionaries({
+        "name": names, "workflow_name": st.one_of(nasty, st.just("echo")),
+        "schedule": schedules,
+    }, optional={"timezone": st.one_of(nasty, st.just("Europe/Paris")),
+                 "thread_id": nasty, "input_data": st.dictionaries(nasty, nasty, max_size=3),
+                 "replace": st.booleans()})
+    settings = gateway_settings(sched_env, gateway_rate_per_minute=100_000, gateway_max_crons=5)
+    async with serve(settings) as http:
+        url = str(http.base_url).rstrip("/")
+
+        def fuzz() -> tuple[int, list[str]]:
+            calls, failures = 0, []
+            with httpx.Client(base_url=url, headers=A, timeout=30) as client:
+                @hypothesis.settings(max_examples=150, deadline=None, database=None,
+                                     suppress_health_check=list(HealthCheck))
+                @hypothesis.given(body=bodies, cursor=nasty,
+                                  limit=st.integers(-5, 10**6))
+                def run(body: dict[str, Any], cursor: str, limit: int) -> None:
+                    nonlocal calls
+                    for response in (
+                        client.post("/crons", json=body),
+                        client.get("/ui/api/threads/t", params={"cursor": cursor,
+                                                                "limit": limit}),
+                    ):
+                        calls += 1
+                        if response.status_code not in (200, 201, 204, 403, 404, 409, 422, 429):
+                            failures.append(f"{response.request.method} "
+                                            f"{response.request.url} {body!r} -> "
+                                            f"{response.status_code}: {response.text[:200]}")
+
+                run()
+            return calls, failures
+
+        calls, failures = await asyncio.to_thread(fuzz)
+        ready = await http.get("/ready")
+    assert failures == []
+    assert calls >= 200
+    assert ready.status_code == 200

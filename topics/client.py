@@ -558,6 +558,13 @@ class GraphwireClient:
         await self.send_control(control)
         return CancelOutcome(request_id, state)
 
+    async def produce(self, topic: str, value: bytes, *, key: bytes | None = None,
+                      headers: Iterable[tuple[str, bytes]] = ()) -> None:
+        """Produce one record as it is (a dead letter's original bytes, key and headers) with
+        this client's producer, and wait for the broker's acknowledgement."""
+        assert self._producer is not None, "call start() or use `async with` first"
+        await self._producer.send_and_wait(topic, value, key=key, headers=list(headers))
+
     async def send_control(self, control: Control) -> None:
         """Produce a control message to ``<prefix>.control`` (keyed by its request_id)."""
         assert self._producer is not None, "call start() or use `async with` first"

@@ -36,7 +36,7 @@ from graphwire.processors.gateway.ui.models import (
     RunSummary,
     ThreadDetail,
 )
-from graphwire.topics.deadletters import DeadLetter, is_webhook_letter, replay
+from graphwire.topics.deadletters import DeadLetter, is_webhook_letter
 from graphwire.topics.errors import GraphwireError
 from graphwire.topics.positions import EVENTS_PER_TRY, TRIES_PER_START
 from graphwire.topics.runstatus import read_run_state
@@ -318,9 +318,10 @@ class Inspector:
             async with DedupStore(self.settings.redis_url.get_secret_value(),
                                   namespace=self.settings.topic_prefix) as store:
                 await store.forget(rid)
-        try:
-            await replay(self.settings.bootstrap_servers, topics, [letter],
-                         **self.settings.kafka_security())
+        try:  # the gateway's own producer: no new Kafka connection per click
+            await self.gw.client.produce(topics.results if webhook else topics.requests,
+                                         row["value"], key=letter.key,
+                                         headers=letter.original_headers)
         except Exception as exc:
             raise HTTPException(503, f"Kafka did not take the replay ({type(exc).__name__}); "
                                      "retry") from None
