@@ -78,7 +78,7 @@ async def test_concurrent_runs_are_capped_per_principal_until_their_results_are_
         assert other.status_code == 202  # caps are per principal
         ids = [r.json()["request_id"] for r in first]
         for rid in ids:  # both finish; the gateway's client sees their results
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 180  # a busy machine
             while (await http.get(f"/workflow/status/{rid}", headers=A)).json().get(
                     "status") != "success":  # 404 until the runner took it
                 assert time.monotonic() < deadline
@@ -415,3 +415,40 @@ async def test_fuzzed_cron_bodies_and_thread_pages_never_fail_the_gateway(
     assert failures == []
     assert calls >= 200
     assert ready.status_code == 200
+
+
+# -- connections per call ----------------------------------------------------------------------
+
+
+def closed_connections_to(port: str) -> int:
+    """TCP connections to ``port`` this machine closed in the last minute (TIME_WAIT)."""
+    import subprocess
+
+    out = subprocess.run(["ss", "-Htan", "state", "time-wait", "dport", "=", f":{port}"],
+                         capture_output=True, text=True, check=True).stdout
+    return len(out.splitlines())
+
+
+async def test_results_published_earlier_are_read_without_a_connection_per_call(
+    worker: WorkerProcess, worker_env: dict[str, str], bootstrap: str, topics: Any
+) -> None:
+    """A client that did not see 4 runs finish reads each result through the done marker in
+    Redis and one lookup consumer it keeps: no Kafka connection is opened and closed per
+    call (before: a consumer per call)."""
+    from graphwire.topics.client import GraphwireClient
+    from tests.conftest import TEST_REDIS_URL
+
+    async with GraphwireClient(bootstrap, topic_prefix=topics.prefix,
+                               redis_url=TEST_REDIS_URL) as first:
+        rids = [await first.submit("echo", {"text": f"t{i}"}) for i in range(4)]
+        for rid in rids:
+            await first.result(rid, timeout=60)
+    port = bootstrap.rsplit(":", 1)[1]
+    async with GraphwireClient(bootstrap, topic_prefix=topics.prefix,
+                               redis_url=TEST_REDIS_URL) as later:
+        await later.result(rids[0], timeout=10)  # the lookup consumer connects once
+        before = closed_connections_to(port)
+        found = [await later.result(rid, timeout=10) for rid in rids[1:]]
+        after = closed_connections_to(port)
+    assert [(r.request_id, r.status) for r in found] == [(rid, "success") for rid in rids[1:]]
+    assert after - before == 0
