@@ -173,6 +173,11 @@ async def test_gateway_crons_are_capped_per_owner_and_may_not_fire_every_second(
             422, "invalid cron: schedule: '* * * * * *' fires 1 s apart, and crons may fire at "
             "most every 60 s: use 5 fields (minute hour day month weekday) or a single second "
             "in the 6th")
+        never = await http.post("/crons", json={**cron, "name": "n",
+                                                "schedule": "0 0 31 2 *"}, headers=A)
+        assert (never.status_code, never.json()["detail"]) == (
+            422, "the schedule '0 0 31 2 *' never fires (no such date, e.g. 31 February); fix "
+            "its day and month fields")
         minute = await http.post("/crons", json={**cron, "name": "m",
                                                  "schedule": "* * * * * 30"}, headers=A)
         assert minute.status_code == 201, minute.text

@@ -28,7 +28,7 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from graphwire.topics.errors import GraphwireError
@@ -61,9 +61,15 @@ class UnknownCron(CronError):
 
 
 def check_schedule(schedule: str) -> str:
-    """``schedule`` if croniter reads it; else ``InvalidCron`` saying what is wrong."""
+    """``schedule`` if croniter reads it and it fires at all; else ``InvalidCron`` saying what
+    is wrong."""
     try:
-        croniter(schedule, datetime.now(UTC))
+        croniter(schedule, datetime.now(UTC)).get_next(datetime)
+    except CroniterBadDateError:
+        raise InvalidCron(
+            f"the schedule {schedule!r} never fires (no such date, e.g. 31 February); fix its "
+            "day and month fields"
+        ) from None
     except Exception as exc:  # croniter's errors are ValueErrors; odd text may raise others
         raise InvalidCron(
             f"cannot read the schedule {schedule!r} ({exc}); write 5 cron fields like "
@@ -99,10 +105,16 @@ def shortest_interval(schedule: str, timezone: str = "UTC",
     else:
         limit = float("inf")
     it = croniter(schedule, (start or datetime.now(UTC)).astimezone(ZoneInfo(timezone)))
-    previous: datetime = it.get_next(datetime)
     shortest = limit
+    try:
+        previous: datetime = it.get_next(datetime)
+    except CroniterBadDateError:  # never fires
+        return shortest
     for _ in range(_INTERVAL_SAMPLES):
-        following: datetime = it.get_next(datetime)
+        try:
+            following: datetime = it.get_next(datetime)
+        except CroniterBadDateError:  # no more firings (a year field)
+            break
         shortest = min(shortest, (following - previous).total_seconds())
         previous = following
         if shortest < 60:
