@@ -224,6 +224,31 @@ class Settings(BaseSettings):
             return self.gateway_host
         return "0.0.0.0" if self.gateway_auth else "127.0.0.1"
 
+    # -- hostile input (gateway limits) --
+    gateway_max_concurrent_runs: int = Field(default=32, ge=1)
+    """Runs one principal may have submitted and not yet finished, across every gateway replica
+    (counted in Redis): over it, a new run gets 429, so one key cannot fill every worker's
+    ``max_in_flight``. A run counts from its submission until a gateway sees its result."""
+    gateway_run_slot_ttl_s: float = Field(default=3600.0, ge=1)
+    """Backstop for a run whose result no gateway saw (a replica restarted): its slot frees
+    itself after this long. A refused caller's finished runs are also checked in Redis."""
+    gateway_max_streams: int = Field(default=8, ge=1)
+    """Open SSE streams (``/workflow/stream``, ``/ui/api/live``) per principal, across replicas."""
+    gateway_db_acquire_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    """How long a request waits for one of the gateway's PostgreSQL connections before it
+    answers 503 (the pool is full), instead of hanging."""
+    gateway_db_pool_size: int = Field(default=4, ge=1, le=100)
+    """The gateway's PostgreSQL connections (status fallback, streams' backfill, crons, UI)."""
+    gateway_max_crons: int = Field(default=50, ge=1)
+    """Crons one principal may define through the gateway."""
+    gateway_cron_min_interval_s: float = Field(default=60.0, ge=1)
+    """Shortest time between two firings of a cron defined through the gateway (a 6-field
+    schedule firing every second is refused). Crons of the CLI and the client are the
+    operator's and are not limited."""
+    gateway_max_kept_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
+    """Bytes of results and events (as received) the gateway keeps for callers still to
+    read them; the oldest are dropped first. Size it well below the gateway's memory limit."""
+
     # Webhooks (graphwire webhooks): POST each result to its request's webhook URL
     webhook_allowed_hosts: str = ""
     """Comma-separated hosts webhooks may call (``hooks.example.com``, ``*.example.com``, IPs);

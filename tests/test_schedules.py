@@ -422,8 +422,8 @@ async def test_gateway_crons_belong_to_their_caller_and_delayed_runs_show_schedu
         stored = await db.fetchrow("SELECT name, owner, thread_id, metadata FROM graphwire_crons")
         assert (stored["name"], stored["owner"], stored["thread_id"]) == (
             f"{scope}.hourly", scope, f"{scope}.t1")
-        assert orjson.loads(stored["metadata"]) == {
-            "principal": {"type": "api_key", "name": "svc-a"}}
+        assert orjson.loads(stored["metadata"]) == {  # the rate: firings are charged to it
+            "principal": {"type": "api_key", "name": "svc-a", "rate_per_minute": 600}}
         again = await http.post("/crons", json=cron, headers=A)
         assert (again.status_code, again.json()["detail"]) == (
             409, "a cron named 'hourly' exists already: pick another name, remove it "

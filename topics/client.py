@@ -16,7 +16,7 @@ import asyncio
 import logging
 import uuid
 from collections import OrderedDict, defaultdict, deque
-from collections.abc import AsyncGenerator, Iterable, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, Self
 
@@ -55,6 +55,7 @@ class GraphwireClient:
         max_kept_results: int = 10_000,
         max_events_per_run: int = 10_000,
         max_kept_events: int = 100_000,
+        max_kept_bytes: int = 256 * 1024 * 1024,
         database_url: str | None = None,
         database_schema: str | None = None,
         **client_kwargs: Any,
@@ -65,7 +66,11 @@ class GraphwireClient:
         Memory is bounded (see ``dropped_events``): the results of the last
         ``max_kept_results`` runs; of each run its newest ``max_events_per_run`` events (older
         ones are dropped); and ``max_kept_events`` events in all (the events of the runs that
-        received none for longest are dropped first). ``database_url`` (and
+        received none for longest are dropped first). Whatever the counts, results and events
+        together never hold more than ``max_kept_bytes`` (their size as received): the oldest
+        runs' events go first, then the oldest results, then the oldest events of the run that
+        just received one; a record larger than the whole budget is handed to its waiters but
+        not kept. ``database_url`` (and
         ``database_schema``, ``GRAPHWIRE_AUDIT_SCHEMA``) enable ``crons``."""
         if not 1 <= max_events_per_run <= max_kept_events or max_kept_results < 1:
             raise ValueError(
@@ -73,29 +78,38 @@ class GraphwireClient:
                 f"max_kept_results >= 1 (got {max_events_per_run}, {max_kept_events}, "
                 f"{max_kept_results}); raise max_kept_events or lower max_events_per_run"
             )
+        if max_kept_bytes < 1:
+            raise ValueError(f"GraphwireClient needs max_kept_bytes >= 1 (got {max_kept_bytes})")
         self.bootstrap_servers = bootstrap_servers
         self.topics = TopicNames(topic_prefix)
         self._redis_url = redis_url
         self._max_kept = max_kept_results
         self._max_events_per_run = max_events_per_run
         self._max_kept_events = max_kept_events
+        self._max_kept_bytes = max_kept_bytes
+        self._kept_bytes = 0
+        self._result_bytes: dict[str, int] = {}  # request_id -> its kept result's bytes
         self._kwargs = client_kwargs
         self._max_request_size = max_request_size
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._reader: asyncio.Task[None] | None = None
-        self._watched: OrderedDict[str, None] = OrderedDict()
+        self._watched: OrderedDict[str, bool] = OrderedDict()  # -> keep its events
         self._waiting: dict[str, int] = {}
         self._results: OrderedDict[str, Result] = OrderedDict()
         self._result_waiters: dict[str, asyncio.Future[Result]] = {}
         # per run, the runs with the most recent event last (the last to be dropped)
-        self._events: OrderedDict[str, deque[Event]] = OrderedDict()
+        self._events: OrderedDict[str, deque[tuple[Event, int]]] = OrderedDict()  # (, bytes)
         self._kept_events = 0
         self._dropped: dict[str, int] = {}
         self._dropped_total = 0
         self._event_signal: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
         self._thread_graphs: dict[str, str] = {}
         self._crons = Crons(database_url, database_schema) if database_url else None
+        self._result_listeners: list[Callable[[Result], None]] = []
+        self._redis: Any = None  # for _published_earlier and cancel, made on first use
+        self._lookup: AIOKafkaConsumer | None = None  # reads single earlier results
+        self._lookup_lock = asyncio.Lock()
 
     async def start(self) -> None:
         """Connect and start reading results and events from their current ends."""
@@ -144,10 +158,13 @@ class GraphwireClient:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
             self._reader = None
-        for client in (self._consumer, self._producer):
+        for client in (self._consumer, self._producer, self._lookup):
             if client is not None:
                 await client.stop()
-        self._consumer = self._producer = None
+        self._consumer = self._producer = self._lookup = None
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
         if self._crons is not None:
             await self._crons.close()
 
@@ -242,16 +259,19 @@ class GraphwireClient:
         return Request.model_validate(body)
 
     async def submit_request(
-        self, request: Request, *, reply_to: str | None = None, traceparent: str | None = None
+        self, request: Request, *, reply_to: str | None = None, traceparent: str | None = None,
+        keep_events: bool = True,
     ) -> str:
-        """Produce a request built by ``build_request``; returns its request_id."""
+        """Produce a request built by ``build_request``; returns its request_id. Without
+        ``keep_events`` only its result is kept in memory (events arriving before ``events()``
+        or ``watch(..., events=True)`` asks for them are not kept)."""
         assert self._producer is not None, "call start() or use `async with` first"
         headers = []
         if reply_to:
             headers.append((HEADER_REPLY_TO, reply_to.encode()))
         if traceparent:
             headers.append((HEADER_TRACEPARENT, traceparent.encode()))
-        self.watch(request.request_id)
+        self.watch(request.request_id, events=keep_events)
         if request.thread_id:
             self._thread_graphs[request.thread_id] = request.graph
             if len(self._thread_graphs) > self._max_kept:
@@ -277,13 +297,14 @@ class GraphwireClient:
 
         With ``raise_on_error``, a result other than ``success``/``interrupted`` raises
         ``RunError``, ``RunRejected`` or ``RunTimedOut`` (each carries the result)."""
-        self.watch(request_id)
+        self.watch(request_id, events=None)
         found = self._results.get(request_id)
         if found is None and request_id not in self._result_waiters and self._redis_url:
-            found = await self._published_earlier(request_id)
-            if found is not None:
-                self._keep(found)
-            found = self._results.get(request_id)  # may have arrived while Redis answered
+            earlier = await self._published_earlier(request_id)
+            if earlier is not None:
+                self._keep(*earlier)
+                found = earlier[0]
+            found = self._results.get(request_id, found)  # may have come while Redis answered
         if found is None:
             waiter = self._result_waiters.get(request_id)
             if waiter is None:
@@ -302,67 +323,128 @@ class GraphwireClient:
             _raise_for(found)
         return found
 
-    def _keep_event(self, rid: str, event: Event) -> None:
+    def _keep_event(self, rid: str, event: Event, size: int) -> None:
+        if size > self._max_kept_bytes:  # alone over the budget: never kept
+            self._count_dropped(rid, 1)
+            return
         kept = self._events.get(rid)
         if kept is None:
-            kept = self._events[rid] = deque(maxlen=self._max_events_per_run)
+            kept = self._events[rid] = deque()
         self._events.move_to_end(rid)  # a run still sending events is the last to be dropped
-        if len(kept) == kept.maxlen:  # append() drops the run's oldest event
+        if len(kept) == self._max_events_per_run:  # drop the run's oldest event
+            _, oldest = kept.popleft()
             self._kept_events -= 1
+            self._kept_bytes -= oldest
             self._count_dropped(rid, 1)
-        kept.append(event)
+        kept.append((event, size))
         self._kept_events += 1
+        self._kept_bytes += size
         # ``rid`` is last and alone holds at most max_events_per_run <= max_kept_events: the
-        # loops never drop the events of the run that just received one
+        # loops never drop the events of the run that just received one for a count
         while len(self._events) > self._max_kept or self._kept_events > self._max_kept_events:
             self._drop_events(next(iter(self._events)))
+        self._trim(rid)
+
+    def _drop_oldest_event(self, rid: str) -> None:
+        kept = self._events[rid]
+        _, size = kept.popleft()
+        self._kept_events -= 1
+        self._kept_bytes -= size
+        self._count_dropped(rid, 1)
+        if not kept:
+            del self._events[rid]
 
     def _drop_events(self, rid: str) -> None:
         dropped = self._events.pop(rid)
         self._kept_events -= len(dropped)
+        self._kept_bytes -= sum(size for _, size in dropped)
         self._count_dropped(rid, len(dropped))
 
     def _count_dropped(self, rid: str, count: int) -> None:
         self._dropped[rid] = self._dropped.get(rid, 0) + count
         self._dropped_total += count
 
-    def _keep(self, result: Result) -> None:
+    def _keep(self, result: Result, size: int) -> None:
+        if size > self._max_kept_bytes:  # alone over the budget: handed to waiters only
+            return
+        if result.request_id in self._results:
+            self._forget_result(result.request_id)
         self._results[result.request_id] = result
-        self._results.move_to_end(result.request_id)
+        self._result_bytes[result.request_id] = size
+        self._kept_bytes += size
         while len(self._results) > self._max_kept:
-            self._results.popitem(last=False)
+            self._forget_result(next(iter(self._results)))
+        self._trim(None)
 
-    async def _published_earlier(self, request_id: str) -> Result | None:
-        """The result the runner's done marker points at, read from Kafka (None if unknown)."""
-        from redis.asyncio import Redis
+    def _forget_result(self, rid: str) -> None:
+        del self._results[rid]
+        self._kept_bytes -= self._result_bytes.pop(rid)
 
-        assert self._redis_url is not None
-        redis = Redis.from_url(self._redis_url, socket_timeout=5)
-        try:
-            marker = await read_done_marker(redis, self.topics.prefix, request_id)
-        finally:
-            await redis.aclose()
+    def _trim(self, receiving: str | None) -> None:
+        """Drop until the budget holds: the events of the runs that received none for longest
+        (not ``receiving``), then the oldest results, then ``receiving``'s oldest events."""
+        while self._kept_bytes > self._max_kept_bytes:
+            oldest = next(iter(self._events), None)
+            if oldest is not None and oldest != receiving:
+                self._drop_events(oldest)
+            elif self._results:
+                self._forget_result(next(iter(self._results)))
+            elif receiving is not None and receiving in self._events:
+                self._drop_oldest_event(receiving)
+            else:  # nothing left to drop (cannot happen: every kept byte is counted)
+                break
+
+    @property
+    def kept_bytes(self) -> int:
+        """Bytes (as received) of the results and events this client keeps now; at most
+        ``max_kept_bytes``."""
+        return self._kept_bytes
+
+    def add_result_listener(self, listener: Callable[[Result], None]) -> None:
+        """Call ``listener(result)`` (on the event loop, quickly) for every result of a
+        watched request the reader receives."""
+        self._result_listeners.append(listener)
+
+    async def _shared_redis(self) -> Any:
+        if self._redis is None:
+            from redis.asyncio import Redis
+
+            assert self._redis_url is not None
+            self._redis = Redis.from_url(self._redis_url, socket_timeout=5)
+        return self._redis
+
+    async def _published_earlier(self, request_id: str) -> tuple[Result, int] | None:
+        """The result the runner's done marker points at, read from Kafka (None if unknown),
+        with its size. One Redis client and one lookup consumer serve every call."""
+        marker = await read_done_marker(await self._shared_redis(), self.topics.prefix,
+                                        request_id)
         position = marker.result_position() if marker is not None else None
         if position is None:
             return None
         topic, partition, offset = position
-        reader = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False, **self._kwargs
-        )
-        await reader.start()
-        try:
+        async with self._lookup_lock:  # one consumer: one position at a time
+            if self._lookup is None:
+                lookup = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers,
+                                          enable_auto_commit=False, **self._kwargs)
+                await lookup.start()
+                self._lookup = lookup
             tp = TopicPartition(topic, partition)
-            reader.assign([tp])
-            reader.seek(tp, offset)
-            record = await asyncio.wait_for(reader.getone(), 10)
-        finally:
-            await reader.stop()
-        result = Result.model_validate(loads(record.value or b"{}"))
-        return result if result.request_id == request_id else None
+            self._lookup.assign([tp])
+            self._lookup.seek(tp, offset)
+            try:
+                record = await asyncio.wait_for(self._lookup.getone(), 10)
+            except TimeoutError:
+                return None
+        value = record.value or b"{}"
+        result = Result.model_validate(loads(value))
+        return (result, len(value)) if result.request_id == request_id else None
 
-    def watch(self, request_id: str) -> None:
-        """Start keeping the results and events of ``request_id`` (``submit`` does this)."""
-        self._watched[request_id] = None
+    def watch(self, request_id: str, *, events: bool | None = True) -> None:
+        """Start keeping the result and (with ``events``) the events of ``request_id``
+        (``submit`` does this); ``events=None`` keeps what was asked before (else none)."""
+        if events is None:
+            events = self._watched.get(request_id, False)
+        self._watched[request_id] = events
         self._watched.move_to_end(request_id)
         while len(self._watched) > 4 * self._max_kept:  # the oldest are long answered
             old, _ = self._watched.popitem(last=False)
@@ -393,7 +475,7 @@ class GraphwireClient:
 
     def seen_events(self, request_id: str) -> list[Event]:
         """Events of ``request_id`` received so far, by seq (duplicates dropped)."""
-        return sorted({e.seq: e for e in self._events.get(request_id, [])}.values(),
+        return sorted({e.seq: e for e, _ in self._events.get(request_id, [])}.values(),
                       key=lambda e: e.seq)
 
     async def events(
@@ -408,7 +490,7 @@ class GraphwireClient:
         while True:
             signal = self._event_signal[request_id]
             signal.clear()  # before the snapshot: an event arriving while we yield wakes us
-            by_seq = {e.seq: e for e in self._events.get(request_id, [])}
+            by_seq = {e.seq: e for e, _ in self._events.get(request_id, [])}
             while (event := next_event(by_seq, last)) is not None:
                 last = event.seq
                 yield event
@@ -463,13 +545,8 @@ class GraphwireClient:
         control = Control(request_id=request_id, action=action, reason=reason)
         state = "sent"
         if self._redis_url:
-            from redis.asyncio import Redis
-
-            redis = Redis.from_url(self._redis_url, socket_timeout=5)
-            try:
-                found = await read_run_state(redis, self.topics.prefix, request_id)
-            finally:
-                await redis.aclose()
+            found = await read_run_state(await self._shared_redis(), self.topics.prefix,
+                                         request_id)
             if found is not None and found.state == "done":
                 return CancelOutcome(request_id, "finished", found.status)
             if found is not None:
@@ -480,6 +557,13 @@ class GraphwireClient:
                 return CancelOutcome(request_id, "unknown")
         await self.send_control(control)
         return CancelOutcome(request_id, state)
+
+    async def produce(self, topic: str, value: bytes, *, key: bytes | None = None,
+                      headers: Iterable[tuple[str, bytes]] = ()) -> None:
+        """Produce one record as it is (a dead letter's original bytes, key and headers) with
+        this client's producer, and wait for the broker's acknowledgement."""
+        assert self._producer is not None, "call start() or use `async with` first"
+        await self._producer.send_and_wait(topic, value, key=key, headers=list(headers))
 
     async def send_control(self, control: Control) -> None:
         """Produce a control message to ``<prefix>.control`` (keyed by its request_id)."""
@@ -529,14 +613,17 @@ class GraphwireClient:
         if rid is None or rid not in self._watched or record.value is None:
             return
         if topic == self.topics.results:
-            result = Result.model_validate(loads(record.value))
-            if rid not in self._results:
-                self._keep(result)
+            result = self._results.get(rid)
+            if result is None:
+                result = Result.model_validate(loads(record.value))
+                self._keep(result, len(record.value))
             waiter = self._result_waiters.pop(rid, None)
             if waiter is not None and not waiter.done():
-                waiter.set_result(self._results[rid])
-        else:
-            self._keep_event(rid, Event.model_validate(loads(record.value)))
+                waiter.set_result(result)
+            for listener in self._result_listeners:
+                listener(result)
+        elif self._watched[rid]:  # events only of runs someone streams
+            self._keep_event(rid, Event.model_validate(loads(record.value)), len(record.value))
             self._event_signal[rid].set()
 
 

@@ -16,17 +16,19 @@ the table is created by migration 0006 (``graphwire db migrate``).
 CronError
  +-- InvalidCron   a bad name, schedule, time zone or request template: fix the definition
  +-- CronExists    ``add`` of a name that is taken: pick another, or ``replace=True``
+ +-- TooManyCrons  ``add`` over the owner's maximum number of crons: remove one first
  +-- UnknownCron   no cron of that name (for this caller)
 """
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from graphwire.topics.errors import GraphwireError
@@ -34,6 +36,8 @@ from graphwire.topics.models import Request
 
 CRON_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$"
 MAX_FIRINGS_PER_TICK = 1000  # a per-second cron long overdue catches up over several ticks
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")  # NUL, newlines, escapes, C1
+_INTERVAL_SAMPLES = 200  # firings looked at for the shortest gap between two
 
 
 class CronError(GraphwireError):
@@ -48,19 +52,88 @@ class CronExists(CronError):
     """A cron of that name exists already."""
 
 
+class TooManyCrons(CronError):
+    """The owner has its maximum number of crons."""
+
+
 class UnknownCron(CronError):
     """No cron of that name (visible to this caller)."""
 
 
 def check_schedule(schedule: str) -> str:
-    """``schedule`` if croniter reads it; else ``InvalidCron`` saying what is wrong."""
+    """``schedule`` if croniter reads it and it fires at all; else ``InvalidCron`` saying what
+    is wrong."""
     try:
-        croniter(schedule, datetime.now(UTC))
+        croniter(schedule, datetime.now(UTC)).get_next(datetime)
+    except CroniterBadDateError:
+        raise InvalidCron(
+            f"the schedule {schedule!r} never fires (no such date, e.g. 31 February); fix its "
+            "day and month fields"
+        ) from None
     except Exception as exc:  # croniter's errors are ValueErrors; odd text may raise others
         raise InvalidCron(
             f"cannot read the schedule {schedule!r} ({exc}); write 5 cron fields like "
             "'*/5 * * * *' (minute hour day month weekday), a 6th for seconds"
         ) from None
+    return schedule
+
+
+def check_name(name: str) -> str:
+    """``name`` if it is a valid cron name; else ``InvalidCron`` (checked before any query, so
+    PostgreSQL never sees a NUL or a control character)."""
+    if not isinstance(name, str) or not re.fullmatch(CRON_NAME_PATTERN.strip("^$"), name):
+        raise InvalidCron(f"invalid cron name {name!r}: {_NAME_RULE}")
+    return name
+
+
+def check_text(value: str | None, what: str) -> str | None:
+    """``value`` unless it holds a control character (NUL, newline, escape...)."""
+    if value is not None and _CONTROL.search(value):
+        raise ValueError(f"the {what} must not contain control characters (NUL, newlines, "
+                         "escapes)")
+    return value
+
+
+def shortest_interval(schedule: str, timezone: str = "UTC",
+                      start: datetime | None = None) -> float:
+    """The shortest time in seconds between two firings of ``schedule``: exact under 60 s
+    (a seconds field holding more than one value), else the shortest of its next
+    ``_INTERVAL_SAMPLES`` firings."""
+    fields = schedule.split()
+    if len(fields) >= 6 and not fields[5].isdigit():  # several firings in one minute
+        limit = 59.0
+    else:
+        limit = float("inf")
+    it = croniter(schedule, (start or datetime.now(UTC)).astimezone(ZoneInfo(timezone)))
+    shortest = limit
+    try:
+        previous: datetime = it.get_next(datetime)
+    except CroniterBadDateError:  # never fires
+        return shortest
+    for _ in range(_INTERVAL_SAMPLES):
+        try:
+            following: datetime = it.get_next(datetime)
+        except CroniterBadDateError:  # no more firings (a year field)
+            break
+        shortest = min(shortest, (following - previous).total_seconds())
+        previous = following
+        if shortest < 60:
+            break
+    return shortest
+
+
+def check_min_interval(schedule: str, timezone: str, minimum: float) -> str:
+    """``schedule`` if no two of its firings are closer than ``minimum`` seconds; else
+    ``InvalidCron`` saying what to write instead."""
+    shortest = shortest_interval(schedule, timezone)
+    if shortest < minimum:
+        raise InvalidCron(
+            f"invalid cron: schedule: {schedule!r} fires {shortest:g} s apart, and crons may "
+            f"fire at most every {minimum:g} s: use 5 fields (minute hour day month weekday) "
+            "or a single second in the 6th" if minimum <= 60 else
+            f"invalid cron: schedule: {schedule!r} fires {shortest:g} s apart, and crons may "
+            f"fire at most every {minimum:g} s: fire less often"
+        )
     return schedule
 
 
@@ -81,7 +154,7 @@ class CronSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(pattern=CRON_NAME_PATTERN)
+    name: str = Field(pattern=CRON_NAME_PATTERN, max_length=80)
     """1..80 characters: letters, digits, ``_ . -``; firings are ``<name>:<time>``."""
     graph: str = Field(min_length=1, max_length=200)
     """The graph each firing runs."""
@@ -106,7 +179,13 @@ class CronSpec(BaseModel):
     @field_validator("timezone")
     @classmethod
     def _timezone(cls, value: str) -> str:
+        check_text(value, "time zone")
         return check_timezone(value)
+
+    @field_validator("graph", "thread_id")
+    @classmethod
+    def _printable(cls, value: str | None) -> str | None:
+        return check_text(value, "graph name and thread_id")
 
     def request(self, at: datetime) -> dict[str, Any]:
         """The request of the firing scheduled at ``at`` (validated against the contract)."""
@@ -129,7 +208,7 @@ def cron_spec(**fields: Any) -> CronSpec:
         where = ".".join(str(p) for p in first["loc"]) or "cron"
         message = str(first["msg"]).removeprefix("Value error, ")
         if where == "name":
-            message = "use 1..80 letters, digits, '_', '.' or '-', starting with a letter or digit"
+            message = _NAME_RULE
         raise InvalidCron(f"invalid cron: {where}: {message}") from None
 
 
@@ -143,6 +222,9 @@ class Cron(CronSpec):
     """The next firing the scheduler has not yet taken."""
     last_fired: datetime | None = None
     """The scheduled time of the latest firing taken."""
+
+
+_NAME_RULE = "use 1..80 letters, digits, '_', '.' or '-', starting with a letter or digit"
 
 
 def rfc3339(at: datetime) -> str:
@@ -214,10 +296,11 @@ class CronStore:
 
     async def add(
         self, spec: CronSpec, *, owner: str | None = None, replace: bool = False,
-        now: datetime | None = None,
+        now: datetime | None = None, max_per_owner: int | None = None,
     ) -> Cron:
         """Store ``spec``; its first firing is the first after ``now``. ``CronExists`` when
-        the name is taken (``replace=True`` redefines a cron of the same owner)."""
+        the name is taken (``replace=True`` redefines a cron of the same owner);
+        ``TooManyCrons`` when ``owner`` has ``max_per_owner`` crons besides this one."""
         try:
             spec.request(datetime.now(UTC))  # the template must make a valid request
         except ValidationError as exc:
@@ -230,11 +313,14 @@ class CronStore:
         args = (
             spec.name, spec.graph, spec.schedule, spec.timezone, orjson.dumps(spec.input).decode(),
             spec.thread_id, orjson.dumps(spec.metadata).decode(), spec.missed, owner, next_at,
+            max_per_owner,
         )
         insert = (
             "INSERT INTO graphwire_crons (name, graph, schedule, timezone, input, thread_id, "
             "metadata, missed, owner, next_at) "
-            "VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7::jsonb, $8, $9, $10)"
+            "SELECT $1::text, $2::text, $3::text, $4::text, $5::jsonb, $6::text, $7::jsonb, "
+            "$8::text, $9::text, $10::timestamptz WHERE $11::int IS NULL OR (SELECT count(*) "
+            "FROM graphwire_crons WHERE owner = $9 AND name <> $1) < $11"
         )
         if replace:
             insert += (
@@ -246,6 +332,13 @@ class CronStore:
         else:
             insert += " ON CONFLICT (name) DO NOTHING"
         row = await self._db.fetchrow(insert + f" RETURNING {_COLUMNS}", *args)
+        if row is None and max_per_owner is not None and await self._db.fetchval(
+                "SELECT count(*) FROM graphwire_crons WHERE owner = $1 AND name <> $2",
+                owner, spec.name) >= max_per_owner:
+            raise TooManyCrons(
+                f"{max_per_owner} crons are defined already, the most one caller may have: "
+                "remove one first"
+            )
         if row is None:
             raise CronExists(
                 f"a cron named {spec.name!r} exists already: pick another name, remove it "
@@ -265,6 +358,7 @@ class CronStore:
 
     async def get(self, name: str, *, owner: str | None = None) -> Cron:
         """The cron ``name``, or ``UnknownCron``."""
+        check_name(name)
         row = await self._db.fetchrow(
             f"SELECT {_COLUMNS} FROM graphwire_crons WHERE name = $1 "
             "AND ($2::text IS NULL OR owner = $2)", name, owner,
@@ -275,6 +369,7 @@ class CronStore:
 
     async def remove(self, name: str, *, owner: str | None = None) -> None:
         """Delete the cron ``name`` (firings already produced still run), or ``UnknownCron``."""
+        check_name(name)
         status = await self._db.execute(
             "DELETE FROM graphwire_crons WHERE name = $1 AND ($2::text IS NULL OR owner = $2)",
             name, owner,
@@ -284,6 +379,7 @@ class CronStore:
 
     async def pause(self, name: str, *, owner: str | None = None) -> Cron:
         """Stop firing ``name`` until ``resume`` (firings in the pause are not run later)."""
+        check_name(name)
         row = await self._db.fetchrow(
             "UPDATE graphwire_crons SET paused = true, updated_at = now() WHERE name = $1 "
             f"AND ($2::text IS NULL OR owner = $2) RETURNING {_COLUMNS}", name, owner,

@@ -36,6 +36,7 @@ from graphwire.processors.gateway.auth import (
 )
 from graphwire.processors.gateway.crons import add_cron_routes
 from graphwire.processors.gateway.guard import BrowserGuard, allowed_hosts
+from graphwire.processors.gateway.limits import PrincipalCaps
 from graphwire.processors.gateway.models import (
     Accepted,
     BatchRequest,
@@ -47,6 +48,7 @@ from graphwire.processors.gateway.models import (
     WorkflowRequest,
 )
 from graphwire.processors.gateway.ops import OpsServer, Readiness, is_ready
+from graphwire.processors.gateway.pool import BoundedPool, PoolBusy
 from graphwire.processors.gateway.runctl import add_routes as add_runctl_routes
 from graphwire.processors.gateway.sse import event_stream
 from graphwire.processors.gateway.webhookkey import add_routes as add_webhook_key_routes
@@ -73,11 +75,19 @@ class Gateway:
             settings.bootstrap_servers,
             topic_prefix=settings.topic_prefix,
             redis_url=redis_url if settings.dedup else None,
+            max_kept_bytes=settings.gateway_max_kept_bytes,
             **settings.kafka_security(),
         )
         # the run-status layout the runner writes (read only here), and the rate limiter's
         self.redis = Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
         self.limiter: RateLimiter | None = None
+        from graphwire.processors.gateway.ui.routes import LIVE_MAX_S
+
+        self.caps = PrincipalCaps(  # concurrent runs and streams per caller, in Redis
+            self.redis, settings.topic_prefix, max_runs=settings.gateway_max_concurrent_runs,
+            run_ttl_s=settings.gateway_run_slot_ttl_s, max_streams=settings.gateway_max_streams,
+            stream_ttl_s=max(settings.gateway_wait_timeout_s, LIVE_MAX_S) + 60)
+        self.client.add_result_listener(lambda result: self.caps.run_finished(result.request_id))
         self.db: Any = None
         self.webhooks = WebhookPolicy(settings.webhook_allowed_hosts)  # the runners' rules
 
@@ -95,15 +105,17 @@ class Gateway:
             ) from exc
         self.limiter = RateLimiter(self.redis, self.settings.topic_prefix)
         with contextlib.suppress(Exception):  # optional: status fallback and SSE backfill
-            self.db = await asyncpg.create_pool(
-                self.settings.database_url.get_secret_value(), min_size=0, max_size=4,
-                timeout=5, command_timeout=10,
+            pool = await asyncpg.create_pool(
+                self.settings.database_url.get_secret_value(), min_size=0,
+                max_size=self.settings.gateway_db_pool_size, timeout=5, command_timeout=10,
                 server_settings={"search_path": f'"{self.settings.audit_schema}"'}  # never public
                 if self.settings.audit_schema else None,
             )
+            self.db = BoundedPool(pool, self.settings.gateway_db_acquire_timeout_s)
 
     async def stop(self) -> None:
         await self.client.stop()
+        await self.caps.stop()
         await self.redis.aclose()
         if self.db is not None:
             await self.db.close()
@@ -176,11 +188,14 @@ class Gateway:
             raise HTTPException(422, _contract_error(exc)) from None
 
     async def submit(
-        self, body: WorkflowRequest, principal: Principal, idempotency_key: str | None
+        self, body: WorkflowRequest, principal: Principal, idempotency_key: str | None,
+        *, keep_events: bool = False,
     ) -> str:
-        """Check and produce the run (``prepare``); returns its request_id."""
+        """Check and produce the run (``prepare``), holding one of the caller's run slots
+        until its result is seen; returns its request_id. Its events are kept in memory only
+        with ``keep_events`` (a stream reads them)."""
         request = await self.prepare(body, principal, idempotency_key)
-        return await self.client.submit_request(request)
+        return (await self.submit_all([request], principal, keep_events=keep_events))[0]
 
     async def thread_of(self, principal: Principal, thread_id: str | None) -> str | None:
         """The stored id of the caller's thread: under its scope, or under its legacy scope
@@ -188,6 +203,23 @@ class Gateway:
         if thread_id is None:
             return None
         return await legacy.thread_of(self.db, principal, thread_id)
+
+    async def submit_all(self, requests: list[RunRequest], principal: Principal,
+                         *, keep_events: bool = False) -> list[str]:
+        """Produce checked runs after taking a run slot for each (429 over the caller's
+        concurrent-run cap: none is produced); a slot is given back if its run was not."""
+        ids = [request.request_id for request in requests]
+        await self.caps.take_runs(principal, ids)
+        sent = 0
+        try:
+            for request in requests:
+                await self.client.submit_request(request, keep_events=keep_events)
+                sent += 1
+        finally:
+            if sent < len(ids):
+                with contextlib.suppress(RedisError, OSError):
+                    await self.caps.release_runs(ids[sent:])
+        return ids
 
     async def wait(self, request_id: str, timeout: float) -> Response:
         """The result as JSON (already validated by the client: no second pass here)."""
@@ -215,7 +247,7 @@ class Gateway:
                 return RunStatus(request_id=request_id, source="redis", status=found.status,
                                  attempts=found.attempts or None)
         if self.db is not None:
-            with contextlib.suppress(Exception):
+            try:
                 row = await self.db.fetchrow(
                     "SELECT status, attempts, requested_at, finished_at FROM graphwire_runs "
                     "WHERE request_id = $1", request_id,
@@ -229,6 +261,10 @@ class Gateway:
                 if due is not None:
                     return RunStatus(request_id=request_id, source="postgresql",
                                      status="scheduled", run_at=due)
+            except PoolBusy:  # not "unknown": the caller may retry (503 by the app's handler)
+                raise
+            except Exception:  # no audit tables: Redis alone answered
+                pass
         raise HTTPException(404, f"unknown request {request_id!r}")
 
     async def readiness(self) -> dict[str, str]:
@@ -290,6 +326,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(Measure, metrics=gw.metrics)
 
+    @app.exception_handler(PoolBusy)
+    async def pool_busy(_request: Request, exc: PoolBusy) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "5"})
+
     Caller = Annotated[Principal, Depends(gw.principal)]
     IdemKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=ID_BUDGET)]
     Wait = Annotated[float | None, Query(gt=0, le=600, description="seconds (default setting)")]
@@ -329,8 +369,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def stream(body: WorkflowRequest, caller: Caller,
                      idempotency_key: IdemKey = None) -> StreamingResponse:
         """Submit a run and stream its events (``id:`` = seq), then its result."""
-        rid = await gw.submit(body, caller, idempotency_key)
-        return _sse(gw, rid, -1)
+        slot = await gw.caps.take_stream(caller)
+        try:
+            rid = await gw.submit(body, caller, idempotency_key, keep_events=True)
+        except BaseException:
+            await gw.caps.release_stream(caller, slot)
+            raise
+        return _sse(gw, rid, -1, caller, slot)
 
     @app.get("/workflow/stream/{request_id}", response_class=StreamingResponse,
              responses={200: {"content": {"text/event-stream": {}}}})
@@ -344,7 +389,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         after = int(last_event_id) if valid and last_event_id else -1
         if not gw.client.watching(request_id):
             await gw.status(request_id)  # raises 404 for an unknown request
-        return _sse(gw, request_id, after)
+        return _sse(gw, request_id, after, caller, await gw.caps.take_stream(caller))
 
     @app.post("/workflow/batch", response_model=BatchResponse)
     async def batch(body: BatchRequest, caller: Caller, timeout: Wait = None) -> BatchResponse:
@@ -361,7 +406,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                     "nothing in this batch was submitted") from None
         if len(body.requests) > 1:  # each run counts against the rate limit
             await gw.charge(caller, len(body.requests) - 1)
-        ids = [await gw.client.submit_request(request) for request in checked]
+        ids = await gw.submit_all(checked, caller)
         if not body.wait:
             return BatchResponse(request_ids=ids)
         limit = timeout or settings.gateway_wait_timeout_s
@@ -401,9 +446,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def _sse(gw: Gateway, request_id: str, after: int) -> StreamingResponse:
+def _sse(gw: Gateway, request_id: str, after: int, caller: Principal,
+         slot: str) -> StreamingResponse:
+    """The run's SSE stream, holding the caller's stream ``slot`` while it is open."""
+    gw.client.watch(request_id, events=True)
+    body = event_stream(gw.client, gw.db, request_id, after, gw.settings.gateway_wait_timeout_s)
     return StreamingResponse(
-        event_stream(gw.client, gw.db, request_id, after, gw.settings.gateway_wait_timeout_s),
+        gw.caps.guard(caller, slot, body),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -3,6 +3,11 @@
 A caller's cron is stored as ``<scope>.<name>`` with owner ``<scope>`` (the caller's scope, as
 for its runs and threads), so its firings are ``<scope>.<name>:<time>``: the caller reads them
 at ``/workflow/status/...`` like its other runs, and never sees another caller's crons.
+
+Limits (``GRAPHWIRE_GATEWAY_MAX_CRONS``, ``GRAPHWIRE_GATEWAY_CRON_MIN_INTERVAL_S``): a caller
+has at most so many crons, none firing more often than the minimum interval, and the scheduler
+charges each firing to the caller's rate limit (the cron's ``metadata.principal`` carries the
+caller's ``rate_per_minute`` for it; ``processors/schedules/leader.py``).
 (No ``from __future__ import annotations``: FastAPI reads the routes' local ``Annotated``.)
 """
 
@@ -21,7 +26,9 @@ from graphwire.topics.crons import (
     CronExists,
     CronStore,
     InvalidCron,
+    TooManyCrons,
     UnknownCron,
+    check_min_interval,
     cron_spec,
 )
 
@@ -91,7 +98,7 @@ def add_cron_routes(app: FastAPI, gw: Any, caller: Any) -> None:
         """Await ``operation``; its errors as HTTP answers, in the caller's own names."""
         try:
             return await operation
-        except CronExists as exc:
+        except (CronExists, TooManyCrons) as exc:
             raise HTTPException(409, local(str(exc), who)) from None
         except UnknownCron as exc:
             raise HTTPException(404, local(str(exc), who)) from None
@@ -128,9 +135,12 @@ def add_cron_routes(app: FastAPI, gw: Any, caller: Any) -> None:
             spec = cron_spec(
                 name=f"{scope}.{body.name}", graph=body.workflow_name, schedule=body.schedule,
                 timezone=body.timezone, input=body.input_data, thread_id=thread,
-                metadata={**body.metadata, "principal": who.as_metadata()},
+                metadata={**body.metadata, "principal": {
+                    **who.as_metadata(), "rate_per_minute": who.rate_per_minute}},
                 missed=body.missed,
             )
+            check_min_interval(spec.schedule, spec.timezone,
+                               gw.settings.gateway_cron_min_interval_s)
         except InvalidCron as exc:
             raise HTTPException(422, local(str(exc), who)) from None
         old = await owner_of(body.name, who)
@@ -139,7 +149,8 @@ def add_cron_routes(app: FastAPI, gw: Any, caller: Any) -> None:
                 raise HTTPException(409, f"a cron named {body.name!r} exists already: pick "
                                          "another name, remove it first, or replace it")
             await call(store().remove(f"{old}.{body.name}", owner=old), who)
-        cron = await call(store().add(spec, owner=scope, replace=body.replace), who)
+        cron = await call(store().add(spec, owner=scope, replace=body.replace,
+                                      max_per_owner=gw.settings.gateway_max_crons), who)
         return CronView.of(cron, who)
 
     @app.get("/crons", response_model=list[CronView])

@@ -6,7 +6,14 @@ connection dies, so does the lock, and the leader's next query fails, so it step
 doing anything more. A standby tries the lock every ``GRAPHWIRE_SCHEDULER_STANDBY_POLL_S``.
 
 A tick: cron firings that are due become rows (``store.take_crons``), due rows are produced
-and acknowledged by the broker, then marked fired. A leader killed between producing and
+and acknowledged by the broker, then marked fired.
+
+A firing of a cron defined through the gateway is charged to its owner's rate limit (the same
+sliding window in Redis as the owner's HTTP requests; the cron's ``metadata.principal`` names
+the owner and its ``rate_per_minute``). Over the limit the firing is skipped: marked fired
+without being produced, logged with the reason, counted in
+``graphwire_scheduler_skipped_firings_total{reason="rate_limited"}``. Redis not answering
+skips no firing (the charge is left out, with a warning). A leader killed between producing and
 marking leaves the rows unmarked; its successor produces them again with the same request_id,
 and the runners' dedup runs each request once.
 """
@@ -21,10 +28,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from graphwire.processors.audit.db import connect
+from graphwire.processors.gateway.auth import Principal, RateLimiter
 from graphwire.processors.schedules import store
 from graphwire.processors.schedules.metrics import SchedulerMetrics
 from graphwire.processors.settings import Settings
@@ -55,6 +66,7 @@ class Leadership:
         """``leader``, ``standby``, or ``starting`` (no database answer yet)."""
         self.database_error: str | None = None
         self._pruned = self._counted = 0.0
+        self._redis: Redis | None = None  # the owners' rate limits, made on first use
 
     def wake(self) -> None:
         """Stop waiting and tick now (on shutdown)."""
@@ -85,6 +97,9 @@ class Leadership:
                 if conn is not None:
                     await _close(conn)  # releases the lock (it is the session's)
         self._set_role("standby")
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
 
     def _set_role(self, role: str) -> None:
         self.role = role
@@ -126,16 +141,44 @@ class Leadership:
         if not due:
             return 0
         topic = self.settings.topics.requests
+        skipped = await self._over_rate(due)
         acks = [await self._producer.send(topic, row.value, key=row.key, headers=row.headers)
-                for row in due]
+                for row in due if row.request_id not in skipped]
         await asyncio.gather(*acks)
         await store.mark_fired(conn, [row.request_id for row in due])
         produced = datetime.now(UTC)
         for row in due:
+            if row.request_id in skipped:
+                continue
             self._metrics.fired.labels("cron" if row.cron else "request").inc()
             self._metrics.lateness.observe(max(0.0, (produced - row.due_at).total_seconds()))
             log.info("fired %s (due %s)", row.request_id, row.due_at.isoformat())
         return len(due)
+
+    async def _over_rate(self, due: list[store.Due]) -> set[str]:
+        """Charge each gateway cron's firing to its owner's rate limit; the request_ids of
+        the firings over it (skipped: logged and counted here)."""
+        skipped: set[str] = set()
+        for row in due:
+            owner = _owner(row)
+            if owner is None:
+                continue
+            if self._redis is None:
+                self._redis = Redis.from_url(self.settings.redis_url.get_secret_value(),
+                                             socket_timeout=5, socket_connect_timeout=5)
+            try:
+                decision = await RateLimiter(self._redis, self.settings.topic_prefix).check(owner)
+            except (RedisError, OSError) as exc:
+                log.warning("cannot charge cron firings to their owners' rate limits (Redis: "
+                            "%s); firing them uncharged", type(exc).__name__)
+                return skipped
+            if not decision.allowed:
+                skipped.add(row.request_id)
+                self._metrics.skipped.labels("rate_limited").inc()
+                log.warning("skipped cron firing %s: its owner %s is over its rate limit of %d "
+                            "requests per minute", row.request_id, owner.name,
+                            owner.rate_per_minute)
+        return skipped
 
     async def _maybe_prune(self, conn: Any, now: datetime) -> None:
         """Every few seconds count what is pending; every minute delete old fired rows."""
@@ -150,6 +193,25 @@ class Leadership:
         deleted = await store.prune(conn, retention, now)
         if deleted:
             log.info("pruned %d fired schedules older than %s", deleted, retention)
+
+
+def _owner(row: store.Due) -> Principal | None:
+    """The gateway caller a cron firing is charged to: its request's ``metadata.principal``
+    with a ``rate_per_minute`` (set by the gateway's ``POST /crons``); None for the crons of
+    the CLI and the client, and for delayed requests."""
+    if row.cron is None:
+        return None
+    try:
+        found = orjson.loads(row.value).get("metadata", {}).get("principal")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    if not isinstance(found, dict):
+        return None
+    kind, name, rate = found.get("type"), found.get("name"), found.get("rate_per_minute")
+    if not (isinstance(kind, str) and isinstance(name, str) and isinstance(rate, int)
+            and not isinstance(rate, bool) and rate >= 1):
+        return None
+    return Principal(kind, name, frozenset(), rate)
 
 
 async def _close(conn: Any) -> None:

@@ -31,6 +31,12 @@ class SchedulerMetrics:
             "Cron firings missed while no scheduler ran, by what the cron's policy did.",
             ["policy"], registry=r,
         )
+        self.skipped = Counter(
+            "graphwire_scheduler_skipped_firings_total",
+            "Cron firings not produced, by reason (rate_limited: the cron's owner was over "
+            "its gateway rate limit).",
+            ["reason"], registry=r,
+        )
         self.lateness = Histogram(
             "graphwire_scheduler_lateness_seconds",
             "How long after its due time a request was produced.",

@@ -36,13 +36,15 @@ from graphwire.processors.gateway.ui.models import (
     RunSummary,
     ThreadDetail,
 )
-from graphwire.topics.deadletters import DeadLetter, is_webhook_letter, replay
+from graphwire.topics.deadletters import DeadLetter, is_webhook_letter
 from graphwire.topics.errors import GraphwireError
 from graphwire.topics.positions import EVENTS_PER_TRY, TRIES_PER_START
 from graphwire.topics.runstatus import read_run_state
 
 log = logging.getLogger(__name__)
 
+THREAD_TURNS = 20  # turns on one page of a thread
+THREAD_EVENTS = 50  # events listed per turn on a thread page (the run's page has them all)
 NO_AUDIT = ("the run inspector reads the audit tables: set GRAPHWIRE_DATABASE_URL (and "
             "GRAPHWIRE_AUDIT_SCHEMA) for the gateway and run `graphwire audit`")
 
@@ -141,12 +143,12 @@ class Inspector:
             if row is None:
                 raise HTTPException(404, f"the audit tables have no run {request_id!r} (yet)")
             events = await queries.events(db, request_id)
-            turns = (await queries.thread_turns(db, row["thread_id"])
+            turns = (await queries.thread_turns(db, row["thread_id"], bodies=False)
                      if row["thread_id"] else [])
         return await self._detail(row, events, turns)
 
     async def _detail(self, row: dict[str, Any], rows: list[dict[str, Any]],
-                      turns: list[dict[str, Any]]) -> RunDetail:
+                      turns: list[dict[str, Any]], *, list_turns: bool = True) -> RunDetail:
         status = row["status"]
         if status == "accepted":  # the audit table has the request only: ask Redis
             with contextlib.suppress(GraphwireError):
@@ -175,7 +177,7 @@ class Inspector:
             events=events, nodes=visited,
             starts=len({e.attempt for e in events}),
             drawing=picture, bars=drawing.bars(events, total), timeline_ms=total,
-            turns=[RunSummary.model_validate(t) for t in turns],
+            turns=[RunSummary.model_validate(t) for t in turns] if list_turns else [],
             resumable=status == "interrupted" and bool(row["thread_id"]) and not later
             and row["status"] == "interrupted",
             recorded=_recorded(row, events),
@@ -218,19 +220,33 @@ class Inspector:
 
     # -- threads -----------------------------------------------------------------------------
 
-    async def thread(self, principal: Principal, thread_id: str) -> ThreadDetail:
+    async def thread(self, principal: Principal, thread_id: str, cursor: str | None = None,
+                     limit: int = THREAD_TURNS) -> ThreadDetail:
+        """A page of the thread's turns (``limit``, oldest first, after ``cursor``), each with
+        its first ``THREAD_EVENTS`` events: the page's size is bounded, however long the
+        thread and its runs."""
         stored = self.owned_thread(principal, thread_id)
+        try:
+            after = queries.decode_cursor(cursor) if cursor else None
+        except queries.BadCursor as exc:
+            raise HTTPException(422, str(exc)) from None
         async with self.reading() as db:
-            turns = await queries.thread_turns(db, stored)
+            turns = await queries.thread_turns(db, stored, limit + 1, after)
             if not turns:
-                raise HTTPException(404, f"unknown thread {thread_id!r}")
+                raise HTTPException(404, f"unknown thread {thread_id!r}" if after is None else
+                                    f"no turns of thread {thread_id!r} after this cursor")
+            page = turns[:limit]
             details = []
-            for turn in turns:
-                events = await queries.events(db, turn["request_id"])
-                details.append(await self._detail({**turn, "metadata": None}, events, turns))
+            for turn in page:  # the row after the page, if any, is a later turn of each
+                events = await queries.events(db, turn["request_id"], THREAD_EVENTS)
+                details.append(await self._detail({**turn, "metadata": None}, events, turns,
+                                                  list_turns=False))
+        following = (queries.encode_cursor(page[-1]["seen"], page[-1]["request_id"])
+                     if len(turns) > limit and page[-1]["seen"] else None)
         checkpoints, note = await self._history(stored)
         return ThreadDetail(thread_id=stored, turns=details, checkpoints=checkpoints,
-                            checkpoints_note=note)
+                            checkpoints_note=note, next_cursor=following,
+                            events_per_turn=THREAD_EVENTS)
 
     async def _history(self, thread_id: str, limit: int = 50) -> tuple[list[Checkpoint],
                                                                        str | None]:
@@ -301,9 +317,10 @@ class Inspector:
             async with DedupStore(self.settings.redis_url.get_secret_value(),
                                   namespace=self.settings.topic_prefix) as store:
                 await store.forget(rid)
-        try:
-            await replay(self.settings.bootstrap_servers, topics, [letter],
-                         **self.settings.kafka_security())
+        try:  # the gateway's own producer: no new Kafka connection per click
+            await self.gw.client.produce(topics.results if webhook else topics.requests,
+                                         row["value"], key=letter.key,
+                                         headers=letter.original_headers)
         except Exception as exc:
             raise HTTPException(503, f"Kafka did not take the replay ({type(exc).__name__}); "
                                      "retry") from None

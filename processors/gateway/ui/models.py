@@ -133,9 +133,13 @@ class ThreadDetail(BaseModel):
     """A thread's turns and, where checkpoints exist, its history (newest first)."""
 
     thread_id: str
-    turns: list[RunDetail]
+    turns: list[RunDetail] = Field(description="a page of turns, oldest first; each lists its "
+                                   "first events only (see events_per_turn) and no other turns")
     checkpoints: list[Checkpoint]
     checkpoints_note: str | None = None
+    next_cursor: str | None = Field(default=None, description="the next page of turns")
+    events_per_turn: int = Field(description="at most this many events of each turn are "
+                                 "listed: open the run for all of them")
 
 
 class DeadLetterRow(BaseModel):

@@ -130,12 +130,17 @@ async def events(db: Any, request_id: str, limit: int = 2000) -> list[dict[str, 
     return [dict(r) for r in rows]
 
 
-async def thread_turns(db: Any, thread_id: str, limit: int = 200) -> list[dict[str, Any]]:
-    """A thread's runs, oldest first (``graphwire_runs_thread_seen``)."""
+async def thread_turns(db: Any, thread_id: str, limit: int = 200,
+                       after: tuple[datetime, str] | None = None,
+                       *, bodies: bool = True) -> list[dict[str, Any]]:
+    """A thread's runs, oldest first (``graphwire_runs_thread_seen``), after the turn
+    ``after`` (``(seen, request_id)``, a keyset page); without ``bodies`` their summaries only
+    (no input, output, error: a run page lists its thread's turns, it does not show them)."""
+    columns = SUMMARY_COLUMNS + (", input, command, output, error, interrupts" if bodies else "")
+    keyset = f"AND ({SEEN}, request_id) > ($3, $4) " if after else ""
     rows = await db.fetch(
-        f"SELECT {SUMMARY_COLUMNS}, input, command, output, error, interrupts "
-        f"FROM graphwire_runs WHERE thread_id = $1 ORDER BY {SEEN}, request_id LIMIT $2",
-        thread_id, limit)
+        f"SELECT {columns} FROM graphwire_runs WHERE thread_id = $1 {keyset}"
+        f"ORDER BY {SEEN}, request_id LIMIT $2", thread_id, limit, *(after or ()))
     return [dict(r) for r in rows]
 
 

@@ -24,7 +24,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from graphwire.processors.gateway.auth import Principal
 from graphwire.processors.gateway.runctl import CancelAccepted, cancel_run
 from graphwire.processors.gateway.ui import queries
-from graphwire.processors.gateway.ui.inspector import Inspector
+from graphwire.processors.gateway.ui.inspector import THREAD_TURNS, Inspector
 from graphwire.processors.gateway.ui.models import (
     DeadLettersPage,
     Overview,
@@ -45,6 +45,7 @@ from graphwire.processors.gateway.ui.security import (
 HERE = Path(__file__).parent
 LIVE_POLL_S = 1.0
 LIVE_MAX_S = 300.0  # then the browser reconnects (and re-authenticates)
+RENDER_CAP_BYTES = 20_000  # of one JSON value on a thread page (the run's page shows it all)
 PAGES = {"overview": "Overview", "runs": "Runs", "dead-letters": "Dead letters"}
 
 
@@ -54,10 +55,20 @@ def _templates() -> Environment:
                       trim_blocks=True, lstrip_blocks=True)
     env.filters["pretty"] = lambda v: orjson.dumps(v, option=orjson.OPT_INDENT_2,
                                                    default=str).decode()
+    env.filters["capped"] = _capped
     env.filters["seg"] = lambda v: quote(str(v), safe="")  # one path segment, "/" and all
     env.filters["when"] = lambda v: v.strftime("%Y-%m-%d %H:%M:%S") if v else "-"
     env.filters["ms"] = lambda v: "-" if v is None else f"{v:,.1f} ms"
     return env
+
+
+def _capped(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` bytes (UTF-8), saying how much was left out."""
+    raw = text.encode()
+    if len(raw) <= limit:
+        return text
+    kept = raw[:limit].decode("utf-8", "ignore")
+    return f"{kept}\n… {len(raw) - len(kept.encode()):,} more bytes: open the run"
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -96,6 +107,7 @@ def mount(app: FastAPI, gw: Any, caller: Callable[..., Any]) -> Inspector:
 
     Filter = Annotated[queries.RunFilter, Depends(run_filter)]
     Cursor = Annotated[str | None, Query(max_length=1000, description="from next_cursor")]
+    TurnLimit = Annotated[int, Query(ge=1, le=THREAD_TURNS)]
 
     # -- JSON ------------------------------------------------------------------------------
 
@@ -127,9 +139,11 @@ def mount(app: FastAPI, gw: Any, caller: Callable[..., Any]) -> Inspector:
         return await cancel_run(gw, request_id, principal, "interrupt", "cancelled in the UI")
 
     @api.get("/threads/{thread_id:path}", response_model=ThreadDetail)
-    async def thread(thread_id: RunId, principal: Caller) -> ThreadDetail:
-        """A thread's turns in order and its checkpoint history (newest first)."""
-        return await inspector.thread(principal, thread_id)
+    async def thread(thread_id: RunId, principal: Caller, cursor: Cursor = None,
+                     limit: TurnLimit = THREAD_TURNS) -> ThreadDetail:
+        """A page of a thread's turns in order (``next_cursor``) and its checkpoint history
+        (newest first)."""
+        return await inspector.thread(principal, thread_id, cursor, limit)
 
     @api.get("/dead-letters", response_model=DeadLettersPage)
     async def dead_letters(principal: Caller,
@@ -153,8 +167,11 @@ def mount(app: FastAPI, gw: Any, caller: Callable[..., Any]) -> Inspector:
 
     @api.get("/live", include_in_schema=False)
     async def live(request: Request, principal: Caller) -> StreamingResponse:
-        """SSE: ``event: changed`` whenever the caller's newest run or newest result moves."""
-        return StreamingResponse(_changes(inspector, request, principal.scope),
+        """SSE: ``event: changed`` whenever the caller's newest run or newest result moves
+        (429 when the caller holds its maximum of open streams)."""
+        slot = await gw.caps.take_stream(principal)
+        body = gw.caps.guard(principal, slot, _changes(inspector, request, principal.scope))
+        return StreamingResponse(body,
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache",
                                           "X-Accel-Buffering": "no"})
@@ -225,9 +242,11 @@ def mount(app: FastAPI, gw: Any, caller: Callable[..., Any]) -> Inspector:
         return fragment("run.html", r=detail, scope=principal.scope)
 
     @pages.get("/fragments/threads/{thread_id:path}")
-    async def thread_fragment(thread_id: RunId, principal: Caller) -> HTMLResponse:
-        return fragment("thread.html", t=await inspector.thread(principal, thread_id),
-                        scope=principal.scope)
+    async def thread_fragment(thread_id: RunId, principal: Caller, cursor: Cursor = None,
+                              limit: TurnLimit = THREAD_TURNS) -> HTMLResponse:
+        return fragment("thread.html",
+                        t=await inspector.thread(principal, thread_id, cursor, limit),
+                        scope=principal.scope, cap=RENDER_CAP_BYTES)
 
     @pages.get("/fragments/dead-letters")
     async def dead_letters_fragment(principal: Caller,
