@@ -294,11 +294,16 @@ class DedupStore:
         namespace: str = "graphwire",
         lease_ms: int = 30_000,
         done_ttl_s: int = 7 * 24 * 3600,
+        keep_ms: int | None = None,
     ) -> None:
+        """``keep_ms``: how long a waiting or running turn keeps its place on its thread
+        without a sign of life (a claim, a renewal): time for a dead worker's redelivery to
+        come (default: two leases)."""
         self._url = redis_url
         self._ns = namespace
         self.lease_ms = lease_ms
         self.done_ttl_s = done_ttl_s
+        self.keep_ms = keep_ms if keep_ms is not None else 2 * lease_ms
         self._redis: Redis | None = None
         self._batch: RedisBatcher | None = None
         self._held: dict[str, str] = {}
@@ -388,12 +393,6 @@ class DedupStore:
                 f"Redis call failed ({type(exc).__name__}: {exc}); the request stays "
                 "uncommitted until Redis answers"
             ) from exc
-
-    @property
-    def keep_ms(self) -> int:
-        """How long a waiting or running turn keeps its place on its thread without a sign of
-        life (a claim, a renewal): two leases, time for a dead worker's redelivery to come."""
-        return 2 * self.lease_ms
 
     async def acquire(self, request_id: str, owner: str, turn: Turn | None = None) -> Claim:
         """Take the lease unless the request is done or another live owner holds it.

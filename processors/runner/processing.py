@@ -101,6 +101,7 @@ class RequestProcessor:
         """Handles the messages of ``<prefix>.control`` (cancels)."""
         self._misskeyed_warned = -_MISSKEYED_WARN_EVERY_S
         self._misskeyed_unwarned = 0
+        self._waiting: set[asyncio.Task[Any]] = set()
 
     def drain(self) -> None:
         """Ask every checkpointed run to stop at its next step boundary (on shutdown)."""
@@ -651,8 +652,20 @@ class RequestProcessor:
                 wait = delay
                 if turn.mode == "settle":
                     wait = max(0.0, min(delay, settle_until - time.time()))
-                await self._dedup.wait_for_thread(turn.thread_id, wait)
+                task = asyncio.current_task()
+                assert task is not None
+                self._waiting.add(task)
+                try:
+                    await self._dedup.wait_for_thread(turn.thread_id, wait)
+                finally:
+                    self._waiting.discard(task)
             delay = min(delay * 2, 1.0)
+
+    def waiting_for_threads(self) -> set[asyncio.Task[Any]]:
+        """The tasks whose request waits for its thread right now, holding nothing (no lease
+        taken; its turn keeps its place): on a revoke they are cancelled at once rather than
+        given the grace, so the partition moves (and the turn is redelivered) without delay."""
+        return set(self._waiting)
 
     def _turn(self, record: Record, request: Request) -> Turn | None:
         """The turn this request claims on its thread (None without a thread)."""
