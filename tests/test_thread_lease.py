@@ -96,7 +96,8 @@ async def test_turns_keyed_by_request_id_run_one_at_a_time_in_order_on_two_worke
             split += first[0][2] != second[0][2]
         assert split > 0, "no thread had its turns on both workers: the test shows nothing"
         assert [w.terminate() for w in workers] == [0, 0]
-        warnings = worker_log.read_text().count("not keyed by their thread_id")
+        text = await asyncio.to_thread(worker_log.read_text)
+        warnings = text.count("not keyed by their thread_id")
         assert warnings == 2  # one per worker: the first mis-keyed request, then once a minute
     finally:
         for w in workers:
@@ -269,3 +270,45 @@ async def test_the_claim_of_a_turn_is_one_round_trip_and_turns_take_the_thread_i
         assert (await store.acquire("r6", "o6", Turn("T", 6000))).state == "acquired"
         assert await store.client.zrange(keys.turns, 0, -1) == [b"r6"]
         await store.complete("r6", "o6", "success")
+
+
+async def test_topics_scale_wait_drained_waits_for_the_runners_to_consume_every_request(
+    bootstrap: str, topics: TopicNames, worker_env: dict[str, str], worker_log: Path
+) -> None:
+    """`graphwire topics scale --wait-drained S` adds no partition while requests wait (exit 1,
+    saying how many); once a runner has consumed them it goes on to add them (which the test
+    broker refuses: the step after the wait is all it can show)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.kafka_helpers import ROOT
+
+    def scale() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "graphwire", "topics", "scale", "--partitions", "8",
+             "--wait-drained", "2"],
+            cwd=ROOT, env={**os.environ, **worker_env}, capture_output=True,
+            text=True, timeout=120)
+
+    env = {**worker_env, "GRAPHWIRE_GRAPHS": GRAPHS}
+    await send(bootstrap, topics.requests,
+               [(f"d{i}".encode(), encode(turn(f"d{i}", f"d{i}", "D", 0)), i % 4)
+                for i in range(6)])
+    waiting = await asyncio.to_thread(scale)
+    assert waiting.returncode == 1
+    assert (f"{topics.requests}: 6 requests not consumed by the runners ({topics.prefix}-runners)"
+            f" after 2 s; partitions not added") in waiting.stderr
+    worker = WorkerProcess(env, log_path=worker_log).start()
+    try:
+        async with Collector(bootstrap, topics.results) as out:
+            await out.wait_count(topics.results, 6, timeout=60)
+        await asyncio.sleep(1.0)  # the runner commits every 100 ms
+        drained = await asyncio.to_thread(scale)
+    finally:
+        worker.stop()
+    assert (f"{topics.requests}: the runners ({topics.prefix}-runners) have consumed every "
+            "request (lag 0)") in drained.stdout
+    assert drained.returncode == 1
+    assert "it may not support CreatePartitions (the bundled test broker does not)" in (
+        drained.stderr)
