@@ -252,7 +252,7 @@ async def test_the_claim_of_a_turn_is_one_round_trip_and_turns_take_the_thread_i
         await store.release("r1", "o1")  # drained: r1 keeps its place for its redelivery
         assert (await store.acquire("r3", "o3", Turn("T", 3000))).state == "wait"
         settling = await store.acquire("r1", "o1b", Turn("T", 1000, "settle"))
-        assert (settling.state, settling.thread_busy, settling.ahead) == ("wait", None, ())
+        assert (settling.state, settling.detail, settling.thread_busy) == ("wait", "settle", None)
         again = await store.acquire("r1", "o1b", Turn("T", 1000))
         assert (again.state, again.attempt) == ("acquired", 2)
         await store.complete("r1", "o1b", "success")

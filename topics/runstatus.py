@@ -33,7 +33,8 @@ message's key), with the hash tag on the thread:
 - ``<ns>:thread:{tid}:turns``  a sorted set of the turns that claimed the thread and are not
   done, scored by their request message's Kafka timestamp (ms): only the first may take the lease
 - ``<ns>:thread:{tid}:alive``  a hash request_id -> deadline (Redis time, ms): a turn whose worker
-  stopped renewing it (died) loses its place after the deadline, two leases after its last sign
+  stopped renewing it (died) loses its place after the deadline, 2 x (lease + session timeout)
+  after its last claim or renewal: time for its redelivery to claim again first
 
 and the channel ``<ns>:threads``, where the runner that frees a thread others wait for announces
 its thread_id, so that they claim it at once rather than at their next retry.

@@ -87,7 +87,8 @@ _ACQUIRE = (_CLAIM_CHECK % {"on_done": ""}) + "local other = ''\n" + _CLAIM_TAKE
 # ``settle`` (same, but do not take it yet: a mis-keyed turn waits for turns produced just
 # before it), ``stop`` (as ``run``; a wait also lists the turns ahead, to stop them),
 # ``reject`` (thread busy: take the request lease only, to answer ThreadBusy).
-# -> as _ACQUIRE, or {"wait", running request_id or '', turns ahead (mode stop)...}
+# -> as _ACQUIRE, or {"wait", running request_id or '', turns ahead (mode stop)...}, or
+#    {"settle"} (mode settle, and the thread would be this turn's)
 _THREAD = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -125,7 +126,7 @@ if running or head ~= ARGV[5] then
     return reply
   end
 elseif ARGV[8] == 'settle' then
-  return {'wait', ''}
+  return {'settle'}
 else
   redis.call('SET', KEYS[8], ARGV[5], 'PX', ARGV[2])
 end
@@ -257,7 +258,8 @@ class Claim:
     """1 for the first start of this request_id, then one more for every start (a redelivery,
     a retry after an outage): strictly increasing."""
     detail: str = ""
-    """``done``: the final status; ``busy``: the lease's owner."""
+    """``done``: the final status; ``busy``: the lease's owner; ``wait``: ``settle`` when the
+    thread is free and this turn first, but it waits out its order window."""
     deaths: int = 0
     """Earlier starts whose worker died during the run (their lease expired, never released)."""
     kept: KeptResult | None = None
@@ -411,6 +413,8 @@ class DedupStore:
             reply = await self._call("acquire_turn", keys, args)
         assert isinstance(reply, list)
         state = reply[0].decode()
+        if state == "settle":  # free, and this turn first: it waits out its order window
+            return Claim("wait", detail="settle")
         if state == "wait":
             running = reply[1].decode() or None
             return Claim("wait", thread_busy=running,

@@ -644,7 +644,7 @@ class RequestProcessor:
                 await asyncio.sleep(delay)
             else:
                 assert turn is not None
-                if not waited and (claim.thread_busy or claim.ahead):
+                if not waited and claim.detail != "settle":
                     waited = True
                     self.metrics.thread_waits.inc()
                 if turn.mode == "stop":
