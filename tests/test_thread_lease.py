@@ -10,8 +10,6 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from graphwire.processors.runner.dedup import DedupStore, Turn
-from graphwire.topics.runstatus import thread_keys
 from graphwire.topics.specs import TopicNames
 from tests.conftest import TEST_REDIS_URL
 from tests.kafka_helpers import Collector, WorkerProcess, encode, request, wait_for_members
@@ -226,6 +224,9 @@ async def test_the_claim_of_a_turn_is_one_round_trip_and_turns_take_the_thread_i
     """DedupStore against Redis: a claim with its thread is one script in one round trip;
     the thread goes to the earliest live turn; release keeps a turn's place, done frees it;
     a turn whose worker stopped giving signs of life loses its place after keep_ms."""
+    from graphwire.processors.runner.dedup import DedupStore, Turn
+    from graphwire.topics.runstatus import thread_keys
+
     async with DedupStore(TEST_REDIS_URL, namespace=prefix, lease_ms=1000, keep_ms=1500) as store:
         batcher = store.batcher
         first = await store.acquire("r2", "o2", Turn("T", 2000))  # loads the script
