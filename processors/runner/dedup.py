@@ -591,7 +591,7 @@ class DedupStore:
                 delay = min(delay * 2, 10.0)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+                    await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]  # untyped in some redis-py
 
     def _announced(self, data: bytes) -> None:
         try:
