@@ -118,6 +118,19 @@ class RunnerMetrics:
             "Waits for a request_id's lease held by another live worker.",
             registry=r,
         )
+        self.thread_waits = Counter(
+            "graphwire_thread_waits_total",
+            "Turns that waited for their thread: another turn ran on it (on any worker) or an "
+            "earlier one waited for it.",
+            registry=r,
+        )
+        self.misskeyed = Counter(
+            "graphwire_misskeyed_requests_total",
+            "Requests with a thread_id whose message key is not that thread_id (a producer "
+            "keying by request_id, or none): still run one at a time per thread under the "
+            "thread lease, after GRAPHWIRE_THREAD_ORDER_WINDOW_MS; fix the producer's key.",
+            registry=r,
+        )
         self.retries = Counter(
             "graphwire_retries_total", "Graph runs retried after a retriable error.", registry=r
         )

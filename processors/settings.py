@@ -104,6 +104,13 @@ class Settings(BaseSettings):
     """A run's lease; renewed every third of it, so a dead worker's runs restart after this."""
     done_ttl_s: int = Field(default=7 * 24 * 3600, ge=1)
     """How long a finished request_id is remembered (re-produced within it: not run again)."""
+    # -- hostile input (thread exclusivity) --
+    thread_order_window_ms: int = Field(default=1000, ge=0, le=60_000)
+    """A request on a thread whose message key is not its thread_id (mis-keyed: its turns land
+    on different partitions) waits until its message is this old before taking a free thread,
+    so that turns produced just before it, fetched by other workers, go first (turns wait for
+    their thread in Kafka timestamp order). Correctly keyed requests never wait for it; 0: off.
+    Needs dedup (Redis), like the thread lease itself."""
     checkpoints: bool = True
     """PostgreSQL checkpoints: a redelivered request resumes from its last finished step."""
     checkpoint_schema: str | None = Field(default=None, pattern=r"^[a-z_][a-z0-9_]{0,62}$")

@@ -25,6 +25,23 @@ and one channel: ``<ns>:cancels`` (pub/sub), where the same runner announces eac
 (``{"request_id", "action", "reason"}``) so that the worker running it stops it at once rather
 than at its next renewal.
 
+Per thread_id (the thread lease: one run per thread at a time across workers, whatever the
+message's key), with the hash tag on the thread:
+
+- ``<ns>:thread:{tid}:lease``  the request_id of the turn running on the thread; taken in the
+  same script as that request's lease, renewed and expiring with it, deleted with its done marker
+- ``<ns>:thread:{tid}:turns``  a sorted set of the turns that claimed the thread and are not
+  done, scored by their request message's Kafka timestamp (ms): only the first may take the lease
+- ``<ns>:thread:{tid}:alive``  a hash request_id -> deadline (Redis time, ms): a turn whose worker
+  stopped renewing it (died) loses its place after the deadline, 2 x (lease + session timeout)
+  after its last claim or renewal: time for its redelivery to claim again first
+
+and the channel ``<ns>:threads``, where the runner that frees a thread others wait for announces
+its thread_id, so that they claim it at once rather than at their next retry.
+
+The claim script touches the request's keys and its thread's keys together: under Redis Cluster
+they would have to share a slot, which they do not (graphwire connects to one Redis primary).
+
 ``<ns>`` is the topic prefix (``GRAPHWIRE_TOPIC_PREFIX``).
 """
 
@@ -55,6 +72,26 @@ class RunKeys:
 def cancel_channel(namespace: str) -> str:
     """The pub/sub channel where cancels are announced to every runner."""
     return f"{namespace}:cancels"
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadKeys:
+    """The Redis keys of one thread_id."""
+
+    lease: str
+    turns: str
+    alive: str
+
+
+def thread_channel(namespace: str) -> str:
+    """The pub/sub channel where a freed thread (that turns wait for) is announced."""
+    return f"{namespace}:threads"
+
+
+def thread_keys(namespace: str, thread_id: str) -> ThreadKeys:
+    """The keys the runner uses for ``thread_id`` under ``namespace`` (the topic prefix)."""
+    base = f"{namespace}:thread:{{{thread_id}}}"
+    return ThreadKeys(f"{base}:lease", f"{base}:turns", f"{base}:alive")
 
 
 def run_keys(namespace: str, request_id: str) -> RunKeys:
@@ -108,10 +145,17 @@ class CancelMarker:
     action: str
     """``interrupt`` (keep the checkpointed progress) or ``rollback`` (delete it)."""
     reason: str | None = None
+    cause: str = "cancel"
+    """``cancel`` (a control message) or ``multitask`` (a later turn of the thread, on another
+    worker, with ``multitask_strategy`` interrupt or rollback: ``reason`` is then the whole
+    message)."""
 
     def encode(self) -> str:
         """The marker's stored form."""
-        return orjson.dumps({"action": self.action, "reason": self.reason}).decode()
+        value: dict[str, str | None] = {"action": self.action, "reason": self.reason}
+        if self.cause != "cancel":
+            value["cause"] = self.cause
+        return orjson.dumps(value).decode()
 
     @classmethod
     def decode(cls, raw: bytes | str) -> CancelMarker:
@@ -119,7 +163,8 @@ class CancelMarker:
         value = orjson.loads(raw)
         reason = value.get("reason")
         action = str(value.get("action", "interrupt"))
-        return cls(action, reason if isinstance(reason, str) else None)
+        cause = "multitask" if value.get("cause") == "multitask" else "cancel"
+        return cls(action, reason if isinstance(reason, str) else None, cause)
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
-from graphwire.processors.cli.common import EXIT_OK, settings_from
+from graphwire.processors.cli.common import EXIT_FAILED, EXIT_OK, settings_from
 
 
 async def topics_ensure_command(args: argparse.Namespace) -> int:
@@ -35,6 +36,8 @@ async def topics_scale_command(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     topic = settings.topics.requests
+    if args.wait_drained is not None and not await _wait_drained(settings, args.wait_drained):
+        return EXIT_FAILED
     had = await scale_partitions(
         settings.bootstrap_servers, topic, args.partitions, **settings.kafka_security()
     )
@@ -43,13 +46,38 @@ async def topics_scale_command(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"{topic}: {had} -> {args.partitions} partitions")
     print(
-        "Per-key ordering holds for messages produced from now on. A key may now map to another "
-        "partition, so a message still queued under the old mapping can run after a newer one "
-        "of the same key: for strict order, stop producers and let the lag reach 0 first. "
+        "A key may now map to another partition. The runners' thread lease keeps each thread "
+        "to one run at a time whatever the partition, and turns they hold wait in Kafka "
+        "timestamp order; for strict order, a turn produced before this change must have been "
+        "consumed before one produced after it: pause producers and use --wait-drained. "
         "Runners pick the new partitions up at their next rebalance (within the metadata "
         "refresh interval); add runners up to the new count to use them."
     )
     return EXIT_OK
+
+
+async def _wait_drained(settings: Any, timeout_s: float) -> bool:
+    """Wait until the runners' group has committed every request produced so far (lag 0 on
+    every partition of the requests topic); False, saying what is left, after ``timeout_s``."""
+    import asyncio
+    import time
+
+    from graphwire.processors.gateway.ui.lag import KEEP_S, LagReader
+
+    reader, deadline = LagReader(settings), time.monotonic() + timeout_s
+    topic, group = settings.topics.requests, settings.group_id
+    while True:
+        lag = sum(p.lag for p in await reader.read() if p.group == group and p.topic == topic)
+        if lag == 0:
+            print(f"{topic}: the runners ({group}) have consumed every request (lag 0)")
+            return True
+        if time.monotonic() >= deadline:
+            print(f"{topic}: {lag} requests not consumed by the runners ({group}) after "
+                  f"{timeout_s:g} s; partitions not added. Check that producers are paused and "
+                  "the runners are up, then run it again.", file=sys.stderr)
+            return False
+        print(f"{topic}: waiting for {lag} requests to be consumed ({group})")
+        await asyncio.sleep(min(KEEP_S, max(0.0, deadline - time.monotonic())) + 0.01)
 
 
 def schema_command(args: argparse.Namespace) -> int:
@@ -94,6 +122,12 @@ def add_parsers(sub: Any, kafka_flags: Any) -> None:
     s = tsub.add_parser("scale", help="add partitions to the requests topic (never removes)")
     kafka_flags(s)
     s.add_argument("--partitions", type=int, required=True, help="the new partition count")
+    s.add_argument(
+        "--wait-drained", type=float, metavar="SECONDS", default=None,
+        help="first wait (at most SECONDS) until the runners have consumed every request "
+        "produced so far (pause producers first): turns of a thread produced after the change "
+        "then never run before ones produced before it",
+    )
     s.set_defaults(func=topics_scale_command, is_async=True)
 
     p = sub.add_parser("schema", help="print (or write) the JSON Schema of the message contract")

@@ -43,18 +43,23 @@ from graphwire.topics.runstatus import (
     cancel_channel,
     read_run_state,
     run_keys,
+    thread_channel,
+    thread_keys,
 )
 
 log = logging.getLogger(__name__)
 
 # KEYS: lease, done, tries, start, deaths, result, cancel. ARGV: owner, lease_ms, ttl_s, token.
 # -> {"done", status} | {"busy", owner}
-#    | {"acquired", attempt, deaths, result, dead_letter, cancel marker}
-_ACQUIRE = """
+#    | {"acquired", attempt, deaths, result, dead_letter, cancel marker, thread busy with}
+_CLAIM_CHECK = """
 local done = redis.call('GET', KEYS[2])
-if done then return {'done', done} end
+if done then %(on_done)s return {'done', done} end
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then return {'busy', holder} end
+"""
+
+_CLAIM_TAKE = """
 -- free, or ours already (a retry after an outage, or a restarted owner of the same name)
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 local deaths = tonumber(redis.call('GET', KEYS[5]) or '0')
@@ -70,13 +75,82 @@ redis.call('EXPIRE', KEYS[3], ARGV[3])
 local kept = redis.call('HMGET', KEYS[6], 'value', 'dead_letter')
 local cancel = redis.call('GET', KEYS[7])
 return {'acquired', tostring(attempt), tostring(deaths), kept[1] or '', kept[2] or '',
-        cancel or ''}
+        cancel or '', other}
 """
 
-# KEYS: lease, cancel. ARGV: owner, lease_ms. -> 1 renewed, 0 lost, or the cancel marker
-# (renewed; a cancel was asked for): the run learns of a cancel in the round trip it makes anyway
+_ACQUIRE = (_CLAIM_CHECK % {"on_done": ""}) + "local other = ''\n" + _CLAIM_TAKE
+
+# The claim of a turn on a thread: the request's claim above plus the thread lease, in the
+# same script. KEYS 8-10: thread lease, turns, alive. ARGV 5-8: request_id, the request
+# message's Kafka timestamp (ms), keep_ms (how long a turn keeps its place without a sign of
+# life), mode: ``run`` (take the thread when it is free and this turn is the first waiting),
+# ``settle`` (same, but do not take it yet: a mis-keyed turn waits for turns produced just
+# before it), ``stop`` (as ``run``; a wait also lists the turns ahead, to stop them),
+# ``reject`` (thread busy: take the request lease only, to answer ThreadBusy).
+# -> as _ACQUIRE, or {"wait", running request_id or '', turns ahead (mode stop)...}, or
+#    {"settle"} (mode settle, and the thread would be this turn's)
+_THREAD = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[9], 'NX', ARGV[6], ARGV[5])
+redis.call('HSET', KEYS[10], ARGV[5], now + tonumber(ARGV[7]))
+redis.call('EXPIRE', KEYS[9], ARGV[3])
+redis.call('EXPIRE', KEYS[10], ARGV[3])
+-- the first turn in timestamp order that is still alive (a dead one never came back)
+local head = ARGV[5]
+for _ = 1, 100 do
+  head = redis.call('ZRANGE', KEYS[9], 0, 0)[1]
+  if head == nil or head == ARGV[5] then head = ARGV[5]; break end
+  if tonumber(redis.call('HGET', KEYS[10], head) or '0') >= now then break end
+  redis.call('ZREM', KEYS[9], head)
+  redis.call('HDEL', KEYS[10], head)
+end
+local running = redis.call('GET', KEYS[8])
+if running == ARGV[5] then running = false end
+local other = ''
+if running or head ~= ARGV[5] then
+  other = running or head
+  if ARGV[8] == 'reject' then
+    redis.call('ZREM', KEYS[9], ARGV[5])
+    redis.call('HDEL', KEYS[10], ARGV[5])
+  else
+    local reply = {'wait', running or ''}
+    if ARGV[8] == 'stop' then
+      local rank = redis.call('ZRANK', KEYS[9], ARGV[5])
+      if rank and rank > 0 then
+        for _, rid in ipairs(redis.call('ZRANGE', KEYS[9], 0, math.min(rank, 100) - 1)) do
+          if rid ~= running then table.insert(reply, rid) end
+        end
+      end
+    end
+    return reply
+  end
+elseif ARGV[8] == 'settle' then
+  return {'settle'}
+else
+  redis.call('SET', KEYS[8], ARGV[5], 'PX', ARGV[2])
+end
+"""
+
+_ACQUIRE_TURN = (
+    _CLAIM_CHECK % {"on_done": "redis.call('ZREM', KEYS[9], ARGV[5]); "
+                               "redis.call('HDEL', KEYS[10], ARGV[5]);"}
+    + _THREAD + _CLAIM_TAKE
+)
+
+# KEYS: lease, cancel[, thread lease, alive]. ARGV: owner, lease_ms[, request_id, keep_ms].
+# -> 1 renewed, 0 lost, or the cancel marker (renewed; a cancel was asked for): the run learns
+# of a cancel in the round trip it makes anyway. A turn holding its thread renews that lease and
+# its sign of life with it.
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
+  if KEYS[3] then
+    if redis.call('GET', KEYS[3]) ~= ARGV[3] then return 0 end
+    redis.call('PEXPIRE', KEYS[3], ARGV[2])
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    redis.call('HSET', KEYS[4], ARGV[3], now + tonumber(ARGV[4]))
+  end
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return redis.call('GET', KEYS[2]) or 1
 end
@@ -105,20 +179,44 @@ redis.call('EXPIRE', KEYS[2], ARGV[4])
 return 1
 """
 
-# KEYS: lease, done, start, result, cancel. ARGV: owner, status, ttl_s. Marks done (the start
-# ended, its kept result is now the done marker's pointer; a cancel has nothing left to stop),
-# frees the lease if still ours.
+# KEYS: lease, done, start, result, cancel[, thread lease, turns, alive]. ARGV: owner, status,
+# ttl_s[, request_id, channel, thread_id]. Marks done (the start ended, its kept result is now
+# the done marker's pointer; a cancel has nothing left to stop), frees the lease if still ours,
+# and the thread with it (announced when other turns wait for it).
 _COMPLETE = """
 redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
 redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+if KEYS[6] then
+  redis.call('ZREM', KEYS[7], ARGV[4])
+  redis.call('HDEL', KEYS[8], ARGV[4])
+end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  if KEYS[6] and redis.call('GET', KEYS[6]) == ARGV[4] then
+    redis.call('DEL', KEYS[6])
+    if redis.call('ZCARD', KEYS[7]) > 0 then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
+  end
+end
 return 1
 """
 
-# KEYS: lease, start. ARGV: owner, token. The start ended cleanly (drain, outage): not a death.
+# KEYS: lease, start[, thread lease, turns, alive]. ARGV: owner, token[, request_id, keep_ms,
+# channel, thread_id]. The start ended cleanly (drain, outage): not a death. The thread is
+# freed, but the turn keeps its place (keep_ms) for its redelivery.
 _RELEASE = """
 if redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('DEL', KEYS[2]) end
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  if KEYS[3] and redis.call('GET', KEYS[3]) == ARGV[3] then
+    redis.call('DEL', KEYS[3])
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    if redis.call('ZSCORE', KEYS[4], ARGV[3]) then
+      redis.call('HSET', KEYS[5], ARGV[3], now + tonumber(ARGV[4]))
+    end
+    if redis.call('ZCARD', KEYS[4]) > 1 then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
+  end
+  return redis.call('DEL', KEYS[1])
+end
 return 0
 """
 
@@ -138,21 +236,41 @@ class KeptResult:
 
 
 @dataclass(frozen=True, slots=True)
+class Turn:
+    """A request's turn on its thread, claimed together with its request_id."""
+
+    thread_id: str
+    timestamp_ms: int
+    """The request message's Kafka timestamp: turns waiting for the thread go in this order."""
+    mode: Literal["run", "settle", "stop", "reject"] = "run"
+    """``run``: take the thread when it is free and no earlier turn waits; ``settle``: not
+    yet (a mis-keyed turn gives turns produced just before it time to arrive); ``stop``: as
+    run, and a wait lists the turns ahead (interrupt/rollback); ``reject``: when the thread is
+    busy take only the request_id (to answer ThreadBusy)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Claim:
     """The outcome of ``acquire``."""
 
-    state: Literal["acquired", "done", "busy"]
+    state: Literal["acquired", "done", "busy", "wait"]
     attempt: int = 0
     """1 for the first start of this request_id, then one more for every start (a redelivery,
     a retry after an outage): strictly increasing."""
     detail: str = ""
-    """``done``: the final status; ``busy``: the lease's owner."""
+    """``done``: the final status; ``busy``: the lease's owner; ``wait``: ``settle`` when the
+    thread is free and this turn first, but it waits out its order window."""
     deaths: int = 0
     """Earlier starts whose worker died during the run (their lease expired, never released)."""
     kept: KeptResult | None = None
     """The result an earlier start kept: publish it again, do not run."""
     cancel: CancelMarker | None = None
     """A cancel asked for before this start: run nothing, the result is ``cancelled``."""
+    thread_busy: str | None = None
+    """``acquired`` in ``reject`` mode: the thread's run (or first waiting turn) this request
+    is rejected for. ``wait``: the request_id running on the thread, if one runs."""
+    ahead: tuple[str, ...] = ()
+    """``wait`` in ``stop`` mode: the turns waiting ahead of this one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,14 +296,21 @@ class DedupStore:
         namespace: str = "graphwire",
         lease_ms: int = 30_000,
         done_ttl_s: int = 7 * 24 * 3600,
+        keep_ms: int | None = None,
     ) -> None:
+        """``keep_ms``: how long a waiting or running turn keeps its place on its thread
+        without a sign of life (a claim, a renewal): time for a dead worker's redelivery to
+        come (default: two leases)."""
         self._url = redis_url
         self._ns = namespace
         self.lease_ms = lease_ms
         self.done_ttl_s = done_ttl_s
+        self.keep_ms = keep_ms if keep_ms is not None else 2 * lease_ms
         self._redis: Redis | None = None
         self._batch: RedisBatcher | None = None
         self._held: dict[str, str] = {}
+        self._threads: dict[str, str] = {}  # request_id -> the thread it holds
+        self._thread_waits: dict[str, set[asyncio.Event]] = {}
         self._on_lost: dict[str, Callable[[], None]] = {}
         self._on_cancel: dict[str, Callable[[CancelMarker], None]] = {}
         self._lost: set[str] = set()
@@ -204,6 +329,7 @@ class DedupStore:
             self._redis,
             {
                 "acquire": _ACQUIRE,
+                "acquire_turn": _ACQUIRE_TURN,
                 "renew": _RENEW,
                 "complete": _COMPLETE,
                 "release": _RELEASE,
@@ -270,37 +396,80 @@ class DedupStore:
                 "uncommitted until Redis answers"
             ) from exc
 
-    async def acquire(self, request_id: str, owner: str) -> Claim:
-        """Take the lease unless the request is done or another live owner holds it."""
-        reply = await self._call(
-            "acquire", self._keys(request_id), [owner, self.lease_ms, self.done_ttl_s, self._token]
-        )
+    async def acquire(self, request_id: str, owner: str, turn: Turn | None = None) -> Claim:
+        """Take the lease unless the request is done or another live owner holds it.
+
+        With ``turn``, in the same script: also take the thread's lease, unless another turn
+        runs on it or an earlier one waits (then ``wait``, nothing taken)."""
+        if turn is None:
+            keys = self._keys(request_id)
+            args: list[object] = [owner, self.lease_ms, self.done_ttl_s, self._token]
+            reply = await self._call("acquire", keys, args)
+        else:
+            tk = thread_keys(self._ns, turn.thread_id)
+            keys = [*self._keys(request_id), tk.lease, tk.turns, tk.alive]
+            args = [owner, self.lease_ms, self.done_ttl_s, self._token, request_id,
+                    turn.timestamp_ms, self.keep_ms, turn.mode]
+            reply = await self._call("acquire_turn", keys, args)
         assert isinstance(reply, list)
-        state, detail = reply[0].decode(), reply[1].decode()
+        state = reply[0].decode()
+        if state == "settle":  # free, and this turn first: it waits out its order window
+            return Claim("wait", detail="settle")
+        if state == "wait":
+            running = reply[1].decode() or None
+            return Claim("wait", thread_busy=running,
+                         ahead=tuple(r.decode() for r in reply[2:]))
+        detail = reply[1].decode()
         if state == "acquired":
             value, dead_letter = reply[3], reply[4].decode()
             kept = KeptResult(value, dead_letter or None) if value else None
             cancel = CancelMarker.decode(reply[5]) if reply[5] else None
+            busy_with = reply[6].decode() or None
+            if turn is not None and busy_with is None:
+                self._threads[request_id] = turn.thread_id
             return Claim("acquired", attempt=int(detail), deaths=int(reply[2]), kept=kept,
-                         cancel=cancel)
+                         cancel=cancel, thread_busy=busy_with)
         return Claim("done" if state == "done" else "busy", detail=detail)
+
+    async def wait_for_thread(self, thread_id: str, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for an announcement that ``thread_id`` was freed; True if
+        one came (then claim again). Needs ``listen()``; without it this is a plain sleep."""
+        event = asyncio.Event()
+        waiters = self._thread_waits.setdefault(thread_id, set())
+        waiters.add(event)
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            waiters.discard(event)
+            if not waiters:
+                self._thread_waits.pop(thread_id, None)
 
     async def renew(self, request_id: str, owner: str) -> bool:
         """Extend our lease; False if it was lost (expired and taken by another worker)."""
         keys = self._renew_keys(request_id)
-        return bool(await self._call("renew", keys, [owner, self.lease_ms]))
+        return bool(await self._call("renew", keys, self._renew_args(request_id, owner)))
 
     def _renew_keys(self, request_id: str) -> list[str]:
         keys = run_keys(self._ns, request_id)
-        return [keys.lease, keys.cancel]
+        thread = self._threads.get(request_id)
+        if thread is None:
+            return [keys.lease, keys.cancel]
+        tk = thread_keys(self._ns, thread)
+        return [keys.lease, keys.cancel, tk.lease, tk.alive]
+
+    def _renew_args(self, request_id: str, owner: str) -> list[object]:
+        if request_id in self._threads:
+            return [owner, self.lease_ms, request_id, self.keep_ms]
+        return [owner, self.lease_ms]
 
     async def mark_cancel(self, request_id: str, marker: CancelMarker) -> CancelMark:
         """Record that ``request_id`` is to be cancelled (for ``done_ttl_s``), unless one was
         already; says whether it is done (nothing to cancel) or running, and where."""
         keys = run_keys(self._ns, request_id)
-        announcement = orjson.dumps(
-            {"request_id": request_id, "action": marker.action, "reason": marker.reason}
-        )
+        announcement = orjson.dumps({"request_id": request_id, **orjson.loads(marker.encode())})
         reply = await self._call(
             "mark_cancel", [keys.done, keys.cancel, keys.lease],
             [marker.encode(), self.done_ttl_s, cancel_channel(self._ns), announcement],
@@ -327,17 +496,31 @@ class DedupStore:
             raise LeaseLost(f"lease on {request_id} expired before its result was published")
 
     async def complete(self, request_id: str, owner: str, status: str) -> None:
-        """Write the done marker and free the lease."""
+        """Write the done marker and free the lease (and the thread's, if held)."""
         lease, done, _tries, start, _deaths, result, cancel = self._keys(request_id)
-        await self._call(
-            "complete", [lease, done, start, result, cancel], [owner, status, self.done_ttl_s]
-        )
+        keys = [lease, done, start, result, cancel]
+        args: list[object] = [owner, status, self.done_ttl_s]
+        thread = self._threads.get(request_id)
+        if thread is not None:
+            tk = thread_keys(self._ns, thread)
+            keys += [tk.lease, tk.turns, tk.alive]
+            args += [request_id, thread_channel(self._ns), thread]
+        await self._call("complete", keys, args)
+        self._threads.pop(request_id, None)
 
     async def release(self, request_id: str, owner: str) -> None:
         """Free our lease without marking done (the request will run again): a clean end of
         this start, which is therefore not counted as a death."""
         lease, _done, _tries, start, *_ = self._keys(request_id)
-        await self._call("release", [lease, start], [owner, self._token])
+        keys = [lease, start]
+        args: list[object] = [owner, self._token]
+        thread = self._threads.get(request_id)
+        if thread is not None:
+            tk = thread_keys(self._ns, thread)
+            keys += [tk.lease, tk.turns, tk.alive]
+            args += [request_id, self.keep_ms, thread_channel(self._ns), thread]
+        await self._call("release", keys, args)
+        self._threads.pop(request_id, None)
 
     async def forget(self, request_id: str) -> None:
         """Drop the done marker, the death count and the kept result: the request may run
@@ -377,8 +560,10 @@ class DedupStore:
             self._renewer = asyncio.create_task(self._renew_held())
 
     def listen_for_cancels(self) -> None:
-        """Subscribe to the cancel announcements: a held request's ``on_cancel`` is called as
-        soon as a cancel of it is marked (the lease renewals remain the backstop)."""
+        """Subscribe to the cancel and freed-thread announcements: a held request's
+        ``on_cancel`` is called as soon as a cancel of it is marked (the lease renewals remain
+        the backstop), and a turn waiting in ``wait_for_thread`` wakes when its thread frees
+        (its bounded retries remain the backstop)."""
         if self._listener is None or self._listener.done():
             self._listener = asyncio.create_task(self._listen(), name="graphwire-cancels")
 
@@ -387,12 +572,17 @@ class DedupStore:
         while True:
             pubsub = self.client.pubsub()
             try:
-                await pubsub.subscribe(cancel_channel(self._ns))
+                threads = thread_channel(self._ns).encode()
+                await pubsub.subscribe(cancel_channel(self._ns), threads)
                 delay = 0.5
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True,
                                                        timeout=1.0)
-                    if message is not None:
+                    if message is None:
+                        continue
+                    if message["channel"] == threads:
+                        self._thread_freed(message["data"])
+                    else:
                         self._announced(message["data"])
             except (RedisError, OSError) as exc:
                 log.warning("cancel announcements unavailable (%s); lease renewals still see "
@@ -401,7 +591,7 @@ class DedupStore:
                 delay = min(delay * 2, 10.0)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+                    await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]  # untyped in some redis-py
 
     def _announced(self, data: bytes) -> None:
         try:
@@ -413,11 +603,16 @@ class DedupStore:
         if callback is not None:
             callback(CancelMarker.decode(data))
 
+    def _thread_freed(self, data: bytes) -> None:
+        for event in self._thread_waits.get(data.decode(errors="replace"), ()):
+            event.set()
+
     def let_go(self, request_id: str) -> None:
         """Stop renewing the lease on ``request_id``."""
         self._held.pop(request_id, None)
         self._on_lost.pop(request_id, None)
         self._on_cancel.pop(request_id, None)
+        self._threads.pop(request_id, None)
         self._lost.discard(request_id)
 
     def lost(self, request_id: str) -> bool:
@@ -436,7 +631,8 @@ class DedupStore:
             script = self.batcher.script
             replies = await asyncio.gather(
                 *(
-                    script("renew", self._renew_keys(request_id), [owner, self.lease_ms])
+                    script("renew", self._renew_keys(request_id),
+                           self._renew_args(request_id, owner))
                     for request_id, owner in held
                 ),
                 return_exceptions=True,

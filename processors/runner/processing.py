@@ -15,7 +15,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 from aiokafka.errors import KafkaError
 
@@ -25,7 +25,7 @@ from graphwire.processors.metrics import RunnerMetrics
 from graphwire.processors.runner.cache import ResultCache, cache_key
 from graphwire.processors.runner.checkpoints import CheckpointStore
 from graphwire.processors.runner.control import ControlHandler, Stop
-from graphwire.processors.runner.dedup import Claim, DedupStore, LeaseLost
+from graphwire.processors.runner.dedup import Claim, DedupStore, LeaseLost, Turn
 from graphwire.processors.runner.gate import DependencyGate
 from graphwire.processors.runner.graphrun import KeepResult, RunExecutor
 from graphwire.processors.runner.publisher import (
@@ -57,6 +57,8 @@ from graphwire.topics.positions import event_position
 from graphwire.topics.runstatus import CancelMarker, DoneMarker
 
 log = logging.getLogger(__name__)
+
+_MISSKEYED_WARN_EVERY_S = 60.0
 
 
 class RequestProcessor:
@@ -97,6 +99,9 @@ class RequestProcessor:
             out, metrics, self._executor.stops, dedup=dedup, gate=gate, stopping=stopping
         )
         """Handles the messages of ``<prefix>.control`` (cancels)."""
+        self._misskeyed_warned = -_MISSKEYED_WARN_EVERY_S
+        self._misskeyed_unwarned = 0
+        self._waiting: set[asyncio.Task[Any]] = set()
 
     def drain(self) -> None:
         """Ask every checkpointed run to stop at its next step boundary (on shutdown)."""
@@ -233,6 +238,8 @@ class RequestProcessor:
         """Claim the request_id, run (or resume) the graph, publish, then mark it done."""
         rid = request.request_id
         stops = self._executor.stops
+        if request.thread_id is not None and record.key != request.thread_id.encode():
+            self._misskeyed(record, request)
         if self._dedup is None:
             if busy is not None:
                 await self._publish_busy(record, request, busy, started, 1)
@@ -246,7 +253,8 @@ class RequestProcessor:
             self._forget_checkpoints(request, status)
             return
         owner = f"{self.settings.worker_id}:{record.topic}/{record.partition}/{record.offset}"
-        claim = await self._claim(rid, owner)
+        claim = await self._claim(record, request, owner, busy)
+        busy = busy or claim.thread_busy  # reject: the thread runs another turn elsewhere
         if claim.state == "done":
             self.metrics.duplicates.inc()
             log.info("skipping %s: already done (%s)", rid, claim.detail)
@@ -600,27 +608,130 @@ class RequestProcessor:
                 if not await self._gate.wait_healthy(self._stopping):
                     raise
 
-    async def _claim(self, request_id: str, owner: str) -> Claim:
-        """Acquire the lease, waiting while another live worker holds it."""
+    async def _claim(
+        self, record: Record, request: Request, owner: str, busy: str | None
+    ) -> Claim:
+        """Acquire the lease (a turn on a thread: and the thread's, in the same round trip),
+        waiting while another live worker holds the request_id, or while another turn runs on
+        the thread or an earlier one waits for it (its ``multitask_strategy`` applies then).
+
+        The wait blocks this key only (it is the key's task), and retries when the thread is
+        announced free, else after a backoff doubling from 50 ms to 1 s."""
         assert self._dedup is not None
-        delay = 0.05
+        rid = request.request_id
+        turn = self._turn(record, request) if busy is None else None
+        settle_until = 0.0
+        if turn is not None and turn.mode == "settle":
+            settle_until = min(turn.timestamp_ms / 1000, time.time()) + (
+                self.settings.thread_order_window_ms / 1000)
+        delay, waited, stopped = 0.05, False, set[str]()
         while True:
-            claim = await self._dedup.acquire(request_id, owner)
-            if claim.state != "busy":
+            if turn is not None and turn.mode == "settle" and time.time() >= settle_until:
+                turn = Turn(turn.thread_id, turn.timestamp_ms, "run")
+            claim = await self._dedup.acquire(rid, owner, turn)
+            if claim.state not in ("busy", "wait"):
+                if claim.thread_busy is not None:
+                    self.metrics.multitask.labels("reject").inc()
                 return claim
             if self._stopping():
                 raise DependencyUnavailable(
-                    f"{request_id} is still running on {claim.detail}; left for redelivery"
+                    f"{rid} is still running on {claim.detail}; left for redelivery"
+                    if claim.state == "busy" else
+                    f"{rid} waits for its thread {request.thread_id!r}; left for redelivery"
                 )
-            self.metrics.lease_waits.inc()
-            await asyncio.sleep(delay)
+            if claim.state == "busy":
+                self.metrics.lease_waits.inc()
+                await asyncio.sleep(delay)
+            else:
+                assert turn is not None
+                if not waited and claim.detail != "settle":
+                    waited = True
+                    self.metrics.thread_waits.inc()
+                if turn.mode == "stop":
+                    await self._stop_turns_ahead(request, claim, stopped)
+                wait = delay
+                if turn.mode == "settle":
+                    wait = max(0.0, min(delay, settle_until - time.time()))
+                task = asyncio.current_task()
+                assert task is not None
+                self._waiting.add(task)
+                try:
+                    await self._dedup.wait_for_thread(turn.thread_id, wait)
+                finally:
+                    self._waiting.discard(task)
             delay = min(delay * 2, 1.0)
+
+    def waiting_for_threads(self) -> set[asyncio.Task[Any]]:
+        """The tasks whose request waits for its thread right now, holding nothing (no lease
+        taken; its turn keeps its place): on a revoke they are cancelled at once rather than
+        given the grace, so the partition moves (and the turn is redelivered) without delay."""
+        return set(self._waiting)
+
+    def _turn(self, record: Record, request: Request) -> Turn | None:
+        """The turn this request claims on its thread (None without a thread)."""
+        thread = request.thread_id
+        if thread is None:
+            return None
+        stamp = record.timestamp if record.timestamp and record.timestamp > 0 else None
+        timestamp_ms = stamp if stamp is not None else int(time.time() * 1000)
+        strategy = request.multitask_strategy
+        if strategy == "reject":
+            return Turn(thread, timestamp_ms, "reject")
+        if strategy in ("interrupt", "rollback"):
+            return Turn(thread, timestamp_ms, "stop")
+        misskeyed = record.key != thread.encode()
+        window = self.settings.thread_order_window_ms
+        return Turn(thread, timestamp_ms, "settle" if misskeyed and window > 0 else "run")
+
+    async def _stop_turns_ahead(self, request: Request, claim: Claim, stopped: set[str]) -> None:
+        """``interrupt``/``rollback`` on a thread whose run (or earlier turns) are on other
+        workers: stop them through the cancel marker and its announcement, as a cancel does."""
+        assert self._dedup is not None
+        strategy = request.multitask_strategy
+        assert strategy in ("interrupt", "rollback")
+        ahead = [rid for rid in (claim.thread_busy, *claim.ahead)
+                 if rid is not None and rid not in stopped]
+        if not ahead:
+            return
+        if not stopped:
+            self.metrics.multitask.labels(strategy).inc()
+        why = (f"cancelled: request {request.request_id!r} arrived on thread "
+               f"{request.thread_id!r} with multitask_strategy {strategy!r}")
+        for rid in ahead:
+            await self._dedup.mark_cancel(rid, CancelMarker(strategy, why, cause="multitask"))
+            self._executor.stops.ask(rid, Stop(strategy, "multitask", why))
+            stopped.add(rid)
+        log.info("%s (%s) stops %s on other workers", request.request_id, strategy,
+                 ", ".join(ahead))
+
+    def _misskeyed(self, record: Record, request: Request) -> None:
+        """A turn on a thread keyed by something else than its thread_id: counted, and
+        warned about at most once a minute (keyed by request_id, every key is new)."""
+        self.metrics.misskeyed.inc()
+        self._misskeyed_unwarned += 1
+        now = time.monotonic()
+        if now - self._misskeyed_warned < _MISSKEYED_WARN_EVERY_S:
+            return
+        key = record.key.decode(errors="replace")[:80] if record.key is not None else None
+        guard = ("the thread lease keeps its turns one at a time and in order" if self._dedup
+                 else "without Redis (GRAPHWIRE_DEDUP off) nothing keeps them from running at "
+                 "once on different workers")
+        log.warning(
+            "%d request(s) on a thread were not keyed by their thread_id (e.g. %s on thread "
+            "%r had key %r): its turns land on different partitions; %s, at some latency; "
+            "produce them with key = thread_id", self._misskeyed_unwarned, request.request_id,
+            request.thread_id, key, guard,
+        )
+        self._misskeyed_warned, self._misskeyed_unwarned = now, 0
 
 
 def _cancel_stop(marker: CancelMarker) -> Stop:
+    action: Literal["interrupt", "rollback"] = (
+        "rollback" if marker.action == "rollback" else "interrupt")
+    if marker.cause == "multitask" and marker.reason:  # a later turn on another worker
+        return Stop(action, "multitask", marker.reason)
     reason = f" ({marker.reason})" if marker.reason else ""
-    why = f"cancelled by a cancel request{reason}"
-    return Stop("rollback" if marker.action == "rollback" else "interrupt", "cancel", why)
+    return Stop(action, "cancel", f"cancelled by a cancel request{reason}")
 
 
 def _peek_request_id(record: Record) -> str | None:

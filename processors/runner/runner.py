@@ -221,6 +221,9 @@ class GraphRunner:
                 namespace=s.topic_prefix,
                 lease_ms=s.lease_ms,
                 done_ttl_s=s.done_ttl_s,
+                # a dead worker's turn keeps its place until its redelivery claims again: the
+                # lease expires, the group notices (session timeout) and rebalances
+                keep_ms=2 * (s.lease_ms + s.session_timeout_ms),
             )
             await self._dedup.start()
             self._dedup.listen_for_cancels()  # a cancel reaches a run here at once
@@ -418,14 +421,20 @@ class GraphRunner:
             return
         dropped = sum(self._scheduler.drop_queued(tp) for tp in mine)
         tasks = set().union(*(self._scheduler.running(tp) for tp in mine))
-        cancelled = 0
+        waiting = tasks & self._processor.waiting_for_threads()
+        for task in waiting:  # nothing in progress: no grace needed
+            task.cancel()
+        cancelled = len(waiting)
+        tasks -= waiting
+        if waiting:
+            await asyncio.wait(waiting)
         if tasks:
             _done, pending = await asyncio.wait(tasks, timeout=self.settings.revoke_grace_s)
             for task in pending:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending)
-            cancelled = len(pending)
+            cancelled += len(pending)
         self.metrics.cancelled.inc(cancelled)
         await self._commit(mine)
         self._tracker.remove(mine)
