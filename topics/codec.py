@@ -8,6 +8,7 @@ that every dict built here validates against its model in ``graphwire.topics.mod
 from __future__ import annotations
 
 import base64
+import re
 import time
 from collections.abc import Mapping
 from decimal import Decimal
@@ -17,7 +18,9 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from graphwire.topics.errors import InvalidRequest, RequestTooLarge, UndecodableMessage
-from graphwire.topics.models import Request
+from graphwire.topics.models import GRAPH_NAME_PATTERN, Request
+
+_GRAPH_NAME = re.compile(GRAPH_NAME_PATTERN)
 
 # Header names (bytes values on the wire).
 HEADER_REPLY_TO = "reply-to"
@@ -117,7 +120,8 @@ def peek_graph(value: bytes | None) -> str:
     except orjson.JSONDecodeError:
         return ""
     graph = obj.get("graph") if isinstance(obj, dict) else None
-    return graph if isinstance(graph, str) else ""
+    # only a valid name is echoed: a NUL or a newline in it would reach logs and tables
+    return graph if isinstance(graph, str) and _GRAPH_NAME.match(graph) else ""
 
 
 def event_dict(

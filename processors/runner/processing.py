@@ -26,6 +26,7 @@ from graphwire.processors.runner.cache import ResultCache, cache_key
 from graphwire.processors.runner.checkpoints import CheckpointStore
 from graphwire.processors.runner.control import ControlHandler, Stop
 from graphwire.processors.runner.dedup import Claim, DedupStore, LeaseLost
+from graphwire.processors.runner.failures import data_error, refusal
 from graphwire.processors.runner.gate import DependencyGate
 from graphwire.processors.runner.graphrun import KeepResult, RunExecutor
 from graphwire.processors.runner.publisher import (
@@ -51,6 +52,7 @@ from graphwire.topics.errors import (
     InvalidRequest,
     UndecodableMessage,
     UnknownGraph,
+    UnstorableRequest,
 )
 from graphwire.topics.models import Request
 from graphwire.topics.positions import event_position
@@ -114,7 +116,12 @@ class RequestProcessor:
             try:
                 await self._process(record, busy)
                 return True
+            except InvalidRequest as exc:  # found out while running: PostgreSQL refused its data
+                return await self._reject_late(record, exc)
             except DependencyUnavailable as exc:
+                refused = data_error(exc)
+                if refused is not None:  # Redis or PostgreSQL answered: the message is bad
+                    return await self._reject_late(record, UnstorableRequest(refusal(refused)))
                 if self._gate is not None and not self._stopping():
                     self._gate.report(exc)  # pauses new work; we retry once it answers
                     if await self._gate.wait_healthy(self._stopping):
@@ -135,6 +142,23 @@ class RequestProcessor:
                     "report it to the graphwire maintainers, then replay the dead letter"
                 )
                 return await self._dead_letter_or_leave(record, reason, "internal")
+
+    async def _reject_late(self, record: Record, exc: InvalidRequest) -> bool:
+        """A request a dependency could not store (a data error, not an outage): ``rejected``
+        with the reason plus a dead letter, and the offset moves on; it is never retried, since
+        the same data is refused every time. False if even that cannot be published."""
+        try:
+            request = decode_request(record.value, max_bytes=self.settings.max_request_bytes)
+        except (InvalidRequest, UndecodableMessage):  # not expected: it decoded before
+            return await self._dead_letter_or_leave(record, str(exc), "unstorable")
+        try:
+            await self._reject(record, request.request_id, request.graph, exc, "unstorable",
+                               time.perf_counter(), metadata=request.metadata,
+                               thread_id=request.thread_id, webhook=request.webhook)
+        except (DependencyUnavailable, PublishFailed, KafkaError) as failed:
+            log.error("could not reject %s/%d: %s", record.topic, record.offset, failed)
+            return False
+        return True
 
     async def _dead_letter_or_leave(self, record: Record, reason: str, label: str) -> bool:
         """Dead-letter ``record``; False if even that cannot be published (left uncommitted)."""

@@ -1,0 +1,134 @@
+"""Hostile input to the runner (issue 21): no single message stops a worker.
+
+A request PostgreSQL or Redis cannot store is a bad message (a ``rejected`` result and a dead
+letter, the offset moves on), never a dependency outage; the contract refuses ids no processor
+can store; deep JSON is refused at decode; a request's ``timeout_s`` is capped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from graphwire.processors.dev.broker import free_port
+from graphwire.topics.specs import TopicNames
+from tests.kafka_helpers import Collector, WorkerProcess, encode, produce, ready, request
+
+pytestmark = pytest.mark.integration
+
+
+async def _ready_until(port: int, done: asyncio.Event, seen: list[int]) -> None:
+    """Record the status of the worker's ``/ready`` every 0.2 s until ``done``."""
+    while not done.is_set():
+        try:
+            status, _ = await ready(port)
+            seen.append(status)
+        except Exception:  # not listening yet
+            pass
+        await asyncio.sleep(0.2)
+
+
+async def test_ids_postgresql_cannot_store_are_rejected_not_an_outage(
+    bootstrap: str, topics: TopicNames, worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A NUL in thread_id, checkpoint_id or configurable.checkpoint_ns: each request gets one
+    ``rejected`` result and one dead letter; the valid request behind them on the same key
+    succeeds; /ready stays 200; no outage is logged and each bad request has at most 2 lines."""
+    port = free_port()
+    log = tmp_path / "worker.log"
+    env = {**worker_env, "GRAPHWIRE_HTTP_PORT": str(port)}
+    bad = [
+        request("nul-thread", "echo", input={"text": "x"}, thread_id="a\u0000b"),
+        request("nul-checkpoint", "echo", thread_id="t-nul", checkpoint_id="\u0000"),
+        request("nul-ns", "echo", input={"text": "x"}, thread_id="t-ns",
+                config={"configurable": {"checkpoint_ns": "\u0000"}}),
+    ]
+    good = request("after", "echo", input={"text": "fine"}, thread_id="t-good")
+    async with Collector(bootstrap, topics.results, topics.dlq) as out:
+        await produce(bootstrap, topics.requests,
+                      [(b"k", encode(body)) for body in [*bad, good]])
+        worker = WorkerProcess(env, log_path=log).start()
+        done, seen = asyncio.Event(), list[int]()
+        watcher = asyncio.create_task(_ready_until(port, done, seen))
+        try:
+            await out.wait_count(topics.results, 4, timeout=60)
+            await asyncio.sleep(1.0)  # anything more would show now
+        finally:
+            done.set()
+            await watcher
+            worker.stop()
+    # results are keyed by request_id: their order across partitions is not the requests'
+    results = sorted((r["request_id"], r["status"]) for r in out.values(topics.results))
+    assert results == [("after", "success"), ("nul-checkpoint", "rejected"),
+                       ("nul-ns", "rejected"), ("nul-thread", "rejected")]
+    dead = [r.key for r in out.records[topics.dlq]]
+    assert dead == [b"k", b"k", b"k"]
+    assert seen and set(seen) == {200}
+    lines = log.read_text(errors="replace").splitlines()
+    assert [line for line in lines if "dependency unavailable" in line] == []
+    for rid in ("nul-thread", "nul-checkpoint", "nul-ns"):
+        assert len([line for line in lines if rid in line]) <= 2, rid
+
+
+BASE = {"request_id": "r1", "graph": "echo", "input": {"text": "x"}}
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"request_id": "r\u0000"}, "request_id: request_id must contain only printable "
+         "characters (found U+0000); no NUL, control characters or newlines"),
+        ({"thread_id": "a\nb"}, "thread_id: thread_id must contain only printable characters "
+         "(found U+000A); no NUL, control characters or newlines"),
+        ({"thread_id": "t", "checkpoint_id": "\u001b[31m"}, "checkpoint_id: checkpoint_id must "
+         "contain only printable characters (found U+001B); no NUL, control characters or "
+         "newlines"),
+        ({"graph": "echo\r\nINFO forged"}, "graph: String should match pattern "
+         "'^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,199}$'"),
+        ({"run_at": "0001-01-01T00:00:00+14:00"}, "run_at: run_at must be within a year in the "
+         "past and a year and a day ahead (got 0001-01-01T00:00:00+14:00); for later runs, "
+         "schedule a cron"),
+        ({"after_seconds": 1e300}, "after_seconds: Input should be less than or equal to "
+         "31622400"),
+        ({"config": {"configurable": {"__graphwire_fresh_thread__": True}}},
+         "config.configurable: config.configurable key '__graphwire_fresh_thread__' is "
+         "reserved (keys starting with '__' are LangGraph's and graphwire's internals); leave "
+         "it out"),
+        ({"config": {"configurable": {"checkpoint_id": "1"}}}, "config.configurable: "
+         "config.configurable key 'checkpoint_id' is reserved: set the request's "
+         "'checkpoint_id' to run from a checkpoint"),
+        ({"config": {"configurable": {"langgraph_auth_user_id": "admin"}}},
+         "config.configurable: config.configurable key 'langgraph_auth_user_id' is reserved: "
+         "graphwire sets it from the gateway's caller; leave it out"),
+    ],
+)
+def test_the_contract_refuses_what_no_processor_can_store(
+    fields: dict[str, object], reason: str
+) -> None:
+    """Ids with NUL, newline or escape characters, graph names outside their set, dates out
+    of range and reserved configurable keys: refused at decode with a reason naming the field."""
+    from graphwire.topics.codec import decode_request
+    from graphwire.topics.errors import InvalidRequest, UndecodableMessage
+
+    with pytest.raises((InvalidRequest, UndecodableMessage)) as caught:
+        decode_request(encode({**BASE, **fields}), max_bytes=1 << 20)
+    expected = reason if "request_id" not in fields else (
+        "request has no usable request_id; set 'request_id' to 1..128 printable characters")
+    assert str(caught.value) == (expected if "request_id" in fields
+                                 else f"invalid request: {reason}")
+
+
+def test_a_cancel_with_a_control_character_in_its_request_id_is_refused() -> None:
+    """Control.request_id has the request's character set."""
+    from pydantic import ValidationError
+
+    from graphwire.topics.models import Control
+
+    with pytest.raises(ValidationError) as caught:
+        Control(request_id="a\u0000")
+    assert caught.value.errors()[0]["msg"] == (
+        "Value error, request_id must contain only printable characters (found U+0000); no NUL, "
+        "control characters or newlines"
+    )
