@@ -132,3 +132,46 @@ def test_a_cancel_with_a_control_character_in_its_request_id_is_refused() -> Non
         "Value error, request_id must contain only printable characters (found U+0000); no NUL, "
         "control characters or newlines"
     )
+
+
+def test_json_nested_deeper_than_200_levels_is_refused_at_decode_with_its_request_id() -> None:
+    """300 levels (orjson decodes it, but could never encode its result): InvalidRequest with
+    the request_id and the limit; 200 levels in all decode."""
+    from graphwire.topics.codec import MAX_DEPTH, decode_request
+    from graphwire.topics.errors import InvalidRequest
+
+    def nested(levels: int) -> bytes:  # the request object and input are levels 1 and 2
+        inner = levels - 2
+        return (b'{"request_id":"deep","graph":"echo","input":{"x":' + b"[" * inner
+                + b"]" * inner + b',"s":"[[[{{"}}')
+
+    assert decode_request(nested(MAX_DEPTH), max_bytes=1 << 20).request_id == "deep"
+    with pytest.raises(InvalidRequest) as caught:
+        decode_request(nested(300), max_bytes=1 << 20)
+    assert (caught.value.request_id, str(caught.value)) == (
+        "deep",
+        "request nests objects and arrays more than 200 levels deep, which its result could "
+        "not be encoded with; flatten the input (or send it as a string)",
+    )
+
+
+def test_the_size_is_checked_before_parsing() -> None:
+    """Over the limit and not even JSON (cut off): RequestTooLarge, with the request_id read
+    from the top level of its first 4 KiB (not from a nested 'request_id'); without one there,
+    UndecodableMessage (dead letter only)."""
+    from graphwire.topics.codec import decode_request
+    from graphwire.topics.errors import RequestTooLarge, UndecodableMessage
+
+    cut = b'{"input": {"request_id": "nested"}, "request_id": "big", "x": "' + b"y" * 3000
+    with pytest.raises(RequestTooLarge) as caught:
+        decode_request(cut, max_bytes=1024)
+    assert (caught.value.request_id, str(caught.value)) == (
+        "big",
+        f"request is {len(cut)} bytes, over the limit of 1024 bytes; send large data by reference (a "
+        "URL or object key) or raise GRAPHWIRE_MAX_REQUEST_BYTES",
+    )
+    late = b'{"x": "' + b"y" * 5000 + b'", "request_id": "late"}'
+    with pytest.raises(UndecodableMessage) as undecodable:
+        decode_request(late, max_bytes=1024)
+    assert str(undecodable.value).endswith(
+        "(and no request_id in its first 4096 bytes to reject it with)")
