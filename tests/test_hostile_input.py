@@ -167,8 +167,8 @@ def test_the_size_is_checked_before_parsing() -> None:
         decode_request(cut, max_bytes=1024)
     assert (caught.value.request_id, str(caught.value)) == (
         "big",
-        f"request is {len(cut)} bytes, over the limit of 1024 bytes; send large data by reference (a "
-        "URL or object key) or raise GRAPHWIRE_MAX_REQUEST_BYTES",
+        f"request is {len(cut)} bytes, over the limit of 1024 bytes; send large data by "
+        "reference (a URL or object key) or raise GRAPHWIRE_MAX_REQUEST_BYTES",
     )
     late = b'{"x": "' + b"y" * 5000 + b'", "request_id": "late"}'
     with pytest.raises(UndecodableMessage) as undecodable:
