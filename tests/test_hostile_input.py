@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from graphwire.graphs.registry import GraphRegistry
 from graphwire.processors.dev.broker import free_port
+from graphwire.processors.runner.runner import GraphRunner
+from graphwire.processors.settings import Settings
 from graphwire.topics.specs import TopicNames
 from tests.kafka_helpers import Collector, WorkerProcess, encode, produce, ready, request
 
@@ -175,3 +178,36 @@ def test_the_size_is_checked_before_parsing() -> None:
         decode_request(late, max_bytes=1024)
     assert str(undecodable.value).endswith(
         "(and no request_id in its first 4096 bytes to reject it with)")
+
+
+async def test_max_run_s_is_the_default_and_the_cap_of_timeout_s(
+    bootstrap: str, topics: TopicNames, settings: Settings
+) -> None:
+    """GRAPHWIRE_MAX_RUN_S=1: a 30 s sleep asking timeout_s=600, and one giving none, both end
+    ``timeout`` with a message naming the setting; the first's run_started says it was capped;
+    a request asking 0.5 s keeps its own timeout and message."""
+    capped = settings.model_copy(update={"max_run_s": 1.0})
+    async with GraphRunner(capped, GraphRegistry.from_sources()):
+        await produce(bootstrap, topics.requests, [
+            (b"a", encode(request("asks-more", "slow", input={"seconds": 30}, timeout_s=600))),
+            (b"b", encode(request("asks-none", "slow", input={"seconds": 30}))),
+            (b"c", encode(request("asks-less", "slow", input={"seconds": 30}, timeout_s=0.5))),
+        ])
+        async with Collector(bootstrap, topics.results, topics.events) as out:
+            await out.wait_count(topics.results, 3, timeout=60)
+    results = {r["request_id"]: (r["status"], r["error"]["message"])
+               for r in out.values(topics.results)}
+    assert results == {
+        "asks-more": ("timeout", "the run took longer than 1s, this worker's GRAPHWIRE_MAX_RUN_S "
+                      "(the request asked for timeout_s=600); make the graph faster, split the "
+                      "work, or have the operator raise GRAPHWIRE_MAX_RUN_S"),
+        "asks-none": ("timeout", "the run took longer than 1s, this worker's GRAPHWIRE_MAX_RUN_S "
+                      "(the request gave no timeout_s); make the graph faster, split the work, "
+                      "or have the operator raise GRAPHWIRE_MAX_RUN_S"),
+        "asks-less": ("timeout", "the run took longer than timeout_s=0.5; raise timeout_s or "
+                      "make the graph faster"),
+    }
+    started = {e["request_id"]: (e["data"]["timeout_s"], e["data"].get("timeout_capped"))
+               for e in out.values(topics.events) if e["type"] == "run_started"}
+    assert started == {"asks-more": (1.0, {"asked": 600.0, "max_run_s": 1.0}),
+                       "asks-none": (1.0, None), "asks-less": (0.5, None)}

@@ -149,10 +149,16 @@ class RunExecutor:
             self.metrics.effects.labels(data["outcome"]).inc()
             await emit(type_, node, data)
 
+        timeout_s, capped = self._timeout(request)
+
         async def run_started(resumed: bool) -> None:
             """Every try opens with one, at ``i = 0`` of its own base."""
-            data = {"thread_id": thread_id, "worker": self.settings.worker_id,
-                    "attempt": attempt, "resumed": resumed}
+            data: dict[str, Any] = {"thread_id": thread_id, "worker": self.settings.worker_id,
+                                    "attempt": attempt, "resumed": resumed,
+                                    "timeout_s": timeout_s}
+            if capped:  # the request asked for longer than this worker allows
+                data["timeout_capped"] = {"asked": request.timeout_s,
+                                          "max_run_s": self.settings.max_run_s}
             if request.checkpoint_id is not None:  # a fork: recorded with the run's events
                 data["forked_from"] = request.checkpoint_id
             await emit("run_started", None, data)
@@ -220,7 +226,7 @@ class RunExecutor:
                         command=command,
                         config=first_config if try_index == 0 else config,
                         stream=request.stream,
-                        timeout_s=request.timeout_s,
+                        timeout_s=timeout_s,
                         emit=emit,
                         durability=durability if graph.checkpointer else None,
                         control=control,
@@ -229,6 +235,8 @@ class RunExecutor:
                     raise DependencyUnavailable(
                         f"PostgreSQL (checkpoints) failed during {rid}: {outcome.exception}"
                     ) from outcome.exception
+                if outcome.status == "timeout" and request.timeout_s != timeout_s:
+                    outcome = self._timed_out_at_max(request, outcome.exception)
                 if isinstance(outcome.exception, CheckpointDataRefused):  # never retried
                     outcome = _unstorable(UnstorableRequest(refusal(
                         data_error(outcome.exception) or outcome.exception)))
@@ -301,6 +309,24 @@ class RunExecutor:
         self.metrics.duration.labels(request.graph).observe(duration_ms / 1000)
         log.debug("run %s in %.1f ms (attempt %d)", outcome.status, duration_ms, attempt)
         return outcome, outbox.acked.get(self._out.results_topic)
+
+    def _timeout(self, request: Request) -> tuple[float, bool]:
+        """The run's timeout: the request's ``timeout_s`` capped at ``GRAPHWIRE_MAX_RUN_S``
+        (also the default); True when that cut what the request asked for."""
+        most = self.settings.max_run_s
+        if request.timeout_s is None:
+            return most, False
+        return min(request.timeout_s, most), request.timeout_s > most
+
+    def _timed_out_at_max(self, request: Request, exc: BaseException | None) -> RunOutcome:
+        """A timeout at ``GRAPHWIRE_MAX_RUN_S``, with a message that names it."""
+        most = self.settings.max_run_s
+        asked = ("gave no timeout_s" if request.timeout_s is None
+                 else f"asked for timeout_s={request.timeout_s:g}")
+        return RunOutcome(status="timeout", error=("Timeout", (
+            f"the run took longer than {most:g}s, this worker's GRAPHWIRE_MAX_RUN_S (the request "
+            f"{asked}); make the graph faster, split the work, or have the operator raise "
+            "GRAPHWIRE_MAX_RUN_S")), exception=exc)
 
     async def _fork(
         self, graph: Any, config: dict[str, Any], request: Request,
