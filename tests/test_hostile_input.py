@@ -211,3 +211,42 @@ async def test_max_run_s_is_the_default_and_the_cap_of_timeout_s(
                for e in out.values(topics.events) if e["type"] == "run_started"}
     assert started == {"asks-more": (1.0, {"asked": 600.0, "max_run_s": 1.0}),
                        "asks-none": (1.0, None), "asks-less": (0.5, None)}
+
+
+async def test_reply_to_refuses_the_control_topic_and_topics_the_allow_list_does_not_match(
+    bootstrap: str, topics: TopicNames, settings: Settings, prefix: str
+) -> None:
+    """GRAPHWIRE_REPLY_TO_ALLOWED=<prefix>.replies.*: a reply-to on it gets its copy; one on
+    <prefix>.control gets none (the run goes on, its result on results only); one on another
+    topic is rejected before it runs, with the reason, and dead-lettered."""
+    allowed = settings.model_copy(update={"reply_to_allowed": f" {prefix}.replies.* ,"})
+    replies, elsewhere = f"{prefix}.replies.a", f"{prefix}-payments.commands"
+
+    def echo(rid: str, topic: str) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+        body = encode(request(rid, "echo", input={"text": rid}))
+        return rid.encode(), body, [("reply-to", topic.encode())]
+
+    async with GraphRunner(allowed, GraphRegistry.from_sources()):
+        await produce(bootstrap, topics.requests, [
+            echo("to-replies", replies), echo("to-control", topics.control),
+            echo("to-elsewhere", elsewhere),
+        ])
+        async with Collector(bootstrap, topics.results, topics.dlq, topics.control) as out:
+            await out.wait_count(topics.results, 3, timeout=60)
+            await out.wait_count(topics.dlq, 1, timeout=10)
+            async with Collector(bootstrap, replies) as copies:
+                await copies.wait_count(replies, 1, timeout=30)
+            await asyncio.sleep(1.0)  # a copy on control would show by now
+    results = {r["request_id"]: (r["status"], r["error"] and r["error"]["message"])
+               for r in out.values(topics.results)}
+    assert results == {
+        "to-replies": ("success", None),
+        "to-control": ("success", None),
+        "to-elsewhere": ("rejected", f"invalid request: reply-to topic {elsewhere!r} is not "
+                         f"allowed here: use a topic matching GRAPHWIRE_REPLY_TO_ALLOWED "
+                         f"({prefix}.replies.*), or leave reply-to out and read "
+                         f"{topics.results}"),
+    }
+    assert [r["request_id"] for r in copies.values(replies)] == ["to-replies"]
+    assert out.records[topics.control] == []
+    assert [r.key for r in out.records[topics.dlq]] == [b"to-elsewhere"]

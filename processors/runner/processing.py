@@ -188,6 +188,13 @@ class RequestProcessor:
             log.info("%s runs later (after_seconds/run_at): left to graphwire scheduler",
                      request.request_id)
             return
+        reply_refusal = self._out.reply_to_not_allowed(record)
+        if reply_refusal is not None:  # refused at once, as a webhook is
+            await self._reject(record, request.request_id, request.graph,
+                               InvalidRequest(f"invalid request: {reply_refusal}"),
+                               "reply_to_refused", started, metadata=request.metadata,
+                               thread_id=request.thread_id)
+            return
         if request.webhook is not None:  # refused at once, not when the result is out
             refusal = self._webhooks.refusal(request.webhook)
             if refusal is not None:
