@@ -9,8 +9,14 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+from typing_extensions import TypedDict
 
 from graphwire.graphs.registry import GraphRegistry
 from graphwire.processors.dev.broker import free_port
@@ -250,3 +256,75 @@ async def test_reply_to_refuses_the_control_topic_and_topics_the_allow_list_does
     assert [r["request_id"] for r in copies.values(replies)] == ["to-replies"]
     assert out.records[topics.control] == []
     assert [r.key for r in out.records[topics.dlq]] == [b"to-elsewhere"]
+
+
+class WhoState(TypedDict, total=False):
+    """State of ``whoami``: who the graph was told its caller is."""
+
+    user_id: str
+    identity: str
+    scope: str
+    runtime_identity: str
+
+
+def _who(state: WhoState, config: RunnableConfig, runtime: Runtime[Any]) -> WhoState:
+    configurable = config["configurable"]
+    user = configurable.get("langgraph_auth_user")
+    info = runtime.server_info
+    return {
+        "user_id": configurable.get("langgraph_auth_user_id", "none"),
+        "identity": user["identity"] if user is not None else "none",
+        "scope": user.scope if user is not None else "none",
+        "runtime_identity": info.user.identity if info and info.user else "none",
+    }
+
+
+_who_builder = StateGraph(WhoState)
+_who_builder.add_node("who", _who)
+_who_builder.add_edge(START, "who")
+_who_builder.add_edge("who", END)
+whoami = _who_builder.compile()
+
+
+async def test_graphs_read_the_gateways_caller_and_a_producer_cannot_forge_it(
+    bootstrap: str, topics: TopicNames, settings: Settings, worker_env: dict[str, str]
+) -> None:
+    """Through the gateway, a run of JWT subject tenant-b sees langgraph_auth_user_id
+    'jwt:tenant-b' (config and runtime.server_info.user); a raw request without the header sees
+    none; one setting langgraph_auth_user_id itself is rejected; a malformed header too."""
+    from graphwire.processors.gateway.auth import Principal
+    from tests.gateway_helpers import gateway_settings, serve, token
+
+    registry = GraphRegistry.from_sources(specs="whoami=tests.test_hostile_input:whoami")
+    scope = Principal("jwt", "tenant-b", frozenset(), 0).scope
+    forged = request("forged", "whoami", input={},
+                     config={"configurable": {"langgraph_auth_user_id": "jwt:admin"}})
+    async with GraphRunner(settings, registry):
+        async with serve(gateway_settings(worker_env)) as http:
+            bearer = {"Authorization": f"Bearer {token('tenant-b', ['whoami'])}"}
+            via_gateway = await http.post("/workflow/execute?wait=true", headers=bearer,
+                                          json={"workflow_name": "whoami", "input_data": {}})
+        await produce(bootstrap, topics.requests, [
+            (b"raw", encode(request("raw", "whoami", input={}))),
+            (b"forged", encode(forged)),
+            (b"bad-header", encode(request("bad-header", "whoami", input={})),
+             [("x-graphwire-principal", b'{"kind": "jwt"}')]),
+        ])
+        async with Collector(bootstrap, topics.results) as out:
+            await out.wait_count(topics.results, 4, timeout=60)
+    assert via_gateway.status_code == 200, via_gateway.text
+    assert via_gateway.json()["output"] == {
+        "user_id": "jwt:tenant-b", "identity": "jwt:tenant-b", "scope": scope,
+        "runtime_identity": "jwt:tenant-b",
+    }
+    results = {r["request_id"]: r for r in out.values(topics.results)}
+    assert results["raw"]["output"] == {"user_id": "none", "identity": "none", "scope": "none",
+                                        "runtime_identity": "none"}
+    assert (results["forged"]["status"], results["forged"]["error"]["message"]) == (
+        "rejected", "invalid request: config.configurable: config.configurable key "
+        "'langgraph_auth_user_id' is reserved: graphwire sets it from the gateway's caller; "
+        "leave it out")
+    assert (results["bad-header"]["status"], results["bad-header"]["error"]["message"]) == (
+        "rejected", "invalid request: header x-graphwire-principal must be a JSON object of "
+        "printable strings 'kind', 'name' and 'scope' (1..256 characters each), as the gateway "
+        "sets it; fix or drop it")

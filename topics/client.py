@@ -242,11 +242,13 @@ class GraphwireClient:
         return Request.model_validate(body)
 
     async def submit_request(
-        self, request: Request, *, reply_to: str | None = None, traceparent: str | None = None
+        self, request: Request, *, reply_to: str | None = None, traceparent: str | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
     ) -> str:
-        """Produce a request built by ``build_request``; returns its request_id."""
+        """Produce a request built by ``build_request``; returns its request_id. ``headers``:
+        more Kafka headers (the gateway's ``x-graphwire-principal``)."""
         assert self._producer is not None, "call start() or use `async with` first"
-        headers = []
+        headers = list(headers or [])
         if reply_to:
             headers.append((HEADER_REPLY_TO, reply_to.encode()))
         if traceparent:

@@ -28,6 +28,10 @@ HEADER_TRACEPARENT = "traceparent"
 HEADER_ERROR = "x-graphwire-error"
 HEADER_SOURCE = "x-graphwire-source"
 HEADER_VALUE_DROPPED = "x-graphwire-value-dropped"  # dead letter too large to carry its value
+HEADER_PRINCIPAL = "x-graphwire-principal"
+"""The caller the gateway authenticated, as JSON ``{"kind", "name", "scope"}``; runners give it
+to the graph as ``config["configurable"]["langgraph_auth_user"]`` (and ``_user_id``). Kafka
+writers are trusted as admins over every tenant: a header a raw producer sets is honoured."""
 
 _DUMPS_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 
@@ -191,6 +195,29 @@ def decode_request(value: bytes | None, *, max_bytes: int) -> Request:
         return Request.model_validate(obj)
     except ValidationError as exc:
         raise InvalidRequest(f"invalid request: {_describe(exc)}", request_id=request_id) from None
+
+
+def principal_header(kind: str, name: str, scope: str) -> tuple[str, bytes]:
+    """The ``x-graphwire-principal`` header for a request produced on behalf of a caller."""
+    return HEADER_PRINCIPAL, orjson.dumps({"kind": kind, "name": name, "scope": scope})
+
+
+def decode_principal(value: bytes) -> dict[str, str]:
+    """The caller in an ``x-graphwire-principal`` header; ``ValueError`` says what is wrong."""
+    try:
+        obj = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        obj = None
+    fields = ("kind", "name", "scope")
+    if not isinstance(obj, dict) or not all(
+        isinstance(obj.get(f), str) and 0 < len(obj[f]) <= 256 and obj[f].isprintable()
+        for f in fields
+    ):
+        raise ValueError(
+            f"header {HEADER_PRINCIPAL} must be a JSON object of printable strings 'kind', "
+            "'name' and 'scope' (1..256 characters each), as the gateway sets it; fix or drop it"
+        )
+    return {f: obj[f] for f in fields}
 
 
 def peek_graph(value: bytes | None) -> str:

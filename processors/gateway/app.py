@@ -43,6 +43,7 @@ from graphwire.processors.gateway.sse import event_stream
 from graphwire.processors.settings import Settings
 from graphwire.processors.webhooks.policy import WebhookPolicy
 from graphwire.topics.client import GraphwireClient
+from graphwire.topics.codec import principal_header
 from graphwire.topics.errors import DependencyUnavailable, GraphwireError
 from graphwire.topics.models import Request as RunRequest
 from graphwire.topics.models import Result
@@ -165,7 +166,9 @@ class Gateway:
         self, body: WorkflowRequest, principal: Principal, idempotency_key: str | None
     ) -> str:
         """Check and produce the run (``prepare``); returns its request_id."""
-        return await self.client.submit_request(self.prepare(body, principal, idempotency_key))
+        return await self.client.submit_request(
+            self.prepare(body, principal, idempotency_key), headers=[_principal(principal)]
+        )
 
     async def wait(self, request_id: str, timeout: float) -> Response:
         """The result as JSON (already validated by the client: no second pass here)."""
@@ -328,7 +331,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                     "nothing in this batch was submitted") from None
         if len(body.requests) > 1:  # each run counts against the rate limit
             await gw.charge(caller, len(body.requests) - 1)
-        ids = [await gw.client.submit_request(request) for request in checked]
+        ids = [await gw.client.submit_request(request, headers=[_principal(caller)])
+               for request in checked]
         if not body.wait:
             return BatchResponse(request_ids=ids)
         limit = timeout or settings.gateway_wait_timeout_s
@@ -377,3 +381,8 @@ def _contract_error(exc: ValueError) -> str:
     message = str(first["msg"]).removeprefix("Value error, ")
     where = ".".join(str(part) for part in first["loc"])
     return f"{where}: {message}" if where else message
+
+
+def _principal(principal: Principal) -> tuple[str, bytes]:
+    """The ``x-graphwire-principal`` header: runners give the graph this caller's identity."""
+    return principal_header(principal.kind, principal.name, principal.scope)

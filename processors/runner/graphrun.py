@@ -27,6 +27,7 @@ from graphwire.processors.runner.checkpoints import CheckpointStore
 from graphwire.processors.runner.control import RunStops, Stop, delete_run_checkpoints
 from graphwire.processors.runner.dedup import LeaseLost
 from graphwire.processors.runner.failures import data_error, refusal
+from graphwire.processors.runner.identity import auth_configurable
 from graphwire.processors.runner.pgsaver import (
     CONNECTION_ERRORS,
     FRESH_THREAD,
@@ -35,7 +36,13 @@ from graphwire.processors.runner.pgsaver import (
 )
 from graphwire.processors.runner.publisher import OutputPublisher, Record, header, trace_headers
 from graphwire.processors.settings import Settings
-from graphwire.topics.codec import HEADER_TRACEPARENT, event_dict, result_dict
+from graphwire.topics.codec import (
+    HEADER_PRINCIPAL,
+    HEADER_TRACEPARENT,
+    decode_principal,
+    event_dict,
+    result_dict,
+)
 from graphwire.topics.errors import DependencyUnavailable, UnstorableRequest
 from graphwire.topics.models import Request
 from graphwire.topics.positions import event_position
@@ -164,8 +171,12 @@ class RunExecutor:
             await emit("run_started", None, data)
 
         graph = self._durable(request.graph, graph)
+        configurable = {**request.config.configurable, "thread_id": thread_id or rid}
+        principal = header(record, HEADER_PRINCIPAL)  # checked at intake
+        if principal is not None:
+            configurable.update(auth_configurable(decode_principal(principal)))
         config: dict[str, Any] = {
-            "configurable": {**request.config.configurable, "thread_id": thread_id or rid},
+            "configurable": configurable,
             "recursion_limit": request.config.recursion_limit,
             "metadata": {"graphwire_request_id": rid},
         }

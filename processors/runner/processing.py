@@ -39,7 +39,9 @@ from graphwire.processors.runner.publisher import (
 from graphwire.processors.settings import Settings
 from graphwire.processors.webhooks.policy import WebhookPolicy
 from graphwire.topics.codec import (
+    HEADER_PRINCIPAL,
     HEADER_TRACEPARENT,
+    decode_principal,
     decode_request,
     dumps,
     event_dict,
@@ -188,6 +190,16 @@ class RequestProcessor:
             log.info("%s runs later (after_seconds/run_at): left to graphwire scheduler",
                      request.request_id)
             return
+        principal = header(record, HEADER_PRINCIPAL)
+        if principal is not None:
+            try:
+                decode_principal(principal)
+            except ValueError as exc:
+                await self._reject(record, request.request_id, request.graph,
+                                   InvalidRequest(f"invalid request: {exc}"), "invalid",
+                                   started, metadata=request.metadata,
+                                   thread_id=request.thread_id)
+                return
         reply_refusal = self._out.reply_to_not_allowed(record)
         if reply_refusal is not None:  # refused at once, as a webhook is
             await self._reject(record, request.request_id, request.graph,
@@ -499,7 +511,7 @@ class RequestProcessor:
         """``_execute``, or the cached output of an identical request when caching applies.
 
         Returns the status and where the result landed (``topic/partition/offset``)."""
-        key = self._cache_key(request, graph)
+        key = self._cache_key(record, request, graph)
         if key is None or self._cache is None:
             outcome, result_at = await self._executor.execute(
                 record, request, graph, started, attempt=attempt, lease_lost=lease_lost,
@@ -539,7 +551,7 @@ class RequestProcessor:
             return request.cache.ttl_s
         return self._executor.options(graph).cache_ttl_s
 
-    def _cache_key(self, request: Request, graph: Any) -> str | None:
+    def _cache_key(self, record: Record, request: Request, graph: Any) -> str | None:
         """The cache key, or None when the request is not cacheable (threads, commands)."""
         if request.thread_id is not None or request.command is not None:
             return None
@@ -549,6 +561,9 @@ class RequestProcessor:
             request.graph, graph
         )
         config = request.config.model_dump(mode="json")
+        principal = header(record, HEADER_PRINCIPAL)
+        if principal is not None:  # a graph may answer each caller differently
+            config["principal"] = decode_principal(principal)
         return cache_key(self.settings.topic_prefix, request.graph, version, request.input, config)
 
     def _structure_hash(self, name: str, graph: Any) -> str:
