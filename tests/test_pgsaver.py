@@ -350,3 +350,31 @@ async def test_a_value_postgresql_refuses_is_the_requests_fault_not_an_outage(
         "PostgreSQL refused this request's data (CharacterNotInRepertoireError: invalid byte "
         'sequence for encoding "UTF8": 0x00); it would refuse it on every retry'
     )
+
+
+class _TextState(TypedDict):
+    text: str
+    note: str
+
+
+async def test_state_strings_with_nul_are_stored_and_read_back_exactly(
+    saver: GroupCommitSaver,
+) -> None:
+    """A checkpointed run whose state holds U+0000 (a string channel, inline in jsonb
+    elsewhere) commits, and its state reads back equal to what InMemorySaver keeps."""
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    def step(state: _TextState) -> dict[str, Any]:
+        return {"note": state["text"] + "\x00!"}
+
+    builder = StateGraph(_TextState)
+    builder.add_node("step", step)
+    builder.add_edge(START, "step")
+    builder.add_edge("step", END)
+    given = {"text": "a\x00b", "note": ""}
+    config: Any = {"configurable": {"thread_id": "nul-state"}}
+    out = await builder.compile(checkpointer=saver).ainvoke(given, config)
+    state = await builder.compile(checkpointer=saver).aget_state(config)
+    memory = builder.compile(checkpointer=InMemorySaver())
+    expected = await memory.ainvoke(given, config)
+    assert out == state.values == expected == {"text": "a\x00b", "note": "a\x00b\x00!"}

@@ -378,8 +378,10 @@ class GroupCommitSaver(BaseCheckpointSaver[str]):
             if isinstance(v, _DeltaSnapshot):
                 blob_values[k] = values.pop(k)
                 values[k] = True
-            elif self._inline and (v is None or isinstance(v, str | int | float | bool)):
+            elif self._inline and (v is None or isinstance(v, int | float | bool)
+                                   or (isinstance(v, str) and "\x00" not in v)):
                 pass  # with inline=False (encryption on) a str must not sit in plain JSON
+                # (nor one with a NUL anywhere: jsonb refuses U+0000, the blob keeps it exactly)
             else:
                 blob_values[k] = values.pop(k)
         op = _Write(asyncio.get_running_loop().create_future())
