@@ -344,6 +344,16 @@ class Settings(BaseSettings):
         """Former name of ``demo_graphs``."""
         return self.demo_graphs
 
+    # -- hostile input (runner input) --
+    max_run_s: float = Field(default=3600.0, gt=0, allow_inf_nan=False)
+    """Longest a run may take (each try of it): the ``timeout_s`` of a request that gives none,
+    and the cap of one that asks for more (its ``run_started`` event says so, and a timeout's
+    message names this setting), so no request holds a worker slot for ever."""
+    reply_to_allowed: str = ""
+    """Comma-separated ``fnmatch`` patterns a request's ``reply-to`` topic must match (e.g.
+    ``graphwire.replies.*,billing.results``); empty: any topic. Either way, never graphwire's
+    own requests, events, dlq or control topics."""
+
     @model_validator(mode="after")
     def _check_sasl(self) -> Self:
         if self.security_protocol.startswith("SASL") and not (

@@ -278,18 +278,21 @@ async def test_sync_durability_commits_each_step_before_the_next_starts(
 async def test_a_bad_row_fails_only_its_own_caller_not_its_group(
     saver: GroupCommitSaver,
 ) -> None:
-    """Of 32 puts sharing group commits, the one whose JSON PostgreSQL refuses (a NUL in a
-    string) fails with PostgreSQL's error; the 31 others are committed."""
+    """Of 32 puts sharing group commits, the one whose row PostgreSQL refuses (a NUL in its
+    thread_id) fails with CheckpointDataRefused over PostgreSQL's error; the 31 others are
+    committed."""
 
     async def put(i: int) -> None:
         checkpoint = empty_checkpoint()
-        checkpoint["channel_values"] = {"text": "bad\x00" if i == 5 else f"ok {i}"}
-        await saver.aput({"configurable": {"thread_id": f"b-{i}", "checkpoint_ns": ""}},
+        checkpoint["channel_values"] = {"text": f"ok {i}"}
+        thread = "b-5\x00" if i == 5 else f"b-{i}"
+        await saver.aput({"configurable": {"thread_id": thread, "checkpoint_ns": ""}},
                          checkpoint, {}, {})
 
     outcomes = await asyncio.gather(*(put(i) for i in range(32)), return_exceptions=True)
-    failed = {i: type(o).__name__ for i, o in enumerate(outcomes) if o is not None}
-    assert failed == {5: "UntranslatableCharacterError"}
+    failed = {i: (type(o).__name__, type(o.__cause__).__name__)
+              for i, o in enumerate(outcomes) if o is not None}
+    assert failed == {5: ("CheckpointDataRefused", "CharacterNotInRepertoireError")}
     assert await saver.pool.fetchval("SELECT count(*) FROM checkpoints") == 31
     assert saver.commits < 31 + 1  # the 31 good ones did not each need their own statement
 
@@ -324,3 +327,54 @@ async def test_a_stalled_database_fills_the_bounded_queue_then_callers_wait(
         await blocker.close()
         await saver.aclose()
         await pool.close()
+
+
+async def test_a_value_postgresql_refuses_is_the_requests_fault_not_an_outage(
+    saver: GroupCommitSaver,
+) -> None:
+    """A NUL in a thread_id read from a checkpointed graph: the saver raises
+    CheckpointDataRefused, the runner's state read turns it into UnstorableRequest (a rejected
+    request), never DependencyUnavailable (an outage, retried forever)."""
+    from graphwire.processors.runner.graphrun import _checkpointed_state
+    from graphwire.processors.runner.pgsaver import CheckpointDataRefused
+    from graphwire.topics.errors import UnstorableRequest
+
+    config: Any = {"configurable": {"thread_id": "a\x00b"}}
+    with pytest.raises(CheckpointDataRefused) as refused:
+        await saver.aget_tuple(config)
+    assert type(refused.value.__cause__).__name__ == "CharacterNotInRepertoireError"
+    graph = _graph().compile(checkpointer=saver)
+    with pytest.raises(UnstorableRequest) as caught:
+        await _checkpointed_state(graph, config)
+    assert str(caught.value).startswith(
+        "PostgreSQL refused this request's data (CharacterNotInRepertoireError: invalid byte "
+        'sequence for encoding "UTF8": 0x00); it would refuse it on every retry'
+    )
+
+
+class _TextState(TypedDict):
+    text: str
+    note: str
+
+
+async def test_state_strings_with_nul_are_stored_and_read_back_exactly(
+    saver: GroupCommitSaver,
+) -> None:
+    """A checkpointed run whose state holds U+0000 (a string channel, inline in jsonb
+    elsewhere) commits, and its state reads back equal to what InMemorySaver keeps."""
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    def step(state: _TextState) -> dict[str, Any]:
+        return {"note": state["text"] + "\x00!"}
+
+    builder = StateGraph(_TextState)
+    builder.add_node("step", step)
+    builder.add_edge(START, "step")
+    builder.add_edge("step", END)
+    given = {"text": "a\x00b", "note": ""}
+    config: Any = {"configurable": {"thread_id": "nul-state"}}
+    out = await builder.compile(checkpointer=saver).ainvoke(given, config)
+    state = await builder.compile(checkpointer=saver).aget_state(config)
+    memory = builder.compile(checkpointer=InMemorySaver())
+    expected = await memory.ainvoke(given, config)
+    assert out == state.values == expected == {"text": "a\x00b", "note": "a\x00b\x00!"}

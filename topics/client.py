@@ -260,13 +260,14 @@ class GraphwireClient:
 
     async def submit_request(
         self, request: Request, *, reply_to: str | None = None, traceparent: str | None = None,
-        keep_events: bool = True,
+        keep_events: bool = True, headers: list[tuple[str, bytes]] | None = None,
     ) -> str:
         """Produce a request built by ``build_request``; returns its request_id. Without
         ``keep_events`` only its result is kept in memory (events arriving before ``events()``
-        or ``watch(..., events=True)`` asks for them are not kept)."""
+        or ``watch(..., events=True)`` asks for them are not kept). ``headers``: more Kafka
+        headers (the gateway's ``x-graphwire-principal``)."""
         assert self._producer is not None, "call start() or use `async with` first"
-        headers = []
+        headers = list(headers or [])
         if reply_to:
             headers.append((HEADER_REPLY_TO, reply_to.encode()))
         if traceparent:

@@ -3,6 +3,8 @@
 GraphwireError
  +-- InvalidRequest          understood as a request, but invalid: ``rejected`` result + dead letter
  |    +-- RequestTooLarge    over ``max_request_bytes``: ``rejected`` result + dead letter
+ |    +-- UnstorableRequest  PostgreSQL/Redis refused its data (a NUL, a value out of range):
+ |                           ``rejected`` result + dead letter, never an outage
  +-- UndecodableMessage      not a request at all (not JSON, no request_id): dead letter only
  +-- UnknownGraph            no graph of that name: ``rejected`` result + dead letter
  +-- GraphFailed             the graph raised: ``error`` result + dead letter
@@ -30,6 +32,11 @@ class InvalidRequest(GraphwireError):
 
 class RequestTooLarge(InvalidRequest):
     """A request whose encoded size is over the configured limit."""
+
+
+class UnstorableRequest(InvalidRequest):
+    """A dependency refused the request's data (PostgreSQL ``DataError``, Redis ``ResponseError``
+    about a value): the message is bad, the service is fine, so it is not retried."""
 
 
 class UndecodableMessage(GraphwireError):

@@ -7,6 +7,7 @@ shapes as plain dicts (``graphwire.topics.codec``) and a test keeps the two in s
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal, Self
 from urllib.parse import urlsplit
@@ -16,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -28,6 +30,52 @@ MultitaskStrategy = Literal["enqueue", "reject", "interrupt", "rollback"]
 CancelAction = Literal["interrupt", "rollback"]
 """``interrupt`` keeps a cancelled run's checkpointed progress; ``rollback`` deletes it."""
 MAX_DELAY_S = 366 * 24 * 3600  # after_seconds: at most a year (and a day)
+MAX_PAST_S = 366 * 24 * 3600
+"""``run_at`` at most this far in the past (a late request runs at once; an older one is a
+mistake, and dates near year 1 or 9999 overflow the scheduler's arithmetic)."""
+
+# -- ids and names: what every processor can store and log ----------------------------------
+# PostgreSQL refuses NUL in text; a newline or an ANSI escape in a logged id forges log lines
+# in the text format. Ids are Python-printable (no control, format, separator or surrogate
+# characters other than the space): any language, any script, nothing that moves a terminal.
+# Graph names are code identifiers (registry entries, metric labels, URLs): ASCII only.
+GRAPH_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,199}$"
+"""A graph name: a letter or digit, then letters, digits and ``_ . : / -``; 1..200."""
+PRINTABLE_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]+$"
+"""What the JSON Schema can say of an id (the runner also refuses Unicode format and line
+separator characters: Python's ``str.isprintable``)."""
+RESERVED_CONFIGURABLE = {
+    "checkpoint_id": "set the request's 'checkpoint_id' to run from a checkpoint",
+    "checkpoint_ns": "LangGraph sets it for subgraphs; leave it out",
+    "checkpoint_map": "LangGraph sets it for subgraphs; leave it out",
+    "langgraph_auth_user": "graphwire sets it from the gateway's caller; leave it out",
+    "langgraph_auth_user_id": "graphwire sets it from the gateway's caller; leave it out",
+    "langgraph_auth_permissions": "graphwire sets it from the gateway's caller; leave it out",
+}
+"""``config.configurable`` keys a producer may not set, and what to do instead. Keys starting
+with ``__`` (LangGraph's ``__pregel_*``, graphwire's ``__graphwire_fresh_thread__``) are
+refused too; ``thread_id`` is allowed and replaced by the request's."""
+
+
+def id_problem(field: str, value: str) -> str | None:
+    """Why ``value`` cannot be the id ``field`` (a control character, a newline), or None."""
+    if value.isprintable():
+        return None
+    bad = next(c for c in value if not c.isprintable())
+    return (f"{field} must contain only printable characters (found U+{ord(bad):04X}); "
+            "no NUL, control characters or newlines")
+
+
+def configurable_problem(configurable: dict[str, Any]) -> str | None:
+    """Why a producer may not send this ``config.configurable``, or None."""
+    for key in configurable:
+        if key.startswith("__"):
+            return (f"config.configurable key {key!r} is reserved (keys starting with '__' are "
+                    "LangGraph's and graphwire's internals); leave it out")
+        if key in RESERVED_CONFIGURABLE:
+            return (f"config.configurable key {key!r} is reserved: "
+                    f"{RESERVED_CONFIGURABLE[key]}")
+    return None
 
 
 class Status(StrEnum):
@@ -68,13 +116,24 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     configurable: dict[str, Any] = Field(default_factory=dict)
-    """Passed to the graph as ``config["configurable"]`` (graphwire sets ``thread_id`` itself)."""
+    """Passed to the graph as ``config["configurable"]`` (graphwire sets ``thread_id`` itself).
+    Refused: keys starting with ``__``, ``checkpoint_id`` (use the request's ``checkpoint_id``),
+    ``checkpoint_ns``, ``checkpoint_map`` and ``langgraph_auth_user``/``_user_id``/
+    ``_permissions`` (graphwire sets them from the caller's identity)."""
     recursion_limit: int = Field(default=25, ge=1, le=10_000)
     """Maximum number of supersteps before LangGraph stops the run with an error."""
     tags: list[str] = Field(default_factory=list)
     """Tags passed to callbacks and tracing."""
     max_concurrency: int | None = Field(default=None, ge=1)
     """Upper bound on parallel node executions within one superstep."""
+
+    @field_validator("configurable")
+    @classmethod
+    def _not_reserved(cls, value: dict[str, Any]) -> dict[str, Any]:
+        problem = configurable_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
 
 class CacheSpec(BaseModel):
@@ -95,22 +154,27 @@ class Request(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    request_id: str = Field(min_length=1, max_length=128)
-    """Idempotency key, 1..128 printable characters."""
-    graph: str = Field(min_length=1, max_length=200)
-    """Name of a registered graph."""
+    request_id: str = Field(min_length=1, max_length=128,
+                            json_schema_extra={"pattern": PRINTABLE_PATTERN})
+    """Idempotency key, 1..128 printable characters (no control characters or newlines)."""
+    graph: str = Field(min_length=1, max_length=200, pattern=GRAPH_NAME_PATTERN)
+    """Name of a registered graph: letters, digits and ``_ . : / -``, starting with a letter or
+    digit."""
     input: dict[str, Any] | None = None
     """The graph's input state; required unless ``command`` is given."""
-    thread_id: str | None = Field(default=None, min_length=1, max_length=256)
-    """Conversation thread: requests of one thread share checkpointed state."""
+    thread_id: str | None = Field(default=None, min_length=1, max_length=256,
+                                  json_schema_extra={"pattern": PRINTABLE_PATTERN})
+    """Conversation thread: requests of one thread share checkpointed state. 1..256 printable
+    characters."""
     command: dict[str, Any] | None = None
     """A LangGraph command instead of input, e.g. ``{"resume": "yes"}``."""
     config: RunConfig = Field(default_factory=RunConfig)
     """Run configuration."""
     stream: list[StreamMode] = Field(default_factory=lambda: list[StreamMode](["updates"]))
     """Which LangGraph stream modes become events."""
-    timeout_s: float | None = Field(default=None, gt=0)
-    """Give up after this many seconds with status ``timeout``."""
+    timeout_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    """Give up after this many seconds with status ``timeout``. Workers cap it at their
+    ``GRAPHWIRE_MAX_RUN_S`` (also the default), and say so in the result's metadata."""
     metadata: dict[str, Any] = Field(default_factory=dict)
     """Opaque; echoed on every event and on the result."""
     max_attempts: int | None = Field(default=None, ge=1, le=20)
@@ -125,7 +189,8 @@ class Request(BaseModel):
     ``reject`` (this request is ``rejected`` at once), ``interrupt`` (stop that run at its next
     step boundary, keeping its progress, then run this) or ``rollback`` (stop it and delete its
     progress, then run this). The stopped run ends ``cancelled``. Needs ``thread_id``."""
-    checkpoint_id: str | None = Field(default=None, min_length=1, max_length=256)
+    checkpoint_id: str | None = Field(default=None, min_length=1, max_length=256,
+                                      json_schema_extra={"pattern": PRINTABLE_PATTERN})
     """Run from this checkpoint of the thread (see ``graphwire history``), forking it as
     LangGraph does; ``input`` may be left out (re-run from there), ``command.update`` edits the
     state first. Needs ``thread_id``; an unknown id is ``rejected``."""
@@ -145,10 +210,29 @@ class Request(BaseModel):
         return value
     # -- end webhooks --
     # -- scheduled runs (``graphwire scheduler``): accepted now, run then ---------------------
-    after_seconds: float | None = Field(default=None, ge=0, le=MAX_DELAY_S)
-    """Run this many seconds after the request's Kafka timestamp (when it was produced)."""
+    after_seconds: float | None = Field(default=None, ge=0, le=MAX_DELAY_S, allow_inf_nan=False)
+    """Run this many seconds after the request's Kafka timestamp (when it was produced); at
+    most a year and a day."""
     run_at: AwareDatetime | None = None
-    """Run at this time: RFC 3339 with an offset, e.g. ``2026-12-02T15:00:00Z``."""
+    """Run at this time: RFC 3339 with an offset, e.g. ``2026-12-02T15:00:00Z``; from a year
+    ago (a late request runs at once) to a year and a day ahead."""
+
+    @field_validator("run_at")
+    @classmethod
+    def _sane_time(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return value
+        now = datetime.now(UTC)
+        try:
+            offset_s = (value - now).total_seconds()
+        except OverflowError:  # 0001-01-01T00:00:00+14:00 is before year 1 in UTC
+            offset_s = float("-inf")
+        if offset_s < -MAX_PAST_S or offset_s > MAX_DELAY_S:
+            raise ValueError(
+                "run_at must be within a year in the past and a year and a day ahead "
+                f"(got {value.isoformat()}); for later runs, schedule a cron"
+            )
+        return value
 
     @model_validator(mode="after")
     def _one_schedule(self) -> Self:
@@ -161,11 +245,11 @@ class Request(BaseModel):
         """True when ``graphwire scheduler`` (not a runner) takes this request: it runs later."""
         return self.after_seconds is not None or self.run_at is not None
 
-    @field_validator("request_id")
+    @field_validator("request_id", "thread_id", "checkpoint_id")
     @classmethod
-    def _printable(cls, value: str) -> str:
-        if not value.isprintable():
-            raise ValueError("request_id must contain only printable characters")
+    def _printable(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and (problem := id_problem(str(info.field_name), value)):
+            raise ValueError(problem)
         return value
 
     @field_validator("command")
@@ -282,10 +366,18 @@ class Control(BaseModel):
 
     type: Literal["cancel"] = "cancel"
     """What to do (only ``cancel`` for now)."""
-    request_id: str = Field(min_length=1, max_length=128)
-    """The request to cancel."""
+    request_id: str = Field(min_length=1, max_length=128,
+                            json_schema_extra={"pattern": PRINTABLE_PATTERN})
+    """The request to cancel (printable, as the request's)."""
     action: CancelAction = "interrupt"
     """``interrupt`` keeps the run's checkpointed progress on its thread; ``rollback`` deletes
     the checkpoints the run wrote (the thread is as it was before the run)."""
     reason: str | None = Field(default=None, max_length=500)
     """Why, in a few words (echoed in the cancelled result's message)."""
+
+    @field_validator("request_id")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        if problem := id_problem("request_id", value):
+            raise ValueError(problem)
+        return value

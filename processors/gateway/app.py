@@ -55,6 +55,7 @@ from graphwire.processors.gateway.webhookkey import add_routes as add_webhook_ke
 from graphwire.processors.settings import Settings
 from graphwire.processors.webhooks.policy import WebhookPolicy
 from graphwire.topics.client import GraphwireClient
+from graphwire.topics.codec import principal_header
 from graphwire.topics.errors import DependencyUnavailable, GraphwireError
 from graphwire.topics.models import Request as RunRequest
 from graphwire.topics.models import Result
@@ -213,7 +214,8 @@ class Gateway:
         sent = 0
         try:
             for request in requests:
-                await self.client.submit_request(request, keep_events=keep_events)
+                await self.client.submit_request(
+                    request, keep_events=keep_events, headers=[_principal(principal)])
                 sent += 1
         finally:
             if sent < len(ids):
@@ -466,3 +468,8 @@ def _contract_error(exc: ValueError) -> str:
     message = str(first["msg"]).removeprefix("Value error, ")
     where = ".".join(str(part) for part in first["loc"])
     return f"{where}: {message}" if where else message
+
+
+def _principal(principal: Principal) -> tuple[str, bytes]:
+    """The ``x-graphwire-principal`` header: runners give the graph this caller's identity."""
+    return principal_header(principal.kind, principal.name, principal.scope)

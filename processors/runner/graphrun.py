@@ -26,11 +26,24 @@ from graphwire.processors.runner.callbacks import RunCallbacks
 from graphwire.processors.runner.checkpoints import CheckpointStore
 from graphwire.processors.runner.control import RunStops, Stop, delete_run_checkpoints
 from graphwire.processors.runner.dedup import LeaseLost
-from graphwire.processors.runner.pgsaver import FRESH_THREAD, CheckpointDatabaseUnavailable
+from graphwire.processors.runner.failures import data_error, refusal
+from graphwire.processors.runner.identity import auth_configurable
+from graphwire.processors.runner.pgsaver import (
+    CONNECTION_ERRORS,
+    FRESH_THREAD,
+    CheckpointDatabaseUnavailable,
+    CheckpointDataRefused,
+)
 from graphwire.processors.runner.publisher import OutputPublisher, Record, header, trace_headers
 from graphwire.processors.settings import Settings
-from graphwire.topics.codec import HEADER_TRACEPARENT, event_dict, result_dict
-from graphwire.topics.errors import DependencyUnavailable
+from graphwire.topics.codec import (
+    HEADER_PRINCIPAL,
+    HEADER_TRACEPARENT,
+    decode_principal,
+    event_dict,
+    result_dict,
+)
+from graphwire.topics.errors import DependencyUnavailable, UnstorableRequest
 from graphwire.topics.models import Request
 from graphwire.topics.positions import event_position
 
@@ -143,17 +156,27 @@ class RunExecutor:
             self.metrics.effects.labels(data["outcome"]).inc()
             await emit(type_, node, data)
 
+        timeout_s, capped = self._timeout(request)
+
         async def run_started(resumed: bool) -> None:
             """Every try opens with one, at ``i = 0`` of its own base."""
-            data = {"thread_id": thread_id, "worker": self.settings.worker_id,
-                    "attempt": attempt, "resumed": resumed}
+            data: dict[str, Any] = {"thread_id": thread_id, "worker": self.settings.worker_id,
+                                    "attempt": attempt, "resumed": resumed,
+                                    "timeout_s": timeout_s}
+            if capped:  # the request asked for longer than this worker allows
+                data["timeout_capped"] = {"asked": request.timeout_s,
+                                          "max_run_s": self.settings.max_run_s}
             if request.checkpoint_id is not None:  # a fork: recorded with the run's events
                 data["forked_from"] = request.checkpoint_id
             await emit("run_started", None, data)
 
         graph = self._durable(request.graph, graph)
+        configurable = {**request.config.configurable, "thread_id": thread_id or rid}
+        principal = header(record, HEADER_PRINCIPAL)  # checked at intake
+        if principal is not None:
+            configurable.update(auth_configurable(decode_principal(principal)))
         config: dict[str, Any] = {
-            "configurable": {**request.config.configurable, "thread_id": thread_id or rid},
+            "configurable": configurable,
             "recursion_limit": request.config.recursion_limit,
             "metadata": {"graphwire_request_id": rid},
         }
@@ -169,12 +192,15 @@ class RunExecutor:
         payload_input, command = request.input, request.command
         # A redelivery (attempt > 1) looks at what the earlier attempt left on the thread:
         # unfinished -> continue from the checkpoint; finished -> reuse it, run nothing.
-        earlier = await self._earlier_attempt(graph, config, rid) if attempt > 1 else None
-        resumed = earlier is not None
+        try:
+            earlier = await self._earlier_attempt(graph, config, rid) if attempt > 1 else None
+        except UnstorableRequest as exc:
+            earlier = _unstorable(exc)
+        resumed = earlier is not None and earlier.status != "rejected"
         if resumed:
             payload_input, command = None, None
         fork_config = None
-        if request.checkpoint_id is not None and not resumed:  # time travel: fork from there
+        if request.checkpoint_id is not None and earlier is None:  # time travel: fork from there
             fork_config, command, earlier = await self._fork(graph, config, request, command)
         # Attempt 1 of a stateless request under dedup needs no checkpoint read: its thread is
         # its request_id, and anything on it would come from an earlier delivery of the same
@@ -211,7 +237,7 @@ class RunExecutor:
                         command=command,
                         config=first_config if try_index == 0 else config,
                         stream=request.stream,
-                        timeout_s=request.timeout_s,
+                        timeout_s=timeout_s,
                         emit=emit,
                         durability=durability if graph.checkpointer else None,
                         control=control,
@@ -220,6 +246,12 @@ class RunExecutor:
                     raise DependencyUnavailable(
                         f"PostgreSQL (checkpoints) failed during {rid}: {outcome.exception}"
                     ) from outcome.exception
+                if outcome.status == "timeout" and request.timeout_s != timeout_s:
+                    outcome = self._timed_out_at_max(request, outcome.exception)
+                if isinstance(outcome.exception, CheckpointDataRefused):  # never retried
+                    outcome = _unstorable(UnstorableRequest(refusal(
+                        data_error(outcome.exception) or outcome.exception)))
+                    break
                 if not (
                     outcome.status == "error"
                     and attempt < max_attempts
@@ -228,7 +260,11 @@ class RunExecutor:
                     break
                 await self._back_off(rid, attempt, outcome)
                 attempt += 1
-                resumed = await self._unfinished(graph, config)
+                try:
+                    resumed = await self._unfinished(graph, config)
+                except UnstorableRequest as exc:
+                    outcome = _unstorable(exc)
+                    break
                 if resumed:  # retry the failed step only
                     payload_input, command = None, None
                 try_index, index = try_index + 1, 0
@@ -270,7 +306,7 @@ class RunExecutor:
         if outcome.status == "error":
             assert outcome.error is not None
             dead_letter = f"graph failed: {outcome.error[1]}"
-        elif outcome.status == "rejected":  # an unknown checkpoint_id
+        elif outcome.status == "rejected":  # an unknown checkpoint_id, data PostgreSQL refused
             assert outcome.error is not None
             dead_letter = outcome.error[1]
         if keep_result is not None:
@@ -284,6 +320,24 @@ class RunExecutor:
         self.metrics.duration.labels(request.graph).observe(duration_ms / 1000)
         log.debug("run %s in %.1f ms (attempt %d)", outcome.status, duration_ms, attempt)
         return outcome, outbox.acked.get(self._out.results_topic)
+
+    def _timeout(self, request: Request) -> tuple[float, bool]:
+        """The run's timeout: the request's ``timeout_s`` capped at ``GRAPHWIRE_MAX_RUN_S``
+        (also the default); True when that cut what the request asked for."""
+        most = self.settings.max_run_s
+        if request.timeout_s is None:
+            return most, False
+        return min(request.timeout_s, most), request.timeout_s > most
+
+    def _timed_out_at_max(self, request: Request, exc: BaseException | None) -> RunOutcome:
+        """A timeout at ``GRAPHWIRE_MAX_RUN_S``, with a message that names it."""
+        most = self.settings.max_run_s
+        asked = ("gave no timeout_s" if request.timeout_s is None
+                 else f"asked for timeout_s={request.timeout_s:g}")
+        return RunOutcome(status="timeout", error=("Timeout", (
+            f"the run took longer than {most:g}s, this worker's GRAPHWIRE_MAX_RUN_S (the request "
+            f"{asked}); make the graph faster, split the work, or have the operator raise "
+            "GRAPHWIRE_MAX_RUN_S")), exception=exc)
 
     async def _fork(
         self, graph: Any, config: dict[str, Any], request: Request,
@@ -301,7 +355,7 @@ class RunExecutor:
         try:
             found = await graph.checkpointer.aget_tuple(at)
         except Exception as exc:
-            raise DependencyUnavailable(f"cannot read the checkpoint: {exc}") from exc
+            return None, command, _unstorable(_read_failed(exc))
         if found is None:
             return None, command, RunOutcome(status="rejected", error=(
                 "UnknownCheckpoint",
@@ -408,7 +462,24 @@ async def _checkpointed_state(graph: Any, config: dict[str, Any]) -> Any:
     try:
         return await graph.aget_state(config)
     except Exception as exc:
+        raise _read_failed(exc) from exc
+
+
+def _read_failed(exc: Exception) -> UnstorableRequest:
+    """A failed checkpoint read: ``DependencyUnavailable`` (raised) when PostgreSQL did not
+    answer; ``UnstorableRequest`` when it refused the request's data (the caller rejects the
+    request); anything else is ours, raised as it is (an internal error, dead-lettered)."""
+    if isinstance(exc, (CheckpointDatabaseUnavailable, *CONNECTION_ERRORS)):
         raise DependencyUnavailable(f"cannot read the checkpoint: {exc}") from exc
+    refused = data_error(exc)
+    if refused is None:
+        raise exc
+    return UnstorableRequest(refusal(refused))
+
+
+def _unstorable(exc: UnstorableRequest) -> RunOutcome:
+    """The ``rejected`` outcome of a request whose data PostgreSQL refused."""
+    return RunOutcome(status="rejected", error=("UnstorableRequest", str(exc)))
 
 
 def _is_database_outage(exc: BaseException | None) -> bool:

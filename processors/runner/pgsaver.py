@@ -46,6 +46,8 @@ from langgraph.checkpoint.base import (
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from langgraph.checkpoint.serde.types import TASKS, _DeltaSnapshot
 
+from graphwire.processors.runner.failures import PG_DATA_ERRORS
+
 log = logging.getLogger(__name__)
 
 FRESH_THREAD = "__graphwire_fresh_thread__"
@@ -199,6 +201,21 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 
 class CheckpointDatabaseUnavailable(Exception):
     """PostgreSQL for checkpoints could not be reached or dropped the connection."""
+
+
+class CheckpointDataRefused(Exception):
+    """PostgreSQL answered, and refused a value of this run (a NUL in an id, a number out of
+    range, a key too long for an index): the run's data is bad, the database is fine."""
+
+    retriable = False  # the same value is refused on every retry
+
+
+def _refused(exc: BaseException) -> CheckpointDataRefused:
+    refused = CheckpointDataRefused(
+        f"PostgreSQL refused a value of this run ({type(exc).__name__}: {exc})"
+    )
+    refused.__cause__ = exc
+    return refused
 
 
 def _unavailable(exc: BaseException) -> CheckpointDatabaseUnavailable:
@@ -361,8 +378,10 @@ class GroupCommitSaver(BaseCheckpointSaver[str]):
             if isinstance(v, _DeltaSnapshot):
                 blob_values[k] = values.pop(k)
                 values[k] = True
-            elif self._inline and (v is None or isinstance(v, str | int | float | bool)):
+            elif self._inline and (v is None or isinstance(v, int | float | bool)
+                                   or (isinstance(v, str) and "\x00" not in v)):
                 pass  # with inline=False (encryption on) a str must not sit in plain JSON
+                # (nor one with a NUL anywhere: jsonb refuses U+0000, the blob keeps it exactly)
             else:
                 blob_values[k] = values.pop(k)
         op = _Write(asyncio.get_running_loop().create_future())
@@ -452,7 +471,7 @@ class GroupCommitSaver(BaseCheckpointSaver[str]):
             return
         except Exception as exc:
             if len(batch) == 1:
-                _fail(batch, exc)
+                _fail(batch, _refused(exc) if isinstance(exc, PG_DATA_ERRORS) else exc)
                 return
             # One caller's bad row (say, a NUL in a string) must not fail the whole group:
             # commit each alone so only its own caller sees the error.
@@ -566,6 +585,8 @@ class GroupCommitSaver(BaseCheckpointSaver[str]):
                             self._migrate_pending_sends(s["sends"], r)
         except CONNECTION_ERRORS as exc:
             raise _unavailable(exc) from exc
+        except PG_DATA_ERRORS as exc:  # a NUL in a thread_id or checkpoint_ns, say
+            raise _refused(exc) from exc
         return rows
 
     def _migrate_pending_sends(self, sends: list[list[bytes]], row: dict[str, Any]) -> None:

@@ -26,6 +26,7 @@ from graphwire.processors.runner.cache import ResultCache, cache_key
 from graphwire.processors.runner.checkpoints import CheckpointStore
 from graphwire.processors.runner.control import ControlHandler, Stop
 from graphwire.processors.runner.dedup import Claim, DedupStore, LeaseLost, Turn
+from graphwire.processors.runner.failures import data_error, refusal
 from graphwire.processors.runner.gate import DependencyGate
 from graphwire.processors.runner.graphrun import KeepResult, RunExecutor
 from graphwire.processors.runner.publisher import (
@@ -38,7 +39,9 @@ from graphwire.processors.runner.publisher import (
 from graphwire.processors.settings import Settings
 from graphwire.processors.webhooks.policy import WebhookPolicy
 from graphwire.topics.codec import (
+    HEADER_PRINCIPAL,
     HEADER_TRACEPARENT,
+    decode_principal,
     decode_request,
     dumps,
     event_dict,
@@ -51,6 +54,7 @@ from graphwire.topics.errors import (
     InvalidRequest,
     UndecodableMessage,
     UnknownGraph,
+    UnstorableRequest,
 )
 from graphwire.topics.models import Request
 from graphwire.topics.positions import event_position
@@ -119,7 +123,12 @@ class RequestProcessor:
             try:
                 await self._process(record, busy)
                 return True
+            except InvalidRequest as exc:  # found out while running: PostgreSQL refused its data
+                return await self._reject_late(record, exc)
             except DependencyUnavailable as exc:
+                refused = data_error(exc)
+                if refused is not None:  # Redis or PostgreSQL answered: the message is bad
+                    return await self._reject_late(record, UnstorableRequest(refusal(refused)))
                 if self._gate is not None and not self._stopping():
                     self._gate.report(exc)  # pauses new work; we retry once it answers
                     if await self._gate.wait_healthy(self._stopping):
@@ -140,6 +149,23 @@ class RequestProcessor:
                     "report it to the graphwire maintainers, then replay the dead letter"
                 )
                 return await self._dead_letter_or_leave(record, reason, "internal")
+
+    async def _reject_late(self, record: Record, exc: InvalidRequest) -> bool:
+        """A request a dependency could not store (a data error, not an outage): ``rejected``
+        with the reason plus a dead letter, and the offset moves on; it is never retried, since
+        the same data is refused every time. False if even that cannot be published."""
+        try:
+            request = decode_request(record.value, max_bytes=self.settings.max_request_bytes)
+        except (InvalidRequest, UndecodableMessage):  # not expected: it decoded before
+            return await self._dead_letter_or_leave(record, str(exc), "unstorable")
+        try:
+            await self._reject(record, request.request_id, request.graph, exc, "unstorable",
+                               time.perf_counter(), metadata=request.metadata,
+                               thread_id=request.thread_id, webhook=request.webhook)
+        except (DependencyUnavailable, PublishFailed, KafkaError) as failed:
+            log.error("could not reject %s/%d: %s", record.topic, record.offset, failed)
+            return False
+        return True
 
     async def _dead_letter_or_leave(self, record: Record, reason: str, label: str) -> bool:
         """Dead-letter ``record``; False if even that cannot be published (left uncommitted)."""
@@ -168,6 +194,23 @@ class RequestProcessor:
             self.metrics.deferred.inc()
             log.info("%s runs later (after_seconds/run_at): left to graphwire scheduler",
                      request.request_id)
+            return
+        principal = header(record, HEADER_PRINCIPAL)
+        if principal is not None:
+            try:
+                decode_principal(principal)
+            except ValueError as exc:
+                await self._reject(record, request.request_id, request.graph,
+                                   InvalidRequest(f"invalid request: {exc}"), "invalid",
+                                   started, metadata=request.metadata,
+                                   thread_id=request.thread_id)
+                return
+        reply_refusal = self._out.reply_to_not_allowed(record)
+        if reply_refusal is not None:  # refused at once, as a webhook is
+            await self._reject(record, request.request_id, request.graph,
+                               InvalidRequest(f"invalid request: {reply_refusal}"),
+                               "reply_to_refused", started, metadata=request.metadata,
+                               thread_id=request.thread_id)
             return
         if request.webhook is not None:  # refused at once, not when the result is out
             refusal = self._webhooks.refusal(request.webhook)
@@ -476,7 +519,7 @@ class RequestProcessor:
         """``_execute``, or the cached output of an identical request when caching applies.
 
         Returns the status and where the result landed (``topic/partition/offset``)."""
-        key = self._cache_key(request, graph)
+        key = self._cache_key(record, request, graph)
         if key is None or self._cache is None:
             outcome, result_at = await self._executor.execute(
                 record, request, graph, started, attempt=attempt, lease_lost=lease_lost,
@@ -516,7 +559,7 @@ class RequestProcessor:
             return request.cache.ttl_s
         return self._executor.options(graph).cache_ttl_s
 
-    def _cache_key(self, request: Request, graph: Any) -> str | None:
+    def _cache_key(self, record: Record, request: Request, graph: Any) -> str | None:
         """The cache key, or None when the request is not cacheable (threads, commands)."""
         if request.thread_id is not None or request.command is not None:
             return None
@@ -526,6 +569,9 @@ class RequestProcessor:
             request.graph, graph
         )
         config = request.config.model_dump(mode="json")
+        principal = header(record, HEADER_PRINCIPAL)
+        if principal is not None:  # a graph may answer each caller differently
+            config["principal"] = decode_principal(principal)
         return cache_key(self.settings.topic_prefix, request.graph, version, request.input, config)
 
     def _structure_hash(self, name: str, graph: Any) -> str:

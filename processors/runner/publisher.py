@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 import functools
 import logging
 import random
@@ -430,6 +431,7 @@ class OutputPublisher:
         reply_to_timeout_s: float = 5.0,
         reply_to_backoff_s: float = 60.0,
         linger_ms: float = LINGER_MS,
+        reply_to_allowed: str = "",
     ) -> None:
         self._producer = producer
         self._topics = topics
@@ -441,7 +443,12 @@ class OutputPublisher:
         self._batcher = Batcher(producer, linger_ms / 1000)
         self._reply_to_timeout_s = reply_to_timeout_s
         self._reply_to_backoff_s = reply_to_backoff_s
-        self._own = frozenset({topics.requests, topics.events, topics.dlq})
+        # control too: a result there would be read as a cancel by every runner
+        self._own = frozenset({topics.requests, topics.events, topics.dlq, topics.control})
+        self._reply_to_allowed = tuple(
+            p.strip() for p in reply_to_allowed.split(",") if p.strip()
+        )
+        """``GRAPHWIRE_REPLY_TO_ALLOWED``: fnmatch patterns; empty allows any other topic."""
         self._failing_reply_to: dict[str, float] = {}
         """Reply-to topics that failed lately -> until when (monotonic) they are skipped."""
 
@@ -532,6 +539,30 @@ class OutputPublisher:
             on_failure=self._reply_to_failed,
         )
 
+    def reply_to_not_allowed(self, record: Record) -> str | None:
+        """Why ``record``'s reply-to names a topic ``GRAPHWIRE_REPLY_TO_ALLOWED`` does not
+        allow (the request is then rejected before it runs, as a refused webhook is), or None.
+
+        The runner writes the copy with its own credentials, so without the allow-list any
+        producer of requests could have results written to any topic the runner may write to
+        (a confused deputy); the operator names the topics requesters may use."""
+        reply_to = header(record, HEADER_REPLY_TO)
+        if not reply_to or not self._reply_to_allowed:
+            return None
+        topic = reply_to.decode("utf-8", "replace")
+        if topic == self._topics.results or topic in self._own:
+            return None  # results: there already; own topics: no copy, the run goes on
+        if self._allowed_reply_to(topic):
+            return None
+        shown = topic[:249].encode("unicode_escape").decode("ascii")
+        return (f"reply-to topic {shown!r} is not allowed here: use a topic matching "
+                f"GRAPHWIRE_REPLY_TO_ALLOWED ({', '.join(self._reply_to_allowed)}), or leave "
+                f"reply-to out and read {self._topics.results}")
+
+    def _allowed_reply_to(self, topic: str) -> bool:
+        allowed = self._reply_to_allowed
+        return not allowed or any(fnmatch.fnmatchcase(topic, p) for p in allowed)
+
     def _refuse_reply_to(self, topic: str) -> tuple[str, str] | None:
         """Why no copy goes to ``topic``, as ``(reason, detail)``; None when it may."""
         if not _TOPIC_NAME.match(topic):
@@ -540,6 +571,8 @@ class OutputPublisher:
             # A result on the requests topic is read back as a request (and rejected: a
             # second result for the same request_id); on events or dlq it breaks their readers.
             return "own_topic", "it is one of graphwire's own topics"
+        if not self._allowed_reply_to(topic):  # checked at intake too: a kept result, say
+            return "not_allowed", "GRAPHWIRE_REPLY_TO_ALLOWED does not match it"
         until = self._failing_reply_to.get(topic)
         if until is not None:
             if time.monotonic() < until:

@@ -127,6 +127,7 @@ class GraphRunner:
             stopping=lambda: self._stopping,
             reply_to_timeout_s=s.reply_to_timeout_s,
             reply_to_backoff_s=s.reply_to_backoff_s,
+            reply_to_allowed=s.reply_to_allowed,
         )
         try:
             await self._start_stores()
