@@ -75,6 +75,8 @@ async def main() -> None:
             "GRAPHWIRE_GATEWAY_PORT": str(port), "GRAPHWIRE_LOG_LEVEL": "WARNING",
             "GRAPHWIRE_GATEWAY_OPS_PORT": "0",  # no fixed port: /ready stays on the API's
             "GRAPHWIRE_GATEWAY_RATE_PER_MINUTE": "10000000",
+            "GRAPHWIRE_GATEWAY_MAX_CONCURRENT_RUNS": "100000",  # measure the path, not the cap
+            "GRAPHWIRE_DEMO_GRAPHS": "true",
             "GRAPHWIRE_GATEWAY_API_KEYS": orjson.dumps(
                 [{"name": "bench", "key_sha256": hash_key(KEY), "graphs": ["*"]}]).decode(),
         }

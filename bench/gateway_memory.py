@@ -64,6 +64,8 @@ async def measure(runs: int, kb: int, workdir: Path) -> None:
         "GRAPHWIRE_GATEWAY_PORT": str(port),
         "GRAPHWIRE_GATEWAY_RATE_PER_MINUTE": "100000",
         "GRAPHWIRE_GATEWAY_MAX_CONCURRENT_RUNS": "100000",
+        "GRAPHWIRE_GATEWAY_OPS_PORT": "0",
+        "GRAPHWIRE_DEMO_GRAPHS": "true",  # it runs the demo graph `echo`
         "GRAPHWIRE_DATABASE_URL": "postgresql://127.0.0.1:1/none",  # no audit: Redis only
     }
     worker = spawn("worker", env, workdir / "worker.log")
