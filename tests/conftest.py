@@ -88,6 +88,7 @@ def worker_env(bootstrap: str, prefix: str) -> Iterator[dict[str, str]]:
         "GRAPHWIRE_CHECKPOINT_SCHEMA": prefix,
         "GRAPHWIRE_LEASE_MS": "3000",  # a killed worker's leases expire quickly
         "GRAPHWIRE_HTTP_PORT": "0",  # several workers per test: no shared port
+        "GRAPHWIRE_GATEWAY_OPS_PORT": "0",  # several gateways per test: no fixed ops port
         "GRAPHWIRE_DEMO_GRAPHS": "true",  # the tests run the built-in graphs (echo, slow, ...)
     }
     with psycopg.connect(TEST_DATABASE_URL, autocommit=True) as conn:

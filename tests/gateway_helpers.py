@@ -16,7 +16,7 @@ from pydantic import SecretStr
 
 from graphwire.processors.dev.broker import free_port
 from graphwire.processors.gateway.app import create_app
-from graphwire.processors.gateway.auth import hash_key
+from graphwire.processors.gateway.auth import Principal, hash_key
 from graphwire.processors.settings import Settings
 
 KEY_A = "gw_test_key_a_0123456789abcdef"  # pipeline, echo, slow, approval
@@ -31,6 +31,7 @@ KEYS = [
     {"name": "svc-echo", "key_sha256": hash_key(KEY_ECHO), "graphs": ["echo"]},
 ]
 A = {"X-API-Key": KEY_A}
+SCOPE_A = Principal("api_key", "svc-a", frozenset(), 1).scope  # the namespace of svc-a's ids
 
 
 def token(sub: str, graphs: list[str], *, expires_in: float = 300, secret: str = JWT_SECRET) -> str:

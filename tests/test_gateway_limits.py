@@ -22,7 +22,7 @@ from fastapi import FastAPI
 from graphwire.processors.dev.broker import free_port
 from graphwire.processors.gateway.app import create_app
 from graphwire.processors.settings import Settings
-from tests.gateway_helpers import KEY_ECHO, A, gateway_settings, serve
+from tests.gateway_helpers import KEY_ECHO, SCOPE_A, A, gateway_settings, serve
 from tests.kafka_helpers import WorkerProcess
 
 pytestmark = pytest.mark.integration
@@ -125,7 +125,7 @@ async def test_a_full_postgresql_pool_answers_503_instead_of_hanging(
     async with serve_app(settings) as (app, http):
         db = app.state.gateway.db
         async with db.acquire():  # the only connection, held
-            status = await http.get("/workflow/status/f3cb5844f63a.unknown", headers=A)
+            status = await http.get(f"/workflow/status/{SCOPE_A}.unknown", headers=A)
             crons = await http.get("/crons", headers=A)
         assert (status.status_code, crons.status_code) == (503, 503)
         assert status.json()["detail"] == (
@@ -327,7 +327,7 @@ async def test_the_thread_page_paginates_turns_and_caps_events_and_rendered_byte
     from graphwire.processors.audit.db import migrate, server_settings
     from tests.conftest import TEST_DATABASE_URL
 
-    scope = "f3cb5844f63a"  # svc-a's
+    scope = SCOPE_A
     conn = await asyncpg.connect(TEST_DATABASE_URL, server_settings=server_settings(prefix))
     try:
         await migrate(conn, prefix)

@@ -20,6 +20,7 @@ from graphwire.processors.webhooks.policy import WebhookPolicy
 from graphwire.topics.codec import HEADER_ERROR
 from graphwire.topics.specs import TopicNames
 from graphwire.topics.webhooks import scope_of, signing_key
+from tests.gateway_helpers import SCOPE_A  # api_key:svc-a
 from tests.kafka_helpers import Collector, produce
 from tests.test_webhooks import (
     SECRET,
@@ -33,7 +34,7 @@ from tests.test_webhooks import (
 
 pytestmark = pytest.mark.integration
 
-SCOPE_A, SCOPE_B = "f3cb5844f63a", "0123456789ab"  # api_key:svc-a, another caller
+SCOPE_B = "0123456789ab"  # another caller (a 48-bit scope of graphwire 0.1)
 OLD_MASTER = "the-previous-master-secret-0123456789"
 
 
