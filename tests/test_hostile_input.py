@@ -327,3 +327,64 @@ async def test_graphs_read_the_gateways_caller_and_a_producer_cannot_forge_it(
         "rejected", "invalid request: header x-graphwire-principal must be a JSON object of "
         "printable strings 'kind', 'name' and 'scope' (1..256 characters each), as the gateway "
         "sets it; fix or drop it")
+
+
+async def test_one_classifier_tells_postgresql_data_errors_from_outages() -> None:
+    """Real asyncpg failures: a NUL in text (22021), an int4 out of range refused by asyncpg
+    before sending (its client DataError, an InterfaceError subclass), and a value too long for
+    an index (54000) are data errors, not outages; a connection to a closed port and a closed
+    connection are outages. The checkpointer, the effect log and the runner's reads all ask
+    ``is_outage``, so the client DataError can no longer pause a partition forever."""
+    import asyncpg
+
+    from graphwire.processors.pgerrors import kind
+    from graphwire.processors.runner.failures import data_error, pg_data_error
+    from graphwire.processors.runner.pgsaver import is_outage
+    from tests.conftest import TEST_DATABASE_URL
+
+    conn = await asyncpg.connect(TEST_DATABASE_URL)
+    failures: dict[str, BaseException] = {}
+    try:
+        for name, sql, args in [
+            ("nul", "SELECT $1::text", ("a\x00b",)),
+            ("int4", "SELECT $1::int4", (2**40,)),
+            ("index", "CREATE TEMP TABLE t (v text PRIMARY KEY); INSERT INTO t "
+                      "SELECT string_agg(md5(i::text), '') FROM generate_series(1, 400) i", ()),
+        ]:
+            try:
+                await (conn.execute(sql) if not args else conn.fetchval(sql, *args))
+            except Exception as exc:
+                failures[name] = exc
+    finally:
+        await conn.close()
+    try:
+        await asyncpg.connect(f"postgresql://127.0.0.1:{free_port()}/test", timeout=5)
+    except Exception as exc:
+        failures["refused"] = exc
+    try:
+        await conn.fetchval("SELECT 1")
+    except Exception as exc:
+        failures["closed"] = exc
+
+    assert sorted(failures) == ["closed", "index", "int4", "nul", "refused"]
+    assert isinstance(failures["int4"], asyncpg.DataError)  # refused by asyncpg, never sent
+    # asyncpg's other DataError (its client-side one) subclasses InterfaceError, which the
+    # connection errors include: before this classifier it counted as an outage
+    from asyncpg.exceptions._base import DataError as ClientDataError
+
+    failures["client"] = ClientDataError("invalid input for query argument $1")
+    assert isinstance(failures["client"], asyncpg.InterfaceError)
+    verdict = {name: (kind(exc), pg_data_error(exc), is_outage(exc))
+               for name, exc in failures.items()}
+    assert verdict == {
+        "nul": ("data", True, False),
+        "int4": ("data", True, False),
+        "client": ("data", True, False),
+        "index": ("data", True, False),
+        "refused": ("unavailable", False, True),
+        "closed": ("unavailable", False, True),
+    }
+    wrapped = RuntimeError("writing the checkpoint failed")
+    wrapped.__cause__ = failures["int4"]
+    assert data_error(wrapped) is failures["int4"]  # found through graphwire's wrapping
+    assert data_error(failures["closed"]) is None

@@ -18,6 +18,7 @@ import pytest
 from graphwire.processors.audit.db import migrate, server_settings
 from graphwire.processors.dev.broker import free_port
 from graphwire.topics.admin import ensure_topics
+from graphwire.topics.codec import principal_header
 from graphwire.topics.crons import Cron, due_firings, firing_id
 from graphwire.topics.specs import TopicNames, TopicSpec
 from tests.conftest import TEST_DATABASE_URL
@@ -129,7 +130,8 @@ async def test_delayed_requests_run_at_their_time_not_before(
         replies = f"{topics.prefix}.replies"
         await ensure_topics(bootstrap, [TopicSpec(replies, 1)])
         await produce(bootstrap, topics.requests, [
-            (b"d-after", encode(request("d-after", after_seconds=3))),
+            (b"d-after", encode(request("d-after", after_seconds=3)),
+             [principal_header("api_key", "svc-a", "f3cb5844f63a"), ("x-other", b"dropped")]),
             (b"d-at", encode(request("d-at", run_at=run_at.isoformat().replace("+00:00", "Z"))),
              [("reply-to", replies.encode())]),
             (b"d-past", encode(request("d-past", run_at=(now - timedelta(hours=1)).astimezone(
@@ -169,6 +171,9 @@ async def test_delayed_requests_run_at_their_time_not_before(
                              if k not in ("after_seconds", "run_at")}
             assert fired_record.key == rid.encode()
         assert dict(requests["d-at"][1][0].headers) == {"reply-to": replies.encode()}
+        # the gateway's caller stays the caller of the run (the runner gives it to the graph)
+        assert dict(requests["d-after"][1][0].headers) == dict(
+            [principal_header("api_key", "svc-a", "f3cb5844f63a")])
     rows = await db.fetch("SELECT request_id, fired_at IS NOT NULL AS fired "
                           "FROM graphwire_schedules ORDER BY request_id")
     assert [(r["request_id"], r["fired"]) for r in rows] == [

@@ -24,7 +24,7 @@ import orjson
 from langgraph.checkpoint.serde.base import CipherProtocol
 
 from graphwire.graphs.effects import EffectIntent, EffectRecord
-from graphwire.processors.runner.pgsaver import CONNECTION_ERRORS, _unavailable
+from graphwire.processors.runner.pgsaver import _unavailable, is_outage
 from graphwire.topics.errors import GraphwireError
 
 log = logging.getLogger(__name__)
@@ -212,10 +212,10 @@ class PgEffectJournal:
         try:
             async with self.pool.acquire(timeout=10) as conn:
                 rows = await conn.fetch(GROUP_SQL, *group.params())
-        except CONNECTION_ERRORS as exc:
-            _fail(batch, _unavailable(exc))
-            return
         except Exception as exc:
+            if is_outage(exc):
+                _fail(batch, _unavailable(exc))
+                return
             if len(batch) == 1:
                 _fail(batch, exc)
                 return

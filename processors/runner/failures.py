@@ -9,15 +9,20 @@ every retry: that message is bad, and retrying it would stop its partition for g
 from __future__ import annotations
 
 import asyncpg
+from asyncpg.exceptions._base import DataError as ClientDataError
 from redis.exceptions import DataError as RedisDataError
 from redis.exceptions import ResponseError
 
-PG_DATA_ERRORS: tuple[type[BaseException], ...] = (
-    asyncpg.DataError,  # SQLSTATE class 22: NUL, bad encoding, out of range, too long
-    asyncpg.exceptions.ProgramLimitExceededError,  # 54000: index row too large
-)
-"""asyncpg errors that say a value cannot be stored (client-side encoding errors too: asyncpg
-raises ``DataError`` for an argument it cannot encode)."""
+from graphwire.processors.pgerrors import kind as pg_kind
+
+
+def pg_data_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is PostgreSQL (or asyncpg encoding an argument) refusing a value: the one
+    classifier of ``graphwire.processors.pgerrors``, which the audit sink and the scheduler use
+    too. asyncpg's client-side ``DataError`` subclasses ``InterfaceError``, so this must be asked
+    before treating an ``InterfaceError`` as a lost connection."""
+    return isinstance(exc, asyncpg.PostgresError | ClientDataError) and pg_kind(exc) == "data"
+
 
 # Replies a healthy Redis gives while it cannot serve (failover, loading, memory, a busy
 # script): outages, retried. Any other error reply is about the command's data.
@@ -43,7 +48,7 @@ def data_error(exc: BaseException | None) -> BaseException | None:
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, PG_DATA_ERRORS) or _redis_data_error(exc):
+        if pg_data_error(exc) or _redis_data_error(exc):
             return exc
         exc = exc.__cause__ or exc.__context__
     return None

@@ -29,10 +29,10 @@ from graphwire.processors.runner.dedup import LeaseLost
 from graphwire.processors.runner.failures import data_error, refusal
 from graphwire.processors.runner.identity import auth_configurable
 from graphwire.processors.runner.pgsaver import (
-    CONNECTION_ERRORS,
     FRESH_THREAD,
     CheckpointDatabaseUnavailable,
     CheckpointDataRefused,
+    is_outage,
 )
 from graphwire.processors.runner.publisher import OutputPublisher, Record, header, trace_headers
 from graphwire.processors.settings import Settings
@@ -469,7 +469,7 @@ def _read_failed(exc: Exception) -> UnstorableRequest:
     """A failed checkpoint read: ``DependencyUnavailable`` (raised) when PostgreSQL did not
     answer; ``UnstorableRequest`` when it refused the request's data (the caller rejects the
     request); anything else is ours, raised as it is (an internal error, dead-lettered)."""
-    if isinstance(exc, (CheckpointDatabaseUnavailable, *CONNECTION_ERRORS)):
+    if isinstance(exc, CheckpointDatabaseUnavailable) or is_outage(exc):
         raise DependencyUnavailable(f"cannot read the checkpoint: {exc}") from exc
     refused = data_error(exc)
     if refused is None:

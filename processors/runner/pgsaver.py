@@ -46,7 +46,7 @@ from langgraph.checkpoint.base import (
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from langgraph.checkpoint.serde.types import TASKS, _DeltaSnapshot
 
-from graphwire.processors.runner.failures import PG_DATA_ERRORS
+from graphwire.processors.runner.failures import pg_data_error
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +197,12 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
 )
+
+
+def is_outage(exc: BaseException) -> bool:
+    """A lost or refused connection, not a value PostgreSQL (or asyncpg) refused: asyncpg's
+    client-side ``DataError`` is an ``InterfaceError`` too, and retrying it would loop."""
+    return isinstance(exc, CONNECTION_ERRORS) and not pg_data_error(exc)
 
 
 class CheckpointDatabaseUnavailable(Exception):
@@ -466,12 +472,12 @@ class GroupCommitSaver(BaseCheckpointSaver[str]):
     async def _commit(self, batch: list[_Write | _Exec]) -> None:
         try:
             await self._run_batch(batch)
-        except CONNECTION_ERRORS as exc:
-            _fail(batch, _unavailable(exc))
-            return
         except Exception as exc:
+            if is_outage(exc):
+                _fail(batch, _unavailable(exc))
+                return
             if len(batch) == 1:
-                _fail(batch, _refused(exc) if isinstance(exc, PG_DATA_ERRORS) else exc)
+                _fail(batch, _refused(exc) if pg_data_error(exc) else exc)
                 return
             # One caller's bad row (say, a NUL in a string) must not fail the whole group:
             # commit each alone so only its own caller sees the error.
@@ -583,10 +589,12 @@ class GroupCommitSaver(BaseCheckpointSaver[str]):
                     for s in sends:
                         for r in by_parent[s["checkpoint_id"]]:
                             self._migrate_pending_sends(s["sends"], r)
-        except CONNECTION_ERRORS as exc:
-            raise _unavailable(exc) from exc
-        except PG_DATA_ERRORS as exc:  # a NUL in a thread_id or checkpoint_ns, say
-            raise _refused(exc) from exc
+        except Exception as exc:
+            if is_outage(exc):
+                raise _unavailable(exc) from exc
+            if pg_data_error(exc):  # a NUL in a thread_id or checkpoint_ns, say
+                raise _refused(exc) from exc
+            raise
         return rows
 
     def _migrate_pending_sends(self, sends: list[list[bytes]], row: dict[str, Any]) -> None:

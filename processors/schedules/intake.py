@@ -30,6 +30,7 @@ from graphwire.processors.schedules.metrics import SchedulerMetrics
 from graphwire.processors.schedules.store import Stored, store
 from graphwire.processors.settings import Settings
 from graphwire.topics.codec import (
+    HEADER_PRINCIPAL,
     HEADER_REPLY_TO,
     HEADER_TRACEPARENT,
     decode_request,
@@ -41,7 +42,7 @@ from graphwire.topics.models import Request
 
 log = logging.getLogger(__name__)
 
-KEPT_HEADERS = frozenset({HEADER_REPLY_TO, HEADER_TRACEPARENT, "tracestate"})
+KEPT_HEADERS = frozenset({HEADER_REPLY_TO, HEADER_TRACEPARENT, "tracestate", HEADER_PRINCIPAL})
 _MARKERS = (b'"after_seconds"', b'"run_at"')
 
 
