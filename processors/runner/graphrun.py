@@ -389,9 +389,14 @@ class RunExecutor:
                 self._checkpoints.saver, thread, request.request_id
             )
         except Exception as exc:
-            raise DependencyUnavailable(
-                f"could not roll back {request.request_id} on PostgreSQL: {exc}"
-            ) from exc
+            if data_error(exc) is None:
+                raise DependencyUnavailable(
+                    f"could not roll back {request.request_id} on PostgreSQL: {exc}"
+                ) from exc
+            # PostgreSQL refuses the thread's name itself: it never stored a checkpoint under
+            # it, so there is nothing to delete (retrying would stop the partition for good)
+            log.warning("nothing to roll back for %s: %s", request.request_id, refusal(exc))
+            return
         log.info("rolled back %s: %d checkpoints of thread %s deleted", request.request_id,
                  deleted, thread)
 
