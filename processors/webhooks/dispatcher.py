@@ -43,7 +43,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError, MessageSizeTooLargeError
 from aiokafka.structs import ConsumerRecord
 
-from graphwire.processors.runner.offsets import OffsetTracker, RevokeListener
+from graphwire.processors.consumer.offsets import OffsetTracker, RevokeListener
 from graphwire.processors.settings import Settings
 from graphwire.processors.webhooks.delivery import Delivery, Outcome, WebhookSender
 from graphwire.processors.webhooks.keys import SigningKeys
