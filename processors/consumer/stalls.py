@@ -31,6 +31,12 @@ def rewind_delay(attempts: int) -> float:
     return min(REWIND_FIRST_S * 2.0 ** (attempts - 1), REWIND_MAX_S)
 
 
+def moves_again(stalled_at: int, rewinding: bool, committed: int | None) -> bool:
+    """Whether a commit at ``committed`` ends the stall at offset ``stalled_at``: the message
+    finished (the position passed it) and no rewind is pending."""
+    return committed is not None and not rewinding and committed > stalled_at
+
+
 @dataclass
 class _Stall:
     """A partition held at a message that could not be finished."""
@@ -132,8 +138,7 @@ class Stalls:
     def committed(self, positions: Mapping[Hashable, int]) -> None:
         """After a commit: a partition committed past its stalled message moves again."""
         for tp, stall in list(self._stalls.items()):
-            position = positions.get(tp)
-            if position is not None and stall.rewind is None and position > stall.offset:
+            if moves_again(stall.offset, stall.rewind is not None, positions.get(tp)):
                 del self._stalls[tp]
                 log.warning(
                     "partition %s/%d moves again: offset %d is finished",
