@@ -13,9 +13,13 @@ Delivery rules kept here (see ARCHITECTURE.md):
 5. A message that cannot be finished, not even dead-lettered, stalls its partition visibly: the
    partition is paused, its other runs finish, then it is rewound (seek) to the lowest unfinished
    offset and fetched again with backoff until that message finishes. Order holds, no in-flight
-   slot leaks, and ``/ready`` names the partition meanwhile.
+   slot leaks, and ``/ready`` names the partition meanwhile (``Stalls``).
 6. If the poll, commit or a rewind task dies of an unexpected error, ``/ready`` says so and
    ``on_failure`` is called: the worker exits non-zero, so its supervisor restarts it.
+
+Fetching, pausing, committing and the revoke hand-over are the shared ``GroupConsumer``
+(``graphwire.processors.consumer``); this class says how many messages it takes, queues them
+behind their keys, and ends runs on revoke and stop.
 """
 
 from __future__ import annotations
@@ -145,6 +149,11 @@ class GraphRunner:
             await self._close_clients()
             raise kafka_unreachable(s) from exc
         await out.start(s.bootstrap_servers, **security)
+        self._start_consuming()
+
+    def _start_consuming(self) -> None:
+        """Subscribe and start the poll and commit loops (a stalled partition stays held)."""
+        s = self.settings
         self._group.subscribe([self._topics.requests, self._control_topic], self._on_revoked)
         self._started = True
         self._poll_task = self._watched(
