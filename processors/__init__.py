@@ -1,6 +1,8 @@
 """graphwire's long-running processors, one folder each, every one with ``start()``/``stop()``.
 
 - ``runner/``   the graph runner (``graphwire worker``): requests in, events and results out
+- ``consumer/`` the consumer-group member the runner and the webhook processor share: polling
+  with backpressure, commits below every unfinished message, revoke, lag, stalls
 - ``audit/``    the audit sink (``graphwire audit``): every message recorded in PostgreSQL
 - ``gateway/``  the HTTP gateway (``graphwire gateway``): the REST/SSE API over Kafka
 - ``cli/``      the ``graphwire`` command that wires them, and the operator commands

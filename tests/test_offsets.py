@@ -1,6 +1,6 @@
 """OffsetTracker: commits never pass an unfinished message."""
 
-from graphwire.processors.runner.offsets import OffsetTracker
+from graphwire.processors.consumer.offsets import OffsetTracker
 
 
 def test_out_of_order_finish_commits_only_the_finished_prefix() -> None:

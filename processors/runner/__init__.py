@@ -1,6 +1,6 @@
 """The graph runner (``graphwire worker``), in the order a request meets it.
 
-- ``runner``       ``GraphRunner``: the consumer loop, backpressure, rebalance, commits
+- ``runner``       ``GraphRunner``: wires it all; what a revoke and a stop do to runs
 - ``scheduler``    ``KeyScheduler``: one run at a time per key, many keys at once
 - ``processing``   one message: decode -> claim -> (cache) -> run -> publish -> mark done
 - ``graphrun``     one graph run: attempts, timeouts, checkpoints, events
@@ -9,10 +9,11 @@
 - ``redisbatch``   ``RedisBatcher``: the Redis calls of concurrent runs share round trips
 - ``checkpoints``  the PostgreSQL checkpointer for durable runs
 - ``publisher``    ``Publisher``: events, results and dead letters to Kafka
-- ``offsets``      ``OffsetTracker``: commit only below every unfinished message
 - ``gate``         ``DependencyGate``: pauses work while Redis or PostgreSQL are down
 - ``callbacks``    LangChain callbacks: LLM and token metrics, per-node logs
 - ``tracing``      OpenTelemetry spans per run and per node (optional)
 
-Start here: ``GraphRunner`` in ``runner.py``.
+The consumer loop itself (polling with a pause at the in-flight limit, commits, the revoke
+hand-over, lag, stalled partitions) is ``graphwire.processors.consumer``, shared with the webhook
+processor. Start here: ``GraphRunner`` in ``runner.py``.
 """

@@ -13,9 +13,13 @@ Delivery rules kept here (see ARCHITECTURE.md):
 5. A message that cannot be finished, not even dead-lettered, stalls its partition visibly: the
    partition is paused, its other runs finish, then it is rewound (seek) to the lowest unfinished
    offset and fetched again with backoff until that message finishes. Order holds, no in-flight
-   slot leaks, and ``/ready`` names the partition meanwhile.
+   slot leaks, and ``/ready`` names the partition meanwhile (``Stalls``).
 6. If the poll, commit or a rewind task dies of an unexpected error, ``/ready`` says so and
    ``on_failure`` is called: the worker exits non-zero, so its supervisor restarts it.
+
+Fetching, pausing, committing and the revoke hand-over are the shared ``GroupConsumer``
+(``graphwire.processors.consumer``); this class says how many messages it takes, queues them
+behind their keys, and ends runs on revoke and stop.
 """
 
 from __future__ import annotations
@@ -23,20 +27,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable, Coroutine, Hashable
-from dataclasses import dataclass
 from typing import Any, Self
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import KafkaConnectionError
 
 from graphwire.graphs.registry import GraphRegistry
+from graphwire.processors.consumer.group import Batches, GroupConsumer, kafka_unreachable
+from graphwire.processors.consumer.stalls import Stalls
 from graphwire.processors.metrics import RunnerMetrics
 from graphwire.processors.runner.checkpoints import CheckpointStore
 from graphwire.processors.runner.dedup import DedupStore
 from graphwire.processors.runner.gate import Check, DependencyGate
-from graphwire.processors.runner.offsets import OffsetTracker, RevokeListener
 from graphwire.processors.runner.processing import RequestProcessor
 from graphwire.processors.runner.publisher import OutputPublisher, Record
 from graphwire.processors.runner.scheduler import KeyScheduler
@@ -44,22 +47,6 @@ from graphwire.processors.settings import Settings
 from graphwire.topics.errors import DependencyUnavailable
 
 log = logging.getLogger(__name__)
-
-# A stalled partition is fetched again after 1 s, then 2, 4, ... at most 30 s between tries.
-_REWIND_FIRST_S = 1.0
-_REWIND_MAX_S = 30.0
-
-
-@dataclass
-class _Stall:
-    """A partition held at a message that could not be finished."""
-
-    offset: int
-    """The lowest unfinished offset when the partition last stalled."""
-    attempts: int = 0
-    """Times it stalled at that message (the backoff grows with it)."""
-    rewind: asyncio.Task[None] | None = None
-    """Set from the stall until the partition is rewound and may be fetched again."""
 
 
 class GraphRunner:
@@ -78,14 +65,20 @@ class GraphRunner:
         self.registry = registry
         self.metrics = metrics or RunnerMetrics()
         self._topics = settings.topics
-        self._tracker = OffsetTracker()
+        self._group = GroupConsumer(
+            settings,
+            client_id=f"graphwire-runner-{settings.worker_id}",
+            group_id=settings.group_id,
+            lag_gauge=self.metrics.consumer_lag,
+            commits=self.metrics.commits,
+            commit_latency=self.metrics.commit_latency,
+            paused_gauge=self.metrics.paused,
+        )
         self._scheduler: KeyScheduler[Record] = KeyScheduler(self._handle)
         self._control_topic = self._topics.control
         self._busy: dict[tuple[str, int, int], str] = {}  # multitask "reject": the running rid
-        self._slot_freed = asyncio.Event()
         self._stopping = False
         self._started = False
-        self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._processor: RequestProcessor
         self._dedup: DedupStore | None = None
@@ -93,13 +86,18 @@ class GraphRunner:
         self._gate: DependencyGate | None = None
         self._poll_task: asyncio.Task[None] | None = None
         self._commit_task: asyncio.Task[None] | None = None
-        self._commit_lock = asyncio.Lock()
         self._stopped = asyncio.Event()
-        self._stalls: dict[TopicPartition, _Stall] = {}
+        self._stalls = Stalls(
+            self._group,
+            counter=self.metrics.stalls,
+            running=self._scheduler.running,
+            commit=self._commit,
+            spawn=self._watched,
+        )
         self._failure: str | None = None
         self._on_failure = on_failure
         # read at scrape time: nothing to update on the per-message path
-        self.metrics.in_flight.set_function(lambda: self._tracker.in_flight)
+        self.metrics.in_flight.set_function(lambda: self._group.tracker.in_flight)
         self.metrics.stalled.set_function(lambda: len(self._stalls))
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -144,35 +142,31 @@ class GraphRunner:
             stopping=lambda: self._stopping,
             gate=self._gate,
         )
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.bootstrap_servers,
-            client_id=f"graphwire-runner-{s.worker_id}",
-            group_id=s.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=s.fetch_max_wait_ms,
-            max_partition_fetch_bytes=max(1024 * 1024, s.max_message_bytes),
-            session_timeout_ms=s.session_timeout_ms,
-            heartbeat_interval_ms=s.heartbeat_interval_ms,
-            max_poll_interval_ms=s.max_poll_interval_ms,
-            **security,
-        )
         try:
             await self._producer.start()
-            await self._consumer.start()
+            await self._group.start()
         except KafkaConnectionError as exc:
             await self._close_clients()
-            raise DependencyUnavailable(
-                f"cannot reach Kafka at {s.bootstrap_servers}: check GRAPHWIRE_BOOTSTRAP_SERVERS, "
-                "the broker and the security settings"
-            ) from exc
+            raise kafka_unreachable(s) from exc
         await out.start(s.bootstrap_servers, **security)
-        self._consumer.subscribe(
-            [self._topics.requests, self._control_topic], listener=RevokeListener(self._on_revoked)
-        )
+        self._start_consuming()
+
+    def _start_consuming(self) -> None:
+        """Subscribe and start the poll and commit loops (a stalled partition stays held)."""
+        s = self.settings
+        self._group.subscribe([self._topics.requests, self._control_topic], self._on_revoked)
         self._started = True
-        self._poll_task = self._watched(self._poll_loop(), "poll")
-        self._commit_task = self._watched(self._commit_loop(), "commit")
+        self._poll_task = self._watched(
+            self._group.poll_loop(
+                self._room,
+                self._dispatch,
+                lambda: self._stopping,
+                healthy=lambda: self._gate is None or self._gate.healthy,
+                held=self._stalls.held,
+            ),
+            "poll",
+        )
+        self._commit_task = self._watched(self._group.commit_loop(self._commit), "commit")
         log.info(
             "runner %s consuming %s as group %s (max_in_flight=%d)",
             s.worker_id,
@@ -195,7 +189,7 @@ class GraphRunner:
         try:
             if self._poll_task:
                 await asyncio.gather(self._poll_task, return_exceptions=True)
-            await self._cancel_rewinds(set(self._stalls))
+            await self._stalls.cancel(self._stalls.partitions())
             dropped = self._scheduler.drop_queued()
             self._processor.drain()  # checkpointed runs stop at their next step boundary
             cancelled = await self._scheduler.drain(None, self.settings.shutdown_grace_s)
@@ -246,8 +240,7 @@ class GraphRunner:
             if store is not None:
                 with contextlib.suppress(Exception):
                     await store.stop()
-        if self._consumer is not None:
-            await self._consumer.stop()
+        await self._group.stop()
         if self._producer is not None:
             await self._producer.stop()
 
@@ -268,15 +261,8 @@ class GraphRunner:
             kafka = self._failure
         elif not self._started or self._stopping:
             kafka = "not consuming"
-        elif self._stalls:
-            kafka = "; ".join(
-                f"partition {tp.topic}/{tp.partition} is stalled at offset {stall.offset} "
-                f"(attempts: {stall.attempts}): a message there cannot be finished, not even "
-                "dead-lettered; check the dead-letter topic and the worker log"
-                for tp, stall in sorted(self._stalls.items())
-            )
         else:
-            kafka = "ok"
+            kafka = self._stalls.readiness() or "ok"
         status = {"Kafka": kafka}
         if self._gate is not None:
             status.update(self._gate.status())
@@ -290,75 +276,24 @@ class GraphRunner:
     @property
     def in_flight(self) -> int:
         """Messages held: running or queued behind their key."""
-        return self._tracker.in_flight
+        return self._group.tracker.in_flight
+
+    @property
+    def _consumer(self) -> AIOKafkaConsumer | None:
+        """The group's Kafka consumer, from ``start()`` on (tests look at its pauses)."""
+        return self._group.consumer
 
     # -- consuming -------------------------------------------------------------------------
 
-    async def _poll_loop(self) -> None:
-        consumer = self._consumer
-        assert consumer is not None
-        limit = self.settings.max_in_flight
-        poll_ms = self.settings.poll_timeout_ms
-        while not self._stopping:
-            free = limit - self._tracker.in_flight
-            if self._gate is not None and not self._gate.healthy:
-                await self._keep_polling_paused(consumer)
-                await asyncio.sleep(0.5)
-                continue
-            if free <= 0:
-                await self._wait_for_slot(consumer)
-                continue
-            paused = consumer.paused()
-            if paused:
-                held = self._held()  # stalled partitions stay paused until rewound
-                consumer.resume(*(tp for tp in paused if tp not in held))
-                self.metrics.paused.set(0)
-            try:
-                batches = await consumer.getmany(timeout_ms=poll_ms, max_records=free)
-            except KafkaError as exc:
-                log.warning("fetch failed, retrying: %s", exc)
-                await asyncio.sleep(0.5)
-                continue
-            self._dispatch(consumer, batches)
+    def _room(self) -> int:
+        """Messages this worker takes now: the in-flight limit minus those it holds."""
+        return self.settings.max_in_flight - self._group.tracker.in_flight
 
-    async def _wait_for_slot(self, consumer: AIOKafkaConsumer) -> None:
-        """At the in-flight limit: wait for a run to finish, polling (paused) to stay alive."""
-        self._slot_freed.clear()
-        try:
-            await asyncio.wait_for(self._slot_freed.wait(), timeout=1.0)
-        except TimeoutError:
-            await self._keep_polling_paused(consumer)
-
-    async def _keep_polling_paused(self, consumer: AIOKafkaConsumer) -> None:
-        """Pause every partition and poll: nothing is fetched, the member stays in the group."""
-        assigned = consumer.assignment()
-        consumer.pause(*assigned)
-        self.metrics.paused.set(len(assigned))
-        # A paused poll returns nothing; it resets the max.poll.interval.ms clock. (A
-        # partition assigned meanwhile is not paused yet: take at most one record.)
-        try:
-            batches = await consumer.getmany(timeout_ms=0, max_records=1)
-        except KafkaError as exc:
-            log.warning("paused poll failed, retrying: %s", exc)
-            return
-        self._dispatch(consumer, batches)
-
-    def _dispatch(
-        self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[Record]]
-    ) -> None:
-        if not batches:
-            return
-        assigned = consumer.assignment()
-        held = self._held()
-        for tp, records in batches.items():
-            if tp not in assigned:  # revoked while fetched: the new owner reads them
-                continue
-            if tp in held:  # fetched before its stall: the rewind fetches them again
-                continue
+    def _dispatch(self, batches: Batches) -> None:
+        """Queue each new message behind its key: one run at a time per key, in offset order."""
+        for tp, records in self._group.accept(batches, self._stalls.held()):
             control = tp.topic == self._control_topic
             for record in records:
-                if not self._tracker.add(tp, record.offset):
-                    continue  # finished before its partition was rewound
                 key: Hashable = record.key if record.key is not None else record.offset
                 if control:  # cancels never wait for each other
                     key = record.offset
@@ -368,60 +303,36 @@ class GraphRunner:
                         self._busy[(tp.topic, tp.partition, record.offset)] = running
                         key = ("busy", record.offset)
                 self._scheduler.submit(tp, key, record)
-            if records:  # records of this partition not fetched yet (the fetch's high watermark)
-                highwater = consumer.highwater(tp)
-                if highwater is not None:
-                    lag = max(0, highwater - records[-1].offset - 1)
-                    self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
 
     # -- committing ------------------------------------------------------------------------
 
-    async def _commit_loop(self) -> None:
-        interval = self.settings.commit_interval_ms / 1000
-        while True:
-            await asyncio.sleep(interval)
-            await self._commit()
-
     async def _commit(self, partitions: set[TopicPartition] | None = None) -> None:
         """Commit every finished prefix (of ``partitions``, or of all assigned partitions)."""
-        consumer = self._consumer
-        if consumer is None:
-            return
-        async with self._commit_lock:
-            positions = self._tracker.committable()
-            if partitions is not None:
-                positions = {tp: p for tp, p in positions.items() if tp in partitions}
-            if not positions:
-                return
-            started = time.perf_counter()
-            try:
-                await consumer.commit(positions)
-            except KafkaError as exc:  # rebalance in progress, coordinator moved: retried later
-                self.metrics.commits.labels("failed").inc()
-                log.warning("commit of %d partitions failed: %s", len(positions), exc)
-                return
-            self._tracker.mark_committed(positions)
-            self.metrics.commits.labels("ok").inc()
-            self.metrics.commit_latency.observe(time.perf_counter() - started)
-            for tp, stall in list(self._stalls.items()):
-                position = positions.get(tp)
-                if position is not None and stall.rewind is None and position > stall.offset:
-                    del self._stalls[tp]
-                    log.warning(
-                        "partition %s/%d moves again: offset %d is finished",
-                        tp.topic, tp.partition, stall.offset,
-                    )
+        self._stalls.committed(await self._group.commit(partitions))
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
-        for tp in revoked:  # another member reports these now
-            with contextlib.suppress(KeyError):
-                self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
-        await self._cancel_rewinds(revoked)  # the new owner fetches from the committed offset
-        mine = {tp for tp in revoked if self._tracker.position(tp) is not None}
+        self._group.forget_lag(revoked)
+        await self._stalls.cancel(revoked)  # the new owner fetches from the committed offset
+        mine = self._group.tracked(revoked)
         if not mine:
             return
         dropped = sum(self._scheduler.drop_queued(tp) for tp in mine)
-        tasks = set().union(*(self._scheduler.running(tp) for tp in mine))
+        cancelled = await self._stop_runs(mine)
+        self.metrics.cancelled.inc(cancelled)
+        await self._group.hand_over(mine, self._commit)
+        await self._stalls.cancel(mine)  # a run that ended unfinished during the grace stalled it
+        self._group.wake()
+        log.info(
+            "revoked %d partitions: %d queued and %d cancelled runs go to the new owner",
+            len(mine),
+            dropped,
+            cancelled,
+        )
+
+    async def _stop_runs(self, partitions: set[TopicPartition]) -> int:
+        """End the runs of revoked ``partitions``: at once those waiting for their thread, the
+        others after ``revoke_grace_s``. Returns how many were cancelled."""
+        tasks = set().union(*(self._scheduler.running(tp) for tp in partitions))
         waiting = tasks & self._processor.waiting_for_threads()
         for task in waiting:  # nothing in progress: no grace needed
             task.cancel()
@@ -436,17 +347,7 @@ class GraphRunner:
             if pending:
                 await asyncio.wait(pending)
             cancelled += len(pending)
-        self.metrics.cancelled.inc(cancelled)
-        await self._commit(mine)
-        self._tracker.remove(mine)
-        await self._cancel_rewinds(mine)  # a run that ended unfinished during the grace stalled it
-        self._slot_freed.set()
-        log.info(
-            "revoked %d partitions: %d queued and %d cancelled runs go to the new owner",
-            len(mine),
-            dropped,
-            cancelled,
-        )
+        return cancelled
 
     # -- one message -----------------------------------------------------------------------
 
@@ -464,70 +365,13 @@ class GraphRunner:
             log.exception("internal error on %s/%d/%d", tp.topic, tp.partition, record.offset)
             finished = False
         if not finished:  # left uncommitted; the scheduler stops its key
-            if not self._stopping and self._tracker.position(tp) is not None:
-                self._stall(tp, record.offset)
+            if not self._stopping and self._group.tracker.position(tp) is not None:
+                self._stalls.stall(tp, record.offset)
             return False
-        self._tracker.finish(tp, record.offset)
-        self._slot_freed.set()
+        self._group.finish(tp, record.offset)
         return True
 
-    # -- stalls and the runner's own tasks -------------------------------------------------
-
-    def _held(self) -> set[TopicPartition]:
-        """Stalled partitions not rewound yet: not fetched, not dispatched."""
-        return {tp for tp, stall in self._stalls.items() if stall.rewind is not None}
-
-    def _stall(self, tp: TopicPartition, offset: int) -> None:
-        """Hold ``tp`` at an unfinished message, then rewind it to fetch that message again."""
-        stall = self._stalls.get(tp)
-        if stall is None:
-            stall = self._stalls[tp] = _Stall(offset)
-            log.error(
-                "partition %s/%d stalled at offset %d: the message cannot be finished, not even "
-                "dead-lettered; it is fetched again with backoff until it is (see /ready)",
-                tp.topic, tp.partition, offset,
-            )
-        if stall.rewind is not None:  # another key of the partition stalled: already held
-            return
-        consumer = self._consumer
-        assert consumer is not None
-        if tp in consumer.assignment():
-            consumer.pause(tp)
-        stall.attempts += 1
-        self.metrics.stalls.labels(tp.topic, str(tp.partition)).inc()
-        stall.rewind = self._watched(self._rewind(tp, stall), f"rewind {tp.topic}/{tp.partition}")
-
-    async def _rewind(self, tp: TopicPartition, stall: _Stall) -> None:
-        """Once the partition's runs are over, forget its unfinished messages (their slots come
-        back), wait the backoff and seek to the lowest one: it and its key's later messages are
-        fetched again, in order. What finished meanwhile is committed and not run again."""
-        running = self._scheduler.running(tp)
-        if running:
-            await asyncio.wait(running)
-        await self._commit({tp})
-        position = self._tracker.rewind(tp)
-        self._slot_freed.set()
-        if position is None:  # revoked meanwhile: nothing of it is held here any more
-            if self._stalls.get(tp) is stall:
-                del self._stalls[tp]
-            return
-        stall.offset = position
-        await asyncio.sleep(min(_REWIND_FIRST_S * 2 ** (stall.attempts - 1), _REWIND_MAX_S))
-        consumer = self._consumer
-        assert consumer is not None
-        if tp in consumer.assignment():
-            consumer.seek(tp, position)
-        stall.rewind = None  # the poll loop resumes the partition
-
-    async def _cancel_rewinds(self, partitions: set[TopicPartition]) -> None:
-        """Forget the stalls of ``partitions`` (revoked, or the runner stops)."""
-        tasks = []
-        for tp in partitions:
-            stall = self._stalls.pop(tp, None)
-            if stall is not None and stall.rewind is not None:
-                stall.rewind.cancel()
-                tasks.append(stall.rewind)
-        await asyncio.gather(*tasks, return_exceptions=True)
+    # -- the runner's own tasks -------------------------------------------------------------
 
     def _watched(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         """A task of the runner whose unexpected death fails readiness and calls on_failure."""

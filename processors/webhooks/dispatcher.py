@@ -29,7 +29,6 @@ Delivery rules:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -39,18 +38,18 @@ from dataclasses import dataclass, field
 from typing import Any, Self, TypeAlias
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError, MessageSizeTooLargeError
 from aiokafka.structs import ConsumerRecord
 
-from graphwire.processors.runner.offsets import OffsetTracker, RevokeListener
+from graphwire.processors.consumer.group import Batches, GroupConsumer, kafka_unreachable
 from graphwire.processors.settings import Settings
 from graphwire.processors.webhooks.delivery import Delivery, Outcome, WebhookSender
 from graphwire.processors.webhooks.keys import SigningKeys
 from graphwire.processors.webhooks.metrics import WebhookMetrics
 from graphwire.processors.webhooks.policy import WebhookPolicy, describe_url, host_key
 from graphwire.topics.codec import HEADER_ERROR, HEADER_SOURCE, HEADER_VALUE_DROPPED
-from graphwire.topics.errors import DependencyUnavailable, GraphwireError
+from graphwire.topics.errors import GraphwireError
 from graphwire.topics.webhooks import HEADER_WEBHOOK, OPERATOR_SCOPE, scope_of
 
 log = logging.getLogger(__name__)
@@ -126,22 +125,25 @@ class WebhookDispatcher:
             slow_s=settings.webhook_slow_s,
         )
         self._topics = settings.topics
-        self._tracker = OffsetTracker()
+        self._group = GroupConsumer(
+            settings,
+            client_id=f"graphwire-webhooks-{settings.worker_id}",
+            group_id=settings.webhook_group_id,
+            lag_gauge=self.metrics.consumer_lag,
+            commits=self.metrics.commits,
+        )
         self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = {}
-        self._slot_freed = asyncio.Event()
         self._lanes: OrderedDict[str, _Lane] = OrderedDict()  # hosts with work, round robin
         self._active = self._queued = self._queued_bytes = 0
         self._caller_active: dict[str, int] = {}  # slots held per caller scope
-        self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._poll_task: asyncio.Task[None] | None = None
         self._commit_task: asyncio.Task[None] | None = None
-        self._commit_lock = asyncio.Lock()
         self._started = self._stopping = False
         self._stopped = asyncio.Event()
         self._failure: str | None = None
         self._on_failure = on_failure
-        self.metrics.in_flight.set_function(lambda: self._tracker.in_flight)
+        self.metrics.in_flight.set_function(lambda: self._group.tracker.in_flight)
         self.metrics.queued.set_function(lambda: self._queued)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -157,33 +159,19 @@ class WebhookDispatcher:
             bootstrap_servers=s.bootstrap_servers, client_id=client_id, acks="all",
             max_request_size=s.max_message_bytes, **security,
         )
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.bootstrap_servers,
-            client_id=client_id,
-            group_id=s.webhook_group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=s.fetch_max_wait_ms,
-            max_partition_fetch_bytes=max(1024 * 1024, s.max_message_bytes),
-            session_timeout_ms=s.session_timeout_ms,
-            heartbeat_interval_ms=s.heartbeat_interval_ms,
-            max_poll_interval_ms=s.max_poll_interval_ms,
-            **security,
-        )
         await self.sender.start()
         try:
             await self._producer.start()
-            await self._consumer.start()
+            await self._group.start()
         except KafkaConnectionError as exc:
             await self._close_clients()
-            raise DependencyUnavailable(
-                f"cannot reach Kafka at {s.bootstrap_servers}: check GRAPHWIRE_BOOTSTRAP_SERVERS, "
-                "the broker and the security settings"
-            ) from exc
-        self._consumer.subscribe([self._topics.results], listener=RevokeListener(self._on_revoked))
+            raise kafka_unreachable(s) from exc
+        self._group.subscribe([self._topics.results], self._on_revoked)
         self._started = True
-        self._poll_task = self._watched(self._poll_loop(), "poll")
-        self._commit_task = self._watched(self._commit_loop(), "commit")
+        self._poll_task = self._watched(
+            self._group.poll_loop(self._room, self._dispatch, lambda: self._stopping), "poll"
+        )
+        self._commit_task = self._watched(self._group.commit_loop(self._group.commit), "commit")
         if not self.policy.enabled:
             log.warning("GRAPHWIRE_WEBHOOK_ALLOWED_HOSTS is empty: every webhook is refused and "
                         "dead-lettered; list the hosts receivers run on")
@@ -212,16 +200,16 @@ class WebhookDispatcher:
             if self._commit_task is not None:
                 self._commit_task.cancel()
                 await asyncio.gather(self._commit_task, return_exceptions=True)
-            await self._commit()
-            log.info("webhooks stopped: %d results left for redelivery", self._tracker.in_flight)
+            await self._group.commit()
+            log.info("webhooks stopped: %d results left for redelivery",
+                     self._group.tracker.in_flight)
         finally:
             await self._close_clients()
             self._stopped.set()
 
     async def _close_clients(self) -> None:
         await self.sender.close()
-        if self._consumer is not None:
-            await self._consumer.stop()
+        await self._group.stop()
         if self._producer is not None:
             await self._producer.stop()
 
@@ -248,59 +236,27 @@ class WebhookDispatcher:
     @property
     def in_flight(self) -> int:
         """Results held: being delivered or waiting for a retry."""
-        return self._tracker.in_flight
+        return self._group.tracker.in_flight
 
     # -- consuming -------------------------------------------------------------------------
 
-    async def _poll_loop(self) -> None:
-        consumer = self._consumer
-        assert consumer is not None
+    def _room(self) -> int:
+        """Results this processor takes now: free delivery slots, bounded by the room left in
+        the host queues (none once they hold ``webhook_max_queued_bytes``)."""
         s = self.settings
-        limit, poll_ms = s.webhook_max_in_flight, s.poll_timeout_ms
-        while not self._stopping:
-            free = min(limit - self._active, s.webhook_max_queued - self._queued)
-            if self._queued_bytes >= s.webhook_max_queued_bytes:
-                free = 0
-            if free <= 0:  # at the limit: wait for a slot, polling paused to stay in the group
-                self._slot_freed.clear()
-                try:
-                    await asyncio.wait_for(self._slot_freed.wait(), timeout=1.0)
-                except TimeoutError:
-                    consumer.pause(*consumer.assignment())
-                    with contextlib.suppress(KafkaError):
-                        self._dispatch(consumer, await consumer.getmany(timeout_ms=0,
-                                                                        max_records=1))
-                continue
-            if consumer.paused():
-                consumer.resume(*consumer.paused())
-            try:
-                batches = await consumer.getmany(timeout_ms=poll_ms, max_records=free)
-            except KafkaError as exc:
-                log.warning("fetch failed, retrying: %s", exc)
-                await asyncio.sleep(0.5)
-                continue
-            self._dispatch(consumer, batches)
+        if self._queued_bytes >= s.webhook_max_queued_bytes:
+            return 0
+        return min(s.webhook_max_in_flight - self._active, s.webhook_max_queued - self._queued)
 
-    def _dispatch(self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[Record]]
-                  ) -> None:
-        assigned = consumer.assignment()
-        for tp, records in batches.items():
-            if tp not in assigned:  # revoked while fetched: the new owner reads them
-                continue
+    def _dispatch(self, batches: Batches) -> None:
+        for tp, records in self._group.accept(batches):
             for record in records:
-                if not self._tracker.add(tp, record.offset):
-                    continue
                 url = _header(record, HEADER_WEBHOOK)
                 if not url:  # most results: nothing to deliver
-                    self._tracker.finish(tp, record.offset)
+                    self._group.tracker.finish(tp, record.offset)
                     self.metrics.deliveries.labels("skipped").inc()
                     continue
                 self._admit(tp, record, url)
-            if records:
-                highwater = consumer.highwater(tp)
-                if highwater is not None:
-                    lag = max(0, highwater - records[-1].offset - 1)
-                    self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
 
     # -- fair shares of the in-flight slots --------------------------------------------------
 
@@ -360,7 +316,7 @@ class WebhookDispatcher:
         self._caller_active[caller] -= 1
         if not self._caller_active[caller]:
             del self._caller_active[caller]
-        self._slot_freed.set()
+        self._group.wake()
         if self._stopping:
             return
         for name in list(self._lanes):
@@ -406,8 +362,7 @@ class WebhookDispatcher:
             self.metrics.deliveries.labels("dead_lettered").inc()
             log.warning("dead-lettered the webhook of %s/%d/%d: %s", tp.topic, tp.partition,
                         record.offset, outcome.reason)
-        self._tracker.finish(tp, record.offset)
-        self._slot_freed.set()
+        self._group.finish(tp, record.offset)
 
     async def _outcome(self, record: Record, url: str) -> Outcome:
         refusal = self.policy.refusal(url)  # the allow-list may have changed since the run
@@ -458,39 +413,12 @@ class WebhookDispatcher:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
-    # -- committing ------------------------------------------------------------------------
-
-    async def _commit_loop(self) -> None:
-        interval = self.settings.commit_interval_ms / 1000
-        while True:
-            await asyncio.sleep(interval)
-            await self._commit()
-
-    async def _commit(self, partitions: set[TopicPartition] | None = None) -> None:
-        consumer = self._consumer
-        if consumer is None:
-            return
-        async with self._commit_lock:
-            positions = self._tracker.committable()
-            if partitions is not None:
-                positions = {tp: p for tp, p in positions.items() if tp in partitions}
-            if not positions:
-                return
-            try:
-                await consumer.commit(positions)
-            except KafkaError as exc:  # a rebalance in progress: retried on the next tick
-                self.metrics.commits.labels("failed").inc()
-                log.warning("commit of %d partitions failed: %s", len(positions), exc)
-                return
-            self._tracker.mark_committed(positions)
-            self.metrics.commits.labels("ok").inc()
+    # -- revoke -----------------------------------------------------------------------------
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
         """Cancel the revoked partitions' deliveries (the new owner redelivers them), commit
         what finished."""
-        for tp in revoked:
-            with contextlib.suppress(KeyError):
-                self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+        self._group.forget_lag(revoked)
         for lane in self._lanes.values():  # waiting results of those partitions: not ours now
             kept = deque(item for item in lane.waiting if item[0] not in revoked)
             self._queued -= len(lane.waiting) - len(kept)
@@ -502,10 +430,8 @@ class WebhookDispatcher:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        mine = {tp for tp in revoked if self._tracker.position(tp) is not None}
-        await self._commit(mine)
-        self._tracker.remove(mine)
-        self._slot_freed.set()
+        await self._group.hand_over(self._group.tracked(revoked))
+        self._group.wake()
         if tasks:
             log.info("revoked %d partitions: %d deliveries go to the new owner", len(revoked),
                      len(tasks))
