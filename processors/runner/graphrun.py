@@ -12,7 +12,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from langgraph.runtime import RunControl
@@ -34,7 +34,13 @@ from graphwire.processors.runner.pgsaver import (
     CheckpointDataRefused,
     is_outage,
 )
-from graphwire.processors.runner.publisher import OutputPublisher, Record, header, trace_headers
+from graphwire.processors.runner.publisher import (
+    Keep,
+    OutputPublisher,
+    Record,
+    header,
+    trace_headers,
+)
 from graphwire.processors.settings import Settings
 from graphwire.topics.codec import (
     HEADER_PRINCIPAL,
@@ -48,10 +54,6 @@ from graphwire.topics.models import Request
 from graphwire.topics.positions import event_position
 
 log = logging.getLogger(__name__)
-
-KeepResult = Callable[[dict[str, Any], str | None], Awaitable[None]]
-"""``keep_result(result, dead_letter_reason)``: awaited just before a result is published, so
-a redelivery after a crash publishes that same result again instead of running."""
 
 
 class RunExecutor:
@@ -111,7 +113,7 @@ class RunExecutor:
         *,
         attempt: int,
         lease_lost: Callable[[], bool] = lambda: False,
-        keep_result: KeepResult | None = None,
+        keep_result: Keep | None = None,
     ) -> tuple[RunOutcome, str | None]:
         """Run ``request`` to its outcome and publish it (in an OpenTelemetry span when on)."""
         with tracing.run_span(request.graph, request.request_id,
@@ -131,7 +133,7 @@ class RunExecutor:
         started: float,
         attempt: int,
         lease_lost: Callable[[], bool],
-        keep_result: KeepResult | None = None,
+        keep_result: Keep | None = None,
     ) -> tuple[RunOutcome, str | None]:
         rid = request.request_id
         key = rid.encode()
@@ -310,7 +312,7 @@ class RunExecutor:
             assert outcome.error is not None
             dead_letter = outcome.error[1]
         if keep_result is not None:
-            await keep_result(result, dead_letter)
+            await keep_result(self._out.encode(result, "output"), dead_letter)
         await self._out.send_result(outbox, record, key, result, headers, webhook=request.webhook)
         if dead_letter is not None:
             await self._out.send_dead_letter(outbox, record, dead_letter)

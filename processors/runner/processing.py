@@ -22,17 +22,20 @@ from aiokafka.errors import KafkaError
 from graphwire.graphs.registry import GraphRegistry, UnknownGraphName
 from graphwire.processors.logs import bind, trace_id, unbind
 from graphwire.processors.metrics import RunnerMetrics
+from graphwire.processors.runner.answer import Addressee, Answer
 from graphwire.processors.runner.cache import ResultCache, cache_key
 from graphwire.processors.runner.checkpoints import CheckpointStore
 from graphwire.processors.runner.control import ControlHandler, Stop
 from graphwire.processors.runner.dedup import Claim, DedupStore, LeaseLost, Turn
 from graphwire.processors.runner.failures import data_error, refusal
 from graphwire.processors.runner.gate import DependencyGate
-from graphwire.processors.runner.graphrun import KeepResult, RunExecutor
+from graphwire.processors.runner.graphrun import RunExecutor
 from graphwire.processors.runner.publisher import (
+    Keep,
     OutputPublisher,
     PublishFailed,
     Record,
+    Start,
     header,
     trace_headers,
 )
@@ -307,8 +310,7 @@ class RequestProcessor:
             return
         dedup = self._dedup
 
-        async def keep_result(result: dict[str, Any], dead_letter: str | None) -> None:
-            value = self._out.encode(result, "output")
+        async def keep_result(value: bytes, dead_letter: str | None) -> None:
             await self._through_outage(lambda: dedup.keep_result(rid, owner, value, dead_letter))
 
         def on_cancel(marker: CancelMarker) -> None:
@@ -382,7 +384,7 @@ class RequestProcessor:
 
     async def _publish_cancelled(
         self, record: Record, request: Request, stop: Stop, started: float, attempt: int,
-        keep_result: KeepResult | None = None,
+        keep_result: Keep | None = None,
     ) -> tuple[str, str | None]:
         """A request cancelled before this start ran anything: run nothing, publish
         ``cancelled``. A rollback of an earlier start's progress is done now."""
@@ -398,7 +400,7 @@ class RequestProcessor:
 
     async def _publish_busy(
         self, record: Record, request: Request, running: str, started: float, attempt: int,
-        keep_result: KeepResult | None = None,
+        keep_result: Keep | None = None,
     ) -> tuple[str, str | None]:
         """``multitask_strategy: reject`` on a busy thread: ``rejected`` at once, no run."""
         error = ("ThreadBusy", f"thread {request.thread_id!r} has a run in progress "
@@ -410,7 +412,7 @@ class RequestProcessor:
 
     async def _publish_without_run(
         self, record: Record, request: Request, status: str, error: tuple[str, str],
-        started: float, attempt: int, keep_result: KeepResult | None,
+        started: float, attempt: int, keep_result: Keep | None,
         finished: dict[str, Any] | None = None,
     ) -> tuple[str, str | None]:
         rid = request.request_id
@@ -427,7 +429,7 @@ class RequestProcessor:
             attempts=attempt, duration_ms=duration_ms, metadata=request.metadata,
         )
         if keep_result is not None:
-            await keep_result(result, None)
+            await keep_result(self._out.encode(result, "output"), None)
         await self._out.send_result(outbox, record, key, result, headers,
                                    webhook=request.webhook)
         await outbox.confirm()
@@ -514,7 +516,7 @@ class RequestProcessor:
         *,
         attempt: int,
         lease_lost: Callable[[], bool] = lambda: False,
-        keep_result: KeepResult | None = None,
+        keep_result: Keep | None = None,
     ) -> tuple[str, str | None]:
         """``_execute``, or the cached output of an identical request when caching applies.
 
@@ -593,33 +595,13 @@ class RequestProcessor:
         output: Any,
         started: float,
         attempt: int,
-        keep_result: KeepResult | None = None,
+        keep_result: Keep | None = None,
     ) -> str | None:
-        rid = request.request_id
-        key, headers, outbox = rid.encode(), trace_headers(record), self._out.outbox()
-        duration_ms = (time.perf_counter() - started) * 1000
-        await self._bookend_events(
-            outbox, request, attempt, headers,
-            {"thread_id": None, "worker": self.settings.worker_id, "attempt": attempt,
-             "resumed": False, "cached": True},
-            {"status": "success", "duration_ms": round(duration_ms, 3), "cached": True},
+        start = Start(record, self._out.outbox(), self.settings.worker_id, attempt)
+        start.began = started
+        return await self._out.finish(
+            start, Addressee.of(request), Answer.from_cache(output, attempt), keep_result
         )
-        result = result_dict(
-            rid,
-            request.graph,
-            "success",
-            output=output,
-            attempts=attempt,
-            cached=True,
-            duration_ms=duration_ms,
-            metadata=request.metadata,
-        )
-        if keep_result is not None:
-            await keep_result(result, None)
-        await self._out.send_result(outbox, record, key, result, headers, webhook=request.webhook)
-        await outbox.confirm()
-        self.metrics.executions.labels(request.graph, "success").inc()
-        return outbox.acked.get(self._out.results_topic)
 
     async def _bookend_events(
         self,

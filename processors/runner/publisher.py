@@ -17,7 +17,7 @@ import random
 import re
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias
 
 from aiokafka import AIOKafkaProducer
@@ -26,6 +26,7 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import ConsumerRecord
 
 from graphwire.processors.metrics import RunnerMetrics
+from graphwire.processors.runner.answer import Addressee, Answer, EventPositions
 from graphwire.topics.admin import message_limits
 from graphwire.topics.codec import (
     HEADER_ERROR,
@@ -34,6 +35,7 @@ from graphwire.topics.codec import (
     HEADER_TRACEPARENT,
     HEADER_VALUE_DROPPED,
     dumps,
+    event_dict,
     result_dict,
 )
 from graphwire.topics.errors import DependencyUnavailable, GraphwireError
@@ -417,6 +419,41 @@ def trace_headers(record: Record) -> Headers:
     return [(HEADER_TRACEPARENT, trace)] if trace else []
 
 
+class Start:
+    """One start of a request on this worker: its message, its clock, the outbox that all its
+    outputs go through, and the positions of its events."""
+
+    __slots__ = ("began", "headers", "outbox", "positions", "record", "worker")
+
+    def __init__(self, record: Record, outbox: Outbox, worker: str, attempt: int = 1) -> None:
+        self.record = record
+        self.began = time.perf_counter()
+        self.outbox = outbox
+        self.worker = worker
+        """This worker's id (``run_started`` names it)."""
+        self.headers = trace_headers(record)
+        """The headers every output of this start carries."""
+        self.positions = EventPositions(attempt)
+
+    @property
+    def attempt(self) -> int:
+        """The start's number: the claim's attempt (1 before the claim and without dedup)."""
+        return self.positions.attempt
+
+    def claimed(self, attempt: int) -> None:
+        """The claim numbered this start ``attempt``; no event has been sent yet."""
+        self.positions = EventPositions(attempt)
+
+    def elapsed_ms(self) -> float:
+        """Milliseconds since the message was taken up."""
+        return (time.perf_counter() - self.began) * 1000
+
+
+Keep: TypeAlias = Callable[[bytes, str | None], Awaitable[None]]
+"""``keep(result, dead_letter_reason)``: awaited just before a result is published, so a
+redelivery after a crash publishes that same result again instead of running."""
+
+
 class OutputPublisher:
     """Writes a request's outputs to the contract's topics: results, reply-to, dead letters."""
 
@@ -509,6 +546,68 @@ class OutputPublisher:
             value = dumps({**message, big_field: notice})
         return value
 
+    async def emit(
+        self, start: Start, to: Addressee, type_: str, node: str | None, data: Any
+    ) -> None:
+        """One event of ``start``, at its next position."""
+        rid = to.request_id
+        event = event_dict(rid, start.positions.next(), type_, to.graph, node, data,
+                           to.metadata or {})
+        self._metrics.event_published(type_)
+        await start.outbox.send(self._topics.events, self.encode(event, "data"), rid.encode(),
+                                start.headers)
+
+    async def finish(
+        self, start: Start, to: Addressee, answer: Answer, keep: Keep | None
+    ) -> str | None:
+        """Publish ``answer``, the end of ``start``: the only code that writes a final answer.
+
+        In the crash-safe order: the events this start still owes; ``keep`` the result (unless
+        it is a kept one already), so a redelivery publishes it again rather than run; the
+        result (with its reply-to copy and webhook header) and the dead letter; wait for the
+        broker's acknowledgement; count. Returns where the result landed
+        (``topic/partition/offset``), the pointer of the done marker written next."""
+        duration_ms = start.elapsed_ms()
+        if answer.events == "bookends":
+            await self.emit(start, to, "run_started", None,
+                            answer.run_started(to.thread_id, start.worker, start.attempt))
+        if answer.events != "none":
+            await self.emit(start, to, "run_finished", None, answer.run_finished(duration_ms))
+        result = answer.kept
+        if result is None:
+            result = result_dict(
+                to.request_id, to.graph, answer.status, output=answer.output,
+                error=answer.error, interrupts=answer.interrupts, thread_id=to.thread_id,
+                attempts=answer.attempts, cached=answer.cached, duration_ms=duration_ms,
+                metadata=to.metadata,
+            )
+        value = self.encode(result, "output")
+        dead_letter = answer.dead_letter
+        if keep is not None and answer.kept is None:
+            await keep(value, dead_letter.reason if dead_letter is not None else None)
+        outbox = start.outbox
+        await self._send_result(outbox, start.record, to.request_id.encode(), value,
+                                start.headers, to.webhook)
+        if dead_letter is not None:
+            await self.send_dead_letter(outbox, start.record, dead_letter.reason)
+        await outbox.confirm()
+        self._count(to, answer, dead_letter, duration_ms)
+        return outbox.acked.get(self._topics.results)
+
+    def _count(
+        self, to: Addressee, answer: Answer, dead_letter: Any, duration_ms: float
+    ) -> None:
+        metrics = self._metrics
+        metrics.executions.labels(metrics.graph_label(to.graph), answer.status).inc()
+        if dead_letter is not None:
+            metrics.dead_letters.labels(dead_letter.label).inc()
+        if answer.cancel is not None:
+            metrics.run_cancels.labels(answer.cancel.action, answer.cancel.cause).inc()
+        if answer.ran:
+            metrics.duration.labels(to.graph).observe(duration_ms / 1000)
+            log.debug("run %s in %.1f ms (attempt %d)", answer.status, duration_ms,
+                      answer.attempts)
+
     async def send_result(
         self, outbox: Outbox, record: Record, key: bytes, result: dict[str, Any], headers: Headers,
         *, webhook: str | None = None,
@@ -517,7 +616,13 @@ class OutputPublisher:
         (delivered within ``reply_to_timeout_s`` or given up, see ``Outbox.send_copy``).
         ``webhook``: the request's, as a header of the results-topic message (``graphwire
         webhooks`` POSTs it there)."""
-        value = self.encode(result, "output")
+        await self._send_result(outbox, record, key, self.encode(result, "output"), headers,
+                                webhook)
+
+    async def _send_result(
+        self, outbox: Outbox, record: Record, key: bytes, value: bytes, headers: Headers,
+        webhook: str | None,
+    ) -> None:
         own = [*headers, (HEADER_WEBHOOK, webhook.encode())] if webhook else headers
         await outbox.send(self._topics.results, value, key, own)
         reply_to = header(record, HEADER_REPLY_TO)
