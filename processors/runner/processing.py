@@ -321,7 +321,13 @@ class RequestProcessor:
                    on_cancel=on_cancel)
         try:
             if claim.kept is not None:
-                status, result_at = await self._publish_kept(record, request, claim, started)
+                answer = Answer.kept_result(loads(claim.kept.value), claim.kept.dead_letter)
+                log.warning("%s: publishing again the %s result an earlier start kept", rid,
+                            answer.status)
+                start = Start(record, self._out.outbox(), self.settings.worker_id, claim.attempt)
+                start.began = started
+                status = answer.status
+                result_at = await self._out.finish(start, Addressee.of(request), answer, None)
             elif stop is not None:  # cancelled before it started (or before this start)
                 status, result_at = await self._publish_cancelled(
                     record, request, stop, started, claim.attempt, keep_result
@@ -436,33 +442,6 @@ class RequestProcessor:
         self.metrics.executions.labels(request.graph, status).inc()
         log.info("%s %s without running: %s", rid, status, error[1])
         return status, outbox.acked.get(self._out.results_topic)
-
-    async def _publish_kept(
-        self, record: Record, request: Request, claim: Claim, started: float
-    ) -> tuple[str, str | None]:
-        """An earlier start kept this result, then died before marking done (maybe after
-        publishing it): publish the very same result (and dead letter) again, run nothing.
-
-        This start gets its own ``run_started``/``run_finished`` (``republished``), so every
-        result on the topic still follows a start of its own, as a cached one does."""
-        kept, rid = claim.kept, request.request_id
-        assert kept is not None
-        result = loads(kept.value)
-        log.warning("%s: publishing again the %s result an earlier start kept", rid,
-                    result["status"])
-        key, headers, outbox = rid.encode(), trace_headers(record), self._out.outbox()
-        duration_ms = round((time.perf_counter() - started) * 1000, 3)
-        await self._bookend_events(
-            outbox, request, claim.attempt, headers,
-            {"thread_id": request.thread_id, "worker": self.settings.worker_id,
-             "attempt": claim.attempt, "resumed": True, "republished": True},
-            {"status": result["status"], "duration_ms": duration_ms, "republished": True},
-        )
-        await self._out.send_result(outbox, record, key, result, headers, webhook=request.webhook)
-        if kept.dead_letter is not None:
-            await self._out.send_dead_letter(outbox, record, kept.dead_letter)
-        await outbox.confirm()
-        return str(result["status"]), outbox.acked.get(self._out.results_topic)
 
     async def _give_up(
         self, record: Record, request: Request, claim: Claim, started: float, owner: str
