@@ -394,15 +394,14 @@ class RequestProcessor:
     ) -> tuple[str, str | None]:
         """A request cancelled before this start ran anything: run nothing, publish
         ``cancelled``. A rollback of an earlier start's progress is done now."""
-        ran = attempt > 1
-        if ran and stop.action == "rollback":
+        if attempt > 1 and stop.action == "rollback":
             await self._through_outage(lambda: self._executor.roll_back(request))
-        error = ("Cancelled", stop.message(request.thread_id, ran=ran))
-        self.metrics.run_cancels.labels(stop.action, stop.cause).inc()
-        return await self._publish_without_run(
-            record, request, "cancelled", error, started, attempt, keep_result,
-            {"cancel": {"action": stop.action, "cause": stop.cause}},
-        )
+        answer = Answer.cancelled(stop, request.thread_id, attempt)
+        log.info("%s cancelled without running: %s", request.request_id, stop.why)
+        start = Start(record, self._out.outbox(), self.settings.worker_id, attempt)
+        start.began = started
+        result_at = await self._out.finish(start, Addressee.of(request), answer, keep_result)
+        return answer.status, result_at
 
     async def _publish_busy(
         self, record: Record, request: Request, running: str, started: float, attempt: int,
