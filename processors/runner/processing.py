@@ -408,39 +408,13 @@ class RequestProcessor:
         keep_result: Keep | None = None,
     ) -> tuple[str, str | None]:
         """``multitask_strategy: reject`` on a busy thread: ``rejected`` at once, no run."""
-        error = ("ThreadBusy", f"thread {request.thread_id!r} has a run in progress "
-                 f"({running!r}) and this request's multitask_strategy is 'reject': send it "
-                 "again once that run has finished, or with 'enqueue' to wait for it")
-        return await self._publish_without_run(
-            record, request, "rejected", error, started, attempt, keep_result
-        )
-
-    async def _publish_without_run(
-        self, record: Record, request: Request, status: str, error: tuple[str, str],
-        started: float, attempt: int, keep_result: Keep | None,
-        finished: dict[str, Any] | None = None,
-    ) -> tuple[str, str | None]:
-        rid = request.request_id
-        key, headers, outbox = rid.encode(), trace_headers(record), self._out.outbox()
-        duration_ms = (time.perf_counter() - started) * 1000
-        await self._bookend_events(
-            outbox, request, attempt, headers,
-            {"thread_id": request.thread_id, "worker": self.settings.worker_id,
-             "attempt": attempt, "resumed": False},
-            {"status": status, "duration_ms": round(duration_ms, 3), **(finished or {})},
-        )
-        result = result_dict(
-            rid, request.graph, status, error=error, thread_id=request.thread_id,
-            attempts=attempt, duration_ms=duration_ms, metadata=request.metadata,
-        )
-        if keep_result is not None:
-            await keep_result(self._out.encode(result, "output"), None)
-        await self._out.send_result(outbox, record, key, result, headers,
-                                   webhook=request.webhook)
-        await outbox.confirm()
-        self.metrics.executions.labels(request.graph, status).inc()
-        log.info("%s %s without running: %s", rid, status, error[1])
-        return status, outbox.acked.get(self._out.results_topic)
+        answer = Answer.busy(request.thread_id, running, attempt)
+        log.info("%s rejected without running: thread %r runs %s", request.request_id,
+                 request.thread_id, running)
+        start = Start(record, self._out.outbox(), self.settings.worker_id, attempt)
+        start.began = started
+        result_at = await self._out.finish(start, Addressee.of(request), answer, keep_result)
+        return answer.status, result_at
 
     async def _give_up(
         self, record: Record, request: Request, claim: Claim, started: float, owner: str
