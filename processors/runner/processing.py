@@ -22,7 +22,7 @@ from aiokafka.errors import KafkaError
 from graphwire.graphs.registry import GraphRegistry, UnknownGraphName
 from graphwire.processors.logs import bind, trace_id, unbind
 from graphwire.processors.metrics import RunnerMetrics
-from graphwire.processors.runner.answer import Addressee, Answer
+from graphwire.processors.runner.answer import Addressee, Answer, answer_without_run
 from graphwire.processors.runner.cache import ResultCache, cache_key
 from graphwire.processors.runner.checkpoints import CheckpointStore
 from graphwire.processors.runner.control import ControlHandler, Stop
@@ -37,7 +37,6 @@ from graphwire.processors.runner.publisher import (
     Record,
     Start,
     header,
-    trace_headers,
 )
 from graphwire.processors.settings import Settings
 from graphwire.processors.webhooks.policy import WebhookPolicy
@@ -47,10 +46,8 @@ from graphwire.topics.codec import (
     decode_principal,
     decode_request,
     dumps,
-    event_dict,
     loads,
     peek_graph,
-    result_dict,
 )
 from graphwire.topics.errors import (
     DependencyUnavailable,
@@ -60,7 +57,6 @@ from graphwire.topics.errors import (
     UnstorableRequest,
 )
 from graphwire.topics.models import Request
-from graphwire.topics.positions import event_position
 from graphwire.topics.runstatus import CancelMarker, DoneMarker
 
 log = logging.getLogger(__name__)
@@ -422,31 +418,18 @@ class RequestProcessor:
         """A poison message: its run took its worker down ``claim.deaths`` times. Do not run
         it again: publish an ``error`` result and a dead letter, and mark it done."""
         assert self._dedup is not None
-        rid = request.request_id
-        started_times = claim.attempt - 1
-        reason = (
-            f"started {started_times} times and never finished: {claim.deaths} of those runs "
-            f"took their worker down (a crash, out of memory or a kill), so it is not started "
-            f"again (GRAPHWIRE_MAX_DELIVERIES={self.settings.max_deliveries}); fix the graph, "
-            f"then `graphwire dlq replay --request-id {rid}`"
-        )
-        log.error("poison message %s: %s", rid, reason)
-        outbox = self._out.outbox()
-        result = result_dict(
-            rid, request.graph, "error", error=("PoisonMessage", reason),
-            thread_id=request.thread_id, attempts=max(1, started_times),
-            duration_ms=(time.perf_counter() - started) * 1000, metadata=request.metadata,
-        )
-        dead_letter, dedup = f"poison message: {reason}", self._dedup
-        value = self._out.encode(result, "output")
-        await self._through_outage(lambda: dedup.keep_result(rid, owner, value, dead_letter))
-        await self._out.send_result(outbox, record, rid.encode(), result, trace_headers(record),
-                                    webhook=request.webhook)
-        await self._out.send_dead_letter(outbox, record, dead_letter)
-        await outbox.confirm()
-        self.metrics.dead_letters.labels("poison").inc()
-        self.metrics.executions.labels(request.graph, "error").inc()
-        pointer = outbox.acked.get(self._out.results_topic)
+        rid, dedup = request.request_id, self._dedup
+        answer = answer_without_run(rid, request.thread_id, claim, None, None,
+                                    self.settings.max_deliveries)
+        assert answer is not None and answer.error is not None
+        log.error("poison message %s: %s", rid, answer.error[1])
+
+        async def keep(value: bytes, dead_letter: str | None) -> None:
+            await self._through_outage(lambda: dedup.keep_result(rid, owner, value, dead_letter))
+
+        start = Start(record, self._out.outbox(), self.settings.worker_id, claim.attempt)
+        start.began = started
+        pointer = await self._out.finish(start, Addressee.of(request), answer, keep)
         marker = DoneMarker("error", pointer).encode()
         await self._through_outage(lambda: dedup.complete(rid, owner, marker))
 
@@ -554,26 +537,6 @@ class RequestProcessor:
         return await self._out.finish(
             start, Addressee.of(request), Answer.from_cache(output, attempt), keep_result
         )
-
-    async def _bookend_events(
-        self,
-        outbox: Any,
-        request: Request,
-        attempt: int,
-        headers: Any,
-        started: dict[str, Any],
-        finished: dict[str, Any],
-    ) -> None:
-        """``run_started`` and ``run_finished`` for a start that runs nothing (a cached or a
-        kept result), at this attempt's positions: after whatever earlier attempts sent."""
-        rid = request.request_id
-        for index, (type_, data) in enumerate((("run_started", started),
-                                               ("run_finished", finished))):
-            seq = event_position(attempt, 0, index)
-            event = event_dict(rid, seq, type_, request.graph, None, data, request.metadata)
-            self.metrics.event_published(type_)
-            await outbox.send(self._events_topic, self._out.encode(event, "data"), rid.encode(),
-                              headers)
 
     async def _through_outage(self, operation: Callable[[], Awaitable[None]]) -> None:
         """Run ``operation``, waiting out dependency outages (unless the worker stops)."""
