@@ -14,7 +14,7 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
 
 from aiokafka.errors import KafkaError
@@ -307,6 +307,8 @@ class RequestProcessor:
         dedup = self._dedup
 
         async def keep_result(value: bytes, dead_letter: str | None) -> None:
+            if dedup.lost(rid):
+                raise LeaseLost(f"lease on {rid} expired during the run; another worker owns it")
             await self._through_outage(lambda: dedup.keep_result(rid, owner, value, dead_letter))
 
         def on_cancel(marker: CancelMarker) -> None:
@@ -453,43 +455,47 @@ class RequestProcessor:
         lease_lost: Callable[[], bool] = lambda: False,
         keep_result: Keep | None = None,
     ) -> tuple[str, str | None]:
-        """``_execute``, or the cached output of an identical request when caching applies.
+        """Run the request, or use the cached output of an identical one, and publish it.
 
         Returns the status and where the result landed (``topic/partition/offset``)."""
-        key = self._cache_key(record, request, graph)
+        start = Start(record, self._out.outbox(), self.settings.worker_id, attempt)
+        start.began = started
+        async with self._run_or_cache(start, request, graph, lease_lost) as answer:
+            result_at = await self._out.finish(start, Addressee.of(request), answer, keep_result)
+        return answer.status, result_at
+
+    @contextlib.asynccontextmanager
+    async def _run_or_cache(
+        self, start: Start, request: Request, graph: Any, lease_lost: Callable[[], bool]
+    ) -> AsyncIterator[Answer]:
+        """The answer of a run, or the cached output of an identical request when caching
+        applies; once the body published it, a run's success is cached for the next."""
+        key = self._cache_key(start.record, request, graph)
         if key is None or self._cache is None:
-            outcome, result_at = await self._executor.execute(
-                record, request, graph, started, attempt=attempt, lease_lost=lease_lost,
-                keep_result=keep_result,
-            )
-            return outcome.status, result_at
+            yield await self._executor.execute(start, request, graph, lease_lost=lease_lost)
+            return
         owner = uuid.uuid4().hex
         hit, output = await self._cache.lookup_or_lock(key, owner)
+        self.metrics.cache.labels("hit" if hit else "miss").inc()
         if hit:
-            self.metrics.cache.labels("hit").inc()
-            return "success", await self._publish_cached(
-                record, request, output, started, attempt, keep_result
-            )
-        self.metrics.cache.labels("miss").inc()
+            yield Answer.from_cache(output, start.attempt)
+            return
         try:
-            outcome, result_at = await self._executor.execute(
-                record, request, graph, started, attempt=attempt, lease_lost=lease_lost,
-                keep_result=keep_result,
-            )
+            answer = await self._executor.execute(start, request, graph, lease_lost=lease_lost)
+            yield answer
         except BaseException:
             await self._cache.unlock(key, owner)
             raise
-        if outcome.status == "success":
-            ttl = self._cache_ttl(request, graph)
-            assert ttl is not None
-            try:  # the result is out: caching it is best effort, never a reason to rerun
-                await self._cache.store(key, owner, dumps(outcome.output), ttl)
-            except (DependencyUnavailable, TypeError) as exc:
-                log.warning("could not cache the result of %s: %s", request.request_id, exc)
-                await self._cache.unlock(key, owner)
-        else:
+        if answer.status != "success":
             await self._cache.unlock(key, owner)
-        return outcome.status, result_at
+            return
+        ttl = self._cache_ttl(request, graph)
+        assert ttl is not None
+        try:  # the result is out: caching it is best effort, never a reason to rerun
+            await self._cache.store(key, owner, dumps(answer.output), ttl)
+        except (DependencyUnavailable, TypeError) as exc:
+            log.warning("could not cache the result of %s: %s", request.request_id, exc)
+            await self._cache.unlock(key, owner)
 
     def _cache_ttl(self, request: Request, graph: Any) -> float | None:
         if request.cache is not None:
@@ -522,21 +528,6 @@ class RequestProcessor:
             cached = (graph, hashlib.sha256(dumps(shape)).hexdigest()[:16])
             self._versions[name] = cached
         return cached[1]
-
-    async def _publish_cached(
-        self,
-        record: Record,
-        request: Request,
-        output: Any,
-        started: float,
-        attempt: int,
-        keep_result: Keep | None = None,
-    ) -> str | None:
-        start = Start(record, self._out.outbox(), self.settings.worker_id, attempt)
-        start.began = started
-        return await self._out.finish(
-            start, Addressee.of(request), Answer.from_cache(output, attempt), keep_result
-        )
 
     async def _through_outage(self, operation: Callable[[], Awaitable[None]]) -> None:
         """Run ``operation``, waiting out dependency outages (unless the worker stops)."""
