@@ -15,6 +15,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from aiokafka.errors import KafkaError
@@ -52,6 +53,7 @@ from graphwire.topics.codec import (
 from graphwire.topics.errors import (
     DependencyUnavailable,
     InvalidRequest,
+    RequestTooLarge,
     UndecodableMessage,
     UnknownGraph,
     UnstorableRequest,
@@ -62,6 +64,15 @@ from graphwire.topics.runstatus import CancelMarker, DoneMarker
 log = logging.getLogger(__name__)
 
 _MISSKEYED_WARN_EVERY_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A message refused at intake: ``answer`` goes to ``to``; without a request to answer
+    (``to`` is None: not a request at all) the message is only dead-lettered."""
+
+    to: Addressee | None
+    answer: Answer
 
 
 class RequestProcessor:
@@ -157,10 +168,10 @@ class RequestProcessor:
             request = decode_request(record.value, max_bytes=self.settings.max_request_bytes)
         except (InvalidRequest, UndecodableMessage):  # not expected: it decoded before
             return await self._dead_letter_or_leave(record, str(exc), "unstorable")
+        refused = Refusal(Addressee.of(request), Answer.rejected(exc, "unstorable"))
         try:
-            await self._reject(record, request.request_id, request.graph, exc, "unstorable",
-                               time.perf_counter(), metadata=request.metadata,
-                               thread_id=request.thread_id, webhook=request.webhook)
+            await self._refuse(Start(record, self._out.outbox(), self.settings.worker_id),
+                               refused)
         except (DependencyUnavailable, PublishFailed, KafkaError) as failed:
             log.error("could not reject %s/%d: %s", record.topic, record.offset, failed)
             return False
@@ -176,93 +187,92 @@ class RequestProcessor:
         return True
 
     async def _process(self, record: Record, busy: str | None = None) -> None:
-        started = time.perf_counter()
+        start = Start(record, self._out.outbox(), self.settings.worker_id)
+        admitted = self.admit(record)
+        if isinstance(admitted, Refusal):
+            await self._refuse(start, admitted)
+        elif admitted is not None:
+            request, graph = admitted
+            await self._run(record, request, graph, start.began, busy)
+
+    def admit(self, record: Record) -> tuple[Request, Any] | Refusal | None:
+        """Decode and check a request message (no I/O): the request and its graph, a refusal,
+        or None when no runner takes it (deferred: graphwire scheduler produces it when due).
+
+        Until its webhook passed the policy, a refusal does not carry it."""
         try:
             request = decode_request(record.value, max_bytes=self.settings.max_request_bytes)
         except UndecodableMessage as exc:
-            await self._out.dead_letter_only(record, str(exc), "undecodable")
-            return
+            return Refusal(None, Answer.rejected(exc, "undecodable"))
         except InvalidRequest as exc:
             assert exc.request_id is not None
-            reason = "too_large" if type(exc).__name__ == "RequestTooLarge" else "invalid"
-            await self._reject(
-                record, exc.request_id, peek_graph(record.value), exc, reason, started
-            )
-            return
+            label = "too_large" if isinstance(exc, RequestTooLarge) else "invalid"
+            to = Addressee(exc.request_id, peek_graph(record.value))
+            return Refusal(to, Answer.rejected(exc, label))
         if request.deferred:  # graphwire scheduler stores it and produces it when due
             self.metrics.deferred.inc()
             log.info("%s runs later (after_seconds/run_at): left to graphwire scheduler",
                      request.request_id)
-            return
+            return None
+        refused = self._refusal(record, request)
+        if refused is not None:
+            reason, label = refused
+            error = InvalidRequest(f"invalid request: {reason}")
+            return Refusal(Addressee.of(request, webhook=False), Answer.rejected(error, label))
+        try:
+            if self._allowed and request.graph not in self._allowed:
+                raise UnknownGraphName(request.graph)
+            return request, self.registry.get(request.graph)
+        except UnknownGraphName:
+            allowed = [n for n in self.registry.names() if not self._allowed or n in self._allowed]
+            unknown = UnknownGraph(request.graph, allowed)
+            return Refusal(Addressee.of(request), Answer.rejected(unknown, "unknown_graph"))
+
+    def _refusal(self, record: Record, request: Request) -> tuple[str, str] | None:
+        """Why a decoded request is refused before it runs, and the dead letter's label: a
+        caller header that does not decode, a reply-to or a webhook the policy refuses."""
         principal = header(record, HEADER_PRINCIPAL)
         if principal is not None:
             try:
                 decode_principal(principal)
             except ValueError as exc:
-                await self._reject(record, request.request_id, request.graph,
-                                   InvalidRequest(f"invalid request: {exc}"), "invalid",
-                                   started, metadata=request.metadata,
-                                   thread_id=request.thread_id)
-                return
+                return str(exc), "invalid"
         reply_refusal = self._out.reply_to_not_allowed(record)
         if reply_refusal is not None:  # refused at once, as a webhook is
-            await self._reject(record, request.request_id, request.graph,
-                               InvalidRequest(f"invalid request: {reply_refusal}"),
-                               "reply_to_refused", started, metadata=request.metadata,
-                               thread_id=request.thread_id)
-            return
+            return reply_refusal, "reply_to_refused"
         if request.webhook is not None:  # refused at once, not when the result is out
-            refusal = self._webhooks.refusal(request.webhook)
-            if refusal is not None:
-                await self._reject(record, request.request_id, request.graph,
-                                   InvalidRequest(f"invalid request: {refusal}"),
-                                   "webhook_refused", started, metadata=request.metadata,
-                                   thread_id=request.thread_id)
-                return
-        try:
-            if self._allowed and request.graph not in self._allowed:
-                raise UnknownGraphName(request.graph)
-            graph = self.registry.get(request.graph)
-        except UnknownGraphName:
-            allowed = [n for n in self.registry.names() if not self._allowed or n in self._allowed]
-            error = UnknownGraph(request.graph, allowed)
-            await self._reject(
-                record,
-                request.request_id,
-                request.graph,
-                error,
-                "unknown_graph",
-                started,
-                metadata=request.metadata,
-                thread_id=request.thread_id,
-                webhook=request.webhook,
-            )
-            return
-        await self._run(record, request, graph, started, busy)
+            webhook_refusal = self._webhooks.refusal(request.webhook)
+            if webhook_refusal is not None:
+                return webhook_refusal, "webhook_refused"
+        return None
 
-    async def _reject(
-        self, record: Record, request_id: str, graph: str, error: Exception, label: str,
-        started: float, **fields: Any,
-    ) -> None:
-        """Reject a request that cannot run, unless its request_id is done or running.
+    async def _refuse(self, start: Start, refused: Refusal) -> None:
+        """Answer a refused message, unless its request_id is done or running.
 
-        A done request_id has its result out; a second one (``rejected`` after a ``success``)
-        would contradict it. Such a message is a duplicate (a bad replay, a result read back
-        as a request): it publishes nothing and is counted with the duplicates. A running
-        request_id will have its own result: the invalid message gets a dead letter only.
+        A message with no request to answer is dead-lettered only. A done request_id has its
+        result out; a second one (``rejected`` after a ``success``) would contradict it. Such a
+        message is a duplicate (a bad replay, a result read back as a request): it publishes
+        nothing and is counted with the duplicates. A running request_id will have its own
+        result: the refused message gets a dead letter only.
         """
-        if self._dedup is not None:
-            known = await self._dedup.lookup(request_id)
-            if known is not None and known.state == "done":
-                self.metrics.duplicates.inc()
-                log.info("not rejecting %s: already done (%s)", request_id, known.status)
-                return
-            if known is not None and known.state == "running":
-                await self._out.dead_letter_only(
-                    record, f"{error}; not rejected with a result: request_id {request_id!r} is "
-                    "running, and its result is that run's", label)
-                return
-        await self._out.reject(record, request_id, graph, error, label, started, **fields)
+        to, answer, record = refused.to, refused.answer, start.record
+        dead_letter = answer.dead_letter
+        assert dead_letter is not None
+        if to is None:
+            await self._out.dead_letter_only(record, dead_letter.reason, dead_letter.label)
+            return
+        known = await self._dedup.lookup(to.request_id) if self._dedup is not None else None
+        if known is not None and known.state == "done":
+            self.metrics.duplicates.inc()
+            log.info("not rejecting %s: already done (%s)", to.request_id, known.status)
+            return
+        if known is not None and known.state == "running":
+            await self._out.dead_letter_only(
+                record, f"{dead_letter.reason}; not rejected with a result: request_id "
+                f"{to.request_id!r} is running, and its result is that run's", dead_letter.label)
+            return
+        await self._out.finish(start, to, answer, None)
+        log.warning("rejected %s: %s", to.request_id, dead_letter.reason)
 
     async def _run(
         self, record: Record, request: Request, graph: Any, started: float, busy: str | None

@@ -739,35 +739,3 @@ class OutputPublisher:
         log.warning(
             "dead-lettered %s/%d/%d: %s", record.topic, record.partition, record.offset, reason
         )
-
-    async def reject(
-        self,
-        record: Record,
-        request_id: str,
-        graph: str,
-        error: Exception,
-        label: str,
-        started: float,
-        *,
-        metadata: dict[str, Any] | None = None,
-        thread_id: str | None = None,
-        webhook: str | None = None,
-    ) -> None:
-        """A ``rejected`` result and a dead letter for a request that cannot run."""
-        outbox = self.outbox()
-        result = result_dict(
-            request_id,
-            graph,
-            "rejected",
-            error=(type(error).__name__, str(error)),
-            thread_id=thread_id,
-            duration_ms=(time.perf_counter() - started) * 1000,
-            metadata=metadata,
-        )
-        await self.send_result(outbox, record, request_id.encode(), result, trace_headers(record),
-                               webhook=webhook)
-        await self.send_dead_letter(outbox, record, str(error))
-        await outbox.confirm()
-        self._metrics.executions.labels(self._metrics.graph_label(graph), "rejected").inc()
-        self._metrics.dead_letters.labels(label).inc()
-        log.warning("rejected %s: %s", request_id, error)
