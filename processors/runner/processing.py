@@ -31,6 +31,7 @@ from graphwire.processors.runner.dedup import Claim, DedupStore, LeaseLost, Turn
 from graphwire.processors.runner.failures import data_error, refusal
 from graphwire.processors.runner.gate import DependencyGate
 from graphwire.processors.runner.graphrun import RunExecutor
+from graphwire.processors.runner.localclaims import Claims, LocalClaims
 from graphwire.processors.runner.publisher import (
     Keep,
     OutputPublisher,
@@ -95,11 +96,10 @@ class RequestProcessor:
         self.metrics = metrics
         metrics.graph_names = frozenset(registry.names())  # rejected runs of others: "unknown"
         self._out = out
-        self._dedup = dedup
+        self._claims: Claims = dedup if dedup is not None else LocalClaims()
         self._checkpoints = checkpoints
         self._stopping = stopping
         self._gate = gate
-        self._events_topic = settings.topics.events
         self._allowed = frozenset(
             g.strip() for g in settings.allowed_graphs.split(",") if g.strip()
         )
@@ -187,13 +187,91 @@ class RequestProcessor:
         return True
 
     async def _process(self, record: Record, busy: str | None = None) -> None:
+        """One request's life: admit, claim, answer (without running, from the cache or by a
+        run), publish the answer, mark the request done."""
         start = Start(record, self._out.outbox(), self.settings.worker_id)
-        admitted = self.admit(record)
+        admitted = self.admit(record)  # 1. admit: a refusal is an answer of its own
         if isinstance(admitted, Refusal):
             await self._refuse(start, admitted)
-        elif admitted is not None:
-            request, graph = admitted
-            await self._run(record, request, graph, start.began, busy)
+            return
+        if admitted is None:
+            return
+        request, graph = admitted
+        preset = Answer.busy(request.thread_id, busy) if busy is not None else None
+        rid, to, claims, stops = request.request_id, Addressee.of(request), self._claims, \
+            self._executor.stops
+        token = bind(request_id=rid, graph=request.graph,
+                     trace_id=trace_id(header(record, HEADER_TRACEPARENT)))
+        try:
+            owner = f"{self.settings.worker_id}:{record.topic}/{record.partition}/{record.offset}"
+            claim = await self._claim(record, request, owner, preset is not None)  # 2. claim
+            if claim.state == "done":
+                self.metrics.duplicates.inc()
+                log.info("skipping %s: already done (%s)", rid, claim.detail)
+                return
+            start.claimed(claim.attempt)
+            stop = _cancel_stop(claim.cancel) if claim.cancel is not None else stops.get(rid)
+            answer = answer_without_run(rid, request.thread_id, claim, stop, preset,
+                                        self.settings.max_deliveries)  # 3. without running?
+            self._hold(rid, owner)
+            try:  # 3. else run, or use the cache; 4. publish the answer
+                async with self._answer(start, request, graph, answer) as answer:
+                    result_at = await self._out.finish(start, to, answer, self._keep(rid, owner))
+                marker = DoneMarker(answer.status, result_at).encode()
+                # 5. mark done. The outputs are out: only the done marker is missing, so an
+                # outage here is waited out (not re-run, which would publish the result twice)
+                await self._through_outage(lambda: claims.complete(rid, owner, marker))
+                stops.forget(rid)
+                self._forget_checkpoints(request, answer.status)
+            except BaseException:
+                with contextlib.suppress(Exception):  # best effort: else the lease just expires
+                    await claims.release(rid, owner)
+                raise
+            finally:
+                claims.let_go(rid)
+        finally:
+            unbind(token)
+
+    def _hold(self, rid: str, owner: str) -> None:
+        """Renew the lease while the request is ours; a lost lease drains the run, a cancel
+        marker found on renewal stops it."""
+        stops = self._executor.stops
+
+        def on_cancel(marker: CancelMarker) -> None:
+            stops.ask(rid, _cancel_stop(marker))
+
+        self._claims.hold(rid, owner, on_lost=lambda: self._executor.drain_request(
+            rid, "lease lost"), on_cancel=on_cancel)
+
+    def _keep(self, rid: str, owner: str) -> Keep:
+        """Keep the result in the claim before it is published (crash safety), unless the
+        lease was lost meanwhile: then another worker owns the request, publish nothing."""
+        claims = self._claims
+
+        async def keep(value: bytes, dead_letter: str | None) -> None:
+            if claims.lost(rid):
+                raise LeaseLost(f"lease on {rid} expired during the run; another worker owns it")
+            await self._through_outage(lambda: claims.keep_result(rid, owner, value, dead_letter))
+
+        return keep
+
+    @contextlib.asynccontextmanager
+    async def _answer(
+        self, start: Start, request: Request, graph: Any, without_run: Answer | None
+    ) -> AsyncIterator[Answer]:
+        """``without_run`` when the request is answered without running (a rollback of an
+        earlier start's progress is done first), else the answer of a run or of the cache."""
+        if without_run is None:
+            async with self._run_or_cache(start, request, graph) as answer:
+                yield answer
+            return
+        cancel = without_run.cancel
+        if cancel is not None and cancel.action == "rollback" and start.attempt > 1:
+            await self._through_outage(lambda: self._executor.roll_back(request))
+        log.log(logging.ERROR if without_run.status == "error" else logging.INFO,
+                "%s is answered without running: %s (%s)", request.request_id,
+                without_run.status, without_run.error[1] if without_run.error else "republished")
+        yield without_run
 
     def admit(self, record: Record) -> tuple[Request, Any] | Refusal | None:
         """Decode and check a request message (no I/O): the request and its graph, a refusal,
@@ -261,7 +339,7 @@ class RequestProcessor:
         if to is None:
             await self._out.dead_letter_only(record, dead_letter.reason, dead_letter.label)
             return
-        known = await self._dedup.lookup(to.request_id) if self._dedup is not None else None
+        known = await self._claims.lookup(to.request_id)
         if known is not None and known.state == "done":
             self.metrics.duplicates.inc()
             log.info("not rejecting %s: already done (%s)", to.request_id, known.status)
@@ -273,99 +351,6 @@ class RequestProcessor:
             return
         await self._out.finish(start, to, answer, None)
         log.warning("rejected %s: %s", to.request_id, dead_letter.reason)
-
-    async def _run(
-        self, record: Record, request: Request, graph: Any, started: float, busy: str | None
-    ) -> None:
-        token = bind(request_id=request.request_id, graph=request.graph,
-                     trace_id=trace_id(header(record, HEADER_TRACEPARENT)))
-        try:
-            await self._run_bound(record, request, graph, started, busy)
-        finally:
-            unbind(token)
-
-    async def _run_bound(
-        self, record: Record, request: Request, graph: Any, started: float, busy: str | None
-    ) -> None:
-        """Claim the request_id, run (or resume) the graph, publish, then mark it done."""
-        rid = request.request_id
-        stops = self._executor.stops
-        if request.thread_id is not None and record.key != request.thread_id.encode():
-            self._misskeyed(record, request)
-        if self._dedup is None:
-            if busy is not None:
-                await self._publish_busy(record, request, busy, started, 1)
-                return
-            stop = stops.get(rid)
-            if stop is not None:
-                await self._publish_cancelled(record, request, stop, started, 1)
-                stops.forget(rid)
-                return
-            status, _ = await self._execute_cached(record, request, graph, started, attempt=1)
-            self._forget_checkpoints(request, status)
-            return
-        owner = f"{self.settings.worker_id}:{record.topic}/{record.partition}/{record.offset}"
-        claim = await self._claim(record, request, owner, busy)
-        busy = busy or claim.thread_busy  # reject: the thread runs another turn elsewhere
-        if claim.state == "done":
-            self.metrics.duplicates.inc()
-            log.info("skipping %s: already done (%s)", rid, claim.detail)
-            return
-        if claim.kept is None and claim.deaths >= self.settings.max_deliveries:
-            await self._give_up(record, request, claim, started, owner)
-            return
-        dedup = self._dedup
-
-        async def keep_result(value: bytes, dead_letter: str | None) -> None:
-            if dedup.lost(rid):
-                raise LeaseLost(f"lease on {rid} expired during the run; another worker owns it")
-            await self._through_outage(lambda: dedup.keep_result(rid, owner, value, dead_letter))
-
-        def on_cancel(marker: CancelMarker) -> None:
-            stops.ask(rid, _cancel_stop(marker))
-
-        stop = _cancel_stop(claim.cancel) if claim.cancel is not None else stops.get(rid)
-        dedup.hold(rid, owner, on_lost=lambda: self._executor.drain_request(rid, "lease lost"),
-                   on_cancel=on_cancel)
-        try:
-            if claim.kept is not None:
-                answer = Answer.kept_result(loads(claim.kept.value), claim.kept.dead_letter)
-                log.warning("%s: publishing again the %s result an earlier start kept", rid,
-                            answer.status)
-                start = Start(record, self._out.outbox(), self.settings.worker_id, claim.attempt)
-                start.began = started
-                status = answer.status
-                result_at = await self._out.finish(start, Addressee.of(request), answer, None)
-            elif stop is not None:  # cancelled before it started (or before this start)
-                status, result_at = await self._publish_cancelled(
-                    record, request, stop, started, claim.attempt, keep_result
-                )
-            elif busy is not None:
-                status, result_at = await self._publish_busy(
-                    record, request, busy, started, claim.attempt, keep_result
-                )
-            else:
-                status, result_at = await self._execute_cached(
-                    record,
-                    request,
-                    graph,
-                    started,
-                    attempt=claim.attempt,
-                    lease_lost=lambda: dedup.lost(rid),
-                    keep_result=keep_result,
-                )
-            marker = DoneMarker(status, result_at).encode()
-            # outputs are out: only the done marker is missing, so an outage here is waited
-            # out (not re-run, which would publish the result twice)
-            await self._through_outage(lambda: dedup.complete(rid, owner, marker))
-            stops.forget(rid)
-            self._forget_checkpoints(request, status)
-        except BaseException:
-            with contextlib.suppress(Exception):  # best effort: else the lease just expires
-                await self._dedup.release(rid, owner)
-            raise
-        finally:
-            self._dedup.let_go(rid)
 
     def double_text(self, record: Record, ahead: list[Record]) -> str | None:
         """A request arrived on a thread with runs ahead of it (``ahead``: the running one
@@ -396,55 +381,6 @@ class RequestProcessor:
         log.info("%s (%s) stops %s", request.request_id, strategy, ", ".join(ahead_ids))
         return None
 
-    async def _publish_cancelled(
-        self, record: Record, request: Request, stop: Stop, started: float, attempt: int,
-        keep_result: Keep | None = None,
-    ) -> tuple[str, str | None]:
-        """A request cancelled before this start ran anything: run nothing, publish
-        ``cancelled``. A rollback of an earlier start's progress is done now."""
-        if attempt > 1 and stop.action == "rollback":
-            await self._through_outage(lambda: self._executor.roll_back(request))
-        answer = Answer.cancelled(stop, request.thread_id, attempt)
-        log.info("%s cancelled without running: %s", request.request_id, stop.why)
-        start = Start(record, self._out.outbox(), self.settings.worker_id, attempt)
-        start.began = started
-        result_at = await self._out.finish(start, Addressee.of(request), answer, keep_result)
-        return answer.status, result_at
-
-    async def _publish_busy(
-        self, record: Record, request: Request, running: str, started: float, attempt: int,
-        keep_result: Keep | None = None,
-    ) -> tuple[str, str | None]:
-        """``multitask_strategy: reject`` on a busy thread: ``rejected`` at once, no run."""
-        answer = Answer.busy(request.thread_id, running, attempt)
-        log.info("%s rejected without running: thread %r runs %s", request.request_id,
-                 request.thread_id, running)
-        start = Start(record, self._out.outbox(), self.settings.worker_id, attempt)
-        start.began = started
-        result_at = await self._out.finish(start, Addressee.of(request), answer, keep_result)
-        return answer.status, result_at
-
-    async def _give_up(
-        self, record: Record, request: Request, claim: Claim, started: float, owner: str
-    ) -> None:
-        """A poison message: its run took its worker down ``claim.deaths`` times. Do not run
-        it again: publish an ``error`` result and a dead letter, and mark it done."""
-        assert self._dedup is not None
-        rid, dedup = request.request_id, self._dedup
-        answer = answer_without_run(rid, request.thread_id, claim, None, None,
-                                    self.settings.max_deliveries)
-        assert answer is not None and answer.error is not None
-        log.error("poison message %s: %s", rid, answer.error[1])
-
-        async def keep(value: bytes, dead_letter: str | None) -> None:
-            await self._through_outage(lambda: dedup.keep_result(rid, owner, value, dead_letter))
-
-        start = Start(record, self._out.outbox(), self.settings.worker_id, claim.attempt)
-        start.began = started
-        pointer = await self._out.finish(start, Addressee.of(request), answer, keep)
-        marker = DoneMarker("error", pointer).encode()
-        await self._through_outage(lambda: dedup.complete(rid, owner, marker))
-
     def _forget_checkpoints(self, request: Request, status: str) -> None:
         """A stateless run is done for good (done marker written): drop its checkpoints.
 
@@ -454,32 +390,18 @@ class RequestProcessor:
         if self._checkpoints and request.thread_id is None and status != "interrupted":
             self._checkpoints.forget_later(request.request_id)
 
-    async def _execute_cached(
-        self,
-        record: Record,
-        request: Request,
-        graph: Any,
-        started: float,
-        *,
-        attempt: int,
-        lease_lost: Callable[[], bool] = lambda: False,
-        keep_result: Keep | None = None,
-    ) -> tuple[str, str | None]:
-        """Run the request, or use the cached output of an identical one, and publish it.
-
-        Returns the status and where the result landed (``topic/partition/offset``)."""
-        start = Start(record, self._out.outbox(), self.settings.worker_id, attempt)
-        start.began = started
-        async with self._run_or_cache(start, request, graph, lease_lost) as answer:
-            result_at = await self._out.finish(start, Addressee.of(request), answer, keep_result)
-        return answer.status, result_at
-
     @contextlib.asynccontextmanager
     async def _run_or_cache(
-        self, start: Start, request: Request, graph: Any, lease_lost: Callable[[], bool]
+        self, start: Start, request: Request, graph: Any
     ) -> AsyncIterator[Answer]:
         """The answer of a run, or the cached output of an identical request when caching
         applies; once the body published it, a run's success is cached for the next."""
+        rid = request.request_id
+        claims = self._claims
+
+        def lease_lost() -> bool:
+            return claims.lost(rid)
+
         key = self._cache_key(start.record, request, graph)
         if key is None or self._cache is None:
             yield await self._executor.execute(start, request, graph, lease_lost=lease_lost)
@@ -553,17 +475,19 @@ class RequestProcessor:
                     raise
 
     async def _claim(
-        self, record: Record, request: Request, owner: str, busy: str | None
+        self, record: Record, request: Request, owner: str, answered: bool
     ) -> Claim:
         """Acquire the lease (a turn on a thread: and the thread's, in the same round trip),
         waiting while another live worker holds the request_id, or while another turn runs on
         the thread or an earlier one waits for it (its ``multitask_strategy`` applies then).
 
         The wait blocks this key only (it is the key's task), and retries when the thread is
-        announced free, else after a backoff doubling from 50 ms to 1 s."""
-        assert self._dedup is not None
+        announced free, else after a backoff doubling from 50 ms to 1 s. A request already
+        ``answered`` (rejected: its thread is busy) claims its request_id only."""
         rid = request.request_id
-        turn = self._turn(record, request) if busy is None else None
+        if request.thread_id is not None and record.key != request.thread_id.encode():
+            self._misskeyed(record, request)
+        turn = self._turn(record, request) if not answered else None
         settle_until = 0.0
         if turn is not None and turn.mode == "settle":
             settle_until = min(turn.timestamp_ms / 1000, time.time()) + (
@@ -572,7 +496,7 @@ class RequestProcessor:
         while True:
             if turn is not None and turn.mode == "settle" and time.time() >= settle_until:
                 turn = Turn(turn.thread_id, turn.timestamp_ms, "run")
-            claim = await self._dedup.acquire(rid, owner, turn)
+            claim = await self._claims.acquire(rid, owner, turn)
             if claim.state not in ("busy", "wait"):
                 if claim.thread_busy is not None:
                     self.metrics.multitask.labels("reject").inc()
@@ -600,7 +524,7 @@ class RequestProcessor:
                 assert task is not None
                 self._waiting.add(task)
                 try:
-                    await self._dedup.wait_for_thread(turn.thread_id, wait)
+                    await self._claims.wait_for_thread(turn.thread_id, wait)
                 finally:
                     self._waiting.discard(task)
             delay = min(delay * 2, 1.0)
@@ -630,7 +554,6 @@ class RequestProcessor:
     async def _stop_turns_ahead(self, request: Request, claim: Claim, stopped: set[str]) -> None:
         """``interrupt``/``rollback`` on a thread whose run (or earlier turns) are on other
         workers: stop them through the cancel marker and its announcement, as a cancel does."""
-        assert self._dedup is not None
         strategy = request.multitask_strategy
         assert strategy in ("interrupt", "rollback")
         ahead = [rid for rid in (claim.thread_busy, *claim.ahead)
@@ -642,7 +565,7 @@ class RequestProcessor:
         why = (f"cancelled: request {request.request_id!r} arrived on thread "
                f"{request.thread_id!r} with multitask_strategy {strategy!r}")
         for rid in ahead:
-            await self._dedup.mark_cancel(rid, CancelMarker(strategy, why, cause="multitask"))
+            await self._claims.mark_cancel(rid, CancelMarker(strategy, why, cause="multitask"))
             self._executor.stops.ask(rid, Stop(strategy, "multitask", why))
             stopped.add(rid)
         log.info("%s (%s) stops %s on other workers", request.request_id, strategy,
@@ -657,7 +580,8 @@ class RequestProcessor:
         if now - self._misskeyed_warned < _MISSKEYED_WARN_EVERY_S:
             return
         key = record.key.decode(errors="replace")[:80] if record.key is not None else None
-        guard = ("the thread lease keeps its turns one at a time and in order" if self._dedup
+        guard = ("the thread lease keeps its turns one at a time and in order"
+                 if not isinstance(self._claims, LocalClaims)
                  else "without Redis (GRAPHWIRE_DEDUP off) nothing keeps them from running at "
                  "once on different workers")
         log.warning(
