@@ -68,6 +68,16 @@ _MISSKEYED_WARN_EVERY_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
+class Job:
+    """A fetched message queued behind its key, with the answer decided when it was fetched:
+    ``preset`` is the ``rejected`` of a ``multitask_strategy: reject`` request whose thread
+    was busy on this worker then (it is answered beside the thread's runs, not after them)."""
+
+    record: Record
+    preset: Answer | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Refusal:
     """A message refused at intake: ``answer`` goes to ``to``; without a request to answer
     (``to`` is None: not a request at all) the message is only dead-lettered."""
@@ -121,17 +131,16 @@ class RequestProcessor:
         """Ask every checkpointed run to stop at its next step boundary (on shutdown)."""
         self._executor.drain()
 
-    async def handle(self, record: Record, *, busy: str | None = None) -> bool:
+    async def handle(self, job: Job) -> bool:
         """Process one message to its end; False when it is left uncommitted (for redelivery).
 
         A message left unfinished stops its key: the scheduler drops the key's queued messages,
-        so a later message of the same thread never runs before an earlier one. ``busy``: the
-        request_id running on the thread of a ``multitask_strategy: reject`` request (which is
-        then rejected, not run).
+        so a later message of the same thread never runs before an earlier one.
         """
+        record = job.record
         while True:
             try:
-                await self._process(record, busy)
+                await self._process(job)
                 return True
             except InvalidRequest as exc:  # found out while running: PostgreSQL refused its data
                 return await self._reject_late(record, exc)
@@ -186,9 +195,10 @@ class RequestProcessor:
             return False
         return True
 
-    async def _process(self, record: Record, busy: str | None = None) -> None:
+    async def _process(self, job: Job) -> None:
         """One request's life: admit, claim, answer (without running, from the cache or by a
         run), publish the answer, mark the request done."""
+        record, preset = job.record, job.preset
         start = Start(record, self._out.outbox(), self.settings.worker_id)
         admitted = self.admit(record)  # 1. admit: a refusal is an answer of its own
         if isinstance(admitted, Refusal):
@@ -197,7 +207,6 @@ class RequestProcessor:
         if admitted is None:
             return
         request, graph = admitted
-        preset = Answer.busy(request.thread_id, busy) if busy is not None else None
         rid, to, claims, stops = request.request_id, Addressee.of(request), self._claims, \
             self._executor.stops
         token = bind(request_id=rid, graph=request.graph,
@@ -352,10 +361,10 @@ class RequestProcessor:
         await self._out.finish(start, to, answer, None)
         log.warning("rejected %s: %s", to.request_id, dead_letter.reason)
 
-    def double_text(self, record: Record, ahead: list[Record]) -> str | None:
+    def double_text(self, record: Record, ahead: list[Record]) -> Answer | None:
         """A request arrived on a thread with runs ahead of it (``ahead``: the running one
-        first): apply its ``multitask_strategy``. Returns the running request_id when the new
-        one is to be rejected at once (``reject``); None when it queues (``enqueue``, or after
+        first): apply its ``multitask_strategy``. Returns its answer when the new one is to be
+        rejected at once (``reject``: ThreadBusy); None when it queues (``enqueue``, or after
         asking the runs ahead to stop: ``interrupt``/``rollback``). Only requests that name a
         strategy are decoded here."""
         if record.value is None or b"multitask_strategy" not in record.value:
@@ -372,7 +381,7 @@ class RequestProcessor:
             return None
         self.metrics.multitask.labels(strategy).inc()
         if strategy == "reject":
-            return ahead_ids[0]
+            return Answer.busy(thread, ahead_ids[0])
         assert strategy in ("interrupt", "rollback")
         why = (f"cancelled: request {request.request_id!r} arrived on thread {thread!r} with "
                f"multitask_strategy {strategy!r}")
