@@ -29,6 +29,7 @@ from graphwire.processors.runner.answer import Addressee, Answer
 from graphwire.processors.runner.callbacks import RunCallbacks
 from graphwire.processors.runner.checkpoints import CheckpointStore
 from graphwire.processors.runner.control import RunStops, Stop, delete_run_checkpoints
+from graphwire.processors.runner.dedup import LeaseLost
 from graphwire.processors.runner.failures import data_error, refusal
 from graphwire.processors.runner.identity import auth_configurable
 from graphwire.processors.runner.pgsaver import (
@@ -44,7 +45,7 @@ from graphwire.topics.codec import (
     HEADER_TRACEPARENT,
     decode_principal,
 )
-from graphwire.topics.errors import DependencyUnavailable, UnstorableRequest
+from graphwire.topics.errors import DependencyUnavailable, LeftForRedelivery, UnstorableRequest
 from graphwire.topics.models import Request
 
 log = logging.getLogger(__name__)
@@ -301,8 +302,10 @@ class RunExecutor:
         stop = self.stops.get(rid) if outcome.status == "drained" else None
         if stop is not None:
             outcome = await self._cancelled(graph, request, stop)
+        if outcome.status == "drained" and lease_lost():
+            raise LeaseLost(f"lease on {rid} expired during the run; another worker owns it")
         if outcome.status == "drained":
-            raise DependencyUnavailable(
+            raise LeftForRedelivery(
                 f"{rid} stopped at a step boundary for shutdown; another worker resumes it "
                 "from its checkpoint"
             )
@@ -402,7 +405,7 @@ class RunExecutor:
         deadline = time.monotonic() + delay
         while time.monotonic() < deadline:
             if self._stopping():
-                raise DependencyUnavailable(f"{request_id}: shutdown during retry backoff")
+                raise LeftForRedelivery(f"{request_id}: shutdown during retry backoff")
             await asyncio.sleep(min(0.1, deadline - time.monotonic()))
 
     def drain_request(self, request_id: str, reason: str) -> None:

@@ -54,6 +54,7 @@ from graphwire.topics.codec import (
 from graphwire.topics.errors import (
     DependencyUnavailable,
     InvalidRequest,
+    LeftForRedelivery,
     RequestTooLarge,
     UndecodableMessage,
     UnknownGraph,
@@ -154,6 +155,9 @@ class RequestProcessor:
                         continue
                 log.warning("leaving %s/%d uncommitted: %s", record.topic, record.offset, exc)
                 return False
+            except LeftForRedelivery as exc:  # shutdown: another start finishes it
+                log.warning("leaving %s/%d uncommitted: %s", record.topic, record.offset, exc)
+                return False
             except LeaseLost as exc:  # another worker owns it now: go back to the claim
                 log.warning("%s; waiting for that run", exc)
                 continue
@@ -181,7 +185,7 @@ class RequestProcessor:
         try:
             await self._refuse(Start(record, self._out.outbox(), self.settings.worker_id),
                                refused)
-        except (DependencyUnavailable, PublishFailed, KafkaError) as failed:
+        except (LeftForRedelivery, PublishFailed, KafkaError) as failed:
             log.error("could not reject %s/%d: %s", record.topic, record.offset, failed)
             return False
         return True
@@ -190,7 +194,7 @@ class RequestProcessor:
         """Dead-letter ``record``; False if even that cannot be published (left uncommitted)."""
         try:
             await self._out.dead_letter_only(record, reason, label)
-        except (DependencyUnavailable, PublishFailed, KafkaError) as exc:
+        except (LeftForRedelivery, PublishFailed, KafkaError) as exc:
             log.error("could not dead-letter %s/%d: %s", record.topic, record.offset, exc)
             return False
         return True
@@ -511,7 +515,7 @@ class RequestProcessor:
                     self.metrics.multitask.labels("reject").inc()
                 return claim
             if self._stopping():
-                raise DependencyUnavailable(
+                raise LeftForRedelivery(
                     f"{rid} is still running on {claim.detail}; left for redelivery"
                     if claim.state == "busy" else
                     f"{rid} waits for its thread {request.thread_id!r}; left for redelivery"

@@ -21,7 +21,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    NodeNotReadyError,
+)
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import ConsumerRecord
 
@@ -398,11 +403,9 @@ def _ignore_outcome(future: asyncio.Future[Any]) -> None:
 
 def _can_succeed_later(exc: KafkaError) -> bool:
     """Retriable errors and lost connections; not authorisation or size errors."""
-    return bool(getattr(exc, "retriable", False)) or type(exc).__name__ in {
-        "KafkaConnectionError",
-        "KafkaTimeoutError",
-        "NodeNotReadyError",
-    }
+    return bool(getattr(exc, "retriable", False)) or isinstance(
+        exc, KafkaConnectionError | KafkaTimeoutError | NodeNotReadyError
+    )
 
 
 def header(record: Record, name: str) -> bytes | None:
