@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from aiokafka.structs import ConsumerRecord
 
 from graphwire.graphs.execution import RunOutcome
+from graphwire.graphs.registry import GraphRegistry
+from graphwire.processors.metrics import RunnerMetrics
 from graphwire.processors.runner.answer import (
     Addressee,
     Answer,
@@ -15,6 +18,9 @@ from graphwire.processors.runner.answer import (
 )
 from graphwire.processors.runner.control import Stop
 from graphwire.processors.runner.dedup import Claim, KeptResult
+from graphwire.processors.runner.processing import Refusal, RequestProcessor
+from graphwire.processors.runner.publisher import OutputPublisher, Record
+from graphwire.processors.settings import Settings
 from graphwire.topics.errors import InvalidRequest, UnknownGraph
 from graphwire.topics.models import Request
 from graphwire.topics.positions import event_position
@@ -192,3 +198,126 @@ def test_invalid_request_keeps_its_type_name() -> None:
     """The error type in a rejection is the exception's own class name."""
     answer = Answer.rejected(InvalidRequest("invalid request: no input"), "invalid")
     assert answer.error == ("InvalidRequest", "invalid request: no input")
+
+
+def _processor(**settings: str) -> RequestProcessor:
+    """A processor that is never started: ``admit`` and ``double_text`` need no I/O."""
+    config = Settings(_env_file=None, **settings)  # type: ignore[call-arg]
+    registry = GraphRegistry()
+    registry.load_builtins(["pipeline"])
+    metrics = RunnerMetrics()
+    out = OutputPublisher(None, config.topics, metrics,  # type: ignore[arg-type]
+                          max_message_bytes=1_000_000, stopping=lambda: False,
+                          reply_to_allowed=config.reply_to_allowed)
+    return RequestProcessor(config, registry, metrics, out)
+
+
+def _record(body: object, *, key: bytes = b"k", headers: list[tuple[str, bytes]] | None = None,
+            offset: int = 0) -> Record:
+    value = body if isinstance(body, bytes) else orjson.dumps(body)
+    return ConsumerRecord("p.requests", 0, offset, 1, 0, key, value, None, len(key), len(value),
+                          headers or [])
+
+
+def _body(rid: str = "r1", **fields: object) -> dict[str, object]:
+    return {"request_id": rid, "graph": "pipeline", "input": {"text": "hi"}, **fields}
+
+
+def _refused(admitted: object) -> tuple[Addressee | None, str, tuple[str, str] | None, str]:
+    assert isinstance(admitted, Refusal)
+    dead_letter = admitted.answer.dead_letter
+    assert dead_letter is not None and admitted.answer.status == "rejected"
+    assert dead_letter.reason == (admitted.answer.error or ("", ""))[1]
+    return admitted.to, admitted.answer.status, admitted.answer.error, dead_letter.label
+
+
+def test_admit_takes_a_valid_request_with_its_graph() -> None:
+    """A valid request for a registered graph: the request and its graph, no refusal."""
+    processor = _processor()
+    admitted = processor.admit(_record(_body()))
+    assert isinstance(admitted, tuple)
+    request, graph = admitted
+    assert (request.request_id, graph) == ("r1", processor.registry.get("pipeline"))
+
+
+def test_admit_dead_letters_what_is_not_a_request() -> None:
+    """Not JSON: nobody to answer, a dead letter only (``to`` is None)."""
+    to, _status, error, label = _refused(_processor().admit(_record(b"not json")))
+    assert (to, label) == (None, "undecodable")
+    assert error is not None and error[0] == "UndecodableMessage"
+
+
+def test_admit_rejects_an_invalid_request_by_its_id_and_graph_only() -> None:
+    """Invalid fields: rejected to its request_id and graph, nothing else echoed."""
+    to, _status, error, label = _refused(_processor().admit(
+        _record({"request_id": "r2", "graph": "pipeline", "thread_id": "t"})))
+    assert (to, label) == (Addressee("r2", "pipeline"), "invalid")
+    assert error is not None and error[0] == "InvalidRequest"
+
+
+def test_admit_labels_a_request_over_the_size_limit_too_large() -> None:
+    """Over GRAPHWIRE_MAX_REQUEST_BYTES: RequestTooLarge, labelled ``too_large``."""
+    to, _status, error, label = _refused(_processor(max_request_bytes="1024").admit(
+        _record(_body(input={"text": "x" * 2000}))))
+    assert (to, label) == (Addressee("r1", "pipeline"), "too_large")
+    assert error is not None and error[0] == "RequestTooLarge"
+
+
+def test_admit_leaves_a_deferred_request_to_the_scheduler() -> None:
+    """A request with ``after_seconds`` is not a runner's: None, nothing answered."""
+    processor = _processor()
+    assert processor.admit(_record(_body(after_seconds=60))) is None
+    assert processor.metrics.deferred._value.get() == 1
+
+
+def test_admit_refuses_a_bad_principal_header_without_the_webhook() -> None:
+    """A caller header that does not decode: ``invalid``; the webhook, unchecked, is left
+    out of the answer."""
+    body = _body(thread_id="t", metadata={"m": 1}, webhook="https://hooks.example/x")
+    to, _status, error, label = _refused(_processor().admit(
+        _record(body, headers=[("x-graphwire-principal", b"{not json")])))
+    assert (to, label) == (Addressee("r1", "pipeline", "t", {"m": 1}, None), "invalid")
+    assert error is not None and error[1].startswith("invalid request: ")
+
+
+def test_admit_refuses_a_reply_to_the_allow_list_does_not_match() -> None:
+    """A reply-to outside GRAPHWIRE_REPLY_TO_ALLOWED: ``reply_to_refused``."""
+    to, _status, error, label = _refused(_processor(reply_to_allowed="replies.*").admit(
+        _record(_body(), headers=[("reply-to", b"elsewhere")])))
+    assert (to, label) == (Addressee("r1", "pipeline", None, {}, None), "reply_to_refused")
+    assert error is not None and "'elsewhere' is not allowed here" in error[1]
+
+
+def test_admit_refuses_a_webhook_the_policy_does_not_allow() -> None:
+    """Webhooks not enabled: ``webhook_refused``, and the refused webhook is not called."""
+    to, _status, error, label = _refused(_processor().admit(
+        _record(_body(webhook="https://hooks.example/x"))))
+    assert (to, label) == (Addressee("r1", "pipeline", None, {}, None), "webhook_refused")
+    assert error is not None and "webhooks are not enabled here" in error[1]
+
+
+def test_admit_rejects_an_unknown_graph_or_one_not_allowed_here() -> None:
+    """An unregistered graph, or one GRAPHWIRE_ALLOWED_GRAPHS leaves out: ``unknown_graph``,
+    naming the graphs this worker runs; the (checked) webhook is kept."""
+    body = _body(graph="nope", webhook="https://hooks.example/x")
+    to, _status, error, label = _refused(_processor(
+        webhook_allowed_hosts="hooks.example").admit(_record(body)))
+    assert (to, label) == (Addressee("r1", "nope", None, {}, "https://hooks.example/x"),
+                           "unknown_graph")
+    assert error is not None and error[0] == "UnknownGraph"
+    _to, _status, error, label = _refused(_processor(allowed_graphs="other").admit(
+        _record(_body())))
+    assert label == "unknown_graph"
+    assert error is not None and "registered graphs are none" in error[1]
+
+
+def test_double_text_rejects_at_once_on_a_busy_thread_with_reject() -> None:
+    """``reject`` behind a running request of the same thread: a ThreadBusy preset naming
+    it; ``enqueue`` (or no strategy) queues, answered by nothing."""
+    processor = _processor()
+    running = _record(_body("r0", thread_id="t"))
+    rejected = _record(_body("r1", thread_id="t", multitask_strategy="reject"), offset=1)
+    assert processor.double_text(rejected, [running]) == Answer.busy("t", "r0")
+    queued = _record(_body("r2", thread_id="t", multitask_strategy="enqueue"), offset=2)
+    assert processor.double_text(queued, [running]) is None
+    assert processor.double_text(_record(_body("r3", thread_id="t")), [running]) is None

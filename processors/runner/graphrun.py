@@ -1,9 +1,10 @@
-"""RunExecutor: one request's graph run, from run_started to an acknowledged result.
+"""RunExecutor: one request's graph run, from its run_started to its ``Answer``.
 
 Attaches the PostgreSQL checkpointer, resumes or reuses what an earlier attempt of the same
-request left on its thread, retries retriable failures with backoff, stops at a step boundary
-when asked to drain, and publishes events and the result. Idempotency and caching around it
-are the RequestProcessor's.
+request left on its thread (or forks from a checkpoint), retries retriable failures with
+backoff, and stops at a step boundary when cancelled or asked to drain. It publishes the run's
+events; ``OutputPublisher.finish`` publishes its answer. Idempotency and caching around it are
+the RequestProcessor's.
 """
 
 from __future__ import annotations

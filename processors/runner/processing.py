@@ -1,9 +1,12 @@
 """RequestProcessor: what happens to one request message, from bytes to acknowledged outputs.
 
-Decode and validate, find the graph, claim the request_id (Redis), answer from the result
-cache or hand the run to the RunExecutor, then mark the request done; dead-letter what cannot
-run, and wait out dependency outages. The consumer-group mechanics around it (polling,
-ordering, commits, rebalances) are the GraphRunner's.
+A request's life, in ``RequestProcessor._process``: admit it (decode, validate, find the graph;
+a refusal is an ``Answer``), claim the request_id (Redis, or ``LocalClaims`` without it), answer
+without running (kept, poison, cancelled, busy) or else from the result cache or by a run
+(``RunExecutor``), publish the answer (``OutputPublisher.finish``), mark the request done.
+``handle`` around it dead-letters what cannot run and waits out dependency outages. The
+consumer-group mechanics around that (polling, ordering, commits, rebalances) are the
+GraphRunner's.
 """
 
 from __future__ import annotations
@@ -211,8 +214,8 @@ class RequestProcessor:
         if admitted is None:
             return
         request, graph = admitted
-        rid, to, claims, stops = request.request_id, Addressee.of(request), self._claims, \
-            self._executor.stops
+        rid, to, claims = request.request_id, Addressee.of(request), self._claims
+        stops = self._executor.stops
         token = bind(request_id=rid, graph=request.graph,
                      trace_id=trace_id(header(record, HEADER_TRACEPARENT)))
         try:
@@ -224,11 +227,11 @@ class RequestProcessor:
                 return
             start.claimed(claim.attempt)
             stop = _cancel_stop(claim.cancel) if claim.cancel is not None else stops.get(rid)
-            answer = answer_without_run(rid, request.thread_id, claim, stop, preset,
-                                        self.settings.max_deliveries)  # 3. without running?
+            decided = answer_without_run(rid, request.thread_id, claim, stop, preset,
+                                         self.settings.max_deliveries)  # 3. without running?
             self._hold(rid, owner)
             try:  # 3. else run, or use the cache; 4. publish the answer
-                async with self._answer(start, request, graph, answer) as answer:
+                async with self._answer(start, request, graph, decided) as answer:
                     result_at = await self._out.finish(start, to, answer, self._keep(rid, owner))
                 marker = DoneMarker(answer.status, result_at).encode()
                 # 5. mark done. The outputs are out: only the done marker is missing, so an
@@ -281,9 +284,7 @@ class RequestProcessor:
         cancel = without_run.cancel
         if cancel is not None and cancel.action == "rollback" and start.attempt > 1:
             await self._through_outage(lambda: self._executor.roll_back(request))
-        log.log(logging.ERROR if without_run.status == "error" else logging.INFO,
-                "%s is answered without running: %s (%s)", request.request_id,
-                without_run.status, without_run.error[1] if without_run.error else "republished")
+        _log_without_run(request.request_id, without_run)
         yield without_run
 
     def admit(self, record: Record) -> tuple[Request, Any] | Refusal | None:
@@ -604,6 +605,15 @@ class RequestProcessor:
             request.thread_id, key, guard,
         )
         self._misskeyed_warned, self._misskeyed_unwarned = now, 0
+
+
+def _log_without_run(rid: str, answer: Answer) -> None:
+    if answer.republished:
+        log.warning("%s: publishing again the %s result an earlier start kept", rid,
+                    answer.status)
+    elif answer.error is not None:
+        level = logging.ERROR if answer.status == "error" else logging.INFO  # error: poison
+        log.log(level, "%s %s without running: %s", rid, answer.status, answer.error[1])
 
 
 def _cancel_stop(marker: CancelMarker) -> Stop:
