@@ -7,9 +7,9 @@ imports nothing from ``processors`` or ``graphs``.
 
 from graphwire.topics.errors import (
     DependencyUnavailable,
-    GraphFailed,
     GraphwireError,
     InvalidRequest,
+    LeftForRedelivery,
     RequestTooLarge,
     UndecodableMessage,
     UnknownGraph,
@@ -22,9 +22,9 @@ __all__ = [
     "ErrorInfo",
     "Event",
     "EventType",
-    "GraphFailed",
     "GraphwireError",
     "InvalidRequest",
+    "LeftForRedelivery",
     "Request",
     "RequestTooLarge",
     "Result",

@@ -7,10 +7,18 @@ GraphwireError
  |                           ``rejected`` result + dead letter, never an outage
  +-- UndecodableMessage      not a request at all (not JSON, no request_id): dead letter only
  +-- UnknownGraph            no graph of that name: ``rejected`` result + dead letter
- +-- GraphFailed             the graph raised: ``error`` result + dead letter
- +-- DependencyUnavailable   Kafka/Redis/PostgreSQL down: retriable, offsets stay uncommitted
+ +-- LeftForRedelivery       the message stays uncommitted and is fetched again (shutdown, a
+ |    |                      drain, a request still held by another worker): retriable
+ |    +-- DependencyUnavailable  Kafka/Redis/PostgreSQL down: wait for it, then retry
+ +-- PublishFailed           (runner, ``processors/runner/publisher.py``) the broker refused an
+ |                           output for good (not authorised, too large): dead letter only
+ +-- LeaseLost               (runner, ``processors/runner/dedup.py``) another worker owns the
+ |                           request now: publish nothing, claim it again
  +-- RunFailed               (client side) a result that is not a success, when asked to raise
       +-- RunError, RunRejected, RunTimedOut
+
+A graph that raises is not an error here: its run ends with an ``error`` result (and a dead
+letter), retried first when the exception is retriable.
 """
 
 from __future__ import annotations
@@ -54,16 +62,14 @@ class UnknownGraph(GraphwireError):
         self.graph = graph
 
 
-class GraphFailed(GraphwireError):
-    """The graph raised while running; ``retriable`` follows the cause."""
+class LeftForRedelivery(GraphwireError):
+    """The message is left uncommitted, to be fetched again and finished by another start:
+    the worker stops, the run was drained, or another worker still holds the request."""
 
-    def __init__(self, message: str, *, error_type: str, retriable: bool = False) -> None:
-        super().__init__(message)
-        self.error_type = error_type
-        self.retriable = retriable
+    retriable = True
 
 
-class DependencyUnavailable(GraphwireError):
+class DependencyUnavailable(LeftForRedelivery):
     """A service graphwire needs (Kafka, Redis, PostgreSQL) did not answer."""
 
     retriable = True

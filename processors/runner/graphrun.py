@@ -1,18 +1,22 @@
-"""RunExecutor: one request's graph run, from run_started to an acknowledged result.
+"""RunExecutor: one request's graph run, from its run_started to its ``Answer``.
 
 Attaches the PostgreSQL checkpointer, resumes or reuses what an earlier attempt of the same
-request left on its thread, retries retriable failures with backoff, stops at a step boundary
-when asked to drain, and publishes events and the result. Idempotency and caching around it
-are the RequestProcessor's.
+request left on its thread (or forks from a checkpoint), retries retriable failures with
+backoff, and stops at a step boundary when cancelled or asked to drain. It publishes the run's
+events; ``OutputPublisher.finish`` publishes its answer. Idempotency and caching around it are
+the RequestProcessor's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from langgraph.runtime import RunControl
@@ -22,6 +26,7 @@ from graphwire.graphs.execution import RunOutcome, inline_sync_nodes, is_retriab
 from graphwire.graphs.registry import GraphOptions
 from graphwire.processors.metrics import RunnerMetrics
 from graphwire.processors.runner import tracing
+from graphwire.processors.runner.answer import Addressee, Answer
 from graphwire.processors.runner.callbacks import RunCallbacks
 from graphwire.processors.runner.checkpoints import CheckpointStore
 from graphwire.processors.runner.control import RunStops, Stop, delete_run_checkpoints
@@ -34,24 +39,31 @@ from graphwire.processors.runner.pgsaver import (
     CheckpointDataRefused,
     is_outage,
 )
-from graphwire.processors.runner.publisher import OutputPublisher, Record, header, trace_headers
+from graphwire.processors.runner.publisher import OutputPublisher, Record, Start, header
 from graphwire.processors.settings import Settings
 from graphwire.topics.codec import (
     HEADER_PRINCIPAL,
     HEADER_TRACEPARENT,
     decode_principal,
-    event_dict,
-    result_dict,
 )
-from graphwire.topics.errors import DependencyUnavailable, UnstorableRequest
+from graphwire.topics.errors import DependencyUnavailable, LeftForRedelivery, UnstorableRequest
 from graphwire.topics.models import Request
-from graphwire.topics.positions import event_position
 
 log = logging.getLogger(__name__)
 
-KeepResult = Callable[[dict[str, Any], str | None], Awaitable[None]]
-"""``keep_result(result, dead_letter_reason)``: awaited just before a result is published, so
-a redelivery after a crash publishes that same result again instead of running."""
+
+@dataclass(frozen=True, slots=True)
+class _StartingPoint:
+    """Where a start begins its first try."""
+
+    earlier: RunOutcome | None
+    """What an earlier start left (a finished run is reused, nothing runs), a fork's refusal,
+    or None."""
+    input: Any
+    command: dict[str, Any] | None
+    config: dict[str, Any]
+    """The first try's config (a fork's checkpoint, or a fresh thread's)."""
+    resumed: bool
 
 
 class RunExecutor:
@@ -71,7 +83,6 @@ class RunExecutor:
         self._out = out
         self._checkpoints = checkpoints
         self._stopping = stopping
-        self._events_topic = settings.topics.events
         self._durable_graphs: dict[str, tuple[Any, Any]] = {}
         self._controls: set[RunControl] = set()
         self._controls_by_request: dict[str, RunControl] = {}
@@ -104,74 +115,35 @@ class RunExecutor:
 
     async def execute(
         self,
-        record: Record,
+        start: Start,
         request: Request,
         graph: Any,
-        started: float,
         *,
-        attempt: int,
         lease_lost: Callable[[], bool] = lambda: False,
-        keep_result: KeepResult | None = None,
-    ) -> tuple[RunOutcome, str | None]:
-        """Run ``request`` to its outcome and publish it (in an OpenTelemetry span when on)."""
+    ) -> Answer:
+        """Run ``request`` to its answer (in an OpenTelemetry span when on); ``finish``
+        publishes it."""
         with tracing.run_span(request.graph, request.request_id,
-                              header(record, HEADER_TRACEPARENT)) as span:  # None when off
-            outcome = await self._execute(
-                record, request, graph, started, attempt, lease_lost, keep_result
-            )
+                              header(start.record, HEADER_TRACEPARENT)) as span:  # None when off
+            answer = await self._execute(start, request, graph, lease_lost)
             if span is not None:
-                span.set_attribute("graphwire.status", outcome[0].status)
-            return outcome
+                span.set_attribute("graphwire.status", answer.status)
+            return answer
 
     async def _execute(
-        self,
-        record: Record,
-        request: Request,
-        graph: Any,
-        started: float,
-        attempt: int,
-        lease_lost: Callable[[], bool],
-        keep_result: KeepResult | None = None,
-    ) -> tuple[RunOutcome, str | None]:
-        rid = request.request_id
-        key = rid.encode()
-        headers = trace_headers(record)
-        outbox = self._out.outbox()
-        events_topic = self._events_topic
-        metadata = request.metadata
-        thread_id = request.thread_id
-        # Positions are per try (topics/positions.py): this start's number from the claim,
-        # the retry within it, the event within the try. Never a number an earlier try used.
-        delivery, try_index, index = attempt, 0, 0
-
-        async def emit(type_: str, node: str | None, data: Any) -> None:
-            nonlocal index
-            seq = event_position(delivery, try_index, index)
-            event = event_dict(rid, seq, type_, request.graph, node, data, metadata)
-            index += 1
-            self.metrics.event_published(type_)
-            await outbox.send(events_topic, self._out.encode(event, "data"), key, headers)
-
-        async def emit_effect(type_: str, node: str | None, data: Any) -> None:
-            self.metrics.effects.labels(data["outcome"]).inc()
-            await emit(type_, node, data)
-
-        timeout_s, capped = self._timeout(request)
-
-        async def run_started(resumed: bool) -> None:
-            """Every try opens with one, at ``i = 0`` of its own base."""
-            data: dict[str, Any] = {"thread_id": thread_id, "worker": self.settings.worker_id,
-                                    "attempt": attempt, "resumed": resumed,
-                                    "timeout_s": timeout_s}
-            if capped:  # the request asked for longer than this worker allows
-                data["timeout_capped"] = {"asked": request.timeout_s,
-                                          "max_run_s": self.settings.max_run_s}
-            if request.checkpoint_id is not None:  # a fork: recorded with the run's events
-                data["forked_from"] = request.checkpoint_id
-            await emit("run_started", None, data)
-
+        self, start: Start, request: Request, graph: Any, lease_lost: Callable[[], bool]
+    ) -> Answer:
         graph = self._durable(request.graph, graph)
-        configurable = {**request.config.configurable, "thread_id": thread_id or rid}
+        config = self._config(start.record, request)
+        point = await self._starting_point(graph, config, request, start.attempt)
+        outcome, attempts = await self._tries(start, request, graph, config, point)
+        return await self._stop(graph, request, outcome, attempts, lease_lost)
+
+    def _config(self, record: Record, request: Request) -> dict[str, Any]:
+        """The LangGraph config of the run: its thread (the request_id when it has none), the
+        caller's identity, limits, tags and callbacks."""
+        rid = request.request_id
+        configurable = {**request.config.configurable, "thread_id": request.thread_id or rid}
         principal = header(record, HEADER_PRINCIPAL)  # checked at intake
         if principal is not None:
             configurable.update(auth_configurable(decode_principal(principal)))
@@ -186,140 +158,159 @@ class RunExecutor:
             config["tags"] = request.config.tags
         if request.config.max_concurrency:
             config["max_concurrency"] = request.config.max_concurrency
-        options = self.options(graph)
-        max_attempts = request.max_attempts or options.max_attempts or self.settings.max_attempts
-        durability = request.durability or options.durability or self.settings.durability
-        payload_input, command = request.input, request.command
-        # A redelivery (attempt > 1) looks at what the earlier attempt left on the thread:
-        # unfinished -> continue from the checkpoint; finished -> reuse it, run nothing.
+        return config
+
+    async def _starting_point(
+        self, graph: Any, config: dict[str, Any], request: Request, attempt: int
+    ) -> _StartingPoint:
+        """Where this start begins: resume what an earlier start left, fork from a
+        checkpoint, or run fresh.
+
+        A redelivery (attempt > 1) looks at what the earlier attempt left on the thread:
+        unfinished -> continue from the checkpoint; finished -> reuse it, run nothing."""
         try:
-            earlier = await self._earlier_attempt(graph, config, rid) if attempt > 1 else None
+            earlier = (await self._earlier_attempt(graph, config, request.request_id)
+                       if attempt > 1 else None)
         except UnstorableRequest as exc:
             earlier = _unstorable(exc)
         resumed = earlier is not None and earlier.status != "rejected"
-        if resumed:
-            payload_input, command = None, None
+        payload_input, command = (None, None) if resumed else (request.input, request.command)
         fork_config = None
-        if request.checkpoint_id is not None and earlier is None:  # time travel: fork from there
+        if request.checkpoint_id is not None and earlier is None:  # time travel: fork there
             fork_config, command, earlier = await self._fork(graph, config, request, command)
         # Attempt 1 of a stateless request under dedup needs no checkpoint read: its thread is
         # its request_id, and anything on it would come from an earlier delivery of the same
         # request, which the Redis claim would have numbered attempt > 1 (after a done marker
         # expired, forget_later already deleted the finished thread). Retries within this
-        # delivery (below) and every delivery > 1 still read. Without dedup every delivery says
+        # delivery and every delivery > 1 still read. Without dedup every delivery says
         # attempt 1, so nothing is skipped there.
         first_config = fork_config or config
-        if attempt == 1 and thread_id is None and self.settings.dedup:
+        if attempt == 1 and request.thread_id is None and self.settings.dedup:
             first_config = {**config, "configurable": {**config["configurable"],
                                                        FRESH_THREAD: True}}
-        await run_started(resumed)
+        return _StartingPoint(earlier, payload_input, command, first_config, resumed)
+
+    async def _tries(
+        self, start: Start, request: Request, graph: Any, config: dict[str, Any],
+        point: _StartingPoint,
+    ) -> tuple[RunOutcome, int]:
+        """Try the graph from ``point``, again after a retriable failure (the failed step only,
+        when it checkpoints), until an outcome stands; returns it and the attempts it took."""
+        to = Addressee.of(request)
+        options = self.options(graph)
+        max_attempts = request.max_attempts or options.max_attempts or self.settings.max_attempts
+        attempt, payload_input, command = start.attempt, point.input, point.command
+        await self._run_started(start, to, request, attempt, point.resumed)
+        with self._controlled(request.request_id, graph) as control:
+            if point.earlier is not None and point.earlier.status != "unfinished":
+                return point.earlier, attempt  # the crash came after the graph ended
+            config_now = point.config
+            while True:
+                outcome = await self._try(start, to, request, graph, config_now, payload_input,
+                                          command, control, options)
+                if outcome.status != "error" or attempt >= max_attempts or not is_retriable(
+                        outcome.exception):
+                    return outcome, attempt
+                await self._back_off(request.request_id, attempt, outcome)
+                attempt, config_now = attempt + 1, config
+                try:
+                    resumed = await self._unfinished(graph, config)
+                except UnstorableRequest as exc:
+                    return _unstorable(exc), attempt
+                if resumed:  # retry the failed step only
+                    payload_input, command = None, None
+                start.positions.next_try()
+                await self._run_started(start, to, request, attempt, resumed)
+
+    async def _run_started(
+        self, start: Start, to: Addressee, request: Request, attempt: int, resumed: bool
+    ) -> None:
+        """Every try opens with one, at ``i = 0`` of its own base."""
+        timeout_s, capped = self._timeout(request)
+        data: dict[str, Any] = {"thread_id": request.thread_id, "worker": start.worker,
+                                "attempt": attempt, "resumed": resumed, "timeout_s": timeout_s}
+        if capped:  # the request asked for longer than this worker allows
+            data["timeout_capped"] = {"asked": request.timeout_s,
+                                      "max_run_s": self.settings.max_run_s}
+        if request.checkpoint_id is not None:  # a fork: recorded with the run's events
+            data["forked_from"] = request.checkpoint_id
+        await self._out.emit(start, to, "run_started", None, data)
+
+    @contextlib.contextmanager
+    def _controlled(self, request_id: str, graph: Any) -> Iterator[RunControl]:
+        """The run's ``RunControl``, registered for cancels, lease loss and (when another
+        worker could resume the run) shutdown while the run lasts."""
+        control = RunControl()
+        if graph.checkpointer is not None:  # shutdown stops only runs another worker resumes
+            self._controls.add(control)
+        self._controls_by_request[request_id] = control
+        self.stops.started(request_id, control)  # a cancel asked for already stops it at once
+        self.metrics.active.inc()
+        try:
+            yield control
+        finally:
+            self.metrics.active.dec()
+            self._controls.discard(control)
+            self._controls_by_request.pop(request_id, None)
+            self.stops.ended(request_id)
+
+    async def _try(
+        self, start: Start, to: Addressee, request: Request, graph: Any,
+        config: dict[str, Any], payload_input: Any, command: dict[str, Any] | None,
+        control: RunControl, options: GraphOptions,
+    ) -> RunOutcome:
+        """One try of the graph, its outcome classified: a checkpoint database outage is
+        raised, a timeout at ``GRAPHWIRE_MAX_RUN_S`` says so, refused data is ``rejected``."""
+        rid, thread_id = request.request_id, request.thread_id
+        durability = request.durability or options.durability or self.settings.durability
+        timeout_s, _capped = self._timeout(request)
+        emit = functools.partial(self._out.emit, start, to)
+
+        async def emit_effect(type_: str, node: str | None, data: Any) -> None:
+            self.metrics.effects.labels(data["outcome"]).inc()
+            await emit(type_, node, data)
+
         # once() effects journal next to the checkpoints; without them there is nothing to
         # resume, and once() just calls
         journal = None
         if graph.checkpointer is not None and self._checkpoints is not None:
             journal = self._checkpoints.effects
-        control = RunControl()
-        if graph.checkpointer is not None:  # shutdown stops only runs another worker resumes
-            self._controls.add(control)
-        self._controls_by_request[rid] = control
-        self.stops.started(rid, control)  # a cancel asked for already stops it at once
-        self.metrics.active.inc()
-        try:
-            while True:
-                if earlier is not None and earlier.status != "unfinished":
-                    outcome = earlier  # the crash came after the graph ended: nothing to run
-                    break
-                with bind_effects(journal, thread_id=thread_id or rid, request_id=rid,
-                                  namespace=self.settings.topic_prefix, emit=emit_effect):
-                    outcome = await run_graph(
-                        graph,
-                        input=payload_input,
-                        command=command,
-                        config=first_config if try_index == 0 else config,
-                        stream=request.stream,
-                        timeout_s=timeout_s,
-                        emit=emit,
-                        durability=durability if graph.checkpointer else None,
-                        control=control,
-                    )
-                if graph.checkpointer is not None and _is_database_outage(outcome.exception):
-                    raise DependencyUnavailable(
-                        f"PostgreSQL (checkpoints) failed during {rid}: {outcome.exception}"
-                    ) from outcome.exception
-                if outcome.status == "timeout" and request.timeout_s != timeout_s:
-                    outcome = self._timed_out_at_max(request, outcome.exception)
-                if isinstance(outcome.exception, CheckpointDataRefused):  # never retried
-                    outcome = _unstorable(UnstorableRequest(refusal(
-                        data_error(outcome.exception) or outcome.exception)))
-                    break
-                if not (
-                    outcome.status == "error"
-                    and attempt < max_attempts
-                    and is_retriable(outcome.exception)
-                ):
-                    break
-                await self._back_off(rid, attempt, outcome)
-                attempt += 1
-                try:
-                    resumed = await self._unfinished(graph, config)
-                except UnstorableRequest as exc:
-                    outcome = _unstorable(exc)
-                    break
-                if resumed:  # retry the failed step only
-                    payload_input, command = None, None
-                try_index, index = try_index + 1, 0
-                await run_started(resumed)
-        finally:
-            self.metrics.active.dec()
-            self._controls.discard(control)
-            self._controls_by_request.pop(rid, None)
-            self.stops.ended(rid)
+        with bind_effects(journal, thread_id=thread_id or rid, request_id=rid,
+                          namespace=self.settings.topic_prefix, emit=emit_effect):
+            outcome = await run_graph(
+                graph, input=payload_input, command=command, config=config,
+                stream=request.stream, timeout_s=timeout_s, emit=emit,
+                durability=durability if graph.checkpointer else None, control=control,
+            )
+        if graph.checkpointer is not None and _is_database_outage(outcome.exception):
+            raise DependencyUnavailable(
+                f"PostgreSQL (checkpoints) failed during {rid}: {outcome.exception}"
+            ) from outcome.exception
+        if outcome.status == "timeout" and request.timeout_s != timeout_s:
+            return self._timed_out_at_max(request, outcome.exception)
+        if isinstance(outcome.exception, CheckpointDataRefused):  # never retried
+            return _unstorable(UnstorableRequest(refusal(
+                data_error(outcome.exception) or outcome.exception)))
+        return outcome
+
+    async def _stop(
+        self, graph: Any, request: Request, outcome: RunOutcome, attempts: int,
+        lease_lost: Callable[[], bool],
+    ) -> Answer:
+        """The answer of the ended run. Stopped at a step boundary: a cancel is answered
+        (rolled back if asked); a drain leaves the request to another worker."""
+        rid = request.request_id
         stop = self.stops.get(rid) if outcome.status == "drained" else None
         if stop is not None:
             outcome = await self._cancelled(graph, request, stop)
+        if outcome.status == "drained" and lease_lost():
+            raise LeaseLost(f"lease on {rid} expired during the run; another worker owns it")
         if outcome.status == "drained":
-            raise DependencyUnavailable(
+            raise LeftForRedelivery(
                 f"{rid} stopped at a step boundary for shutdown; another worker resumes it "
                 "from its checkpoint"
             )
-        duration_ms = (time.perf_counter() - started) * 1000
-        finished: dict[str, Any] = {"status": outcome.status,
-                                    "duration_ms": round(duration_ms, 3)}
-        if stop is not None:  # a cancel: recorded with the run's events
-            finished["cancel"] = {"action": stop.action, "cause": stop.cause}
-        await emit("run_finished", None, finished)
-        result = result_dict(
-            rid,
-            request.graph,
-            outcome.status,
-            output=outcome.output,
-            error=outcome.error,
-            interrupts=outcome.interrupts,
-            thread_id=thread_id,
-            attempts=attempt,
-            duration_ms=duration_ms,
-            metadata=metadata,
-        )
-        if lease_lost():
-            raise LeaseLost(f"lease on {rid} expired during the run; another worker owns it")
-        dead_letter = None
-        if outcome.status == "error":
-            assert outcome.error is not None
-            dead_letter = f"graph failed: {outcome.error[1]}"
-        elif outcome.status == "rejected":  # an unknown checkpoint_id, data PostgreSQL refused
-            assert outcome.error is not None
-            dead_letter = outcome.error[1]
-        if keep_result is not None:
-            await keep_result(result, dead_letter)
-        await self._out.send_result(outbox, record, key, result, headers, webhook=request.webhook)
-        if dead_letter is not None:
-            await self._out.send_dead_letter(outbox, record, dead_letter)
-            self.metrics.dead_letters.labels("graph_error").inc()
-        await outbox.confirm()
-        self.metrics.executions.labels(request.graph, outcome.status).inc()
-        self.metrics.duration.labels(request.graph).observe(duration_ms / 1000)
-        log.debug("run %s in %.1f ms (attempt %d)", outcome.status, duration_ms, attempt)
-        return outcome, outbox.acked.get(self._out.results_topic)
+        return Answer.of_run(outcome, attempts, stop)
 
     def _timeout(self, request: Request) -> tuple[float, bool]:
         """The run's timeout: the request's ``timeout_s`` capped at ``GRAPHWIRE_MAX_RUN_S``
@@ -373,7 +364,6 @@ class RunExecutor:
         rid = request.request_id
         if stop.action == "rollback" and graph.checkpointer is not None:
             await self.roll_back(request)
-        self.metrics.run_cancels.labels(stop.action, stop.cause).inc()
         log.info("%s cancelled (%s, %s)", rid, stop.action, stop.cause)
         return RunOutcome(
             status="cancelled", error=("Cancelled", stop.message(request.thread_id, ran=True))
@@ -416,7 +406,7 @@ class RunExecutor:
         deadline = time.monotonic() + delay
         while time.monotonic() < deadline:
             if self._stopping():
-                raise DependencyUnavailable(f"{request_id}: shutdown during retry backoff")
+                raise LeftForRedelivery(f"{request_id}: shutdown during retry backoff")
             await asyncio.sleep(min(0.1, deadline - time.monotonic()))
 
     def drain_request(self, request_id: str, reason: str) -> None:

@@ -1,9 +1,12 @@
 """RequestProcessor: what happens to one request message, from bytes to acknowledged outputs.
 
-Decode and validate, find the graph, claim the request_id (Redis), answer from the result
-cache or hand the run to the RunExecutor, then mark the request done; dead-letter what cannot
-run, and wait out dependency outages. The consumer-group mechanics around it (polling,
-ordering, commits, rebalances) are the GraphRunner's.
+A request's life, in ``RequestProcessor._process``: admit it (decode, validate, find the graph;
+a refusal is an ``Answer``), claim the request_id (Redis, or ``LocalClaims`` without it), answer
+without running (kept, poison, cancelled, busy) or else from the result cache or by a run
+(``RunExecutor``), publish the answer (``OutputPublisher.finish``), mark the request done.
+``handle`` around it dead-letters what cannot run and waits out dependency outages. The
+consumer-group mechanics around that (polling, ordering, commits, rebalances) are the
+GraphRunner's.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from aiokafka.errors import KafkaError
@@ -22,19 +26,22 @@ from aiokafka.errors import KafkaError
 from graphwire.graphs.registry import GraphRegistry, UnknownGraphName
 from graphwire.processors.logs import bind, trace_id, unbind
 from graphwire.processors.metrics import RunnerMetrics
+from graphwire.processors.runner.answer import Addressee, Answer, answer_without_run
 from graphwire.processors.runner.cache import ResultCache, cache_key
 from graphwire.processors.runner.checkpoints import CheckpointStore
 from graphwire.processors.runner.control import ControlHandler, Stop
 from graphwire.processors.runner.dedup import Claim, DedupStore, LeaseLost, Turn
 from graphwire.processors.runner.failures import data_error, refusal
 from graphwire.processors.runner.gate import DependencyGate
-from graphwire.processors.runner.graphrun import KeepResult, RunExecutor
+from graphwire.processors.runner.graphrun import RunExecutor
+from graphwire.processors.runner.localclaims import Claims, LocalClaims
 from graphwire.processors.runner.publisher import (
+    Keep,
     OutputPublisher,
     PublishFailed,
     Record,
+    Start,
     header,
-    trace_headers,
 )
 from graphwire.processors.settings import Settings
 from graphwire.processors.webhooks.policy import WebhookPolicy
@@ -44,25 +51,43 @@ from graphwire.topics.codec import (
     decode_principal,
     decode_request,
     dumps,
-    event_dict,
     loads,
     peek_graph,
-    result_dict,
 )
 from graphwire.topics.errors import (
     DependencyUnavailable,
     InvalidRequest,
+    LeftForRedelivery,
+    RequestTooLarge,
     UndecodableMessage,
     UnknownGraph,
     UnstorableRequest,
 )
 from graphwire.topics.models import Request
-from graphwire.topics.positions import event_position
 from graphwire.topics.runstatus import CancelMarker, DoneMarker
 
 log = logging.getLogger(__name__)
 
 _MISSKEYED_WARN_EVERY_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A fetched message queued behind its key, with the answer decided when it was fetched:
+    ``preset`` is the ``rejected`` of a ``multitask_strategy: reject`` request whose thread
+    was busy on this worker then (it is answered beside the thread's runs, not after them)."""
+
+    record: Record
+    preset: Answer | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A message refused at intake: ``answer`` goes to ``to``; without a request to answer
+    (``to`` is None: not a request at all) the message is only dead-lettered."""
+
+    to: Addressee | None
+    answer: Answer
 
 
 class RequestProcessor:
@@ -85,11 +110,10 @@ class RequestProcessor:
         self.metrics = metrics
         metrics.graph_names = frozenset(registry.names())  # rejected runs of others: "unknown"
         self._out = out
-        self._dedup = dedup
+        self._claims: Claims = dedup if dedup is not None else LocalClaims()
         self._checkpoints = checkpoints
         self._stopping = stopping
         self._gate = gate
-        self._events_topic = settings.topics.events
         self._allowed = frozenset(
             g.strip() for g in settings.allowed_graphs.split(",") if g.strip()
         )
@@ -111,17 +135,16 @@ class RequestProcessor:
         """Ask every checkpointed run to stop at its next step boundary (on shutdown)."""
         self._executor.drain()
 
-    async def handle(self, record: Record, *, busy: str | None = None) -> bool:
+    async def handle(self, job: Job) -> bool:
         """Process one message to its end; False when it is left uncommitted (for redelivery).
 
         A message left unfinished stops its key: the scheduler drops the key's queued messages,
-        so a later message of the same thread never runs before an earlier one. ``busy``: the
-        request_id running on the thread of a ``multitask_strategy: reject`` request (which is
-        then rejected, not run).
+        so a later message of the same thread never runs before an earlier one.
         """
+        record = job.record
         while True:
             try:
-                await self._process(record, busy)
+                await self._process(job)
                 return True
             except InvalidRequest as exc:  # found out while running: PostgreSQL refused its data
                 return await self._reject_late(record, exc)
@@ -133,6 +156,9 @@ class RequestProcessor:
                     self._gate.report(exc)  # pauses new work; we retry once it answers
                     if await self._gate.wait_healthy(self._stopping):
                         continue
+                log.warning("leaving %s/%d uncommitted: %s", record.topic, record.offset, exc)
+                return False
+            except LeftForRedelivery as exc:  # shutdown: another start finishes it
                 log.warning("leaving %s/%d uncommitted: %s", record.topic, record.offset, exc)
                 return False
             except LeaseLost as exc:  # another worker owns it now: go back to the claim
@@ -158,11 +184,11 @@ class RequestProcessor:
             request = decode_request(record.value, max_bytes=self.settings.max_request_bytes)
         except (InvalidRequest, UndecodableMessage):  # not expected: it decoded before
             return await self._dead_letter_or_leave(record, str(exc), "unstorable")
+        refused = Refusal(Addressee.of(request), Answer.rejected(exc, "unstorable"))
         try:
-            await self._reject(record, request.request_id, request.graph, exc, "unstorable",
-                               time.perf_counter(), metadata=request.metadata,
-                               thread_id=request.thread_id, webhook=request.webhook)
-        except (DependencyUnavailable, PublishFailed, KafkaError) as failed:
+            await self._refuse(Start(record, self._out.outbox(), self.settings.worker_id),
+                               refused)
+        except (LeftForRedelivery, PublishFailed, KafkaError) as failed:
             log.error("could not reject %s/%d: %s", record.topic, record.offset, failed)
             return False
         return True
@@ -171,190 +197,179 @@ class RequestProcessor:
         """Dead-letter ``record``; False if even that cannot be published (left uncommitted)."""
         try:
             await self._out.dead_letter_only(record, reason, label)
-        except (DependencyUnavailable, PublishFailed, KafkaError) as exc:
+        except (LeftForRedelivery, PublishFailed, KafkaError) as exc:
             log.error("could not dead-letter %s/%d: %s", record.topic, record.offset, exc)
             return False
         return True
 
-    async def _process(self, record: Record, busy: str | None = None) -> None:
-        started = time.perf_counter()
+    async def _process(self, job: Job) -> None:
+        """One request's life: admit, claim, answer (without running, from the cache or by a
+        run), publish the answer, mark the request done."""
+        record, preset = job.record, job.preset
+        start = Start(record, self._out.outbox(), self.settings.worker_id)
+        admitted = self.admit(record)  # 1. admit: a refusal is an answer of its own
+        if isinstance(admitted, Refusal):
+            await self._refuse(start, admitted)
+            return
+        if admitted is None:
+            return
+        request, graph = admitted
+        rid, to, claims = request.request_id, Addressee.of(request), self._claims
+        stops = self._executor.stops
+        token = bind(request_id=rid, graph=request.graph,
+                     trace_id=trace_id(header(record, HEADER_TRACEPARENT)))
+        try:
+            owner = f"{self.settings.worker_id}:{record.topic}/{record.partition}/{record.offset}"
+            claim = await self._claim(record, request, owner, preset is not None)  # 2. claim
+            if claim.state == "done":
+                self.metrics.duplicates.inc()
+                log.info("skipping %s: already done (%s)", rid, claim.detail)
+                return
+            start.claimed(claim.attempt)
+            stop = _cancel_stop(claim.cancel) if claim.cancel is not None else stops.get(rid)
+            decided = answer_without_run(rid, request.thread_id, claim, stop, preset,
+                                         self.settings.max_deliveries)  # 3. without running?
+            self._hold(rid, owner)
+            try:  # 3. else run, or use the cache; 4. publish the answer
+                async with self._answer(start, request, graph, decided) as answer:
+                    result_at = await self._out.finish(start, to, answer, self._keep(rid, owner))
+                marker = DoneMarker(answer.status, result_at).encode()
+                # 5. mark done. The outputs are out: only the done marker is missing, so an
+                # outage here is waited out (not re-run, which would publish the result twice)
+                await self._through_outage(lambda: claims.complete(rid, owner, marker))
+                stops.forget(rid)
+                self._forget_checkpoints(request, answer.status)
+            except BaseException:
+                with contextlib.suppress(Exception):  # best effort: else the lease just expires
+                    await claims.release(rid, owner)
+                raise
+            finally:
+                claims.let_go(rid)
+        finally:
+            unbind(token)
+
+    def _hold(self, rid: str, owner: str) -> None:
+        """Renew the lease while the request is ours; a lost lease drains the run, a cancel
+        marker found on renewal stops it."""
+        stops = self._executor.stops
+
+        def on_cancel(marker: CancelMarker) -> None:
+            stops.ask(rid, _cancel_stop(marker))
+
+        self._claims.hold(rid, owner, on_lost=lambda: self._executor.drain_request(
+            rid, "lease lost"), on_cancel=on_cancel)
+
+    def _keep(self, rid: str, owner: str) -> Keep:
+        """Keep the result in the claim before it is published (crash safety), unless the
+        lease was lost meanwhile: then another worker owns the request, publish nothing."""
+        claims = self._claims
+
+        async def keep(value: bytes, dead_letter: str | None) -> None:
+            if claims.lost(rid):
+                raise LeaseLost(f"lease on {rid} expired during the run; another worker owns it")
+            await self._through_outage(lambda: claims.keep_result(rid, owner, value, dead_letter))
+
+        return keep
+
+    @contextlib.asynccontextmanager
+    async def _answer(
+        self, start: Start, request: Request, graph: Any, without_run: Answer | None
+    ) -> AsyncIterator[Answer]:
+        """``without_run`` when the request is answered without running (a rollback of an
+        earlier start's progress is done first), else the answer of a run or of the cache."""
+        if without_run is None:
+            async with self._run_or_cache(start, request, graph) as answer:
+                yield answer
+            return
+        cancel = without_run.cancel
+        if cancel is not None and cancel.action == "rollback" and start.attempt > 1:
+            await self._through_outage(lambda: self._executor.roll_back(request))
+        _log_without_run(request.request_id, without_run)
+        yield without_run
+
+    def admit(self, record: Record) -> tuple[Request, Any] | Refusal | None:
+        """Decode and check a request message (no I/O): the request and its graph, a refusal,
+        or None when no runner takes it (deferred: graphwire scheduler produces it when due).
+
+        Until its webhook passed the policy, a refusal does not carry it."""
         try:
             request = decode_request(record.value, max_bytes=self.settings.max_request_bytes)
         except UndecodableMessage as exc:
-            await self._out.dead_letter_only(record, str(exc), "undecodable")
-            return
+            return Refusal(None, Answer.rejected(exc, "undecodable"))
         except InvalidRequest as exc:
             assert exc.request_id is not None
-            reason = "too_large" if type(exc).__name__ == "RequestTooLarge" else "invalid"
-            await self._reject(
-                record, exc.request_id, peek_graph(record.value), exc, reason, started
-            )
-            return
+            label = "too_large" if isinstance(exc, RequestTooLarge) else "invalid"
+            to = Addressee(exc.request_id, peek_graph(record.value))
+            return Refusal(to, Answer.rejected(exc, label))
         if request.deferred:  # graphwire scheduler stores it and produces it when due
             self.metrics.deferred.inc()
             log.info("%s runs later (after_seconds/run_at): left to graphwire scheduler",
                      request.request_id)
-            return
+            return None
+        refused = self._refusal(record, request)
+        if refused is not None:
+            reason, label = refused
+            error = InvalidRequest(f"invalid request: {reason}")
+            return Refusal(Addressee.of(request, webhook=False), Answer.rejected(error, label))
+        try:
+            if self._allowed and request.graph not in self._allowed:
+                raise UnknownGraphName(request.graph)
+            return request, self.registry.get(request.graph)
+        except UnknownGraphName:
+            allowed = [n for n in self.registry.names() if not self._allowed or n in self._allowed]
+            unknown = UnknownGraph(request.graph, allowed)
+            return Refusal(Addressee.of(request), Answer.rejected(unknown, "unknown_graph"))
+
+    def _refusal(self, record: Record, request: Request) -> tuple[str, str] | None:
+        """Why a decoded request is refused before it runs, and the dead letter's label: a
+        caller header that does not decode, a reply-to or a webhook the policy refuses."""
         principal = header(record, HEADER_PRINCIPAL)
         if principal is not None:
             try:
                 decode_principal(principal)
             except ValueError as exc:
-                await self._reject(record, request.request_id, request.graph,
-                                   InvalidRequest(f"invalid request: {exc}"), "invalid",
-                                   started, metadata=request.metadata,
-                                   thread_id=request.thread_id)
-                return
+                return str(exc), "invalid"
         reply_refusal = self._out.reply_to_not_allowed(record)
         if reply_refusal is not None:  # refused at once, as a webhook is
-            await self._reject(record, request.request_id, request.graph,
-                               InvalidRequest(f"invalid request: {reply_refusal}"),
-                               "reply_to_refused", started, metadata=request.metadata,
-                               thread_id=request.thread_id)
-            return
+            return reply_refusal, "reply_to_refused"
         if request.webhook is not None:  # refused at once, not when the result is out
-            refusal = self._webhooks.refusal(request.webhook)
-            if refusal is not None:
-                await self._reject(record, request.request_id, request.graph,
-                                   InvalidRequest(f"invalid request: {refusal}"),
-                                   "webhook_refused", started, metadata=request.metadata,
-                                   thread_id=request.thread_id)
-                return
-        try:
-            if self._allowed and request.graph not in self._allowed:
-                raise UnknownGraphName(request.graph)
-            graph = self.registry.get(request.graph)
-        except UnknownGraphName:
-            allowed = [n for n in self.registry.names() if not self._allowed or n in self._allowed]
-            error = UnknownGraph(request.graph, allowed)
-            await self._reject(
-                record,
-                request.request_id,
-                request.graph,
-                error,
-                "unknown_graph",
-                started,
-                metadata=request.metadata,
-                thread_id=request.thread_id,
-                webhook=request.webhook,
-            )
-            return
-        await self._run(record, request, graph, started, busy)
+            webhook_refusal = self._webhooks.refusal(request.webhook)
+            if webhook_refusal is not None:
+                return webhook_refusal, "webhook_refused"
+        return None
 
-    async def _reject(
-        self, record: Record, request_id: str, graph: str, error: Exception, label: str,
-        started: float, **fields: Any,
-    ) -> None:
-        """Reject a request that cannot run, unless its request_id is done or running.
+    async def _refuse(self, start: Start, refused: Refusal) -> None:
+        """Answer a refused message, unless its request_id is done or running.
 
-        A done request_id has its result out; a second one (``rejected`` after a ``success``)
-        would contradict it. Such a message is a duplicate (a bad replay, a result read back
-        as a request): it publishes nothing and is counted with the duplicates. A running
-        request_id will have its own result: the invalid message gets a dead letter only.
+        A message with no request to answer is dead-lettered only. A done request_id has its
+        result out; a second one (``rejected`` after a ``success``) would contradict it. Such a
+        message is a duplicate (a bad replay, a result read back as a request): it publishes
+        nothing and is counted with the duplicates. A running request_id will have its own
+        result: the refused message gets a dead letter only.
         """
-        if self._dedup is not None:
-            known = await self._dedup.lookup(request_id)
-            if known is not None and known.state == "done":
-                self.metrics.duplicates.inc()
-                log.info("not rejecting %s: already done (%s)", request_id, known.status)
-                return
-            if known is not None and known.state == "running":
-                await self._out.dead_letter_only(
-                    record, f"{error}; not rejected with a result: request_id {request_id!r} is "
-                    "running, and its result is that run's", label)
-                return
-        await self._out.reject(record, request_id, graph, error, label, started, **fields)
-
-    async def _run(
-        self, record: Record, request: Request, graph: Any, started: float, busy: str | None
-    ) -> None:
-        token = bind(request_id=request.request_id, graph=request.graph,
-                     trace_id=trace_id(header(record, HEADER_TRACEPARENT)))
-        try:
-            await self._run_bound(record, request, graph, started, busy)
-        finally:
-            unbind(token)
-
-    async def _run_bound(
-        self, record: Record, request: Request, graph: Any, started: float, busy: str | None
-    ) -> None:
-        """Claim the request_id, run (or resume) the graph, publish, then mark it done."""
-        rid = request.request_id
-        stops = self._executor.stops
-        if request.thread_id is not None and record.key != request.thread_id.encode():
-            self._misskeyed(record, request)
-        if self._dedup is None:
-            if busy is not None:
-                await self._publish_busy(record, request, busy, started, 1)
-                return
-            stop = stops.get(rid)
-            if stop is not None:
-                await self._publish_cancelled(record, request, stop, started, 1)
-                stops.forget(rid)
-                return
-            status, _ = await self._execute_cached(record, request, graph, started, attempt=1)
-            self._forget_checkpoints(request, status)
+        to, answer, record = refused.to, refused.answer, start.record
+        dead_letter = answer.dead_letter
+        assert dead_letter is not None
+        if to is None:
+            await self._out.dead_letter_only(record, dead_letter.reason, dead_letter.label)
             return
-        owner = f"{self.settings.worker_id}:{record.topic}/{record.partition}/{record.offset}"
-        claim = await self._claim(record, request, owner, busy)
-        busy = busy or claim.thread_busy  # reject: the thread runs another turn elsewhere
-        if claim.state == "done":
+        known = await self._claims.lookup(to.request_id)
+        if known is not None and known.state == "done":
             self.metrics.duplicates.inc()
-            log.info("skipping %s: already done (%s)", rid, claim.detail)
+            log.info("not rejecting %s: already done (%s)", to.request_id, known.status)
             return
-        if claim.kept is None and claim.deaths >= self.settings.max_deliveries:
-            await self._give_up(record, request, claim, started, owner)
+        if known is not None and known.state == "running":
+            await self._out.dead_letter_only(
+                record, f"{dead_letter.reason}; not rejected with a result: request_id "
+                f"{to.request_id!r} is running, and its result is that run's", dead_letter.label)
             return
-        dedup = self._dedup
+        await self._out.finish(start, to, answer, None)
+        log.warning("rejected %s: %s", to.request_id, dead_letter.reason)
 
-        async def keep_result(result: dict[str, Any], dead_letter: str | None) -> None:
-            value = self._out.encode(result, "output")
-            await self._through_outage(lambda: dedup.keep_result(rid, owner, value, dead_letter))
-
-        def on_cancel(marker: CancelMarker) -> None:
-            stops.ask(rid, _cancel_stop(marker))
-
-        stop = _cancel_stop(claim.cancel) if claim.cancel is not None else stops.get(rid)
-        dedup.hold(rid, owner, on_lost=lambda: self._executor.drain_request(rid, "lease lost"),
-                   on_cancel=on_cancel)
-        try:
-            if claim.kept is not None:
-                status, result_at = await self._publish_kept(record, request, claim, started)
-            elif stop is not None:  # cancelled before it started (or before this start)
-                status, result_at = await self._publish_cancelled(
-                    record, request, stop, started, claim.attempt, keep_result
-                )
-            elif busy is not None:
-                status, result_at = await self._publish_busy(
-                    record, request, busy, started, claim.attempt, keep_result
-                )
-            else:
-                status, result_at = await self._execute_cached(
-                    record,
-                    request,
-                    graph,
-                    started,
-                    attempt=claim.attempt,
-                    lease_lost=lambda: dedup.lost(rid),
-                    keep_result=keep_result,
-                )
-            marker = DoneMarker(status, result_at).encode()
-            # outputs are out: only the done marker is missing, so an outage here is waited
-            # out (not re-run, which would publish the result twice)
-            await self._through_outage(lambda: dedup.complete(rid, owner, marker))
-            stops.forget(rid)
-            self._forget_checkpoints(request, status)
-        except BaseException:
-            with contextlib.suppress(Exception):  # best effort: else the lease just expires
-                await self._dedup.release(rid, owner)
-            raise
-        finally:
-            self._dedup.let_go(rid)
-
-    def double_text(self, record: Record, ahead: list[Record]) -> str | None:
+    def double_text(self, record: Record, ahead: list[Record]) -> Answer | None:
         """A request arrived on a thread with runs ahead of it (``ahead``: the running one
-        first): apply its ``multitask_strategy``. Returns the running request_id when the new
-        one is to be rejected at once (``reject``); None when it queues (``enqueue``, or after
+        first): apply its ``multitask_strategy``. Returns its answer when the new one is to be
+        rejected at once (``reject``: ThreadBusy); None when it queues (``enqueue``, or after
         asking the runs ahead to stop: ``interrupt``/``rollback``). Only requests that name a
         strategy are decoded here."""
         if record.value is None or b"multitask_strategy" not in record.value:
@@ -371,7 +386,7 @@ class RequestProcessor:
             return None
         self.metrics.multitask.labels(strategy).inc()
         if strategy == "reject":
-            return ahead_ids[0]
+            return Answer.busy(thread, ahead_ids[0])
         assert strategy in ("interrupt", "rollback")
         why = (f"cancelled: request {request.request_id!r} arrived on thread {thread!r} with "
                f"multitask_strategy {strategy!r}")
@@ -379,122 +394,6 @@ class RequestProcessor:
             self._executor.stops.ask(rid, Stop(strategy, "multitask", why))
         log.info("%s (%s) stops %s", request.request_id, strategy, ", ".join(ahead_ids))
         return None
-
-    async def _publish_cancelled(
-        self, record: Record, request: Request, stop: Stop, started: float, attempt: int,
-        keep_result: KeepResult | None = None,
-    ) -> tuple[str, str | None]:
-        """A request cancelled before this start ran anything: run nothing, publish
-        ``cancelled``. A rollback of an earlier start's progress is done now."""
-        ran = attempt > 1
-        if ran and stop.action == "rollback":
-            await self._through_outage(lambda: self._executor.roll_back(request))
-        error = ("Cancelled", stop.message(request.thread_id, ran=ran))
-        self.metrics.run_cancels.labels(stop.action, stop.cause).inc()
-        return await self._publish_without_run(
-            record, request, "cancelled", error, started, attempt, keep_result,
-            {"cancel": {"action": stop.action, "cause": stop.cause}},
-        )
-
-    async def _publish_busy(
-        self, record: Record, request: Request, running: str, started: float, attempt: int,
-        keep_result: KeepResult | None = None,
-    ) -> tuple[str, str | None]:
-        """``multitask_strategy: reject`` on a busy thread: ``rejected`` at once, no run."""
-        error = ("ThreadBusy", f"thread {request.thread_id!r} has a run in progress "
-                 f"({running!r}) and this request's multitask_strategy is 'reject': send it "
-                 "again once that run has finished, or with 'enqueue' to wait for it")
-        return await self._publish_without_run(
-            record, request, "rejected", error, started, attempt, keep_result
-        )
-
-    async def _publish_without_run(
-        self, record: Record, request: Request, status: str, error: tuple[str, str],
-        started: float, attempt: int, keep_result: KeepResult | None,
-        finished: dict[str, Any] | None = None,
-    ) -> tuple[str, str | None]:
-        rid = request.request_id
-        key, headers, outbox = rid.encode(), trace_headers(record), self._out.outbox()
-        duration_ms = (time.perf_counter() - started) * 1000
-        await self._bookend_events(
-            outbox, request, attempt, headers,
-            {"thread_id": request.thread_id, "worker": self.settings.worker_id,
-             "attempt": attempt, "resumed": False},
-            {"status": status, "duration_ms": round(duration_ms, 3), **(finished or {})},
-        )
-        result = result_dict(
-            rid, request.graph, status, error=error, thread_id=request.thread_id,
-            attempts=attempt, duration_ms=duration_ms, metadata=request.metadata,
-        )
-        if keep_result is not None:
-            await keep_result(result, None)
-        await self._out.send_result(outbox, record, key, result, headers,
-                                   webhook=request.webhook)
-        await outbox.confirm()
-        self.metrics.executions.labels(request.graph, status).inc()
-        log.info("%s %s without running: %s", rid, status, error[1])
-        return status, outbox.acked.get(self._out.results_topic)
-
-    async def _publish_kept(
-        self, record: Record, request: Request, claim: Claim, started: float
-    ) -> tuple[str, str | None]:
-        """An earlier start kept this result, then died before marking done (maybe after
-        publishing it): publish the very same result (and dead letter) again, run nothing.
-
-        This start gets its own ``run_started``/``run_finished`` (``republished``), so every
-        result on the topic still follows a start of its own, as a cached one does."""
-        kept, rid = claim.kept, request.request_id
-        assert kept is not None
-        result = loads(kept.value)
-        log.warning("%s: publishing again the %s result an earlier start kept", rid,
-                    result["status"])
-        key, headers, outbox = rid.encode(), trace_headers(record), self._out.outbox()
-        duration_ms = round((time.perf_counter() - started) * 1000, 3)
-        await self._bookend_events(
-            outbox, request, claim.attempt, headers,
-            {"thread_id": request.thread_id, "worker": self.settings.worker_id,
-             "attempt": claim.attempt, "resumed": True, "republished": True},
-            {"status": result["status"], "duration_ms": duration_ms, "republished": True},
-        )
-        await self._out.send_result(outbox, record, key, result, headers, webhook=request.webhook)
-        if kept.dead_letter is not None:
-            await self._out.send_dead_letter(outbox, record, kept.dead_letter)
-        await outbox.confirm()
-        return str(result["status"]), outbox.acked.get(self._out.results_topic)
-
-    async def _give_up(
-        self, record: Record, request: Request, claim: Claim, started: float, owner: str
-    ) -> None:
-        """A poison message: its run took its worker down ``claim.deaths`` times. Do not run
-        it again: publish an ``error`` result and a dead letter, and mark it done."""
-        assert self._dedup is not None
-        rid = request.request_id
-        started_times = claim.attempt - 1
-        reason = (
-            f"started {started_times} times and never finished: {claim.deaths} of those runs "
-            f"took their worker down (a crash, out of memory or a kill), so it is not started "
-            f"again (GRAPHWIRE_MAX_DELIVERIES={self.settings.max_deliveries}); fix the graph, "
-            f"then `graphwire dlq replay --request-id {rid}`"
-        )
-        log.error("poison message %s: %s", rid, reason)
-        outbox = self._out.outbox()
-        result = result_dict(
-            rid, request.graph, "error", error=("PoisonMessage", reason),
-            thread_id=request.thread_id, attempts=max(1, started_times),
-            duration_ms=(time.perf_counter() - started) * 1000, metadata=request.metadata,
-        )
-        dead_letter, dedup = f"poison message: {reason}", self._dedup
-        value = self._out.encode(result, "output")
-        await self._through_outage(lambda: dedup.keep_result(rid, owner, value, dead_letter))
-        await self._out.send_result(outbox, record, rid.encode(), result, trace_headers(record),
-                                    webhook=request.webhook)
-        await self._out.send_dead_letter(outbox, record, dead_letter)
-        await outbox.confirm()
-        self.metrics.dead_letters.labels("poison").inc()
-        self.metrics.executions.labels(request.graph, "error").inc()
-        pointer = outbox.acked.get(self._out.results_topic)
-        marker = DoneMarker("error", pointer).encode()
-        await self._through_outage(lambda: dedup.complete(rid, owner, marker))
 
     def _forget_checkpoints(self, request: Request, status: str) -> None:
         """A stateless run is done for good (done marker written): drop its checkpoints.
@@ -505,54 +404,44 @@ class RequestProcessor:
         if self._checkpoints and request.thread_id is None and status != "interrupted":
             self._checkpoints.forget_later(request.request_id)
 
-    async def _execute_cached(
-        self,
-        record: Record,
-        request: Request,
-        graph: Any,
-        started: float,
-        *,
-        attempt: int,
-        lease_lost: Callable[[], bool] = lambda: False,
-        keep_result: KeepResult | None = None,
-    ) -> tuple[str, str | None]:
-        """``_execute``, or the cached output of an identical request when caching applies.
+    @contextlib.asynccontextmanager
+    async def _run_or_cache(
+        self, start: Start, request: Request, graph: Any
+    ) -> AsyncIterator[Answer]:
+        """The answer of a run, or the cached output of an identical request when caching
+        applies; once the body published it, a run's success is cached for the next."""
+        rid = request.request_id
+        claims = self._claims
 
-        Returns the status and where the result landed (``topic/partition/offset``)."""
-        key = self._cache_key(record, request, graph)
+        def lease_lost() -> bool:
+            return claims.lost(rid)
+
+        key = self._cache_key(start.record, request, graph)
         if key is None or self._cache is None:
-            outcome, result_at = await self._executor.execute(
-                record, request, graph, started, attempt=attempt, lease_lost=lease_lost,
-                keep_result=keep_result,
-            )
-            return outcome.status, result_at
+            yield await self._executor.execute(start, request, graph, lease_lost=lease_lost)
+            return
         owner = uuid.uuid4().hex
         hit, output = await self._cache.lookup_or_lock(key, owner)
+        self.metrics.cache.labels("hit" if hit else "miss").inc()
         if hit:
-            self.metrics.cache.labels("hit").inc()
-            return "success", await self._publish_cached(
-                record, request, output, started, attempt, keep_result
-            )
-        self.metrics.cache.labels("miss").inc()
+            yield Answer.from_cache(output, start.attempt)
+            return
         try:
-            outcome, result_at = await self._executor.execute(
-                record, request, graph, started, attempt=attempt, lease_lost=lease_lost,
-                keep_result=keep_result,
-            )
+            answer = await self._executor.execute(start, request, graph, lease_lost=lease_lost)
+            yield answer
         except BaseException:
             await self._cache.unlock(key, owner)
             raise
-        if outcome.status == "success":
-            ttl = self._cache_ttl(request, graph)
-            assert ttl is not None
-            try:  # the result is out: caching it is best effort, never a reason to rerun
-                await self._cache.store(key, owner, dumps(outcome.output), ttl)
-            except (DependencyUnavailable, TypeError) as exc:
-                log.warning("could not cache the result of %s: %s", request.request_id, exc)
-                await self._cache.unlock(key, owner)
-        else:
+        if answer.status != "success":
             await self._cache.unlock(key, owner)
-        return outcome.status, result_at
+            return
+        ttl = self._cache_ttl(request, graph)
+        assert ttl is not None
+        try:  # the result is out: caching it is best effort, never a reason to rerun
+            await self._cache.store(key, owner, dumps(answer.output), ttl)
+        except (DependencyUnavailable, TypeError) as exc:
+            log.warning("could not cache the result of %s: %s", request.request_id, exc)
+            await self._cache.unlock(key, owner)
 
     def _cache_ttl(self, request: Request, graph: Any) -> float | None:
         if request.cache is not None:
@@ -586,61 +475,6 @@ class RequestProcessor:
             self._versions[name] = cached
         return cached[1]
 
-    async def _publish_cached(
-        self,
-        record: Record,
-        request: Request,
-        output: Any,
-        started: float,
-        attempt: int,
-        keep_result: KeepResult | None = None,
-    ) -> str | None:
-        rid = request.request_id
-        key, headers, outbox = rid.encode(), trace_headers(record), self._out.outbox()
-        duration_ms = (time.perf_counter() - started) * 1000
-        await self._bookend_events(
-            outbox, request, attempt, headers,
-            {"thread_id": None, "worker": self.settings.worker_id, "attempt": attempt,
-             "resumed": False, "cached": True},
-            {"status": "success", "duration_ms": round(duration_ms, 3), "cached": True},
-        )
-        result = result_dict(
-            rid,
-            request.graph,
-            "success",
-            output=output,
-            attempts=attempt,
-            cached=True,
-            duration_ms=duration_ms,
-            metadata=request.metadata,
-        )
-        if keep_result is not None:
-            await keep_result(result, None)
-        await self._out.send_result(outbox, record, key, result, headers, webhook=request.webhook)
-        await outbox.confirm()
-        self.metrics.executions.labels(request.graph, "success").inc()
-        return outbox.acked.get(self._out.results_topic)
-
-    async def _bookend_events(
-        self,
-        outbox: Any,
-        request: Request,
-        attempt: int,
-        headers: Any,
-        started: dict[str, Any],
-        finished: dict[str, Any],
-    ) -> None:
-        """``run_started`` and ``run_finished`` for a start that runs nothing (a cached or a
-        kept result), at this attempt's positions: after whatever earlier attempts sent."""
-        rid = request.request_id
-        for index, (type_, data) in enumerate((("run_started", started),
-                                               ("run_finished", finished))):
-            seq = event_position(attempt, 0, index)
-            event = event_dict(rid, seq, type_, request.graph, None, data, request.metadata)
-            self.metrics.event_published(type_)
-            await outbox.send(self._events_topic, self._out.encode(event, "data"), rid.encode(),
-                              headers)
-
     async def _through_outage(self, operation: Callable[[], Awaitable[None]]) -> None:
         """Run ``operation``, waiting out dependency outages (unless the worker stops)."""
         while True:
@@ -655,17 +489,19 @@ class RequestProcessor:
                     raise
 
     async def _claim(
-        self, record: Record, request: Request, owner: str, busy: str | None
+        self, record: Record, request: Request, owner: str, answered: bool
     ) -> Claim:
         """Acquire the lease (a turn on a thread: and the thread's, in the same round trip),
         waiting while another live worker holds the request_id, or while another turn runs on
         the thread or an earlier one waits for it (its ``multitask_strategy`` applies then).
 
         The wait blocks this key only (it is the key's task), and retries when the thread is
-        announced free, else after a backoff doubling from 50 ms to 1 s."""
-        assert self._dedup is not None
+        announced free, else after a backoff doubling from 50 ms to 1 s. A request already
+        ``answered`` (rejected: its thread is busy) claims its request_id only."""
         rid = request.request_id
-        turn = self._turn(record, request) if busy is None else None
+        if request.thread_id is not None and record.key != request.thread_id.encode():
+            self._misskeyed(record, request)
+        turn = self._turn(record, request) if not answered else None
         settle_until = 0.0
         if turn is not None and turn.mode == "settle":
             settle_until = min(turn.timestamp_ms / 1000, time.time()) + (
@@ -674,13 +510,13 @@ class RequestProcessor:
         while True:
             if turn is not None and turn.mode == "settle" and time.time() >= settle_until:
                 turn = Turn(turn.thread_id, turn.timestamp_ms, "run")
-            claim = await self._dedup.acquire(rid, owner, turn)
+            claim = await self._claims.acquire(rid, owner, turn)
             if claim.state not in ("busy", "wait"):
                 if claim.thread_busy is not None:
                     self.metrics.multitask.labels("reject").inc()
                 return claim
             if self._stopping():
-                raise DependencyUnavailable(
+                raise LeftForRedelivery(
                     f"{rid} is still running on {claim.detail}; left for redelivery"
                     if claim.state == "busy" else
                     f"{rid} waits for its thread {request.thread_id!r}; left for redelivery"
@@ -702,7 +538,7 @@ class RequestProcessor:
                 assert task is not None
                 self._waiting.add(task)
                 try:
-                    await self._dedup.wait_for_thread(turn.thread_id, wait)
+                    await self._claims.wait_for_thread(turn.thread_id, wait)
                 finally:
                     self._waiting.discard(task)
             delay = min(delay * 2, 1.0)
@@ -732,7 +568,6 @@ class RequestProcessor:
     async def _stop_turns_ahead(self, request: Request, claim: Claim, stopped: set[str]) -> None:
         """``interrupt``/``rollback`` on a thread whose run (or earlier turns) are on other
         workers: stop them through the cancel marker and its announcement, as a cancel does."""
-        assert self._dedup is not None
         strategy = request.multitask_strategy
         assert strategy in ("interrupt", "rollback")
         ahead = [rid for rid in (claim.thread_busy, *claim.ahead)
@@ -744,7 +579,7 @@ class RequestProcessor:
         why = (f"cancelled: request {request.request_id!r} arrived on thread "
                f"{request.thread_id!r} with multitask_strategy {strategy!r}")
         for rid in ahead:
-            await self._dedup.mark_cancel(rid, CancelMarker(strategy, why, cause="multitask"))
+            await self._claims.mark_cancel(rid, CancelMarker(strategy, why, cause="multitask"))
             self._executor.stops.ask(rid, Stop(strategy, "multitask", why))
             stopped.add(rid)
         log.info("%s (%s) stops %s on other workers", request.request_id, strategy,
@@ -759,7 +594,8 @@ class RequestProcessor:
         if now - self._misskeyed_warned < _MISSKEYED_WARN_EVERY_S:
             return
         key = record.key.decode(errors="replace")[:80] if record.key is not None else None
-        guard = ("the thread lease keeps its turns one at a time and in order" if self._dedup
+        guard = ("the thread lease keeps its turns one at a time and in order"
+                 if not isinstance(self._claims, LocalClaims)
                  else "without Redis (GRAPHWIRE_DEDUP off) nothing keeps them from running at "
                  "once on different workers")
         log.warning(
@@ -769,6 +605,15 @@ class RequestProcessor:
             request.thread_id, key, guard,
         )
         self._misskeyed_warned, self._misskeyed_unwarned = now, 0
+
+
+def _log_without_run(rid: str, answer: Answer) -> None:
+    if answer.republished:
+        log.warning("%s: publishing again the %s result an earlier start kept", rid,
+                    answer.status)
+    elif answer.error is not None:
+        level = logging.ERROR if answer.status == "error" else logging.INFO  # error: poison
+        log.log(level, "%s %s without running: %s", rid, answer.status, answer.error[1])
 
 
 def _cancel_stop(marker: CancelMarker) -> Stop:

@@ -17,15 +17,21 @@ import random
 import re
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    NodeNotReadyError,
+)
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import ConsumerRecord
 
 from graphwire.processors.metrics import RunnerMetrics
+from graphwire.processors.runner.answer import Addressee, Answer, EventPositions
 from graphwire.topics.admin import message_limits
 from graphwire.topics.codec import (
     HEADER_ERROR,
@@ -34,6 +40,7 @@ from graphwire.topics.codec import (
     HEADER_TRACEPARENT,
     HEADER_VALUE_DROPPED,
     dumps,
+    event_dict,
     result_dict,
 )
 from graphwire.topics.errors import DependencyUnavailable, GraphwireError
@@ -396,11 +403,9 @@ def _ignore_outcome(future: asyncio.Future[Any]) -> None:
 
 def _can_succeed_later(exc: KafkaError) -> bool:
     """Retriable errors and lost connections; not authorisation or size errors."""
-    return bool(getattr(exc, "retriable", False)) or type(exc).__name__ in {
-        "KafkaConnectionError",
-        "KafkaTimeoutError",
-        "NodeNotReadyError",
-    }
+    return bool(getattr(exc, "retriable", False)) or isinstance(
+        exc, KafkaConnectionError | KafkaTimeoutError | NodeNotReadyError
+    )
 
 
 def header(record: Record, name: str) -> bytes | None:
@@ -415,6 +420,41 @@ def trace_headers(record: Record) -> Headers:
     """The headers every output of ``record`` carries (W3C ``traceparent``)."""
     trace = header(record, HEADER_TRACEPARENT)
     return [(HEADER_TRACEPARENT, trace)] if trace else []
+
+
+class Start:
+    """One start of a request on this worker: its message, its clock, the outbox that all its
+    outputs go through, and the positions of its events."""
+
+    __slots__ = ("began", "headers", "outbox", "positions", "record", "worker")
+
+    def __init__(self, record: Record, outbox: Outbox, worker: str, attempt: int = 1) -> None:
+        self.record = record
+        self.began = time.perf_counter()
+        self.outbox = outbox
+        self.worker = worker
+        """This worker's id (``run_started`` names it)."""
+        self.headers = trace_headers(record)
+        """The headers every output of this start carries."""
+        self.positions = EventPositions(attempt)
+
+    @property
+    def attempt(self) -> int:
+        """The start's number: the claim's attempt (1 before the claim and without dedup)."""
+        return self.positions.attempt
+
+    def claimed(self, attempt: int) -> None:
+        """The claim numbered this start ``attempt``; no event has been sent yet."""
+        self.positions = EventPositions(attempt)
+
+    def elapsed_ms(self) -> float:
+        """Milliseconds since the message was taken up."""
+        return (time.perf_counter() - self.began) * 1000
+
+
+Keep: TypeAlias = Callable[[bytes, str | None], Awaitable[None]]
+"""``keep(result, dead_letter_reason)``: awaited just before a result is published, so a
+redelivery after a crash publishes that same result again instead of running."""
 
 
 class OutputPublisher:
@@ -509,6 +549,68 @@ class OutputPublisher:
             value = dumps({**message, big_field: notice})
         return value
 
+    async def emit(
+        self, start: Start, to: Addressee, type_: str, node: str | None, data: Any
+    ) -> None:
+        """One event of ``start``, at its next position."""
+        rid = to.request_id
+        event = event_dict(rid, start.positions.next(), type_, to.graph, node, data,
+                           to.metadata or {})
+        self._metrics.event_published(type_)
+        await start.outbox.send(self._topics.events, self.encode(event, "data"), rid.encode(),
+                                start.headers)
+
+    async def finish(
+        self, start: Start, to: Addressee, answer: Answer, keep: Keep | None
+    ) -> str | None:
+        """Publish ``answer``, the end of ``start``: the only code that writes a final answer.
+
+        In the crash-safe order: the events this start still owes; ``keep`` the result (unless
+        it is a kept one already), so a redelivery publishes it again rather than run; the
+        result (with its reply-to copy and webhook header) and the dead letter; wait for the
+        broker's acknowledgement; count. Returns where the result landed
+        (``topic/partition/offset``), the pointer of the done marker written next."""
+        duration_ms = start.elapsed_ms()
+        if answer.events == "bookends":
+            await self.emit(start, to, "run_started", None,
+                            answer.run_started(to.thread_id, start.worker, start.attempt))
+        if answer.events != "none":
+            await self.emit(start, to, "run_finished", None, answer.run_finished(duration_ms))
+        result = answer.kept
+        if result is None:
+            result = result_dict(
+                to.request_id, to.graph, answer.status, output=answer.output,
+                error=answer.error, interrupts=answer.interrupts, thread_id=to.thread_id,
+                attempts=answer.attempts, cached=answer.cached, duration_ms=duration_ms,
+                metadata=to.metadata,
+            )
+        value = self.encode(result, "output")
+        dead_letter = answer.dead_letter
+        if keep is not None and answer.kept is None:
+            await keep(value, dead_letter.reason if dead_letter is not None else None)
+        outbox = start.outbox
+        await self._send_result(outbox, start.record, to.request_id.encode(), value,
+                                start.headers, to.webhook)
+        if dead_letter is not None:
+            await self.send_dead_letter(outbox, start.record, dead_letter.reason)
+        await outbox.confirm()
+        self._count(to, answer, dead_letter, duration_ms)
+        return outbox.acked.get(self._topics.results)
+
+    def _count(
+        self, to: Addressee, answer: Answer, dead_letter: Any, duration_ms: float
+    ) -> None:
+        metrics = self._metrics
+        metrics.executions.labels(metrics.graph_label(to.graph), answer.status).inc()
+        if dead_letter is not None:
+            metrics.dead_letters.labels(dead_letter.label).inc()
+        if answer.cancel is not None:
+            metrics.run_cancels.labels(answer.cancel.action, answer.cancel.cause).inc()
+        if answer.ran:
+            metrics.duration.labels(to.graph).observe(duration_ms / 1000)
+            log.debug("run %s in %.1f ms (attempt %d)", answer.status, duration_ms,
+                      answer.attempts)
+
     async def send_result(
         self, outbox: Outbox, record: Record, key: bytes, result: dict[str, Any], headers: Headers,
         *, webhook: str | None = None,
@@ -517,7 +619,13 @@ class OutputPublisher:
         (delivered within ``reply_to_timeout_s`` or given up, see ``Outbox.send_copy``).
         ``webhook``: the request's, as a header of the results-topic message (``graphwire
         webhooks`` POSTs it there)."""
-        value = self.encode(result, "output")
+        await self._send_result(outbox, record, key, self.encode(result, "output"), headers,
+                                webhook)
+
+    async def _send_result(
+        self, outbox: Outbox, record: Record, key: bytes, value: bytes, headers: Headers,
+        webhook: str | None,
+    ) -> None:
         own = [*headers, (HEADER_WEBHOOK, webhook.encode())] if webhook else headers
         await outbox.send(self._topics.results, value, key, own)
         reply_to = header(record, HEADER_REPLY_TO)
@@ -634,35 +742,3 @@ class OutputPublisher:
         log.warning(
             "dead-lettered %s/%d/%d: %s", record.topic, record.partition, record.offset, reason
         )
-
-    async def reject(
-        self,
-        record: Record,
-        request_id: str,
-        graph: str,
-        error: Exception,
-        label: str,
-        started: float,
-        *,
-        metadata: dict[str, Any] | None = None,
-        thread_id: str | None = None,
-        webhook: str | None = None,
-    ) -> None:
-        """A ``rejected`` result and a dead letter for a request that cannot run."""
-        outbox = self.outbox()
-        result = result_dict(
-            request_id,
-            graph,
-            "rejected",
-            error=(type(error).__name__, str(error)),
-            thread_id=thread_id,
-            duration_ms=(time.perf_counter() - started) * 1000,
-            metadata=metadata,
-        )
-        await self.send_result(outbox, record, request_id.encode(), result, trace_headers(record),
-                               webhook=webhook)
-        await self.send_dead_letter(outbox, record, str(error))
-        await outbox.confirm()
-        self._metrics.executions.labels(self._metrics.graph_label(graph), "rejected").inc()
-        self._metrics.dead_letters.labels(label).inc()
-        log.warning("rejected %s: %s", request_id, error)

@@ -40,8 +40,8 @@ from graphwire.processors.metrics import RunnerMetrics
 from graphwire.processors.runner.checkpoints import CheckpointStore
 from graphwire.processors.runner.dedup import DedupStore
 from graphwire.processors.runner.gate import Check, DependencyGate
-from graphwire.processors.runner.processing import RequestProcessor
-from graphwire.processors.runner.publisher import OutputPublisher, Record
+from graphwire.processors.runner.processing import Job, RequestProcessor
+from graphwire.processors.runner.publisher import OutputPublisher
 from graphwire.processors.runner.scheduler import KeyScheduler
 from graphwire.processors.settings import Settings
 from graphwire.topics.errors import DependencyUnavailable
@@ -74,9 +74,8 @@ class GraphRunner:
             commit_latency=self.metrics.commit_latency,
             paused_gauge=self.metrics.paused,
         )
-        self._scheduler: KeyScheduler[Record] = KeyScheduler(self._handle)
+        self._scheduler: KeyScheduler[Job] = KeyScheduler(self._handle)
         self._control_topic = self._topics.control
-        self._busy: dict[tuple[str, int, int], str] = {}  # multitask "reject": the running rid
         self._stopping = False
         self._started = False
         self._producer: AIOKafkaProducer | None = None
@@ -295,14 +294,14 @@ class GraphRunner:
             control = tp.topic == self._control_topic
             for record in records:
                 key: Hashable = record.key if record.key is not None else record.offset
+                preset = None
                 if control:  # cancels never wait for each other
                     key = record.offset
                 elif ahead := self._scheduler.ahead(tp, key):  # a busy thread: double-texting
-                    running = self._processor.double_text(record, ahead)
-                    if running is not None:  # "reject": answered now, beside the thread's runs
-                        self._busy[(tp.topic, tp.partition, record.offset)] = running
+                    preset = self._processor.double_text(record, [job.record for job in ahead])
+                    if preset is not None:  # "reject": answered now, beside the thread's runs
                         key = ("busy", record.offset)
-                self._scheduler.submit(tp, key, record)
+                self._scheduler.submit(tp, key, Job(record, preset))
 
     # -- committing ------------------------------------------------------------------------
 
@@ -351,16 +350,15 @@ class GraphRunner:
 
     # -- one message -----------------------------------------------------------------------
 
-    async def _handle(self, record: Record) -> bool:
+    async def _handle(self, job: Job) -> bool:
         """Process one message; mark it finished only when its outputs are acknowledged."""
+        record = job.record
         tp = TopicPartition(record.topic, record.partition)
         try:
             if record.topic == self._control_topic:
                 finished = await self._processor.control.handle(record)
             else:
-                busy = (self._busy.pop((tp.topic, tp.partition, record.offset), None)
-                        if self._busy else None)
-                finished = await self._processor.handle(record, busy=busy)
+                finished = await self._processor.handle(job)
         except Exception:  # the processor ends every message itself; this is a bug guard
             log.exception("internal error on %s/%d/%d", tp.topic, tp.partition, record.offset)
             finished = False

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,7 +25,8 @@ from aiokafka.errors import CommitFailedError, KafkaError
 
 from graphwire.processors.metrics import RunnerMetrics
 from graphwire.processors.pgerrors import kind
-from graphwire.processors.runner.publisher import OutputPublisher
+from graphwire.processors.runner.answer import Addressee, Answer
+from graphwire.processors.runner.publisher import OutputPublisher, Record, Start
 from graphwire.processors.schedules.metrics import SchedulerMetrics
 from graphwire.processors.schedules.store import Stored, store
 from graphwire.processors.settings import Settings
@@ -227,23 +228,25 @@ class RequestIntake:
             self._metrics.stored.labels("request").inc(len(rows))
             return []
 
+    def _start(self, record: Record) -> Start:
+        return Start(record, self._out.outbox(), self.settings.worker_id)
+
     async def _reject(self, refused: Refused) -> None:
         """A ``rejected`` result and a dead letter for ``refused``, as the runner gives a
         request that cannot run; acknowledged before the offset is committed. Nothing here
         stops the intake: what cannot be published is logged, and the intake goes on."""
         record = refused.record
         request = decode_request(record.value, max_bytes=self.settings.max_request_bytes)
-        error = InvalidRequest(refused.reason, request_id=request.request_id)
-        fields: dict[str, Any] = {"metadata": request.metadata, "thread_id": request.thread_id,
-                                  "webhook": request.webhook}
+        answer = Answer.rejected(
+            InvalidRequest(refused.reason, request_id=request.request_id), "unschedulable")
+        to = Addressee.of(request)
         try:
             try:
-                await self._out.reject(record, request.request_id, request.graph, error,
-                                       "unschedulable", time.perf_counter(), **fields)
+                await self._out.finish(self._start(record), to, answer, None)
             except TypeError:  # its metadata cannot be encoded again (too deep): leave it out
-                await self._out.reject(record, request.request_id, request.graph, error,
-                                       "unschedulable", time.perf_counter(),
-                                       **{**fields, "metadata": None})
+                to = dataclasses.replace(to, metadata=None)
+                await self._out.finish(self._start(record), to, answer, None)
+            log.warning("rejected %s: %s", request.request_id, refused.reason)
         except (asyncio.CancelledError, DependencyUnavailable):
             raise  # stopping: the offset stays uncommitted, the next owner rejects it
         except Exception as exc:  # refused for good (not authorised, too large): do not stop
