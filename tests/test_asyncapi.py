@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +16,8 @@ from referencing.jsonschema import DRAFT7
 
 from graphwire.topics.asyncapi import asyncapi_document
 from graphwire.topics.codec import event_dict, result_dict
+from tests.helpers import ROOT, graphwire
 
-ROOT = Path(__file__).resolve().parent.parent
 # schemas/3.0.0-without-$id.json of the AsyncAPI spec-json-schemas project (npm @asyncapi/specs
 # 6.11.1), vendored: tests never touch the network.
 ASYNCAPI_SCHEMA = json.loads((ROOT / "tests/fixtures/asyncapi-3.0.0.schema.json").read_text())
@@ -88,10 +86,6 @@ def test_payload_schemas_accept_real_messages_and_refuse_broken_ones(
 
 def test_cli_writes_the_same_document(tmp_path: Path) -> None:
     out = tmp_path / "asyncapi.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "graphwire", "asyncapi", "--bootstrap-servers", "b:9092",
-         "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )
+    done = graphwire("asyncapi", "--bootstrap-servers", "b:9092", "--out", str(out))
     assert done.returncode == 0, done.stderr
     assert json.loads(out.read_text()) == asyncapi_document("b:9092")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,8 +16,8 @@ import pytest
 from graphwire.processors.audit.db import migrate, migrations, server_settings
 from graphwire.topics.specs import TopicNames
 from tests.conftest import TEST_DATABASE_URL
+from tests.helpers import graphwire
 from tests.kafka_helpers import (
-    ROOT,
     Collector,
     WorkerProcess,
     encode,
@@ -56,17 +55,8 @@ async def db(audit_env: dict[str, str]) -> AsyncIterator[Any]:
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """``graphwire ARGS`` with ``env``; output captured."""
-    import os
-
-    return subprocess.run(
-        [sys.executable, "-m", "graphwire", *args],
-        env={**os.environ, **env},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    """``graphwire ARGS`` with ``env`` (see :func:`tests.helpers.graphwire`)."""
+    return graphwire(*args, env=env)
 
 
 async def wait_rows(db: Any, sql: str, want: int, timeout: float = 60.0) -> None:

@@ -244,7 +244,7 @@ async def test_approval_interrupts_then_resumes_through_the_cli(
 ) -> None:
     """approval: interrupted with the draft; `graphwire state` shows it pending;
     `graphwire submit --resume` publishes; the thread's state then has no next step."""
-    from tests.test_cli import graphwire
+    from tests.helpers import graphwire
 
     thread = f"{topics.prefix}-th"
     await produce(
@@ -363,7 +363,7 @@ async def test_dlq_list_and_replay_reruns_a_failed_request(
 ) -> None:
     """`graphwire dlq list` shows each dead letter with its reason; `dlq replay --request-id`
     re-produces it (dedup forgets it) and it runs again, this time successfully."""
-    from tests.test_cli import graphwire
+    from tests.helpers import graphwire
 
     registry = GraphRegistry.from_sources(specs="flaky=tests.sample_graphs:flaky")
     env = {k: v for k, v in worker_env.items() if k != "GRAPHWIRE_GROUP_ID"}
@@ -415,7 +415,7 @@ async def test_stateless_checkpoints_are_deleted_and_threads_pruned_by_age(
 ) -> None:
     """Finished stateless runs leave no checkpoints (batched delete); a thread keeps its own
     until `graphwire checkpoints prune` finds it older than the retention."""
-    from tests.test_cli import graphwire
+    from tests.helpers import graphwire
 
     thread = f"{topics.prefix}-keep"
     await produce(

@@ -26,8 +26,8 @@ from graphwire.processors.runner.runner import GraphRunner
 from graphwire.processors.settings import Settings
 from graphwire.topics.specs import TopicNames
 from tests.conftest import TEST_DATABASE_URL
+from tests.helpers import graphwire
 from tests.kafka_helpers import Collector, WorkerProcess, encode, produce, request
-from tests.test_cli import graphwire
 
 Events = list[tuple[str, str | None, Any]]
 

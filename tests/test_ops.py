@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 
 import asyncpg
 import pytest
@@ -15,12 +13,12 @@ from graphwire.processors.cli.doctor import settings_checks
 from graphwire.processors.settings import Settings
 from graphwire.topics.specs import TopicNames
 from tests.conftest import TEST_DATABASE_URL
-from tests.kafka_helpers import ROOT
+from tests.helpers import graphwire as run_cli
 
 
 def graphwire(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "graphwire", *args], cwd=ROOT,
-                          env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+    """``graphwire ARGS`` with ``env``, up to two minutes (see :func:`tests.helpers.graphwire`)."""
+    return run_cli(*args, env=env, timeout=120)
 
 
 def rows(output: str) -> dict[str, str]:

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from graphwire.topics.specs import TopicNames
-from tests.kafka_helpers import ROOT, WorkerProcess, wait_for_members
+from tests.helpers import ROOT
+from tests.helpers import graphwire as run_cli
+from tests.kafka_helpers import WorkerProcess, wait_for_members
 
 pytestmark = pytest.mark.integration
 
@@ -29,8 +31,8 @@ def env(
 
 
 def graphwire(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "graphwire", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=180)
+    """``graphwire ARGS`` with ``env``, up to three minutes (:func:`tests.helpers.graphwire`)."""
+    return run_cli(*args, env=env, timeout=180)
 
 
 async def test_submit_file_runs_every_line_and_summarises(

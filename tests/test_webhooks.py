@@ -589,15 +589,9 @@ async def test_the_offset_waits_for_a_result_still_being_retried(
 def test_the_processor_refuses_to_start_without_a_secret(worker_env: dict[str, str]) -> None:
     """No GRAPHWIRE_WEBHOOK_SECRET: `graphwire webhooks` exits 1 with one line saying what to
     set."""
-    import os
-    import subprocess
-    import sys
+    from tests.helpers import graphwire
 
-    from tests.kafka_helpers import ROOT
-
-    done = subprocess.run([sys.executable, "-m", "graphwire", "webhooks"], cwd=ROOT,
-                          env={**os.environ, **worker_env}, capture_output=True, text=True,
-                          timeout=60)
+    done = graphwire("webhooks", env=worker_env)
     assert (done.returncode, done.stderr) == (1, (
         "graphwire: error: GRAPHWIRE_WEBHOOK_SECRET is not set: webhooks are signed with keys "
         "derived from it; set it to a long random value (e.g. `openssl rand -hex 32`)\n"))
