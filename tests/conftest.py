@@ -15,12 +15,10 @@ from graphwire.processors.dev.broker import DevBroker
 from graphwire.processors.settings import Settings
 from graphwire.topics.admin import ensure_topics
 from graphwire.topics.specs import TopicNames
-from tests.helpers.database import TEST_DATABASE_URL, TEST_REDIS_URL, db
+from tests.helpers.database import db
 from tests.helpers.runners import start_runner
 
-__all__ = [  # fixtures shared from tests.helpers, and the URLs tests import from here
-    "TEST_DATABASE_URL", "TEST_REDIS_URL", "db", "start_runner",
-]
+__all__ = ["db", "start_runner"]  # fixtures shared from tests.helpers
 
 PARTITIONS = 4
 
@@ -49,6 +47,12 @@ async def topics(bootstrap: str, prefix: str) -> TopicNames:
     names = TopicNames(prefix)
     await ensure_topics(bootstrap, names.specs(PARTITIONS))
     return names
+
+
+TEST_DATABASE_URL = os.environ.get(
+    "GRAPHWIRE_TEST_DATABASE_URL", "postgresql://127.0.0.1:5432/test"
+)
+TEST_REDIS_URL = os.environ.get("GRAPHWIRE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 @pytest.fixture(scope="session", autouse=True)

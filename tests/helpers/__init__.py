@@ -9,15 +9,13 @@ The Kafka helpers (``Collector``, ``produce``, ``WorkerProcess``) stay in ``test
 """
 
 from tests.helpers.cli import ROOT, graphwire, graphwire_async
-from tests.helpers.database import TEST_DATABASE_URL, TEST_REDIS_URL, connect, db
+from tests.helpers.database import connect, db, wait_rows
 from tests.helpers.ops import metrics, ready, samples, wait_metric, wait_ready
 from tests.helpers.runners import runner_for, start_runner
 from tests.helpers.waiting import eventually, until
 
 __all__ = [
     "ROOT",
-    "TEST_DATABASE_URL",
-    "TEST_REDIS_URL",
     "connect",
     "db",
     "eventually",
@@ -31,4 +29,5 @@ __all__ = [
     "until",
     "wait_metric",
     "wait_ready",
+    "wait_rows",
 ]

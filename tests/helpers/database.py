@@ -1,8 +1,9 @@
-"""The test database and Redis: their URLs, one way to connect, and the ``db`` fixture."""
+"""The test database: one way to connect, the ``db`` fixture, and waiting for rows.
+
+Its URL is ``tests.conftest.TEST_DATABASE_URL``: the harness variables are read there."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -11,17 +12,17 @@ import asyncpg
 import pytest
 
 from graphwire.processors.audit.db import server_settings
-
-TEST_DATABASE_URL = os.environ.get(
-    "GRAPHWIRE_TEST_DATABASE_URL", "postgresql://127.0.0.1:5432/test"
-)
-TEST_REDIS_URL = os.environ.get("GRAPHWIRE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+from tests.helpers.waiting import eventually
 
 
 @asynccontextmanager
-async def connect(schema: str | None = None, url: str = TEST_DATABASE_URL) -> AsyncIterator[Any]:
+async def connect(schema: str | None = None, url: str | None = None) -> AsyncIterator[Any]:
     """An asyncpg connection to the test database (or ``url``), closed on exit; with ``schema``
     it is the only schema on the search_path, as the audit processors connect."""
+    if url is None:
+        from tests.conftest import TEST_DATABASE_URL  # imported late: conftest imports us
+
+        url = TEST_DATABASE_URL
     conn = await asyncpg.connect(url, server_settings=server_settings(schema) if schema else None)
     try:
         yield conn
@@ -35,3 +36,17 @@ async def db(prefix: str) -> AsyncIterator[Any]:
     also its audit and checkpoint schema) alone on the search_path."""
     async with connect(prefix) as conn:
         yield conn
+
+
+async def wait_rows(db: Any, sql: str, want: int, timeout: float = 60.0) -> None:
+    """Wait until ``sql`` (a count) returns ``want`` (a missing table counts as -1); fail with
+    the last count."""
+
+    async def count() -> int:
+        try:
+            return int(await db.fetchval(sql))
+        except asyncpg.UndefinedTableError:
+            return -1
+
+    await eventually(count, timeout, what=f"{sql} = {want}", until=lambda got: got == want,
+                     interval=0.2)
