@@ -15,6 +15,10 @@ from graphwire.processors.dev.broker import DevBroker
 from graphwire.processors.settings import Settings
 from graphwire.topics.admin import ensure_topics
 from graphwire.topics.specs import TopicNames
+from tests.helpers.database import db
+from tests.helpers.runners import start_runner
+
+__all__ = ["db", "start_runner"]  # fixtures shared from tests.helpers
 
 PARTITIONS = 4
 

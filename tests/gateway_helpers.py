@@ -12,12 +12,14 @@ import httpx
 import jwt
 import orjson
 import uvicorn
+from fastapi import FastAPI
 from pydantic import SecretStr
 
 from graphwire.processors.dev.broker import free_port
 from graphwire.processors.gateway.app import create_app
 from graphwire.processors.gateway.auth import Principal, hash_key
 from graphwire.processors.settings import Settings
+from tests.helpers.waiting import eventually
 
 KEY_A = "gw_test_key_a_0123456789abcdef"  # pipeline, echo, slow, approval
 KEY_LIMITED = "gw_test_key_limited_0123456789"  # 5 requests per minute
@@ -52,22 +54,34 @@ def gateway_settings(worker_env: dict[str, str], **overrides: Any) -> Settings:
 
 
 @asynccontextmanager
-async def serve(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """Run the gateway app on a free port; yields an httpx client for it."""
+async def serve_app(
+    settings: Settings, client_timeout: float = 60
+) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """Run the gateway app on a free port; yields the app and an httpx client for it."""
+    app = create_app(settings)
     port = free_port()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None,
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None,
                             lifespan="on", access_log=False)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
-    deadline = time.monotonic() + 30
-    while not server.started:
+
+    def started() -> bool:
         if task.done():
-            task.result()
-        assert time.monotonic() < deadline, "gateway did not start"
-        await asyncio.sleep(0.05)
+            task.result()  # it stopped: raise why
+        return server.started
+
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
-            yield http
+        await eventually(started, 30, what="the gateway serving", interval=0.05)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}",
+                                     timeout=client_timeout) as http:
+            yield app, http
     finally:
         server.should_exit = True
         await task
+
+
+@asynccontextmanager
+async def serve(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """Run the gateway app on a free port; yields an httpx client for it."""
+    async with serve_app(settings) as (_app, http):
+        yield http

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,14 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers.cli import ROOT
+from tests.helpers.ops import metrics, ready, samples, wait_metric, wait_ready
+from tests.helpers.waiting import describe, eventually
+
+__all__ = [  # the ops-endpoint helpers moved to tests.helpers; old imports keep working
+    "ROOT", "Collector", "WorkerProcess", "committed", "committed_total", "encode", "metrics",
+    "produce", "ready", "request", "samples", "wait_for_members", "wait_metric", "wait_ready",
+]
 
 
 def request(request_id: str, graph: str = "pipeline", **fields: Any) -> dict[str, Any]:
@@ -110,18 +116,15 @@ class Collector:
         return [orjson.loads(r.value) for r in self.records[topic]]
 
     async def wait_until(self, predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-        """Wait until ``predicate()`` holds; fail the test with what arrived otherwise."""
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                counts = {t: len(r) for t, r in self.records.items()}
-                raise AssertionError(f"condition not met within {timeout}s; records: {counts}")
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), min(remaining, 0.5))
-            except TimeoutError:
-                pass
+        """Wait until ``predicate()`` holds, checking whenever records arrive (at least every
+        0.5 s); fail the test with what arrived otherwise."""
+        await eventually(
+            predicate, timeout, interval=0.5, wake=self._changed,
+            what=lambda: f"{describe(predicate)}; records: {self._counts()}",
+        )
+
+    def _counts(self) -> dict[str, int]:
+        return {t: len(r) for t, r in self.records.items()}
 
     async def wait_count(self, topic: str, count: int, timeout: float = 30.0) -> None:
         """Wait until ``topic`` has at least ``count`` records."""
@@ -202,58 +205,14 @@ async def wait_for_members(bootstrap: str, group: str, count: int, timeout: floa
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
+
+    async def state() -> tuple[str, int]:
+        described = await admin.describe_consumer_groups([group])
+        _code, _name, state, _ptype, _proto, members = described[0].groups[0]
+        return state, len(members)
+
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            described = await admin.describe_consumer_groups([group])
-            _code, _name, state, _ptype, _proto, members = described[0].groups[0]
-            if state == "Stable" and len(members) == count:
-                return
-            if time.monotonic() > deadline:
-                raise AssertionError(f"group {group}: {state} with {len(members)} members")
-            await asyncio.sleep(0.2)
+        await eventually(state, timeout, interval=0.2, what=f"group {group} stable",
+                         until=lambda found: found == ("Stable", count))
     finally:
         await admin.close()
-
-
-async def ready(port: int) -> tuple[int, Any]:
-    """Status and JSON body of a processor's ``/ready`` on ``port``."""
-    import aiohttp
-
-    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/ready") as r:
-        return r.status, await r.json()
-
-
-async def wait_ready(port: int, want: int, timeout: float = 30.0) -> Any:
-    """Wait until ``/ready`` answers ``want``; its body (fails the test with the last answer)."""
-    import aiohttp
-
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            status, last = await ready(port)
-            if status == want:
-                return last
-        except aiohttp.ClientError as exc:
-            last = exc
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"/ready never answered {want}: {last}")
-
-
-def samples(text: str) -> dict[str, float]:
-    """Prometheus text as ``{'name{labels}': value}``."""
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            out[name] = float(value)
-    return out
-
-
-async def metrics(port: int) -> dict[str, float]:
-    """A processor's ``/metrics`` samples by name with labels."""
-    import aiohttp
-
-    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics") as r:
-        return samples(await r.text())

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +16,8 @@ from referencing.jsonschema import DRAFT7
 
 from graphwire.topics.asyncapi import asyncapi_document
 from graphwire.topics.codec import event_dict, result_dict
+from tests.helpers import ROOT, graphwire
 
-ROOT = Path(__file__).resolve().parent.parent
 # schemas/3.0.0-without-$id.json of the AsyncAPI spec-json-schemas project (npm @asyncapi/specs
 # 6.11.1), vendored: tests never touch the network.
 ASYNCAPI_SCHEMA = json.loads((ROOT / "tests/fixtures/asyncapi-3.0.0.schema.json").read_text())
@@ -38,6 +36,9 @@ def asyncapi_errors(document: dict[str, Any]) -> list[str]:
 
 
 def test_the_document_is_valid_asyncapi_3() -> None:
+    """The AsyncAPI document for "kafka-1:9092" has no error against the official 3.0.0 schema,
+    names that host, has exactly the channels control, dlq, events, requests and results, and
+    operations whose actions are send and receive."""
     document = asyncapi_document("kafka-1:9092")
     assert asyncapi_errors(document) == []
     assert document["servers"]["kafka"]["host"] == "kafka-1:9092"
@@ -46,6 +47,8 @@ def test_the_document_is_valid_asyncapi_3() -> None:
 
 
 def test_the_validator_is_not_a_rubber_stamp() -> None:
+    """A document without ``info`` and with a "publish" action gives at least 2 errors, one of them
+    "'info' is a required property"."""
     broken = copy.deepcopy(asyncapi_document())
     broken["operations"]["receiveRequest"]["action"] = "publish"
     del broken["info"]
@@ -83,15 +86,16 @@ def payload_validator(name: str) -> jsonschema.Draft202012Validator:
 def test_payload_schemas_accept_real_messages_and_refuse_broken_ones(
     name: str, message: dict[str, Any], valid: bool
 ) -> None:
+    """Each payload schema accepts a real message of its kind (request, event, result, cancel
+    control, fork request) and refuses a broken one (no graph, a bad stream mode, seq -1, status
+    "fine", action "undo", a cancel without request_id, multitask_strategy "later")."""
     assert payload_validator(name).is_valid(message) is valid
 
 
 def test_cli_writes_the_same_document(tmp_path: Path) -> None:
+    """`graphwire asyncapi --bootstrap-servers b:9092 --out FILE` exits 0 and writes exactly
+    ``asyncapi_document("b:9092")``."""
     out = tmp_path / "asyncapi.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "graphwire", "asyncapi", "--bootstrap-servers", "b:9092",
-         "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )
+    done = graphwire("asyncapi", "--bootstrap-servers", "b:9092", "--out", str(out))
     assert done.returncode == 0, done.stderr
     assert json.loads(out.read_text()) == asyncapi_document("b:9092")

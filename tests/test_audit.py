@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
-import sys
-import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import orjson
 import pytest
 
-from graphwire.processors.audit.db import migrate, migrations, server_settings
+from graphwire.processors.audit.db import migrate, migrations
 from graphwire.topics.specs import TopicNames
-from tests.conftest import TEST_DATABASE_URL
+from tests.helpers import graphwire, wait_rows
 from tests.kafka_helpers import (
-    ROOT,
     Collector,
     WorkerProcess,
     encode,
@@ -43,48 +37,18 @@ def audit_env(worker_env: dict[str, str]) -> dict[str, str]:
     }
 
 
-@pytest.fixture
-async def db(audit_env: dict[str, str]) -> AsyncIterator[Any]:
-    """A connection with the test's audit schema on the search_path."""
-    conn = await asyncpg.connect(
-        TEST_DATABASE_URL, server_settings=server_settings(audit_env["GRAPHWIRE_AUDIT_SCHEMA"])
-    )
-    try:
-        yield conn
-    finally:
-        await conn.close()
-
-
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """``graphwire ARGS`` with ``env``; output captured."""
-    import os
-
-    return subprocess.run(
-        [sys.executable, "-m", "graphwire", *args],
-        env={**os.environ, **env},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    """``graphwire ARGS`` with ``env`` (see :func:`tests.helpers.graphwire`)."""
+    return graphwire(*args, env=env)
 
 
-async def wait_rows(db: Any, sql: str, want: int, timeout: float = 60.0) -> None:
-    """Wait until ``sql`` (a count) returns ``want``; fail with the last count."""
-    deadline = time.monotonic() + timeout
-    got = -1
-    while time.monotonic() < deadline:
-        try:
-            got = await db.fetchval(sql)
-        except asyncpg.UndefinedTableError:
-            got = -1
-        if got == want:
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"{sql}: {got} rows, want {want}")
+
 
 
 async def test_migrate_applies_numbered_files_once(audit_env: dict[str, str], db: Any) -> None:
+    """Migrating a fresh schema applies versions 1, 2, 3, 6 and 7 in order and records their names;
+    migrating again applies none; events.seq is a bigint, and the schema holds exactly the 6
+    graphwire tables (crons, dead_letters, events, runs, schedules, schema_migrations)."""
     schema = audit_env["GRAPHWIRE_AUDIT_SCHEMA"]
     first = await migrate(db, schema)
     second = await migrate(db, schema)
@@ -128,6 +92,13 @@ def test_sink_refuses_to_start_on_an_unmigrated_database(audit_env: dict[str, st
 async def test_runs_events_and_dead_letters_recorded_and_queried(
     bootstrap: str, topics: TopicNames, audit_env: dict[str, str], db: Any, tmp_path: Path
 ) -> None:
+    """With a worker and the audit sink, 10 pipeline requests, one undecodable request and one
+    contract-breaking event give 10 success rows, every event on the topic, and 3 dead letters
+    (the sink's for the bad event and the junk request, the runner's for the junk request) with
+    their reasons; run r3 has its input, output, 1 attempt, not cached, its sources; `runs show
+    r3` lists its events in seq order from 2**32 as on Kafka; `runs list ... --limit 3 --json`
+    prints 3 success lines; `status r3` is done/success/1 attempt from redis; `status nope`
+    exits 1 with "unknown request 'nope'"."""
     sink = WorkerProcess(audit_env, "--migrate", command="audit", log_path=tmp_path / "sink.log")
     worker = WorkerProcess(audit_env, log_path=tmp_path / "worker.log")
     sink.start()

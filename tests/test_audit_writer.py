@@ -11,11 +11,12 @@ import asyncpg
 import orjson
 import pytest
 
-from graphwire.processors.audit.db import migrate, server_settings
+from graphwire.processors.audit.db import migrate
 from graphwire.processors.audit.rows import Record, Row, to_row
 from graphwire.processors.audit.writer import AuditWriter
 from graphwire.topics.specs import TopicNames
 from tests.conftest import TEST_DATABASE_URL
+from tests.helpers import connect
 
 T = TopicNames("gw")
 MAX = 1024 * 1024
@@ -44,11 +45,9 @@ async def writer(schema: str) -> AsyncIterator[AuditWriter]:
 
 @pytest.fixture
 async def db(schema: str) -> AsyncIterator[Any]:
-    conn = await asyncpg.connect(TEST_DATABASE_URL, server_settings=server_settings(schema))
-    try:
+    """A connection with this module's audit schema alone on the search_path."""
+    async with connect(schema) as conn:
         yield conn
-    finally:
-        await conn.close()
 
 
 def rec(topic: str, offset: int, value: Any, *, headers: Any = (), ts: float = 1_700_000_000.0,
@@ -77,6 +76,11 @@ async def run_row(db: Any, rid: str = "r1") -> dict[str, Any]:
 async def test_request_and_result_in_either_order_give_the_same_row(
     writer: AuditWriter, db: Any
 ) -> None:
+    """Result first (status success, no input, no requested_at yet) then request, or request first
+    (status accepted, no output, no finished_at yet) then result: both orders leave the same run
+    row, success with input {"text": "hi"}, output {"text": "HI"}, metadata {"who": "a"}, 2
+    attempts, 12.5 ms, thread t1, requested at 100 s and finished at 101 s, sources
+    gw.requests/0/5 and gw.results/0/9."""
     request_row = row(rec(T.requests, 5, REQUEST, ts=100.0))
     result_row = row(rec(T.results, 9, RESULT, ts=101.0))
     await writer.write([result_row])
@@ -107,6 +111,10 @@ async def test_request_and_result_in_either_order_give_the_same_row(
 
 
 async def test_a_replayed_batch_adds_and_changes_nothing(writer: AuditWriter, db: Any) -> None:
+    """A batch of a request, 3 events, its result and a dead letter writes 2 run rows, 3 events and
+    1 dead letter; writing the same batch again rewrites only the result half (1 run row), adds no
+    event or dead letter, and leaves every table unchanged; the dead letter keeps the source
+    gw.requests/3/7, origin runner, reason "bad" and value b"raw" from its headers."""
     batch = [
         row(rec(T.requests, 1, REQUEST)),
         *(row(rec(T.events, i, {"request_id": "r1", "seq": i, "type": "node", "graph": "g",
@@ -135,6 +143,8 @@ async def test_a_replayed_batch_adds_and_changes_nothing(writer: AuditWriter, db
 async def test_first_request_wins_over_a_duplicate_request_id(
     writer: AuditWriter, db: Any
 ) -> None:
+    """Two later requests with the same request_id (one in the same batch, one in the next) leave
+    the first request's input {"text": "hi"} in the run row."""
     again = {**REQUEST, "input": {"text": "second"}}
     await writer.write([row(rec(T.requests, 1, REQUEST)), row(rec(T.requests, 2, again))])
     await writer.write([row(rec(T.requests, 3, again))])
@@ -144,6 +154,10 @@ async def test_first_request_wins_over_a_duplicate_request_id(
 async def test_a_row_postgres_refuses_becomes_a_dead_letter_and_the_rest_is_written(
     writer: AuditWriter, db: Any
 ) -> None:
+    """A batch with one good event and one row PostgreSQL refuses (invalid JSON) writes the good
+    event and one audit dead letter at gw.events offset 1, whose reason starts "gw.events:
+    PostgreSQL refused the row (InvalidTextRepresentationError: invalid input"; the "data" write
+    failure counter reads 2 (the batch, then the row)."""
     good = row(rec(T.events, 0, {"request_id": "r1", "seq": 0, "type": "run_started",
                                  "graph": "g", "ts": 1.0}))
     bad_record = rec(T.events, 1, b"{}")
@@ -162,6 +176,10 @@ async def test_a_row_postgres_refuses_becomes_a_dead_letter_and_the_rest_is_writ
 
 
 def test_records_that_break_the_contract_become_dead_letters_with_the_reason() -> None:
+    """Seven records that break the contract (a tombstone, a JSON list, an unknown event type, a
+    non-numeric ts, a bad result status, a request with neither input nor command, an unknown
+    topic) each become an audit dead letter row with its topic, partition 0 and offset, and a
+    reason starting with the expected sentence."""
     cases = [
         (rec(T.events, 0, None), "gw.events: no value (a tombstone)"),
         (rec(T.events, 1, b"[1]"), "gw.events: value is a JSON list, not an object"),
@@ -184,6 +202,8 @@ def test_records_that_break_the_contract_become_dead_letters_with_the_reason() -
 
 
 def test_nul_characters_are_replaced_not_lost() -> None:
+    """NUL characters in an event's data, in a key and in a value, are each replaced by U+FFFD
+    (key "a" + U+FFFD, value "b" + U+FFFD + "c"), and the event is still stored as an event."""
     event = {"request_id": "r", "seq": 0, "type": "node", "node": "n", "ts": 1.0,
              "data": {"a\u0000": "b\u0000c"}}
     got = row(rec(T.events, 0, event))
@@ -192,6 +212,9 @@ def test_nul_characters_are_replaced_not_lost() -> None:
 
 
 def test_a_dead_letter_without_graphwire_headers_is_kept_with_its_own_position() -> None:
+    """A dead letter without graphwire headers is kept at its own position (dlq topic, partition 0,
+    offset 42), origin runner, no source, reason "(no reason header)", and its non-UTF-8 header
+    kept as ["custom", the escaped byte 0xff]."""
     got = row(rec(T.dlq, 42, b"\xff\xfe", headers=[("custom", b"\xff")]))
     assert got.values[:5] == (T.dlq, 0, 42, "runner", None)
     assert got.values[8] == "(no reason header)"
@@ -199,6 +222,9 @@ def test_a_dead_letter_without_graphwire_headers_is_kept_with_its_own_position()
 
 
 async def test_db_migrate_and_prune_from_the_cli(schema: str, writer: AuditWriter, db: Any) -> None:
+    """`graphwire db migrate` on a migrated schema prints "audit tables at version 7 (nothing to
+    do)"; `db prune --older-than 30d` deletes the 2 events 40 and 31 days old and keeps seq 2 and
+    3; `--older-than soon` exits 1 saying how to write an age."""
     from tests.test_audit import cli
 
     env = {"GRAPHWIRE_DATABASE_URL": TEST_DATABASE_URL, "GRAPHWIRE_AUDIT_SCHEMA": schema}
@@ -223,6 +249,9 @@ async def test_db_migrate_and_prune_from_the_cli(schema: str, writer: AuditWrite
 async def test_a_value_asyncpg_cannot_encode_is_isolated_not_retried_forever(
     writer: AuditWriter, db: Any
 ) -> None:
+    """A result whose attempts (2**40) asyncpg cannot encode becomes one audit dead letter at offset
+    1 whose reason names OverflowError, the other result is written (1 run row), and the writer
+    reports no problem (/ready stays ready)."""
     huge = {**RESULT, "request_id": "big", "attempts": 2**40}  # the contract has no upper bound
     rows = [row(rec(T.results, 1, huge)), row(rec(T.results, 2, RESULT))]
     written = await writer.write_until_done(rows)
@@ -236,6 +265,8 @@ async def test_a_value_asyncpg_cannot_encode_is_isolated_not_retried_forever(
 async def test_an_older_result_written_late_never_overwrites_a_newer_one(
     writer: AuditWriter, db: Any
 ) -> None:
+    """After the result at offset 9 (error, 3 attempts), a late result at offset 4 leaves the row at
+    error/3/9; a result at offset 12 then replaces it (success, 2 attempts, offset 12)."""
     newer = {**RESULT, "status": "error", "output": None, "attempts": 3}
     await writer.write([row(rec(T.results, 9, newer))])
     await writer.write([row(rec(T.results, 4, RESULT))])  # a stale owner's batch lands late
@@ -247,6 +278,8 @@ async def test_an_older_result_written_late_never_overwrites_a_newer_one(
 
 
 def test_a_nonsense_kafka_timestamp_becomes_now_instead_of_failing_the_batch() -> None:
+    """A request whose Kafka timestamp is 1e15, -5 or NaN still becomes a request row, with a
+    timestamp within 60 s of now."""
     for ts in (1e15, -5.0, float("nan")):
         got = row(rec(T.requests, 0, REQUEST, ts=ts))
         assert got.table == "requests"
@@ -254,6 +287,9 @@ def test_a_nonsense_kafka_timestamp_becomes_now_instead_of_failing_the_batch() -
 
 
 def test_failures_are_told_apart_by_sqlstate() -> None:
+    """The writer classifies a refused connection, CannotConnectNow and UndefinedTable as
+    "unavailable", a deadlock and a serialization failure as "conflict", and invalid text, a
+    unique violation and an OverflowError as "data"."""
     from graphwire.processors.audit.writer import _kind
 
     assert _kind(ConnectionRefusedError()) == "unavailable"

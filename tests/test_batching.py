@@ -28,6 +28,7 @@ from graphwire.topics.admin import ensure_topics
 from graphwire.topics.errors import DependencyUnavailable
 from graphwire.topics.positions import event_position
 from graphwire.topics.specs import TopicNames
+from tests.helpers import runner_for
 from tests.kafka_helpers import Collector, encode, produce, request
 
 
@@ -78,7 +79,7 @@ async def test_each_runs_events_arrive_in_order_exactly_once(
 ) -> None:
     """40 concurrent pipeline runs: each has its 5 events once, in order, on one partition."""
     ids = [f"order-{i}" for i in range(40)]
-    async with GraphRunner(settings, GraphRegistry.from_sources()):
+    async with runner_for(settings):
         await produce(bootstrap, topics.requests,
                       [(rid.encode(), encode(request(rid))) for rid in ids])
         async with Collector(bootstrap, topics.results, topics.events) as out:

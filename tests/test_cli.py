@@ -14,22 +14,8 @@ import jsonschema
 import pytest
 
 from graphwire.topics.specs import TopicNames
+from tests.helpers import graphwire
 from tests.kafka_helpers import ROOT, Collector, wait_for_members
-
-
-def graphwire(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    """Run ``graphwire ARGS`` and capture its output."""
-    return subprocess.run(
-        [sys.executable, "-m", "graphwire", *args],
-        env={**os.environ, **(env or {})},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def test_graphs_lists_names_and_nodes() -> None:

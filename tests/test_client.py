@@ -20,6 +20,10 @@ pytestmark = pytest.mark.integration
 async def test_many_concurrent_requests_are_demultiplexed_from_one_consumer(
     bootstrap: str, topics: TopicNames, worker: WorkerProcess, worker_env: dict[str, str]
 ) -> None:
+    """One client submits 40 pipeline requests and awaits them concurrently: the results come back
+    in the order of the ids, each with its own lowercased text; c7's events are numbered from
+    2**32 without gaps, run_started first, run_finished last, nodes normalize, tokenize, count;
+    the client's one consumer is assigned all 8 results and events partitions."""
     await wait_for_members(bootstrap, worker_env["GRAPHWIRE_GROUP_ID"], 1)
     async with GraphwireClient(bootstrap, topic_prefix=topics.prefix) as client:
         ids = [
@@ -40,6 +44,9 @@ async def test_many_concurrent_requests_are_demultiplexed_from_one_consumer(
 async def test_typed_errors_when_asked_and_results_otherwise(
     bootstrap: str, topics: TopicNames, worker: WorkerProcess
 ) -> None:
+    """An unknown graph's result has status "rejected", and with raise_on_error it raises
+    RunRejected naming UnknownGraph; a slow run with timeout_s 0.2 raises RunTimedOut carrying the
+    "timeout" result; ``invoke("echo")`` returns success with its input as output."""
     async with GraphwireClient(bootstrap, topic_prefix=topics.prefix) as client:
         rejected = await client.submit("no-such-graph", {"x": 1})
         assert (await client.result(rejected, timeout=60)).status == "rejected"
@@ -56,6 +63,9 @@ async def test_typed_errors_when_asked_and_results_otherwise(
 async def test_resume_an_interrupted_thread(
     bootstrap: str, topics: TopicNames, worker: WorkerProcess
 ) -> None:
+    """The approval graph on thread th-1 ends "interrupted" with a draft starting "Announcing t";
+    resuming th-1 with approved False and comment "no" ends success with published False and that
+    comment; resuming an unknown thread raises GraphwireError asking which graph runs it."""
     async with GraphwireClient(bootstrap, topic_prefix=topics.prefix) as client:
         first = await client.submit("approval", {"topic": "t"}, thread_id="th-1")
         asked = await client.result(first, timeout=60)
@@ -73,6 +83,8 @@ async def test_resume_an_interrupted_thread(
 async def test_a_client_started_after_the_result_finds_it_through_redis(
     bootstrap: str, topics: TopicNames, worker: WorkerProcess
 ) -> None:
+    """A client started after a run finished finds its result (output {"text": "earlier"}) through
+    Redis; a client without Redis reads only from its start position and times out after 1 s."""
     async with GraphwireClient(bootstrap, topic_prefix=topics.prefix) as first:
         rid = await first.submit("echo", {"text": "earlier"})
         await first.result(rid, timeout=60)
@@ -89,6 +101,8 @@ async def test_a_client_started_after_the_result_finds_it_through_redis(
 def test_sync_client_for_scripts(
     bootstrap: str, topics: TopicNames, worker: WorkerProcess
 ) -> None:
+    """The synchronous client streams a pipeline run's events (run_started, 3 node events,
+    run_finished), gets its result with count 2, and invokes echo returning {"text": "again"}."""
     with Client(bootstrap, topic_prefix=topics.prefix) as client:
         rid = client.submit("pipeline", {"text": "Sync Client"})
         kinds = [e.type for e in client.events(rid, timeout=60)]

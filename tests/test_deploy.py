@@ -282,6 +282,10 @@ def scaledobject_schema() -> dict[str, Any]:
 
 
 def test_dockerfile_is_multi_stage_non_root_with_health_check() -> None:
+    """The Dockerfile has two ``python:3.11-slim`` stages, the first ``AS build`` building wheels;
+    the runtime installs them offline (``--no-index``, ``from=build``) without the dev extra, runs
+    as user 10001:10001, checks ``/health`` on GRAPHWIRE_HTTP_PORT (default 8080) with urllib, not
+    curl, and ends with ``ENTRYPOINT ["graphwire"]`` and ``CMD ["worker"]``."""
     text = (ROOT / "Dockerfile").read_text()
     lines = [ln.strip() for ln in text.replace("\\\n", " ").splitlines()]
     instructions = [ln for ln in lines if ln and not ln.startswith("#")]
@@ -303,6 +307,8 @@ def test_dockerfile_is_multi_stage_non_root_with_health_check() -> None:
 
 
 def test_dockerignore_keeps_what_the_build_copies() -> None:
+    """.dockerignore starts with ``*`` and re-allows exactly what the Dockerfile copies:
+    pyproject.toml, README.md, graphwire, topics, graphs and processors, each of which exists."""
     ignore = [ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()
               if ln.strip() and not ln.startswith("#")]
     assert ignore[0] == "*", "allow-list: everything out, then what the image needs"
@@ -377,10 +383,13 @@ def test_every_image_command_is_a_graphwire_command(
 
 
 def test_compose_matches_compose_spec(compose: dict[str, Any]) -> None:
+    """docker-compose.yml gives no error against the vendored Compose Specification schema."""
     assert schema_errors(vendored_schema("compose-spec.json"), compose) == []
 
 
 def test_compose_spec_schema_rejects_a_broken_file(compose: dict[str, Any]) -> None:
+    """The Compose schema check is not a rubber stamp: a ``service_ready`` depends_on condition and
+    a misspelt ``helthcheck`` key each produce an error naming them."""
     broken = copy.deepcopy(compose)
     broken["services"]["runner"]["depends_on"]["redis"]["condition"] = "service_ready"
     broken["services"]["gateway"]["helthcheck"] = {}
@@ -394,6 +403,13 @@ def _compose_port(service: dict[str, Any], field: str) -> int:
 
 
 def test_compose_stack(compose: dict[str, Any]) -> None:
+    """The compose stack has exactly its 12 services: a KRaft Kafka (broker and controller, no
+    ZooKeeper), the 7 graphwire services built from one image (the topics-init and db-migrate jobs
+    with healthchecks disabled, each processor waiting for them to complete, the webhooks for
+    topics-init only), 3 runners on port 8080, the audit on 8081, 2 schedulers on 8082, the
+    gateway's API on 8000 (published) with its ops port 8084 unpublished, bound to 0.0.0.0, with
+    a required GRAPHWIRE_GATEWAY_API_KEYS and auth never switched off; the runner's stop grace
+    period exceeds its GRAPHWIRE_SHUTDOWN_GRACE_S."""
     services = compose["services"]
     assert set(services) == {
         "kafka", "redis", "postgres", "topics-init", "db-migrate",
@@ -449,6 +465,8 @@ def test_compose_stack(compose: dict[str, Any]) -> None:
 def test_compose_healthchecks_use_each_processors_health_port(
     compose: dict[str, Any], name: str
 ) -> None:
+    """Each processor's compose healthcheck fetches ``http://127.0.0.1:<its HTTP port>/health``
+    with urllib.request."""
     service = compose["services"][name]
     field = PROCESSORS[f"graphwire-{name}"][1]
     test = " ".join(service["healthcheck"]["test"])
@@ -457,6 +475,7 @@ def test_compose_healthchecks_use_each_processors_health_port(
 
 
 def test_compose_bind_mounts_exist(compose: dict[str, Any]) -> None:
+    """The compose file has exactly 3 ``./`` bind mounts, and each source path exists."""
     mounts = [v.split(":")[0] for s in compose["services"].values() for v in s.get("volumes", [])
               if v.startswith("./")]
     assert len(mounts) == 3
@@ -468,6 +487,9 @@ def test_compose_bind_mounts_exist(compose: dict[str, Any]) -> None:
 
 
 def test_prometheus_scrapes_every_processor(compose: dict[str, Any]) -> None:
+    """prometheus.yml scrapes ``/metrics`` of each of the 5 processors on exactly the port its
+    compose service configures; the runner's replicas through one DNS A-record job; the file is
+    mounted at /etc/prometheus/prometheus.yml."""
     config = load_one(ROOT / "deploy" / "prometheus" / "prometheus.yml")
     targets: dict[str, set[int]] = {}
     for job in config["scrape_configs"]:
@@ -493,6 +515,9 @@ def test_prometheus_scrapes_every_processor(compose: dict[str, Any]) -> None:
 
 
 def test_grafana_provisioning(compose: dict[str, Any]) -> None:
+    """Grafana is provisioned with one Prometheus datasource at http://prometheus:9090 and one
+    dashboard provider whose path is where compose mounts ./deploy/grafana/dashboards; the
+    dashboard's datasource variable defaults to that datasource's uid."""
     provisioning = ROOT / "deploy" / "grafana" / "provisioning"
     (source,) = load_one(provisioning / "datasources" / "prometheus.yml")["datasources"]
     assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
@@ -568,6 +593,9 @@ TARGET_LABELS = {"job", "instance"}
 
 
 def test_dashboard_queries_use_only_exported_metrics_and_labels() -> None:
+    """The dashboard has at least 20 PromQL queries, each naming at least one metric; every metric
+    is one the processors' registries (or Prometheus itself) export, and every label is one of
+    those metrics' labels or a scrape target label."""
     exported = _registries_metrics() | PROMETHEUS_SERIES
     queries = _dashboard_queries()
     assert len(queries) >= 20
@@ -586,6 +614,10 @@ def test_dashboard_queries_use_only_exported_metrics_and_labels() -> None:
 
 
 def test_dashboard_covers_the_operational_metrics() -> None:
+    """The dashboard queries the 13 operational metrics (executions, duration, dead letters, lags,
+    in-flight, active runs, node duration, LLM requests and tokens, gateway requests and duration,
+    audit rows), shows the 0.5, 0.95 and 0.99 duration quantiles by workflow, and filters failures
+    as ``status=~"error|timeout|rejected"``."""
     used = set()
     for _, expr in _dashboard_queries():
         used |= {s.name for s in _selectors_and_labels(_parse(expr))[0]}
@@ -605,6 +637,9 @@ def test_dashboard_covers_the_operational_metrics() -> None:
 
 
 def test_dashboard_panels_are_well_formed() -> None:
+    """The dashboard's uid is "graphwire", panel ids are unique, and every non-row panel uses the
+    ``${datasource}`` variable, has at least one target with unique refIds, and fits in the
+    24-column grid."""
     dashboard = json.loads(DASHBOARD.read_text())
     assert dashboard["uid"] == "graphwire"
     ids = [p["id"] for p in dashboard["panels"]]
@@ -620,6 +655,8 @@ def test_dashboard_panels_are_well_formed() -> None:
 
 
 def test_promql_check_catches_a_metric_that_does_not_exist() -> None:
+    """The dashboard check finds exactly ``graphwire_no_such_total`` unknown in a query using it,
+    and the PromQL parser raises ValueError on a malformed query."""
     selectors, _ = _selectors_and_labels(_parse("sum(rate(graphwire_no_such_total[5m]))"))
     assert {s.name for s in selectors} - set(_registries_metrics()) == {"graphwire_no_such_total"}
     with pytest.raises(ValueError):
@@ -631,10 +668,13 @@ def test_promql_check_catches_a_metric_that_does_not_exist() -> None:
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
 def test_workflow_matches_github_schema(path: Path) -> None:
+    """Each GitHub workflow file gives no error against the vendored GitHub workflow schema."""
     assert schema_errors(vendored_schema("github-workflows.json"), load_one(path)) == []
 
 
 def test_github_schema_rejects_a_broken_workflow() -> None:
+    """The workflow schema check is not a rubber stamp: ci.yml without the lint job's ``runs-on``
+    gives at least one error."""
     workflow = load_one(ROOT / ".github" / "workflows" / "ci.yml")
     del workflow["jobs"]["lint"]["runs-on"]
     assert schema_errors(vendored_schema("github-workflows.json"), workflow)
@@ -645,6 +685,10 @@ def _runs(job: dict[str, Any]) -> list[str]:
 
 
 def test_ci_workflow() -> None:
+    """There are exactly two workflows (ci.yml, image.yml); ci.yml runs on push and pull_request,
+    its lint job runs ``make lint`` and its test job ``make test`` with PostgreSQL on 5432 and Redis
+    on 6379, and GRAPHWIRE_TEST_DATABASE_URL is built from the postgres service's user, password
+    and database."""
     assert {p.name for p in WORKFLOWS} == {"ci.yml", "image.yml"}
     ci = load_one(ROOT / ".github" / "workflows" / "ci.yml")
     assert set(ci["on"]) == {"push", "pull_request"}
@@ -661,6 +705,8 @@ def test_ci_workflow() -> None:
 
 
 def test_image_workflow_pushes_to_ghcr_from_main() -> None:
+    """image.yml runs on pushes to main with ``packages: write``, logs in to ghcr.io, and has
+    exactly one build-push step that pushes, tagged with the ``meta`` step's ghcr.io tags."""
     image = load_one(ROOT / ".github" / "workflows" / "image.yml")
     assert image["on"]["push"]["branches"] == ["main"]
     assert image["permissions"]["packages"] == "write"
@@ -693,6 +739,11 @@ def _env_names(node: Any) -> Iterator[str]:
 
 
 def test_every_graphwire_variable_is_a_setting(rendered: dict[str, list[Any]]) -> None:
+    """Every GRAPHWIRE_* variable in docker-compose.yml, the Kubernetes manifests (raw and
+    rendered) and the workflows is a Settings field, except the 3 test-harness variables, which
+    appear only in workflows and are read by tests/conftest.py; GRAPHWIRE_SHUTDOWN_GRACE_S,
+    GRAPHWIRE_GATEWAY_API_KEYS, GRAPHWIRE_SASL_PASSWORD and GRAPHWIRE_TEST_DATABASE_URL are among
+    those found."""
     sources: dict[str, Any] = {"docker-compose.yml": load_one(ROOT / "docker-compose.yml")}
     sources.update({str(p.relative_to(ROOT)): load_all(p) for p in K8S.rglob("*.yaml")})
     sources.update({str(p.relative_to(ROOT)): load_one(p) for p in WORKFLOWS})
@@ -727,6 +778,8 @@ def test_configured_values_are_valid_settings(
 
 
 def test_compose_values_are_valid_settings(compose: dict[str, Any]) -> None:
+    """The environment of topics-init, db-migrate, runner, audit, gateway and webhooks in compose,
+    with its ``${...}`` references interpolated, validates as Settings."""
     for name in ("topics-init", "db-migrate", "runner", "audit", "gateway", "webhooks"):
         env = compose["services"][name]["environment"]
         Settings.model_validate({settings_field(k): _interpolated(v) for k, v in env.items()})
@@ -769,6 +822,10 @@ def test_manifests_match_kubernetes_schemas(
     overlay: str, version: str, rendered: dict[str, list[Any]],
     scaledobject_schema: dict[str, Any],
 ) -> None:
+    """Every rendered manifest of each overlay (base with the secret template) validates strictly
+    against the Kubernetes schemas of 1.29 and the latest version, the KEDA ScaledObject against
+    its CRD schema; each overlay has ConfigMap, Deployment, Service, PodDisruptionBudget, Job and
+    CronJob, and all but dev also a ScaledObject and a HorizontalPodAutoscaler."""
     docs = rendered[overlay] + ([load_one(BASE / "secret.template.yaml")]
                                 if overlay == "base" else [])
     kinds = set()
@@ -794,6 +851,9 @@ def test_manifests_match_kubernetes_schemas(
 def test_schemas_reject_unknown_fields(
     rendered: dict[str, list[Any]], scaledobject_schema: dict[str, Any]
 ) -> None:
+    """The manifest checks are not rubber stamps: a misspelt ``livenesProbe`` fails strict
+    Kubernetes validation, and ``maxReplicas`` and ``lagThreshold`` misplaced in the ScaledObject
+    are each named in its schema errors."""
     deployment = copy.deepcopy(only(rendered["base"], "Deployment", "graphwire-runner"))
     deployment["spec"]["template"]["spec"]["containers"][0]["livenesProbe"] = {}
     with pytest.raises(kv.ValidationError):
@@ -808,6 +868,11 @@ def test_schemas_reject_unknown_fields(
 
 @pytest.mark.parametrize("overlay", ["base", "prod"])
 def test_runner_scaledobject(overlay: str, rendered: dict[str, list[Any]]) -> None:
+    """In base and prod, one KEDA ScaledObject scales the graphwire-runner Deployment on one kafka
+    trigger with the scaler's required metadata and a positive lagThreshold, watching the
+    ConfigMap's bootstrap servers, group "graphwire-runners" and topic "graphwire.requests" from
+    the earliest offset, between min and max replicas no more than the 12 partitions; the runner
+    Deployment sets no replicas."""
     docs = rendered[overlay]
     scaled = only(docs, "ScaledObject")
     assert scaled["apiVersion"] == "keda.sh/v1alpha1"
@@ -837,6 +902,9 @@ def test_runner_scaledobject(overlay: str, rendered: dict[str, list[Any]]) -> No
 
 @pytest.mark.parametrize("overlay", ["base", "prod"])
 def test_gateway_hpa_on_cpu(overlay: str, rendered: dict[str, list[Any]]) -> None:
+    """In base and prod, one HorizontalPodAutoscaler scales the graphwire-gateway Deployment on
+    CPU utilisation between valid min and max replicas; the Deployment sets no replicas and its
+    one container requests CPU."""
     docs = rendered[overlay]
     hpa = only(docs, "HorizontalPodAutoscaler")
     assert hpa["spec"]["scaleTargetRef"] == {
@@ -873,6 +941,11 @@ def _port_number(container: dict[str, Any], port: int | str) -> int:
 def test_processor_ports_probes_and_services(
     overlay: str, deployment: str, rendered: dict[str, list[Any]]
 ) -> None:
+    """In each overlay each processor's container runs its command and declares exactly its
+    configured ops port (plus the gateway's API port); liveness ``/health`` and readiness
+    ``/ready`` (and any startup probe) use the ops port, as does the prometheus.io/port
+    annotation; its Service selects its pods and exposes one port, the API port for the gateway,
+    else the ops port; the Deployment's selector matches its pod labels."""
     docs = rendered[overlay]
     _, field, command = PROCESSORS[deployment]
     _, container = _container(docs, deployment)
@@ -900,6 +973,8 @@ def test_processor_ports_probes_and_services(
 
 @pytest.mark.parametrize("overlay", list(KUSTOMIZATIONS))
 def test_runner_outlives_its_drain(overlay: str, rendered: dict[str, list[Any]]) -> None:
+    """In each overlay the runner's shutdown grace is 30 s and its pod's
+    terminationGracePeriodSeconds is 45, longer than the drain."""
     docs = rendered[overlay]
     spec, container = _container(docs, "graphwire-runner")
     grace = float(setting(docs, container, "shutdown_grace_s"))
@@ -910,6 +985,10 @@ def test_runner_outlives_its_drain(overlay: str, rendered: dict[str, list[Any]])
 
 @pytest.mark.parametrize("overlay", list(KUSTOMIZATIONS))
 def test_pods_are_locked_down(overlay: str, rendered: dict[str, list[Any]]) -> None:
+    """In each overlay the 8 pod templates (Deployments, Jobs, CronJobs) run as non-root user 10001
+    without a service-account token; every container has a read-only root filesystem, no privilege
+    escalation, all capabilities dropped, CPU and memory requests and limits, a writable /tmp
+    volume, and a volume at its working directory if it sets one."""
     docs = rendered[overlay]
     pods = [d for d in docs if d["kind"] in POD_TEMPLATE_KINDS]
     assert len(pods) == 8
@@ -938,6 +1017,8 @@ def test_pods_are_locked_down(overlay: str, rendered: dict[str, list[Any]]) -> N
 def test_every_deployment_has_a_disruption_budget(
     overlay: str, rendered: dict[str, list[Any]]
 ) -> None:
+    """In each overlay the Deployments are exactly the 5 processors, and each is selected by
+    exactly one PodDisruptionBudget allowing maxUnavailable 1."""
     docs = rendered[overlay]
     deployments = [d for d in docs if d["kind"] == "Deployment"]
     assert {d["metadata"]["name"] for d in deployments} == set(PROCESSORS)
@@ -953,6 +1034,12 @@ def test_every_deployment_has_a_disruption_budget(
 
 @pytest.mark.parametrize("overlay", list(KUSTOMIZATIONS))
 def test_jobs_and_secrets(overlay: str, rendered: dict[str, list[Any]]) -> None:
+    """In each overlay the jobs are exactly topics-ensure, db-migrate and the db-prune CronJob
+    (concurrencyPolicy Forbid); the secret template holds exactly the 5 credential keys as empty
+    or CHANGE_ME placeholders and is never rendered; no secret key is in the ConfigMap; every
+    secret reference names the template's secret and its own key (in prod, a processor's
+    SASL password comes from its own Kafka user's secret); every container takes
+    graphwire-config as envFrom."""
     docs = rendered[overlay]
     args = {d["metadata"]["name"]: pod_spec(d)["containers"][0]["args"]  # type: ignore[index]
             for d in docs if d["kind"] in ("Job", "CronJob")}
@@ -986,6 +1073,10 @@ def test_jobs_and_secrets(overlay: str, rendered: dict[str, list[Any]]) -> None:
 
 
 def test_overlays(rendered: dict[str, list[Any]]) -> None:
+    """dev: namespace graphwire-dev, 1 replica of each processor with smaller (millicore) requests
+    than base, no autoscalers. prod: namespace graphwire, replication factor 3 (base: 1), at
+    least 3 runners and gateways and 2 audit sinks. Each overlay runs one image for every
+    processor and job; prod's is a registry path not tagged ``:latest``."""
     base, dev, prod = rendered["base"], rendered["dev"], rendered["prod"]
     # dev: one of each, small, no autoscalers (no KEDA or metrics-server needed)
     assert {d["metadata"]["namespace"] for d in dev} == {"graphwire-dev"}

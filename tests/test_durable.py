@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -17,6 +16,8 @@ from graphwire.processors.settings import Settings
 from graphwire.topics.positions import event_position
 from graphwire.topics.specs import TopicNames
 from tests.conftest import PARTITIONS, TEST_DATABASE_URL, TEST_REDIS_URL
+from tests.helpers import eventually, runner_for
+from tests.helpers.runners import StartRunner
 from tests.kafka_helpers import Collector, WorkerProcess, committed_total, encode, produce, request
 
 pytestmark = pytest.mark.integration
@@ -35,18 +36,14 @@ async def _node_runs_table(prefix: str) -> tuple[asyncpg.Connection, str]:
 
 async def _wait_for_node(conn: asyncpg.Connection, table: str, node: str) -> None:
     """Wait (up to 30 s) until ``node`` has started."""
-    for _ in range(300):
-        if await conn.fetchval(f"SELECT count(*) FROM {table} WHERE node = $1", node):
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{node} never started")
+    await eventually(lambda: conn.fetchval(f"SELECT count(*) FROM {table} WHERE node = $1", node),
+                     30, what=f"{node} started")
 
 
 @pytest.fixture
-async def runner(settings: Settings, topics: TopicNames) -> AsyncIterator[GraphRunner]:
+async def runner(start_runner: StartRunner) -> GraphRunner:
     """An in-process runner with dedup and checkpoints on (the defaults)."""
-    async with GraphRunner(settings, GraphRegistry.from_sources()) as running:
-        yield running
+    return await start_runner()
 
 
 async def test_dedup_store_lease_done_and_attempts(prefix: str) -> None:
@@ -158,11 +155,10 @@ async def test_retriable_errors_are_retried_up_to_max_attempts(
     """ConnectionError is retried (graph default 4, request override 2); ValueError is not."""
     from tests.sample_graphs import FLAKY_CALLS
 
-    fast = settings.model_copy(update={"retry_backoff_s": 0.01})
     registry = GraphRegistry.from_sources(
         specs="flaky=tests.sample_graphs:flaky,failing=tests.sample_graphs:failing"
     )
-    async with GraphRunner(fast, registry) as runner:
+    async with runner_for(settings, registry, retry_backoff_s=0.01) as runner:
         await produce(
             bootstrap,
             topics.requests,
@@ -244,7 +240,7 @@ async def test_approval_interrupts_then_resumes_through_the_cli(
 ) -> None:
     """approval: interrupted with the draft; `graphwire state` shows it pending;
     `graphwire submit --resume` publishes; the thread's state then has no next step."""
-    from tests.test_cli import graphwire
+    from tests.helpers import graphwire
 
     thread = f"{topics.prefix}-th"
     await produce(
@@ -363,7 +359,7 @@ async def test_dlq_list_and_replay_reruns_a_failed_request(
 ) -> None:
     """`graphwire dlq list` shows each dead letter with its reason; `dlq replay --request-id`
     re-produces it (dedup forgets it) and it runs again, this time successfully."""
-    from tests.test_cli import graphwire
+    from tests.helpers import graphwire
 
     registry = GraphRegistry.from_sources(specs="flaky=tests.sample_graphs:flaky")
     env = {k: v for k, v in worker_env.items() if k != "GRAPHWIRE_GROUP_ID"}
@@ -415,7 +411,7 @@ async def test_stateless_checkpoints_are_deleted_and_threads_pruned_by_age(
 ) -> None:
     """Finished stateless runs leave no checkpoints (batched delete); a thread keeps its own
     until `graphwire checkpoints prune` finds it older than the retention."""
-    from tests.test_cli import graphwire
+    from tests.helpers import graphwire
 
     thread = f"{topics.prefix}-keep"
     await produce(
@@ -433,12 +429,12 @@ async def test_stateless_checkpoints_are_deleted_and_threads_pruned_by_age(
     conn = await asyncpg.connect(TEST_DATABASE_URL)
     try:
         query = f'SELECT DISTINCT thread_id FROM "{schema}".checkpoints ORDER BY 1'
-        for _ in range(50):  # the batch runs about a second after the runs
-            threads = [r["thread_id"] for r in await conn.fetch(query)]
-            if threads == [thread]:
-                break
-            await asyncio.sleep(0.1)
-        assert threads == [thread]
+
+        async def threads() -> list[str]:
+            return [r["thread_id"] for r in await conn.fetch(query)]
+
+        # the batch runs about a second after the runs
+        assert await eventually(threads, 5, until=lambda found: found == [thread]) == [thread]
         env = {k: v for k, v in worker_env.items() if k != "GRAPHWIRE_GROUP_ID"}
         kept = await asyncio.to_thread(graphwire, "checkpoints", "prune", env=env)
         assert kept.stdout.strip() == (
@@ -459,9 +455,8 @@ async def test_lease_is_renewed_while_a_long_run_lasts(
     bootstrap: str, topics: TopicNames, settings: Settings
 ) -> None:
     """lease 1 s, run 2.5 s: a copy of the request on another key waits, then is skipped."""
-    short = settings.model_copy(update={"lease_ms": 1000})
     body = encode(request("long-1", graph="slow", input={"seconds": 2.5}))
-    async with GraphRunner(short, GraphRegistry.from_sources()) as runner:
+    async with runner_for(settings, lease_ms=1000) as runner:
         await produce(bootstrap, topics.requests, [(b"key-a", body)])
         async with Collector(bootstrap, topics.results, topics.events) as out:
             await out.wait_until(lambda: len(out.records[topics.events]) >= 1)
@@ -486,8 +481,7 @@ async def test_a_lost_lease_stops_the_run_from_publishing(
     then reuses its finished checkpoint: one result, attempt 2, the node ran once."""
     from redis.asyncio import Redis
 
-    short = settings.model_copy(update={"lease_ms": 1000})
-    async with GraphRunner(short, GraphRegistry.from_sources()) as _runner:
+    async with runner_for(settings, lease_ms=1000) as _runner:
         await produce(
             bootstrap,
             topics.requests,

@@ -22,12 +22,11 @@ from graphwire import EffectInDoubt, effect_key, once
 from graphwire.graphs.effects import EffectIntent, EffectResultNotJSON, bind_effects
 from graphwire.graphs.registry import GraphRegistry
 from graphwire.processors.runner.checkpoints import CheckpointStore
-from graphwire.processors.runner.runner import GraphRunner
 from graphwire.processors.settings import Settings
 from graphwire.topics.specs import TopicNames
 from tests.conftest import TEST_DATABASE_URL
+from tests.helpers import eventually, graphwire, runner_for
 from tests.kafka_helpers import Collector, WorkerProcess, encode, produce, request
-from tests.test_cli import graphwire
 
 Events = list[tuple[str, str | None, Any]]
 
@@ -386,11 +385,9 @@ class EffectServer:
             await runner.cleanup()
 
     async def wait_calls(self, count: int, timeout: float = 60.0) -> None:
-        for _ in range(int(timeout * 10)):
-            if len(self.calls) >= count:
-                return
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"the server saw {len(self.calls)} calls, not {count}")
+        """Wait until the server has seen at least ``count`` calls."""
+        await eventually(lambda: len(self.calls), timeout, what=f"the server seeing {count} calls",
+                         until=lambda seen: seen >= count)
 
 
 @pytest.fixture
@@ -533,9 +530,8 @@ async def test_a_runner_retry_of_a_retriable_error_keeps_the_key_and_the_effect(
     """The node raises ConnectionError after its effect; the runner's retry (attempt 2) gets
     the same key and the recorded receipt: one call on the server, a success, and
     graphwire_effects_total counts one call and one replay."""
-    fast = settings.model_copy(update={"retry_backoff_s": 0.01})
     registry = GraphRegistry.from_sources(specs="charge=tests.effect_graphs:make_flaky_charge")
-    async with GraphRunner(fast, registry) as runner:
+    async with runner_for(settings, registry, retry_backoff_s=0.01) as runner:
         async with Collector(bootstrap, topics.results, topics.events) as out:
             await produce(bootstrap, topics.requests, [(b"k", encode(request(
                 "retry-1", graph="charge", input={"url": server.url, "amount": 3})))])

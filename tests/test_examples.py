@@ -50,6 +50,9 @@ def run(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_kcat(worker: dict[str, str], tmp_path: Path) -> None:
+    """examples/kcat/submit.sh, with the newer librdkafka from the confluent-kafka wheel, exits 0
+    and prints a success result whose text is "hello from kcat" and whose request_id starts
+    "kcat-" (skipped without kcat)."""
     if shutil.which("kcat") is None:
         pytest.skip("kcat is not installed (apt-get install kcat; .ci/run installs it)")
     import confluent_kafka
@@ -67,6 +70,8 @@ def test_kcat(worker: dict[str, str], tmp_path: Path) -> None:
 
 
 def test_confluent_kafka(worker: dict[str, str]) -> None:
+    """examples/confluent_kafka_client.py "Big Words" exits 0 and prints a success result with
+    output {"text": "big words", "tokens": ["big", "words"], "count": 2}."""
     done = run(worker, sys.executable, str(EXAMPLES / "confluent_kafka_client.py"), "Big Words")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
@@ -76,6 +81,9 @@ def test_confluent_kafka(worker: dict[str, str]) -> None:
 
 
 def test_python_client(worker: dict[str, str], bootstrap: str) -> None:
+    """examples/python_client.py exits 0 and prints run_started at 2**32, the nodes normalize,
+    tokenize, count, run_finished at 2**32 + 4, a success result for "hello world", then 10 lines
+    "'Request Number i' -> 'request number i' (3 tokens)" in order."""
     done = run(worker, sys.executable, str(EXAMPLES / "python_client.py"))
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
@@ -91,6 +99,8 @@ def test_python_client(worker: dict[str, str], bootstrap: str) -> None:
 async def test_langgraph_project_served_unchanged(
     worker: dict[str, str], bootstrap: str, topics: TopicNames, worker_env: dict[str, str]
 ) -> None:
+    """The example LangGraph project's "triage" graph, served by the worker unchanged, answers a
+    refund message with success, queue "billing" and the billing team's reply."""
     from graphwire.topics.client import GraphwireClient
 
     await wait_for_members(bootstrap, worker_env["GRAPHWIRE_GROUP_ID"], 1)

@@ -22,8 +22,8 @@ from tests.gateway_helpers import (
     serve,
     token,
 )
+from tests.helpers import eventually, wait_rows
 from tests.kafka_helpers import Collector, WorkerProcess, wait_for_members
-from tests.test_audit import wait_rows
 
 pytestmark = pytest.mark.integration
 
@@ -35,6 +35,11 @@ def body(graph: str = "pipeline", **extra: Any) -> dict[str, Any]:
 async def test_execute_wait_invoke_status_and_principal(
     worker: WorkerProcess, worker_env: dict[str, str], bootstrap: str
 ) -> None:
+    """POST /workflow/execute answers 202 with a request_id in the caller's 128-bit scope and its
+    status and stream URLs, and the status turns success (from redis, 1 attempt); execute?wait
+    returns "hello gateway" with principal api_key svc-a; invoke replaces a spoofed principal and
+    keeps other metadata; an unknown id is 404; a wait timing out is 202 with the status URL;
+    another caller gets 404 for this run's status and stream."""
     await wait_for_members(bootstrap, worker_env["GRAPHWIRE_GROUP_ID"], 1)
     async with serve(gateway_settings(worker_env)) as http:
         accepted = await http.post("/workflow/execute", json=body(), headers=A)
@@ -45,11 +50,10 @@ async def test_execute_wait_invoke_status_and_principal(
         assert accepted.json() == {"request_id": rid, "status": "accepted",
                                    "status_url": f"/workflow/status/{rid}",
                                    "stream_url": f"/workflow/stream/{rid}"}
-        for _ in range(100):
-            status = await http.get(f"/workflow/status/{rid}", headers=A)
-            if status.status_code == 200 and status.json()["status"] == "success":
-                break
-            await asyncio.sleep(0.1)
+        status = await eventually(
+            lambda: http.get(f"/workflow/status/{rid}", headers=A), 30,
+            what=f"{rid} succeeded",
+            until=lambda got: got.status_code == 200 and got.json()["status"] == "success")
         assert (status.json()["status"], status.json()["source"]) == ("success", "redis")
         assert status.json()["attempts"] == 1
 
@@ -81,6 +85,10 @@ async def test_execute_wait_invoke_status_and_principal(
 
 
 async def test_auth_matrix(worker: WorkerProcess, worker_env: dict[str, str]) -> None:
+    """Seven bad credentials get 401 or 403 with their exact detail (no credentials, unknown key,
+    a key or JWT not allowed the graph, an expired or wrongly signed JWT, Basic auth), each 401
+    with ``WWW-Authenticate: Bearer``; a JWT allowed pipeline runs as jwt user-7; the metrics count
+    5 401s and 2 403s."""
     async with serve(gateway_settings(worker_env)) as http:
         cases = [
             ({}, 401, "send an API key (X-API-Key) or a JWT (Authorization: Bearer ...)"),
@@ -110,6 +118,8 @@ async def test_auth_matrix(worker: WorkerProcess, worker_env: dict[str, str]) ->
 
 
 async def test_rate_limit_boundary(worker: WorkerProcess, worker_env: dict[str, str]) -> None:
+    """A key limited to 5 requests a minute gets 5 answers (404) then 429 "rate limit of 5
+    requests per minute reached" with Retry-After between 1 and 60; another key is not limited."""
     headers = {"X-API-Key": KEY_LIMITED}
     async with serve(gateway_settings(worker_env)) as http:
         codes = [(await http.get("/workflow/status/x", headers=headers)).status_code
@@ -126,6 +136,10 @@ async def test_rate_limit_boundary(worker: WorkerProcess, worker_env: dict[str, 
 async def test_idempotency_key_twice_is_one_run(
     worker: WorkerProcess, worker_env: dict[str, str], bootstrap: str, topics: TopicNames
 ) -> None:
+    """The same Idempotency-Key twice from one caller returns the same answer for one run (id ending
+    ".order-42"), started once and with one result; the same key from another caller is that
+    caller's own run (a different id, principal jwt user-9); a key with a different request_id is
+    422."""
     headers = {**A, "Idempotency-Key": "order-42"}
     other = {"Authorization": f"Bearer {token('user-9', ['*'])}", "Idempotency-Key": "order-42"}
     async with Collector(bootstrap, topics.results, topics.events) as out, serve(
@@ -175,6 +189,9 @@ def sse(text: str) -> list[dict[str, Any]]:
 async def test_stream_and_reconnect_with_last_event_id(
     worker: WorkerProcess, worker_env: dict[str, str]
 ) -> None:
+    """POST /workflow/stream sends the 5 events with ids 2**32 + 0..4, then the result without an
+    id; reconnecting with Last-Event-ID 2**32 + 2 sends events 3 and 4 and the result (count 2);
+    after the last event only the result; an unreadable Last-Event-ID replays everything."""
     async with serve(gateway_settings(worker_env)) as http:
         streamed = await http.post("/workflow/stream", json=body(), headers=A)
         assert streamed.headers["content-type"].startswith("text/event-stream")
@@ -197,6 +214,11 @@ async def test_stream_and_reconnect_with_last_event_id(
 async def test_batch_validation_body_limit_health(
     worker: WorkerProcess, worker_env: dict[str, str]
 ) -> None:
+    """With a 2,048-byte body limit: a waited batch of 3 echoes returns their outputs in order;
+    a missing workflow_name or an extra field is 422; a body over the limit is 413, with or
+    without Content-Length; a batch with a graph the key may not run is 403, one of 6 runs over a
+    limit of 5 is 429; /health is alive, /ready 200 with kafka, redis and postgresql ok, the
+    OpenAPI lists /workflow/execute, and the metrics count 1 batch 200 and 2 execute 422."""
     async with serve(gateway_settings(worker_env, gateway_max_body_bytes=2048)) as http:
         batch = await http.post("/workflow/batch?timeout=60", headers=A, json={
             "wait": True,
@@ -247,6 +269,8 @@ async def test_batch_validation_body_limit_health(
 async def test_cors_only_for_configured_origins(
     worker_env: dict[str, str], topics: TopicNames
 ) -> None:
+    """A CORS preflight from the configured origin https://app.example is allowed with that
+    origin; one from another origin gets no Access-Control-Allow-Origin header."""
     settings = gateway_settings(worker_env, gateway_cors_origins="https://app.example")
     async with serve(settings) as http:
         preflight = {"Access-Control-Request-Method": "POST"}

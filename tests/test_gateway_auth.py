@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import hashlib
-import subprocess
-import sys
 import time
 import uuid
 from typing import Any
@@ -25,6 +23,7 @@ from graphwire.topics.errors import GraphwireError
 from graphwire.topics.specs import TopicNames
 from tests.conftest import TEST_DATABASE_URL
 from tests.gateway_helpers import gateway_settings, serve, token
+from tests.helpers import graphwire
 from tests.kafka_helpers import Collector
 
 pytestmark = pytest.mark.integration
@@ -195,8 +194,7 @@ def test_duplicate_api_key_names_refused_unless_rotation(worker_env: dict[str, s
 def test_gateway_key_rotation_flag_prints_a_rotation_entry() -> None:
     """`graphwire gateway-key NAME --rotation` prints an entry marked "rotation": true whose
     hash is that of the key it prints."""
-    out = subprocess.run([sys.executable, "-m", "graphwire", "gateway-key", "svc-x", "--rotation"],
-                         capture_output=True, text=True, timeout=60, check=True)
+    out = graphwire("gateway-key", "svc-x", "--rotation", check=True)
     first, _, entry = out.stdout.splitlines()
     key = first.rsplit(": ", 1)[1]
     assert orjson.loads(entry) == {"name": "svc-x", "key_sha256": hash_key(key),

@@ -7,8 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -16,36 +15,19 @@ import asyncpg
 import httpx
 import orjson
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
-from graphwire.processors.dev.broker import free_port
-from graphwire.processors.gateway.app import create_app
 from graphwire.processors.settings import Settings
 from tests.gateway_helpers import KEY_ECHO, SCOPE_A, A, gateway_settings, serve
+from tests.gateway_helpers import serve_app as serve_gateway_app
 from tests.kafka_helpers import WorkerProcess
 
 pytestmark = pytest.mark.integration
 
 
-@asynccontextmanager
-async def serve_app(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+def serve_app(settings: Settings) -> AbstractAsyncContextManager[tuple[FastAPI, httpx.AsyncClient]]:
     """The gateway on a free port, with its app (for its pool); short client timeout."""
-    app = create_app(settings)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None,
-                                          lifespan="on", access_log=False))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.05)
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=20) as http:
-            yield app, http
-    finally:
-        server.should_exit = True
-        await task
+    return serve_gateway_app(settings, client_timeout=20)
 
 
 def slow(seconds: float) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from graphwire.processors.dev.broker import free_port
 from graphwire.processors.runner.runner import GraphRunner
 from graphwire.processors.settings import Settings
 from graphwire.topics.specs import TopicNames
+from tests.helpers import runner_for
 from tests.kafka_helpers import Collector, WorkerProcess, encode, produce, ready, request
 
 pytestmark = pytest.mark.integration
@@ -191,8 +192,7 @@ async def test_max_run_s_is_the_default_and_the_cap_of_timeout_s(
     """GRAPHWIRE_MAX_RUN_S=1: a 30 s sleep asking timeout_s=600, and one giving none, both end
     ``timeout`` with a message naming the setting; the first's run_started says it was capped;
     a request asking 0.5 s keeps its own timeout and message."""
-    capped = settings.model_copy(update={"max_run_s": 1.0})
-    async with GraphRunner(capped, GraphRegistry.from_sources()):
+    async with runner_for(settings, max_run_s=1.0):
         await produce(bootstrap, topics.requests, [
             (b"a", encode(request("asks-more", "slow", input={"seconds": 30}, timeout_s=600))),
             (b"b", encode(request("asks-none", "slow", input={"seconds": 30}))),

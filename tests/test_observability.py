@@ -18,6 +18,10 @@ pytestmark = pytest.mark.integration
 async def test_llm_node_and_lag_metrics_after_real_runs(
     bootstrap: str, topics: TopicNames, worker_env: dict[str, str], tmp_path: Path
 ) -> None:
+    """After one chat run and two pipeline runs the worker's /metrics count 2 successful LLM
+    requests of "graphwire-scripted" (its 2 AI messages) with their summed input and output
+    tokens, 2 durations per pipeline node, 2 for the chat agent and 1 for its tools, 2 successful
+    pipeline executions, and a consumer lag of 0 on every requests partition."""
     port = free_port()
     worker = WorkerProcess({**worker_env, "GRAPHWIRE_HTTP_PORT": str(port)},
                            log_path=tmp_path / "worker.log").start()
@@ -60,6 +64,9 @@ async def test_llm_node_and_lag_metrics_after_real_runs(
 async def test_json_logs_carry_request_graph_node_and_trace(
     bootstrap: str, topics: TopicNames, worker_env: dict[str, str], tmp_path: Path
 ) -> None:
+    """At DEBUG, a pipeline request with a traceparent logs exactly one "run success in ..." JSON
+    line with graph pipeline, the request's trace id and level debug, and one "node NAME took
+    ..." line per node (normalize, tokenize, count, in order), each with that trace id."""
     import orjson
 
     log = tmp_path / "worker.log"

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 
 import asyncpg
 import pytest
@@ -15,12 +13,12 @@ from graphwire.processors.cli.doctor import settings_checks
 from graphwire.processors.settings import Settings
 from graphwire.topics.specs import TopicNames
 from tests.conftest import TEST_DATABASE_URL
-from tests.kafka_helpers import ROOT
+from tests.helpers import graphwire as run_cli
 
 
 def graphwire(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "graphwire", *args], cwd=ROOT,
-                          env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+    """``graphwire ARGS`` with ``env``, up to two minutes (see :func:`tests.helpers.graphwire`)."""
+    return run_cli(*args, env=env, timeout=120)
 
 
 def rows(output: str) -> dict[str, str]:
@@ -37,6 +35,10 @@ def rows(output: str) -> dict[str, str]:
 async def test_doctor_passes_a_healthy_dev_stack_and_fails_with_the_fix(
     topics: TopicNames, worker_env: dict[str, str]
 ) -> None:
+    """`graphwire doctor` on an unmigrated audit schema exits 1 with "audit tables migrated" failed
+    and the fix "graphwire db migrate"; after migrating it exits 0 with the 10 checks (Kafka,
+    topics, replication, lag, Redis, PostgreSQL, audit tables, heartbeat, drain grace, security)
+    passed, the requests topic at 4 partitions, and "0 fail" last."""
     prefix = worker_env["GRAPHWIRE_TOPIC_PREFIX"]
     env = {**worker_env, "GRAPHWIRE_PARTITIONS": "4", "GRAPHWIRE_AUDIT_SCHEMA": prefix}
     unmigrated = graphwire(env, "doctor")
@@ -61,6 +63,11 @@ async def test_doctor_passes_a_healthy_dev_stack_and_fails_with_the_fix(
 
 
 def test_doctor_settings_checks_outside_dev() -> None:
+    """For remote servers without TLS or credentials and a heartbeat half the session timeout, the
+    settings checks fail Kafka TLS/SASL (fix GRAPHWIRE_SECURITY_PROTOCOL=SASL_SSL) and the
+    heartbeat, and warn on Redis TLS (fix "use a rediss:// URL"), PostgreSQL TLS and credentials
+    and topic replication; with SASL_SSL, a 3 s heartbeat, rediss, sslmode=require with a password
+    and replication 3 every check passes."""
     remote = Settings(
         _env_file=None,  # type: ignore[call-arg]
         bootstrap_servers="kafka-1.prod:9092,kafka-2.prod:9092",
@@ -119,6 +126,10 @@ def test_doctor_flags_clear_text_kafka_and_demo_graphs_in_a_production_config() 
 def test_topics_scale_refuses_to_decrease_and_names_an_unsupported_broker(
     topics: TopicNames, worker_env: dict[str, str]
 ) -> None:
+    """`topics scale --partitions 2` on 4-partition topics exits 1 because Kafka cannot decrease
+    partitions; `--partitions 4` exits 0 with "already has 4 partitions: nothing to do";
+    `--partitions 8` exits 1 saying the broker may not support CreatePartitions (the test broker
+    does not)."""
     smaller = graphwire(worker_env, "topics", "scale", "--partitions", "2")
     assert smaller.returncode == 1
     assert (f"{topics.requests} has 4 partitions; Kafka cannot decrease a topic's partitions"

@@ -15,18 +15,17 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
 )
 
-from graphwire.graphs.registry import GraphRegistry
 from graphwire.processors.metrics import RunnerMetrics
 from graphwire.processors.runner.publisher import (
     OutputPublisher,
     _can_succeed_later,
     output_limit,
 )
-from graphwire.processors.runner.runner import GraphRunner
 from graphwire.processors.settings import Settings
 from graphwire.topics.admin import ensure_topics, message_limits
 from graphwire.topics.specs import TopicNames, TopicSpec
 from tests.conftest import PARTITIONS
+from tests.helpers import runner_for
 from tests.kafka_helpers import Collector, encode, produce, request
 
 MIB = 1024 * 1024
@@ -84,10 +83,9 @@ async def test_outputs_are_truncated_to_the_topics_max_message_bytes(
     await ensure_topics(bootstrap, _with_limits(names, limits))
     assert await message_limits(bootstrap, list(limits)) == limits
     assert await message_limits(bootstrap, [names.requests]) == {}  # Tansu: no broker default
-    roomy = settings.model_copy(update={"max_request_bytes": 400_000})
     text = "x" * 350_000
     big = encode(request("big-2", graph="echo", input={"text": "y" * 450_000}))
-    async with GraphRunner(roomy, GraphRegistry.from_sources()):
+    async with runner_for(settings, max_request_bytes=400_000):
         await produce(
             bootstrap,
             names.requests,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 import orjson
@@ -15,6 +14,7 @@ from graphwire.processors.runner.runner import GraphRunner
 from graphwire.processors.settings import Settings
 from graphwire.topics.specs import TopicNames
 from tests.conftest import PARTITIONS
+from tests.helpers import eventually, runner_for
 from tests.kafka_helpers import Collector, committed_total, encode, produce, request
 
 pytestmark = pytest.mark.integration
@@ -36,14 +36,11 @@ def _failures(runner: GraphRunner) -> dict[str, float]:
 
 async def _wait_committed(bootstrap: str, settings: Settings, count: int) -> int:
     """The group's committed total on the requests topic, once it reaches ``count`` (or 15 s)."""
-    deadline = time.monotonic() + 15
-    while True:
-        total = await committed_total(
-            bootstrap, settings.group_id, settings.topics.requests, PARTITIONS
-        )
-        if total >= count or time.monotonic() > deadline:
-            return total
-        await asyncio.sleep(0.2)
+    total: int = await eventually(
+        lambda: committed_total(bootstrap, settings.group_id, settings.topics.requests, PARTITIONS),
+        15, what=f"{count} requests committed", until=lambda done: done >= count, interval=0.2,
+    )
+    return total
 
 
 async def test_reply_to_topic_without_partitions_times_out_and_the_key_moves_on(
@@ -81,7 +78,7 @@ async def test_reply_to_naming_an_own_topic_gets_no_copy_and_one_result(
 ) -> None:
     """reply-to = requests, events or dlq: nothing copied there, exactly one success each."""
     own = {"o-req": topics.requests, "o-ev": topics.events, "o-dlq": topics.dlq}
-    async with GraphRunner(settings, GraphRegistry.from_sources()) as runner:
+    async with runner_for(settings) as runner:
         await produce(
             bootstrap,
             topics.requests,
@@ -108,8 +105,7 @@ async def test_rejecting_a_message_whose_request_id_is_done_publishes_nothing(
     bootstrap: str, topics: TopicNames, settings: Settings
 ) -> None:
     """Unknown graph, bad fields, too large for a done request_id: no result, no dlq, 3 dups."""
-    small = settings.model_copy(update={"max_request_bytes": 4096})
-    async with GraphRunner(small, GraphRegistry.from_sources()) as runner:
+    async with runner_for(settings, max_request_bytes=4096) as runner:
         async with Collector(bootstrap, topics.results, topics.dlq) as out:
             await produce(bootstrap, topics.requests, [(b"k", _echo("d1"))])
             await out.wait_count(topics.results, 1)
@@ -140,7 +136,7 @@ async def test_rejecting_a_message_whose_request_id_is_running_publishes_no_resu
 ) -> None:
     """An invalid message reusing a running request_id gets a dead letter, never a result: the
     running request's success is the one result of that id."""
-    async with GraphRunner(settings, GraphRegistry.from_sources()):
+    async with runner_for(settings):
         async with Collector(bootstrap, topics.results, topics.dlq, topics.events) as out:
             await produce(bootstrap, topics.requests, [
                 (b"a", encode(request("busy", graph="slow", input={"seconds": 3})))])

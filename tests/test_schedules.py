@@ -22,6 +22,7 @@ from graphwire.topics.codec import principal_header
 from graphwire.topics.crons import Cron, due_firings, firing_id
 from graphwire.topics.specs import TopicNames, TopicSpec
 from tests.conftest import TEST_DATABASE_URL
+from tests.helpers import wait_metric
 from tests.kafka_helpers import (
     Collector,
     WorkerProcess,
@@ -84,17 +85,8 @@ def spawn(processes: list[WorkerProcess], env: dict[str, str], command: str, log
 
 async def wait_leader(port: int, want: float, timeout: float = 20.0) -> None:
     """Wait until the scheduler on ``port`` reports ``graphwire_scheduler_leader == want``."""
-    deadline = time.monotonic() + timeout
-    got: float | None = None
-    while time.monotonic() < deadline:
-        try:
-            got = (await metrics(port)).get("graphwire_scheduler_leader")
-        except Exception:
-            got = None
-        if got == want:
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"scheduler on {port}: leader={got}, want {want}")
+    await wait_metric(port, "graphwire_scheduler_leader", lambda got: got == want, timeout,
+                      interval=0.1)
 
 
 async def start_stack(bootstrap: str, env: dict[str, str], processes: list[WorkerProcess],

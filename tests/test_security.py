@@ -22,8 +22,8 @@ from graphwire.processors.gateway.auth import hash_key
 from graphwire.topics.specs import TopicNames
 from tests.conftest import TEST_DATABASE_URL
 from tests.gateway_helpers import token
+from tests.helpers import wait_rows
 from tests.kafka_helpers import ROOT, Collector, WorkerProcess, encode, produce, request
-from tests.test_audit import wait_rows
 
 pytestmark = pytest.mark.integration
 
@@ -46,6 +46,10 @@ def _with_password(url: str) -> tuple[str, str]:
 async def test_a_full_run_leaks_no_configured_secret(
     bootstrap: str, topics: TopicNames, worker_env: dict[str, str], tmp_path: Path
 ) -> None:
+    """A worker, audit sink and gateway at DEBUG run two invokes (API key and JWT), a refused key,
+    an undecodable request and an unknown graph; none of the PostgreSQL password, SASL password,
+    JWT secret, API key or the refused key appears in any topic record, audit row, /metrics page,
+    HTTP answer or log (over 10,000 characters read)."""
     prefix = worker_env["GRAPHWIRE_TOPIC_PREFIX"]
     database_url, pg_password = _with_password(TEST_DATABASE_URL)
     ports = {"worker": free_port(), "audit": free_port(), "gateway": free_port()}
@@ -147,6 +151,9 @@ def test_secrets_from_mounted_files(tmp_path: Path) -> None:
 async def test_graph_allow_list_rejects_registered_graphs_not_on_it(
     bootstrap: str, topics: TopicNames, worker_env: dict[str, str], tmp_path: Path
 ) -> None:
+    """With GRAPHWIRE_ALLOWED_GRAPHS=echo,pipeline an echo request succeeds and a request for the
+    registered graph slow is rejected as UnknownGraph, "unknown graph 'slow': registered graphs
+    are echo, pipeline;"."""
     worker = WorkerProcess({**worker_env, "GRAPHWIRE_ALLOWED_GRAPHS": "echo,pipeline"},
                            log_path=tmp_path / "worker.log").start()
     try:

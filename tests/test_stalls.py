@@ -8,7 +8,6 @@ GRAPHWIRE_MAX_MESSAGE_BYTES), and a runner task dies of an error raised inside t
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -21,6 +20,7 @@ from graphwire.processors.dev.broker import free_port
 from graphwire.processors.runner.runner import GraphRunner
 from graphwire.processors.settings import Settings
 from graphwire.topics.specs import TopicNames
+from tests.helpers import until, wait_metric
 from tests.kafka_helpers import (
     Collector,
     WorkerProcess,
@@ -35,18 +35,6 @@ from tests.kafka_helpers import (
 pytestmark = pytest.mark.integration
 
 BLOB = 200_000  # a header over the worker's 100 kB producer limit: its dead letter is refused
-
-
-async def wait_metric(port: int, name: str, predicate: Any, timeout: float = 30.0) -> float:
-    """Wait until metric ``name`` satisfies ``predicate``; its value."""
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        value = (await metrics(port)).get(name)
-        if value is not None and predicate(value):
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{name} never met the condition: last {value}")
 
 
 async def produce_to(
@@ -125,15 +113,6 @@ async def test_unpublishable_dead_letter_stalls_partition_visibly_and_keeps_key_
     b = [r for r in out.records[topics.results] if r.key == b"b"]
     assert len(b) == 1 and b[0].timestamp >= dead[0].timestamp
     assert (await committed(bootstrap, f"{topics.prefix}-runners", topics.requests, 4))[0] == 3
-
-
-async def until(predicate: Any, timeout: float = 30.0) -> None:
-    """Wait until ``predicate()`` holds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 async def test_stalled_partition_moves_on_in_order_once_its_dead_letter_can_be_sent(

@@ -279,18 +279,13 @@ async def test_topics_scale_wait_drained_waits_for_the_runners_to_consume_every_
     """`graphwire topics scale --wait-drained S` adds no partition while requests wait (exit 1,
     saying how many); once a runner has consumed them it goes on to add them (which the test
     broker refuses: the step after the wait is all it can show)."""
-    import os
     import subprocess
-    import sys
 
-    from tests.kafka_helpers import ROOT
+    from tests.helpers import graphwire
 
     def scale() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "graphwire", "topics", "scale", "--partitions", "8",
-             "--wait-drained", "2"],
-            cwd=ROOT, env={**os.environ, **worker_env}, capture_output=True,
-            text=True, timeout=120)
+        return graphwire("topics", "scale", "--partitions", "8", "--wait-drained", "2",
+                         env=worker_env, timeout=120)
 
     env = {**worker_env, "GRAPHWIRE_GRAPHS": GRAPHS}
     await send(bootstrap, topics.requests,

@@ -8,11 +8,10 @@ from collections.abc import Iterator
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from graphwire.graphs.registry import GraphRegistry
 from graphwire.processors.runner import tracing
-from graphwire.processors.runner.runner import GraphRunner
 from graphwire.processors.settings import Settings
 from graphwire.topics.specs import TopicNames
+from tests.helpers import runner_for
 from tests.kafka_helpers import Collector, encode, produce, request
 
 pytestmark = pytest.mark.integration
@@ -34,7 +33,11 @@ def spans() -> Iterator[InMemorySpanExporter]:
 async def test_run_and_node_spans_continue_the_request_trace(
     bootstrap: str, topics: TopicNames, settings: Settings, spans: InMemorySpanExporter
 ) -> None:
-    async with GraphRunner(settings, GraphRegistry.from_sources()), Collector(
+    """A request with a traceparent gets a "graph pipeline" span in that trace, child of the given
+    parent, status success, with child spans node normalize, node tokenize, node count in order in
+    the same trace; a request without one starts a new trace, and its interrupt leaves the run
+    status "interrupted" and the one "node review" span OK."""
+    async with runner_for(settings), Collector(
         bootstrap, topics.results
     ) as out:
         await produce(bootstrap, topics.requests, [

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from graphwire.topics.specs import TopicNames
-from tests.kafka_helpers import ROOT, WorkerProcess, wait_for_members
+from tests.helpers import ROOT
+from tests.helpers import graphwire as run_cli
+from tests.kafka_helpers import WorkerProcess, wait_for_members
 
 pytestmark = pytest.mark.integration
 
@@ -29,13 +31,17 @@ def env(
 
 
 def graphwire(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "graphwire", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=180)
+    """``graphwire ARGS`` with ``env``, up to three minutes (:func:`tests.helpers.graphwire`)."""
+    return run_cli(*args, env=env, timeout=180)
 
 
 async def test_submit_file_runs_every_line_and_summarises(
     env: dict[str, str], bootstrap: str, tmp_path: Path
 ) -> None:
+    """`submit pipeline --file --json` with 30 pipeline lines, one echo line, a blank line and an
+    unknown graph prints 32 results (the 30 texts lowercased, the unknown one rejected), exits 1,
+    and summarises 32 requests, 31 done, 1 rejected, 1 error, p50 and p99 latency and a full
+    32/32 progress bar."""
     await wait_for_members(bootstrap, env["GRAPHWIRE_GROUP_ID"], 1)
     lines = [json.dumps({"text": f"Line {i}"}) for i in range(30)]
     lines += [json.dumps({"graph": "echo", "input": {"text": "x"}, "request_id": "f-echo"}),
@@ -61,6 +67,8 @@ async def test_submit_file_runs_every_line_and_summarises(
 
 
 def test_submit_file_names_the_bad_line(env: dict[str, str], tmp_path: Path) -> None:
+    """`submit --file` exits 1 naming "FILE:2: not JSON" for a broken second line, and
+    "FILE:1: no 'graph' in the line" when no graph is given on the command line or in the line."""
     path = tmp_path / "bad.jsonl"
     path.write_text('{"text": "ok"}\n{not json\n')
     done = graphwire(env, "submit", "pipeline", "--file", str(path))
@@ -73,6 +81,9 @@ def test_submit_file_names_the_bad_line(env: dict[str, str], tmp_path: Path) -> 
 async def test_tail_follows_events_and_results(
     env: dict[str, str], bootstrap: str, topics: TopicNames
 ) -> None:
+    """`tail --graph echo --json --limit 2` shows only echo runs: the results of t-echo-1 and
+    t-echo-2 in order and t-echo-1's events run_started, node, run_finished in seq order; `tail
+    --from-beginning --limit 3` shows t-pipe with "result success"."""
     await wait_for_members(bootstrap, env["GRAPHWIRE_GROUP_ID"], 1)
     tail = subprocess.Popen(  # noqa: ASYNC220 (a child we read line by line)
         [sys.executable, "-m", "graphwire", "tail", "--graph", "echo", "--json", "--limit", "2"],

@@ -11,8 +11,9 @@ import pytest
 
 from graphwire.topics.specs import TopicNames
 from tests.gateway_helpers import KEY_A, KEY_ECHO, A
+from tests.helpers import eventually
 from tests.kafka_helpers import Collector, encode, produce, request
-from tests.ui_helpers import browser, eventually, scope_of, screenshot, sign_in, stack
+from tests.ui_helpers import browser, scope_of, screenshot, sign_in, stack
 
 pytestmark = pytest.mark.integration
 

@@ -21,6 +21,7 @@ from graphwire.topics.codec import HEADER_ERROR
 from graphwire.topics.specs import TopicNames
 from graphwire.topics.webhooks import scope_of, signing_key
 from tests.gateway_helpers import SCOPE_A  # api_key:svc-a
+from tests.helpers import until
 from tests.kafka_helpers import Collector, produce
 from tests.test_webhooks import (
     SECRET,
@@ -28,7 +29,6 @@ from tests.test_webhooks import (
     hook_settings,
     result_message,
     sample,
-    until,
     until_committed,
 )
 

@@ -8,8 +8,7 @@ import asyncio
 import hashlib
 import hmac
 import socket
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from graphwire.topics.models import Request
 from graphwire.topics.specs import TopicNames
 from graphwire.topics.webhooks import HEADER_WEBHOOK, signing_key
 from tests.conftest import PARTITIONS
+from tests.helpers import eventually, until
 from tests.kafka_helpers import (
     Collector,
     WorkerProcess,
@@ -245,20 +245,12 @@ def result_message(rid: str, url: str | None) -> tuple[bytes, bytes, list[tuple[
     return rid.encode(), value, [(HEADER_WEBHOOK, url.encode())] if url else []
 
 
-async def until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
-        await asyncio.sleep(0.05)
-
-
 async def until_committed(bootstrap: str, group: str, topic: str, count: int,
                           timeout: float = 30.0) -> None:
     """Wait until ``group`` committed ``count`` offsets in all over ``topic``."""
-    deadline = time.monotonic() + timeout
-    while (done := await committed_total(bootstrap, group, topic, PARTITIONS)) != count:
-        assert time.monotonic() < deadline, f"committed {done} of {count}"
-        await asyncio.sleep(0.2)
+    await eventually(lambda: committed_total(bootstrap, group, topic, PARTITIONS), timeout,
+                     what=f"{count} offsets committed", until=lambda done: done == count,
+                     interval=0.2)
 
 
 def sample(dispatcher: WebhookDispatcher, name: str, **labels: str) -> float:
@@ -589,15 +581,9 @@ async def test_the_offset_waits_for_a_result_still_being_retried(
 def test_the_processor_refuses_to_start_without_a_secret(worker_env: dict[str, str]) -> None:
     """No GRAPHWIRE_WEBHOOK_SECRET: `graphwire webhooks` exits 1 with one line saying what to
     set."""
-    import os
-    import subprocess
-    import sys
+    from tests.helpers import graphwire
 
-    from tests.kafka_helpers import ROOT
-
-    done = subprocess.run([sys.executable, "-m", "graphwire", "webhooks"], cwd=ROOT,
-                          env={**os.environ, **worker_env}, capture_output=True, text=True,
-                          timeout=60)
+    done = graphwire("webhooks", env=worker_env)
     assert (done.returncode, done.stderr) == (1, (
         "graphwire: error: GRAPHWIRE_WEBHOOK_SECRET is not set: webhooks are signed with keys "
         "derived from it; set it to a long random value (e.g. `openssl rand -hex 32`)\n"))
