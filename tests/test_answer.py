@@ -16,8 +16,8 @@ from graphwire.processors.runner.answer import (
     EventPositions,
     answer_without_run,
 )
+from graphwire.processors.runner.claims import Claim, KeptResult
 from graphwire.processors.runner.control import Stop
-from graphwire.processors.runner.dedup import Claim, KeptResult
 from graphwire.processors.runner.processing import Refusal, RequestProcessor
 from graphwire.processors.runner.publisher import OutputPublisher, Record
 from graphwire.processors.settings import Settings

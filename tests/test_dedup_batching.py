@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 from redis.asyncio import Redis
 
-from graphwire.processors.runner.dedup import Claim, DedupStore, LeaseLost
+from graphwire.processors.runner.claims import Claim, LeaseLost, RedisClaims
 from graphwire.topics.errors import DependencyUnavailable
 from graphwire.topics.runstatus import run_keys
 from tests.private_services import PrivateRedis
@@ -56,8 +56,8 @@ async def test_concurrent_calls_share_round_trips_and_keep_their_own_answers(
     admin = Redis.from_url(private_redis.url)
     rids = [f"r{i}" for i in range(N)]
     async with (
-        DedupStore(private_redis.url, namespace=prefix) as store,
-        DedupStore(private_redis.url, namespace=prefix) as other,
+        RedisClaims(private_redis.url, namespace=prefix) as store,
+        RedisClaims(private_redis.url, namespace=prefix) as other,
     ):
         for rid in rids[:16]:  # done by another worker
             await other.acquire(rid, "w-other")
@@ -113,7 +113,7 @@ async def test_a_script_error_stays_with_its_own_call_in_a_shared_round_trip(
     DependencyUnavailable; the 7 others are acquired with attempt 1."""
     admin = Redis.from_url(private_redis.url)
     await admin.hset(run_keys(prefix, "r3").lease, "x", "y")
-    async with DedupStore(private_redis.url, namespace=prefix) as store:
+    async with RedisClaims(private_redis.url, namespace=prefix) as store:
         await store.acquire("warm-up", "w-me")  # a fresh server: NOSCRIPT, then loaded
         trips = store.batcher.round_trips
         claims = await asyncio.gather(
@@ -138,7 +138,7 @@ async def test_a_redis_outage_mid_batch_fails_each_caller_then_the_store_recover
     """Redis paused with 16 acquires in flight and 16 more queued behind them, then killed:
     all 32 callers get DependencyUnavailable (none hangs, none gets a claim); after a restart
     (scripts gone: NOSCRIPT, reloaded once) 4 concurrent acquires get attempt 1 each."""
-    async with DedupStore(private_redis.url, namespace=prefix) as store:
+    async with RedisClaims(private_redis.url, namespace=prefix) as store:
         pauser = Redis.from_url(private_redis.url)
         await pauser.execute_command("CLIENT", "PAUSE", 5000, "ALL")
         first = [asyncio.create_task(store.acquire(f"a{i}", "w-me")) for i in range(16)]
@@ -173,7 +173,7 @@ async def test_renewals_of_all_held_leases_share_one_round_trip(
     lost and its on_lost is called once."""
     admin = Redis.from_url(private_redis.url)
     lost: list[str] = []
-    async with DedupStore(private_redis.url, namespace=prefix, lease_ms=1500) as store:
+    async with RedisClaims(private_redis.url, namespace=prefix, lease_ms=1500) as store:
         rids = [f"h{i}" for i in range(8)]
         await asyncio.gather(*(store.acquire(rid, "w-me") for rid in rids))
         await admin.set(run_keys(prefix, "h5").lease, "w-thief")
@@ -201,7 +201,7 @@ async def test_a_call_cancelled_before_its_round_trip_is_not_sent(
     """Of 4 queued acquires, the 2 cancelled before the round trip run nothing in Redis (no
     lease, no start count); the 2 others are acquired with attempt 1, in 1 round trip."""
     admin = Redis.from_url(private_redis.url)
-    async with DedupStore(private_redis.url, namespace=prefix) as store:
+    async with RedisClaims(private_redis.url, namespace=prefix) as store:
         await store.acquire("warm-up", "w-me")
         trips = store.batcher.round_trips
         calls = [asyncio.create_task(store.acquire(f"x{i}", "w-me")) for i in range(4)]

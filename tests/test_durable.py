@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from graphwire.graphs.registry import GraphRegistry
-from graphwire.processors.runner.dedup import DedupStore
+from graphwire.processors.runner.claims import RedisClaims
 from graphwire.processors.runner.runner import GraphRunner
 from graphwire.processors.settings import Settings
 from graphwire.topics.positions import event_position
@@ -49,7 +49,7 @@ async def runner(start_runner: StartRunner) -> GraphRunner:
 async def test_dedup_store_lease_done_and_attempts(prefix: str) -> None:
     """acquire: first wins, a second owner is busy, a released lease is re-acquired as
     attempt 2, after complete every acquire says done; the same owner again counts up."""
-    async with DedupStore(TEST_REDIS_URL, namespace=prefix, lease_ms=5000) as store:
+    async with RedisClaims(TEST_REDIS_URL, namespace=prefix, lease_ms=5000) as store:
         first = await store.acquire("r1", "w1")
         busy = await store.acquire("r1", "w2")
         assert (first.state, first.attempt) == ("acquired", 1)
@@ -94,7 +94,7 @@ async def test_duplicate_request_ids_run_once_and_publish_one_result(
         for r in out.records[topics.results]
         if orjson.loads(r.value)["request_id"] == "dup-1"
     )
-    async with DedupStore(TEST_REDIS_URL, namespace=topics.prefix) as store:
+    async with RedisClaims(TEST_REDIS_URL, namespace=topics.prefix) as store:
         marker = await store.acquire("dup-1", "probe")
     assert marker.state == "done"
     assert orjson.loads(marker.detail) == {"status": "success", "result": result_at}

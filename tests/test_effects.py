@@ -1,4 +1,4 @@
-"""Side effects at most once (graphs/effects.py, processors/runner/effects.py): keys, the
+"""Side effects at most once (graphs/effects.py, processors/runner/effectjournal.py): keys, the
 PostgreSQL journal, cleanup, and SIGKILLed workers against a real HTTP server the test starts."""
 
 from __future__ import annotations

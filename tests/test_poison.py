@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from graphwire.processors.runner.dedup import DedupStore
+from graphwire.processors.runner.claims import RedisClaims
 from graphwire.topics.runstatus import run_keys
 from graphwire.topics.specs import TopicNames
 from tests.conftest import TEST_REDIS_URL
@@ -64,9 +64,9 @@ async def test_dedup_counts_a_death_only_for_a_start_that_never_ended(prefix: st
     dead one's owner name; every acquire still gets a new, higher attempt number."""
     redis, rid = TEST_REDIS_URL, "r-deaths"
     async with (
-        DedupStore(redis, namespace=prefix, lease_ms=1000) as a,
-        DedupStore(redis, namespace=prefix, lease_ms=1000) as b,
-        DedupStore(redis, namespace=prefix, lease_ms=1000) as restarted_a,
+        RedisClaims(redis, namespace=prefix, lease_ms=1000) as a,
+        RedisClaims(redis, namespace=prefix, lease_ms=1000) as b,
+        RedisClaims(redis, namespace=prefix, lease_ms=1000) as restarted_a,
     ):
         claims = [await a.acquire(rid, "w1")]
         await a.release(rid, "w1")  # a graceful drain

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from graphwire.graphs.registry import GraphRegistry
-from graphwire.processors.runner.dedup import DedupStore
+from graphwire.processors.runner.claims import RedisClaims
 from graphwire.processors.runner.runner import GraphRunner
 from graphwire.processors.settings import Settings
 from graphwire.topics.client import GraphwireClient
@@ -592,13 +592,13 @@ async def test_cancel_survives_the_crash_of_the_worker_running_it(
 async def test_a_held_request_learns_of_its_cancel_from_the_announcement_or_the_renewal(
     prefix: str,
 ) -> None:
-    """DedupStore: with the listener, on_cancel fires within moments of mark_cancel; without
+    """RedisClaims: with the listener, on_cancel fires within moments of mark_cancel; without
     it, at the next lease renewal. A cancel of a done request is refused, not marked."""
     from graphwire.topics.runstatus import CancelMarker
 
     seen: list[tuple[str, str, str | None]] = []
-    async with DedupStore(TEST_REDIS_URL, namespace=prefix, lease_ms=30_000) as fast, \
-            DedupStore(TEST_REDIS_URL, namespace=prefix, lease_ms=1500) as slow:
+    async with RedisClaims(TEST_REDIS_URL, namespace=prefix, lease_ms=30_000) as fast, \
+            RedisClaims(TEST_REDIS_URL, namespace=prefix, lease_ms=1500) as slow:
         fast.listen_for_cancels()
         await asyncio.sleep(0.3)  # subscribed
         for store, rid in ((fast, "heard"), (slow, "renewed")):

@@ -221,13 +221,13 @@ async def test_a_sigkilled_holder_frees_the_thread_after_the_lease_and_turns_go_
 async def test_the_claim_of_a_turn_is_one_round_trip_and_turns_take_the_thread_in_order(
     prefix: str,
 ) -> None:
-    """DedupStore against Redis: a claim with its thread is one script in one round trip;
+    """RedisClaims against Redis: a claim with its thread is one script in one round trip;
     the thread goes to the earliest live turn; release keeps a turn's place, done frees it;
     a turn whose worker stopped giving signs of life loses its place after keep_ms."""
-    from graphwire.processors.runner.dedup import DedupStore, Turn
+    from graphwire.processors.runner.claims import RedisClaims, Turn
     from graphwire.topics.runstatus import thread_keys
 
-    async with DedupStore(TEST_REDIS_URL, namespace=prefix, lease_ms=1000, keep_ms=1500) as store:
+    async with RedisClaims(TEST_REDIS_URL, namespace=prefix, lease_ms=1000, keep_ms=1500) as store:
         batcher = store.batcher
         first = await store.acquire("r2", "o2", Turn("T", 2000))  # loads the script
         assert (first.state, first.attempt, first.thread_busy) == ("acquired", 1, None)

@@ -12,7 +12,7 @@ GraphwireError
  |    +-- DependencyUnavailable  Kafka/Redis/PostgreSQL down: wait for it, then retry
  +-- PublishFailed           (runner, ``processors/runner/publisher.py``) the broker refused an
  |                           output for good (not authorised, too large): dead letter only
- +-- LeaseLost               (runner, ``processors/runner/dedup.py``) another worker owns the
+ +-- LeaseLost               (runner, ``processors/runner/claims.py``) another worker owns the
  |                           request now: publish nothing, claim it again
  +-- RunFailed               (client side) a result that is not a success, when asked to raise
       +-- RunError, RunRejected, RunTimedOut

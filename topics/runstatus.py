@@ -1,6 +1,6 @@
 """The run-status layout in Redis: what the runner records per request_id, and how to read it.
 
-The runner (``graphwire.processors.runner.dedup.DedupStore``) is the only writer. The gateway,
+The runner (``graphwire.processors.runner.claims.RedisClaims``) is the only writer. The gateway,
 ``graphwire status`` and ``GraphwireClient(redis_url=...)`` read it through this module, so the
 key names and the marker format live in one place. Per request_id, these keys with a hash tag,
 so they share one Redis Cluster slot:

@@ -80,7 +80,7 @@ async def dlq_list_command(args: argparse.Namespace) -> int:
 
 
 async def dlq_replay_command(args: argparse.Namespace) -> int:
-    from graphwire.processors.runner.dedup import DedupStore
+    from graphwire.processors.runner.claims import RedisClaims
     from graphwire.topics.deadletters import is_webhook_letter, read_dead_letters, replay
 
     if not args.all and not args.request_id:
@@ -94,7 +94,7 @@ async def dlq_replay_command(args: argparse.Namespace) -> int:
         if not letters:
             raise GraphwireError(f"no dead letter with request_id {args.request_id!r}")
     if settings.dedup:  # a replay is a deliberate rerun: forget that the request finished
-        async with DedupStore(
+        async with RedisClaims(
             settings.redis_url.get_secret_value(), namespace=settings.topic_prefix
         ) as store:
             # (not for a webhook's dead letter: its result is delivered again, nothing reruns)

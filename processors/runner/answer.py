@@ -18,8 +18,8 @@ from graphwire.topics.positions import event_position
 
 if TYPE_CHECKING:  # the control module publishes, and publishing imports this one
     from graphwire.graphs.execution import RunOutcome
+    from graphwire.processors.runner.claims import Claim
     from graphwire.processors.runner.control import Stop
-    from graphwire.processors.runner.dedup import Claim
     from graphwire.topics.models import Request
 
 Events = Literal["none", "bookends", "run_finished"]

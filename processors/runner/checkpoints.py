@@ -16,9 +16,9 @@ import asyncpg
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from langgraph.checkpoint.serde.encrypted import EncryptedSerializer
 
-from graphwire.processors.runner.effects import DELETE_SQL as DELETE_EFFECTS_SQL
-from graphwire.processors.runner.effects import TABLE_SQL as EFFECTS_TABLE_SQL
-from graphwire.processors.runner.effects import PgEffectJournal
+from graphwire.processors.runner.effectjournal import DELETE_SQL as DELETE_EFFECTS_SQL
+from graphwire.processors.runner.effectjournal import TABLE_SQL as EFFECTS_TABLE_SQL
+from graphwire.processors.runner.effectjournal import PgEffectJournal
 from graphwire.processors.runner.pgsaver import GroupCommitSaver, init_connection
 from graphwire.topics.errors import DependencyUnavailable, GraphwireError
 

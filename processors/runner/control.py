@@ -32,7 +32,7 @@ import orjson
 from pydantic import ValidationError
 
 from graphwire.processors.metrics import RunnerMetrics
-from graphwire.processors.runner.dedup import DedupStore
+from graphwire.processors.runner.claims import RedisClaims
 from graphwire.processors.runner.gate import DependencyGate
 from graphwire.processors.runner.publisher import OutputPublisher, Record
 from graphwire.topics.errors import DependencyUnavailable
@@ -138,7 +138,7 @@ class ControlHandler:
         metrics: RunnerMetrics,
         stops: RunStops,
         *,
-        dedup: DedupStore | None,
+        dedup: RedisClaims | None,
         gate: DependencyGate | None,
         stopping: Callable[[], bool],
     ) -> None:

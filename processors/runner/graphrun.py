@@ -29,8 +29,8 @@ from graphwire.processors.runner import tracing
 from graphwire.processors.runner.answer import Addressee, Answer
 from graphwire.processors.runner.callbacks import RunCallbacks
 from graphwire.processors.runner.checkpoints import CheckpointStore
+from graphwire.processors.runner.claims import LeaseLost
 from graphwire.processors.runner.control import RunStops, Stop, delete_run_checkpoints
-from graphwire.processors.runner.dedup import LeaseLost
 from graphwire.processors.runner.failures import data_error, refusal
 from graphwire.processors.runner.identity import auth_configurable
 from graphwire.processors.runner.pgsaver import (

@@ -1,4 +1,4 @@
-"""Claims without Redis (``GRAPHWIRE_DEDUP=false``): the same face as ``DedupStore``, holding
+"""Claims without Redis (``GRAPHWIRE_DEDUP=false``): the same face as ``RedisClaims``, holding
 nothing, so the runner's request life has one shape with or without dedup."""
 
 from __future__ import annotations
@@ -6,12 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from graphwire.processors.runner.dedup import CancelMark, Claim, Turn
+from graphwire.processors.runner.claims import CancelMark, Claim, Turn
 from graphwire.topics.runstatus import CancelMarker, RunState
 
 
 class Claims(Protocol):
-    """What the request life asks of the run-status claims (``DedupStore`` or ``LocalClaims``)."""
+    """What the request life asks of the run-status claims (``RedisClaims`` or ``LocalClaims``)."""
 
     async def acquire(self, request_id: str, owner: str, turn: Turn | None = None) -> Claim: ...
 

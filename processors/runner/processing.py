@@ -29,8 +29,8 @@ from graphwire.processors.metrics import RunnerMetrics
 from graphwire.processors.runner.answer import Addressee, Answer, answer_without_run
 from graphwire.processors.runner.cache import ResultCache, cache_key
 from graphwire.processors.runner.checkpoints import CheckpointStore
+from graphwire.processors.runner.claims import Claim, LeaseLost, RedisClaims, Turn
 from graphwire.processors.runner.control import ControlHandler, Stop
-from graphwire.processors.runner.dedup import Claim, DedupStore, LeaseLost, Turn
 from graphwire.processors.runner.failures import data_error, refusal
 from graphwire.processors.runner.gate import DependencyGate
 from graphwire.processors.runner.graphrun import RunExecutor
@@ -100,7 +100,7 @@ class RequestProcessor:
         metrics: RunnerMetrics,
         out: OutputPublisher,
         *,
-        dedup: DedupStore | None = None,
+        dedup: RedisClaims | None = None,
         checkpoints: CheckpointStore | None = None,
         stopping: Callable[[], bool] = lambda: False,
         gate: DependencyGate | None = None,

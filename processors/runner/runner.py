@@ -38,11 +38,11 @@ from graphwire.processors.consumer.group import Batches, GroupConsumer, kafka_un
 from graphwire.processors.consumer.stalls import Stalls
 from graphwire.processors.metrics import RunnerMetrics
 from graphwire.processors.runner.checkpoints import CheckpointStore
-from graphwire.processors.runner.dedup import DedupStore
+from graphwire.processors.runner.claims import RedisClaims
 from graphwire.processors.runner.gate import Check, DependencyGate
+from graphwire.processors.runner.keyqueue import KeyQueue
 from graphwire.processors.runner.processing import Job, RequestProcessor
 from graphwire.processors.runner.publisher import OutputPublisher
-from graphwire.processors.runner.scheduler import KeyScheduler
 from graphwire.processors.settings import Settings
 from graphwire.topics.errors import DependencyUnavailable
 
@@ -74,13 +74,13 @@ class GraphRunner:
             commit_latency=self.metrics.commit_latency,
             paused_gauge=self.metrics.paused,
         )
-        self._scheduler: KeyScheduler[Job] = KeyScheduler(self._handle)
+        self._queue: KeyQueue[Job] = KeyQueue(self._handle)
         self._control_topic = self._topics.control
         self._stopping = False
         self._started = False
         self._producer: AIOKafkaProducer | None = None
         self._processor: RequestProcessor
-        self._dedup: DedupStore | None = None
+        self._dedup: RedisClaims | None = None
         self._checkpoints: CheckpointStore | None = None
         self._gate: DependencyGate | None = None
         self._poll_task: asyncio.Task[None] | None = None
@@ -89,7 +89,7 @@ class GraphRunner:
         self._stalls = Stalls(
             self._group,
             counter=self.metrics.stalls,
-            running=self._scheduler.running,
+            running=self._queue.running,
             commit=self._commit,
             spawn=self._watched,
         )
@@ -189,9 +189,9 @@ class GraphRunner:
             if self._poll_task:
                 await asyncio.gather(self._poll_task, return_exceptions=True)
             await self._stalls.cancel(self._stalls.partitions())
-            dropped = self._scheduler.drop_queued()
+            dropped = self._queue.drop_queued()
             self._processor.drain()  # checkpointed runs stop at their next step boundary
-            cancelled = await self._scheduler.drain(None, self.settings.shutdown_grace_s)
+            cancelled = await self._queue.drain(None, self.settings.shutdown_grace_s)
             self.metrics.cancelled.inc(cancelled)
             if self._commit_task:
                 self._commit_task.cancel()
@@ -210,7 +210,7 @@ class GraphRunner:
         s = self.settings
         checks: dict[str, Check] = {}
         if s.dedup:
-            self._dedup = DedupStore(
+            self._dedup = RedisClaims(
                 s.redis_url.get_secret_value(),
                 namespace=s.topic_prefix,
                 lease_ms=s.lease_ms,
@@ -297,11 +297,11 @@ class GraphRunner:
                 preset = None
                 if control:  # cancels never wait for each other
                     key = record.offset
-                elif ahead := self._scheduler.ahead(tp, key):  # a busy thread: double-texting
+                elif ahead := self._queue.ahead(tp, key):  # a busy thread: double-texting
                     preset = self._processor.double_text(record, [job.record for job in ahead])
                     if preset is not None:  # "reject": answered now, beside the thread's runs
                         key = ("busy", record.offset)
-                self._scheduler.submit(tp, key, Job(record, preset))
+                self._queue.submit(tp, key, Job(record, preset))
 
     # -- committing ------------------------------------------------------------------------
 
@@ -315,7 +315,7 @@ class GraphRunner:
         mine = self._group.tracked(revoked)
         if not mine:
             return
-        dropped = sum(self._scheduler.drop_queued(tp) for tp in mine)
+        dropped = sum(self._queue.drop_queued(tp) for tp in mine)
         cancelled = await self._stop_runs(mine)
         self.metrics.cancelled.inc(cancelled)
         await self._group.hand_over(mine, self._commit)
@@ -331,7 +331,7 @@ class GraphRunner:
     async def _stop_runs(self, partitions: set[TopicPartition]) -> int:
         """End the runs of revoked ``partitions``: at once those waiting for their thread, the
         others after ``revoke_grace_s``. Returns how many were cancelled."""
-        tasks = set().union(*(self._scheduler.running(tp) for tp in partitions))
+        tasks = set().union(*(self._queue.running(tp) for tp in partitions))
         waiting = tasks & self._processor.waiting_for_threads()
         for task in waiting:  # nothing in progress: no grace needed
             task.cancel()

@@ -312,9 +312,9 @@ class Inspector:
         webhook = is_webhook_letter(letter, topics)
         rid = row["request_id"]
         if self.settings.dedup and rid and not webhook:
-            from graphwire.processors.runner.dedup import DedupStore
+            from graphwire.processors.runner.claims import RedisClaims
 
-            async with DedupStore(self.settings.redis_url.get_secret_value(),
+            async with RedisClaims(self.settings.redis_url.get_secret_value(),
                                   namespace=self.settings.topic_prefix) as store:
                 await store.forget(rid)
         try:  # the gateway's own producer: no new Kafka connection per click

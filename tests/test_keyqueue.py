@@ -1,8 +1,8 @@
-"""KeyScheduler: sequential per key, concurrent across keys, revocable."""
+"""KeyQueue: sequential per key, concurrent across keys, revocable."""
 
 import asyncio
 
-from graphwire.processors.runner.scheduler import KeyScheduler
+from graphwire.processors.runner.keyqueue import KeyQueue
 
 
 async def test_items_of_one_key_run_in_order_and_keys_run_concurrently() -> None:
@@ -16,7 +16,7 @@ async def test_items_of_one_key_run_in_order_and_keys_run_concurrently() -> None
             await gate.wait()
         log.append(f"end {item}")
 
-    s: KeyScheduler[str] = KeyScheduler(handler)
+    s: KeyQueue[str] = KeyQueue(handler)
     s.submit("p", "a", "a1")
     s.submit("p", "a", "a2")
     s.submit("p", "b", "b1")
@@ -35,7 +35,7 @@ async def test_drop_queued_and_drain_cancel_what_did_not_finish() -> None:
         started.append(item)
         await asyncio.sleep(10)
 
-    s: KeyScheduler[str] = KeyScheduler(handler)
+    s: KeyQueue[str] = KeyQueue(handler)
     for item in ("x1", "x2", "x3"):
         s.submit("p0", "x", item)
     s.submit("p1", "y", "y1")
@@ -57,7 +57,7 @@ async def test_an_unfinished_item_is_not_overtaken_by_its_key() -> None:
             raise RuntimeError("bug")
         return item != "j1"
 
-    s: KeyScheduler[str] = KeyScheduler(handler)
+    s: KeyQueue[str] = KeyQueue(handler)
     for key, items in (("k", ["k1", "k2"]), ("j", ["j1", "j2"]), ("m", ["m1", "m2"])):
         for item in items:
             s.submit("p", key, item)

@@ -13,7 +13,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class KeyScheduler(Generic[T]):
+class KeyQueue(Generic[T]):
     """Runs ``handler(item)`` for submitted items: sequential per key, concurrent across keys.
 
     A handler that returns ``False`` (or raises) left its item unfinished: the key's queued

@@ -1,4 +1,4 @@
-"""DedupStore: an exactly-once *effect* per request_id over at-least-once delivery (Redis).
+"""RedisClaims: an exactly-once *effect* per request_id over at-least-once delivery (Redis).
 
 The writing side of the run-status layout (lease, done marker, tries per request_id), whose
 keys and marker format are defined in ``graphwire.topics.runstatus`` for every reader.
@@ -285,7 +285,7 @@ class CancelMark:
     """The lease owner of the run in progress, if one runs."""
 
 
-class DedupStore:
+class RedisClaims:
     """Leases and done markers per request_id in Redis; every call is one script, and the
     calls of concurrent runs share round trips."""
 
