@@ -67,20 +67,24 @@ async def test_one_bad_row_in_a_batch_costs_log2_n_transactions_not_n(
 async def test_a_nul_in_a_text_column_is_stored_as_a_replacement_character(
     writer: CountingWriter, db: Any
 ) -> None:
-    """A request whose graph and thread_id hold a NUL is stored, U+FFFD in place of each NUL,
-    in its batch's one transaction (not refused, isolated and dead-lettered)."""
-    nul = {**REQUEST, "graph": "pipe\x00line", "thread_id": "t\x00"}
-    try:
-        decode_request(orjson.dumps(nul), max_bytes=MAX)
-    except InvalidRequest as exc:  # a contract that refuses the NUL: the sink's dead letter
-        pytest.skip(f"the contract refuses a NUL in graph or thread_id already ({exc})")
-    rows = [row(rec(T.requests, 0, nul)), row(rec(T.events, 1, event(1)))]
+    """A result whose graph and thread_id hold a NUL (a raw producer's, or an older runner's:
+    results are not checked against the request contract) is stored, U+FFFD in place of each
+    NUL, in its batch's one transaction (not refused, isolated and dead-lettered). A request
+    with the same NULs is refused by the contract: the sink's own dead letter, same batch."""
+    nul_request = {**REQUEST, "request_id": "r0", "graph": "pipe\x00line", "thread_id": "t\x00"}
+    with pytest.raises(InvalidRequest, match="thread_id must contain only printable characters"):
+        decode_request(orjson.dumps(nul_request), max_bytes=MAX)
+    nul_result = {**RESULT, "graph": "pipe\x00line", "thread_id": "t\x00"}
+    rows = [row(rec(T.requests, 0, nul_request)), row(rec(T.results, 1, nul_result)),
+            row(rec(T.events, 2, event(1)))]
     written = await writer.write_until_done(rows)
-    assert written == {"graphwire_runs": 1, "graphwire_events": 1}
+    assert written == {"graphwire_dead_letters": 1, "graphwire_runs": 1, "graphwire_events": 1}
     assert writer.transactions == 1
-    run = await db.fetchrow("SELECT graph, thread_id FROM graphwire_runs")
-    assert (run["graph"], run["thread_id"]) == ("pipe\ufffdline", "t\ufffd")
-    assert await db.fetchval("SELECT count(*) FROM graphwire_dead_letters") == 0
+    run = await db.fetchrow("SELECT request_id, graph, thread_id FROM graphwire_runs")
+    assert (run["request_id"], run["graph"], run["thread_id"]) == (
+        "r1", "pipe\ufffdline", "t\ufffd")
+    letter = await db.fetchrow("SELECT source_offset, origin FROM graphwire_dead_letters")
+    assert (letter["source_offset"], letter["origin"]) == (0, "audit")
 
 
 async def test_a_value_too_large_for_an_index_is_a_dead_letter_not_an_outage(
