@@ -19,7 +19,7 @@ ISSUE_REQUEST = {
     "input": {"text": "Hello World"},
     "thread_id": None,
     "command": None,
-    "config": {"configurable": {}, "recursion_limit": 25},
+    "config": {"configurable": {}, "recursion_limit": None},
     "stream": ["updates"],
     "timeout_s": None,
     "metadata": {},
@@ -71,7 +71,7 @@ def test_decode_request_fills_defaults_and_keys_by_thread() -> None:
     req = decode_request(b'{"request_id":"r1","graph":"echo","input":{"text":"x"}}', max_bytes=1024)
     assert (req.stream, req.config.recursion_limit, req.metadata, req.timeout_s) == (
         ["updates"],
-        25,
+        None,  # LangGraph's own default (or the graph's with_config)
         {},
         None,
     )

@@ -120,8 +120,10 @@ class RunConfig(BaseModel):
     Refused: keys starting with ``__``, ``checkpoint_id`` (use the request's ``checkpoint_id``),
     ``checkpoint_ns``, ``checkpoint_map`` and ``langgraph_auth_user``/``_user_id``/
     ``_permissions`` (graphwire sets them from the caller's identity)."""
-    recursion_limit: int = Field(default=25, ge=1, le=10_000)
-    """Maximum number of supersteps before LangGraph stops the run with an error."""
+    recursion_limit: int | None = Field(default=None, ge=1, le=1_000_000)
+    """Maximum number of supersteps before LangGraph stops the run with an error. Unset: the
+    graph's own (``graph.with_config(recursion_limit=...)``), else LangGraph's default, as
+    ``graph.astream`` does. ``GRAPHWIRE_MAX_RUN_S`` bounds a run's time whatever the limit."""
     tags: list[str] = Field(default_factory=list)
     """Tags passed to callbacks and tracing."""
     max_concurrency: int | None = Field(default=None, ge=1)

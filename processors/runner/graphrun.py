@@ -149,9 +149,10 @@ class RunExecutor:
             configurable.update(auth_configurable(decode_principal(principal)))
         config: dict[str, Any] = {
             "configurable": configurable,
-            "recursion_limit": request.config.recursion_limit,
             "metadata": {"graphwire_request_id": rid},
         }
+        if request.config.recursion_limit is not None:  # else the graph's, or LangGraph's
+            config["recursion_limit"] = request.config.recursion_limit
         if self.settings.run_callbacks:
             config["callbacks"] = [RunCallbacks(self.metrics, request.graph)]
         if request.config.tags:
