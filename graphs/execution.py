@@ -16,13 +16,22 @@ from langchain_core.runnables.config import run_in_executor
 
 # RetryPolicy's default predicate: public through langgraph.types, defined privately.
 from langgraph._internal._retry import default_retry_on
-from langgraph.errors import GraphDrained, GraphRecursionError
+from langgraph.errors import (
+    EmptyInputError,
+    GraphDrained,
+    GraphRecursionError,
+    UnknownInterruptError,
+    is_invalid_resume,
+)
 from langgraph.pregel import Pregel
 from langgraph.runtime import RunControl
 from langgraph.types import Command, Interrupt
 
-Emit = Callable[[str, str | None, Any], Awaitable[None]]
-"""``emit(event_type, node, data)``: called for each event, in order."""
+from graphwire.topics.codec import TOP_NS
+
+Emit = Callable[..., Awaitable[None]]
+"""``emit(event_type, node, data, ns=[], extra=None)``: called for each event, in order;
+``ns`` is the LangGraph namespace of the graph it came from, ``extra`` more event fields."""
 
 
 @dataclass(slots=True)
@@ -37,7 +46,11 @@ class RunOutcome:
     error: tuple[str, str] | None = None
     """``(type, message)`` on ``error`` and ``timeout``."""
     interrupts: list[Any] = field(default_factory=list)
-    """``[{"id": ..., "value": ...}]`` on ``interrupted``."""
+    """``[{"id", "value", "node", "ns", "response_schema"?}]`` on ``interrupted``."""
+    next: list[str] = field(default_factory=list)
+    """On ``interrupted``: the nodes that run when the thread continues."""
+    breakpoint: str | None = None
+    """On ``interrupted`` at a breakpoint: ``before`` or ``after``."""
     exception: BaseException | None = None
     """The exception the graph raised, for the caller's retry decision."""
 
@@ -84,27 +97,34 @@ def inline_sync_nodes(graph: Pregel[Any, Any, Any, Any]) -> list[str]:
     return changed
 
 
+_STREAM_METADATA = ("langgraph_node", "langgraph_step", "langgraph_checkpoint_ns",
+                    "langgraph_triggers", "langgraph_path", "tags")
+
+
 def message_data(message: Any) -> dict[str, Any]:
-    """A compact, JSON-ready view of a LangChain message chunk for ``message`` events."""
+    """A message chunk as LangChain serializes it (``model_dump``): ``type``, ``content``,
+    ``id``, ``name``, ``tool_calls``, ``tool_call_chunks``, ``invalid_tool_calls``,
+    ``response_metadata``, ``usage_metadata``, ``additional_kwargs``, ``chunk_position``."""
     if not isinstance(message, BaseMessage):
         return {"content": message}
-    data: dict[str, Any] = {"type": message.type, "content": message.content, "id": message.id}
-    chunks = getattr(message, "tool_call_chunks", None)
-    if chunks:
-        data["tool_call_chunks"] = chunks
-    usage = getattr(message, "usage_metadata", None)
-    if usage:
-        data["usage_metadata"] = usage
-    if getattr(message, "tool_call_id", None):
-        data["tool_call_id"] = message.tool_call_id  # type: ignore[attr-defined]
-    return data
+    return message.model_dump()
 
 
-def _interrupts(value: Iterable[Any]) -> list[dict[str, Any]]:
+def stream_metadata(meta: dict[str, Any]) -> dict[str, Any]:
+    """LangGraph's metadata of a ``messages`` chunk, without the run's config echo:
+    ``langgraph_*`` keys, ``tags`` and LangSmith's ``ls_*`` keys."""
+    return {k: v for k, v in meta.items() if k in _STREAM_METADATA or k.startswith("ls_")}
+
+
+def interrupt_dicts(value: Iterable[Any]) -> list[dict[str, Any]]:
     out = []
     for item in value:
         if isinstance(item, Interrupt):
-            out.append({"id": item.id, "value": item.value})
+            found: dict[str, Any] = {"id": item.id, "value": item.value}
+            if item.response_schema is not None:
+                schema = item.response_schema
+                found["response_schema"] = schema if isinstance(schema, dict) else str(schema)
+            out.append(found)
         else:
             out.append({"id": None, "value": item})
     return out
@@ -114,10 +134,117 @@ def _command(spec: dict[str, Any]) -> Command[Any]:
     return Command(resume=spec.get("resume"), update=spec.get("update"), goto=spec.get("goto", ()))
 
 
+def _thread_config(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` without a fork's ``checkpoint_id``: the thread's latest state."""
+    configurable = {k: v for k, v in config["configurable"].items() if k != "checkpoint_id"}
+    return {**config, "configurable": configurable}
+
+
+def _raisers(snapshot: Any, ns: list[str], found: dict[str, tuple[str, list[str]]]) -> None:
+    """Map each pending interrupt's id to the node that raised it and that node's ``ns``
+    (the deepest task that lists it), walking the subgraph snapshots."""
+    for task in snapshot.tasks:
+        for item in task.interrupts:
+            found[item.id] = (task.name, ns)
+        state = task.state
+        if state is not None and not isinstance(state, dict):  # a subgraph's StateSnapshot
+            _raisers(state, [*ns, f"{task.name}:{task.id}"], found)
+
+
+async def where_stopped(
+    graph: Pregel[Any, Any, Any, Any],
+    config: dict[str, Any],
+    interrupts: list[dict[str, Any]],
+    interrupt_before: Any,
+) -> tuple[list[str], str | None]:
+    """After a run stopped: each interrupt gains the ``node`` and ``ns`` that raised it; returns
+    the nodes that run next and, at a breakpoint (no interrupt pending), ``before``/``after``."""
+    if graph.checkpointer is None:
+        return [], None
+    snapshot = await graph.aget_state(_thread_config(config), subgraphs=bool(interrupts))  # type: ignore[arg-type]  # a plain dict of RunnableConfig keys
+    raisers: dict[str, tuple[str, list[str]]] = {}
+    if interrupts:
+        _raisers(snapshot, [], raisers)
+        for item in interrupts:
+            node, ns = raisers.get(item["id"], (None, []))
+            item["node"], item["ns"] = node, ns
+    next_nodes = list(snapshot.next)
+    if interrupts or not next_nodes:
+        return next_nodes, None
+    before = interrupt_before or graph.interrupt_before_nodes
+    at_before = before == "*" or bool(set(next_nodes) & set(before or ()))
+    return next_nodes, "before" if at_before else "after"
+
+
+class _Events:
+    """Turns LangGraph's stream parts into graphwire events, in order."""
+
+    __slots__ = ("emit", "final", "interrupts", "pending", "stopped", "wanted")
+
+    def __init__(self, emit: Emit, wanted: set[str]) -> None:
+        self.emit = emit
+        self.wanted = wanted
+        self.final: Any = None
+        self.interrupts: list[dict[str, Any]] = []
+        """The top graph's pending interrupts (the result's)."""
+        self.pending: list[tuple[list[str], dict[str, Any]]] = []
+        """Interrupt events, published once their node and ns are known (the run's end)."""
+        self.stopped = False
+        """The top graph stopped at a breakpoint (an empty ``__interrupt__``)."""
+
+    async def part(self, ns: list[str], mode: str, chunk: Any) -> None:
+        emit = self.emit
+        if mode == "updates":
+            cached = bool((chunk.get("__metadata__") or {}).get("cached"))
+            for node, update in chunk.items():
+                if node == "__interrupt__":
+                    found = interrupt_dicts(update)
+                    if not ns:
+                        self.interrupts.extend(found)
+                        self.stopped = self.stopped or not found
+                    self.pending.extend((ns, item) for item in found)
+                elif node == "__metadata__":
+                    continue
+                elif "updates" in self.wanted:
+                    if cached:
+                        await emit("node", node, update, ns, _CACHED)
+                    else:
+                        await emit("node", node, update, ns)
+        elif mode == "values":
+            if not ns:
+                self.final = chunk
+            if "values" in self.wanted:
+                await emit("values", None, chunk, ns)
+        elif mode == "messages":
+            message, meta = chunk
+            await emit("message", meta.get("langgraph_node"), message_data(message), ns,
+                       {"langgraph": stream_metadata(meta)})
+        elif mode == "custom":
+            await emit("custom", None, chunk, ns)
+        elif mode == "tasks":
+            await emit("task", chunk.get("name"), chunk, ns)
+        elif mode == "checkpoints":
+            await emit("checkpoint", None, chunk, ns)
+        elif mode == "debug":
+            await emit("debug", None, chunk, ns)
+
+    async def flush_interrupts(self) -> None:
+        """Publish the interrupt events, each with the node and ns that raised it."""
+        by_id = {item["id"]: item for item in self.interrupts}
+        for ns, item in self.pending:
+            full = by_id.get(item["id"], item)
+            await self.emit("interrupt", full.get("node"), {**item, **{
+                k: full[k] for k in ("node", "ns") if k in full}}, ns)
+
+
+_CACHED = {"cached": True}
+_TOP = TOP_NS
+
+
 async def run_graph(
     graph: Pregel[Any, Any, Any, Any],
     *,
-    input: dict[str, Any] | None,
+    input: Any,
     command: dict[str, Any] | None,
     config: dict[str, Any],
     stream: Iterable[str],
@@ -125,53 +252,56 @@ async def run_graph(
     emit: Emit,
     durability: str | None = None,
     control: RunControl | None = None,
+    context: dict[str, Any] | None = None,
+    interrupt_before: Any = None,
+    interrupt_after: Any = None,
+    subgraphs: bool = False,
 ) -> RunOutcome:
-    """Stream ``graph`` and emit ``node``/``custom``/``message``/``values``/``interrupt`` events.
+    """Stream ``graph`` and emit its events (``node``, ``custom``, ``message``, ``values``,
+    ``task``, ``checkpoint``, ``debug``, ``interrupt``), each with its ``ns``.
 
     ``updates`` and ``values`` are always streamed (they give interrupts and the final state);
-    only the modes in ``stream`` become events.
+    only the modes in ``stream`` become events. With ``subgraphs``, subgraphs' parts too.
     """
     wanted = set(stream)
     modes = ["updates", "values", *sorted(wanted - {"updates", "values"})]
-    emit_nodes = "updates" in wanted
-    emit_values = "values" in wanted
     payload: Any = _command(command) if command is not None else input
     caller_emit = emit
 
-    async def emit_or_flag(type_: str, node: str | None, data: Any) -> None:
+    async def emit_or_flag(type_: str, node: str | None, data: Any, ns: list[str] = _TOP,
+                           extra: dict[str, Any] | None = None) -> None:
         try:
-            await caller_emit(type_, node, data)
+            await caller_emit(type_, node, data, ns, extra)
         except Exception as exc:  # the caller's failure (publishing), not the graph's
             raise _EmitFailed from exc
 
-    final: Any = None
-    interrupts: list[dict[str, Any]] = []
+    events = _Events(emit_or_flag, wanted)
+    extra: dict[str, Any] = {"durability": durability} if durability else {}
+    if control is not None:
+        extra["control"] = control
+    if context is not None:
+        extra["context"] = context
+    if interrupt_before is not None:
+        extra["interrupt_before"] = interrupt_before
+    if interrupt_after is not None:
+        extra["interrupt_after"] = interrupt_after
     try:
         async with asyncio.timeout(timeout_s):
             stream_modes: Any = modes  # Pregel's overloads want a literal list
-            extra: dict[str, Any] = {"durability": durability} if durability else {}
-            if control is not None:
-                extra["control"] = control
-            chunks = graph.astream(payload, config, stream_mode=stream_modes, **extra)  # type: ignore[call-overload]  # config is a plain dict of RunnableConfig keys
-            async for mode, chunk in chunks:
-                if mode == "updates":
-                    for node, update in chunk.items():
-                        if node == "__interrupt__":
-                            found = _interrupts(update)
-                            interrupts.extend(found)
-                            for item in found:
-                                await emit_or_flag("interrupt", None, item)
-                        elif emit_nodes:
-                            await emit_or_flag("node", node, update)
-                elif mode == "values":
-                    final = chunk
-                    if emit_values:
-                        await emit_or_flag("values", None, chunk)
-                elif mode == "messages":
-                    message, meta = chunk
-                    await emit_or_flag("message", meta.get("langgraph_node"), message_data(message))
-                elif mode == "custom":
-                    await emit_or_flag("custom", None, chunk)
+            parts = graph.astream(payload, config, stream_mode=stream_modes,  # type: ignore[call-overload]  # config is a plain dict of RunnableConfig keys
+                                  subgraphs=subgraphs, **extra)
+            if subgraphs:
+                async for ns, mode, chunk in parts:
+                    await events.part(list(ns), mode, chunk)
+            else:
+                async for mode, chunk in parts:
+                    await events.part(_TOP, mode, chunk)
+            next_nodes: list[str] = []
+            breakpoint_: str | None = None
+            if events.interrupts or events.stopped:
+                next_nodes, breakpoint_ = await where_stopped(
+                    graph, config, events.interrupts, interrupt_before)
+                await events.flush_interrupts()
     except _EmitFailed as exc:
         assert exc.__cause__ is not None
         raise exc.__cause__ from None
@@ -196,9 +326,48 @@ async def run_graph(
             ),
             exception=exc,
         )
+    except UnknownInterruptError as exc:
+        return RunOutcome(status="rejected", error=("UnknownInterrupt", _unknown_interrupt(exc)),
+                          exception=exc)
+    except EmptyInputError as exc:
+        return RunOutcome(status="rejected", error=("InvalidCommand", (
+            f"{exc}: a command needs a non-null 'resume', an 'update' or a 'goto'; to continue "
+            "a thread from a breakpoint, send 'input': null")), exception=exc)
     except Exception as exc:  # the graph's own failure becomes the result; nothing escapes
         message = str(exc).strip().split("\n")[0] or "the graph raised without a message"
+        if is_invalid_resume(exc):  # the thread stays interrupted and answerable
+            return RunOutcome(status="rejected", error=("InvalidResume", (
+                f"the resume value does not match the interrupt's response_schema: "
+                f"{_validation_message(exc)}; the interrupt is still pending: answer it again")),
+                exception=exc)
         return RunOutcome(status="error", error=(type(exc).__name__, message), exception=exc)
-    if interrupts:
-        return RunOutcome(status="interrupted", interrupts=interrupts)
-    return RunOutcome(status="success", output=final)
+    if events.interrupts or events.stopped:
+        return RunOutcome(status="interrupted", interrupts=events.interrupts, next=next_nodes,
+                          breakpoint=breakpoint_)
+    return RunOutcome(status="success", output=events.final)
+
+
+def _unknown_interrupt(exc: UnknownInterruptError) -> str:
+    """The reason a resume that matches no pending interrupt is refused, with the ids."""
+    pending = ", ".join(exc.pending_ids) or "none"
+    if exc.reason == "ambiguous":
+        return (f"several interrupts are pending ({pending}): resume with a map of interrupt id "
+                "to value, e.g. {\"resume\": {\"<id>\": ...}}")
+    if exc.reason == "empty_map":
+        return f"the resume map names no interrupt; pending: {pending}"
+    return (f"the resume names interrupts that are not pending "
+            f"({', '.join(exc.interrupt_ids)}); pending: {pending}")
+
+
+def _validation_message(exc: BaseException) -> str:
+    """A pydantic ValidationError in one line: each problem's location and message."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        try:
+            return "; ".join(
+                f"{'.'.join(str(p) for p in e.get('loc', ())) or 'value'}: {e.get('msg')}"
+                for e in errors()
+            )
+        except Exception:
+            pass
+    return str(exc).strip().split("\n")[0]

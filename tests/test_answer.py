@@ -250,7 +250,7 @@ def test_admit_dead_letters_what_is_not_a_request() -> None:
 def test_admit_rejects_an_invalid_request_by_its_id_and_graph_only() -> None:
     """Invalid fields: rejected to its request_id and graph, nothing else echoed."""
     to, _status, error, label = _refused(_processor().admit(
-        _record({"request_id": "r2", "graph": "pipeline", "thread_id": "t"})))
+        _record({"request_id": "r2", "graph": "pipeline", "thread_id": "t", "timeout_s": 0})))
     assert (to, label) == (Addressee("r2", "pipeline"), "invalid")
     assert error is not None and error[0] == "InvalidRequest"
 

@@ -190,7 +190,8 @@ def test_records_that_break_the_contract_become_dead_letters_with_the_reason() -
         (rec(T.results, 4, {"request_id": "r", "graph": "g", "status": "meh",
                            "duration_ms": 1}), "gw.results: not a result: status: Input should be"),
         (rec(T.requests, 5, {"request_id": "r", "graph": "g"}),
-            "gw.requests: invalid request: request: give 'input' (an object) or 'command'"),
+            "gw.requests: invalid request: request: give 'input' or 'command': a null input "
+            "continues a thread's run (from a breakpoint), so it needs 'thread_id'"),
         (rec("other", 6, {}), "other: topic 'other' is not one of graphwire's"),
     ]
     for record, reason in cases:

@@ -379,8 +379,9 @@ async def test_a_batch_with_one_invalid_run_submits_none_and_charges_none(
             body("echo", request_id="third"), {"workflow_name": "echo"},  # no input, no command
         ]})
         assert (refused.status_code, refused.json()) == (422, {
-            "detail": "requests[3]: give 'input' (an object) or 'command'; nothing in this "
-                      "batch was submitted"})
+            "detail": "requests[3]: give 'input' or 'command': a null input continues a "
+                      "thread's run (from a breakpoint), so it needs 'thread_id'; nothing in "
+                      "this batch was submitted"})
         # 1 request charged above (the call itself), so a batch of 4 fits the limit of 5
         accepted = await http.post("/workflow/batch", headers=limited, json={"requests": [
             body("echo", request_id=f"ok{i}") for i in range(4)]})

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -231,6 +231,10 @@ def peek_graph(value: bytes | None) -> str:
     return graph if isinstance(graph, str) and _GRAPH_NAME.match(graph) else ""
 
 
+TOP_NS: list[str] = []
+"""The ``ns`` of the top graph's events (shared: never mutated)."""
+
+
 def event_dict(
     request_id: str,
     seq: int,
@@ -239,18 +243,25 @@ def event_dict(
     node: str | None,
     data: Any,
     metadata: Mapping[str, Any],
+    ns: Sequence[str] = TOP_NS,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """An event as the contract's ``Event`` describes it, stamped with the current time."""
-    return {
+    """An event as the contract's ``Event`` describes it, stamped with the current time;
+    ``extra`` adds the optional fields (``cached``, ``langgraph``)."""
+    event = {
         "request_id": request_id,
         "seq": seq,
         "type": type_,
         "graph": graph,
         "node": node,
+        "ns": ns,
         "data": data,
         "ts": time.time(),
         "metadata": metadata,
     }
+    if extra:
+        event.update(extra)
+    return event
 
 
 def result_dict(
@@ -261,6 +272,8 @@ def result_dict(
     output: Any = None,
     error: tuple[str, str] | None = None,
     interrupts: list[Any] | None = None,
+    next: list[str] | None = None,
+    breakpoint: str | None = None,
     thread_id: str | None = None,
     attempts: int = 1,
     cached: bool = False,
@@ -275,6 +288,8 @@ def result_dict(
         "output": output,
         "error": {"type": error[0], "message": error[1]} if error else None,
         "interrupts": interrupts or [],
+        "next": next or [],
+        "breakpoint": breakpoint,
         "thread_id": thread_id,
         "attempts": attempts,
         "cached": cached,

@@ -24,7 +24,13 @@ from pydantic import (
 
 CONTRACT_VERSION = 1
 
-StreamMode = Literal["updates", "custom", "messages", "values"]
+StreamMode = Literal["updates", "custom", "messages", "values", "tasks", "checkpoints", "debug"]
+"""LangGraph's stream modes; each becomes an event type (``updates`` → ``node``, ``custom``,
+``messages`` → ``message``, ``values``, ``tasks`` → ``task``, ``checkpoints`` → ``checkpoint``,
+``debug``)."""
+Breakpoints = list[str] | Literal["*"]
+"""Node names to stop at, or ``"*"`` for every node (LangGraph's ``interrupt_before``/
+``interrupt_after``)."""
 MultitaskStrategy = Literal["enqueue", "reject", "interrupt", "rollback"]
 """What a request does when its thread has a run in progress (LangGraph Platform's names)."""
 CancelAction = Literal["interrupt", "rollback"]
@@ -105,6 +111,14 @@ class EventType(StrEnum):
     MESSAGE = "message"
     VALUES = "values"
     INTERRUPT = "interrupt"
+    TASK = "task"
+    """``tasks`` stream mode: a task starting (``input``, ``triggers``) or its result
+    (``result``, ``error``, ``interrupts``), LangGraph's payload."""
+    CHECKPOINT = "checkpoint"
+    """``checkpoints`` stream mode: the checkpoint a step made (LangGraph's payload: ``config``,
+    ``parent_config``, ``values``, ``metadata``, ``next``, ``tasks``)."""
+    DEBUG = "debug"
+    """``debug`` stream mode: LangGraph's ``{step, timestamp, type, payload}``."""
     RUN_FINISHED = "run_finished"
     EFFECT = "effect"
     """A ``once()`` call: ``{name, key, outcome: called|replayed|in_doubt|failed, calls}``."""
@@ -162,8 +176,10 @@ class Request(BaseModel):
     graph: str = Field(min_length=1, max_length=200, pattern=GRAPH_NAME_PATTERN)
     """Name of a registered graph: letters, digits and ``_ . : / -``, starting with a letter or
     digit."""
-    input: dict[str, Any] | None = None
-    """The graph's input state; required unless ``command`` is given."""
+    input: Any = None
+    """The graph's input: any JSON value (an object for a ``StateGraph``, anything an
+    ``@entrypoint`` takes). Null (or left out) continues the thread from its current state, as
+    ``graph.invoke(None, config)`` does (past a breakpoint): it needs ``thread_id``."""
     thread_id: str | None = Field(default=None, min_length=1, max_length=256,
                                   json_schema_extra={"pattern": PRINTABLE_PATTERN})
     """Conversation thread: requests of one thread share checkpointed state. 1..256 printable
@@ -172,6 +188,19 @@ class Request(BaseModel):
     """A LangGraph command instead of input, e.g. ``{"resume": "yes"}``."""
     config: RunConfig = Field(default_factory=RunConfig)
     """Run configuration."""
+    context: dict[str, Any] | None = None
+    """The run's LangGraph ``context`` (``graph.astream(..., context=...)``), read by nodes as
+    ``runtime.context``; validated by the graph's ``context_schema``. Part of the result cache
+    key."""
+    interrupt_before: Breakpoints | None = None
+    """Stop before these nodes (or ``"*"``), as well as at the graph's compiled breakpoints:
+    the run ends ``interrupted`` with ``breakpoint: "before"``; a request with ``input: null``
+    continues."""
+    interrupt_after: Breakpoints | None = None
+    """Stop after these nodes (or ``"*"``): ``interrupted`` with ``breakpoint: "after"``."""
+    subgraphs: bool = False
+    """Also stream the events of subgraphs (node updates, custom events, tokens, the other
+    modes), each with its ``ns``. Without it only the top graph's events are published."""
     stream: list[StreamMode] = Field(default_factory=lambda: list[StreamMode](["updates"]))
     """Which LangGraph stream modes become events."""
     timeout_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
@@ -261,12 +290,22 @@ class Request(BaseModel):
             unknown = set(value) - {"resume", "update", "goto"}
             if unknown or not value:
                 raise ValueError("command takes one or more of 'resume', 'update', 'goto'")
+            if all(value.get(k) is None for k in ("resume", "update", "goto")):
+                raise ValueError(
+                    "command has nothing to do: 'resume' is null and there is no 'update' or "
+                    "'goto'; to continue a thread from a breakpoint, send 'input': null without "
+                    "a command"
+                )
         return value
 
     @model_validator(mode="after")
     def _input_or_command(self) -> Self:
-        if self.input is None and self.command is None and self.checkpoint_id is None:
-            raise ValueError("give 'input' (an object) or 'command'")
+        if (self.input is None and self.command is None and self.checkpoint_id is None
+                and self.thread_id is None):
+            raise ValueError(
+                "give 'input' or 'command': a null input continues a thread's run (from a "
+                "breakpoint), so it needs 'thread_id'"
+            )
         if self.thread_id is None:
             if self.multitask_strategy not in (None, "enqueue"):
                 raise ValueError(
@@ -329,6 +368,15 @@ class Event(BaseModel):
     graph: str
     node: str | None = None
     """The node that produced the event, where there is one."""
+    ns: list[str] = Field(default_factory=list)
+    """LangGraph's namespace of the graph the event came from: ``[]`` for the top graph, one
+    ``"node:task_id"`` segment per subgraph level (with ``subgraphs: true``)."""
+    cached: bool = False
+    """On ``node`` events: the write came from the node cache or was replayed on a resume
+    (LangGraph's ``__metadata__: {"cached": true}``); left out when false."""
+    langgraph: dict[str, Any] | None = None
+    """On ``message`` events: LangGraph's stream metadata (``langgraph_node``,
+    ``langgraph_step``, ``langgraph_checkpoint_ns``, ``tags``, ``ls_*``); left out otherwise."""
     data: Any = None
     """``node``: the node's update; ``message``: a token chunk; ``run_finished``: the status."""
     ts: float
@@ -348,6 +396,12 @@ class Result(BaseModel):
     """The final graph state on ``success``; ``null`` otherwise."""
     error: ErrorInfo | None = None
     interrupts: list[Any] = Field(default_factory=list)
+    """On ``interrupted``: ``[{"id", "value", "node", "ns", "response_schema"?}]``, one per
+    pending ``interrupt()`` (empty at a breakpoint)."""
+    next: list[str] = Field(default_factory=list)
+    """On ``interrupted``: the nodes that run when the thread continues."""
+    breakpoint: Literal["before", "after"] | None = None
+    """On ``interrupted`` at a breakpoint (``interrupt_before``/``interrupt_after``): which."""
     thread_id: str | None = None
     attempts: int = Field(default=1, ge=1)
     """Runs of the graph for this request, over retries and redeliveries."""

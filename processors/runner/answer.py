@@ -64,6 +64,10 @@ class Answer:
     error: tuple[str, str] | None = None
     """``(type, message)``."""
     interrupts: list[Any] | None = None
+    next: list[str] | None = None
+    """On ``interrupted``: the nodes that run next."""
+    breakpoint: str | None = None
+    """On ``interrupted`` at a breakpoint: ``before`` or ``after``."""
     attempts: int = 1
     """The result's ``attempts``."""
     dead_letter: DeadLetter | None = None
@@ -136,7 +140,8 @@ class Answer:
                 reason = f"graph failed: {reason}"
             dead_letter = DeadLetter(reason, "graph_error")
         return cls(outcome.status, output=outcome.output, error=outcome.error,
-                   interrupts=outcome.interrupts, attempts=attempts, dead_letter=dead_letter,
+                   interrupts=outcome.interrupts, next=outcome.next or None,
+                   breakpoint=outcome.breakpoint, attempts=attempts, dead_letter=dead_letter,
                    events="run_finished", cancel=stop)
 
     def at_attempt(self, attempt: int) -> Answer:
@@ -162,6 +167,10 @@ class Answer:
             data["republished"] = True
         if self.cancel is not None:
             data["cancel"] = {"action": self.cancel.action, "cause": self.cancel.cause}
+        if self.next:
+            data["next"] = self.next
+        if self.breakpoint is not None:
+            data["breakpoint"] = self.breakpoint
         return data
 
 

@@ -19,10 +19,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from langgraph._internal._constants import CONFIG_KEY_STRICT_RESUME, INTERRUPT
 from langgraph.runtime import RunControl
 
 from graphwire.graphs.effects import bind_effects
-from graphwire.graphs.execution import RunOutcome, inline_sync_nodes, is_retriable, run_graph
+from graphwire.graphs.execution import (
+    RunOutcome,
+    inline_sync_nodes,
+    interrupt_dicts,
+    is_retriable,
+    run_graph,
+    where_stopped,
+)
 from graphwire.graphs.registry import GraphOptions
 from graphwire.processors.metrics import RunnerMetrics
 from graphwire.processors.runner import tracing
@@ -159,6 +167,10 @@ class RunExecutor:
             config["tags"] = request.config.tags
         if request.config.max_concurrency:
             config["max_concurrency"] = request.config.max_concurrency
+        if request.command is not None and "resume" in request.command:
+            # a resume that matches no pending interrupt is refused before anything is
+            # written (LangGraph's UnknownInterruptError), not run against the wrong question
+            configurable[CONFIG_KEY_STRICT_RESUME] = True
         return config
 
     async def _starting_point(
@@ -170,7 +182,7 @@ class RunExecutor:
         A redelivery (attempt > 1) looks at what the earlier attempt left on the thread:
         unfinished -> continue from the checkpoint; finished -> reuse it, run nothing."""
         try:
-            earlier = (await self._earlier_attempt(graph, config, request.request_id)
+            earlier = (await self._earlier_attempt(graph, config, request)
                        if attempt > 1 else None)
         except UnstorableRequest as exc:
             earlier = _unstorable(exc)
@@ -185,11 +197,37 @@ class RunExecutor:
         # expired, forget_later already deleted the finished thread). Retries within this
         # delivery and every delivery > 1 still read. Without dedup every delivery says
         # attempt 1, so nothing is skipped there.
+        if earlier is None and not resumed and request.checkpoint_id is None:
+            earlier = await self._nothing_to_continue(graph, config, request)
         first_config = fork_config or config
         if attempt == 1 and request.thread_id is None and self.settings.dedup:
             first_config = {**config, "configurable": {**config["configurable"],
                                                        FRESH_THREAD: True}}
         return _StartingPoint(earlier, payload_input, command, first_config, resumed)
+
+    async def _nothing_to_continue(
+        self, graph: Any, config: dict[str, Any], request: Request
+    ) -> RunOutcome | None:
+        """A ``rejected`` outcome when ``request`` continues (null input) or resumes a thread
+        that has nothing to continue; None when it may run."""
+        resume = request.command is not None and "resume" in request.command
+        if graph.checkpointer is None or not (resume or (
+                request.input is None and request.command is None)):
+            return None
+        try:
+            state = await _checkpointed_state(graph, config)
+        except UnstorableRequest as exc:
+            return _unstorable(exc)
+        thread = request.thread_id
+        if state is None or not state.config or not state.created_at:
+            what = "resume" if resume else "continue (input null)"
+            return RunOutcome(status="rejected", error=("NothingToContinue", (
+                f"thread {thread!r} has no state to {what}: start it with an 'input'")))
+        if resume and not state.interrupts and not state.next:
+            return RunOutcome(status="rejected", error=("NothingToResume", (
+                f"thread {thread!r} has no pending interrupt and is not at a breakpoint: "
+                "nothing to resume; send an 'input' to start a new run")))
+        return None
 
     async def _tries(
         self, start: Start, request: Request, graph: Any, config: dict[str, Any],
@@ -282,6 +320,8 @@ class RunExecutor:
                 graph, input=payload_input, command=command, config=config,
                 stream=request.stream, timeout_s=timeout_s, emit=emit,
                 durability=durability if graph.checkpointer else None, control=control,
+                context=request.context, interrupt_before=request.interrupt_before,
+                interrupt_after=request.interrupt_after, subgraphs=request.subgraphs,
             )
         if graph.checkpointer is not None and _is_database_outage(outcome.exception):
             raise DependencyUnavailable(
@@ -422,7 +462,7 @@ class RunExecutor:
             control.request_drain("shutdown")
 
     async def _earlier_attempt(
-        self, graph: Any, config: dict[str, Any], request_id: str
+        self, graph: Any, config: dict[str, Any], request: Request
     ) -> RunOutcome | None:
         """What an earlier attempt of ``request_id`` left on its thread, if anything.
 
@@ -433,12 +473,16 @@ class RunExecutor:
         if (
             state is None
             or not state.metadata
-            or state.metadata.get("graphwire_request_id") != request_id
+            or state.metadata.get("graphwire_request_id") != request.request_id
         ):
             return None
         if state.interrupts:
-            found = [{"id": i.id, "value": i.value} for i in state.interrupts]
-            return RunOutcome(status="interrupted", interrupts=found)
+            found = interrupt_dicts(state.interrupts)
+            next_nodes, _ = await where_stopped(graph, config, found, None)
+            return RunOutcome(status="interrupted", interrupts=found, next=next_nodes)
+        stopped = await _at_breakpoint(graph, config, state, request)
+        if stopped is not None:  # a redelivery never runs past a breakpoint
+            return RunOutcome(status="interrupted", next=list(state.next), breakpoint=stopped)
         # ``next`` alone misleads: a step whose tasks finished (their writes saved) but whose
         # next checkpoint was not written yet shows no ``next``. Any task left means unfinished.
         if state.next or state.tasks:
@@ -449,6 +493,38 @@ class RunExecutor:
         """True when the thread's last run stopped between steps (not at an interrupt)."""
         state = await _checkpointed_state(graph, config)
         return state is not None and bool(state.next) and not state.interrupts
+
+
+async def _at_breakpoint(
+    graph: Any, config: dict[str, Any], state: Any, request: Request
+) -> str | None:
+    """``before``/``after`` when the thread's last checkpoint is where a run of ``request``
+    stops at a breakpoint (LangGraph's ``should_interrupt``: a channel changed since the last
+    breakpoint, and a node about to run, or one that just ran, is a breakpoint); else None."""
+    if not state.next:
+        return None
+    found = await graph.checkpointer.aget_tuple(config)
+    if found is None or not _updated_since_breakpoint(found.checkpoint):
+        return None
+    before = request.interrupt_before or graph.interrupt_before_nodes
+    if before == "*" or set(state.next) & set(before or ()):
+        return "before"
+    after = request.interrupt_after or graph.interrupt_after_nodes
+    if not after or state.parent_config is None:
+        return None
+    parent = await graph.aget_state(state.parent_config)
+    if after == "*" or set(parent.next) & set(after):
+        return "after"
+    return None
+
+
+def _updated_since_breakpoint(checkpoint: Any) -> bool:
+    """A channel changed since the thread last stopped at a breakpoint (LangGraph's test)."""
+    versions = checkpoint["channel_versions"]
+    seen = checkpoint["versions_seen"].get(INTERRUPT, {})
+    kind: Any = type(next(iter(versions.values()), None))
+    null = kind()
+    return any(version > seen.get(channel, null) for channel, version in versions.items())
 
 
 async def _checkpointed_state(graph: Any, config: dict[str, Any]) -> Any:

@@ -458,6 +458,11 @@ class RequestProcessor:
             request.graph, graph
         )
         config = request.config.model_dump(mode="json")
+        if request.context is not None:  # the graph's answer may depend on it
+            config["context"] = request.context
+        for stop in ("interrupt_before", "interrupt_after"):
+            if getattr(request, stop) is not None:
+                config[stop] = getattr(request, stop)
         principal = header(record, HEADER_PRINCIPAL)
         if principal is not None:  # a graph may answer each caller differently
             config["principal"] = decode_principal(principal)

@@ -17,7 +17,7 @@ import random
 import re
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeAlias
 
 from aiokafka import AIOKafkaProducer
@@ -39,6 +39,7 @@ from graphwire.topics.codec import (
     HEADER_SOURCE,
     HEADER_TRACEPARENT,
     HEADER_VALUE_DROPPED,
+    TOP_NS,
     dumps,
     event_dict,
     result_dict,
@@ -550,12 +551,14 @@ class OutputPublisher:
         return value
 
     async def emit(
-        self, start: Start, to: Addressee, type_: str, node: str | None, data: Any
+        self, start: Start, to: Addressee, type_: str, node: str | None, data: Any,
+        ns: Sequence[str] = TOP_NS, extra: Mapping[str, Any] | None = None,
     ) -> None:
-        """One event of ``start``, at its next position."""
+        """One event of ``start``, at its next position (``ns``: the subgraph it came from;
+        ``extra``: optional event fields)."""
         rid = to.request_id
         event = event_dict(rid, start.positions.next(), type_, to.graph, node, data,
-                           to.metadata or {})
+                           to.metadata or {}, ns, extra)
         self._metrics.event_published(type_)
         await start.outbox.send(self._topics.events, self.encode(event, "data"), rid.encode(),
                                 start.headers)
@@ -580,7 +583,8 @@ class OutputPublisher:
         if result is None:
             result = result_dict(
                 to.request_id, to.graph, answer.status, output=answer.output,
-                error=answer.error, interrupts=answer.interrupts, thread_id=to.thread_id,
+                error=answer.error, interrupts=answer.interrupts, next=answer.next,
+                breakpoint=answer.breakpoint, thread_id=to.thread_id,
                 attempts=answer.attempts, cached=answer.cached, duration_ms=duration_ms,
                 metadata=to.metadata,
             )
