@@ -16,9 +16,9 @@ import asyncio
 import logging
 import uuid
 from collections import OrderedDict, defaultdict, deque
-from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
@@ -189,7 +189,7 @@ class GraphwireClient:
     async def submit(
         self,
         graph: str,
-        input: Mapping[str, Any] | None = None,
+        input: Any = None,
         *,
         request_id: str | None = None,
         thread_id: str | None = None,
@@ -205,22 +205,31 @@ class GraphwireClient:
         webhook: str | None = None,
         after_seconds: float | None = None,
         run_at: datetime | str | None = None,
+        context: Mapping[str, Any] | None = None,
+        interrupt_before: Sequence[str] | Literal["*"] | None = None,
+        interrupt_after: Sequence[str] | Literal["*"] | None = None,
+        subgraphs: bool = False,
     ) -> str:
         """Produce a request (validated against the contract); returns its request_id.
         ``webhook``: a URL the result is POSTed to (``graphwire webhooks``).
-        ``after_seconds``/``run_at``: accepted now, run then (by ``graphwire scheduler``)."""
+        ``after_seconds``/``run_at``: accepted now, run then (by ``graphwire scheduler``).
+        ``input`` is any JSON value (None continues ``thread_id`` from a breakpoint);
+        ``context`` is LangGraph's run context; ``interrupt_before``/``interrupt_after`` stop
+        at those nodes; ``subgraphs`` streams subgraphs' events too."""
         request = self.build_request(
             graph, input, request_id=request_id, thread_id=thread_id, command=command,
             config=config, stream=stream, metadata=metadata, timeout_s=timeout_s,
             multitask_strategy=multitask_strategy, checkpoint_id=checkpoint_id,
-            webhook=webhook, after_seconds=after_seconds, run_at=run_at,
+            webhook=webhook, after_seconds=after_seconds, run_at=run_at, context=context,
+            interrupt_before=interrupt_before, interrupt_after=interrupt_after,
+            subgraphs=subgraphs,
         )
         return await self.submit_request(request, reply_to=reply_to, traceparent=traceparent)
 
     def build_request(
         self,
         graph: str,
-        input: Mapping[str, Any] | None = None,
+        input: Any = None,
         *,
         request_id: str | None = None,
         thread_id: str | None = None,
@@ -234,13 +243,17 @@ class GraphwireClient:
         webhook: str | None = None,
         after_seconds: float | None = None,
         run_at: datetime | str | None = None,
+        context: Mapping[str, Any] | None = None,
+        interrupt_before: Sequence[str] | Literal["*"] | None = None,
+        interrupt_after: Sequence[str] | Literal["*"] | None = None,
+        subgraphs: bool = False,
     ) -> Request:
         """The request ``submit`` would produce, validated but not sent (``ValueError`` when
         the contract refuses it): check a whole batch before submitting any of it."""
         body: dict[str, Any] = {
             "request_id": request_id or uuid.uuid4().hex,
             "graph": graph,
-            "input": dict(input) if input is not None else None,
+            "input": dict(input) if isinstance(input, Mapping) else input,
             "thread_id": thread_id,
             "command": dict(command) if command is not None else None,
             "config": dict(config or {}),
@@ -256,6 +269,14 @@ class GraphwireClient:
             body["webhook"] = webhook
         if after_seconds is not None or run_at is not None:  # scheduled runs
             body.update(after_seconds=after_seconds, run_at=run_at)
+        if context is not None:
+            body["context"] = dict(context)
+        for name, nodes in (("interrupt_before", interrupt_before),
+                            ("interrupt_after", interrupt_after)):
+            if nodes is not None:
+                body[name] = nodes if nodes == "*" else list(nodes)
+        if subgraphs:
+            body["subgraphs"] = True
         return Request.model_validate(body)
 
     async def submit_request(
@@ -582,7 +603,7 @@ class GraphwireClient:
         ``checkpoint_id`` to ``submit(..., checkpoint_id=...)`` to fork the thread there."""
         return await read_history(database_url, thread_id, schema=schema, limit=limit)
 
-    async def invoke(self, graph: str, input: Mapping[str, Any], **kwargs: Any) -> Result:
+    async def invoke(self, graph: str, input: Any, **kwargs: Any) -> Result:
         """Submit and wait for the result."""
         timeout = kwargs.pop("wait_timeout", None)
         return await self.result(await self.submit(graph, input, **kwargs), timeout)

@@ -46,7 +46,7 @@ class Client:
     def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
-    def submit(self, graph: str, input: Mapping[str, Any] | None = None, **kwargs: Any) -> str:
+    def submit(self, graph: str, input: Any = None, **kwargs: Any) -> str:
         """Produce a request; returns its request_id."""
         return self._call(self._client.submit(graph, input, **kwargs))
 

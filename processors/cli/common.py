@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
+
+from graphwire.topics.errors import GraphwireError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
@@ -37,3 +40,19 @@ def registry_from(settings: Any) -> Any:
         specs=settings.graphs,
         langgraph_json=settings.langgraph_json,
     )
+
+
+def json_object(flag: str, text: str | None) -> Any:
+    """The JSON object a flag gives (None without the flag), or a GraphwireError saying what
+    to fix."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise GraphwireError(
+            f'{flag} is not valid JSON ({exc}); pass an object like \'{{"text": "hi"}}\''
+        ) from None
+    if not isinstance(value, dict):
+        raise GraphwireError(f"{flag} must be a JSON object, not a {type(value).__name__}")
+    return value

@@ -14,7 +14,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
@@ -23,6 +23,7 @@ from graphwire.processors.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_UNAVAILABLE,
+    json_object,
     registry_from,
     settings_from,
 )
@@ -120,6 +121,13 @@ def _processes(args: argparse.Namespace) -> int:
     return run_processes(args.processes, argv, http_port=settings.http_port)
 
 
+def _nodes(text: str | None) -> list[str] | Literal["*"] | None:
+    """``--interrupt-before``/``--interrupt-after``: ``*`` or comma-separated node names."""
+    if text is None:
+        return None
+    return "*" if text.strip() == "*" else [n.strip() for n in text.split(",") if n.strip()]
+
+
 async def _submit(args: argparse.Namespace) -> int:
     from graphwire.topics.client import GraphwireClient
 
@@ -130,19 +138,20 @@ async def _submit(args: argparse.Namespace) -> int:
     if not args.graph:
         raise GraphwireError("name the graph to run (see `graphwire graphs`), or give --file")
     settings = settings_from(args)
-    if (args.input is not None and args.resume is not None) or (
-        args.input is None and args.resume is None and not args.checkpoint_id
-    ):
-        raise GraphwireError("give --input JSON (a new run) or --resume JSON with --thread")
-    if args.resume is not None and not args.thread:
-        raise GraphwireError("--resume continues a thread: add --thread THREAD_ID")
+    starts = [args.input is not None, args.resume is not None, args.continue_run]
+    if sum(starts) > 1 or (sum(starts) == 0 and not args.checkpoint_id):
+        raise GraphwireError("give --input JSON (a new run), or --resume JSON or --continue "
+                             "with --thread")
+    if (args.resume is not None or args.continue_run) and not args.thread:
+        raise GraphwireError("--resume and --continue continue a thread: add --thread THREAD_ID")
     try:
         payload = json.loads(args.input) if args.input is not None else None
         command = {"resume": json.loads(args.resume)} if args.resume is not None else None
     except json.JSONDecodeError as exc:
         raise GraphwireError(
-            f'--input is not valid JSON ({exc}); pass an object like \'{{"text": "hi"}}\''
+            f'--input is not valid JSON ({exc}); pass JSON like \'{{"text": "hi"}}\''
         ) from None
+    context = json_object("--context", args.context)
     stream = args.stream_modes.split(",") if args.stream_modes else ["updates"]
     async with GraphwireClient(
         settings.bootstrap_servers, topic_prefix=settings.topic_prefix, **settings.kafka_security()
@@ -160,6 +169,10 @@ async def _submit(args: argparse.Namespace) -> int:
             webhook=args.webhook,
             after_seconds=args.after_seconds,
             run_at=args.run_at,
+            context=context,
+            interrupt_before=_nodes(args.interrupt_before),
+            interrupt_after=_nodes(args.interrupt_after),
+            subgraphs=args.subgraphs,
         )
         print(f"submitted {request_id}", file=sys.stderr)
         if not (args.wait or args.stream):
@@ -265,8 +278,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--concurrency", type=int, default=100, help="with --file: requests in flight at once"
     )
     p.add_argument("--json", action="store_true", help="with --file: print each result")
-    p.add_argument("--input", help="the input as a JSON object")
+    p.add_argument("--input", help="the input as JSON (an object for most graphs)")
     p.add_argument("--resume", help="resume an interrupted thread with this JSON value")
+    p.add_argument("--continue", dest="continue_run", action="store_true",
+                   help="continue --thread from where it stopped (a breakpoint): input null")
+    p.add_argument("--context", help="LangGraph's run context, a JSON object")
+    p.add_argument("--interrupt-before", help="stop before these nodes: a,b or *")
+    p.add_argument("--interrupt-after", help="stop after these nodes: a,b or *")
+    p.add_argument("--subgraphs", action="store_true", help="stream subgraphs' events too")
     p.add_argument("--thread", help="thread id (stateful graphs)")
     p.add_argument("--request-id", help="idempotency key (default: a new uuid)")
     p.add_argument("--timeout-s", type=float, help="give up the run after this many seconds")
@@ -277,7 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--stream", action="store_true", help="print events as they arrive, then the result"
     )
-    p.add_argument("--stream-modes", help="comma-separated: updates,custom,messages,values")
+    p.add_argument("--stream-modes", help="comma-separated: updates,custom,messages,values,"
+                   "tasks,checkpoints,debug")
     p.add_argument(
         "--wait-timeout", type=float, default=60.0, help="seconds to wait for the result"
     )

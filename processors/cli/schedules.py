@@ -9,8 +9,7 @@ import signal
 import sys
 from typing import Any
 
-from graphwire.processors.cli.common import EXIT_FAILED, EXIT_OK, settings_from
-from graphwire.topics.errors import GraphwireError
+from graphwire.processors.cli.common import EXIT_FAILED, EXIT_OK, json_object, settings_from
 
 
 async def scheduler_command(args: argparse.Namespace) -> int:
@@ -59,20 +58,6 @@ async def _store(settings: Any) -> tuple[Any, Any]:
     return conn, CronStore(conn)
 
 
-def _json_arg(flag: str, text: str | None) -> Any:
-    if text is None:
-        return None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise GraphwireError(
-            f'{flag} is not valid JSON ({exc}); pass an object like \'{{"text": "hi"}}\''
-        ) from None
-    if not isinstance(value, dict):
-        raise GraphwireError(f"{flag} must be a JSON object, not a {type(value).__name__}")
-    return value
-
-
 def _row(cron: Any) -> dict[str, Any]:
     row: dict[str, Any] = cron.model_dump(mode="json")
     return row
@@ -86,8 +71,8 @@ async def cron_command(args: argparse.Namespace) -> int:
     if args.cron_command == "add":  # check the definition before connecting
         spec = cron_spec(
             name=args.name, graph=args.graph, schedule=args.schedule, timezone=args.timezone,
-            input=_json_arg("--input", args.input) or {}, thread_id=args.thread,
-            metadata=_json_arg("--metadata", args.metadata) or {}, missed=args.missed,
+            input=json_object("--input", args.input) or {}, thread_id=args.thread,
+            metadata=json_object("--metadata", args.metadata) or {}, missed=args.missed,
         )
     conn, crons = await _store(settings)
     try:

@@ -183,7 +183,9 @@ class Gateway:
                 stream=body.stream, metadata=metadata, timeout_s=body.timeout_s,
                 multitask_strategy=body.multitask_strategy, checkpoint_id=body.checkpoint_id,
                 webhook=body.webhook,
-                after_seconds=body.after_seconds, run_at=body.run_at,
+                after_seconds=body.after_seconds, run_at=body.run_at, context=body.context,
+                interrupt_before=body.interrupt_before, interrupt_after=body.interrupt_after,
+                subgraphs=body.subgraphs,
             )
         except ValueError as exc:  # the contract's validation (pydantic)
             raise HTTPException(422, _contract_error(exc)) from None

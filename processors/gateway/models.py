@@ -16,6 +16,7 @@ from graphwire.processors.gateway.auth import ID_BUDGET, SCOPE_HEX
 from graphwire.processors.metrics import UNKNOWN
 from graphwire.topics.models import (
     MAX_DELAY_S,
+    Breakpoints,
     MultitaskStrategy,
     Result,
     RunConfig,
@@ -29,8 +30,16 @@ class WorkflowRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     workflow_name: str = Field(min_length=1, max_length=200, description="a registered graph")
-    input_data: dict[str, Any] | None = Field(default=None, description="the graph's input")
+    input_data: Any = Field(default=None, description="the graph's input: any JSON value; "
+                                                      "null continues the thread")
     config: RunConfig = Field(default_factory=RunConfig)
+    context: dict[str, Any] | None = Field(default=None,
+                                           description="LangGraph's run context (runtime.context)")
+    interrupt_before: Breakpoints | None = Field(default=None,
+                                                 description='stop before these nodes, or "*"')
+    interrupt_after: Breakpoints | None = Field(default=None,
+                                                description='stop after these nodes, or "*"')
+    subgraphs: bool = Field(default=False, description="stream subgraphs' events too (with ns)")
     request_id: str | None = Field(
         default=None, min_length=1, max_length=ID_BUDGET, pattern=r"^[\x20-\x7e]+$",
         description="idempotency key; the run's id is it, in the caller's namespace",
