@@ -329,7 +329,8 @@ def normalise(
     for i, outcome in enumerate(outcomes):
         steps = [jsonable(s) for s in outcome.events]
         if like is not None and i < len(like):
-            steps = _cut(sum(steps, []), [len(s) for s in like[i].events])
+            flat = [event for step in steps for event in step]
+            steps = _cut(flat, [len(s) for s in like[i].events])
         steps = [sorted(step, key=_masked) for step in steps]
         interrupts = sorted(jsonable(outcome.interrupts), key=_masked)
         out.append(ids({
