@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 from urllib.parse import quote
 
 import psycopg
@@ -32,12 +33,13 @@ async def fidelity_worker(bootstrap: str) -> AsyncIterator[Worker]:
     prefix = f"t{uuid.uuid4().hex[:12]}"
     names = TopicNames(prefix)
     await ensure_topics(bootstrap, names.specs(PARTITIONS))
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        bootstrap_servers=bootstrap, topic_prefix=prefix, group_id=f"{prefix}-runners",
-        session_timeout_ms=3000, heartbeat_interval_ms=1000, redis_url=TEST_REDIS_URL,
-        database_url=TEST_DATABASE_URL, checkpoint_schema=prefix, lease_ms=3000, http_port=0,
-    )
+    fields: dict[str, Any] = {
+        "bootstrap_servers": bootstrap, "topic_prefix": prefix, "group_id": f"{prefix}-runners",
+        "session_timeout_ms": 3000, "heartbeat_interval_ms": 1000, "redis_url": TEST_REDIS_URL,
+        "database_url": TEST_DATABASE_URL, "checkpoint_schema": prefix, "lease_ms": 3000,
+        "http_port": 0,
+    }
+    settings = Settings(_env_file=None, **fields)  # type: ignore[call-arg]
     registry = GraphRegistry.from_sources(builtins=False)
     search_path = quote(f"-c search_path={prefix}")
     try:
