@@ -250,10 +250,12 @@ async def through_worker(
     config: dict[str, Any] | None = None,
     durability: str | None = None,
     thread: str | None = None,
+    subgraphs: bool = False,
     timeout: float = 60.0,
 ) -> list[TurnOutcome]:
     """Produce ``turns`` as requests on one thread to ``worker`` (each after the last one's
-    result) and read back results, events and the checkpointed state."""
+    result) and read back results, events and the checkpointed state. ``subgraphs`` sets the
+    request flag ``subgraphs: true`` (left out when False: requests without it run today)."""
     thread = thread or f"worker-{uuid.uuid4().hex}"
     graph = worker.registry.get(graph_name).copy(update={"checkpointer": worker.saver})
     outcomes: list[TurnOutcome] = []
@@ -269,6 +271,8 @@ async def through_worker(
             fields["config"] = config
         if durability:
             fields["durability"] = durability
+        if subgraphs:
+            fields["subgraphs"] = True
         body = request(rid, graph_name, **fields)
         await produce(worker.bootstrap, worker.requests_topic, [(thread.encode(), encode(body))])
         await worker.collector.wait_until(
@@ -365,7 +369,6 @@ async def differential(
     """Register ``make()`` as ``name`` on ``worker``, run ``turns`` on a fresh ``make()``
     directly and through the worker; both sides normalised (direct first)."""
     worker.registry.register(name, make())
-    stream_options = {k: v for k, v in options.items() if k != "subgraphs"}
     want = await direct(make(), turns, **options)
-    got = await through_worker(worker, name, turns, **stream_options)
+    got = await through_worker(worker, name, turns, **options)
     return normalise(want), normalise(got, like=want)
