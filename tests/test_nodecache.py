@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 
 from graphwire.processors.metrics import RunnerMetrics
 from graphwire.processors.runner.nodecache import MAX_TTL_S, RedisNodeCache
+from graphwire.processors.runner.redisbatch import RedisBatcher
 from tests.conftest import TEST_REDIS_URL
 
 WRITES = [["sq", {"y": 9}], ["log", ["a", "b"]]]
@@ -106,15 +107,19 @@ async def test_clear_deletes_exactly_the_namespaces_named(
         await neighbour.aclear()
 
 
-async def test_a_pickled_value_in_redis_is_refused_not_loaded(
-    cache: RedisNodeCache, redis: Redis
+async def test_a_pickled_value_in_redis_is_a_miss_never_unpickled(
+    cache: RedisNodeCache, redis: Redis, metrics: RunnerMetrics, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The serializer's pickle fallback is off: an entry of encoding ``pickle`` (as someone with
-    Redis access could plant) raises NotImplementedError instead of being unpickled."""
+    Redis access could plant) is not loaded; the lookup is a miss counted as error, the log
+    names LangGraph's refusal, and the node's next write replaces the entry."""
     assert cache.serde.pickle_fallback is False  # type: ignore[attr-defined]
     await redis.set(cache.key(NS, "planted"), b"pickle:cos\nsystem\n(S'true'\ntR.", ex=60)
-    with pytest.raises(NotImplementedError, match="Unknown serialization type: pickle"):
-        await cache.aget([(NS, "planted")])
+    assert await cache.aget([(NS, "planted")]) == {}
+    assert (_lookups(metrics, "error"), _lookups(metrics, "miss")) == (1, 0)
+    assert "Unknown serialization type: pickle" in caplog.text
+    await cache.aset({(NS, "planted"): (WRITES, 60)})
+    assert await cache.aget([(NS, "planted")]) == {(NS, "planted"): WRITES}
 
 
 async def test_sync_calls_say_the_cache_is_async_only(cache: RedisNodeCache) -> None:
@@ -138,3 +143,19 @@ async def test_redis_down_is_a_miss_and_a_skipped_write(
         assert _lookups(metrics, "error") == 2
     finally:
         await down.aclose()
+
+
+async def test_a_set_of_several_writes_and_a_lookup_take_one_round_trip_each(
+    redis: Redis, namespace: str
+) -> None:
+    """Through the runner's RedisBatcher: aset of 3 writes is 1 pipeline of 3 commands, and
+    aget of the 3 keys is 1 more pipeline of 1 command (MGET)."""
+    batcher = RedisBatcher(redis)
+    cache = RedisNodeCache(redis, namespace=namespace, batcher=batcher)
+    try:
+        await cache.aset({(NS, k): (WRITES, 60) for k in ("a", "b", "c")})
+        assert (batcher.round_trips, batcher.calls) == (1, 3)
+        assert len(await cache.aget([(NS, k) for k in ("a", "b", "c")])) == 3
+        assert (batcher.round_trips, batcher.calls) == (2, 4)
+    finally:
+        await cache.aclear()

@@ -25,12 +25,14 @@ both).
 TTL: ``CachePolicy.ttl`` seconds; no ttl (``None``) or a longer one is capped at ``max_ttl_s``
 (``MAX_TTL_S``, 7 days), so that nothing stays in Redis for ever.
 
-A Redis error is a miss (``aget``) or a skipped write (``aset``), logged and counted: the node
-runs, as it would without a cache, and the run's answer is the same.
+A Redis error or an unreadable entry is a miss (``aget``), a Redis error on ``aset`` a skipped
+write, logged and counted: the node runs, as it would without a cache, and the run's answer is
+the same.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -105,9 +107,15 @@ class RedisNodeCache(BaseCache[Any]):
             if value is None:
                 continue
             encoding, _, data = value.partition(b":")
-            found[full_key] = self.serde.loads_typed((encoding.decode(), data))
+            try:
+                found[full_key] = self.serde.loads_typed((encoding.decode(), data))
+            except Exception as exc:  # unreadable (or a planted pickle): the node runs, and
+                # its new write replaces the entry
+                log.warning("node cache entry %s unreadable, the node runs: %s",
+                            self.key(*full_key), exc)
+                self._count("error")
         self._count("hit", len(found))
-        self._count("miss", len(keys) - len(found))
+        self._count("miss", sum(value is None for value in raw))
         return found
 
     async def aset(self, pairs: Mapping[FullKey, tuple[Any, int | None]]) -> None:
@@ -118,11 +126,13 @@ class RedisNodeCache(BaseCache[Any]):
             seconds = self.max_ttl_s if ttl is None else max(1, min(int(ttl), self.max_ttl_s))
             calls.append(self._batch.command(
                 "SET", self.key(ns, key), encoding.encode() + b":" + data, "EX", seconds))
-        for call in calls:  # queued together: one round trip
-            try:
-                await call
-            except (RedisError, OSError) as exc:
-                log.warning("node cache write failed (the next identical call runs): %s", exc)
+        # queued together: one round trip
+        for outcome in await asyncio.gather(*calls, return_exceptions=True):
+            if isinstance(outcome, RedisError | OSError):
+                log.warning("node cache write failed (the next identical call runs): %s",
+                            outcome)
+            elif isinstance(outcome, BaseException):
+                raise outcome
 
     async def aclear(self, namespaces: Sequence[Namespace] | None = None) -> None:
         """Delete the writes cached under ``namespaces`` (exactly those), or all of this cache."""
