@@ -140,6 +140,13 @@ class RunnerMetrics:
             ["outcome"],
             registry=r,
         )
+        self.node_cache = Counter(
+            "graphwire_node_cache_lookups_total",
+            "Lookups of LangGraph node writes (CachePolicy) in the shared Redis node cache, by "
+            "outcome: hit, miss, error (Redis failed: the node ran).",
+            ["outcome"],
+            registry=r,
+        )
         self.stalls = Counter(
             "graphwire_partition_stalls_total",
             "Times a partition stalled at a message that could not be finished, not even "

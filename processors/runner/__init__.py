@@ -6,6 +6,8 @@
                     answer (kept, poison, cancelled, busy, cached, or run) -> finish -> mark done
 - ``answer``        ``Answer``: how a request ends (pure values); ``EventPositions``
 - ``graphrun``      ``RunExecutor``: one graph run: config, starting point, tries, stop
+- ``noderetry``     which node's own ``RetryPolicy`` already retried a failure (no run retry)
+- ``nodecache``     ``RedisNodeCache``: LangGraph's node cache (``CachePolicy``) in Redis
 - ``claims``        ``RedisClaims``: leases, thread leases and done markers in Redis
 - ``localclaims``   ``LocalClaims``: the same calls without Redis (``GRAPHWIRE_DEDUP=false``)
 - ``cache``         ``ResultCache``: results of identical requests, in Redis

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from langgraph._internal._constants import CONFIG_KEY_STRICT_RESUME, INTERRUPT
+from langgraph.cache.base import BaseCache
 from langgraph.runtime import RunControl
 
 from graphwire.graphs.effects import bind_effects
@@ -41,6 +42,8 @@ from graphwire.processors.runner.claims import LeaseLost
 from graphwire.processors.runner.control import RunStops, Stop, delete_run_checkpoints
 from graphwire.processors.runner.failures import data_error, refusal
 from graphwire.processors.runner.identity import auth_configurable
+from graphwire.processors.runner.nodecache import NodeCaches
+from graphwire.processors.runner.noderetry import retried_by_node
 from graphwire.processors.runner.pgsaver import (
     FRESH_THREAD,
     CheckpointDatabaseUnavailable,
@@ -85,11 +88,13 @@ class RunExecutor:
         *,
         checkpoints: CheckpointStore | None,
         stopping: Callable[[], bool],
+        node_cache: BaseCache[Any] | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self._out = out
         self._checkpoints = checkpoints
+        self._node_caches = NodeCaches(node_cache)
         self._stopping = stopping
         self._durable_graphs: dict[str, tuple[Any, Any]] = {}
         self._controls: set[RunControl] = set()
@@ -112,12 +117,16 @@ class RunExecutor:
         return options[1]
 
     def _durable(self, name: str, graph: Any) -> Any:
-        """The graph with the PostgreSQL checkpointer attached (once per graph)."""
-        if self._checkpoints is None or self._checkpoints.saver is None:
-            return graph
+        """The graph with what the worker attaches (once per graph): the PostgreSQL
+        checkpointer, the shared node cache."""
         durable = self._durable_graphs.get(name)
         if durable is None or durable[0] is not graph:
-            durable = (graph, graph.copy(update={"checkpointer": self._checkpoints.saver}))
+            update: dict[str, Any] = {}
+            if self._checkpoints is not None and self._checkpoints.saver is not None:
+                update["checkpointer"] = self._checkpoints.saver
+            if (cache := self._node_caches.for_graph(graph)) is not None:
+                update["cache"] = cache
+            durable = (graph, graph.copy(update=update) if update else graph)
             self._durable_graphs[name] = durable
         return durable[1]
 
@@ -248,7 +257,7 @@ class RunExecutor:
                 outcome = await self._try(start, to, request, graph, config_now, payload_input,
                                           command, control, options)
                 if outcome.status != "error" or attempt >= max_attempts or not is_retriable(
-                        outcome.exception):
+                        outcome.exception) or _node_retried(graph, request, outcome):
                     return outcome, attempt
                 await self._back_off(request.request_id, attempt, outcome)
                 attempt, config_now = attempt + 1, config
@@ -547,6 +556,16 @@ def _read_failed(exc: Exception) -> UnstorableRequest:
     if refused is None:
         raise exc
     return UnstorableRequest(refusal(refused))
+
+
+def _node_retried(graph: Any, request: Request, outcome: RunOutcome) -> bool:
+    """True when the node that failed had its own RetryPolicy: LangGraph retried it already,
+    so the runner does not (its retries are for the other retriable failures)."""
+    node = retried_by_node(graph, outcome.exception)
+    if node is not None:
+        log.info("%s failed in node %s, which has its own RetryPolicy: not retried by the "
+                 "runner", request.request_id, node)
+    return node is not None
 
 
 def _unstorable(exc: UnstorableRequest) -> RunOutcome:

@@ -35,6 +35,7 @@ from graphwire.processors.runner.failures import data_error, refusal
 from graphwire.processors.runner.gate import DependencyGate
 from graphwire.processors.runner.graphrun import RunExecutor
 from graphwire.processors.runner.localclaims import Claims, LocalClaims
+from graphwire.processors.runner.nodecache import RedisNodeCache
 from graphwire.processors.runner.publisher import (
     Keep,
     OutputPublisher,
@@ -120,8 +121,12 @@ class RequestProcessor:
         self._versions: dict[str, tuple[Any, str]] = {}
         self._webhooks = WebhookPolicy(settings.webhook_allowed_hosts)
         self._cache = ResultCache(dedup.batcher) if dedup is not None else None
+        node_cache = None if dedup is None else RedisNodeCache(
+            dedup.client, batcher=dedup.batcher, namespace=settings.topic_prefix,
+            serde=checkpoints.serde if checkpoints is not None else None, metrics=metrics)
         self._executor = RunExecutor(
-            settings, metrics, out, checkpoints=checkpoints, stopping=stopping
+            settings, metrics, out, checkpoints=checkpoints, stopping=stopping,
+            node_cache=node_cache,
         )
         self.control = ControlHandler(
             out, metrics, self._executor.stops, dedup=dedup, gate=gate, stopping=stopping
