@@ -114,7 +114,7 @@ def _messages() -> list[Message]:
                          ("command", {"resume": 1, "other": 2}), ("extra_field", 1),
                          ("command", "resume")):
         add(_body(rid(), **{field: wrong}))
-    for key in ("__pregel_checkpointer", "__graphwire_fresh_thread__", "checkpoint_id",
+    for key in ("__pregel_checkpointer", "__graphwire_fresh_thread__", "thread_id", "checkpoint_id",
                 "checkpoint_ns", "checkpoint_map", "langgraph_auth_user",
                 "langgraph_auth_user_id", "langgraph_auth_permissions", "__x"):
         add(_body(rid(), thread_id="t-reserved", config={"configurable": {key: None}}))

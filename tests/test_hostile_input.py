@@ -105,6 +105,9 @@ BASE = {"request_id": "r1", "graph": "echo", "input": {"text": "x"}}
          "config.configurable: config.configurable key '__graphwire_fresh_thread__' is "
          "reserved (keys starting with '__' are LangGraph's and graphwire's internals); leave "
          "it out"),
+        ({"config": {"configurable": {"thread_id": "someone-elses"}}}, "config.configurable: "
+         "config.configurable key 'thread_id' is reserved: set the request's 'thread_id' "
+         "(the Kafka key of its thread)"),
         ({"config": {"configurable": {"checkpoint_id": "1"}}}, "config.configurable: "
          "config.configurable key 'checkpoint_id' is reserved: set the request's "
          "'checkpoint_id' to run from a checkpoint"),

@@ -51,6 +51,7 @@ PRINTABLE_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]+$"
 """What the JSON Schema can say of an id (the runner also refuses Unicode format and line
 separator characters: Python's ``str.isprintable``)."""
 RESERVED_CONFIGURABLE = {
+    "thread_id": "set the request's 'thread_id' (the Kafka key of its thread)",
     "checkpoint_id": "set the request's 'checkpoint_id' to run from a checkpoint",
     "checkpoint_ns": "LangGraph sets it for subgraphs; leave it out",
     "checkpoint_map": "LangGraph sets it for subgraphs; leave it out",
@@ -60,7 +61,7 @@ RESERVED_CONFIGURABLE = {
 }
 """``config.configurable`` keys a producer may not set, and what to do instead. Keys starting
 with ``__`` (LangGraph's ``__pregel_*``, graphwire's ``__graphwire_fresh_thread__``) are
-refused too; ``thread_id`` is allowed and replaced by the request's."""
+refused too."""
 
 
 def id_problem(field: str, value: str) -> str | None:
@@ -130,8 +131,9 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     configurable: dict[str, Any] = Field(default_factory=dict)
-    """Passed to the graph as ``config["configurable"]`` (graphwire sets ``thread_id`` itself).
-    Refused: keys starting with ``__``, ``checkpoint_id`` (use the request's ``checkpoint_id``),
+    """Passed to the graph as ``config["configurable"]``.
+    Refused: keys starting with ``__``, ``thread_id`` (use the request's ``thread_id``),
+    ``checkpoint_id`` (use the request's ``checkpoint_id``),
     ``checkpoint_ns``, ``checkpoint_map`` and ``langgraph_auth_user``/``_user_id``/
     ``_permissions`` (graphwire sets them from the caller's identity)."""
     recursion_limit: int | None = Field(default=None, ge=1, le=1_000_000)
@@ -209,7 +211,9 @@ class Request(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     """Opaque; echoed on every event and on the result."""
     max_attempts: int | None = Field(default=None, ge=1, le=20)
-    """Runs allowed when the graph fails with a retriable error (default: the graph's, else 3)."""
+    """Runs allowed when the graph fails with a retriable error (default: the graph's, else 3).
+    A failure in a node with its own ``RetryPolicy`` is not retried again here: LangGraph's
+    attempts of that node are its retries."""
     durability: Literal["exit", "async", "sync"] | None = None
     """When checkpoints are written: ``sync`` (each step, before the next), ``async`` (each
     step, in the background), ``exit`` (only at the end: fastest, a crash restarts the run)."""
