@@ -39,6 +39,7 @@ from graphwire.processors.runner.pgsaver import (
     CheckpointDataRefused,
     is_outage,
 )
+from graphwire.processors.runner.pgstore import store_attachment
 from graphwire.processors.runner.publisher import OutputPublisher, Record, Start, header
 from graphwire.processors.settings import Settings
 from graphwire.topics.codec import (
@@ -104,12 +105,15 @@ class RunExecutor:
         return options[1]
 
     def _durable(self, name: str, graph: Any) -> Any:
-        """The graph with the PostgreSQL checkpointer attached (once per graph)."""
+        """The graph with the PostgreSQL checkpointer and the long-term memory store attached
+        (once per graph)."""
         if self._checkpoints is None or self._checkpoints.saver is None:
             return graph
         durable = self._durable_graphs.get(name)
         if durable is None or durable[0] is not graph:
-            durable = (graph, graph.copy(update={"checkpointer": self._checkpoints.saver}))
+            attach: dict[str, Any] = {"checkpointer": self._checkpoints.saver}
+            attach |= store_attachment(name, graph, self._checkpoints.store)
+            durable = (graph, graph.copy(update=attach))
             self._durable_graphs[name] = durable
         return durable[1]
 

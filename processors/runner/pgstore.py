@@ -579,6 +579,23 @@ class GroupCommitStore(BaseStore):
                 puts.done.set_result(None)
 
 
+def store_attachment(name: str, graph: Any, store: GroupCommitStore | None) -> dict[str, Any]:
+    """``{"store": store}`` for ``graph.copy(update=...)`` when the graph has no store of its
+    own; a graph compiled with one keeps it, and that is logged (once per graph)."""
+    if store is None:
+        return {}
+    own = getattr(graph, "store", None)
+    if own is None:
+        return {"store": store}
+    log.warning(
+        "graph %s was compiled with its own store (%s): its runs use that one, which lives in "
+        "each worker process and is not shared between workers nor kept across restarts "
+        "(unless it is a database store); compile it without a store to get graphwire's "
+        "shared PostgreSQL store", name, type(own).__name__,
+    )
+    return {}
+
+
 async def _migrate(conn: asyncpg.Connection) -> None:
     """Upstream's ``setup()``: the version table, then each migration after its version."""
     await conn.execute("CREATE TABLE IF NOT EXISTS store_migrations (v INTEGER PRIMARY KEY)")
