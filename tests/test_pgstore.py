@@ -19,8 +19,10 @@ from langgraph.store.base import GetOp, ListNamespacesOp, PutOp, SearchOp
 from langgraph.store.postgres.aio import AsyncPostgresStore
 
 from graphwire.processors.runner.pgsaver import init_connection
+from graphwire.processors.runner.pgsaver import CheckpointDatabaseUnavailable
 from graphwire.processors.runner.pgstore import (
     GroupCommitStore,
+    StoreDatabaseUnavailable,
     StoreDataRefused,
     StoreIndexUnsupported,
 )
@@ -308,3 +310,19 @@ async def test_graphwire_reads_what_langgraphs_postgres_store_wrote(
     after = await upstream.aget(("users", "carol"), "prefs")
     assert before is not None and after is not None
     assert (after.value, after.created_at) == ({"theme": "green"}, before.created_at)
+
+
+async def test_a_lost_database_is_an_outage_for_reads_and_writes(schema: str) -> None:
+    """On a pool whose connections are gone, aget and aput raise StoreDatabaseUnavailable (a
+    CheckpointDatabaseUnavailable: the runner retries the request once PostgreSQL is back)."""
+    pool = await asyncpg.create_pool(TEST_DATABASE_URL, min_size=1, max_size=1,
+                                     init=init_connection, server_settings={"search_path": schema})
+    store = GroupCommitStore(pool)
+    await store.setup()
+    pool.terminate()
+    with pytest.raises(StoreDatabaseUnavailable, match="^PostgreSQL for the store is unavailable"):
+        await store.aget(("x",), "k")
+    with pytest.raises(StoreDatabaseUnavailable) as caught:
+        await store.aput(("x",), "k", {"v": 1})
+    assert isinstance(caught.value, CheckpointDatabaseUnavailable)
+    await store.aclose()
