@@ -18,8 +18,7 @@ import pytest
 from langgraph.store.base import GetOp, ListNamespacesOp, PutOp, SearchOp
 from langgraph.store.postgres.aio import AsyncPostgresStore
 
-from graphwire.processors.runner.pgsaver import init_connection
-from graphwire.processors.runner.pgsaver import CheckpointDatabaseUnavailable
+from graphwire.processors.runner.pgsaver import CheckpointDatabaseUnavailable, init_connection
 from graphwire.processors.runner.pgstore import (
     GroupCommitStore,
     StoreDatabaseUnavailable,
@@ -320,7 +319,7 @@ async def test_a_lost_database_is_an_outage_for_reads_and_writes(schema: str) ->
     store = GroupCommitStore(pool)
     await store.setup()
     pool.terminate()
-    with pytest.raises(StoreDatabaseUnavailable, match="^PostgreSQL for the store is unavailable"):
+    with pytest.raises(StoreDatabaseUnavailable, match=r"^PostgreSQL for the store is unavai"):
         await store.aget(("x",), "k")
     with pytest.raises(StoreDatabaseUnavailable) as caught:
         await store.aput(("x",), "k", {"v": 1})
