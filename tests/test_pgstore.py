@@ -325,3 +325,20 @@ async def test_a_lost_database_is_an_outage_for_reads_and_writes(schema: str) ->
         await store.aput(("x",), "k", {"v": 1})
     assert isinstance(caught.value, CheckpointDatabaseUnavailable)
     await store.aclose()
+
+
+async def test_the_background_sweeper_deletes_expired_items(
+    store: GroupCommitStore, pool: asyncpg.Pool
+) -> None:
+    """start_ttl_sweeper(0.2) deletes an item whose 0.3 s TTL expired within about a second,
+    and leaves the item without a TTL; stop_ttl_sweeper ends it."""
+    await store.aput(("w",), "brief", {"v": 1}, ttl=0.005)
+    await store.aput(("w",), "stays", {"v": 2})
+    store.start_ttl_sweeper(0.2)
+    for _ in range(50):
+        if await pool.fetchval("SELECT count(*) FROM store") == 1:
+            break
+        await asyncio.sleep(0.1)
+    assert [r["key"] for r in await pool.fetch("SELECT key FROM store")] == ["stays"]
+    await store.stop_ttl_sweeper()
+    assert store._sweeper is None
