@@ -107,6 +107,20 @@ class RunnerMetrics:
             "Requests run from an earlier checkpoint of their thread (checkpoint_id).",
             registry=r,
         )
+        self.store_operations = Counter(
+            "graphwire_store_operations_total",
+            "Operations on the long-term memory store (runtime.store), by kind: get, put "
+            "(deletes too), search, list_namespaces.",
+            ["kind"],
+            registry=r,
+        )
+        self.store_seconds = Histogram(
+            "graphwire_store_call_seconds",
+            "Time of one store call (a put includes waiting for its group commit), by kind.",
+            ["kind"],
+            buckets=_RUN_BUCKETS,
+            registry=r,
+        )
 
         self.duplicates = Counter(
             "graphwire_duplicates_skipped_total",
@@ -214,6 +228,11 @@ class RunnerMetrics:
                 return "other"
             self._model_names.add(model)
         return model
+
+    def observe_store(self, kind: str, ops: int, seconds: float) -> None:
+        """Count one call of the long-term memory store (``GroupCommitStore.observer``)."""
+        self.store_operations.labels(kind).inc(ops)
+        self.store_seconds.labels(kind).observe(seconds)
 
     def event_published(self, type_: str) -> None:
         """Count one published event (label children cached: this is per event)."""

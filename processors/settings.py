@@ -119,6 +119,12 @@ class Settings(BaseSettings):
     """AES key (16, 24 or 32 bytes) encrypting checkpoint values and writes at rest (LangGraph's
     EncryptedSerializer, AES-EAX); best from the secrets file graphwire_checkpoint_encryption_key.
     Every worker and CLI reading the checkpoints needs the same key."""
+    store: bool = True
+    """LangGraph's long-term memory store for every run (``runtime.store``), in the checkpoint
+    database and schema (LangGraph's PostgresStore table ``store``), shared by all workers. On
+    only with checkpoints; ``false``: runs get no store, unless a graph was compiled with one."""
+    store_sweep_interval_s: float = Field(default=300.0, gt=0)
+    """How often each worker deletes the store's items whose TTL expired."""
     max_deliveries: int = Field(default=5, ge=1, le=100)
     """A request whose run took its worker down this many times (a crash, out of memory, a
     kill; not a drain on SIGTERM nor a retry after an outage) is not started again: an

@@ -37,6 +37,7 @@ from graphwire.processors.cli.state import (
     dlq_replay_command,
     state_command,
 )
+from graphwire.processors.cli.store import add_parsers as add_store_parsers
 from graphwire.processors.cli.traffic import add_parsers as add_traffic_parsers
 from graphwire.processors.cli.webhooks import add_parsers as add_webhooks_parsers
 from graphwire.topics.errors import GraphwireError
@@ -342,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_runctl_parsers(sub, _kafka_flags)
     add_webhooks_parsers(sub, _kafka_flags)
     add_schedule_parsers(sub, _kafka_flags)
+    add_store_parsers(sub, _kafka_flags)
 
     p = sub.add_parser("graphs", help="list registered graphs and their nodes")
     _graph_flags(p)

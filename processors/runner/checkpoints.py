@@ -3,6 +3,10 @@
 With checkpoints, a request redelivered after a crash resumes from its last finished step:
 nodes that completed (and the LLM calls in them) are not paid for twice. The thread id is the
 request's ``thread_id``, else its ``request_id``.
+
+The long-term memory store (pgstore.py, ``runtime.store``) lives here too: the same database,
+schema, pool, migration lock and lifecycle, so it needs no setting of its own beyond
+``GRAPHWIRE_STORE`` and is there exactly when the checkpoints are.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from graphwire.processors.runner.effectjournal import DELETE_SQL as DELETE_EFFEC
 from graphwire.processors.runner.effectjournal import TABLE_SQL as EFFECTS_TABLE_SQL
 from graphwire.processors.runner.effectjournal import PgEffectJournal
 from graphwire.processors.runner.pgsaver import GroupCommitSaver, init_connection
+from graphwire.processors.runner.pgstore import GroupCommitStore
 from graphwire.topics.errors import DependencyUnavailable, GraphwireError
 
 log = logging.getLogger(__name__)
@@ -28,7 +33,8 @@ _MIGRATION_LOCK = 0x67_77_63_6B  # "gwck": graphwire checkpoint migrations
 
 
 class CheckpointStore:
-    """Owns the pool and the ``GroupCommitSaver``; ``start()`` creates its tables."""
+    """Owns the pool, the ``GroupCommitSaver`` and (``store=True``) the ``GroupCommitStore``;
+    ``start()`` creates their tables."""
 
     def __init__(
         self,
@@ -37,12 +43,18 @@ class CheckpointStore:
         schema: str | None = None,
         pool_size: int = 20,
         encryption_key: str | None = None,
+        store: bool = False,
+        store_sweep_interval_s: float = 300.0,
     ) -> None:
         self._url = database_url
         self._schema = schema
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
         self.saver: GroupCommitSaver | None = None
+        self._with_store = store
+        self._sweep_interval_s = store_sweep_interval_s
+        self.store: GroupCommitStore | None = None
+        """LangGraph's long-term memory store (``runtime.store``), when asked for."""
         self.effects: PgEffectJournal | None = None
         """The journal of ``once`` effects, deleted with the thread's checkpoints."""
         # With a key, values and writes are stored AES-encrypted (upstream's EncryptedSerializer,
@@ -88,6 +100,7 @@ class CheckpointStore:
                 "check GRAPHWIRE_DATABASE_URL or set GRAPHWIRE_CHECKPOINTS=false"
             ) from exc
         saver = GroupCommitSaver(pool, serde=self.serde, inline=self.serde is None)
+        store = GroupCommitStore(pool) if self._with_store else None
         try:
             # Replicas start together: one migrates at a time (session advisory lock). Try and
             # poll rather than wait in the lock: a session waiting inside a query would block
@@ -100,6 +113,8 @@ class CheckpointStore:
                         await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self._schema}"')
                     await saver.setup()
                     await conn.execute(EFFECTS_TABLE_SQL)
+                    if store is not None:
+                        await store.setup(conn)
                 finally:
                     await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
         except Exception as exc:
@@ -108,7 +123,9 @@ class CheckpointStore:
                 f"could not create the checkpoint tables ({type(exc).__name__}: {exc}); "
                 "check that the GRAPHWIRE_DATABASE_URL user may create tables"
             ) from exc
-        self._pool, self.saver = pool, saver
+        self._pool, self.saver, self.store = pool, saver, store
+        if store is not None:
+            store.start_ttl_sweeper(self._sweep_interval_s)
         cipher = self.serde.cipher if isinstance(self.serde, EncryptedSerializer) else None
         self.effects = PgEffectJournal(pool, cipher=cipher)
 
@@ -122,6 +139,9 @@ class CheckpointStore:
         if self.saver is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.saver.aclose(), timeout=10)
+        if self.store is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.store.aclose(), timeout=10)
         if self.effects is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.effects.aclose(), timeout=10)
@@ -130,7 +150,7 @@ class CheckpointStore:
                 await asyncio.wait_for(self._pool.close(), timeout=5)
             except TimeoutError:
                 self._pool.terminate()
-            self._pool, self.saver, self.effects = None, None, None
+            self._pool, self.saver, self.effects, self.store = None, None, None, None
 
     async def __aenter__(self) -> Self:
         await self.start()

@@ -50,6 +50,7 @@ from graphwire.processors.runner.pgsaver import (
     CheckpointDataRefused,
     is_outage,
 )
+from graphwire.processors.runner.pgstore import store_attachment
 from graphwire.processors.runner.publisher import OutputPublisher, Record, Start, header
 from graphwire.processors.settings import Settings
 from graphwire.topics.codec import (
@@ -118,12 +119,13 @@ class RunExecutor:
 
     def _durable(self, name: str, graph: Any) -> Any:
         """The graph with what the worker attaches (once per graph): the PostgreSQL
-        checkpointer, the shared node cache."""
+        checkpointer and the long-term memory store, the shared node cache."""
         durable = self._durable_graphs.get(name)
         if durable is None or durable[0] is not graph:
             update: dict[str, Any] = {}
             if self._checkpoints is not None and self._checkpoints.saver is not None:
                 update["checkpointer"] = self._checkpoints.saver
+                update |= store_attachment(name, graph, self._checkpoints.store)
             if (cache := self._node_caches.for_graph(graph)) is not None:
                 update["cache"] = cache
             durable = (graph, graph.copy(update=update) if update else graph)

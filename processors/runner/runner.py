@@ -227,8 +227,11 @@ class GraphRunner:
             self._checkpoints = CheckpointStore(
                 s.database_url.get_secret_value(), schema=s.checkpoint_schema,
                 encryption_key=key.get_secret_value() if key else None,
+                store=s.store, store_sweep_interval_s=s.store_sweep_interval_s,
             )
             await self._checkpoints.start()
+            if self._checkpoints.store is not None:
+                self._checkpoints.store.observer = self.metrics.observe_store
             checks["PostgreSQL"] = self._checkpoints.ping
         self._gate = DependencyGate(checks)
 
