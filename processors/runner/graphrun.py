@@ -193,7 +193,7 @@ class RunExecutor:
         A redelivery (attempt > 1) looks at what the earlier attempt left on the thread:
         unfinished -> continue from the checkpoint; finished -> reuse it, run nothing."""
         try:
-            earlier = (await self._earlier_attempt(graph, config, request)
+            earlier = (await earlier_attempt(graph, config, request)
                        if attempt > 1 else None)
         except UnstorableRequest as exc:
             earlier = _unstorable(exc)
@@ -472,38 +472,39 @@ class RunExecutor:
         for control in self._controls:
             control.request_drain("shutdown")
 
-    async def _earlier_attempt(
-        self, graph: Any, config: dict[str, Any], request: Request
-    ) -> RunOutcome | None:
-        """What an earlier attempt of ``request_id`` left on its thread, if anything.
-
-        ``unfinished`` (stopped between steps), ``success`` (the graph ended: its final state)
-        or ``interrupted``; None when the thread's last checkpoint is not this request's.
-        """
-        state = await _checkpointed_state(graph, config)
-        if (
-            state is None
-            or not state.metadata
-            or state.metadata.get("graphwire_request_id") != request.request_id
-        ):
-            return None
-        if state.interrupts:
-            found = interrupt_dicts(state.interrupts)
-            next_nodes, _ = await where_stopped(graph, config, found, None)
-            return RunOutcome(status="interrupted", interrupts=found, next=next_nodes)
-        stopped = await _at_breakpoint(graph, config, state, request)
-        if stopped is not None:  # a redelivery never runs past a breakpoint
-            return RunOutcome(status="interrupted", next=list(state.next), breakpoint=stopped)
-        # ``next`` alone misleads: a step whose tasks finished (their writes saved) but whose
-        # next checkpoint was not written yet shows no ``next``. Any task left means unfinished.
-        if state.next or state.tasks:
-            return RunOutcome(status="unfinished")
-        return RunOutcome(status="success", output=state.values)
-
     async def _unfinished(self, graph: Any, config: dict[str, Any]) -> bool:
         """True when the thread's last run stopped between steps (not at an interrupt)."""
         state = await _checkpointed_state(graph, config)
         return state is not None and bool(state.next) and not state.interrupts
+
+
+async def earlier_attempt(
+    graph: Any, config: dict[str, Any], request: Request
+) -> RunOutcome | None:
+    """What an earlier attempt of ``request_id`` left on its thread, if anything.
+
+    ``unfinished`` (stopped between steps), ``success`` (the graph ended: its final state)
+    or ``interrupted``; None when the thread's last checkpoint is not this request's.
+    """
+    state = await _checkpointed_state(graph, config)
+    if (
+        state is None
+        or not state.metadata
+        or state.metadata.get("graphwire_request_id") != request.request_id
+    ):
+        return None
+    if state.interrupts:
+        found = interrupt_dicts(state.interrupts)
+        next_nodes, _ = await where_stopped(graph, config, found, None)
+        return RunOutcome(status="interrupted", interrupts=found, next=next_nodes)
+    stopped = await _at_breakpoint(graph, config, state, request)
+    if stopped is not None:  # a redelivery never runs past a breakpoint
+        return RunOutcome(status="interrupted", next=list(state.next), breakpoint=stopped)
+    # ``next`` alone misleads: a step whose tasks finished (their writes saved) but whose
+    # next checkpoint was not written yet shows no ``next``. Any task left means unfinished.
+    if state.next or state.tasks:
+        return RunOutcome(status="unfinished")
+    return RunOutcome(status="success", output=state.values)
 
 
 async def _at_breakpoint(

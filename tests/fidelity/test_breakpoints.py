@@ -21,7 +21,9 @@ from langgraph.types import Command, interrupt
 from typing_extensions import TypedDict
 
 from graphwire.graphs.registry import GraphRegistry
+from graphwire.processors.runner.graphrun import earlier_attempt
 from graphwire.processors.settings import Settings
+from graphwire.topics.models import Request
 from graphwire.topics.specs import TopicNames
 from tests.fidelity.turns import Turns
 from tests.helpers import runner_for
@@ -240,3 +242,29 @@ async def test_resumes_langgraph_refuses_are_rejected_and_the_thread_stays_answe
                    "start it with an 'input'"})
     assert {rid: len(r) for rid, r in reasons.items()} == {"q-2": 1, "q-3": 1, "q-5": 1,
                                                           "q-6": 1}
+
+
+async def test_a_redelivery_reads_a_breakpoint_from_the_checkpoint_and_never_runs_past_it(
+) -> None:
+    """What a crashed start left at a breakpoint is read back as ``interrupted`` (``next``
+    ["b"], ``breakpoint`` "before" for the compiled one, "after" for a request's
+    ``interrupt_after: ["a"]``), so the redelivery answers instead of resuming past it; a thread
+    whose last run just continued past the breakpoint reads as finished."""
+    compiled = chain(InMemorySaver(), interrupt_before=["b"])
+    c1 = {**_thread("r1"), "metadata": {"graphwire_request_id": "r-1"}}
+    await compiled.ainvoke({"path": []}, c1)
+    before = await earlier_attempt(compiled, c1, Request(
+        request_id="r-1", graph="chain", input={"path": []}, thread_id="x"))
+    plain = chain(InMemorySaver())
+    c2 = {**_thread("r2"), "metadata": {"graphwire_request_id": "r-2"}}
+    await plain.ainvoke({"path": []}, c2, interrupt_after=["a"])
+    after = await earlier_attempt(plain, c2, Request(
+        request_id="r-2", graph="chain", input={"path": []}, thread_id="x",
+        interrupt_after=["a"]))
+    c3 = {**c1, "metadata": {"graphwire_request_id": "r-3"}}
+    await compiled.ainvoke(None, c3)
+    done = await earlier_attempt(compiled, c3, Request(
+        request_id="r-3", graph="chain", input=None, thread_id="x"))
+    assert (before.status, before.next, before.breakpoint) == ("interrupted", ["b"], "before")
+    assert (after.status, after.next, after.breakpoint) == ("interrupted", ["b"], "after")
+    assert (done.status, done.output) == ("success", {"path": ["a", "b", "c"]})
