@@ -179,18 +179,25 @@ async def where_stopped(
 class _Events:
     """Turns LangGraph's stream parts into graphwire events, in order."""
 
-    __slots__ = ("emit", "final", "interrupts", "pending", "stopped", "wanted")
+    __slots__ = ("final", "held", "interrupts", "publish", "stopped", "wanted")
 
     def __init__(self, emit: Emit, wanted: set[str]) -> None:
-        self.emit = emit
+        self.publish = emit
+        self.held: list[tuple[Any, ...]] | None = None
+        """From the first interrupt on, events wait for the run's end (when the interrupts'
+        node and ns are known), then go out in the order LangGraph gave them."""
         self.wanted = wanted
         self.final: Any = None
         self.interrupts: list[dict[str, Any]] = []
         """The top graph's pending interrupts (the result's)."""
-        self.pending: list[tuple[list[str], dict[str, Any]]] = []
-        """Interrupt events, published once their node and ns are known (the run's end)."""
         self.stopped = False
         """The top graph stopped at a breakpoint (an empty ``__interrupt__``)."""
+
+    async def emit(self, *event: Any) -> None:
+        if self.held is None:
+            await self.publish(*event)
+        else:
+            self.held.append(event)
 
     async def part(self, ns: list[str], mode: str, chunk: Any) -> None:
         emit = self.emit
@@ -202,7 +209,10 @@ class _Events:
                     if not ns:
                         self.interrupts.extend(found)
                         self.stopped = self.stopped or not found
-                    self.pending.extend((ns, item) for item in found)
+                    if found:
+                        if self.held is None:
+                            self.held = []
+                        self.held += [("interrupt", ns, item) for item in found]
                 elif node == "__metadata__":
                     continue
                 elif "updates" in self.wanted:
@@ -228,12 +238,17 @@ class _Events:
         elif mode == "debug":
             await emit("debug", None, chunk, ns)
 
-    async def flush_interrupts(self) -> None:
-        """Publish the interrupt events, each with the node and ns that raised it."""
+    async def flush(self) -> None:
+        """Publish the held events; each interrupt with the node and ns that raised it."""
+        held, self.held = self.held or [], None
         by_id = {item["id"]: item for item in self.interrupts}
-        for ns, item in self.pending:
+        for event in held:
+            if event[0] != "interrupt":
+                await self.publish(*event)
+                continue
+            _, ns, item = event
             full = by_id.get(item["id"], item)
-            await self.emit("interrupt", full.get("node"), {**item, **{
+            await self.publish("interrupt", full.get("node"), {**item, **{
                 k: full[k] for k in ("node", "ns") if k in full}}, ns)
 
 
@@ -301,7 +316,7 @@ async def run_graph(
             if events.interrupts or events.stopped:
                 next_nodes, breakpoint_ = await where_stopped(
                     graph, config, events.interrupts, interrupt_before)
-                await events.flush_interrupts()
+            await events.flush()
     except _EmitFailed as exc:
         assert exc.__cause__ is not None
         raise exc.__cause__ from None

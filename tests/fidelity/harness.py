@@ -235,10 +235,12 @@ class Worker:
 
 
 def _worker_event(event: dict[str, Any]) -> tuple[str, str | None, list[str], Any]:
-    data = event["data"]
-    if event["type"] == "interrupt":  # compared on id and value (more fields are coming)
-        data = {"id": data["id"], "value": data["value"]}
-    return (event["type"], event["node"], list(event.get("ns", [])), data)
+    data, node = event["data"], event["node"]
+    if event["type"] == "interrupt":
+        # compared on id and value; the raiser (``node``, ``data.node``/``ns``) and the
+        # ``response_schema`` are checked in test_breakpoints.py and test_streaming.py
+        data, node = {"id": data["id"], "value": data["value"]}, None
+    return (event["type"], node, list(event.get("ns", [])), data)
 
 
 async def through_worker(
