@@ -216,7 +216,8 @@ async def test_every_hostile_message_ends_in_one_result_or_one_dead_letter(
     assert sorted(sources) == sorted(f"{topics.control}/0/{i}" for i in range(len(CONTROLS)))
     kinds = Counter("dead letter only" if r is None else r for r, _ in endings)
     assert sum(kinds.values()) == len(messages)
-    assert dict(kinds) == {"success": 110, "rejected": 177, "error": 1, "dead letter only": 26}
+    # input [] and "s" reach the graph (any JSON is a valid input) and echo, a StateGraph, raises
+    assert dict(kinds) == {"success": 110, "rejected": 176, "error": 3, "dead letter only": 26}
     assert seen and set(seen) == {200}
     lines = log.read_text(errors="replace").splitlines()
     assert [line for line in lines if "dependency unavailable" in line] == []

@@ -23,7 +23,9 @@ async def _run(
 ) -> tuple[RunOutcome, list[tuple[str, Any, Any]]]:
     events: list[tuple[str, Any, Any]] = []
 
-    async def emit(type_: str, node: str | None, data: Any) -> None:
+    async def emit(type_: str, node: str | None, data: Any, ns: list[str] | None = None,
+                   extra: dict[str, Any] | None = None) -> None:
+        assert ns == [], "the top graph's events carry ns []"
         events.append((type_, node, data))
 
     outcome = await run_graph(
@@ -137,7 +139,8 @@ async def test_chat_streams_tokens_tool_progress_and_answer() -> None:
     ]
     assert tokens == ["The ", "answer ", "is ", "42."]
     calls = [
-        d["tool_call_chunks"][0] for t, _, d in events if t == "message" and "tool_call_chunks" in d
+        d["tool_call_chunks"][0]
+        for t, _, d in events if t == "message" and d.get("tool_call_chunks")
     ]
     assert [(c["name"], json.loads(c["args"])) for c in calls] == [("add", {"a": 19, "b": 23})]
 
@@ -211,7 +214,7 @@ async def test_interrupt_then_resume_with_a_command() -> None:
 async def test_a_failing_emit_propagates_instead_of_becoming_an_error_outcome() -> None:
     """If publishing an event fails, run_graph raises it: the request is not marked failed."""
 
-    async def emit(type_: str, node: str | None, data: Any) -> None:
+    async def emit(type_: str, node: str | None, data: Any, *more: Any) -> None:
         raise ConnectionError("broker gone")
 
     with pytest.raises(ConnectionError, match="broker gone"):
