@@ -26,7 +26,8 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from graphwire.processors.gateway import legacy
+from graphwire.processors.gateway import agentapi, legacy
+from graphwire.processors.gateway.agentapi import errors as agentapi_errors
 from graphwire.processors.gateway.auth import (
     ID_BUDGET,
     Authenticator,
@@ -318,6 +319,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url="/redoc" if settings.gateway_docs else None,
     )
     app.state.gateway = gw
+    agentapi_errors.install(app)
+    app.include_router(agentapi.build_router())  # the LangGraph Agent Server API
     origins = [o.strip() for o in settings.gateway_cors_origins.split(",") if o.strip()]
     if origins:
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"],
