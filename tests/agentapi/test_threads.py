@@ -8,8 +8,14 @@ import uuid
 
 import orjson
 import pytest
+from langgraph.pregel.remote import RemoteGraph
 from langgraph_sdk import get_client
-from langgraph_sdk.errors import ConflictError, NotFoundError, UnprocessableEntityError
+from langgraph_sdk.errors import (
+    BadRequestError,
+    ConflictError,
+    NotFoundError,
+    UnprocessableEntityError,
+)
 
 from graphwire.topics.specs import TopicNames
 from tests.gateway_helpers import KEY_A, KEY_ECHO, A, gateway_settings, serve_app
@@ -107,8 +113,9 @@ async def test_state_and_history_after_a_run_and_an_update(
     """After a ``pipeline`` run on Kafka with the thread's UUID as ``thread_id``, ``get_state``
     has its final values, no next node and a checkpoint of that thread; the history has the
     run's 5 checkpoints newest first (each one's parent the next); the state at the first
-    checkpoint has the input. ``update_state`` as ``count`` returns the new checkpoint, then
-    ``get_state`` and the thread's ``values`` show the update; copying the thread copies it."""
+    checkpoint has the input; RemoteGraph's ``aget_state``/``aget_state_history`` read the same.
+    ``update_state`` as ``count`` returns the new checkpoint, then ``get_state`` and the
+    thread's ``values`` show the update; copying the thread copies it."""
     await start_runner()
     async with (serve_app(gateway_settings(worker_env)) as (app, http),
                 get_client(url=str(http.base_url), api_key=KEY_A) as client):
@@ -123,6 +130,10 @@ async def test_state_and_history_after_a_run_and_an_update(
         first = await client.threads.get_state(tid, checkpoint_id=history[-1]["checkpoint"][
             "checkpoint_id"])
         at = await client.threads.get_state(tid, checkpoint=state["checkpoint"])
+        remote = RemoteGraph("pipeline", client=client)
+        remote_state = await remote.aget_state({"configurable": {"thread_id": tid}})
+        remote_history = [s async for s in remote.aget_state_history(
+            {"configurable": {"thread_id": tid}}, limit=3)]
         updated = await client.threads.update_state(tid, {"count": 7}, as_node="count")
         after = await client.threads.get_state(tid)
         record = await client.threads.get(tid)
@@ -144,6 +155,11 @@ async def test_state_and_history_after_a_run_and_an_update(
         h["checkpoint"] for h in history[:2]]
     assert (first["values"], first["next"]) == ({}, ["__start__"])
     assert at == state
+    assert (remote_state.values, remote_state.next, remote_state.config["configurable"]) == (
+        values, (), {"thread_id": tid, "checkpoint_ns": "",
+                     "checkpoint_id": state["checkpoint"]["checkpoint_id"],
+                     "checkpoint_map": None})
+    assert [s.metadata["step"] for s in remote_history] == [3, 2, 1]
     assert list(updated) == ["checkpoint"]
     assert updated["checkpoint"]["thread_id"] == tid
     assert after["checkpoint"] == updated["checkpoint"]
@@ -152,3 +168,28 @@ async def test_state_and_history_after_a_run_and_an_update(
     assert (record["values"], record["status"]) == ({**values, "count": 7}, "idle")
     assert (copied_state["values"], copy["values"], copy["metadata"]) == (
         {**values, "count": 7}, {**values, "count": 7}, {"graph_id": "pipeline"})
+
+
+async def test_state_updates_need_the_threads_graph(
+    worker_env: dict[str, str], topics: TopicNames
+) -> None:
+    """A thread without ``metadata.graph_id`` has an empty state and history, and
+    ``update_state`` on it is a 400 saying to set ``graph_id``; a thread created with
+    ``graph_id`` and ``supersteps`` starts with that state (``next`` the node after ``as_node``,
+    so ``interrupted``)."""
+    async with (serve_app(gateway_settings(worker_env)) as (_app, http),
+                get_client(url=str(http.base_url), api_key=KEY_A) as client):
+        bare = await client.threads.create()
+        state = await client.threads.get_state(bare["thread_id"])
+        history = await client.threads.get_history(bare["thread_id"])
+        with pytest.raises(BadRequestError) as refused:
+            await client.threads.update_state(bare["thread_id"], {"text": "x"})
+        seeded = await client.threads.create(graph_id="pipeline", supersteps=[
+            {"updates": [{"values": {"text": "a b"}, "as_node": "normalize"}]}])
+        seeded_state = await client.threads.get_state(seeded["thread_id"])
+    assert (state["values"], state["next"], state["tasks"], history) == ({}, [], [], [])
+    assert refused.value.response.json() == {"detail": (
+        f"Thread {bare['thread_id']} has no metadata.graph_id, so the graph to update is "
+        "unknown: create the thread with graph_id (or PATCH its metadata), or run it first")}
+    assert (seeded["values"], seeded["status"]) == ({"text": "a b"}, "interrupted")
+    assert (seeded_state["values"], seeded_state["next"]) == ({"text": "a b"}, ["tokenize"])
