@@ -148,17 +148,21 @@ async def read_state(gw: Any, thread: dict[str, Any], checkpoint: dict[str, Any]
     return thread_state(snapshot)
 
 
-async def sync_thread(gw: Any, thread: dict[str, Any]) -> None:
-    """Copy the thread's latest state into its record: ``values``, ``interrupts`` by task,
-    and (unless a run holds it busy) ``interrupted`` when tasks are pending, else ``idle``."""
+async def sync_thread(gw: Any, thread: dict[str, Any], *, run_ended: bool = False,
+                      failed: bool = False) -> None:
+    """Copy the thread's latest state into its record: ``values`` and ``interrupts`` by task,
+    and its status: ``error`` when its run ``failed``, else ``interrupted`` when tasks are
+    pending, else ``idle`` (a ``busy`` thread stays busy unless its ``run_ended``)."""
     graph = await _graph_of(gw, thread)
-    if graph is None:
+    snapshot = None if graph is None else await graph.aget_state(_config(thread["thread_id"]))
+    status = None if thread["status"] == "busy" and not run_ended else (
+        "error" if failed else "interrupted" if snapshot is not None and snapshot.next
+        else "idle")
+    if snapshot is None:
+        await records.set_thread_state(gw.agent.records(), thread["thread_id"], status=status)
         return
-    snapshot = await graph.aget_state(_config(thread["thread_id"]))
     interrupts = {t.id: [_interrupt(i) for i in t.interrupts]
                   for t in snapshot.tasks if t.interrupts}
-    status = None if thread["status"] == "busy" else (
-        "interrupted" if snapshot.next else "idle")
     await records.set_thread_state(gw.agent.records(), thread["thread_id"], status=status,
                                    values=snapshot.values, interrupts=interrupts)
 
