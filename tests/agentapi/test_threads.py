@@ -193,3 +193,21 @@ async def test_state_updates_need_the_threads_graph(
         "unknown: create the thread with graph_id (or PATCH its metadata), or run it first")}
     assert (seeded["values"], seeded["status"]) == ({"text": "a b"}, "interrupted")
     assert (seeded_state["values"], seeded_state["next"]) == ({"text": "a b"}, ["tokenize"])
+
+
+async def test_operator_sees_every_callers_threads(
+    worker_env: dict[str, str], topics: TopicNames
+) -> None:
+    """With ``GRAPHWIRE_GATEWAY_AUTH=false`` everyone is the operator: a thread another caller
+    created through an authenticating gateway is found, read and counted there."""
+    marker = str(uuid.uuid4())
+    async with (serve_app(gateway_settings(worker_env)) as (_app, http),
+                get_client(url=str(http.base_url), api_key=KEY_A) as client):
+        theirs = await client.threads.create(metadata={"marker": marker})
+    async with (serve_app(gateway_settings(worker_env, gateway_auth=False)) as (_app, open_http),
+                get_client(url=str(open_http.base_url), api_key=None) as operator):
+        found = await operator.threads.search(metadata={"marker": marker})
+        got = await operator.threads.get(theirs["thread_id"])
+        counted = await operator.threads.count(metadata={"marker": marker})
+    assert [t["thread_id"] for t in found] == [theirs["thread_id"]]
+    assert (got, counted) == (theirs, 1)
