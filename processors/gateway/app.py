@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 
 from graphwire.processors.gateway import agentapi, legacy
 from graphwire.processors.gateway.agentapi import errors as agentapi_errors
+from graphwire.processors.gateway.agentapi.resources import AgentResources
 from graphwire.processors.gateway.auth import (
     ID_BUDGET,
     Authenticator,
@@ -92,6 +93,7 @@ class Gateway:
         self.client.add_result_listener(lambda result: self.caps.run_finished(result.request_id))
         self.db: Any = None
         self.webhooks = WebhookPolicy(settings.webhook_allowed_hosts)  # the runners' rules
+        self.agent = AgentResources(settings)  # Agent Server API: graphs, checkpoints, records
 
     async def start(self) -> None:
         if not self.settings.gateway_auth:
@@ -114,8 +116,10 @@ class Gateway:
                 if self.settings.audit_schema else None,
             )
             self.db = BoundedPool(pool, self.settings.gateway_db_acquire_timeout_s)
+        await self.agent.start(self.db)  # Agent Server API: its tables, the checkpointer
 
     async def stop(self) -> None:
+        await self.agent.stop()
         await self.client.stop()
         await self.caps.stop()
         await self.redis.aclose()

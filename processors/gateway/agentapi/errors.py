@@ -1,7 +1,8 @@
 """Domain errors of the Agent Server API and the one table that maps them to HTTP statuses.
 
 Routes and services raise these; ``install`` turns each into ``{"detail": "..."}`` with the
-status the official SDK maps to its typed errors (400, 404, 409, 422).
+status the official SDK maps to its typed errors (400, 404, 409, 422; 503 while a dependency
+is down).
 """
 
 from __future__ import annotations
@@ -38,6 +39,12 @@ class Unprocessable(ApiError):
     """A field graphwire cannot honour, or a malformed id or value (the field is named)."""
 
     status = 422
+
+
+class Unavailable(ApiError):
+    """A dependency (PostgreSQL, the checkpointer, the graphs) is missing or down; retry later."""
+
+    status = 503
 
 
 def install(app: FastAPI) -> None:
