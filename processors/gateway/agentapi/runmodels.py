@@ -258,11 +258,17 @@ def to_request(
 
 
 def describe(exc: ValidationError) -> str:
-    """A pydantic error as one line naming each field: ``field: what is wrong; ...``."""
-    parts = []
+    """A pydantic error as one line naming each field: ``field: what is wrong; ...`` (the
+    alternatives of a union joined with ``or``)."""
+    found: dict[str, list[str]] = {}
     for err in exc.errors(include_url=False, include_input=False):
-        where = ".".join(str(p) for p in err["loc"]) or "body"
-        parts.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
+        path = [str(p) for p in err["loc"] if "[" not in str(p)]  # union members' tags
+        message = err["msg"].removeprefix("Value error, ")
+        found.setdefault(".".join(path), []).append(message)
+    parts = []
+    for where, messages in found.items():
+        text = " or ".join([messages[0], *(m[0].lower() + m[1:] for m in messages[1:])])
+        parts.append(f"{where}: {text}" if where else text)
     return "; ".join(parts)
 
 
@@ -333,8 +339,9 @@ def _checkpoint_id(
     if named_thread not in (None, "") and named_thread != thread_id:
         raise Unprocessable(f"checkpoint.thread_id {named_thread!r} is not this run's thread "
                             f"({thread_id!r})")
-    # checkpoint_ns and checkpoint_map name the caller's own place (RemoteGraph running as a
-    # node of a parent graph sends them): the run uses the thread's top level.
+    if spec.get("checkpoint_ns"):
+        raise Unprocessable(f"checkpoint.checkpoint_ns {spec['checkpoint_ns']!r} is not "
+                            "supported: graphwire runs from a thread's top-level checkpoints")
     found = [str(value) for value in (body.checkpoint_id, spec.get("checkpoint_id")) if value]
     if len(set(found)) > 1:
         raise Unprocessable("checkpoint_id and checkpoint.checkpoint_id name different "
