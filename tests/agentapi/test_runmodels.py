@@ -4,8 +4,9 @@ becomes graphwire's request, and the 400/422 for each field graphwire cannot hon
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import AsyncIterator
-from typing import Any, TypedDict
+from typing import Annotated, Any, TypedDict
 
 import httpx
 import pytest
@@ -202,6 +203,34 @@ def test_commands_map_resume_update_goto_and_send() -> None:
     assert _command(request["command"]) == Command(
         goto=[Send("work", {"x": 1}), "done"], update=[("a", 1), ("a", 2)])
     assert _command({"goto": {"node": "work", "input": 2}}) == Command(goto=[Send("work", 2)])
+
+
+class Tally(TypedDict):
+    """A state whose ``items`` add up (a reducer)."""
+
+    items: Annotated[list[Any], operator.add]
+
+
+async def test_the_runners_command_sends_and_applies_pairs_in_langgraph() -> None:
+    """LangGraph runs the runner's command built from the Agent Server form: a ``Send``
+    ``{node, input}`` runs that node with that input, and ``[key, value]`` pairs each go
+    through the reducer in turn."""
+
+    def work(arg: dict[str, Any]) -> dict[str, Any]:
+        return {"items": [f"work:{arg['x']}"]}
+
+    builder = StateGraph(Tally)
+    builder.add_node("work", work)
+    builder.add_node("idle", lambda state: {})
+    builder.add_edge("__start__", "idle")
+    graph = builder.compile(checkpointer=InMemorySaver())
+    config: Any = {"configurable": {"thread_id": "t"}}
+    await graph.ainvoke({"items": []}, config)
+    command = mapped({"assistant_id": "chat", "command": {
+        "update": [["items", [1]], ["items", [2]]],
+        "goto": [{"node": "work", "input": {"x": 7}}]}})["command"]
+    final = await graph.ainvoke(_command(command), config)
+    assert final == {"items": [1, 2, "work:7"]}
 
 
 @pytest.mark.parametrize(("body", "durability"), [
