@@ -200,6 +200,8 @@ def test_commands_map_resume_update_goto_and_send() -> None:
     assert mapped({"assistant_id": "chat", "command": {"resume": "yes", "goto": [],
                                                        "graph": None}})["command"] == {
         "resume": "yes"}
+    assert [parse_run_create({"assistant_id": "a", "command": c}).resume_requested
+            for c in ({"resume": 0}, {"resume": None, "goto": "x"}, None)] == [True, False, False]
     assert _command(request["command"]) == Command(
         goto=[Send("work", {"x": 1}), "done"], update=[("a", 1), ("a", 2)])
     assert _command({"goto": {"node": "work", "input": 2}}) == Command(goto=[Send("work", 2)])

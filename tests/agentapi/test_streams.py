@@ -214,9 +214,10 @@ META = {"langgraph_node": "model", "langgraph_step": 1, "tags": []}
 
 def test_messages_tuple_sends_each_chunk_with_its_metadata() -> None:
     """``messages-tuple`` sends ``[chunk, metadata]`` per message event (``messages|ns`` from
-    a subgraph), the chunk as LangChain dumps it."""
+    a subgraph), the chunk as LangChain dumps it; asked with ``messages`` too, only the tuple
+    form is sent, as the Agent Server does."""
     first = chunks()[0].model_dump()
-    frames = run_frames(RunStream(RUN, ["messages-tuple"]), [
+    frames = run_frames(RunStream(RUN, ["messages-tuple", "messages"]), [
         ev(1, "message", first, node="model", langgraph=META),
         ev(2, "message", first, node="model", ns=("sub:1",), langgraph=META)])
     assert frames == [frame("messages", [first, META], BASE + 1),
