@@ -187,7 +187,9 @@ class Request(BaseModel):
     """Conversation thread: requests of one thread share checkpointed state. 1..256 printable
     characters."""
     command: dict[str, Any] | None = None
-    """A LangGraph command instead of input, e.g. ``{"resume": "yes"}``."""
+    """A LangGraph command instead of input, e.g. ``{"resume": "yes"}``. A ``goto`` item
+    ``{"node", "input"}`` is a ``Send``; an ``update`` may be ``[key, value]`` pairs (each
+    through the channel's reducer), as LangGraph's server reads them."""
     config: RunConfig = Field(default_factory=RunConfig)
     """Run configuration."""
     context: dict[str, Any] | None = None
