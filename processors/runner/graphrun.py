@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import random
@@ -307,6 +308,21 @@ class RunExecutor:
             return
         for type_, node, data in events:
             await self._out.emit(start, to, type_, node, data, TOP_NS, _REPLAYED)
+
+    async def replay_republished(
+        self, start: Start, request: Request, graph: Any, answer: Answer
+    ) -> Answer:
+        """A start that publishes again the result an earlier start kept: its ``run_started``,
+        then the replays of the run's finished steps (that start may have died before the
+        broker acknowledged them); the answer then owes only its ``run_finished``."""
+        graph = self._durable(request.graph, graph)
+        if graph.checkpointer is None:
+            return answer
+        to = Addressee.of(request)
+        await self._out.emit(start, to, "run_started", None,
+                             answer.run_started(request.thread_id, start.worker, start.attempt))
+        await self._replay(start, to, request, graph, self._config(start.record, request))
+        return dataclasses.replace(answer, events="run_finished")
 
     @contextlib.contextmanager
     def _controlled(self, request_id: str, graph: Any) -> Iterator[RunControl]:
