@@ -352,3 +352,27 @@ async def test_idempotency_key_batch_and_cancel_many(
                              {"text": "e", "tokens": ["e"], "count": 1}]
     assert (response.status_code, response.content) == (204, b"")
     assert ended == ["interrupted", "interrupted"]
+
+
+async def test_on_disconnect_cancel_stops_the_run_when_the_client_goes(
+    worker_env: dict[str, str], topics: TopicNames, start_runner: StartRunner
+) -> None:
+    """A ``runs.stream`` with ``on_disconnect="cancel"`` that the client drops after its first
+    ``values`` part cancels the run: it ends ``interrupted`` before its four steps ran, while the
+    same stream with the default (``continue``) runs to ``success``."""
+    await start_runner(graphs=STEPS)
+    async with (serve_app(settings_for(worker_env, graphs=STEPS)) as (_app, http),
+                get_client(url=str(http.base_url), api_key=KEY) as client):
+        ended = []
+        for on_disconnect in ("cancel", "continue"):
+            tid = (await client.threads.create())["thread_id"]
+            async for part in client.runs.stream(tid, "steps", input={"label": "A", "pause": 0.5},
+                                                 on_disconnect=on_disconnect):
+                if part.event == "values":
+                    rid = (await client.runs.list(tid))[0]["run_id"]
+                    break
+            await client.runs.join(tid, rid)
+            run = await client.runs.get(tid, rid)
+            state = await client.threads.get_state(tid)
+            ended.append((run["status"], len(state["values"]["log"]) < 4))
+    assert ended == [("interrupted", True), ("success", False)]
