@@ -1,0 +1,206 @@
+"""The bodies of the run routes that last as long as a run: the SSE stream (``/runs/stream``,
+``join_stream``) and the JSON of ``/runs/wait`` and ``join``.
+
+A stream reads the run's graphwire events from its first position: those this gateway's Kafka
+client kept, and those published before it watched the run read back from the audit table (as
+``/workflow/stream`` does), feeds each to a ``RunStream`` and writes its frames; a heartbeat
+comment every 5 s of silence. ``wait`` sends a newline every 5 s until the result. Both book the
+run's end (``RunBook.finished``) before their last bytes, and with ``on_disconnect: cancel``
+cancel the run when the client goes away first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Collection
+from typing import Any
+
+from graphwire.processors.gateway.agentapi import records
+from graphwire.processors.gateway.agentapi.runbook import RunBook
+from graphwire.processors.gateway.agentapi.state import read_state
+from graphwire.processors.gateway.agentapi.streams import (
+    HEARTBEAT,
+    HEARTBEAT_S,
+    KEEPALIVE,
+    RunStream,
+    metadata_frame,
+    wait_body,
+)
+from graphwire.processors.gateway.sse import stored_events
+from graphwire.topics.codec import dumps
+from graphwire.topics.errors import GraphwireError
+from graphwire.topics.models import Event, Result
+from graphwire.topics.positions import FIRST_POSITION, next_event
+
+log = logging.getLogger(__name__)
+
+RUN_MAX_S = 24 * 3600.0
+"""The longest a stream or a wait follows one run (then it ends; ``join`` again)."""
+GIVE_UP_ON_EVENTS_S = 5.0
+"""The result is here but earlier events cannot be found: stop waiting for them."""
+NOTHING_STARTED_S = 1.0
+"""The result is here and no event of the run is: it never started (cancelled, rejected)."""
+FINISHED_RESULT_S = 3.0
+"""How long ``join`` of a run recorded as finished looks for its result before answering from
+the thread's state."""
+
+
+def _live_from(live: list[Event], sent: int) -> bool:
+    """The live events (in position order) hold everything after ``sent``."""
+    return bool(live) and (live[0].seq <= sent + 1 or live[0].seq == FIRST_POSITION)
+
+
+async def run_events(gw: Any, run_id: str, timeout: float = RUN_MAX_S,
+                     ) -> AsyncIterator[Event | None]:
+    """The run's events from its first, in position order, ending after ``run_finished`` (or
+    soon after its result when events are missing); ``None`` at each half second without
+    one (time for a heartbeat)."""
+    client = gw.client
+    client.watch(run_id, events=True)
+    if client.known_result(run_id) is None:  # a finished run: its result via Redis, now
+        with contextlib.suppress(TimeoutError, GraphwireError):
+            await client.result(run_id, timeout=0.05)
+    sent, deadline, backfilled = -1, time.monotonic() + timeout, 0.0
+    result_since: float | None = None
+    stored: dict[int, Event] = {}
+    while time.monotonic() < deadline:
+        signal = client.event_signal(run_id)
+        signal.clear()
+        live = client.seen_events(run_id)
+        if not _live_from(live, sent) and time.monotonic() - backfilled > 0.5:
+            stored.update((e.seq, e) for e in await stored_events(gw.db, run_id, sent))
+            backfilled = time.monotonic()
+        known = {**stored, **{e.seq: e for e in live}}
+        while (event := next_event(known, sent)) is not None:
+            if event.seq != sent + 1 and not (
+                _live_from(live, sent) or max(stored, default=-1) >= event.seq
+            ):
+                break
+            yield event
+            sent = event.seq
+            if event.type == "run_finished":
+                return
+        if client.known_result(run_id) is not None:
+            result_since = result_since or time.monotonic()
+            grace = GIVE_UP_ON_EVENTS_S if sent >= 0 else NOTHING_STARTED_S
+            if time.monotonic() - result_since > grace:
+                return
+        try:
+            await asyncio.wait_for(signal.wait(), 0.5)
+        except TimeoutError:
+            yield None
+
+
+async def await_result(gw: Any, run_id: str,
+                       timeout: float = RUN_MAX_S) -> AsyncIterator[Result | None]:
+    """``None`` every ``HEARTBEAT_S`` while the run goes on, then its result (nothing more
+    after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            yield await gw.client.result(run_id, timeout=HEARTBEAT_S)
+            return
+        except TimeoutError:
+            yield None
+
+
+class RunBody:
+    """What the stream and wait bodies of one run share: the gateway, the run's record and
+    what to do when the client goes away."""
+
+    def __init__(self, gw: Any, book: RunBook, run: dict[str, Any], *,
+                 cancel_on_disconnect: bool = False) -> None:
+        self.gw = gw
+        self.book = book
+        self.run = run
+        self.run_id = str(run["run_id"])
+        self.cancel_on_disconnect = cancel_on_disconnect
+
+    async def sse(self, modes: Collection[str], *, after: int | None = None,
+                  fresh: bool = False) -> AsyncIterator[bytes]:
+        """The SSE body: frames of events after ``after`` (``fresh``: the ``metadata`` frame
+        at once, for a stream that created the run), heartbeats, the end's frames."""
+        stream = RunStream(self.run_id, modes, after=after)
+        done = False
+        last_write = time.monotonic()
+        try:
+            if fresh:
+                yield metadata_frame(self.run_id)
+            async for event in run_events(self.gw, self.run_id):
+                frames: list[bytes] = []
+                if event is not None:
+                    if event.type == "run_started":
+                        await self.book.mark_running(self.run)
+                    frames = stream.feed(event)
+                    if fresh and event.seq == FIRST_POSITION:  # its metadata went first
+                        frames = [f for f in frames if not f.startswith(b"event: metadata\r")]
+                for chunk in frames:
+                    yield chunk
+                if frames:
+                    last_write = time.monotonic()
+                elif time.monotonic() - last_write >= HEARTBEAT_S:
+                    yield HEARTBEAT
+                    last_write = time.monotonic()
+            async for result in await_result(self.gw, self.run_id):
+                if result is None:
+                    yield HEARTBEAT
+                    continue
+                await self.book.finished(result)
+                for chunk in stream.finish(result):
+                    yield chunk
+            done = True
+        finally:
+            if not done and self.cancel_on_disconnect:
+                self.book.cancel_soon(self.run_id)
+
+    async def wait(self, thread: dict[str, Any] | None) -> AsyncIterator[bytes]:
+        """The ``wait``/``join`` body: a newline every ``HEARTBEAT_S``, then ``wait_body``."""
+        done = False
+        try:
+            finished = self.run["status"] not in ("pending", "running")
+            limit = FINISHED_RESULT_S if finished else RUN_MAX_S
+            async for result in await_result(self.gw, self.run_id, limit):
+                if result is None:
+                    yield KEEPALIVE
+                    continue
+                await self.book.finished(result)
+                done = True
+                yield dumps(wait_body(result, await self._values(result, thread)))
+                return
+            done = True
+            yield dumps(await self._without_result(thread, finished))
+        finally:
+            if not done and self.cancel_on_disconnect:
+                self.book.cancel_soon(self.run_id)
+
+    async def _values(self, result: Result, thread: dict[str, Any] | None) -> Any:
+        """The thread's state values (for an interrupted run's body), else None."""
+        if result.status != "interrupted" or thread is None:
+            return None
+        return await self._thread_values(thread)
+
+    async def _thread_values(self, thread: dict[str, Any]) -> Any:
+        """The thread's latest values (its record re-read: the run stamped its graph), or
+        None when they cannot be read (the body must not fail half-written)."""
+        try:
+            fresh = await records.get_thread(self.gw.agent.records(), thread["thread_id"], None)
+            return None if fresh is None else (await read_state(self.gw, fresh))["values"]
+        except Exception as exc:
+            log.warning("could not read the state of thread %s (%s: %s)", thread["thread_id"],
+                        type(exc).__name__, exc)
+            return None
+
+    async def _without_result(self, thread: dict[str, Any] | None, finished: bool) -> Any:
+        """The body when no result is to be had: the thread's values for a finished run (its
+        result expired), else a timeout error."""
+        if finished:
+            if self.run["status"] in ("error", "timeout"):
+                return {"__error__": {"error": self.run["status"].title(),
+                                      "message": f"the run ended {self.run['status']}"}}
+            values = await self._thread_values(thread) if thread else None
+            return values if values is not None else {}
+        return {"__error__": {"error": "TimeoutError",
+                              "message": f"no result within {RUN_MAX_S:.0f} s; join again"}}
