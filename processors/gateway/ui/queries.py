@@ -25,6 +25,11 @@ SUMMARY_COLUMNS = (
     f"finished_at, {SEEN} AS seen, coalesce(command ? 'resume', false) AS resume"
 )
 FAILED = ("error", "timeout", "rejected")
+LATEST_CHANGE_ALL = (  # no index on finished_at alone: the runs seen in the newest day
+    f"SELECT newest.seen, (SELECT max(finished_at) FROM graphwire_runs "
+    f"WHERE {SEEN} >= newest.seen - interval '1 day') AS finished "
+    f"FROM (SELECT max({SEEN}) AS seen FROM graphwire_runs) AS newest")
+"""The live feed's newest change for an operator: two ranges of ``graphwire_runs_seen``."""
 
 
 class BadCursor(ValueError):
@@ -110,11 +115,8 @@ async def runs_page(db: Any, flt: RunFilter, cursor: str | None,
 async def latest_change(db: Any, scope: str | None) -> tuple[datetime | None, datetime | None]:
     """The newest ``seen`` and ``finished_at`` of the caller's runs (every run's for an
     operator; two index lookups): the live feed tells the page when either moves."""
-    if scope is None:  # no index on finished_at alone: the runs seen in the last day
-        row = await db.fetchrow(
-            f"SELECT (SELECT max({SEEN}) FROM graphwire_runs) AS seen, "
-            "(SELECT max(finished_at) FROM graphwire_runs "
-            f"WHERE {SEEN} >= now() - interval '1 day') AS finished")
+    if scope is None:
+        row = await db.fetchrow(LATEST_CHANGE_ALL)
         return row["seen"], row["finished"]
     row = await db.fetchrow(
         f"SELECT (SELECT max({SEEN}) FROM graphwire_runs WHERE {SCOPE} = $1) AS seen, "
@@ -224,6 +226,10 @@ def _all(conditions: list[str]) -> str:
 
 
 def _in_scope(scope: str | None) -> str:
-    """The condition that a row is in the scope ``$1`` (an operator's ``None``: every row;
-    ``$1`` is then unused and its type must still be known)."""
-    return f"{SCOPE} = $1" if scope is not None else "$1::text IS NOT NULL"
+    """The condition that a row is in the scope ``$1``. An operator's (``None``) takes every
+    caller's runs seen in the day before ``$2`` (the overview's start): ``graphwire_runs_seen``
+    holds those, where no index has ``finished_at`` alone; a run longer than a day is left out
+    of an operator's overview. ``$1`` is then unused, and its type must still be known."""
+    if scope is not None:
+        return f"{SCOPE} = $1"
+    return f"$1::text IS NOT NULL AND {SEEN} >= $2::timestamptz - interval '1 day'"
