@@ -42,25 +42,25 @@ def sse_events(text: str) -> list[str]:
 async def test_an_operator_key_sees_and_cancels_kafka_runs_another_key_does_not(
     worker_env: dict[str, str], topics: TopicNames, tmp_path: Path,
 ) -> None:
-    """Three requests produced to Kafka (no scope): ``k-done`` finishes, ``k-slow`` runs 6 s on
-    thread ``kt`` and ``k-queued`` waits behind it. The operator's key reads k-done's status,
-    stream and inspector page, lists all three (newest first) in the inspector and in thread
-    kt, and cancels k-queued (202 ``pending``), which ends ``cancelled``; svc-a's key gets 404
-    for each and lists none of them."""
+    """Four requests produced to Kafka (no scope): ``k-done`` finishes, ``k-slow`` runs 8 s on
+    thread ``kt``, ``k-queued`` and ``k-ui`` wait behind it. The operator's key reads k-done's
+    status, stream and inspector page, lists all four (newest first) in the inspector and in
+    thread kt, cancels k-queued with the API and k-ui from its inspector page (both 202
+    ``pending``), and both end ``cancelled``; svc-a's key gets 404 for each and lists none."""
     async with stack(worker_env, tmp_path, gateway_api_keys=OPERATOR_KEYS) as s, \
             Collector(worker_env["GRAPHWIRE_BOOTSTRAP_SERVERS"], topics.results) as out:
         bootstrap = worker_env["GRAPHWIRE_BOOTSTRAP_SERVERS"]
         await produce(bootstrap, topics.requests, [(b"k-done", encode(request("k-done")))])
         await out.wait_until(lambda: len(out.values(topics.results)) == 1, timeout=60)
-        for rid, seconds in (("k-slow", 6), ("k-queued", 0)):  # two Kafka timestamps
+        for rid, seconds in (("k-slow", 8), ("k-queued", 0), ("k-ui", 0)):  # 3 timestamps
             await produce(bootstrap, topics.requests, [(b"kt", encode(request(
                 rid, graph="slow", thread_id="kt", input={"seconds": seconds})))])
 
-        async def all_three() -> list[str] | None:
+        async def all_four() -> list[str] | None:
             found = await listed(s.http, OPERATOR)
-            return found if found is not None and len(found) == 3 else None
+            return found if found is not None and len(found) == 4 else None
 
-        runs = await eventually(all_three, 30)
+        runs = await eventually(all_four, 30)
         thread = await listed(s.http, OPERATOR, thread="kt")
         status = await s.http.get("/workflow/status/k-done", headers=OPERATOR)
         stream = await s.http.get("/workflow/stream/k-done", headers=OPERATOR)
@@ -75,10 +75,14 @@ async def test_an_operator_key_sees_and_cancels_kafka_runs_another_key_does_not(
         ]
         theirs = await listed(s.http, A)
         cancel = await s.http.post("/workflow/cancel/k-queued", headers=OPERATOR)
-        await out.wait_until(lambda: len(out.values(topics.results)) == 3, timeout=60)
+        queued_page = (await s.http.get("/ui/api/runs/k-ui", headers=OPERATOR)).json()
+        await s.http.get("/ui/runs")  # the page sets the CSRF cookie
+        csrf = {"X-CSRF-Token": s.http.cookies["graphwire_ui_csrf"]}
+        ui_cancel = await s.http.post(queued_page["cancel_url"], headers={**OPERATOR, **csrf})
+        await out.wait_until(lambda: len(out.values(topics.results)) == 4, timeout=60)
         results = {r["request_id"]: r for r in out.values(topics.results)}
-    assert runs == ["k-queued", "k-slow", "k-done"]
-    assert thread == ["k-queued", "k-slow"]
+    assert runs == ["k-ui", "k-queued", "k-slow", "k-done"]
+    assert thread == ["k-ui", "k-queued", "k-slow"]
     assert (status.status_code, status.json()["status"]) == (200, "success")
     assert stream.status_code == 200
     assert sse_events(stream.text) == ["run_started", "node", "node", "node",
@@ -91,8 +95,11 @@ async def test_an_operator_key_sees_and_cancels_kafka_runs_another_key_does_not(
     assert (cancel.status_code, cancel.json()) == (202, {
         "request_id": "k-queued", "action": "interrupt", "state": "pending",
         "status_url": "/workflow/status/k-queued"})
-    assert [results[r]["status"] for r in ("k-done", "k-slow", "k-queued")] == [
-        "success", "success", "cancelled"]
+    assert (queued_page["status"], queued_page["cancel_url"]) == (
+        "accepted", "/ui/api/runs/k-ui/cancel")
+    assert (ui_cancel.status_code, ui_cancel.json()["state"]) == (202, "pending")
+    assert [results[r]["status"] for r in ("k-done", "k-slow", "k-queued", "k-ui")] == [
+        "success", "success", "cancelled", "cancelled"]
 
 
 async def test_with_auth_off_the_inspector_lists_runs_produced_to_kafka(
