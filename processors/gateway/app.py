@@ -5,6 +5,11 @@ One ``GraphwireClient`` per process produces requests and reads results and even
 HTTP request. Callers authenticate with an API key or a JWT (``auth``), are rate limited per
 principal in Redis, and are recorded in the request's ``metadata.principal`` (and so in the audit
 table).
+
+``Gateway`` is the service the routes share (``app.state.gateway``); it raises the domain errors
+of ``errors``, whose one table maps them to statuses. The routes live in module-level routers,
+one per resource: ``workflow``, ``runctl``, ``crons``, ``webhookkey``, ``health``, ``ui`` and the
+Agent Server API (``agentapi``); ``create_app`` only assembles them.
 """
 
 
