@@ -25,7 +25,7 @@ from langgraph.errors import (
 )
 from langgraph.pregel import Pregel
 from langgraph.runtime import RunControl
-from langgraph.types import Command, Interrupt
+from langgraph.types import Command, Interrupt, Send
 
 from graphwire.topics.codec import TOP_NS
 
@@ -131,7 +131,26 @@ def interrupt_dicts(value: Iterable[Any]) -> list[dict[str, Any]]:
 
 
 def _command(spec: dict[str, Any]) -> Command[Any]:
-    return Command(resume=spec.get("resume"), update=spec.get("update"), goto=spec.get("goto", ()))
+    """A request's ``command`` as LangGraph's, read as LangGraph's server reads it: a ``goto``
+    item ``{"node", "input"}`` is a ``Send``, an ``update`` of ``[key, value]`` pairs is a list
+    of tuples (each applied in turn)."""
+    update = spec.get("update")
+    if isinstance(update, list) and all(
+        isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str) for pair in update
+    ):
+        update = [tuple(pair) for pair in update]
+    goto = spec.get("goto", ())
+    if isinstance(goto, dict):
+        goto = [goto]
+    if isinstance(goto, list) and any(isinstance(item, dict) for item in goto):
+        goto = [_send(item) for item in goto]
+    return Command(resume=spec.get("resume"), update=update, goto=goto)
+
+
+def _send(item: Any) -> Any:
+    if isinstance(item, dict) and isinstance(item.get("node"), str):
+        return Send(item["node"], item.get("input"))
+    return item
 
 
 def _thread_config(config: dict[str, Any]) -> dict[str, Any]:

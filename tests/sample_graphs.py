@@ -42,6 +42,9 @@ def make_upper():  # a factory: the registry calls it
 class StepsState(TypedDict, total=False):
     table: str
     pause: float
+    """How long step3 sleeps."""
+    pauses: dict[str, float]
+    """How long other steps sleep, by name (after recording their start)."""
     done: list[str]
 
 
@@ -57,6 +60,7 @@ def _recording_step(name: str, pause: bool = False):  # type: ignore[no-untyped-
             await conn.close()
         if pause:
             await asyncio.sleep(state.get("pause", 0))
+        await asyncio.sleep(state.get("pauses", {}).get(name, 0))
         return {"done": [*state.get("done", []), name]}
 
     return step

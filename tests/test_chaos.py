@@ -2,7 +2,8 @@
 
 Mix: pipeline and slow requests, re-produced duplicates of earlier request ids, and 2 threads
 of 10 turns each. Every distinct request_id ends with the right output; duplicates never run;
-thread turns run in order; checkpointed nodes that completed never run again.
+thread turns run in order; checkpointed nodes that completed never run again; every request's
+events hold every node of its graph (a killed start's lost events are replayed).
 """
 
 from __future__ import annotations
@@ -130,11 +131,15 @@ async def test_chaos_1000_requests_3_workers_two_kills(
         by_id[r["request_id"]].append(r)
     starts: dict[str, list[int]] = defaultdict(list)
     nodes: Counter[tuple[str, str]] = Counter()
+    finished: dict[str, set[str]] = defaultdict(set)
     for e in events:
         if e["type"] == "run_started":
             starts[e["request_id"]].append(e["data"]["attempt"])
-        elif e["type"] == "node":
+        elif e["type"] == "node" and not e.get("replayed"):  # a replay is no re-run
             nodes[(e["request_id"], e["node"])] += 1
+            finished[e["request_id"]].add(e["node"])
+        elif e["type"] == "node":
+            finished[e["request_id"]].add(e["node"])
 
     twice = sorted(rid for rid, rs in by_id.items() if len(rs) > 1)
     duplicates = len(messages) - len(expected)
@@ -158,3 +163,7 @@ async def test_chaos_1000_requests_3_workers_two_kills(
     assert len(twice) <= kills * int(env["GRAPHWIRE_MAX_IN_FLIGHT"])
     assert all(max(starts[rid]) > 1 for rid in twice)
     assert rerun_nodes == []
+    # every request's events name every node of its graph, live or replayed after a kill
+    graph_nodes = {"pipe": {"normalize", "tokenize", "count"}, "slow": {"wait"}}
+    for rid in expected:
+        assert finished[rid] == graph_nodes.get(rid.partition("-")[0], {"turn"}), rid

@@ -6,6 +6,8 @@ processes stopped by SIGTERM and SIGKILL."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,14 +21,17 @@ import pytest
 from pydantic import SecretStr
 
 from graphwire.graphs.registry import GraphRegistry
+from graphwire.processors.dev.broker import DevBroker
 from graphwire.processors.gateway.auth import Principal, hash_key
 from graphwire.processors.runner.runner import GraphRunner
 from graphwire.processors.settings import Settings
+from graphwire.topics.admin import ensure_topics
 from graphwire.topics.client import GraphwireClient
 from graphwire.topics.models import Event
 from graphwire.topics.specs import TopicNames
-from tests.conftest import TEST_DATABASE_URL
+from tests.conftest import PARTITIONS, TEST_DATABASE_URL
 from tests.gateway_helpers import serve
+from tests.helpers import eventually
 from tests.kafka_helpers import WorkerProcess
 from tests.private_services import PrivatePostgres
 from tests.test_durable import _node_runs_table, _wait_for_node
@@ -63,6 +68,10 @@ class Watchers:
         self.request_id = f"{SCOPE}.{uuid.uuid4().hex}"
         self._reading: asyncio.Task[list[Event]] | None = None
         self._streaming: asyncio.Task[httpx.Response] | None = None
+        self.client_replayed: list[int] = []
+        """The seqs of the replayed events ``client.events()`` yielded."""
+        self.sse_replayed: list[int] = []
+        """The seqs of the replayed events of the SSE stream."""
 
     def submit(self, graph: str, input_data: dict[str, Any]) -> None:
         """Watch with the client, then submit through the gateway's stream endpoint."""
@@ -81,6 +90,7 @@ class Watchers:
         """What ``client.events()`` yielded, up to and including run_finished."""
         assert self._reading is not None
         events = await asyncio.wait_for(self._reading, 120)
+        self.client_replayed = [e.seq for e in events if e.replayed]
         return [(e.seq, e.type, e.node) for e in events]
 
     async def sse_frames(self) -> tuple[Seen, dict[str, Any]]:
@@ -92,6 +102,7 @@ class Watchers:
         assert frames[-1]["event"] == "result", frames[-1]
         events = frames[:-1]
         assert all(int(f["id"]) == f["data"]["seq"] for f in events)
+        self.sse_replayed = [f["data"]["seq"] for f in events if f["data"].get("replayed")]
         return [(f["data"]["seq"], f["event"], f["data"]["node"]) for f in events], frames[-1][
             "data"
         ]
@@ -152,12 +163,16 @@ async def watchers(worker_env: dict[str, str], tmp_path: Path) -> AsyncIterator[
         sink.stop()
 
 
-async def _assert_everyone_saw(watch: Watchers, expected: Seen) -> dict[str, Any]:
-    """The client, the SSE stream and the audit table each hold exactly ``expected``."""
+async def _assert_everyone_saw(
+    watch: Watchers, expected: Seen, replayed: list[int] | None = None
+) -> dict[str, Any]:
+    """The client, the SSE stream and the audit table each hold exactly ``expected``; the
+    client and the SSE stream mark exactly the seqs ``replayed`` (none by default) as replays."""
     assert await watch.client_events() == expected
     streamed, result = await watch.sse_frames()
     assert streamed == expected
     assert await watch.audit_rows(len(expected)) == expected
+    assert watch.client_replayed == watch.sse_replayed == (replayed or [])
     return result
 
 
@@ -165,7 +180,8 @@ async def test_drained_run_resumed_on_a_second_worker_keeps_every_event(
     topics: TopicNames, worker_env: dict[str, str], worker_log: Path, prefix: str, tmp_path: Path
 ) -> None:
     """SIGTERM during step3 of 4 (the drain), resumed on a second worker: attempt 1's four events,
-    then attempt 2's from a higher base; all three consumers get step4 and run_finished."""
+    then attempt 2's from a higher base (step1-3 replayed, then step4); all three consumers get
+    step4 and run_finished."""
     conn, table = await _node_runs_table(prefix)
     env = {**worker_env, "GRAPHWIRE_GRAPHS": GRAPHS}
     first = WorkerProcess(env, log_path=worker_log).start()
@@ -182,10 +198,13 @@ async def test_drained_run_resumed_on_a_second_worker_keeps_every_event(
                 (pos(1, 0, 2), "node", "step2"),
                 (pos(1, 0, 3), "node", "step3"),
                 (pos(2, 0, 0), "run_started", None),
-                (pos(2, 0, 1), "node", "step4"),
-                (pos(2, 0, 2), "run_finished", None),
+                (pos(2, 0, 1), "node", "step1"),  # replays of the steps attempt 1 finished
+                (pos(2, 0, 2), "node", "step2"),
+                (pos(2, 0, 3), "node", "step3"),
+                (pos(2, 0, 4), "node", "step4"),
+                (pos(2, 0, 5), "run_finished", None),
             ]
-            result = await _assert_everyone_saw(watch, expected)
+            result = await _assert_everyone_saw(watch, expected, [pos(2, 0, i) for i in (1, 2, 3)])
             # a gateway that never saw the run reads it back from the audit table, across the
             # try boundary, from the start and from the last event of attempt 1
             async with serve(watch.settings) as other:
@@ -194,8 +213,9 @@ async def test_drained_run_resumed_on_a_second_worker_keeps_every_event(
                 rest = sse((await other.get(
                     url, headers={**HEADERS, "Last-Event-ID": str(pos(1, 0, 3))})).text)
         assert [f.get("id") for f in replayed] == [str(seq) for seq, _, _ in expected] + [None]
-        assert [f.get("id") for f in rest] == [str(pos(2, 0, i)) for i in range(3)] + [None]
-        assert [f["event"] for f in rest] == ["run_started", "node", "run_finished", "result"]
+        assert [f.get("id") for f in rest] == [str(pos(2, 0, i)) for i in range(6)] + [None]
+        assert [f["event"] for f in rest] == ["run_started", *["node"] * 4, "run_finished",
+                                              "result"]
         assert (result["status"], result["attempts"]) == ("success", 2)
         assert result["output"]["done"] == ["step1", "step2", "step3", "step4"]
     finally:
@@ -209,7 +229,8 @@ async def test_sigkilled_run_redelivered_keeps_every_event(
     topics: TopicNames, worker_env: dict[str, str], worker_log: Path, prefix: str, tmp_path: Path
 ) -> None:
     """SIGKILL during step3 (no drain, its event never sent), redelivered to a second worker that
-    resumes from step2's checkpoint: step3, step4 and run_finished at attempt 2's positions."""
+    resumes from step2's checkpoint: step1 and step2 replayed, then step3, step4 and
+    run_finished at attempt 2's positions."""
     conn, table = await _node_runs_table(prefix)
     env = {**worker_env, "GRAPHWIRE_GRAPHS": GRAPHS}
     first = WorkerProcess(env, log_path=worker_log).start()
@@ -225,10 +246,12 @@ async def test_sigkilled_run_redelivered_keeps_every_event(
                 (pos(1, 0, 1), "node", "step1"),
                 (pos(1, 0, 2), "node", "step2"),
                 (pos(2, 0, 0), "run_started", None),
-                (pos(2, 0, 1), "node", "step3"),
-                (pos(2, 0, 2), "node", "step4"),
-                (pos(2, 0, 3), "run_finished", None),
-            ])
+                (pos(2, 0, 1), "node", "step1"),  # replays of the steps attempt 1 finished
+                (pos(2, 0, 2), "node", "step2"),
+                (pos(2, 0, 3), "node", "step3"),
+                (pos(2, 0, 4), "node", "step4"),
+                (pos(2, 0, 5), "run_finished", None),
+            ], [pos(2, 0, 1), pos(2, 0, 2)])
         assert (result["status"], result["attempts"]) == ("success", 2)
         assert result["output"]["done"] == ["step1", "step2", "step3", "step4"]
     finally:
@@ -236,6 +259,130 @@ async def test_sigkilled_run_redelivered_keeps_every_event(
         if second:
             second.stop()
         await conn.close()
+
+
+async def _checkpointed(prefix: str, thread: str, step: int) -> None:
+    """Wait (30 s at most) until the thread's checkpoint of LangGraph step ``step`` (the one
+    written after the graph's ``step``-th node, for ``steps``) is in PostgreSQL."""
+    conn = await asyncpg.connect(TEST_DATABASE_URL)
+    try:
+        await eventually(lambda: conn.fetchval(
+            f'SELECT count(*) FROM "{prefix}".checkpoints WHERE thread_id = $1 '
+            "AND checkpoint_ns = '' AND (metadata->>'step')::int = $2", thread, step),
+            30, what=f"the checkpoint of step {step}")
+    finally:
+        await conn.close()
+
+
+async def _killed_between_checkpoint_and_ack(
+    worker_env: dict[str, str], worker_log: Path, prefix: str, tmp_path: Path,
+    stop_during: str, pauses: dict[str, float], checkpointed: int,
+) -> tuple[Watchers, Seen, dict[str, Any]]:
+    """Run ``steps`` on a private broker; pause the broker (SIGSTOP) while ``stop_during`` runs,
+    so the event of that step is the one produce request in flight and the events after it
+    wait in the worker (aiokafka sends one request to a broker at a time). Once the checkpoint
+    of LangGraph step ``checkpointed`` is written, SIGKILL the worker, resume the broker and
+    start a second worker. Returns the watchers, what the client saw and the result."""
+    conn, table = await _node_runs_table(prefix)
+    with DevBroker(log_file=tmp_path / "broker.log") as broker:
+        assert broker.pid is not None
+        await ensure_topics(broker.bootstrap_servers, TopicNames(prefix).specs(PARTITIONS))
+        env = {**worker_env, "GRAPHWIRE_BOOTSTRAP_SERVERS": broker.bootstrap_servers}
+        first = WorkerProcess({**env, "GRAPHWIRE_GRAPHS": GRAPHS}, log_path=worker_log).start()
+        second = None
+        try:
+            async with watchers(env, tmp_path) as watch:
+                watch.submit("steps", {"table": table, "pauses": pauses})
+                before = {"step2": "step1", "step3": "step2"}[stop_during]
+                await eventually(lambda: any(  # the step before's event was acknowledged
+                    e.node == before for e in watch.client.seen_events(watch.request_id)),
+                    30, what=f"{before}'s event")
+                await _wait_for_node(conn, table, stop_during)
+                os.kill(broker.pid, signal.SIGSTOP)
+                try:
+                    await _checkpointed(prefix, watch.request_id, checkpointed)
+                    first.kill()
+                finally:
+                    os.kill(broker.pid, signal.SIGCONT)
+                second = WorkerProcess({**env, "GRAPHWIRE_GRAPHS": GRAPHS},
+                                       log_path=worker_log).start()
+                seen = await watch.client_events()
+                streamed, result = await watch.sse_frames()
+                assert streamed == seen
+                assert await watch.audit_rows(len(seen)) == seen
+                assert watch.client_replayed == watch.sse_replayed
+                return watch, seen, result
+        finally:
+            first.stop()
+            if second:
+                second.stop()
+            await conn.close()
+
+
+async def test_sigkill_after_a_step_checkpoint_before_its_ack_replays_the_step(
+    worker_env: dict[str, str], worker_log: Path, prefix: str, tmp_path: Path
+) -> None:
+    """The broker paused during step2: step2's event is in flight, step3's waits in the worker;
+    step3's checkpoint is written, then the worker is SIGKILLed (step4 running). The second
+    worker resumes at step4 after replaying step1-3 (replayed: true): every consumer holds
+    step3, which no start published live, and every node, ending at run_finished."""
+    watch, seen, result = await _killed_between_checkpoint_and_ack(
+        worker_env, worker_log, prefix, tmp_path, "step2",
+        {"step2": 1.0, "step3": 0.5, "step4": 3.0}, checkpointed=3)
+    first_try: Seen = [(pos(1, 0, 0), "run_started", None), (pos(1, 0, 1), "node", "step1")]
+    second_try: Seen = [
+        (pos(2, 0, 0), "run_started", None),
+        (pos(2, 0, 1), "node", "step1"),
+        (pos(2, 0, 2), "node", "step2"),
+        (pos(2, 0, 3), "node", "step3"),
+        (pos(2, 0, 4), "node", "step4"),
+        (pos(2, 0, 5), "run_finished", None),
+    ]
+    # step2's event had reached the broker's socket when it was paused: the broker may append
+    # it once it runs again (no acknowledgement reached the dead worker); step3's never left
+    assert seen in (
+        first_try + second_try,
+        [*first_try, (pos(1, 0, 2), "node", "step2"), *second_try],
+    )
+    assert watch.client_replayed == [pos(2, 0, i) for i in (1, 2, 3)]
+    assert (result["status"], result["attempts"]) == ("success", 2)
+    assert result["output"]["done"] == ["step1", "step2", "step3", "step4"]
+
+
+async def test_sigkill_after_the_last_checkpoint_before_its_ack_replays_the_whole_run(
+    worker_env: dict[str, str], worker_log: Path, prefix: str, tmp_path: Path
+) -> None:
+    """The broker paused during step3: step3's event is in flight, step4's waits in the worker;
+    the run's last checkpoint is written (its result may be kept in Redis too), then the worker
+    is SIGKILLed. The second worker runs nothing: it replays step1-4 (replayed: true) and
+    publishes the result; every consumer holds step4 and ends at run_finished."""
+    watch, seen, result = await _killed_between_checkpoint_and_ack(
+        worker_env, worker_log, prefix, tmp_path, "step3",
+        {"step3": 1.0, "step4": 0.5}, checkpointed=4)
+    first_try: Seen = [
+        (pos(1, 0, 0), "run_started", None),
+        (pos(1, 0, 1), "node", "step1"),
+        (pos(1, 0, 2), "node", "step2"),
+    ]
+    second_try: Seen = [
+        (pos(2, 0, 0), "run_started", None),
+        *[(pos(2, 0, i), "node", f"step{i}") for i in range(1, 5)],
+        (pos(2, 0, 5), "run_finished", None),
+    ]
+    assert seen in (
+        first_try + second_try,
+        [*first_try, (pos(1, 0, 3), "node", "step3"), *second_try],
+    )
+    assert watch.client_replayed == [pos(2, 0, i) for i in range(1, 5)]
+    # the first worker kept its result in Redis right after the last checkpoint (Redis was not
+    # paused) unless the kill came first: the second publishes that one again (attempts 1,
+    # its run_started says republished), else the finished run's state (attempts 2)
+    restart = [e.data for e in watch.client.seen_events(watch.request_id)
+               if e.type == "run_started"][-1]
+    assert (result["status"], result["attempts"]) == ("success", 1 if restart.get(
+        "republished") else 2)
+    assert (restart["attempt"], restart["resumed"]) == (2, True)
+    assert result["output"]["done"] == ["step1", "step2", "step3", "step4"]
 
 
 async def test_retry_after_a_retriable_error_opens_a_new_try(
@@ -269,8 +416,9 @@ async def test_outage_retry_after_postgres_returns_keeps_every_event(
     topics: TopicNames, settings: Settings, worker_env: dict[str, str], tmp_path: Path
 ) -> None:
     """The checkpoints' PostgreSQL (a private server) crashes during step2: the runner waits
-    out the outage and starts the request again (attempt 2, from step1's checkpoint); step2
-    and step3 come at attempt 2's positions, and all three consumers hold the same events."""
+    out the outage and starts the request again (attempt 2, from step1's checkpoint): step1
+    replayed, then step2 and step3 at attempt 2's positions; all three consumers hold the
+    same events."""
     pg = await asyncio.to_thread(PrivatePostgres)
     await asyncio.to_thread(pg.start)
     try:
@@ -297,9 +445,10 @@ async def test_outage_retry_after_postgres_returns_keeps_every_event(
     first_try: Seen = [(pos(1, 0, 0), "run_started", None), (pos(1, 0, 1), "node", "step1")]
     second_try: Seen = [
         (pos(2, 0, 0), "run_started", None),
-        (pos(2, 0, 1), "node", "step2"),
-        (pos(2, 0, 2), "node", "step3"),
-        (pos(2, 0, 3), "run_finished", None),
+        (pos(2, 0, 1), "node", "step1"),  # the replay of the step attempt 1 finished
+        (pos(2, 0, 2), "node", "step2"),
+        (pos(2, 0, 3), "node", "step3"),
+        (pos(2, 0, 4), "run_finished", None),
     ]
     # step2's own event may or may not have left before its checkpoint failed: if it did, it
     # keeps attempt 1's position and step2 is sent again, after attempt 2's run_started
@@ -309,6 +458,7 @@ async def test_outage_retry_after_postgres_returns_keeps_every_event(
     )
     assert streamed == seen
     assert stored == seen
+    assert watch.client_replayed == watch.sse_replayed == [pos(2, 0, 1)]
     assert (result["status"], result["attempts"]) == ("success", 2)
     assert result["output"]["done"] == ["step1", "step2", "step3"]
 

@@ -115,9 +115,13 @@ async def partition_owners(bootstrap: str, topics: TopicNames, out: Collector) -
     return owners
 
 
-def node_events(out: Collector, topics: TopicNames, rid: str) -> list[str]:
+def node_events(
+    out: Collector, topics: TopicNames, rid: str, *, replayed: bool = False
+) -> list[str]:
+    """The nodes of ``rid``'s node events that ran (``replayed``: of those replayed)."""
     return [e["node"] for e in out.values(topics.events)
-            if e["request_id"] == rid and e["type"] == "node"]
+            if e["request_id"] == rid and e["type"] == "node"
+            and e.get("replayed", False) is replayed]
 
 
 @pytest.mark.parametrize("strategy", ["reject", "interrupt", "rollback"])
@@ -202,12 +206,16 @@ async def test_a_sigkilled_holder_frees_the_thread_after_the_lease_and_turns_go_
             results = by_id(out, topics.results)
             runs = spans(out, topics)
             nodes_a = node_events(out, topics, "A")
+            replayed_a = node_events(out, topics, "A", replayed=True)
             starts_a = [e["data"] for e in out.values(topics.events)
                         if e["request_id"] == "A" and e["type"] == "run_started"]
         assert (results["A"]["status"], results["B"]["status"]) == ("success", "success")
         assert [(s["worker"], s["attempt"], s["resumed"]) for s in starts_a] == [
             ("w0", 1, False), ("w1", 2, True)]
         assert nodes_a.count("step1") == 1  # resumed from its checkpoint, not rerun
+        # the steps attempt 1 finished, sent again by attempt 2 (the kill came during step2,
+        # or just after it)
+        assert replayed_a in (["step1"], ["step1", "step2"])
         assert results["A"]["output"]["log"] == labels("A")
         assert results["B"]["output"]["log"] == labels("A") + labels("B")
         assert [t for t, _, _ in runs["B"]] == ["run_started", "run_finished"]

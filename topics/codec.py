@@ -247,7 +247,7 @@ def event_dict(
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """An event as the contract's ``Event`` describes it, stamped with the current time;
-    ``extra`` adds the optional fields (``cached``, ``langgraph``)."""
+    ``extra`` adds the optional fields (``cached``, ``replayed``, ``langgraph``)."""
     event = {
         "request_id": request_id,
         "seq": seq,

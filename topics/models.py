@@ -187,7 +187,9 @@ class Request(BaseModel):
     """Conversation thread: requests of one thread share checkpointed state. 1..256 printable
     characters."""
     command: dict[str, Any] | None = None
-    """A LangGraph command instead of input, e.g. ``{"resume": "yes"}``."""
+    """A LangGraph command instead of input, e.g. ``{"resume": "yes"}``. A ``goto`` item
+    ``{"node", "input"}`` is a ``Send``; an ``update`` may be ``[key, value]`` pairs (each
+    through the channel's reducer), as LangGraph's server reads them."""
     config: RunConfig = Field(default_factory=RunConfig)
     """Run configuration."""
     context: dict[str, Any] | None = None
@@ -378,6 +380,15 @@ class Event(BaseModel):
     cached: bool = False
     """On ``node`` events: the write came from the node cache or was replayed on a resume
     (LangGraph's ``__metadata__: {"cached": true}``); left out when false."""
+    replayed: bool = False
+    """A copy of a finished step's event, sent again by a resumed start (a redelivery that
+    continues an earlier start's run): right after that start's ``run_started``
+    (``resumed: true``), the ``node`` and ``values`` events of every step earlier starts
+    finished, rebuilt from the checkpoints, in step order. The earlier start may have died
+    before the broker acknowledged them; those that did arrive appear twice, the second time
+    with ``replayed: true``. Not ``cached`` (LangGraph's own re-emission of an unfinished
+    step's saved writes). Tokens, ``custom`` and the other modes are not in the checkpoint and
+    are never replayed, nor are subgraphs' events; left out when false."""
     langgraph: dict[str, Any] | None = None
     """On ``message`` events: LangGraph's stream metadata (``langgraph_node``,
     ``langgraph_step``, ``langgraph_checkpoint_ns``, ``tags``, ``ls_*``); left out otherwise."""

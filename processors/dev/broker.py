@@ -48,6 +48,11 @@ class DevBroker:
         """``host:port`` for clients."""
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def pid(self) -> int | None:
+        """The broker process's id while it runs (tests pause it with SIGSTOP)."""
+        return self._process.pid if self._process is not None else None
+
     def start(self, timeout: float = 15.0) -> None:
         """Start the broker and wait until it accepts connections."""
         if self._process is not None:

@@ -40,6 +40,7 @@ from graphwire.processors.gateway import (
     workflow,
 )
 from graphwire.processors.gateway.agentapi import errors as agentapi_errors
+from graphwire.processors.gateway.agentapi.resources import AgentResources
 from graphwire.processors.gateway.auth import Authenticator, AuthError, Principal, RateLimiter
 from graphwire.processors.gateway.errors import (
     Forbidden,
@@ -106,6 +107,7 @@ class Gateway:
         self.client.add_result_listener(lambda result: self.caps.run_finished(result.request_id))
         self.db: Any = None
         self.webhooks = WebhookPolicy(settings.webhook_allowed_hosts)  # the runners' rules
+        self.agent = AgentResources(settings)  # Agent Server API: graphs, checkpoints, records
 
     async def start(self) -> None:
         if not self.settings.gateway_auth:
@@ -128,8 +130,10 @@ class Gateway:
                 if self.settings.audit_schema else None,
             )
             self.db = BoundedPool(pool, self.settings.gateway_db_acquire_timeout_s)
+        await self.agent.start(self.db)  # Agent Server API: its tables, the checkpointer
 
     async def stop(self) -> None:
+        await self.agent.stop()
         await self.client.stop()
         await self.caps.stop()
         await self.redis.aclose()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import random
@@ -33,6 +34,7 @@ from graphwire.graphs.execution import (
     where_stopped,
 )
 from graphwire.graphs.registry import GraphOptions
+from graphwire.graphs.replay import finished_steps
 from graphwire.processors.metrics import RunnerMetrics
 from graphwire.processors.runner import tracing
 from graphwire.processors.runner.answer import Addressee, Answer
@@ -56,12 +58,15 @@ from graphwire.processors.settings import Settings
 from graphwire.topics.codec import (
     HEADER_PRINCIPAL,
     HEADER_TRACEPARENT,
+    TOP_NS,
     decode_principal,
 )
 from graphwire.topics.errors import DependencyUnavailable, LeftForRedelivery, UnstorableRequest
 from graphwire.topics.models import Request
 
 log = logging.getLogger(__name__)
+
+_REPLAYED = {"replayed": True}
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +256,8 @@ class RunExecutor:
         max_attempts = request.max_attempts or options.max_attempts or self.settings.max_attempts
         attempt, payload_input, command = start.attempt, point.input, point.command
         await self._run_started(start, to, request, attempt, point.resumed)
+        if point.resumed:
+            await self._replay(start, to, request, graph, config)
         with self._controlled(request.request_id, graph) as control:
             if point.earlier is not None and point.earlier.status != "unfinished":
                 return point.earlier, attempt  # the crash came after the graph ended
@@ -285,6 +292,37 @@ class RunExecutor:
         if request.checkpoint_id is not None:  # a fork: recorded with the run's events
             data["forked_from"] = request.checkpoint_id
         await self._out.emit(start, to, "run_started", None, data)
+
+    async def _replay(
+        self, start: Start, to: Addressee, request: Request, graph: Any, config: dict[str, Any]
+    ) -> None:
+        """A resumed start re-emits the ``node``/``values`` events of the steps earlier starts
+        finished, marked ``replayed``: the worker that ran them may have died before the
+        broker acknowledged them (their checkpoint was written first). In-process retries
+        need none: the earlier try's events are in this worker's outbox."""
+        try:
+            events = await finished_steps(graph, config, request.request_id, set(request.stream))
+        except Exception as exc:
+            refused = _read_failed(exc)  # an outage is raised: the start waits it out
+            log.warning("no replay of %s's finished steps: %s", request.request_id, refused)
+            return
+        for type_, node, data in events:
+            await self._out.emit(start, to, type_, node, data, TOP_NS, _REPLAYED)
+
+    async def replay_republished(
+        self, start: Start, request: Request, graph: Any, answer: Answer
+    ) -> Answer:
+        """A start that publishes again the result an earlier start kept: its ``run_started``,
+        then the replays of the run's finished steps (that start may have died before the
+        broker acknowledged them); the answer then owes only its ``run_finished``."""
+        graph = self._durable(request.graph, graph)
+        if graph.checkpointer is None:
+            return answer
+        to = Addressee.of(request)
+        await self._out.emit(start, to, "run_started", None,
+                             answer.run_started(request.thread_id, start.worker, start.attempt))
+        await self._replay(start, to, request, graph, self._config(start.record, request))
+        return dataclasses.replace(answer, events="run_finished")
 
     @contextlib.contextmanager
     def _controlled(self, request_id: str, graph: Any) -> Iterator[RunControl]:

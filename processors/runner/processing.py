@@ -290,6 +290,9 @@ class RequestProcessor:
         if cancel is not None and cancel.action == "rollback" and start.attempt > 1:
             await self._through_outage(lambda: self._executor.roll_back(request))
         _log_without_run(request.request_id, without_run)
+        if without_run.republished:  # the start that kept it may have lost its last events
+            without_run = await self._executor.replay_republished(start, request, graph,
+                                                                  without_run)
         yield without_run
 
     def admit(self, record: Record) -> tuple[Request, Any] | Refusal | None:

@@ -16,7 +16,10 @@ from fastapi import APIRouter
 def build_router() -> APIRouter:
     """Every Agent Server route, one sub-router per resource."""
     router = APIRouter()
-    from graphwire.processors.gateway.agentapi import system
+    from graphwire.processors.gateway.agentapi import assistants, state, system, threads
 
     router.include_router(system.router)
+    router.include_router(assistants.router)
+    router.include_router(threads.router)
+    router.include_router(state.router)
     return router

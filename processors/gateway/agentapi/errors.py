@@ -2,7 +2,8 @@
 errors``), whose one table maps each to an HTTP status.
 
 Routes and services raise these; ``install`` turns each into ``{"detail": "..."}`` with the
-status the official SDK maps to its typed errors (400, 404, 409, 422).
+status the official SDK maps to its typed errors (400, 404, 409, 422; 503 while a dependency
+is down).
 """
 
 from __future__ import annotations
