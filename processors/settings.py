@@ -215,6 +215,9 @@ class Settings(BaseSettings):
     audience refuses to start: a key shared by a company IdP would accept every app's tokens."""
     gateway_jwt_max_age_s: float | None = Field(default=None, gt=0)
     """Refuse JWTs issued (``iat``, then required) longer ago than this, whatever their ``exp``."""
+    gateway_jwt_role_claim: str = Field(default="role", min_length=1, max_length=200)
+    """The JWT claim (a string, or a list of strings) whose value ``operator`` makes the caller
+    an operator: it sees and acts on every run, also those produced to Kafka directly."""
     gateway_legacy_scopes: bool = True
     """Callers also own the runs, threads and crons stored under their former 48-bit scope
     (ids ``<12 hex>.<id>``, graphwire 0.1): they read, cancel and continue them. Switch off

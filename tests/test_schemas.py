@@ -14,7 +14,6 @@ from typing import Any
 import asyncpg
 import orjson
 import pytest
-from fastapi import HTTPException
 
 from graphwire.processors.audit.db import (
     connect,
@@ -27,6 +26,7 @@ from graphwire.processors.audit.rows import Record, to_row
 from graphwire.processors.audit.writer import AuditWriter
 from graphwire.processors.cli.doctor import Check, store_checks
 from graphwire.processors.gateway.app import Gateway
+from graphwire.processors.gateway.errors import NotFound
 from graphwire.processors.settings import Settings
 from graphwire.topics.errors import GraphwireError
 from graphwire.topics.specs import TopicNames
@@ -192,9 +192,9 @@ async def test_gateway_status_reads_only_the_configured_schema(
         gateway = Gateway(gateway_settings(worker_env, audit_schema=prefix))
         await gateway.start()
         try:
-            with pytest.raises(HTTPException) as unknown:
+            with pytest.raises(NotFound) as unknown:
                 await gateway.status(rid)
-            assert (unknown.value.status_code, unknown.value.detail) == (
+            assert (unknown.value.status, str(unknown.value)) == (
                 404, f"unknown request {rid!r}"
             )
             conn = await connect(TEST_DATABASE_URL)

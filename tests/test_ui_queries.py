@@ -172,3 +172,47 @@ def test_a_cursor_the_gateway_did_not_make_is_refused() -> None:
                 "WyIyMDI2LTAxLTAxVDAwOjAwOjAwIiwieCJd"):  # ["2026-01-01T00:00:00","x"]
         with pytest.raises(queries.BadCursor, match="start from page 1"):
             queries.decode_cursor(bad)
+
+
+async def test_an_operators_pages_span_every_caller_on_the_scopeless_indexes(db: Any) -> None:
+    """An operator's filter (scope None) pages every caller's runs exactly, newest first; its
+    first and deep pages read graphwire_runs_seen (graphwire_runs_status_seen with a status)
+    in its order, without a full Sort (at most an incremental one, over a timestamp's ties) or
+    a sequential scan; its dead letters are all 2,000, and its live feed's newest change is the
+    whole table's, read from graphwire_runs_seen alone; its overview counts every caller's
+    runs of the last hour."""
+    truth = [r["request_id"] for r in await db.fetch(
+        "SELECT request_id FROM graphwire_runs WHERE status = 'error' ORDER BY "
+        "coalesce(requested_at, finished_at) DESC, request_id DESC")]
+    assert len(truth) == SCOPES * PER_SCOPE // 5
+    assert await every_page(db, queries.RunFilter(scope=None, status="error"), 1000) == truth
+    rows, _ = await queries.runs_page(db, queries.RunFilter(scope=None), None, 4)
+    assert [r["request_id"] for r in rows] == ["s9.r01500", "s8.r01500", "s7.r01500",
+                                               "s6.r01500"]  # request_id DESC breaks ties
+    deep = (T0 + timedelta(seconds=200), "s3.r00600")
+    for flt, index in ((queries.RunFilter(scope=None), "graphwire_runs_seen"),
+                       (queries.RunFilter(scope=None, status="timeout"),
+                        "graphwire_runs_status_seen")):
+        for cursor in (None, deep):
+            sql, args = queries.runs_page_sql(flt, cursor, 50)
+            nodes = await explain(db, sql, args)
+            types = [n["Node Type"] for n in nodes]
+            assert "Sort" not in types and "Seq Scan" not in types, types
+            scans = [n for n in nodes if n["Node Type"] in ("Index Scan", "Index Only Scan")]
+            assert [(n["Index Name"], n["Scan Direction"]) for n in scans] == [
+                (index, "Forward")], types  # these indexes are DESC on seen
+    letters, following = await queries.dead_letters_page(db, None, None, 1500)
+    rest, last = await queries.dead_letters_page(db, None, following, 1500)
+    assert (len(letters), len(rest), last) == (1500, 500, None)
+    assert await queries.latest_change(db, None) == (T0 + timedelta(seconds=500),
+                                                     T0 + timedelta(seconds=502))
+    now = T0 + timedelta(minutes=30)
+    mine = await queries.overview_totals(db, "s1", now)
+    every = await queries.overview_totals(db, None, now)
+    assert [(t["graph"], t["runs"]) for t in mine] == [(f"g{g}", PER_SCOPE // 4) for g in range(4)]
+    assert [(t["graph"], t["runs"]) for t in every] == [(f"g{g}", SCOPES * PER_SCOPE // 4)
+                                                        for g in range(4)]
+    assert sum(m["runs"] for m in await queries.overview(db, None, now)) == SCOPES * PER_SCOPE
+    feed = await explain(db, queries.LATEST_CHANGE_ALL, [])
+    assert "Seq Scan" not in [n["Node Type"] for n in feed]
+    assert {n.get("Index Name") for n in feed} - {None} == {"graphwire_runs_seen"}

@@ -71,7 +71,8 @@ class GraphwireClient:
         runs' events go first, then the oldest results, then the oldest events of the run that
         just received one; a record larger than the whole budget is handed to its waiters but
         not kept. ``database_url`` (and
-        ``database_schema``, ``GRAPHWIRE_AUDIT_SCHEMA``) enable ``crons``."""
+        ``database_schema``, ``GRAPHWIRE_AUDIT_SCHEMA``) enable ``crons``, and let ``cancel``
+        find a request the audit table accepted that no worker holds yet."""
         if not 1 <= max_events_per_run <= max_kept_events or max_kept_results < 1:
             raise ValueError(
                 "GraphwireClient needs 1 <= max_events_per_run <= max_kept_events and "
@@ -561,8 +562,11 @@ class GraphwireClient:
         nothing; its result is ``cancelled``.
 
         With ``redis_url`` the run status is checked first: a finished request is not sent a
-        cancel (``state="finished"``), nor one nobody knows of (``"unknown"``) unless this
-        client submitted it or ``force`` (it may still be on the requests topic)."""
+        cancel (``state="finished"``). One that no worker holds is ``pending`` when this client
+        submitted it, or (with ``database_url``) the audit table has it as accepted: queued
+        behind another run of its thread, or not fetched yet. One nobody knows of is
+        ``unknown`` and not sent, unless ``force`` (it may still be on the requests topic and
+        the audit sink a moment behind)."""
         assert self._producer is not None, "call start() or use `async with` first"
         control = Control(request_id=request_id, action=action, reason=reason)
         state = "sent"
@@ -575,10 +579,30 @@ class GraphwireClient:
                 state = "running"
             elif force or self.watching(request_id):
                 state = "pending"
+            elif (audited := await self._audit_status(request_id)) == "accepted":
+                state = "pending"
+            elif audited is not None:  # Redis forgot it (GRAPHWIRE_DONE_TTL_S); the table not
+                return CancelOutcome(request_id, "finished", audited)
             else:
                 return CancelOutcome(request_id, "unknown")
         await self.send_control(control)
         return CancelOutcome(request_id, state)
+
+    async def _audit_status(self, request_id: str) -> str | None:
+        """The request's status in the audit table (``accepted``: the audit sink saw it and no
+        result yet); None without ``database_url``, when the table does not have it, or when
+        PostgreSQL or the table is not there (a cancel is then decided on Redis alone)."""
+        if self._crons is None:
+            return None
+        try:
+            pool = await self._crons.pool()
+            status = await pool.fetchval(
+                "SELECT status FROM graphwire_runs WHERE request_id = $1", request_id)
+        except Exception as exc:  # optional: no audit sink, no tables, PostgreSQL away
+            log.info("the audit table cannot say whether %s was accepted (%s)", request_id,
+                     type(exc).__name__)
+            return None
+        return None if status is None else str(status)
 
     async def produce(self, topic: str, value: bytes, *, key: bytes | None = None,
                       headers: Iterable[tuple[str, bytes]] = ()) -> None:

@@ -417,6 +417,11 @@ class Crons:
         self._pool: Any = None
 
     async def _store(self) -> CronStore:
+        return CronStore(await self.pool())
+
+    async def pool(self) -> Any:
+        """The asyncpg pool on ``database_url`` (made on first use; the audit tables share
+        its schema). ``DependencyUnavailable`` when PostgreSQL does not answer."""
         if self._pool is None:
             import asyncpg
 
@@ -433,7 +438,7 @@ class Crons:
                 raise DependencyUnavailable(
                     f"PostgreSQL does not answer ({type(exc).__name__}); check database_url"
                 ) from None
-        return CronStore(self._pool)
+        return self._pool
 
     async def add(
         self, name: str, graph: str, schedule: str, input: dict[str, Any] | None = None, *,

@@ -29,7 +29,8 @@ def gateway_key_command(args: argparse.Namespace) -> int:
     from graphwire.processors.gateway.auth import new_key
 
     graphs = [g.strip() for g in args.graphs.split(",") if g.strip()] or ["*"]
-    key, entry = new_key(args.name, graphs, args.rate, rotation=args.rotation)
+    key, entry = new_key(args.name, graphs, args.rate, rotation=args.rotation,
+                         operator=args.operator)
     print(f"API key for {args.name} (shown once; keep it secret): {key}")
     print("add this entry to GRAPHWIRE_GATEWAY_API_KEYS (a JSON list) or its file:")
     print(json.dumps(entry))
@@ -51,4 +52,7 @@ def add_parsers(sub: Any, kafka_flags: Any) -> None:
     p.add_argument("--rotation", action="store_true",
                    help="the key replaces another of the same name (same caller, same data); "
                         "remove the old entry once clients use the new key")
+    p.add_argument("--operator", action="store_true",
+                   help='the key\'s caller is an operator ("role": "operator"): it sees and '
+                        "acts on every run, also those produced to Kafka directly")
     p.set_defaults(func=gateway_key_command, is_async=False)

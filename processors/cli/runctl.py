@@ -1,8 +1,10 @@
 """``graphwire cancel`` and ``graphwire history``: run control from the command line.
 
-Exit codes of ``cancel``: 0 the cancel was sent (the request was running, or has not started),
+Exit codes of ``cancel``: 0 the cancel was sent (the request was running, or has not started:
+Redis holds it, or the audit table accepted it, e.g. queued behind another run of its thread),
 4 the request already finished (nothing sent), 5 no store knows the request (nothing sent;
-``--force`` sends it anyway, for a request still on the requests topic).
+``--force`` sends it anyway, for a request still on the requests topic that the audit sink has
+not recorded yet, or with no audit sink).
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ async def cancel_command(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     redis_url = settings.redis_url.get_secret_value() if settings.dedup else None
-    async with GraphwireClient(
+    async with GraphwireClient(  # the audit table knows requests no worker holds yet
         settings.bootstrap_servers, topic_prefix=settings.topic_prefix, redis_url=redis_url,
-        **settings.kafka_security(),
+        database_url=settings.database_url.get_secret_value(),
+        database_schema=settings.audit_schema, **settings.kafka_security(),
     ) as client:
         if args.wait:
             client.watch(args.request_id)
@@ -39,9 +42,10 @@ async def cancel_command(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return EXIT_FINISHED
         if outcome.state == "unknown":
-            print(f"graphwire: unknown request {rid!r}: neither running nor finished in Redis "
-                  "(check the id and GRAPHWIRE_TOPIC_PREFIX; if it was just submitted and not "
-                  "fetched yet, add --force)", file=sys.stderr)
+            print(f"graphwire: unknown request {rid!r}: neither running nor finished in Redis, "
+                  "nor accepted in the audit table (check the id, GRAPHWIRE_TOPIC_PREFIX and "
+                  "GRAPHWIRE_AUDIT_SCHEMA; if it was just produced and the audit sink has not "
+                  "recorded it yet, or none runs, add --force)", file=sys.stderr)
             return EXIT_UNKNOWN
         what = {
             "running": "running: it stops at its next step boundary",
@@ -93,7 +97,8 @@ def add_parsers(sub: Any, kafka_flags: Callable[[argparse.ArgumentParser], None]
                    help="interrupt keeps its checkpointed progress, rollback deletes it")
     p.add_argument("--reason", help="a few words, echoed in the cancelled result")
     p.add_argument("--force", action="store_true",
-                   help="send it even when no store knows the request (not fetched yet)")
+                   help="send it even when no store knows the request (neither Redis nor the "
+                        "audit table: just produced, or no audit sink)")
     p.add_argument("--wait", action="store_true", help="wait for its result and print it")
     p.add_argument("--wait-timeout", type=float, default=60.0, help="seconds to wait")
     p.set_defaults(func=cancel_command, is_async=True)

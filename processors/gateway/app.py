@@ -5,65 +5,79 @@ One ``GraphwireClient`` per process produces requests and reads results and even
 HTTP request. Callers authenticate with an API key or a JWT (``auth``), are rate limited per
 principal in Redis, and are recorded in the request's ``metadata.principal`` (and so in the audit
 table).
+
+``Gateway`` is the service the routes share (``app.state.gateway``); it raises the domain errors
+of ``errors``, whose one table maps them to statuses. The routes live in module-level routers,
+one per resource: ``workflow``, ``runctl``, ``crons``, ``webhookkey``, ``health``, ``ui`` and the
+Agent Server API (``agentapi``); ``create_app`` only assembles them.
 """
 
 
 import asyncio
 import contextlib
 import logging
-import re
 import uuid
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Any
 
 import asyncpg
 import orjson
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response, StreamingResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from graphwire.processors.gateway import agentapi, legacy
+from graphwire.processors.gateway import (
+    agentapi,
+    crons,
+    health,
+    legacy,
+    runctl,
+    ui,
+    webhookkey,
+    workflow,
+)
 from graphwire.processors.gateway.agentapi import errors as agentapi_errors
 from graphwire.processors.gateway.agentapi.resources import AgentResources
-from graphwire.processors.gateway.auth import (
-    ID_BUDGET,
-    Authenticator,
-    AuthError,
-    Principal,
-    RateLimiter,
+from graphwire.processors.gateway.auth import Authenticator, AuthError, Principal, RateLimiter
+from graphwire.processors.gateway.errors import (
+    Forbidden,
+    NotFound,
+    TooManyRequests,
+    Unauthorized,
+    Unavailable,
+    Unprocessable,
 )
-from graphwire.processors.gateway.crons import add_cron_routes
 from graphwire.processors.gateway.guard import BrowserGuard, allowed_hosts
 from graphwire.processors.gateway.limits import PrincipalCaps
 from graphwire.processors.gateway.models import (
     Accepted,
-    BatchRequest,
-    BatchResponse,
     BodyLimit,
     GatewayMetrics,
     Measure,
     RunStatus,
     WorkflowRequest,
 )
-from graphwire.processors.gateway.ops import OpsServer, Readiness, is_ready
+from graphwire.processors.gateway.ops import OpsServer, Readiness
 from graphwire.processors.gateway.pool import BoundedPool, PoolBusy
-from graphwire.processors.gateway.runctl import add_routes as add_runctl_routes
-from graphwire.processors.gateway.sse import event_stream
-from graphwire.processors.gateway.webhookkey import add_routes as add_webhook_key_routes
 from graphwire.processors.settings import Settings
 from graphwire.processors.webhooks.policy import WebhookPolicy
 from graphwire.topics.client import GraphwireClient
 from graphwire.topics.codec import principal_header
 from graphwire.topics.errors import DependencyUnavailable, GraphwireError
 from graphwire.topics.models import Request as RunRequest
-from graphwire.topics.models import Result
 from graphwire.topics.runstatus import read_run_state
 
 log = logging.getLogger(__name__)
+
+CORS_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+CORS_HEADERS = ["Authorization", "X-API-Key", "Idempotency-Key", "Content-Type", "Last-Event-ID",
+                "Prefer"]
+CORS_EXPOSED = ["Content-Location", "Location", "X-Pagination-Total", "X-Pagination-Next"]
+"""What a browser on a GRAPHWIRE_GATEWAY_CORS_ORIGINS origin may send, and may read of the
+answers (the Agent Server API's stream and pagination headers, as LangGraph's SDKs read them)."""
 
 
 class Gateway:
@@ -132,8 +146,9 @@ class Gateway:
             principal = self.auth.authenticate(request.headers)
         except AuthError as exc:
             self.metrics.auth_failures.labels(str(exc.status)).inc()
-            headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-            raise HTTPException(exc.status, str(exc), headers=headers) from None
+            if exc.status == 401:
+                raise Unauthorized(str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
+            raise Forbidden(str(exc)) from None
         await self.charge(principal, 1)
         return principal
 
@@ -145,14 +160,11 @@ class Gateway:
             decision = await self.limiter.check(principal, cost)
         except (RedisError, OSError) as exc:  # an outage, not our bug: the caller may retry
             log.warning("rate limiter unavailable: %s", type(exc).__name__)
-            raise HTTPException(
-                503, "the rate limiter's Redis does not answer; retry in a few seconds",
-                headers={"Retry-After": "5"},
-            ) from None
+            raise Unavailable.retry(
+                "the rate limiter's Redis does not answer; retry in a few seconds") from None
         if not decision.allowed:
             self.metrics.rate_limited.inc()
-            raise HTTPException(
-                429,
+            raise TooManyRequests(
                 f"rate limit of {principal.rate_per_minute} requests per minute reached",
                 headers={"Retry-After": str(decision.retry_after_s)},
             )
@@ -160,7 +172,7 @@ class Gateway:
     def allow(self, body: WorkflowRequest, principal: Principal) -> None:
         if not principal.may_run(body.workflow_name):
             self.metrics.auth_failures.labels("403").inc()
-            raise HTTPException(403, f"{principal.name} may not run {body.workflow_name!r}")
+            raise Forbidden(f"{principal.name} may not run {body.workflow_name!r}")
 
     async def prepare(
         self, body: WorkflowRequest, principal: Principal, idempotency_key: str | None
@@ -172,10 +184,10 @@ class Gateway:
         request_id = body.request_id
         if idempotency_key:
             if request_id and request_id != idempotency_key:
-                raise HTTPException(422, "Idempotency-Key and request_id differ; send one")
+                raise Unprocessable("Idempotency-Key and request_id differ; send one")
             request_id = idempotency_key
         if body.webhook is not None and (refusal := self.webhooks.refusal(body.webhook)):
-            raise HTTPException(422, f"webhook: {refusal}")
+            raise Unprocessable(f"webhook: {refusal}")
         scope = principal.scope
         metadata = {**body.metadata, "principal": principal.as_metadata()}
         try:
@@ -193,7 +205,7 @@ class Gateway:
                 subgraphs=body.subgraphs,
             )
         except ValueError as exc:  # the contract's validation (pydantic)
-            raise HTTPException(422, _contract_error(exc)) from None
+            raise Unprocessable(_contract_error(exc)) from None
 
     async def submit(
         self, body: WorkflowRequest, principal: Principal, idempotency_key: str | None,
@@ -237,16 +249,17 @@ class Gateway:
             return Response(orjson.dumps(result.model_dump(mode="json")),
                             media_type="application/json")
         except DependencyUnavailable as exc:
-            raise HTTPException(503, str(exc)) from None
+            raise Unavailable(str(exc)) from None
         except TimeoutError:  # accepted and still running: say where to look, do not invite a
             # retry (without an Idempotency-Key a retried POST would start a second run)
             body = Accepted.of(request_id).model_dump()
             return JSONResponse(body, status_code=202)
 
     def own(self, request_id: str, principal: Principal) -> None:
-        """404 (not 403: no hint that it exists) for another caller's run."""
-        if not principal.owns(request_id):
-            raise HTTPException(404, f"unknown request {request_id!r}")
+        """404 (not 403: no hint that it exists) for another caller's run (an operator sees
+        every run)."""
+        if not principal.sees(request_id):
+            raise NotFound(f"unknown request {request_id!r}")
 
     async def status(self, request_id: str) -> RunStatus:
         """Redis (the runner's lease and done marker) first, then the audit table."""
@@ -270,11 +283,11 @@ class Gateway:
                 if due is not None:
                     return RunStatus(request_id=request_id, source="postgresql",
                                      status="scheduled", run_at=due)
-            except PoolBusy:  # not "unknown": the caller may retry (503 by the app's handler)
+            except PoolBusy:  # not "unknown": the caller may retry (503 by the errors table)
                 raise
             except Exception:  # no audit tables: Redis alone answered
                 pass
-        raise HTTPException(404, f"unknown request {request_id!r}")
+        raise NotFound(f"unknown request {request_id!r}")
 
     async def readiness(self) -> dict[str, str]:
         """Kafka (the reader runs), Redis (answers) and PostgreSQL (answers; optional)."""
@@ -293,7 +306,8 @@ class Gateway:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """The gateway's FastAPI app.
+    """The gateway's FastAPI app: settings, lifespan, middleware and the routers (one per
+    resource; each reads the ``Gateway`` from ``app.state.gateway``).
 
     ``uvicorn graphwire.processors.gateway.app:create_app --factory`` serves it."""
     settings = settings or Settings()
@@ -323,150 +337,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url="/redoc" if settings.gateway_docs else None,
     )
     app.state.gateway = gw
-    agentapi_errors.install(app)
+    app.state.readiness = readiness
+    agentapi_errors.install(app)  # the gateway's one table of errors and statuses (errors.py)
     app.include_router(agentapi.build_router())  # the LangGraph Agent Server API
     origins = [o.strip() for o in settings.gateway_cors_origins.split(",") if o.strip()]
     if origins:
-        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "X-API-Key", "Idempotency-Key",
-                                          "Content-Type", "Last-Event-ID"])
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=CORS_METHODS,
+                           allow_headers=CORS_HEADERS, expose_headers=CORS_EXPOSED)
     app.add_middleware(BodyLimit, max_bytes=settings.gateway_max_body_bytes)
     app.add_middleware(BrowserGuard, trusted_origins=frozenset(origins), hosts=allowed_hosts(
         settings.gateway_allowed_hosts, auth=settings.gateway_auth,
         bound=settings.gateway_bind_host))
-
     app.add_middleware(Measure, metrics=gw.metrics)
 
-    @app.exception_handler(PoolBusy)
-    async def pool_busy(_request: Request, exc: PoolBusy) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "5"})
-
-    Caller = Annotated[Principal, Depends(gw.principal)]
-    IdemKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=ID_BUDGET)]
-    Wait = Annotated[float | None, Query(gt=0, le=600, description="seconds (default setting)")]
-
-    @app.post("/workflow/execute", status_code=202, response_model=Accepted | Result,
-              responses={200: {"model": Result},
-                         202: {"model": Accepted,
-                               "description": "accepted (with wait: no result in time yet)"}})
-    async def execute(
-        body: WorkflowRequest, caller: Caller,
-        idempotency_key: IdemKey = None,
-        wait: Annotated[bool, Query(description="wait for the result")] = False,
-        timeout: Wait = None,
-    ) -> Accepted | Response:
-        """Submit a run; 202 with its id, or (``wait=true``) 200 with the result (202 when it
-        did not come within ``timeout``: poll ``status_url``)."""
-        rid = await gw.submit(body, caller, idempotency_key)
-        if wait:
-            return await gw.wait(rid, timeout or settings.gateway_wait_timeout_s)
-        return Accepted.of(rid)
-
-    @app.post("/workflow/invoke", response_model=Result)
-    async def invoke(body: WorkflowRequest, caller: Caller, idempotency_key: IdemKey = None,
-                     timeout: Wait = None) -> Response:
-        """Submit a run and wait for its result."""
-        rid = await gw.submit(body, caller, idempotency_key)
-        return await gw.wait(rid, timeout or settings.gateway_wait_timeout_s)
-
-    @app.get("/workflow/status/{request_id}", response_model=RunStatus)
-    async def status(request_id: str, caller: Caller) -> RunStatus:
-        """Where a run is: Redis (live) first, then the audit table."""
-        gw.own(request_id, caller)
-        return await gw.status(request_id)
-
-    @app.post("/workflow/stream", response_class=StreamingResponse,
-              responses={200: {"content": {"text/event-stream": {}}}})
-    async def stream(body: WorkflowRequest, caller: Caller,
-                     idempotency_key: IdemKey = None) -> StreamingResponse:
-        """Submit a run and stream its events (``id:`` = seq), then its result."""
-        slot = await gw.caps.take_stream(caller)
-        try:
-            rid = await gw.submit(body, caller, idempotency_key, keep_events=True)
-        except BaseException:
-            await gw.caps.release_stream(caller, slot)
-            raise
-        return _sse(gw, rid, -1, caller, slot)
-
-    @app.get("/workflow/stream/{request_id}", response_class=StreamingResponse,
-             responses={200: {"content": {"text/event-stream": {}}}})
-    async def restream(request_id: str, caller: Caller,
-                       last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
-                       ) -> StreamingResponse:
-        """Stream a run's events from after ``Last-Event-ID`` (reconnects miss nothing).
-        404 when neither this gateway, Redis nor the audit table knows the request."""
-        gw.own(request_id, caller)
-        valid = last_event_id and re.fullmatch(r"[0-9]{1,16}", last_event_id)  # seq < 2**53
-        after = int(last_event_id) if valid and last_event_id else -1
-        if not gw.client.watching(request_id):
-            await gw.status(request_id)  # raises 404 for an unknown request
-        return _sse(gw, request_id, after, caller, await gw.caps.take_stream(caller))
-
-    @app.post("/workflow/batch", response_model=BatchResponse)
-    async def batch(body: BatchRequest, caller: Caller, timeout: Wait = None) -> BatchResponse:
-        """Submit many runs; with ``wait`` gather their results."""
-        if len(body.requests) > settings.gateway_max_batch:
-            raise HTTPException(422, f"at most {settings.gateway_max_batch} requests per batch")
-        # all or nothing: check every run (403, 422) before charging for or submitting any
-        checked = []
-        for index, item in enumerate(body.requests):
-            try:
-                checked.append(await gw.prepare(item, caller, None))
-            except HTTPException as exc:
-                raise HTTPException(exc.status_code, f"requests[{index}]: {exc.detail}; "
-                                    "nothing in this batch was submitted") from None
-        if len(body.requests) > 1:  # each run counts against the rate limit
-            await gw.charge(caller, len(body.requests) - 1)
-        ids = await gw.submit_all(checked, caller)
-        if not body.wait:
-            return BatchResponse(request_ids=ids)
-        limit = timeout or settings.gateway_wait_timeout_s
-        outcomes = await asyncio.gather(*(gw.client.result(r, timeout=limit) for r in ids),
-                                        return_exceptions=True)
-        results = [o if isinstance(o, Result) else None for o in outcomes]
-        return BatchResponse(request_ids=ids, results=results)
-
-    add_runctl_routes(app, gw)  # cancel, thread history
-    add_cron_routes(app, gw, gw.principal)
-    add_webhook_key_routes(app, gw)  # POST /workflow/webhooks/signing-key
-
-    @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "alive"}
-
-    @app.get("/ready")
-    async def ready() -> JSONResponse:
-        """Whether this gateway can take runs (each dependency's state: the ops port's)."""
-        deps = await readiness()
-        ok = is_ready(deps)
-        body: dict[str, Any] = {"ready": ok}
-        if not settings.gateway_ops_port:
-            body["dependencies"] = deps
-        return JSONResponse(body, status_code=200 if ok else 503)
-
+    app.include_router(workflow.router)  # execute, invoke, status, stream, batch
+    app.include_router(runctl.router)  # cancel, thread history
+    app.include_router(crons.router)
+    app.include_router(webhookkey.router)  # POST /workflow/webhooks/signing-key
+    app.include_router(health.router)  # /health, /ready
     if not settings.gateway_ops_port:  # no ops port: metrics on the API's, as before
-
-        @app.get("/metrics", response_class=Response)
-        async def metrics() -> Response:
-            return Response(generate_latest(gw.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    # the run inspector (/ui): pages, their JSON (/ui/api), static files; same authentication
-    from graphwire.processors.gateway.ui import mount as mount_ui
-
-    app.state.ui = mount_ui(app, gw, gw.principal)
+        app.include_router(health.metrics_router)
+    ui.mount(app, gw)  # the run inspector (/ui): pages, their JSON (/ui/api), static files
     return app
-
-
-def _sse(gw: Gateway, request_id: str, after: int, caller: Principal,
-         slot: str) -> StreamingResponse:
-    """The run's SSE stream, holding the caller's stream ``slot`` while it is open."""
-    gw.client.watch(request_id, events=True)
-    body = event_stream(gw.client, gw.db, request_id, after, gw.settings.gateway_wait_timeout_s)
-    return StreamingResponse(
-        gw.caps.guard(caller, slot, body),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
 
 
 def _contract_error(exc: ValueError) -> str:

@@ -11,6 +11,11 @@
 - Scopes: a caller's runs, threads and crons are ``<scope>.<id>``, the scope being 128 bits of
   SHA-256 of its kind and name (32 hex). graphwire 0.1 used 48 bits (12 hex); while
   ``GRAPHWIRE_GATEWAY_LEGACY_SCOPES`` is on, ids under that scope are the caller's too.
+- Operators: an API key entry with ``"role": "operator"``, a JWT whose role claim
+  (``GRAPHWIRE_GATEWAY_JWT_ROLE_CLAIM``, default ``role``; a string or a list of strings) holds
+  ``operator``, and everyone when ``GRAPHWIRE_GATEWAY_AUTH=false``: an operator sees and acts
+  on every run (status, stream, cancel, the inspector), also runs produced to Kafka directly
+  (ids under no caller's scope). Its own runs still get its scope.
 - Rate limits: a sliding window per principal in Redis, checked and recorded atomically by one
   Lua script (so every gateway replica shares the count, on Redis's clock).
 """
@@ -24,7 +29,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jwt
 import orjson
@@ -44,6 +49,8 @@ class Principal:
     rate_per_minute: int
     legacy_scopes: bool = False
     """Ids under the 48-bit scope of graphwire 0.1 are this caller's too."""
+    operator: bool = False
+    """Sees and acts on every run, whoever made it (``sees``); its own still get its scope."""
 
     @property
     def scope(self) -> str:
@@ -65,6 +72,11 @@ class Principal:
         scope, dot, _ = namespaced.partition(".")
         return bool(dot) and scope in self.scopes
 
+    def sees(self, request_id: str) -> bool:
+        """Whether this caller may read and act on ``request_id``: its own, or any for an
+        operator (also ids produced to Kafka directly, under no caller's scope)."""
+        return self.operator or self.owns(request_id)
+
     def local(self, namespaced: str) -> str:
         """The caller's own id of one of its namespaced ids (its scope removed)."""
         scope, dot, rest = namespaced.partition(".")
@@ -83,6 +95,8 @@ class Principal:
 
 SCOPE_HEX = 32  # 128 bits: no second preimage within reach, whoever picks the names
 LEGACY_SCOPE_HEX = 12
+OPERATOR = "operator"
+"""The role (of an API key, or in a JWT's role claim) that makes a caller an operator."""
 ID_BUDGET = 128 - SCOPE_HEX - 1
 """What is left of the contract's 128-character request id for the caller's own id."""
 
@@ -102,6 +116,8 @@ class ApiKey(BaseModel):
     rate_per_minute: int | None = Field(default=None, ge=1)
     rotation: bool = False
     """This key replaces another of the same name (both work until the old one is removed)."""
+    role: Literal["operator"] | None = None
+    """``operator``: the key's caller sees and acts on every run (``Principal.operator``)."""
 
 
 def hash_key(key: str) -> str:
@@ -109,15 +125,19 @@ def hash_key(key: str) -> str:
 
 
 def new_key(
-    name: str, graphs: list[str], rate_per_minute: int | None = None, *, rotation: bool = False
+    name: str, graphs: list[str], rate_per_minute: int | None = None, *, rotation: bool = False,
+    operator: bool = False,
 ) -> tuple[str, dict[str, Any]]:
-    """A fresh API key and the settings entry that accepts it."""
+    """A fresh API key and the settings entry that accepts it (``operator``: with
+    ``"role": "operator"``)."""
     key = "gw_" + secrets.token_urlsafe(32)
     entry: dict[str, Any] = {"name": name, "key_sha256": hash_key(key), "graphs": graphs}
     if rate_per_minute:
         entry["rate_per_minute"] = rate_per_minute
     if rotation:
         entry["rotation"] = True
+    if operator:
+        entry["role"] = "operator"
     return key, entry
 
 
@@ -162,6 +182,7 @@ class Authenticator:
         self._issuer = settings.gateway_jwt_issuer
         self._max_age_s: float | None = settings.gateway_jwt_max_age_s
         self._legacy_scopes: bool = settings.gateway_legacy_scopes
+        self._role_claim: str = settings.gateway_jwt_role_claim
         if (settings.gateway_jwt_public_key and not self._audience
                 and not settings.gateway_jwt_any_audience):
             raise GraphwireError(
@@ -205,14 +226,15 @@ class Authenticator:
     def authenticate(self, headers: Any) -> Principal:
         if not self.enabled:
             return Principal("anonymous", "anonymous", frozenset({"*"}), self.default_rate,
-                             self._legacy_scopes)
+                             self._legacy_scopes, operator=True)
         key = headers.get("x-api-key")
         if key:
             found = self._keys.get(hash_key(key))
             if found is None or not hmac.compare_digest(found.key_sha256, hash_key(key)):
                 raise AuthError(401, "unknown API key")
             return Principal("api_key", found.name, frozenset(found.graphs),
-                             found.rate_per_minute or self.default_rate, self._legacy_scopes)
+                             found.rate_per_minute or self.default_rate, self._legacy_scopes,
+                             operator=found.role == "operator")
         authorization = headers.get("authorization", "")
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() == "bearer" and token:
@@ -243,8 +265,10 @@ class Authenticator:
                 graphs = [graphs]
             if not isinstance(graphs, list) or not all(isinstance(g, str) for g in graphs):
                 raise AuthError(401, "the JWT's 'graphs' claim must be a list of graph names")
+            role = claims.get(self._role_claim)
+            roles = [role] if isinstance(role, str) else role if isinstance(role, list) else []
             return Principal("jwt", str(claims["sub"]), frozenset(graphs), self.default_rate,
-                             self._legacy_scopes)
+                             self._legacy_scopes, operator=OPERATOR in roles)
         raise AuthError(401, f"invalid JWT ({type(last).__name__})")
 
 

@@ -15,11 +15,20 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import asyncpg
-from fastapi import Depends, FastAPI, HTTPException, Path, Response
+from fastapi import APIRouter, Path, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from graphwire.processors.gateway import legacy
+from graphwire.processors.gateway.agentapi.deps import Caller as Who
+from graphwire.processors.gateway.agentapi.deps import GatewayDep
 from graphwire.processors.gateway.auth import SCOPE_HEX, Principal
+from graphwire.processors.gateway.errors import (
+    Conflict,
+    Forbidden,
+    NotFound,
+    Unavailable,
+    Unprocessable,
+)
 from graphwire.topics.crons import (
     Cron,
     CronError,
@@ -78,112 +87,119 @@ class CronView(BaseModel):
                    firing_prefix=f"{cron.name}:")
 
 
-def add_cron_routes(app: FastAPI, gw: Any, caller: Any) -> None:
-    """``/crons`` routes on ``app``; ``caller`` is the authenticating dependency."""
-    Caller = Annotated[Principal, Depends(caller)]
-    Name = Annotated[str, Path(pattern=_LEGACY_NAME)]  # crons made under 0.1 have longer names
+router = APIRouter()
+Name = Annotated[str, Path(pattern=_LEGACY_NAME)]  # crons made under 0.1 have longer names
 
-    def store() -> CronStore:
-        if gw.db is None:
-            raise HTTPException(503, "crons need PostgreSQL, which this gateway cannot reach; "
-                                "check GRAPHWIRE_DATABASE_URL", headers={"Retry-After": "5"})
-        return CronStore(gw.db)
 
-    def local(message: str, who: Principal) -> str:
-        for scope in who.scopes:
-            message = message.replace(f"{scope}.", "")
-        return message
+def _store(gw: Any) -> CronStore:
+    if gw.db is None:
+        raise Unavailable.retry("crons need PostgreSQL, which this gateway cannot reach; "
+                                "check GRAPHWIRE_DATABASE_URL")
+    return CronStore(gw.db)
 
-    async def call(operation: Any, who: Principal) -> Any:
-        """Await ``operation``; its errors as HTTP answers, in the caller's own names."""
+
+def _local(message: str, who: Principal) -> str:
+    for scope in who.scopes:
+        message = message.replace(f"{scope}.", "")
+    return message
+
+
+async def _call(operation: Any, who: Principal) -> Any:
+    """Await ``operation``; its errors as the gateway's, in the caller's own names."""
+    try:
+        return await operation
+    except (CronExists, TooManyCrons) as exc:
+        raise Conflict(_local(str(exc), who)) from None
+    except UnknownCron as exc:
+        raise NotFound(_local(str(exc), who)) from None
+    except CronError as exc:
+        raise Unprocessable(_local(str(exc), who)) from None
+    except (asyncpg.DataError, asyncpg.UntranslatableCharacterError) as exc:
+        raise Unprocessable(f"PostgreSQL cannot store it: {exc}") from None
+    except (asyncpg.PostgresConnectionError, OSError, asyncpg.InterfaceError):
+        raise Unavailable.retry("PostgreSQL does not answer; retry in a few seconds") from None
+
+
+async def _owner_of(gw: Any, name: str, who: Principal) -> str:
+    """The caller's scope that holds its cron ``name`` (the current one when none does)."""
+    async def exists(scope: str) -> bool:
         try:
-            return await operation
-        except (CronExists, TooManyCrons) as exc:
-            raise HTTPException(409, local(str(exc), who)) from None
-        except UnknownCron as exc:
-            raise HTTPException(404, local(str(exc), who)) from None
-        except CronError as exc:
-            raise HTTPException(422, local(str(exc), who)) from None
-        except (asyncpg.DataError, asyncpg.UntranslatableCharacterError) as exc:
-            raise HTTPException(422, f"PostgreSQL cannot store it: {exc}") from None
-        except (asyncpg.PostgresConnectionError, OSError, asyncpg.InterfaceError):
-            raise HTTPException(503, "PostgreSQL does not answer; retry in a few seconds",
-                                headers={"Retry-After": "5"}) from None
+            await _store(gw).get(f"{scope}.{name}", owner=scope)
+        except UnknownCron:
+            return False
+        return True
 
-    async def owner_of(name: str, who: Principal) -> str:
-        """The caller's scope that holds its cron ``name`` (the current one when none does)."""
-        async def exists(scope: str) -> bool:
-            try:
-                await store().get(f"{scope}.{name}", owner=scope)
-            except UnknownCron:
-                return False
-            return True
+    for scope in who.scopes[1:]:
+        if await _call(exists(scope), who):
+            return scope
+    return who.scope
 
-        for scope in who.scopes[1:]:
-            if await call(exists(scope), who):
-                return scope
-        return who.scope
 
-    @app.post("/crons", status_code=201, response_model=CronView)
-    async def add_cron(body: CronBody, who: Caller) -> CronView:
-        """Define a cron; each firing is a run ``<name>:<time>`` of this caller."""
-        if not who.may_run(body.workflow_name):
-            raise HTTPException(403, f"{who.name} may not run {body.workflow_name!r}")
-        scope = who.scope
-        thread = await legacy.thread_of(gw.db, who, body.thread_id) if body.thread_id else None
-        try:
-            spec = cron_spec(
-                name=f"{scope}.{body.name}", graph=body.workflow_name, schedule=body.schedule,
-                timezone=body.timezone, input=body.input_data, thread_id=thread,
-                metadata={**body.metadata, "principal": {
-                    **who.as_metadata(), "rate_per_minute": who.rate_per_minute}},
-                missed=body.missed,
-            )
-            check_min_interval(spec.schedule, spec.timezone,
-                               gw.settings.gateway_cron_min_interval_s)
-        except InvalidCron as exc:
-            raise HTTPException(422, local(str(exc), who)) from None
-        old = await owner_of(body.name, who)
-        if old != scope:  # the caller's cron of that name from 0.1: replace it, or refuse
-            if not body.replace:
-                raise HTTPException(409, f"a cron named {body.name!r} exists already: pick "
-                                         "another name, remove it first, or replace it")
-            await call(store().remove(f"{old}.{body.name}", owner=old), who)
-        cron = await call(store().add(spec, owner=scope, replace=body.replace,
+@router.post("/crons", status_code=201, response_model=CronView)
+async def add_cron(body: CronBody, who: Who, gw: GatewayDep) -> CronView:
+    """Define a cron; each firing is a run ``<name>:<time>`` of this caller."""
+    if not who.may_run(body.workflow_name):
+        raise Forbidden(f"{who.name} may not run {body.workflow_name!r}")
+    scope = who.scope
+    thread = await legacy.thread_of(gw.db, who, body.thread_id) if body.thread_id else None
+    try:
+        spec = cron_spec(
+            name=f"{scope}.{body.name}", graph=body.workflow_name, schedule=body.schedule,
+            timezone=body.timezone, input=body.input_data, thread_id=thread,
+            metadata={**body.metadata, "principal": {
+                **who.as_metadata(), "rate_per_minute": who.rate_per_minute}},
+            missed=body.missed,
+        )
+        check_min_interval(spec.schedule, spec.timezone,
+                           gw.settings.gateway_cron_min_interval_s)
+    except InvalidCron as exc:
+        raise Unprocessable(_local(str(exc), who)) from None
+    old = await _owner_of(gw, body.name, who)
+    if old != scope:  # the caller's cron of that name from 0.1: replace it, or refuse
+        if not body.replace:
+            raise Conflict(f"a cron named {body.name!r} exists already: pick "
+                           "another name, remove it first, or replace it")
+        await _call(_store(gw).remove(f"{old}.{body.name}", owner=old), who)
+    cron = await _call(_store(gw).add(spec, owner=scope, replace=body.replace,
                                       max_per_owner=gw.settings.gateway_max_crons), who)
-        return CronView.of(cron, who)
+    return CronView.of(cron, who)
 
-    @app.get("/crons", response_model=list[CronView])
-    async def list_crons(who: Caller) -> list[CronView]:
-        """This caller's crons, by name."""
-        found = [c for scope in who.scopes
-                 for c in await call(store().list(owner=scope), who)]
-        return sorted((CronView.of(c, who) for c in found), key=lambda view: view.name)
 
-    @app.get("/crons/{name}", response_model=CronView)
-    async def get_cron(name: Name, who: Caller) -> CronView:
-        """One of this caller's crons."""
-        scope = await owner_of(name, who)
-        cron = await call(store().get(f"{scope}.{name}", owner=scope), who)
-        return CronView.of(cron, who)
+@router.get("/crons", response_model=list[CronView])
+async def list_crons(who: Who, gw: GatewayDep) -> list[CronView]:
+    """This caller's crons, by name."""
+    found = [c for scope in who.scopes
+             for c in await _call(_store(gw).list(owner=scope), who)]
+    return sorted((CronView.of(c, who) for c in found), key=lambda view: view.name)
 
-    @app.delete("/crons/{name}", status_code=204, response_class=Response)
-    async def remove_cron(name: Name, who: Caller) -> Response:
-        """Delete one of this caller's crons (firings already produced still run)."""
-        scope = await owner_of(name, who)
-        await call(store().remove(f"{scope}.{name}", owner=scope), who)
-        return Response(status_code=204)
 
-    @app.post("/crons/{name}/pause", response_model=CronView)
-    async def pause_cron(name: Name, who: Caller) -> CronView:
-        """Stop firing until resumed."""
-        scope = await owner_of(name, who)
-        cron = await call(store().pause(f"{scope}.{name}", owner=scope), who)
-        return CronView.of(cron, who)
+@router.get("/crons/{name}", response_model=CronView)
+async def get_cron(name: Name, who: Who, gw: GatewayDep) -> CronView:
+    """One of this caller's crons."""
+    scope = await _owner_of(gw, name, who)
+    cron = await _call(_store(gw).get(f"{scope}.{name}", owner=scope), who)
+    return CronView.of(cron, who)
 
-    @app.post("/crons/{name}/resume", response_model=CronView)
-    async def resume_cron(name: Name, who: Caller) -> CronView:
-        """Fire again from the next scheduled time."""
-        scope = await owner_of(name, who)
-        cron = await call(store().resume(f"{scope}.{name}", owner=scope), who)
-        return CronView.of(cron, who)
+
+@router.delete("/crons/{name}", status_code=204, response_class=Response)
+async def remove_cron(name: Name, who: Who, gw: GatewayDep) -> Response:
+    """Delete one of this caller's crons (firings already produced still run)."""
+    scope = await _owner_of(gw, name, who)
+    await _call(_store(gw).remove(f"{scope}.{name}", owner=scope), who)
+    return Response(status_code=204)
+
+
+@router.post("/crons/{name}/pause", response_model=CronView)
+async def pause_cron(name: Name, who: Who, gw: GatewayDep) -> CronView:
+    """Stop firing until resumed."""
+    scope = await _owner_of(gw, name, who)
+    cron = await _call(_store(gw).pause(f"{scope}.{name}", owner=scope), who)
+    return CronView.of(cron, who)
+
+
+@router.post("/crons/{name}/resume", response_model=CronView)
+async def resume_cron(name: Name, who: Who, gw: GatewayDep) -> CronView:
+    """Fire again from the next scheduled time."""
+    scope = await _owner_of(gw, name, who)
+    cron = await _call(_store(gw).resume(f"{scope}.{name}", owner=scope), who)
+    return CronView.of(cron, who)

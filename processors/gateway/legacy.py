@@ -22,9 +22,9 @@ from __future__ import annotations
 from typing import Any
 
 import asyncpg
-from fastapi import HTTPException
 
 from graphwire.processors.gateway.auth import Principal
+from graphwire.processors.gateway.errors import Unavailable
 
 
 async def thread_of(db: Any, principal: Principal, thread_id: str) -> str:
@@ -42,8 +42,7 @@ async def thread_of(db: Any, principal: Principal, thread_id: str) -> str:
     except asyncpg.UndefinedTableError:
         return current  # no audit tables: no record of old threads to continue
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-        raise HTTPException(
-            503, "PostgreSQL does not answer, so the gateway cannot tell whether this thread "
-                 "continues one of graphwire 0.1; retry in a few seconds",
-            headers={"Retry-After": "5"}) from None
+        raise Unavailable.retry(
+            "PostgreSQL does not answer, so the gateway cannot tell whether this thread "
+            "continues one of graphwire 0.1; retry in a few seconds") from None
     return old if row["old"] and not row["current"] else current

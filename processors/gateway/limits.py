@@ -25,11 +25,11 @@ from collections.abc import AsyncIterator, Awaitable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from fastapi import HTTPException
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from graphwire.processors.gateway.auth import Principal
+from graphwire.processors.gateway.errors import TooManyRequests, Unavailable
 from graphwire.topics.runstatus import read_run_state
 
 log = logging.getLogger(__name__)
@@ -97,8 +97,8 @@ class PrincipalCaps:
                 self._take(key, self.max_runs, self._run_ttl_ms, request_ids))
         if not taken.allowed:
             more = f"{len(request_ids)} more runs" if len(request_ids) > 1 else "another run"
-            raise HTTPException(
-                429, f"{taken.used} runs of {principal.name} are not finished, the limit is "
+            raise TooManyRequests(
+                f"{taken.used} runs of {principal.name} are not finished, the limit is "
                 f"{self.max_runs} at once; wait for one to finish before starting {more}",
                 headers={"Retry-After": str(RETRY_AFTER_S)})
 
@@ -152,8 +152,8 @@ class PrincipalCaps:
         taken = await _answering(self._take(self._key("streams", principal.scope),
                                             self.max_streams, self._stream_ttl_ms, [slot]))
         if not taken.allowed:
-            raise HTTPException(
-                429, f"{principal.name} has {taken.used} streams open, the limit is "
+            raise TooManyRequests(
+                f"{principal.name} has {taken.used} streams open, the limit is "
                 f"{self.max_streams}; close one (or poll /workflow/status) before opening "
                 "another", headers={"Retry-After": str(RETRY_AFTER_S)})
         return slot
@@ -187,5 +187,5 @@ async def _answering(call: Awaitable[T]) -> T:
         return await call
     except (RedisError, OSError) as exc:
         log.warning("the limits' Redis does not answer: %s", type(exc).__name__)
-        raise HTTPException(503, "the gateway's Redis does not answer; retry in a few seconds",
-                            headers={"Retry-After": "5"}) from None
+        raise Unavailable.retry(
+            "the gateway's Redis does not answer; retry in a few seconds") from None

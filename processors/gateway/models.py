@@ -142,6 +142,8 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:  # a chunked body: FastAPI turns this into the 413
+                    # (an HTTPException, not a domain error: FastAPI answers any other
+                    # exception raised while it reads a body with a 400)
                     raise HTTPException(413, f"request body over {self.max_bytes} bytes")
             return message
 

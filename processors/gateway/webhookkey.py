@@ -10,12 +10,12 @@ key id), which each may fetch once again; a caller who lost its key asks the ope
 """
 
 import time
-from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException
+from fastapi import APIRouter
 from redis.exceptions import RedisError
 
-from graphwire.processors.gateway.auth import Principal
+from graphwire.processors.gateway.agentapi.deps import Caller, GatewayDep
+from graphwire.processors.gateway.errors import Conflict, NotFound, Unavailable
 from graphwire.processors.webhooks.keys import SigningKeys
 from graphwire.topics.errors import GraphwireError
 from graphwire.topics.webhooks import SIGNATURE_VERSION, key_id
@@ -26,31 +26,29 @@ WARNING = (
 )
 
 
-def add_routes(app: FastAPI, gw: Any) -> None:
-    """Add the signing-key route; ``gw`` is the app's ``Gateway``."""
-    Caller = Annotated[Principal, Depends(gw.principal)]
+router = APIRouter()
 
-    @app.post("/workflow/webhooks/signing-key", tags=["webhooks"])
-    async def signing_key(caller: Caller) -> dict[str, str]:
-        """This caller's webhook signing key, once (409 after); store it in the receiver."""
-        try:
-            keys = SigningKeys.from_settings(gw.settings)
-        except GraphwireError:
-            raise HTTPException(404, "webhook signing keys are not served here: the gateway "
-                                     "has no GRAPHWIRE_WEBHOOK_SECRET; ask the operator") from None
-        scope = caller.scope
-        key = keys.key(scope)
-        kid = key_id(key)
-        flag = f"{gw.settings.topic_prefix}:webhook-key-shown:{scope}:{kid}"
-        try:
-            first = await gw.redis.set(flag, str(int(time.time())), nx=True)
-        except (RedisError, OSError):
-            raise HTTPException(503, "Redis does not answer; retry in a few seconds",
-                                headers={"Retry-After": "5"}) from None
-        if not first:
-            raise HTTPException(409, (
-                f"the webhook signing key {kid} of this caller was already shown (it is shown "
-                "once); ask the operator for it (`graphwire webhooks key --scope "
-                f"{scope}`), or for a rotation of GRAPHWIRE_WEBHOOK_SECRET if it leaked"))
-        return {"signing_key": key, "key_id": kid, "scope": scope,
-                "signature": SIGNATURE_VERSION, "warning": WARNING}
+
+@router.post("/workflow/webhooks/signing-key", tags=["webhooks"])
+async def signing_key(caller: Caller, gw: GatewayDep) -> dict[str, str]:
+    """This caller's webhook signing key, once (409 after); store it in the receiver."""
+    try:
+        keys = SigningKeys.from_settings(gw.settings)
+    except GraphwireError:
+        raise NotFound("webhook signing keys are not served here: the gateway has no "
+                       "GRAPHWIRE_WEBHOOK_SECRET; ask the operator") from None
+    scope = caller.scope
+    key = keys.key(scope)
+    kid = key_id(key)
+    flag = f"{gw.settings.topic_prefix}:webhook-key-shown:{scope}:{kid}"
+    try:
+        first = await gw.redis.set(flag, str(int(time.time())), nx=True)
+    except (RedisError, OSError):
+        raise Unavailable.retry("Redis does not answer; retry in a few seconds") from None
+    if not first:
+        raise Conflict(
+            f"the webhook signing key {kid} of this caller was already shown (it is shown "
+            "once); ask the operator for it (`graphwire webhooks key --scope "
+            f"{scope}`), or for a rotation of GRAPHWIRE_WEBHOOK_SECRET if it leaked")
+    return {"signing_key": key, "key_id": kid, "scope": scope,
+            "signature": SIGNATURE_VERSION, "warning": WARNING}

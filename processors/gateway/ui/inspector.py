@@ -15,9 +15,14 @@ from urllib.parse import quote
 
 import asyncpg
 import orjson
-from fastapi import HTTPException
 
 from graphwire.processors.gateway.auth import Principal
+from graphwire.processors.gateway.errors import (
+    Conflict,
+    NotFound,
+    Unavailable,
+    Unprocessable,
+)
 from graphwire.processors.gateway.models import WorkflowRequest
 from graphwire.processors.gateway.ui import drawing, queries
 from graphwire.processors.gateway.ui.lag import LagReader
@@ -86,28 +91,36 @@ class Inspector:
     async def reading(self) -> AsyncIterator[Any]:
         """The audit pool; 503 with what to do when it is missing or fails."""
         if self.gw.db is None:
-            raise HTTPException(503, NO_AUDIT)
+            raise Unavailable(NO_AUDIT)
         try:
             yield self.gw.db
         except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError):
-            raise HTTPException(503, "the audit tables are missing or old: run `graphwire db "
-                                     "migrate`") from None
+            raise Unavailable("the audit tables are missing or old: run `graphwire db "
+                              "migrate`") from None
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             log.warning("audit tables unavailable: %s", type(exc).__name__)
-            raise HTTPException(503, f"the audit tables' PostgreSQL does not answer "
-                                     f"({type(exc).__name__}): check GRAPHWIRE_DATABASE_URL, "
-                                     "or retry in a few seconds", headers={"Retry-After": "5"},
-                                ) from None
+            raise Unavailable.retry(f"the audit tables' PostgreSQL does not answer "
+                                    f"({type(exc).__name__}): check GRAPHWIRE_DATABASE_URL, "
+                                    "or retry in a few seconds") from None
 
     # -- ownership ---------------------------------------------------------------------------
 
     @staticmethod
     def own(principal: Principal, request_id: str | None) -> bool:
-        return bool(request_id) and principal.owns(str(request_id))
+        """Whether the caller sees the run ``request_id`` (its own; any, for an operator)."""
+        return bool(request_id) and principal.sees(str(request_id))
 
     def owned_thread(self, principal: Principal, thread_id: str) -> str:
-        """The stored (namespaced) thread id of what the caller typed."""
-        return thread_id if principal.owns(thread_id) else f"{principal.scope}.{thread_id}"
+        """The stored (namespaced) thread id of what the caller typed (an operator types
+        stored ids, as its pages show them)."""
+        if principal.operator or principal.owns(thread_id):
+            return thread_id
+        return f"{principal.scope}.{thread_id}"
+
+    @staticmethod
+    def scope(principal: Principal) -> str | None:
+        """The scope the caller's queries keep to (``None``: every run, for an operator)."""
+        return None if principal.operator else principal.scope
 
     # -- runs --------------------------------------------------------------------------------
 
@@ -117,7 +130,7 @@ class Inspector:
             try:
                 rows, following = await queries.runs_page(db, flt, cursor, limit)
             except queries.BadCursor as exc:
-                raise HTTPException(422, str(exc)) from None
+                raise Unprocessable(str(exc)) from None
         await self._live_status(rows)
         return RunsPage(runs=[RunSummary.model_validate(r) for r in rows],
                         next_cursor=following)
@@ -137,15 +150,18 @@ class Inspector:
 
     async def run(self, principal: Principal, request_id: str) -> RunDetail:
         if not self.own(principal, request_id):
-            raise HTTPException(404, f"unknown request {request_id!r}")
+            raise NotFound(f"unknown request {request_id!r}")
         async with self.reading() as db:
             row = await queries.run(db, request_id)
             if row is None:
-                raise HTTPException(404, f"the audit tables have no run {request_id!r} (yet)")
+                raise NotFound(f"the audit tables have no run {request_id!r} (yet)")
             events = await queries.events(db, request_id)
             turns = (await queries.thread_turns(db, row["thread_id"], bodies=False)
                      if row["thread_id"] else [])
-        return await self._detail(row, events, turns)
+        detail = await self._detail(row, events, turns)
+        if detail.resumable and not principal.owns(request_id):  # an operator's view
+            detail = detail.model_copy(update={"resumable": False})
+        return detail
 
     async def _detail(self, row: dict[str, Any], rows: list[dict[str, Any]],
                       turns: list[dict[str, Any]], *, list_turns: bool = True) -> RunDetail:
@@ -207,9 +223,12 @@ class Inspector:
     async def resume(self, principal: Principal, request_id: str, value: Any) -> Resumed:
         """Submit ``Command(resume=value)`` on the interrupted run's thread."""
         detail = await self.run(principal, request_id)
+        if not principal.owns(request_id):
+            raise Conflict(f"run {request_id!r} is not this caller's: resume it with its "
+                           "owner's key, or produce the resume to its thread")
         if not detail.resumable or not detail.thread_id or not detail.graph:
-            raise HTTPException(409, f"run {request_id!r} is {detail.status}, not the latest "
-                                     "interrupt of its thread: nothing to resume")
+            raise Conflict(f"run {request_id!r} is {detail.status}, not the latest "
+                           "interrupt of its thread: nothing to resume")
         own_thread = principal.local(detail.thread_id)
         body = WorkflowRequest(workflow_name=detail.graph, thread_id=own_thread,
                                command={"resume": value},
@@ -229,12 +248,12 @@ class Inspector:
         try:
             after = queries.decode_cursor(cursor) if cursor else None
         except queries.BadCursor as exc:
-            raise HTTPException(422, str(exc)) from None
+            raise Unprocessable(str(exc)) from None
         async with self.reading() as db:
             turns = await queries.thread_turns(db, stored, limit + 1, after)
             if not turns:
-                raise HTTPException(404, f"unknown thread {thread_id!r}" if after is None else
-                                    f"no turns of thread {thread_id!r} after this cursor")
+                raise NotFound(f"unknown thread {thread_id!r}" if after is None else
+                               f"no turns of thread {thread_id!r} after this cursor")
             page = turns[:limit]
             details = []
             for turn in page:  # the row after the page, if any, is a later turn of each
@@ -286,7 +305,8 @@ class Inspector:
     async def dead_letters(self, principal: Principal, before: int | None,
                            limit: int) -> DeadLettersPage:
         async with self.reading() as db:
-            rows, following = await queries.dead_letters_page(db, principal.scope, before, limit)
+            rows, following = await queries.dead_letters_page(db, self.scope(principal),
+                                                              before, limit)
         return DeadLettersPage(letters=[_letter(r) for r in rows], next_before=following)
 
     async def replay(self, principal: Principal, letter_id: int) -> Replayed:
@@ -295,14 +315,14 @@ class Inspector:
         a webhook's result to the results topic (delivered again, nothing reruns)."""
         async with self.reading() as db:
             row = await queries.dead_letter(db, letter_id)
-        if row is None or not self.own(principal, row["request_id"]):
-            raise HTTPException(404, f"unknown dead letter {letter_id}")
+        if row is None or not (principal.operator or self.own(principal, row["request_id"])):
+            raise NotFound(f"unknown dead letter {letter_id}")
         if row["origin"] != "runner":
-            raise HTTPException(409, f"dead letter {letter_id} is the audit sink's own (a record "
-                                     "it could not read): there is nothing to rerun")
+            raise Conflict(f"dead letter {letter_id} is the audit sink's own (a record "
+                           "it could not read): there is nothing to rerun")
         if row["value"] is None:
-            raise HTTPException(409, f"dead letter {letter_id} does not carry its value (too "
-                                     "large); replay it from its source")
+            raise Conflict(f"dead letter {letter_id} does not carry its value (too "
+                           "large); replay it from its source")
         # graphwire's own headers stay on the letter (replay() routes by its source header and
         # sends only the producer's)
         headers = [(k, v.encode()) for k, v in _json(row["headers"])]
@@ -322,8 +342,8 @@ class Inspector:
                                          row["value"], key=letter.key,
                                          headers=letter.original_headers)
         except Exception as exc:
-            raise HTTPException(503, f"Kafka did not take the replay ({type(exc).__name__}); "
-                                     "retry") from None
+            raise Unavailable(f"Kafka did not take the replay ({type(exc).__name__}); "
+                              "retry") from None
         return Replayed(id=letter_id, request_id=rid,
                         topic=topics.results if webhook else topics.requests,
                         run_url=f"/ui/runs/{quote(rid, safe='')}" if rid else None)
@@ -333,8 +353,8 @@ class Inspector:
     async def overview(self, principal: Principal) -> Overview:
         now = datetime.now(UTC)
         async with self.reading() as db:
-            minutes = await queries.overview(db, principal.scope, now)
-            totals = await queries.overview_totals(db, principal.scope, now)
+            minutes = await queries.overview(db, self.scope(principal), now)
+            totals = await queries.overview_totals(db, self.scope(principal), now)
         per: dict[str, list[Minute]] = {}
         for m in minutes:
             per.setdefault(m["graph"], []).append(Minute(

@@ -1,7 +1,9 @@
-"""What the run inspector reads from the audit tables, always within one caller's scope.
+"""What the run inspector reads from the audit tables, within one caller's scope (an
+operator's: every run, its scope ``None``).
 
 A caller's runs are the request ids in its namespace (``<scope>.<id>``), so every query has
-``split_part(request_id, '.', 1) = $1`` and an index that starts with it (migration 0007).
+``split_part(request_id, '.', 1) = $1`` and an index that starts with it (migration 0007); an
+operator's queries drop that condition and use the indexes without the scope (migration 0001).
 Pages are keyset-paginated on ``(seen, request_id)``, newest first, where ``seen`` is
 ``coalesce(requested_at, finished_at)``: a page is one index range scan, whatever its depth.
 """
@@ -23,6 +25,11 @@ SUMMARY_COLUMNS = (
     f"finished_at, {SEEN} AS seen, coalesce(command ? 'resume', false) AS resume"
 )
 FAILED = ("error", "timeout", "rejected")
+LATEST_CHANGE_ALL = (  # no index on finished_at alone: the runs seen in the newest day
+    f"SELECT newest.seen, (SELECT max(finished_at) FROM graphwire_runs "
+    f"WHERE {SEEN} >= newest.seen - interval '1 day') AS finished "
+    f"FROM (SELECT max({SEEN}) AS seen FROM graphwire_runs) AS newest")
+"""The live feed's newest change for an operator: two ranges of ``graphwire_runs_seen``."""
 
 
 class BadCursor(ValueError):
@@ -31,9 +38,10 @@ class BadCursor(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class RunFilter:
-    """What the Runs page asks for; every field optional but the scope."""
+    """What the Runs page asks for; every field optional but the scope (``None``: every
+    caller's runs and those produced to Kafka directly, for an operator)."""
 
-    scope: str
+    scope: str | None
     graph: str | None = None
     status: str | None = None
     thread_id: str | None = None
@@ -64,12 +72,15 @@ def runs_page_sql(flt: RunFilter, cursor: tuple[datetime, str] | None,
                   limit: int) -> tuple[str, list[Any]]:
     """The SQL and arguments of one page of runs (``limit + 1`` rows: one more says there is
     a next page)."""
-    args: list[Any] = [flt.scope]
-    # A thread id is namespaced too, so its index alone holds the page; the scope is then a
-    # filter on those rows, written so the planner does not also read the caller's whole slice
-    # of a scope index (and sort) to intersect the two.
-    where = [f"{SCOPE} = $1" if flt.thread_id is None else "left(request_id, length($1) + 1) "
-                                                             "= $1 || '.'"]
+    args: list[Any] = []
+    where: list[str] = []
+    if flt.scope is not None:
+        args.append(flt.scope)
+        # A thread id is namespaced too, so its index alone holds the page; the scope is then
+        # a filter on those rows, written so the planner does not also read the caller's whole
+        # slice of a scope index (and sort) to intersect the two.
+        where.append(f"{SCOPE} = $1" if flt.thread_id is None
+                     else "left(request_id, length($1) + 1) = $1 || '.'")
     for column, value in (("graph", flt.graph), ("status", flt.status),
                           ("thread_id", flt.thread_id)):
         if value is not None:
@@ -85,7 +96,7 @@ def runs_page_sql(flt: RunFilter, cursor: tuple[datetime, str] | None,
         args += list(cursor)
         where.append(f"({SEEN}, request_id) < (${len(args) - 1}, ${len(args)})")
     args.append(limit + 1)
-    sql = (f"SELECT {SUMMARY_COLUMNS} FROM graphwire_runs WHERE {' AND '.join(where)} "
+    sql = (f"SELECT {SUMMARY_COLUMNS} FROM graphwire_runs WHERE {_all(where)} "
            f"ORDER BY {SEEN} DESC, request_id DESC LIMIT ${len(args)}")
     return sql, args
 
@@ -101,9 +112,12 @@ async def runs_page(db: Any, flt: RunFilter, cursor: str | None,
     return rows, following
 
 
-async def latest_change(db: Any, scope: str) -> tuple[datetime | None, datetime | None]:
-    """The newest ``seen`` and ``finished_at`` of the caller's runs (two index lookups): the
-    live feed tells the page when either moves."""
+async def latest_change(db: Any, scope: str | None) -> tuple[datetime | None, datetime | None]:
+    """The newest ``seen`` and ``finished_at`` of the caller's runs (every run's for an
+    operator; two index lookups): the live feed tells the page when either moves."""
+    if scope is None:
+        row = await db.fetchrow(LATEST_CHANGE_ALL)
+        return row["seen"], row["finished"]
     row = await db.fetchrow(
         f"SELECT (SELECT max({SEEN}) FROM graphwire_runs WHERE {SCOPE} = $1) AS seen, "
         f"(SELECT max(finished_at) FROM graphwire_runs WHERE {SCOPE} = $1 "
@@ -144,15 +158,19 @@ async def thread_turns(db: Any, thread_id: str, limit: int = 200,
     return [dict(r) for r in rows]
 
 
-async def dead_letters_page(db: Any, scope: str, before: int | None,
+async def dead_letters_page(db: Any, scope: str | None, before: int | None,
                             limit: int) -> tuple[list[dict[str, Any]], int | None]:
-    """The caller's dead letters, newest first, keyset on ``id``; and the next page's
-    ``before`` (None: the last page)."""
-    args: list[Any] = [scope]
-    where = f"{SCOPE} = $1 AND request_id IS NOT NULL"
+    """The caller's dead letters (every one, for an operator), newest first, keyset on ``id``;
+    and the next page's ``before`` (None: the last page)."""
+    args: list[Any] = []
+    conditions = []
+    if scope is not None:
+        args.append(scope)
+        conditions += [f"{SCOPE} = $1", "request_id IS NOT NULL"]
     if before is not None:
         args.append(before)
-        where += f" AND id < ${len(args)}"
+        conditions.append(f"id < ${len(args)}")
+    where = _all(conditions)
     args.append(limit + 1)
     rows = [dict(r) for r in await db.fetch(
         "SELECT id, source_topic, source_partition, source_offset, origin, request_id, key, "
@@ -172,7 +190,7 @@ async def dead_letter(db: Any, letter_id: int) -> dict[str, Any] | None:
     return None if row is None else dict(row)
 
 
-async def overview(db: Any, scope: str, now: datetime | None = None) -> list[dict[str, Any]]:
+async def overview(db: Any, scope: str | None, now: datetime | None = None) -> list[dict[str, Any]]:
     """Per graph and minute over the last hour: finished runs, failed ones, p50 and p99 of
     their duration. Rows ordered by graph, then minute."""
     since = (now or datetime.now(UTC)) - timedelta(hours=1)
@@ -181,13 +199,13 @@ async def overview(db: Any, scope: str, now: datetime | None = None) -> list[dic
         "count(*) AS runs, count(*) FILTER (WHERE status = ANY($3::text[])) AS failed, "
         "percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms) AS p50, "
         "percentile_cont(0.99) WITHIN GROUP (ORDER BY duration_ms) AS p99 "
-        f"FROM graphwire_runs WHERE {SCOPE} = $1 AND finished_at IS NOT NULL "
+        f"FROM graphwire_runs WHERE {_in_scope(scope)} AND finished_at IS NOT NULL "
         "AND finished_at >= $2 GROUP BY 1, 2 ORDER BY 1, 2",
-        scope, since, list(FAILED))
+        scope or "", since, list(FAILED))
     return [dict(r) for r in rows]
 
 
-async def overview_totals(db: Any, scope: str,
+async def overview_totals(db: Any, scope: str | None,
                           now: datetime | None = None) -> list[dict[str, Any]]:
     """Per graph over the whole last hour (percentiles do not add up across minutes)."""
     since = (now or datetime.now(UTC)) - timedelta(hours=1)
@@ -196,7 +214,22 @@ async def overview_totals(db: Any, scope: str,
         "count(*) FILTER (WHERE status = ANY($3::text[])) AS failed, "
         "percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms) AS p50, "
         "percentile_cont(0.99) WITHIN GROUP (ORDER BY duration_ms) AS p99 "
-        f"FROM graphwire_runs WHERE {SCOPE} = $1 AND finished_at IS NOT NULL "
+        f"FROM graphwire_runs WHERE {_in_scope(scope)} AND finished_at IS NOT NULL "
         "AND finished_at >= $2 GROUP BY 1 ORDER BY 1",
-        scope, since, list(FAILED))
+        scope or "", since, list(FAILED))
     return [dict(r) for r in rows]
+
+
+def _all(conditions: list[str]) -> str:
+    """The conditions joined with AND (``true`` when there are none)."""
+    return " AND ".join(conditions) if conditions else "true"
+
+
+def _in_scope(scope: str | None) -> str:
+    """The condition that a row is in the scope ``$1``. An operator's (``None``) takes every
+    caller's runs seen in the day before ``$2`` (the overview's start): ``graphwire_runs_seen``
+    holds those, where no index has ``finished_at`` alone; a run longer than a day is left out
+    of an operator's overview. ``$1`` is then unused, and its type must still be known."""
+    if scope is not None:
+        return f"{SCOPE} = $1"
+    return f"$1::text IS NOT NULL AND {SEEN} >= $2::timestamptz - interval '1 day'"

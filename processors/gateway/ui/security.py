@@ -18,9 +18,11 @@ import hmac
 import secrets
 from urllib.parse import urlsplit
 
-from fastapi import HTTPException, Request
+from fastapi import Request
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from graphwire.processors.gateway.errors import Forbidden
 
 CSRF_COOKIE = "graphwire_ui_csrf"
 CSRF_HEADER = "x-csrf-token"
@@ -74,9 +76,8 @@ def check_csrf(request: Request) -> None:
     origin = request.headers.get("origin")
     hosts = {request.headers.get("host", ""), request.headers.get("x-forwarded-host", "")}
     if origin and urlsplit(origin).netloc not in hosts - {""}:
-        raise HTTPException(403, "cross-origin POST refused: use the inspector at /ui")
+        raise Forbidden("cross-origin POST refused: use the inspector at /ui")
     cookie = request.cookies.get(CSRF_COOKIE, "")
     sent = request.headers.get(CSRF_HEADER, "")
     if not cookie or not sent or not hmac.compare_digest(cookie.encode(), sent.encode()):
-        raise HTTPException(403, "missing or wrong CSRF token: reload the page at /ui and "
-                                 "submit again")
+        raise Forbidden("missing or wrong CSRF token: reload the page at /ui and submit again")
