@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, TypedDict
+from typing import Any
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import interrupt
+from typing_extensions import TypedDict  # pydantic derives JSON schemas (Python < 3.12)
 
 QUICK_SYNC_NODES = {"graphwire": {"sync_nodes": "inline"}}
 """Metadata of the built-ins whose sync nodes are microsecond string functions: the worker runs

@@ -158,9 +158,11 @@ async def test_state_and_history_after_a_run_and_an_update(
     assert (remote_state.values, remote_state.next, remote_state.config["configurable"]) == (
         values, (), {"thread_id": tid, "checkpoint_ns": "",
                      "checkpoint_id": state["checkpoint"]["checkpoint_id"],
-                     "checkpoint_map": None})
+                     "checkpoint_map": {}})
     assert [s.metadata["step"] for s in remote_history] == [3, 2, 1]
-    assert list(updated) == ["checkpoint"]
+    assert list(updated) == ["checkpoint", "configurable", "checkpoint_id"]
+    assert updated["configurable"] == updated["checkpoint"]
+    assert updated["checkpoint_id"] == updated["checkpoint"]["checkpoint_id"]
     assert updated["checkpoint"]["thread_id"] == tid
     assert after["checkpoint"] == updated["checkpoint"]
     assert (after["values"], after["next"], after["metadata"]["source"]) == (

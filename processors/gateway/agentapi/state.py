@@ -58,15 +58,18 @@ class HistoryRequest(Body):
 
 
 def checkpoint_of(config: Any) -> dict[str, Any] | None:
-    """A snapshot config's checkpoint ``{thread_id, checkpoint_ns, checkpoint_id,
-    checkpoint_map}``; None without a checkpoint id."""
+    """A snapshot config's checkpoint ``{thread_id, checkpoint_ns, checkpoint_id}`` (and
+    ``checkpoint_map`` when it has one, as LangGraph's server gives it: RemoteGraph then reads
+    ``{}``); None without a checkpoint id."""
     configurable = (config or {}).get("configurable") or {}
     if not configurable.get("thread_id") or not configurable.get("checkpoint_id"):
         return None
-    return {"thread_id": configurable["thread_id"],
-            "checkpoint_ns": configurable.get("checkpoint_ns") or "",
-            "checkpoint_id": configurable["checkpoint_id"],
-            "checkpoint_map": configurable.get("checkpoint_map")}
+    checkpoint = {"thread_id": configurable["thread_id"],
+                  "checkpoint_ns": configurable.get("checkpoint_ns") or "",
+                  "checkpoint_id": configurable["checkpoint_id"]}
+    if configurable.get("checkpoint_map"):
+        checkpoint["checkpoint_map"] = configurable["checkpoint_map"]
+    return checkpoint
 
 
 def _interrupt(interrupt: Any) -> dict[str, Any]:
@@ -224,7 +227,10 @@ async def update_state(thread_id: str, request: Request, gw: GatewayDep,
     except (ValueError, KeyError, TypeError) as exc:  # LangGraph's InvalidUpdateError is one
         raise BadRequest(f"cannot update the state: {exc}") from None
     await sync_thread(gw, thread)
-    return json_response({"checkpoint": checkpoint_of(config)})
+    checkpoint = checkpoint_of(config)
+    return json_response({  # LangGraph's server also sends the last two (deprecated) forms
+        "checkpoint": checkpoint, "configurable": checkpoint,
+        "checkpoint_id": (checkpoint or {}).get("checkpoint_id")})
 
 
 async def _history(gw: Any, caller: Principal, thread_id: str, limit: int, before: Any,
