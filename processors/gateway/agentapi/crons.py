@@ -1,0 +1,5 @@
+"""Crons (stub)."""
+
+from fastapi import APIRouter
+
+router = APIRouter(tags=["crons"])
