@@ -10,6 +10,7 @@ from typing import Annotated, TypedDict
 import asyncpg
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
+from langgraph.store.base import BaseStore
 
 
 class State(TypedDict, total=False):
@@ -274,3 +275,28 @@ thread_steps_builder.add_edge("step4", END)
 thread_steps = thread_steps_builder.compile()
 """step1 -> step2 -> step3 -> step4 on a thread, each sleeping ``pause`` s and appending
 ``<label><i>`` to ``log``: the final state says which steps of which request took effect."""
+
+
+class RememberState(TypedDict, total=False):
+    text: str
+    recalled: list[str]
+
+
+async def _remember(state: RememberState, config: RunnableConfig, *,
+                    store: BaseStore) -> RememberState:
+    """Put ``text`` under the caller's ``(langgraph_auth_user_id, "memories")`` (or
+    ``("anyone", "memories")`` for a run without a caller) and read back every memory there."""
+    user = config["configurable"].get("langgraph_auth_user_id") or "anyone"
+    namespace = (user, "memories")
+    await store.aput(namespace, f"m{len(await store.asearch(namespace))}",
+                     {"text": state["text"]})
+    found = await store.asearch(namespace, limit=100)
+    return {"recalled": sorted(item.value["text"] for item in found)}
+
+
+remember_builder = StateGraph(RememberState)
+remember_builder.add_node("remember", _remember)
+remember_builder.add_edge(START, "remember")
+remember_builder.add_edge("remember", END)
+remember = remember_builder.compile()
+"""Remembers ``text`` in the store under its caller's identity and recalls all it has there."""

@@ -52,12 +52,13 @@ async def test_migrate_applies_numbered_files_once(audit_env: dict[str, str], db
     schema = audit_env["GRAPHWIRE_AUDIT_SCHEMA"]
     first = await migrate(db, schema)
     second = await migrate(db, schema)
-    assert [m.version for m in first] == [m.version for m in migrations()] == [1, 2, 3, 6, 7]
+    assert [m.version for m in first] == [m.version for m in migrations()] == [1, 2, 3, 6, 7, 8]
     assert second == []
     rows = await db.fetch("SELECT version, name FROM graphwire_schema_migrations ORDER BY 1")
     assert [(r["version"], r["name"]) for r in rows] == [
         (1, "audit_tables"), (2, "dead_letter_origins_result_position"),
         (3, "event_positions_bigint"), (6, "schedules_and_crons"), (7, "ui_indexes"),
+        (8, "cron_request_templates"),
     ]
     seq_type = await db.fetchval(
         "SELECT data_type FROM information_schema.columns WHERE table_schema = $1 "

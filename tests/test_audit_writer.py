@@ -223,7 +223,7 @@ def test_a_dead_letter_without_graphwire_headers_is_kept_with_its_own_position()
 
 
 async def test_db_migrate_and_prune_from_the_cli(schema: str, writer: AuditWriter, db: Any) -> None:
-    """`graphwire db migrate` on a migrated schema prints "audit tables at version 7 (nothing to
+    """`graphwire db migrate` on a migrated schema prints "audit tables at version 8 (nothing to
     do)"; `db prune --older-than 30d` deletes the 2 events 40 and 31 days old and keeps seq 2 and
     3; `--older-than soon` exits 1 saying how to write an age."""
     from tests.test_audit import cli
@@ -231,7 +231,7 @@ async def test_db_migrate_and_prune_from_the_cli(schema: str, writer: AuditWrite
     env = {"GRAPHWIRE_DATABASE_URL": TEST_DATABASE_URL, "GRAPHWIRE_AUDIT_SCHEMA": schema}
     migrated = cli(env, "db", "migrate")
     assert migrated.returncode == 0, migrated.stderr
-    assert migrated.stdout == "audit tables at version 7 (nothing to do)\n"
+    assert migrated.stdout == "audit tables at version 8 (nothing to do)\n"
     now = time.time()
     rows = [row(rec(T.events, i, {"request_id": "r", "seq": i, "type": "node", "graph": "g",
                                   "ts": now - age * 86400}))

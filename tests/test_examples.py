@@ -114,3 +114,47 @@ async def test_langgraph_project_served_unchanged(
         "queue": "billing",
         "reply": "Thanks! Your message is with our billing team.",
     }
+
+
+def test_langgraph_sdk(worker: dict[str, str], worker_env: dict[str, str], bootstrap: str,
+                       tmp_path: Path) -> None:
+    """examples/langgraph_sdk.py against a gateway (an API key in LANGGRAPH_API_KEY) exits 0
+    and prints the chat answer streamed token by token, the pipeline's output, the approval's
+    draft at its interrupt and ``published: True`` after the resume."""
+    import asyncio
+
+    import httpx
+
+    from graphwire.processors.dev.broker import free_port
+    from graphwire.processors.gateway.auth import hash_key
+
+    key = "gw_example_key_0123456789abcdef"
+    port = free_port()
+    gateway = WorkerProcess({
+        **worker_env,
+        "GRAPHWIRE_GATEWAY_API_KEYS": json.dumps(
+            [{"name": "example", "key_sha256": hash_key(key), "graphs": ["*"]}]),
+        "GRAPHWIRE_GATEWAY_HOST": "127.0.0.1",
+    }, "--port", str(port), command="gateway", log_path=tmp_path / "gateway.log").start()
+    try:
+        asyncio.run(wait_for_members(bootstrap, worker_env["GRAPHWIRE_GROUP_ID"], 1))
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                if httpx.get(f"{url}/ok", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            asyncio.run(asyncio.sleep(0.1))
+        done = run({**worker, "LANGGRAPH_API_KEY": key}, sys.executable,
+                   str(EXAMPLES / "langgraph_sdk.py"), url)
+    finally:
+        gateway.stop()
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "chat: The answer is 5.",
+        "pipeline: {'text': 'hello kafka world', 'tokens': ['hello', 'kafka', 'world'], "
+        "'count': 3}",
+        "asked: Announcing graphwire: a short post, ready for review.",
+        "published: True",
+    ]

@@ -22,7 +22,9 @@ CronError
 
 from __future__ import annotations
 
+import hashlib
 import re
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -170,6 +172,23 @@ class CronSpec(BaseModel):
     """Echoed on every firing's events and result (plus ``cron`` and ``scheduled_at``)."""
     missed: Literal["run", "skip"] = "run"
     """Firings missed while no scheduler ran: run the latest one once, or skip them."""
+    template: dict[str, Any] = Field(default_factory=dict)
+    """More request fields every firing carries (``config``, ``context``, ``stream``,
+    ``webhook``...; an ``input`` here replaces ``input``); ``request_id``, ``graph``,
+    ``thread_id`` and ``metadata`` are the cron's own."""
+    run_ids: Literal["name", "uuid7"] = "name"
+    """A firing's request_id: ``<name>:<time>``, or a UUIDv7 of its time (``firing_uuid``)."""
+    end_at: datetime | None = None
+    """No firing after this time (the cron is paused once its next firing is later)."""
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, value: dict[str, Any]) -> dict[str, Any]:
+        own = sorted(set(value) & {"request_id", "graph", "thread_id", "metadata"})
+        if own:
+            raise ValueError(f"the template must not set {', '.join(own)}: they are "
+                             "the cron's own")
+        return value
 
     @field_validator("schedule")
     @classmethod
@@ -190,9 +209,11 @@ class CronSpec(BaseModel):
     def request(self, at: datetime) -> dict[str, Any]:
         """The request of the firing scheduled at ``at`` (validated against the contract)."""
         body = {
-            "request_id": firing_id(self.name, at),
-            "graph": self.graph,
             "input": self.input,
+            **self.template,
+            "request_id": firing_uuid(self.name, at) if self.run_ids == "uuid7"
+            else firing_id(self.name, at),
+            "graph": self.graph,
             "thread_id": self.thread_id,
             "metadata": {**self.metadata, "cron": self.name, "scheduled_at": rfc3339(at)},
         }
@@ -237,6 +258,16 @@ def firing_id(name: str, at: datetime) -> str:
     return f"{name}:{rfc3339(at)}"
 
 
+def firing_uuid(name: str, at: datetime) -> str:
+    """A UUIDv7 request_id for the firing of cron ``name`` scheduled at ``at``: its time is
+    ``at`` (milliseconds), its random bits a hash of the name and the time, so the same firing
+    always gets the same id (the runners' dedup runs a firing produced twice once)."""
+    millis = int(at.timestamp() * 1000) & ((1 << 48) - 1)
+    bits = int.from_bytes(hashlib.sha256(firing_id(name, at).encode()).digest()[:10], "big")
+    rand_a, rand_b = (bits >> 68) & 0xFFF, bits & ((1 << 62) - 1)
+    return str(uuid.UUID(int=millis << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b))
+
+
 def next_firing(schedule: str, timezone: str, after: datetime) -> datetime:
     """The first firing strictly after ``after`` (UTC)."""
     start = after.astimezone(ZoneInfo(timezone))
@@ -273,14 +304,14 @@ def due_firings(
 
 _COLUMNS = (
     "name, graph, schedule, timezone, input, thread_id, metadata, missed, owner, paused, "
-    "next_at, last_fired"
+    "next_at, last_fired, template, run_ids, end_at"
 )
 
 
 def cron_from_row(row: Any) -> Cron:
     """A ``graphwire_crons`` row as a ``Cron``."""
     values = dict(row)
-    for name in ("input", "metadata"):
+    for name in ("input", "metadata", "template"):
         if isinstance(values.get(name), str):
             values[name] = orjson.loads(values[name])
     return Cron.model_validate(values)
@@ -313,20 +344,22 @@ class CronStore:
         args = (
             spec.name, spec.graph, spec.schedule, spec.timezone, orjson.dumps(spec.input).decode(),
             spec.thread_id, orjson.dumps(spec.metadata).decode(), spec.missed, owner, next_at,
-            max_per_owner,
+            max_per_owner, orjson.dumps(spec.template).decode(), spec.run_ids, spec.end_at,
         )
         insert = (
             "INSERT INTO graphwire_crons (name, graph, schedule, timezone, input, thread_id, "
-            "metadata, missed, owner, next_at) "
+            "metadata, missed, owner, next_at, template, run_ids, end_at) "
             "SELECT $1::text, $2::text, $3::text, $4::text, $5::jsonb, $6::text, $7::jsonb, "
-            "$8::text, $9::text, $10::timestamptz WHERE $11::int IS NULL OR (SELECT count(*) "
+            "$8::text, $9::text, $10::timestamptz, $12::jsonb, $13::text, $14::timestamptz "
+            "WHERE $11::int IS NULL OR (SELECT count(*) "
             "FROM graphwire_crons WHERE owner = $9 AND name <> $1) < $11"
         )
         if replace:
             insert += (
                 " ON CONFLICT (name) DO UPDATE SET graph = $2, schedule = $3, timezone = $4, "
                 "input = $5::jsonb, thread_id = $6, metadata = $7::jsonb, missed = $8, "
-                "next_at = $10, updated_at = now() "
+                "next_at = $10, template = $12::jsonb, run_ids = $13, end_at = $14, "
+                "updated_at = now() "
                 "WHERE graphwire_crons.owner IS NOT DISTINCT FROM $9"
             )
         else:

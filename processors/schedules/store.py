@@ -24,8 +24,28 @@ log = logging.getLogger(__name__)
 
 _CRON_COLUMNS = (
     "name, graph, schedule, timezone, input, thread_id, metadata, missed, owner, paused, "
-    "next_at, last_fired"
+    "next_at, last_fired, template, run_ids, end_at"
 )
+
+# The Agent Server API's crons (the gateway's ``agent_crons``, keyed by the graphwire cron's
+# name): each firing is also an Agent Server run, recorded ``pending`` in ``agent_runs`` in the
+# same transaction as its schedules row, so ``runs.get``/``runs.list`` find it (the gateway
+# brings its status up to date from Redis as for any run). Only crons with ``run_ids = 'uuid7'``
+# (which only the gateway's ``/runs/crons`` makes) run this.
+RECORD_AGENT_RUNS = """
+INSERT INTO agent_runs (run_id, thread_id, assistant_id, owner, status, metadata, kwargs,
+                        multitask_strategy)
+SELECT f.run_id::uuid, c.thread_id, c.assistant_id, c.owner, 'pending',
+       coalesce(c.payload -> 'metadata', '{}'::jsonb)
+           || jsonb_build_object('cron_id', c.cron_id::text, 'scheduled_at', f.at),
+       c.payload - 'schedule' - 'timezone' - 'end_time' - 'enabled' - 'on_run_completed'
+           - 'assistant_id' - 'metadata',
+       CASE WHEN c.thread_id IS NULL THEN NULL
+            ELSE coalesce(c.payload ->> 'multitask_strategy', 'enqueue') END
+FROM agent_crons c, unnest($2::text[], $3::text[]) AS f(run_id, at)
+WHERE c.name = $1
+ON CONFLICT (run_id) DO NOTHING
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +172,8 @@ def _firing(cron: Cron, at: datetime) -> Stored:
 
 async def take_crons(conn: Any, now: datetime, grace: timedelta) -> CronTick:
     """Turn every due firing of an active cron into a row (one transaction), and move each
-    cron's ``next_at`` past ``now``."""
+    cron's ``next_at`` past ``now``; a cron past its ``end_at`` is paused, an Agent Server
+    cron's firings are recorded as its runs (``RECORD_AGENT_RUNS``)."""
     stored = missed_run = missed_skipped = 0
     async with conn.transaction():
         rows = await conn.fetch(
@@ -163,6 +184,8 @@ async def take_crons(conn: Any, now: datetime, grace: timedelta) -> CronTick:
             try:
                 cron = cron_from_row(row)
                 fire, upcoming = due_firings(cron, now, grace)
+                if cron.end_at is not None:
+                    fire = [at for at in fire if at <= cron.end_at]
                 firings = [_firing(cron, at) for at in fire]
             except Exception as exc:  # a row written around CronStore: never stop the others
                 log.error("cron %s cannot fire (%s: %s); paused it: redefine it with "
@@ -179,9 +202,15 @@ async def take_crons(conn: Any, now: datetime, grace: timedelta) -> CronTick:
                     missed_skipped += missed
             if firings:
                 await store(conn, firings)
+                if cron.run_ids == "uuid7":
+                    await conn.execute(RECORD_AGENT_RUNS, cron.name,
+                                       [f.request_id for f in firings],
+                                       [rfc3339(f.due_at) for f in firings])
+            ended = cron.end_at is not None and upcoming > cron.end_at
             await conn.execute(
-                "UPDATE graphwire_crons SET next_at = $2, last_fired = coalesce($3, last_fired) "
-                "WHERE name = $1", cron.name, upcoming, fire[-1] if fire else None,
+                "UPDATE graphwire_crons SET next_at = $2, last_fired = coalesce($3, last_fired), "
+                "paused = paused OR $4 WHERE name = $1", cron.name, upcoming,
+                fire[-1] if fire else None, ended,
             )
             stored += len(firings)
     return CronTick(stored, missed_run, missed_skipped)

@@ -16,11 +16,21 @@ from fastapi import APIRouter
 def build_router() -> APIRouter:
     """Every Agent Server route, one sub-router per resource."""
     router = APIRouter()
-    from graphwire.processors.gateway.agentapi import assistants, runs, state, system, threads
+    from graphwire.processors.gateway.agentapi import (
+        assistants,
+        crons,
+        runs,
+        state,
+        store,
+        system,
+        threads,
+    )
 
     router.include_router(system.router)
     router.include_router(assistants.router)
     router.include_router(threads.router)
     router.include_router(state.router)
+    router.include_router(crons.router)  # before runs: /runs/crons is not a run id
     router.include_router(runs.router)
+    router.include_router(store.router)
     return router

@@ -1,4 +1,5 @@
-"""The Agent Server API's own records in PostgreSQL: threads, runs, assistants and their versions.
+"""The Agent Server API's own records in PostgreSQL: threads, runs, assistants and their versions,
+crons (``agent_crons``: what graphwire's ``graphwire_crons`` row of a cron does not hold).
 
 Tables (prefixed ``agent_``, in the gateway's schema) are created at gateway start, idempotently
 and under an advisory lock. Every function takes the gateway's pool and an ``owner``: a caller's
@@ -59,6 +60,21 @@ CREATE TABLE IF NOT EXISTS agent_assistants (
     created_at timestamptz NOT NULL DEFAULT now(),
     updated_at timestamptz NOT NULL DEFAULT now()
 );
+CREATE TABLE IF NOT EXISTS agent_crons (
+    cron_id uuid PRIMARY KEY,
+    name text NOT NULL UNIQUE,
+    owner text,
+    assistant_id uuid NOT NULL,
+    thread_id uuid,
+    user_id text,
+    payload jsonb NOT NULL DEFAULT '{}',
+    metadata jsonb NOT NULL DEFAULT '{}',
+    on_run_completed text,
+    end_time timestamptz,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS agent_crons_owner ON agent_crons (owner, created_at DESC);
 CREATE TABLE IF NOT EXISTS agent_assistant_versions (
     assistant_id uuid NOT NULL REFERENCES agent_assistants ON DELETE CASCADE,
     version int NOT NULL,

@@ -1,6 +1,6 @@
 """What the Agent Server routes need beyond the gateway's own: the graph registry, the
-checkpointer (thread state) and the records tables. One ``AgentResources`` per gateway
-(``Gateway.agent``), started and stopped with it.
+checkpointer (thread state), the graphs' store and the records tables. One ``AgentResources``
+per gateway (``Gateway.agent``), started and stopped with it.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from graphwire.graphs.registry import GraphRegistry
     from graphwire.processors.gateway.auth import Principal
     from graphwire.processors.runner.checkpoints import CheckpointStore
+    from graphwire.processors.runner.pgstore import GroupCommitStore
     from graphwire.processors.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -53,9 +54,12 @@ class AgentResources:
             store = CheckpointStore(
                 self.settings.database_url.get_secret_value(),
                 schema=self.settings.checkpoint_schema, pool_size=CHECKPOINT_POOL_SIZE,
-                encryption_key=key.get_secret_value() if key else None)
+                encryption_key=key.get_secret_value() if key else None,
+                store=self.settings.store)
             try:
                 await store.start()
+                if store.store is not None:  # the runners sweep expired items, not the gateway
+                    await store.store.stop_ttl_sweeper()
                 self.checkpoints = store
             except Exception as exc:
                 log.warning("thread state unavailable: %s", exc)
@@ -79,6 +83,14 @@ class AgentResources:
             raise Unavailable("thread state needs the checkpoints: GRAPHWIRE_CHECKPOINTS=true and "
                               "a reachable GRAPHWIRE_DATABASE_URL")
         return self.checkpoints.saver
+
+    def store(self) -> GroupCommitStore:
+        """The graphs' long-term memory store (``runtime.store``), or 503 naming what to fix."""
+        if self.checkpoints is None or self.checkpoints.store is None:
+            raise Unavailable("the store needs the checkpoints and the store: "
+                              "GRAPHWIRE_CHECKPOINTS=true, GRAPHWIRE_STORE=true and a reachable "
+                              "GRAPHWIRE_DATABASE_URL")
+        return self.checkpoints.store
 
     def registry(self) -> GraphRegistry:
         """The graphs this gateway knows (the runners' settings), loaded once; 503 if they do
