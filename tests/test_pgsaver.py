@@ -335,8 +335,8 @@ async def test_a_value_postgresql_refuses_is_the_requests_fault_not_an_outage(
     """A NUL in a thread_id read from a checkpointed graph: the saver raises
     CheckpointDataRefused, the runner's state read turns it into UnstorableRequest (a rejected
     request), never DependencyUnavailable (an outage, retried forever)."""
-    from graphwire.processors.runner.graphrun import _checkpointed_state
     from graphwire.processors.runner.pgsaver import CheckpointDataRefused
+    from graphwire.processors.runner.threadstate import checkpointed_state
     from graphwire.topics.errors import UnstorableRequest
 
     config: Any = {"configurable": {"thread_id": "a\x00b"}}
@@ -345,7 +345,7 @@ async def test_a_value_postgresql_refuses_is_the_requests_fault_not_an_outage(
     assert type(refused.value.__cause__).__name__ == "CharacterNotInRepertoireError"
     graph = _graph().compile(checkpointer=saver)
     with pytest.raises(UnstorableRequest) as caught:
-        await _checkpointed_state(graph, config)
+        await checkpointed_state(graph, config)
     assert str(caught.value).startswith(
         "PostgreSQL refused this request's data (CharacterNotInRepertoireError: invalid byte "
         'sequence for encoding "UTF8": 0x00); it would refuse it on every retry'

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from langgraph._internal._constants import CONFIG_KEY_STRICT_RESUME, INTERRUPT
+from langgraph._internal._constants import CONFIG_KEY_STRICT_RESUME
 from langgraph.cache.base import BaseCache
 from langgraph.runtime import RunControl
 
@@ -28,10 +28,8 @@ from graphwire.graphs.effects import bind_effects
 from graphwire.graphs.execution import (
     RunOutcome,
     inline_sync_nodes,
-    interrupt_dicts,
     is_retriable,
     run_graph,
-    where_stopped,
 )
 from graphwire.graphs.registry import GraphOptions
 from graphwire.graphs.replay import finished_steps
@@ -50,10 +48,16 @@ from graphwire.processors.runner.pgsaver import (
     FRESH_THREAD,
     CheckpointDatabaseUnavailable,
     CheckpointDataRefused,
-    is_outage,
 )
 from graphwire.processors.runner.pgstore import store_attachment
 from graphwire.processors.runner.publisher import OutputPublisher, Record, Start, header
+from graphwire.processors.runner.threadstate import (
+    earlier_attempt,
+    nothing_to_continue,
+    read_failed,
+    unfinished,
+    unstorable,
+)
 from graphwire.processors.settings import Settings
 from graphwire.topics.codec import (
     HEADER_PRINCIPAL,
@@ -201,7 +205,7 @@ class RunExecutor:
             earlier = (await earlier_attempt(graph, config, request)
                        if attempt > 1 else None)
         except UnstorableRequest as exc:
-            earlier = _unstorable(exc)
+            earlier = unstorable(exc)
         resumed = earlier is not None and earlier.status != "rejected"
         payload_input, command = (None, None) if resumed else (request.input, request.command)
         fork_config = None
@@ -214,36 +218,12 @@ class RunExecutor:
         # delivery and every delivery > 1 still read. Without dedup every delivery says
         # attempt 1, so nothing is skipped there.
         if earlier is None and not resumed and request.checkpoint_id is None:
-            earlier = await self._nothing_to_continue(graph, config, request)
+            earlier = await nothing_to_continue(graph, config, request)
         first_config = fork_config or config
         if attempt == 1 and request.thread_id is None and self.settings.dedup:
             first_config = {**config, "configurable": {**config["configurable"],
                                                        FRESH_THREAD: True}}
         return _StartingPoint(earlier, payload_input, command, first_config, resumed)
-
-    async def _nothing_to_continue(
-        self, graph: Any, config: dict[str, Any], request: Request
-    ) -> RunOutcome | None:
-        """A ``rejected`` outcome when ``request`` continues (null input) or resumes a thread
-        that has nothing to continue; None when it may run."""
-        resume = request.command is not None and "resume" in request.command
-        if graph.checkpointer is None or not (resume or (
-                request.input is None and request.command is None)):
-            return None
-        try:
-            state = await _checkpointed_state(graph, config)
-        except UnstorableRequest as exc:
-            return _unstorable(exc)
-        thread = request.thread_id
-        if state is None or not state.config or not state.created_at:
-            what = "resume" if resume else "continue (input null)"
-            return RunOutcome(status="rejected", error=("NothingToContinue", (
-                f"thread {thread!r} has no state to {what}: start it with an 'input'")))
-        if resume and not state.interrupts and not state.next:
-            return RunOutcome(status="rejected", error=("NothingToResume", (
-                f"thread {thread!r} has no pending interrupt and is not at a breakpoint: "
-                "nothing to resume; send an 'input' to start a new run")))
-        return None
 
     async def _tries(
         self, start: Start, request: Request, graph: Any, config: dict[str, Any],
@@ -271,9 +251,9 @@ class RunExecutor:
                 await self._back_off(request.request_id, attempt, outcome)
                 attempt, config_now = attempt + 1, config
                 try:
-                    resumed = await self._unfinished(graph, config)
+                    resumed = await unfinished(graph, config)
                 except UnstorableRequest as exc:
-                    return _unstorable(exc), attempt
+                    return unstorable(exc), attempt
                 if resumed:  # retry the failed step only
                     payload_input, command = None, None
                 start.positions.next_try()
@@ -303,7 +283,7 @@ class RunExecutor:
         try:
             events = await finished_steps(graph, config, request.request_id, set(request.stream))
         except Exception as exc:
-            refused = _read_failed(exc)  # an outage is raised: the start waits it out
+            refused = read_failed(exc)  # an outage is raised: the start waits it out
             log.warning("no replay of %s's finished steps: %s", request.request_id, refused)
             return
         for type_, node, data in events:
@@ -379,7 +359,7 @@ class RunExecutor:
         if outcome.status == "timeout" and request.timeout_s != timeout_s:
             return self._timed_out_at_max(request, outcome.exception)
         if isinstance(outcome.exception, CheckpointDataRefused):  # never retried
-            return _unstorable(UnstorableRequest(refusal(
+            return unstorable(UnstorableRequest(refusal(
                 data_error(outcome.exception) or outcome.exception)))
         return outcome
 
@@ -436,7 +416,7 @@ class RunExecutor:
         try:
             found = await graph.checkpointer.aget_tuple(at)
         except Exception as exc:
-            return None, command, _unstorable(_read_failed(exc))
+            return None, command, unstorable(read_failed(exc))
         if found is None:
             return None, command, RunOutcome(status="rejected", error=(
                 "UnknownCheckpoint",
@@ -510,93 +490,6 @@ class RunExecutor:
         for control in self._controls:
             control.request_drain("shutdown")
 
-    async def _unfinished(self, graph: Any, config: dict[str, Any]) -> bool:
-        """True when the thread's last run stopped between steps (not at an interrupt)."""
-        state = await _checkpointed_state(graph, config)
-        return state is not None and bool(state.next) and not state.interrupts
-
-
-async def earlier_attempt(
-    graph: Any, config: dict[str, Any], request: Request
-) -> RunOutcome | None:
-    """What an earlier attempt of ``request_id`` left on its thread, if anything.
-
-    ``unfinished`` (stopped between steps), ``success`` (the graph ended: its final state)
-    or ``interrupted``; None when the thread's last checkpoint is not this request's.
-    """
-    state = await _checkpointed_state(graph, config)
-    if (
-        state is None
-        or not state.metadata
-        or state.metadata.get("graphwire_request_id") != request.request_id
-    ):
-        return None
-    if state.interrupts:
-        found = interrupt_dicts(state.interrupts)
-        next_nodes, _ = await where_stopped(graph, config, found, None)
-        return RunOutcome(status="interrupted", interrupts=found, next=next_nodes)
-    stopped = await _at_breakpoint(graph, config, state, request)
-    if stopped is not None:  # a redelivery never runs past a breakpoint
-        return RunOutcome(status="interrupted", next=list(state.next), breakpoint=stopped)
-    # ``next`` alone misleads: a step whose tasks finished (their writes saved) but whose
-    # next checkpoint was not written yet shows no ``next``. Any task left means unfinished.
-    if state.next or state.tasks:
-        return RunOutcome(status="unfinished")
-    return RunOutcome(status="success", output=state.values)
-
-
-async def _at_breakpoint(
-    graph: Any, config: dict[str, Any], state: Any, request: Request
-) -> str | None:
-    """``before``/``after`` when the thread's last checkpoint is where a run of ``request``
-    stops at a breakpoint (LangGraph's ``should_interrupt``: a channel changed since the last
-    breakpoint, and a node about to run, or one that just ran, is a breakpoint); else None."""
-    if not state.next:
-        return None
-    found = await graph.checkpointer.aget_tuple(config)
-    if found is None or not _updated_since_breakpoint(found.checkpoint):
-        return None
-    before = request.interrupt_before or graph.interrupt_before_nodes
-    if before == "*" or set(state.next) & set(before or ()):
-        return "before"
-    after = request.interrupt_after or graph.interrupt_after_nodes
-    if not after or state.parent_config is None:
-        return None
-    parent = await graph.aget_state(state.parent_config)
-    if after == "*" or set(parent.next) & set(after):
-        return "after"
-    return None
-
-
-def _updated_since_breakpoint(checkpoint: Any) -> bool:
-    """A channel changed since the thread last stopped at a breakpoint (LangGraph's test)."""
-    versions = checkpoint["channel_versions"]
-    seen = checkpoint["versions_seen"].get(INTERRUPT, {})
-    kind: Any = type(next(iter(versions.values()), None))
-    null = kind()
-    return any(version > seen.get(channel, null) for channel, version in versions.items())
-
-
-async def _checkpointed_state(graph: Any, config: dict[str, Any]) -> Any:
-    """The thread's state snapshot; None without a checkpointer."""
-    if graph.checkpointer is None:
-        return None
-    try:
-        return await graph.aget_state(config)
-    except Exception as exc:
-        raise _read_failed(exc) from exc
-
-
-def _read_failed(exc: Exception) -> UnstorableRequest:
-    """A failed checkpoint read: ``DependencyUnavailable`` (raised) when PostgreSQL did not
-    answer; ``UnstorableRequest`` when it refused the request's data (the caller rejects the
-    request); anything else is ours, raised as it is (an internal error, dead-lettered)."""
-    if isinstance(exc, CheckpointDatabaseUnavailable) or is_outage(exc):
-        raise DependencyUnavailable(f"cannot read the checkpoint: {exc}") from exc
-    refused = data_error(exc)
-    if refused is None:
-        raise exc
-    return UnstorableRequest(refusal(refused))
 
 
 def _node_retried(graph: Any, request: Request, outcome: RunOutcome) -> bool:
@@ -607,11 +500,6 @@ def _node_retried(graph: Any, request: Request, outcome: RunOutcome) -> bool:
         log.info("%s failed in node %s, which has its own RetryPolicy: not retried by the "
                  "runner", request.request_id, node)
     return node is not None
-
-
-def _unstorable(exc: UnstorableRequest) -> RunOutcome:
-    """The ``rejected`` outcome of a request whose data PostgreSQL refused."""
-    return RunOutcome(status="rejected", error=("UnstorableRequest", str(exc)))
 
 
 def _is_database_outage(exc: BaseException | None) -> bool:

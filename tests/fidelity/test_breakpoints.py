@@ -21,7 +21,7 @@ from langgraph.types import Command, interrupt
 from typing_extensions import TypedDict
 
 from graphwire.graphs.registry import GraphRegistry
-from graphwire.processors.runner.graphrun import earlier_attempt
+from graphwire.processors.runner.threadstate import earlier_attempt
 from graphwire.processors.settings import Settings
 from graphwire.topics.models import Request
 from graphwire.topics.specs import TopicNames
