@@ -97,10 +97,6 @@ def inline_sync_nodes(graph: Pregel[Any, Any, Any, Any]) -> list[str]:
     return changed
 
 
-_STREAM_METADATA = ("langgraph_node", "langgraph_step", "langgraph_checkpoint_ns",
-                    "langgraph_triggers", "langgraph_path", "tags")
-
-
 def message_data(message: Any) -> dict[str, Any]:
     """A message chunk as LangChain serializes it (``model_dump``): ``type``, ``content``,
     ``id``, ``name``, ``tool_calls``, ``tool_call_chunks``, ``invalid_tool_calls``,
@@ -111,9 +107,10 @@ def message_data(message: Any) -> dict[str, Any]:
 
 
 def stream_metadata(meta: dict[str, Any]) -> dict[str, Any]:
-    """LangGraph's metadata of a ``messages`` chunk, without the run's config echo:
-    ``langgraph_*`` keys, ``tags`` and LangSmith's ``ls_*`` keys."""
-    return {k: v for k, v in meta.items() if k in _STREAM_METADATA or k.startswith("ls_")}
+    """LangGraph's metadata of a ``messages`` chunk as LangGraph gives it (``langgraph_*``,
+    ``checkpoint_ns``, ``tags``, ``ls_*``, the run's ``config.metadata``), without graphwire's
+    own stamp."""
+    return {k: v for k, v in meta.items() if k != "graphwire_request_id"}
 
 
 def interrupt_dicts(value: Iterable[Any]) -> list[dict[str, Any]]:

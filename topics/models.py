@@ -142,8 +142,20 @@ class RunConfig(BaseModel):
     ``graph.astream`` does. ``GRAPHWIRE_MAX_RUN_S`` bounds a run's time whatever the limit."""
     tags: list[str] = Field(default_factory=list)
     """Tags passed to callbacks and tracing."""
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    """LangGraph's ``config["metadata"]``: copied into each checkpoint's metadata (its string,
+    number and boolean values, as LangGraph does) and into the metadata of ``message`` events
+    and callbacks. ``graphwire_request_id`` is graphwire's and may not be set."""
     max_concurrency: int | None = Field(default=None, ge=1)
     """Upper bound on parallel node executions within one superstep."""
+
+    @field_validator("metadata")
+    @classmethod
+    def _own_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if "graphwire_request_id" in value:
+            raise ValueError("config.metadata key 'graphwire_request_id' is reserved: graphwire "
+                             "stamps each checkpoint with the request's id; leave it out")
+        return value
 
     @field_validator("configurable")
     @classmethod

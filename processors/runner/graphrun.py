@@ -177,7 +177,7 @@ class RunExecutor:
             configurable.update(auth_configurable(decode_principal(principal)))
         config: dict[str, Any] = {
             "configurable": configurable,
-            "metadata": {"graphwire_request_id": rid},
+            "metadata": {**request.config.metadata, "graphwire_request_id": rid},
         }
         if request.config.recursion_limit is not None:  # else the graph's, or LangGraph's
             config["recursion_limit"] = request.config.recursion_limit

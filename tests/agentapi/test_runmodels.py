@@ -53,6 +53,11 @@ class Captured:
         return LangGraphClient(http)
 
 
+STAMPS = {"graph_id": "chat", "run_id": RUN, "thread_id": THREAD}
+"""The run's ids in LangGraph's config metadata, as the Agent Server stamps them (an assistant
+record adds its ``assistant_id``; a stateless run has no ``thread_id``)."""
+
+
 def mapped(body: dict[str, Any], thread_id: str | None = THREAD, **kwargs: Any) -> dict[str, Any]:
     return to_request(parse_run_create(body), run_id=RUN, thread_id=thread_id, graph="chat",
                       **kwargs)
@@ -87,7 +92,8 @@ async def test_every_sdk_stream_field_maps_onto_the_request() -> None:
     assert request == {
         "request_id": RUN, "graph": "chat",
         "input": {"messages": [{"role": "user", "content": "hi"}]}, "thread_id": THREAD,
-        "config": {"configurable": {"model": "m"}, "tags": ["a", "b"], "recursion_limit": 7},
+        "config": {"configurable": {"model": "m"}, "tags": ["a", "b"], "recursion_limit": 7,
+                   "metadata": STAMPS},
         "context": {"model": "m"}, "interrupt_before": ["tools"], "interrupt_after": "*",
         "subgraphs": True,
         "stream": ["updates", "values", "messages", "custom", "tasks", "checkpoints", "debug"],
@@ -110,10 +116,11 @@ async def test_sdk_defaults_give_a_values_stream_enqueued_on_the_thread() -> Non
                            "stream_resumable": False, "assistant_id": "chat"}
     assert mapped(stream_body) == {
         "request_id": RUN, "graph": "chat", "input": {"a": 1}, "thread_id": THREAD,
-        "config": {}, "subgraphs": False, "stream": ["values"], "metadata": {},
-        "multitask_strategy": "enqueue"}
+        "config": {"metadata": STAMPS}, "subgraphs": False, "stream": ["values"],
+        "metadata": {}, "multitask_strategy": "enqueue"}
     assert mapped(wait_body, thread_id=None) == {
-        "request_id": RUN, "graph": "chat", "input": {"a": 1}, "config": {},
+        "request_id": RUN, "graph": "chat", "input": {"a": 1},
+        "config": {"metadata": {"graph_id": "chat", "run_id": RUN}},
         "subgraphs": False, "stream": ["values"], "metadata": {}}
     assert mapped({**wait_body, "stream_mode": "updates"}, values=True)["stream"] == [
         "updates", "values"]
@@ -125,16 +132,16 @@ def test_context_is_mirrored_into_configurable_and_back() -> None:
     names (all without a schema)."""
     schema = {"properties": {"user": {"type": "string"}}}
     assert (mapped({"assistant_id": "chat", "input": 1, "context": {"user": "u", "thread_id": "t"}})
-            ["config"]) == {"configurable": {"user": "u"}}
+            ["config"]) == {"configurable": {"user": "u"}, "metadata": STAMPS}
     by_context = mapped({"assistant_id": "chat", "input": 1,
                          "context": {"user": "u", "other": 2}}, context_schema=schema)
     assert (by_context["context"], by_context["config"]) == (
-        {"user": "u"}, {"configurable": {"user": "u"}})
+        {"user": "u"}, {"configurable": {"user": "u"}, "metadata": STAMPS})
     by_config = mapped({"assistant_id": "chat", "input": 1,
                         "config": {"configurable": {"user": "u", "model": "m"}}},
                        context_schema=schema)
     assert (by_config["context"], by_config["config"]) == (
-        {"user": "u"}, {"configurable": {"user": "u", "model": "m"}})
+        {"user": "u"}, {"configurable": {"user": "u", "model": "m"}, "metadata": STAMPS})
 
 
 def test_the_assistants_config_and_context_are_merged_under_the_body() -> None:
@@ -147,7 +154,8 @@ def test_the_assistants_config_and_context_are_merged_under_the_body() -> None:
                       "config": {"configurable": {"model": "b"}, "tags": ["a"]}},
                      assistant=assistant)
     assert (request["config"], request["context"]) == (
-        {"configurable": {"model": "b", "temp": 1}, "tags": ["a", "z"], "recursion_limit": 9},
+        {"configurable": {"model": "b", "temp": 1}, "tags": ["a", "z"], "recursion_limit": 9,
+         "metadata": STAMPS},
         {"tone": "dry", "model": "b"})
 
 
@@ -161,7 +169,7 @@ def test_checkpoint_dict_and_configurable_checkpoint_keys_fork_the_thread() -> N
                                      "checkpoint_id": CP, "checkpoint_map": {}},
                       "config": {"configurable": {"thread_id": THREAD, "model": "m"}}})
     assert (request["checkpoint_id"], request["config"]) == (
-        CP, {"configurable": {"model": "m"}})
+        CP, {"configurable": {"model": "m"}, "metadata": STAMPS})
 
 
 async def test_remotegraph_as_a_parent_graphs_node_sends_a_body_that_maps() -> None:
@@ -183,8 +191,12 @@ async def test_remotegraph_as_a_parent_graphs_node_sends_a_body_that_maps() -> N
     assert (body["if_not_exists"], body["stream_mode"], "checkpoint" in body) == (
         "create", ["values", "updates"], False)
     request = mapped(body)
-    assert (request["stream"], request["config"], request["metadata"]["langgraph_node"]) == (
+    config = dict(request["config"])
+    run_metadata = config.pop("metadata")
+    assert (request["stream"], config, request["metadata"]["langgraph_node"]) == (
         ["updates", "values"], {"configurable": {"user": "u"}, "tags": ["t"]}, "remote")
+    # the parent's config metadata reaches LangGraph's, under the run's own ids
+    assert run_metadata == {**body["config"]["metadata"], **STAMPS}
     assert "checkpoint_id" not in request
 
 

@@ -98,10 +98,13 @@ async def test_stream_a_chat_run_and_wait_for_a_pipeline_run(
     assert created.status_code == 200
     assert created.headers["Content-Location"] == f"/threads/{tid}/runs/{run['run_id']}"
     assert uuid.UUID(run["run_id"]).version == 7
+    default = str(uuid.uuid5(uuid.UUID("6ba7b821-9dad-11d1-80b4-00c04fd430c8"), "pipeline"))
+    # a run's metadata as the Agent Server records it: its assistant's, then the graph's ids
     assert (run["status"], run["thread_id"], run["multitask_strategy"], run["metadata"]) == (
-        "pending", tid, "enqueue", {})
-    assert run["assistant_id"] == str(uuid.uuid5(
-        uuid.UUID("6ba7b821-9dad-11d1-80b4-00c04fd430c8"), "pipeline"))
+        "pending", tid, "enqueue",
+        {"created_by": "system", "graph_id": "pipeline", "assistant_id": default})
+    assert (run["assistant_id"], run["langsmith_session_name"]) == (default, None)
+    assert (run["kwargs"]["stream_mode"], run["kwargs"]["durability"]) == (["values"], "async")
     assert joined == {"text": "a b", "tokens": ["a", "b"], "count": 2}
     assert got["status"] == "success"
     assert [r["run_id"] for r in listed] == [run["run_id"], listed[1]["run_id"]]

@@ -32,6 +32,7 @@ CREATE TABLE IF NOT EXISTS agent_threads (
     updated_at timestamptz NOT NULL DEFAULT now(),
     state_updated_at timestamptz NOT NULL DEFAULT now()
 );
+ALTER TABLE agent_threads ADD COLUMN IF NOT EXISTS error jsonb;
 CREATE INDEX IF NOT EXISTS agent_threads_owner ON agent_threads (owner, updated_at DESC);
 CREATE INDEX IF NOT EXISTS agent_threads_metadata ON agent_threads USING gin (metadata);
 CREATE TABLE IF NOT EXISTS agent_runs (
@@ -116,13 +117,13 @@ def _shape(row: Any) -> dict[str, Any]:
     """A row as the API has it: UUIDs as strings, times in ISO 8601, JSON decoded."""
     out: dict[str, Any] = {}
     for key, value in dict(row).items():
-        if key == "owner":
-            continue
+        if key == "owner" or (key == "error" and value is None):
+            continue  # a thread's ``error`` appears once a run ended (null when it did not fail)
         if key.endswith("_id") and value is not None and not isinstance(value, str):
             value = str(value)
         elif isinstance(value, datetime):
             value = iso(value)
-        elif key in ("metadata", "config", "context", "values", "interrupts", "kwargs"):
+        elif key in ("metadata", "config", "context", "values", "interrupts", "kwargs", "error"):
             value = _decoded(value)
         out[key] = value
     return out
@@ -188,10 +189,12 @@ async def patch_thread(db: Any, thread_id: str, owner: str | None,
 
 async def set_thread_state(db: Any, thread_id: str, *, status: str | None = None,
                            values: Any = ..., interrupts: dict[str, Any] | None = None,
-                           metadata: dict[str, Any] | None = None) -> None:
+                           metadata: dict[str, Any] | None = None,
+                           run_error: Any = ...) -> None:
     """Record what a run or a state update left: ``status`` (idle|busy|interrupted|error),
     ``values`` and ``interrupts`` (``{task_id: [{id, value}]}``), and ``metadata`` merged in
-    (run creation stamps ``graph_id`` and ``assistant_id``). Unowned: the caller checked."""
+    (run creation stamps ``graph_id`` and ``assistant_id``); ``run_error`` when a run ended
+    (None when it did not fail). Unowned: the caller checked."""
     sets: list[str] = ["updated_at = now()"]
     args: list[Any] = [thread_id]
     for column, value in (("status", status), ("metadata", metadata),
@@ -204,6 +207,12 @@ async def set_thread_state(db: Any, thread_id: str, *, status: str | None = None
                     else f"{column} = ${n}" + ("" if column == "status" else "::jsonb"))
     if values is not ... or interrupts is not None:
         sets.append("state_updated_at = now()")
+    if run_error is not ...:  # a run ended: its error (null on success), and the thread's
+        # config takes the run's shape, as the Agent Server records it
+        args.append(_json(run_error))
+        sets.append(f"error = ${len(args)}::jsonb")
+        sets.append("config = CASE WHEN config ? 'configurable' THEN config "
+                    "ELSE config || '{\"configurable\": {}}'::jsonb END")
     await db.execute(f"UPDATE agent_threads SET {', '.join(sets)} WHERE thread_id = $1", *args)
 
 
@@ -251,6 +260,12 @@ async def count_threads(db: Any, owner: str | None, *, metadata: dict[str, Any] 
 
 # -- runs ------------------------------------------------------------------------------------
 
+def _run(row: Any) -> dict[str, Any]:
+    """A run as the Agent Server has it (``langsmith_session_name``: graphwire traces with
+    OpenTelemetry, not LangSmith, so always null)."""
+    return {**_shape(row), "langsmith_session_name": None}
+
+
 async def create_run(db: Any, *, run_id: str, thread_id: str | None, assistant_id: str,
                      owner: str | None, metadata: dict[str, Any] | None = None,
                      kwargs: dict[str, Any] | None = None, multitask_strategy: str | None = None,
@@ -263,7 +278,7 @@ async def create_run(db: Any, *, run_id: str, thread_id: str | None, assistant_i
         status, _json(metadata or {}), _json(kwargs or {}), multitask_strategy)
     if row is None:
         raise Conflict(f"Run {run_id} already exists")
-    return _shape(row)
+    return _run(row)
 
 
 async def get_run(db: Any, run_id: str, owner: str | None,
@@ -272,7 +287,7 @@ async def get_run(db: Any, run_id: str, owner: str | None,
     where, args = _filters(2, thread_id__eq=thread_id)
     row = await db.fetchrow(f"SELECT * FROM agent_runs WHERE {_MINE} AND run_id = $2{where}",
                             owner, run_id, *args)
-    return None if row is None else _shape(row)
+    return None if row is None else _run(row)
 
 
 async def list_runs(db: Any, thread_id: str, owner: str | None, *, limit: int = 10,
@@ -283,7 +298,7 @@ async def list_runs(db: Any, thread_id: str, owner: str | None, *, limit: int = 
         f"SELECT * FROM agent_runs WHERE {_MINE} AND thread_id = $2{where} "
         f"ORDER BY created_at DESC, run_id DESC LIMIT {int(limit)} OFFSET {int(offset)}",
         owner, thread_id, *args)
-    return [_shape(r) for r in rows]
+    return [_run(r) for r in rows]
 
 
 async def active_runs(db: Any, thread_id: str) -> list[dict[str, Any]]:
@@ -291,14 +306,14 @@ async def active_runs(db: Any, thread_id: str) -> list[dict[str, Any]]:
     rows = await db.fetch(
         "SELECT * FROM agent_runs WHERE thread_id = $1 AND status IN ('pending', 'running') "
         "ORDER BY created_at, run_id", thread_id)
-    return [_shape(r) for r in rows]
+    return [_run(r) for r in rows]
 
 
 async def set_run_status(db: Any, run_id: str, status: str) -> dict[str, Any] | None:
     """Set a run's status (pending|running|success|error|timeout|interrupted)."""
     row = await db.fetchrow("UPDATE agent_runs SET status = $2, updated_at = now() "
                             "WHERE run_id = $1 RETURNING *", run_id, status)
-    return None if row is None else _shape(row)
+    return None if row is None else _run(row)
 
 
 async def delete_run(db: Any, run_id: str, owner: str | None,

@@ -241,8 +241,8 @@ class RunBook:
         request = Request.model_validate(fields)
         run = await records.create_run(
             db, run_id=run_id, thread_id=thread_id, assistant_id=str(assistant["assistant_id"]),
-            owner=self.gw.agent.owner(caller) or caller.scope, metadata=body.metadata,
-            kwargs=body.model_dump(exclude_none=True, exclude={"assistant_id", "metadata"}),
+            owner=self.gw.agent.owner(caller) or caller.scope,
+            metadata=run_metadata(assistant, body), kwargs=run_kwargs(body, fields),
             multitask_strategy=(body.multitask_strategy or "enqueue") if not stateless else None)
         if thread_id is not None:
             await records.set_thread_state(db, thread_id, status="busy", metadata={
@@ -294,3 +294,25 @@ class RunBook:
         return [{"run_id": str(r["run_id"]),
                  "thread_id": str(r["thread_id"]) if r["thread_id"] else None,
                  "status": r["status"]} for r in rows]
+
+
+def run_metadata(assistant: dict[str, Any], body: RunCreate) -> dict[str, Any]:
+    """A run's metadata as the Agent Server records it: the assistant's, the body's, and the
+    graph and assistant it runs."""
+    return {**(assistant.get("metadata") or {}), **(body.metadata or {}),
+            "graph_id": str(assistant["graph_id"]), "assistant_id": str(assistant["assistant_id"])}
+
+
+def run_kwargs(body: RunCreate, request: dict[str, Any]) -> dict[str, Any]:
+    """A run's ``kwargs`` in the Agent Server's shape (what the run was asked to do)."""
+    durability = request.get("durability") or "async"
+    return {
+        "input": body.input, "command": body.command,
+        "config": {"configurable": (request.get("config") or {}).get("configurable", {}),
+                   "metadata": (request.get("config") or {}).get("metadata", {})},
+        "context": body.context or {}, "stream_mode": list(body.modes),
+        "interrupt_before": body.interrupt_before, "interrupt_after": body.interrupt_after,
+        "webhook": body.webhook, "feedback_keys": None, "temporary": False,
+        "subgraphs": bool(body.stream_subgraphs), "resumable": bool(body.stream_resumable),
+        "checkpoint_during": durability != "exit", "durability": durability,
+    }

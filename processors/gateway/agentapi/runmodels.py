@@ -228,8 +228,15 @@ def to_request(
     recursion_limit = config.get("recursion_limit")
     if recursion_limit is None:
         recursion_limit = assistant_config.get("recursion_limit")
+    # the run's ids in LangGraph's config metadata, as the Agent Server stamps them: each
+    # checkpoint and each message's metadata carries them
+    stamps = {"graph_id": graph, "run_id": run_id,
+              **({"thread_id": thread_id} if thread_id else {})}
+    if assistant is not None and assistant.get("assistant_id"):
+        stamps["assistant_id"] = assistant["assistant_id"]
     run_config = {"configurable": configurable, "tags": tags, "recursion_limit": recursion_limit,
-                  "max_concurrency": config.get("max_concurrency")}
+                  "max_concurrency": config.get("max_concurrency"),
+                  "metadata": {**run_metadata, **stamps}}
     request: dict[str, Any] = {
         "request_id": run_id,
         "graph": graph,

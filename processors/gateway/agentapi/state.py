@@ -161,13 +161,16 @@ async def sync_thread(gw: Any, thread: dict[str, Any], *, run_ended: bool = Fals
     status = None if thread["status"] == "busy" and not run_ended else (
         "error" if failed else "interrupted" if snapshot is not None and snapshot.next
         else "idle")
+    ended: dict[str, Any] = {"run_error": {"error": "run failed"} if failed else None} \
+        if run_ended else {}
     if snapshot is None:
-        await records.set_thread_state(gw.agent.records(), thread["thread_id"], status=status)
+        await records.set_thread_state(gw.agent.records(), thread["thread_id"], status=status,
+                                       **ended)
         return
     interrupts = {t.id: [_interrupt(i) for i in t.interrupts]
                   for t in snapshot.tasks if t.interrupts}
     await records.set_thread_state(gw.agent.records(), thread["thread_id"], status=status,
-                                   values=snapshot.values, interrupts=interrupts)
+                                   values=snapshot.values, interrupts=interrupts, **ended)
 
 
 def _flag(request: Request, name: str) -> bool:
@@ -222,8 +225,10 @@ async def update_state(thread_id: str, request: Request, gw: GatewayDep,
     if body.checkpoint_id:
         at["checkpoint_id"] = body.checkpoint_id
     try:
-        config = await graph.aupdate_state(_config(thread["thread_id"], at), body.values,
-                                           as_node=body.as_node)
+        # the update's checkpoint names the graph, as the Agent Server stamps it
+        stamped = {**_config(thread["thread_id"], at),
+                   "metadata": {"graph_id": thread["metadata"]["graph_id"]}}
+        config = await graph.aupdate_state(stamped, body.values, as_node=body.as_node)
     except (ValueError, KeyError, TypeError) as exc:  # LangGraph's InvalidUpdateError is one
         raise BadRequest(f"cannot update the state: {exc}") from None
     await sync_thread(gw, thread)
