@@ -14,6 +14,10 @@ rows without an owner):
   ``metadata.graph_id``, their values and status from the checkpointer), with the runs on them;
 - ``runs.list`` of such a thread records its runs seen since.
 
+A search looks at the runs seen since the gateway's previous search (less ``OVERLAP``); a
+thread whose runs the audit sink wrote later than that (a sink far behind) is found by
+``threads.get`` of its id, and by searches after the gateway restarts.
+
 From then on they are ordinary records: the status comes from Redis and the audit table
 (``RunBook.refresh``), ``join``, ``join_stream`` and ``cancel`` work. Any other caller gets 404
 for them and never finds them in a search. Requests whose ids are not UUIDs (``order-42``) stay
@@ -25,6 +29,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Awaitable
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import asyncpg
@@ -44,6 +49,9 @@ STATUS = {"accepted": "pending", "success": "success", "error": "error", "timeou
 """The audit table's status → the Agent Server's (``accepted``: not finished yet)."""
 ADOPT_AT_ONCE = 200
 """Threads a search records at most per call (the next search records the rest)."""
+OVERLAP = timedelta(minutes=5)
+"""How far back a search looks before the previous one began (the audit sink writes a run
+some time after its request was produced)."""
 
 _RUN_COLUMNS = ("request_id, graph, thread_id, status, input, command, metadata, requested_at, "
                 "finished_at")
@@ -124,13 +132,20 @@ async def adopt_thread(gw: Any, thread_id: str) -> bool:
 
 
 async def adopt_threads(gw: Any) -> None:
-    """Record the Kafka threads the audit table holds that have no record yet."""
+    """Record the Kafka threads the audit table holds that have no record yet: all of them on
+    a gateway's first search, then those with runs seen since its previous search (less
+    ``OVERLAP``), so a search does not scan the whole table each time."""
+    since: datetime | None = getattr(gw, "kafka_threads_seen", None)
+    started = datetime.now(UTC)
     found = await gw.agent.records().fetch(
         "SELECT DISTINCT r.thread_id FROM graphwire_runs r WHERE r.thread_id ~ $1 AND "
+        "($2::timestamptz IS NULL OR coalesce(r.requested_at, r.finished_at) >= $2) AND "
         "NOT EXISTS (SELECT 1 FROM agent_threads t WHERE t.thread_id::text = r.thread_id) "
-        f"LIMIT {ADOPT_AT_ONCE}", UUID_TEXT)
+        f"LIMIT {ADOPT_AT_ONCE}", UUID_TEXT, since)
     for row in found:
         await adopt_thread(gw, row["thread_id"])
+    if len(found) < ADOPT_AT_ONCE:  # else the next search goes on from the same point
+        gw.kafka_threads_seen = started - OVERLAP
 
 
 async def adopt_runs_of(gw: Any, thread_id: str) -> None:
