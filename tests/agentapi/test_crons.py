@@ -212,8 +212,8 @@ async def test_a_firing_is_an_agent_server_run(
     """A thread cron on ``pipeline`` firing every second: a firing appears in ``runs.list`` of
     the thread as a run whose id is the firing's UUIDv7 (``firing_uuid`` of the cron and its
     scheduled time), with ``metadata.cron_id``; it ends ``success`` and the thread's state is
-    the pipeline's output. A stateless cron's firing is found at ``GET /runs/{id}``. Deleting the
-    crons stops them."""
+    the pipeline's output. A stateless cron's firing (on no thread, the echo graph's default
+    assistant, ``metadata.cron_id``) is found at ``GET /runs/{id}`` and ends ``success``."""
     await start_runner()
     _process, port = scheduler
     await wait_ready(port, 200)
@@ -230,19 +230,22 @@ async def test_a_firing_is_an_agent_server_run(
             return [r for r in await client.runs.list(tid) if r["status"] == "success"]
 
         done = await eventually(finished, 30, what="a firing of the thread cron succeeded")
-        await client.crons.delete(cron["cron_id"])
-        await client.crons.delete(stateless["cron_id"])
-        state = await client.threads.get_state(tid)
         db = await asyncpg.connect(TEST_DATABASE_URL)
         try:
+            async def first_echo() -> Any:
+                return await db.fetchval(
+                    f'SELECT run_id::text FROM "{schema}".agent_runs WHERE thread_id IS NULL '
+                    "ORDER BY created_at LIMIT 1")
+
+            echo_run = await eventually(first_echo, 30, what="the stateless cron fired")
+            await client.crons.delete(cron["cron_id"])
+            await client.crons.delete(stateless["cron_id"])
             fired = await db.fetch(
                 f'SELECT request_id, due_at, cron FROM "{schema}".graphwire_schedules '
                 "ORDER BY due_at")
-            echo_run = await db.fetchval(
-                f'SELECT run_id::text FROM "{schema}".agent_runs WHERE thread_id IS NULL '
-                "ORDER BY created_at LIMIT 1")
         finally:
             await db.close()
+        state = await client.threads.get_state(tid)
 
         async def echoed() -> dict[str, Any]:  # the SDK's runs.get needs a thread id
             answer = await http.get(f"/runs/{echo_run}", headers={"X-API-Key": KEY})
