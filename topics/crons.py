@@ -5,6 +5,10 @@ each due firing into a normal request with the stable id ``<name>:<scheduled tim
 3339, e.g. ``nightly:2026-12-02T02:00:00Z``), so a firing produced twice runs once (the runner's
 dedup) and shows in runs, status and the audit like any request.
 
+A cron may also carry a request template (``CronSpec.template``: config, context, stream modes,
+webhook... for every firing), make UUIDv7 request_ids (``run_ids="uuid7"``, ``firing_uuid``:
+stable per firing, as the Agent Server API's crons need) and end (``end_at``: paused after it).
+
 Schedules use croniter's syntax (``*/5 * * * *``; a 6th field is seconds: ``* * * * * */10``),
 evaluated in the cron's IANA time zone (``zoneinfo``), so ``0 2 * * *`` in ``Europe/Paris``
 follows daylight saving time. A firing the scheduler reaches more than its grace late (it was

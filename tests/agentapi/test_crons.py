@@ -158,10 +158,9 @@ async def test_create_search_count_patch_delete(worker_env: dict[str, str], sche
 
 
 async def test_refusals(worker_env: dict[str, str], schema: str, topics: TopicNames) -> None:
-    """422s naming what a cron cannot be: a bad schedule, an unknown time zone, a schedule
-    firing faster than allowed is accepted here (1 s) but a ``command``, an
-    ``on_run_completed: keep``, an ``events`` stream mode, an unknown field and a bad cron id
-    are refused; an unknown assistant is a 404; another caller's thread is a 404."""
+    """422s naming what a cron cannot be: a bad schedule, an unknown time zone, a ``command``,
+    ``on_run_completed: keep``, an ``events`` stream mode, an unknown field, no schedule, a bad
+    cron id; an unknown assistant and another caller's thread are 404s."""
     async with (serve_app(settings_for(worker_env, schema)) as (_app, http),
                 get_client(url=str(http.base_url), api_key=KEY) as client,
                 get_client(url=str(http.base_url), api_key=OTHER) as other):
@@ -212,8 +211,8 @@ async def test_a_firing_is_an_agent_server_run(
     """A thread cron on ``pipeline`` firing every second: a firing appears in ``runs.list`` of
     the thread as a run whose id is the firing's UUIDv7 (``firing_uuid`` of the cron and its
     scheduled time), with ``metadata.cron_id``; it ends ``success`` and the thread's state is
-    the pipeline's output. A stateless cron's firing is found at ``GET /runs/{id}``. Deleting the
-    crons stops them."""
+    the pipeline's output. A stateless cron's firing (on no thread, the echo graph's default
+    assistant, ``metadata.cron_id``) is found at ``GET /runs/{id}`` and ends ``success``."""
     await start_runner()
     _process, port = scheduler
     await wait_ready(port, 200)
@@ -230,19 +229,22 @@ async def test_a_firing_is_an_agent_server_run(
             return [r for r in await client.runs.list(tid) if r["status"] == "success"]
 
         done = await eventually(finished, 30, what="a firing of the thread cron succeeded")
-        await client.crons.delete(cron["cron_id"])
-        await client.crons.delete(stateless["cron_id"])
-        state = await client.threads.get_state(tid)
         db = await asyncpg.connect(TEST_DATABASE_URL)
         try:
+            async def first_echo() -> Any:
+                return await db.fetchval(
+                    f'SELECT run_id::text FROM "{schema}".agent_runs WHERE thread_id IS NULL '
+                    "ORDER BY created_at LIMIT 1")
+
+            echo_run = await eventually(first_echo, 30, what="the stateless cron fired")
+            await client.crons.delete(cron["cron_id"])
+            await client.crons.delete(stateless["cron_id"])
             fired = await db.fetch(
                 f'SELECT request_id, due_at, cron FROM "{schema}".graphwire_schedules '
                 "ORDER BY due_at")
-            echo_run = await db.fetchval(
-                f'SELECT run_id::text FROM "{schema}".agent_runs WHERE thread_id IS NULL '
-                "ORDER BY created_at LIMIT 1")
         finally:
             await db.close()
+        state = await client.threads.get_state(tid)
 
         async def echoed() -> dict[str, Any]:  # the SDK's runs.get needs a thread id
             answer = await http.get(f"/runs/{echo_run}", headers={"X-API-Key": KEY})
@@ -265,3 +267,16 @@ async def test_a_firing_is_an_agent_server_run(
     assert (echo["thread_id"], echo["assistant_id"], echo["metadata"]["cron_id"]) == (
         None, default_assistant_id("echo"), stateless["cron_id"])
     assert datetime.now(UTC) - datetime.fromisoformat(echo["created_at"]) < timedelta(minutes=1)
+
+
+def test_firing_uuid_is_stable_and_time_ordered() -> None:
+    """``firing_uuid`` gives the same UUIDv7 for the same cron and time, another for another
+    cron or time, its timestamp the scheduled time in milliseconds, ids in time order."""
+    at = datetime(2026, 12, 2, 2, 0, tzinfo=UTC)
+    first, again = firing_uuid("a.agent-x", at), firing_uuid("a.agent-x", at)
+    other, later = firing_uuid("a.agent-y", at), firing_uuid("a.agent-x", at + timedelta(seconds=1))
+    assert first == again
+    assert len({first, other, later}) == 3
+    assert uuid.UUID(first).version == 7 and uuid.UUID(first).variant == uuid.RFC_4122
+    assert uuid.UUID(first).int >> 80 == int(at.timestamp() * 1000)
+    assert first < later

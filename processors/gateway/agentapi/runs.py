@@ -18,7 +18,7 @@ from fastapi import Request as HttpRequest
 from fastapi.responses import Response, StreamingResponse
 from pydantic import Field, ValidationError
 
-from graphwire.processors.gateway.agentapi import records
+from graphwire.processors.gateway.agentapi import kafkaruns, records
 from graphwire.processors.gateway.agentapi.assistants import resolve
 from graphwire.processors.gateway.agentapi.body import Body, json_response, parse, read_json
 from graphwire.processors.gateway.agentapi.deps import Caller, GatewayDep
@@ -209,6 +209,10 @@ async def _owned_run(gw: Any, caller: Principal, thread_id: str | None,
     rid = parse_uuid(run_id, "run")
     run = await records.get_run(gw.agent.records(), rid, gw.agent.owner(caller),
                                 thread["thread_id"] if thread else None)
+    if run is None and kafkaruns.operator(gw, caller):  # a run produced straight to Kafka
+        await kafkaruns.quietly(kafkaruns.adopt_run(gw, rid), None)
+        run = await records.get_run(gw.agent.records(), rid, None,
+                                    thread["thread_id"] if thread else None)
     if run is None:
         raise NotFound(f"Run {rid} not found")
     if thread is None and run["thread_id"]:
@@ -227,6 +231,8 @@ async def list_runs(thread_id: str, request: HttpRequest, gw: GatewayDep,
     if request.query_params.getlist("select"):
         raise Unprocessable("select is not supported on runs: read the whole run")
     thread = await owned_thread(gw, caller, thread_id)
+    if kafkaruns.operator(gw, caller):
+        await kafkaruns.quietly(kafkaruns.adopt_runs_of(gw, thread["thread_id"]), None)
     rows = await records.list_runs(gw.agent.records(), thread["thread_id"],
                                    gw.agent.owner(caller), limit=query.limit,
                                    offset=query.offset, status=query.status)

@@ -109,8 +109,13 @@ EMPTY_STATE: dict[str, Any] = {
 
 async def owned_thread(gw: Any, caller: Principal, thread_id: str) -> dict[str, Any]:
     """The caller's thread record; 422 for a bad id, 404 when not found or not its."""
+    from graphwire.processors.gateway.agentapi import kafkaruns
+
     tid = parse_uuid(thread_id, "thread")
     found = await records.get_thread(gw.agent.records(), tid, gw.agent.owner(caller))
+    if found is None and kafkaruns.operator(gw, caller) and await kafkaruns.quietly(
+            kafkaruns.adopt_thread(gw, tid), False):  # a thread produced straight to Kafka
+        found = await records.get_thread(gw.agent.records(), tid, None)
     if found is None:
         raise NotFound(f"Thread {tid} not found")
     return found

@@ -15,7 +15,7 @@ from fastapi.responses import Response
 from langgraph.types import StateUpdate
 from pydantic import Field
 
-from graphwire.processors.gateway.agentapi import records
+from graphwire.processors.gateway.agentapi import kafkaruns, records
 from graphwire.processors.gateway.agentapi.body import Body, json_response, paged, parse
 from graphwire.processors.gateway.agentapi.deps import Caller, GatewayDep
 from graphwire.processors.gateway.agentapi.errors import BadRequest, NotFound, Unprocessable
@@ -118,6 +118,8 @@ async def create(request: Request, gw: GatewayDep, caller: Caller) -> Response:
 async def search(request: Request, gw: GatewayDep, caller: Caller) -> Response:
     """A page of the caller's matching threads, with ``X-Pagination-*`` headers."""
     body = await parse(request, ThreadSearch)
+    if kafkaruns.operator(gw, caller):  # threads produced straight to Kafka, recorded first
+        await kafkaruns.quietly(kafkaruns.adopt_threads(gw), None)
     if body.extract:
         raise Unprocessable("extract is not supported: select values and read the fields")
     ids = [parse_uuid(i, "thread") for i in body.ids] if body.ids else None
@@ -134,6 +136,8 @@ async def search(request: Request, gw: GatewayDep, caller: Caller) -> Response:
 async def count(request: Request, gw: GatewayDep, caller: Caller) -> Response:
     """How many of the caller's threads match."""
     body = await parse(request, ThreadSearch)
+    if kafkaruns.operator(gw, caller):
+        await kafkaruns.quietly(kafkaruns.adopt_threads(gw), None)
     total = await records.count_threads(gw.agent.records(), gw.agent.owner(caller),
                                         metadata=body.metadata, values=body.values,
                                         status=body.status)
