@@ -30,10 +30,11 @@ lint: install ## ruff and mypy
 BENCH_JSON ?= bench-runner.json
 SETTINGS   ?= defaults
 
-bench: install services ## benchmarks against their baselines, measured in the same run (about 10 min)
+bench: install services ## benchmarks against their baselines, measured in the same run (about 12 min)
 	$(PY) bench/bench_runner.py --json $(BENCH_JSON)
 	$(PY) bench/bench_audit.py
 	$(PY) bench/bench_gateway.py
+	$(PY) bench/bench_agentapi.py
 
 profile: install services ## py-spy a worker draining 4,000 pipeline requests (SETTINGS=defaults|off)
 	$(PY) bench/profile.py --settings $(SETTINGS) $(PROFILE_ARGS)

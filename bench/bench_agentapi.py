@@ -1,0 +1,152 @@
+"""Agent Server API benchmark: graphwire's gateway (durable runners behind it) against LangGraph's
+own server (``langgraph dev``, langgraph-api) on the same graphs, both driven by the official
+``langgraph-sdk`` client, in the same run.
+
+- ``runs.wait`` on ``pipeline`` (stateless), 32 at a time: runs/s, p50 and p99 latency;
+- ``runs.stream`` on ``chat``: time from the call to the first event after ``metadata``.
+
+    make bench            # or: .venv/bin/python bench/bench_agentapi.py [--quick]
+
+The reference server runs from its own venv (``scripts/oracle-venv.sh``; the first run installs
+it from the package index).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import orjson
+from langgraph_sdk import get_client
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.bench_gateway import load  # noqa: E402
+from bench.bench_runner import PARTITIONS, start_workers, worker_env  # noqa: E402
+from graphwire.processors.dev.broker import DevBroker, free_port  # noqa: E402
+from graphwire.processors.gateway.auth import hash_key  # noqa: E402
+from graphwire.topics.admin import ensure_topics  # noqa: E402
+from graphwire.topics.specs import TopicNames  # noqa: E402
+from tests.agentapi.oracle.server import ensure_venv, write_config  # noqa: E402
+
+KEY = "gw_bench_" + uuid.uuid4().hex
+CONCURRENCY = 32
+PIPELINE = {"text": "Hello World"}
+CHAT = {"messages": [{"role": "user", "content": "What is 2 + 3?"}]}
+
+
+async def wait_up(url: str, path: str, process: subprocess.Popen[bytes]) -> None:
+    """Poll ``url + path`` until 200 (the process must stay up)."""
+    async with httpx.AsyncClient(timeout=2) as http:
+        for _ in range(600):
+            if process.poll() is not None:
+                raise RuntimeError(f"{url} exited with {process.returncode}")
+            try:
+                if (await http.get(url + path)).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"{url}{path} never answered")
+
+
+async def measure(url: str, api_key: str | None, n: int, streams: int) -> dict[str, float]:
+    """runs.wait figures and the median time to the first streamed event at ``url``."""
+    client = get_client(url=url, api_key=api_key)
+
+    async def wait_once(_i: int) -> None:
+        values = await client.runs.wait(None, "pipeline", input=PIPELINE)
+        assert isinstance(values, dict) and values.get("count") == 2, values
+
+    await load(wait_once, 64, CONCURRENCY)  # warm up
+    rate, p50, p99 = await load(wait_once, n, CONCURRENCY)
+    firsts = []
+    for _ in range(streams):
+        thread = await client.threads.create()
+        started = time.perf_counter()
+        async for part in client.runs.stream(thread["thread_id"], "chat", input=CHAT,
+                                             stream_mode=["values", "messages-tuple"]):
+            if part.event != "metadata":
+                firsts.append((time.perf_counter() - started) * 1000)
+                break
+    return {"rate": rate, "p50": p50, "p99": p99, "first": statistics.median(firsts)}
+
+
+def start_oracle(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """``langgraph dev`` on the built-in graphs, in its own session."""
+    langgraph = ensure_venv()
+    config = write_config(folder)
+    port = free_port()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("LANGSMITH", "LANGCHAIN"))},
+           "PYTHONPATH": str(ROOT), "LANGSMITH_TRACING": "false",
+           "LANGGRAPH_CLI_NO_ANALYTICS": "1"}
+    process = subprocess.Popen(
+        [str(langgraph), "dev", "--no-browser", "--no-reload", "--host", "127.0.0.1",
+         "--port", str(port), "--config", str(config)],
+        cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    return process, f"http://127.0.0.1:{port}"
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    n, streams = (300, 10) if args.quick else (1500, 30)
+    print(f"Agent Server API benchmark: {os.cpu_count()} cores, {n} runs.wait on pipeline "
+          f"{CONCURRENCY} at a time, {streams} runs.stream on chat; langgraph-sdk client\n",
+          flush=True)
+    with DevBroker() as broker, tempfile.TemporaryDirectory() as tmp:
+        bs = broker.bootstrap_servers
+        prefix = f"bench{uuid.uuid4().hex[:8]}"
+        await ensure_topics(bs, TopicNames(prefix).specs(PARTITIONS))
+        workers = start_workers(bs, prefix, 1, 64, {})  # the shipped defaults: durable runs
+        port = free_port()
+        env = {
+            **worker_env(bs, prefix, 64, "defaults"), "GRAPHWIRE_GATEWAY_PORT": str(port),
+            "GRAPHWIRE_GATEWAY_OPS_PORT": "0",
+            "GRAPHWIRE_GATEWAY_RATE_PER_MINUTE": "10000000",
+            "GRAPHWIRE_GATEWAY_MAX_CONCURRENT_RUNS": "100000",  # measure the path, not the cap
+            "GRAPHWIRE_GATEWAY_API_KEYS": orjson.dumps(
+                [{"name": "bench", "key_sha256": hash_key(KEY), "graphs": ["*"]}]).decode(),
+        }
+        gateway = subprocess.Popen(  # noqa: ASYNC220 (a server process, not awaited)
+            [sys.executable, "-m", "graphwire", "gateway"], env=env, cwd=ROOT,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        oracle, oracle_url = start_oracle(Path(tmp))
+        try:
+            url = f"http://127.0.0.1:{port}"
+            await wait_up(url, "/ready", gateway)
+            await wait_up(oracle_url, "/ok", oracle)
+            theirs = await measure(oracle_url, None, n, streams)
+            ours = await measure(url, KEY, n, streams)
+        finally:
+            gateway.terminate()
+            os.killpg(oracle.pid, signal.SIGTERM)
+            gateway.wait(30)
+            oracle.wait(30)
+            workers.terminate()
+            workers.wait(60)
+    print(f"{'runs.wait pipeline, graphwire vs langgraph dev':<50} {ours['rate']:>8.1f} runs/s  "
+          f"baseline {theirs['rate']:>8.1f}  ratio {ours['rate'] / theirs['rate']:5.2f}x  "
+          "(target >= 2x)", flush=True)
+    print(f"{'  latency graphwire':<50} p50 {ours['p50']:7.1f} ms  p99 {ours['p99']:7.1f} ms")
+    print(f"{'  latency langgraph dev':<50} p50 {theirs['p50']:7.1f} ms  "
+          f"p99 {theirs['p99']:7.1f} ms  (target: graphwire's p99 lower)")
+    print(f"{'runs.stream chat: time to the first event':<50} graphwire {ours['first']:7.1f} ms"
+          f"  langgraph dev {theirs['first']:7.1f} ms (medians)", flush=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
