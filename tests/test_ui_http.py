@@ -112,6 +112,12 @@ async def test_without_auth_no_key_is_asked(
         assert '<meta name="graphwire-auth" content="off">' in shell.text
         runs = await http.get("/ui/api/runs")
         assert (runs.status_code, runs.json()) == (200, {"runs": [], "next_cursor": None})
+        for param in ("graph", "status", "thread"):  # PostgreSQL cannot compare a NUL: 422
+            bad = await http.get("/ui/api/runs", params={param: "a\x00b"})
+            assert (bad.status_code, bad.json()) == (422, {
+                "detail": "a filter value PostgreSQL cannot compare "
+                          "(CharacterNotInRepertoireError): remove NUL characters and values "
+                          "out of range"}), param
 
 
 async def test_without_the_audit_database_the_inspector_says_what_to_check(

@@ -16,6 +16,7 @@ from urllib.parse import quote
 import asyncpg
 import orjson
 
+from graphwire.processors import pgerrors
 from graphwire.processors.gateway.auth import Principal
 from graphwire.processors.gateway.errors import (
     Conflict,
@@ -98,6 +99,10 @@ class Inspector:
             raise Unavailable("the audit tables are missing or old: run `graphwire db "
                               "migrate`") from None
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            if pgerrors.kind(exc) == "data":  # a NUL in a filter, a value out of range
+                raise Unprocessable(f"a filter value PostgreSQL cannot compare "
+                                    f"({type(exc).__name__}): remove NUL characters and "
+                                    "values out of range") from None
             log.warning("audit tables unavailable: %s", type(exc).__name__)
             raise Unavailable.retry(f"the audit tables' PostgreSQL does not answer "
                                     f"({type(exc).__name__}): check GRAPHWIRE_DATABASE_URL, "
