@@ -20,8 +20,9 @@ install: $(STAMP) ## create .venv and install graphwire with its dev dependencie
 services: ## check PostgreSQL and Redis answer; start them if they do not
 	@bash scripts/services.sh
 
+PYTEST_WORKERS ?= 3
 test: install services ## run the whole test suite (unit + integration on the bundled broker)
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 lint: install ## ruff and mypy
 	$(VENV)/bin/ruff check graphwire topics graphs processors tests bench examples
