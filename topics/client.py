@@ -96,6 +96,9 @@ class GraphwireClient:
         self._consumer: AIOKafkaConsumer | None = None
         self._reader: asyncio.Task[None] | None = None
         self._watched: OrderedDict[str, bool] = OrderedDict()  # -> keep its events
+        # submitted here after the reader took its positions: the first wait for the result
+        # needs no Redis lookup (the reader sees it); later waits look, in case it was trimmed
+        self._submitted_here: set[str] = set()
         self._waiting: dict[str, int] = {}
         self._results: OrderedDict[str, Result] = OrderedDict()
         self._result_waiters: dict[str, asyncio.Future[Result]] = {}
@@ -295,6 +298,8 @@ class GraphwireClient:
         if traceparent:
             headers.append((HEADER_TRACEPARENT, traceparent.encode()))
         self.watch(request.request_id, events=keep_events)
+        if len(self._submitted_here) < 4 * self._max_kept:  # in flight only; bounded anyway
+            self._submitted_here.add(request.request_id)
         if request.thread_id:
             self._thread_graphs[request.thread_id] = request.graph
             if len(self._thread_graphs) > self._max_kept:
@@ -322,7 +327,10 @@ class GraphwireClient:
         ``RunError``, ``RunRejected`` or ``RunTimedOut`` (each carries the result)."""
         self.watch(request_id, events=None)
         found = self._results.get(request_id)
-        if found is None and request_id not in self._result_waiters and self._redis_url:
+        first_of_ours = request_id in self._submitted_here
+        self._submitted_here.discard(request_id)
+        if (found is None and not first_of_ours and request_id not in self._result_waiters
+                and self._redis_url):
             earlier = await self._published_earlier(request_id)
             if earlier is not None:
                 self._keep(*earlier)
@@ -659,6 +667,7 @@ class GraphwireClient:
         if rid is None or rid not in self._watched or record.value is None:
             return
         if topic == self.topics.results:
+            self._submitted_here.discard(rid)  # kept now: no lookup needed either way
             result = self._results.get(rid)
             if result is None:
                 result = Result.model_validate(loads(record.value))

@@ -61,7 +61,7 @@ from graphwire.processors.gateway.models import (
     WorkflowRequest,
 )
 from graphwire.processors.gateway.ops import OpsServer, Readiness
-from graphwire.processors.gateway.pool import BoundedPool, PoolBusy
+from graphwire.processors.gateway.pool import BoundedPool, PoolBusy, keep_session
 from graphwire.processors.settings import Settings
 from graphwire.processors.webhooks.policy import WebhookPolicy
 from graphwire.topics.client import GraphwireClient
@@ -126,6 +126,7 @@ class Gateway:
             pool = await asyncpg.create_pool(
                 self.settings.database_url.get_secret_value(), min_size=0,
                 max_size=self.settings.gateway_db_pool_size, timeout=5, command_timeout=10,
+                reset=keep_session,
                 server_settings={"search_path": f'"{self.settings.audit_schema}"'}  # never public
                 if self.settings.audit_schema else None,
             )

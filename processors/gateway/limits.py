@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 RETRY_AFTER_S = 5  # runs and streams end at no known time: look again soon
+HELD_KEPT = 100_000
+"""Runs whose slot key a gateway remembers (the oldest are forgotten: their TTL frees them)."""
 
 # KEYS[1] the caller's slots. ARGV: limit, ttl_ms, then the members to hold.
 # -> {1, used} taken | {0, used} refused. A member held already is refreshed, not counted twice
@@ -78,6 +81,9 @@ class PrincipalCaps:
         self._run_ttl_ms = int(run_ttl_s * 1000)
         self._stream_ttl_ms = int(stream_ttl_s * 1000)
         self._releasing: set[asyncio.Task[None]] = set()
+        # the slot key of each run this gateway took one for: an Agent Server run's id (a
+        # UUID) does not carry its caller's scope as graphwire's ids do (``scope.rest``)
+        self._held: OrderedDict[str, str] = OrderedDict()
 
     def _key(self, kind: str, scope: str) -> str:
         return f"{self._ns}:slots:{kind}:{scope}"
@@ -95,6 +101,11 @@ class PrincipalCaps:
         if not taken.allowed and await _answering(self._forget_finished(key)) > 0:
             taken = await _answering(
                 self._take(key, self.max_runs, self._run_ttl_ms, request_ids))
+        if taken.allowed:
+            for rid in request_ids:
+                self._held[rid] = key
+            while len(self._held) > HELD_KEPT:  # results never seen: their TTL frees them
+                self._held.popitem(last=False)
         if not taken.allowed:
             more = f"{len(request_ids)} more runs" if len(request_ids) > 1 else "another run"
             raise TooManyRequests(
@@ -120,9 +131,12 @@ class PrincipalCaps:
         """Give back the slots of ``request_ids`` (their scope is their prefix)."""
         by_key: dict[str, list[str]] = {}
         for rid in request_ids:
+            key = self._held.pop(rid, None)
             scope, dot, _ = rid.partition(".")
-            if dot:
-                by_key.setdefault(self._key("runs", scope), []).append(rid)
+            if key is None and dot:
+                key = self._key("runs", scope)
+            if key is not None:
+                by_key.setdefault(key, []).append(rid)
         for key, members in by_key.items():
             await self._redis.zrem(key, *members)
 

@@ -54,8 +54,10 @@ async def test_stream_a_chat_run_and_wait_for_a_pipeline_run(
     ``Content-Location``, ``join`` its final values, ``get`` its record and ``list`` both runs,
     newest first."""
     await start_runner()
-    async with (serve_app(settings_for(worker_env)) as (_app, http),
+    async with (serve_app(settings_for(worker_env)) as (app, http),
                 get_client(url=str(http.base_url), api_key=KEY) as client):
+        caps = app.state.gateway.caps
+        scope = app.state.gateway.auth.authenticate({"x-api-key": KEY}).scope
         chat = await client.threads.create()
         chunks = [c async for c in client.runs.stream(
             chat["thread_id"], "chat", input={"messages": [
@@ -72,6 +74,9 @@ async def test_stream_a_chat_run_and_wait_for_a_pipeline_run(
         joined = await client.runs.join(tid, run["run_id"])
         got = await client.runs.get(tid, run["run_id"])
         listed = await client.runs.list(tid)
+        # each run's slot (its UUID names no scope) is given back once its result is seen
+        held = await eventually(lambda: caps.runs_held(scope), until=lambda n: n == 0)
+    assert held == 0
     events = parts(chunks)
     assert events[0] == ("metadata", {"run_id": chat_runs[0]["run_id"], "attempt": 1})
     tokens = [(data[0]["type"], data[0]["content"], data[1]["langgraph_node"])

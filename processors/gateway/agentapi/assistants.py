@@ -89,10 +89,20 @@ def runnable_graphs(gw: Any, caller: Principal) -> list[str]:
 
 
 async def resolve(gw: Any, caller: Principal, assistant_id: str) -> dict[str, Any]:
-    """The assistant an id or a graph name names, if ``caller`` sees it; else 404."""
-    db = await gw.agent.defaults_stored()
+    """The assistant an id or a graph name names, if ``caller`` sees it; else 404. A graph's
+    default assistant is read once and kept: everyone sees it and nobody changes it."""
     aid = assistant_id if is_uuid(assistant_id) else default_assistant_id(assistant_id)
-    found = await store.get_assistant(db, parse_uuid(aid, "assistant"), gw.agent.owner(caller))
+    defaults: dict[str, dict[str, Any]] = gw.agent.default_assistants
+    found = defaults.get(aid)
+    if found is None:
+        db = await gw.agent.defaults_stored()
+        found = await store.get_assistant(db, parse_uuid(aid, "assistant"),
+                                          gw.agent.owner(caller))
+        if found is not None and str(found["assistant_id"]) == default_assistant_id(
+                str(found["graph_id"])):
+            defaults[aid] = found
+    if found is not None:
+        found = dict(found)
     if found is None or found["graph_id"] not in runnable_graphs(gw, caller):
         raise NotFound(f"Assistant {assistant_id} not found")
     return found

@@ -36,6 +36,8 @@ class AgentResources:
         self._registry: GraphRegistry | None = None
         self._registry_error: str | None = None
         self._defaults_stored = False
+        self.default_assistants: dict[str, dict[str, Any]] = {}
+        """Default assistants by id, as read once (``assistants.resolve``)."""
         self._lock = asyncio.Lock()
 
     async def start(self, db: Any) -> None:

@@ -72,10 +72,12 @@ def _flag(request: HttpRequest, name: str) -> bool:
 
 
 async def _start(gw: Any, caller: Principal, request: HttpRequest, thread_id: str | None,
-                 raw: Any, *, values: bool = False,
+                 raw: Any, *, values: bool = False, keep_events: bool = True,
                  ) -> tuple[dict[str, Any], RunCreate, dict[str, Any] | None]:
     """Create one run from ``raw`` (or find the one its ``Idempotency-Key`` made): its record,
-    its body and its thread's record (None when stateless)."""
+    its body and its thread's record (None when stateless). ``keep_events``: the gateway's
+    Kafka client keeps the run's events in memory for a stream of it (``wait`` needs only the
+    result; a later ``join_stream`` of it reads them back from the audit table)."""
     body = parse_run_create(raw)
     runs = book(gw)
     key = request.headers.get("Idempotency-Key")
@@ -102,7 +104,7 @@ async def _start(gw: Any, caller: Principal, request: HttpRequest, thread_id: st
         await runs.undo(run)
         return claimed, body, thread
     try:
-        await gw.submit_all([run_request], caller, keep_events=True)
+        await gw.submit_all([run_request], caller, keep_events=keep_events)
     except BaseException:
         await runs.undo(run)
         await runs.release(caller, key)
@@ -136,7 +138,7 @@ async def _stream(gw: Any, caller: Principal, request: HttpRequest,
 async def _wait(gw: Any, caller: Principal, request: HttpRequest,
                 thread_id: str | None) -> StreamingResponse:
     run, body, thread = await _start(gw, caller, request, thread_id, await read_json(request),
-                                     values=True)
+                                     values=True, keep_events=False)
     flow = RunBody(gw, book(gw), run, cancel_on_disconnect=body.on_disconnect == "cancel")
     return StreamingResponse(flow.wait(thread), media_type="application/json",
                              headers=_headers(run, thread_id is None, "/join"))

@@ -81,8 +81,8 @@ def _utc(value: datetime | None) -> datetime | None:
         raise Unprocessable("the time is out of range") from None
 
 
-def _inspector(request: Request) -> Inspector:
-    """The app's ``Inspector`` (made by ``mount``)."""
+async def _inspector(request: Request) -> Inspector:
+    """The app's ``Inspector`` (made by ``mount``; ``async``: no thread hop per request)."""
     found: Inspector = request.app.state.ui
     return found
 
@@ -95,7 +95,7 @@ pages = APIRouter(prefix="/ui", include_in_schema=False)
 ENV = _templates()
 
 
-def run_filter(
+async def run_filter(
     principal: Caller, inspector: Insp,
     graph: Annotated[str | None, Query(max_length=200)] = None,
     status: Annotated[str | None, Query(max_length=40)] = None,

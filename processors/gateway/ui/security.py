@@ -70,7 +70,7 @@ def csrf_token(request: Request) -> tuple[str, bool]:
     return secrets.token_urlsafe(32), True
 
 
-def check_csrf(request: Request) -> None:
+async def check_csrf(request: Request) -> None:
     """403 unless the POST carries the cookie's token in ``X-CSRF-Token`` from our origin
     (FastAPI dependency)."""
     origin = request.headers.get("origin")
