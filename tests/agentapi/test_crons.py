@@ -228,6 +228,9 @@ async def test_a_firing_is_an_agent_server_run(
         async def finished() -> list[dict[str, Any]]:
             return [r for r in await client.runs.list(tid) if r["status"] == "success"]
 
+        # threads.get alone (no runs read) shows a firing's end: its values
+        fresh = await eventually(lambda: client.threads.get(tid), 30, until=lambda t: t["values"],
+                                 what="the thread's values after a firing")
         done = await eventually(finished, 30, what="a firing of the thread cron succeeded")
         db = await asyncpg.connect(TEST_DATABASE_URL)
         try:
@@ -264,6 +267,7 @@ async def test_a_firing_is_an_agent_server_run(
     assert run["metadata"]["scheduled_at"] == row["due_at"].astimezone(UTC).strftime(
         "%Y-%m-%dT%H:%M:%SZ")
     assert state["values"] == {"text": "cron fired", "tokens": ["cron", "fired"], "count": 2}
+    assert fresh["values"] == state["values"]
     assert (echo["thread_id"], echo["assistant_id"], echo["metadata"]["cron_id"]) == (
         None, default_assistant_id("echo"), stateless["cron_id"])
     assert datetime.now(UTC) - datetime.fromisoformat(echo["created_at"]) < timedelta(minutes=1)

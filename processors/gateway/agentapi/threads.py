@@ -20,6 +20,8 @@ from graphwire.processors.gateway.agentapi.body import Body, json_response, page
 from graphwire.processors.gateway.agentapi.deps import Caller, GatewayDep
 from graphwire.processors.gateway.agentapi.errors import BadRequest, NotFound, Unprocessable
 from graphwire.processors.gateway.agentapi.ids import new_id, parse_uuid
+from graphwire.processors.gateway.agentapi.runbook import ACTIVE
+from graphwire.processors.gateway.agentapi.runs import book
 from graphwire.processors.gateway.agentapi.state import owned_thread, sync_thread
 
 router = APIRouter(tags=["threads"])
@@ -146,10 +148,21 @@ async def count(request: Request, gw: GatewayDep, caller: Caller) -> Response:
 
 @router.get("/threads/{thread_id}")
 async def get(thread_id: str, request: Request, gw: GatewayDep, caller: Caller) -> Response:
-    """The thread: metadata, status, values and interrupts."""
+    """The thread: metadata, status, values and interrupts. Its runs still recorded as active
+    are brought up to date first (a cron's firings, runs another gateway created): the
+    thread is ``busy`` while one is, and its status and values are those of their ends."""
     if request.query_params.get("include"):
         raise Unprocessable("include is not supported: threads have no ttl in graphwire")
-    return json_response(await owned_thread(gw, caller, thread_id))
+    thread = await owned_thread(gw, caller, thread_id)
+    db, tid = gw.agent.records(), thread["thread_id"]
+    runs = book(gw)
+    active = await records.active_runs(db, tid)
+    ended = [run for run in active if (await runs.refresh(run))["status"] not in ACTIVE]
+    if len(ended) < len(active) and thread["status"] != "busy":
+        await records.set_thread_state(db, tid, status="busy")
+    if active:
+        thread = await records.get_thread(db, tid, None) or thread
+    return json_response(thread)
 
 
 @router.patch("/threads/{thread_id}")
