@@ -580,3 +580,22 @@ def test_scheduler_refuses_to_start_without_its_tables_or_database(
     assert last.startswith("graphwire: error: PostgreSQL does not answer (")
     assert last.endswith("check GRAPHWIRE_DATABASE_URL")
     assert "hunter2secret" not in down.stderr + down.stdout
+
+
+def test_a_gateway_crons_firings_carry_its_callers_identity() -> None:
+    """A cron made through the gateway (``metadata.principal`` with a rate) fires with the
+    ``x-graphwire-principal`` header of that caller, so the graph gets its identity as for
+    the caller's own runs; a cron of the CLI (no principal) fires without one."""
+    from graphwire.processors.gateway.auth import Principal
+    from graphwire.processors.schedules.store import _firing
+    from graphwire.topics.codec import HEADER_PRINCIPAL
+
+    t0 = datetime(2026, 12, 2, 14, 0, tzinfo=UTC)
+    caller = {"type": "api_key", "name": "svc-a", "rate_per_minute": 60}
+    made_here = Cron(name="c", graph="g", schedule="* * * * *", next_at=t0,
+                     metadata={"principal": caller})
+    row = _firing(made_here, t0)
+    scope = Principal("api_key", "svc-a", frozenset(), 60).scope
+    assert [(name, orjson.loads(value)) for name, value in row.headers] == [
+        (HEADER_PRINCIPAL, {"kind": "api_key", "name": "svc-a", "scope": scope})]
+    assert _firing(_cron(t0), t0).headers == []

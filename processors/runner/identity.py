@@ -15,7 +15,8 @@ passes it to the graph as LangGraph's Agent Server does:
 A producer cannot set these keys through ``config.configurable`` (the contract refuses them),
 so a graph that reads them reads what the gateway vouched for. Kafka writers are trusted as
 admins over every tenant (docs/security.md): a header a raw producer sets is honoured. A
-request without the header (a raw producer, a cron, the CLI) has none of the keys.
+request without the header (a raw producer, the CLI, a cron made with the CLI or the client) has
+none of the keys; a cron made through the gateway fires with its maker's header.
 """
 
 from __future__ import annotations

@@ -196,22 +196,13 @@ class Leadership:
 
 
 def _owner(row: store.Due) -> Principal | None:
-    """The gateway caller a cron firing is charged to: its request's ``metadata.principal``
-    with a ``rate_per_minute`` (set by the gateway's ``POST /crons``); None for the crons of
-    the CLI and the client, and for delayed requests."""
+    """The gateway caller a cron firing is charged to (``store.cron_owner``)."""
     if row.cron is None:
         return None
     try:
-        found = orjson.loads(row.value).get("metadata", {}).get("principal")
-    except (orjson.JSONDecodeError, AttributeError):
+        return store.cron_owner(orjson.loads(row.value))
+    except orjson.JSONDecodeError:
         return None
-    if not isinstance(found, dict):
-        return None
-    kind, name, rate = found.get("type"), found.get("name"), found.get("rate_per_minute")
-    if not (isinstance(kind, str) and isinstance(name, str) and isinstance(rate, int)
-            and not isinstance(rate, bool) and rate >= 1):
-        return None
-    return Principal(kind, name, frozenset(), rate)
 
 
 async def _close(conn: Any) -> None:

@@ -17,7 +17,8 @@ from zoneinfo import ZoneInfo
 import orjson
 from croniter import croniter
 
-from graphwire.topics.codec import dumps
+from graphwire.processors.gateway.auth import Principal
+from graphwire.topics.codec import dumps, principal_header
 from graphwire.topics.crons import Cron, cron_from_row, due_firings, rfc3339
 
 log = logging.getLogger(__name__)
@@ -163,10 +164,29 @@ def _missed(cron: Cron, now: datetime, grace: timedelta) -> int:
     return count
 
 
+def cron_owner(body: Any) -> Principal | None:
+    """The gateway caller a cron's request names in ``metadata.principal`` with a
+    ``rate_per_minute`` (set by the gateway's cron routes); None for the crons of the CLI and
+    the client, and for delayed requests."""
+    found = body.get("metadata", {}).get("principal") if isinstance(body, dict) else None
+    if not isinstance(found, dict):
+        return None
+    kind, name, rate = found.get("type"), found.get("name"), found.get("rate_per_minute")
+    if not (isinstance(kind, str) and isinstance(name, str) and isinstance(rate, int)
+            and not isinstance(rate, bool) and rate >= 1):
+        return None
+    return Principal(kind, name, frozenset(), rate)
+
+
 def _firing(cron: Cron, at: datetime) -> Stored:
+    """A firing's row: its request, and the ``x-graphwire-principal`` header of the caller
+    who made the cron through the gateway (the runner gives the graph that caller's identity,
+    ``langgraph_auth_user_id``, as for the caller's own runs)."""
     body = cron.request(at)
     key = (body.get("thread_id") or body["request_id"]).encode()
-    return Stored(body["request_id"], at, cron.graph, cron.name, key, dumps(body), [],
+    owner = cron_owner(body)
+    headers = [principal_header(owner.kind, owner.name, owner.scope)] if owner else []
+    return Stored(body["request_id"], at, cron.graph, cron.name, key, dumps(body), headers,
                   f"cron {cron.name} {rfc3339(at)}")
 
 
