@@ -482,6 +482,11 @@ class GraphwireClient:
             self._event_signal.pop(old, None)
             self._dropped.pop(old, None)
 
+    def awaiting_first_result(self, request_id: str) -> bool:
+        """Submitted by this client, result not seen yet and not waited for yet (it will be
+        read off the results topic: no Redis lookup needed)."""
+        return request_id in self._submitted_here
+
     def watching(self, request_id: str) -> bool:
         return request_id in self._watched
 

@@ -60,7 +60,9 @@ async def run_events(gw: Any, run_id: str, timeout: float = RUN_MAX_S,
     one (time for a heartbeat)."""
     client = gw.client
     client.watch(run_id, events=True)
-    if client.known_result(run_id) is None:  # a finished run: its result via Redis, now
+    # a finished run: its result via Redis, now (not for a run just submitted here: no result
+    # can be in Redis yet, and the lookup would hold the first event back)
+    if client.known_result(run_id) is None and not client.awaiting_first_result(run_id):
         with contextlib.suppress(TimeoutError, GraphwireError):
             await client.result(run_id, timeout=0.05)
     sent, deadline, backfilled = -1, time.monotonic() + timeout, 0.0
