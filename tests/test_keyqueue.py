@@ -63,3 +63,21 @@ async def test_an_unfinished_item_is_not_overtaken_by_its_key() -> None:
             s.submit("p", key, item)
     await s.drain(None, timeout=1)
     assert seen == ["k1", "j1", "m1", "m2"]
+
+
+async def test_an_item_is_ahead_of_its_keys_next_from_its_submit() -> None:
+    """Two items of one key submitted in one go (one fetch): the second sees the first ahead
+    of it before the first's task has run (double-texting decides on ``ahead``)."""
+    started: list[str] = []
+
+    async def handler(item: str) -> None:
+        started.append(item)
+
+    s: KeyQueue[str] = KeyQueue(handler)
+    assert s.ahead("p", "a") == []
+    s.submit("p", "a", "a1")
+    assert (s.ahead("p", "a"), started) == (["a1"], [])
+    s.submit("p", "a", "a2")
+    assert s.ahead("p", "a") == ["a1", "a2"]
+    await s.drain(None, timeout=1)
+    assert (s.ahead("p", "a"), started) == ([], ["a1", "a2"])

@@ -20,7 +20,7 @@ from graphwire.processors.audit.db import server_settings
 from graphwire.processors.runner.runner import GraphRunner
 from graphwire.processors.settings import Settings
 from graphwire.topics.client import GraphwireClient
-from graphwire.topics.runstatus import read_run_state
+from graphwire.topics.runstatus import read_run_state, was_queued
 from graphwire.topics.specs import TopicNames
 from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL
 from tests.helpers import eventually
@@ -128,3 +128,31 @@ async def test_queued_requests_are_cancelled_without_force(
     assert results["p1"]["output"]["log"] == ["A1", "A2", "A3", "A4"]
     assert sorted(events) == [("p2", "run_finished"), ("p2", "run_started"),
                               ("p3", "run_finished"), ("p3", "run_started")]
+
+
+async def test_queued_requests_are_cancelled_without_force_or_an_audit_sink(
+    bootstrap: str, topics: TopicNames, runner: GraphRunner, worker_env: dict[str, str],
+) -> None:
+    """No audit sink: q1 runs 4 steps of 1 s on its thread, q2 waits behind it on the same
+    worker, which marks it queued in Redis (``runstatus.queued_key``). ``graphwire cancel q2``
+    without --force exits 0 (not started) and q2 ends ``cancelled`` having run nothing; q1 ends
+    ``success``."""
+    prefix = topics.prefix
+    env = {**worker_env, "GRAPHWIRE_GRAPHS": GRAPHS}
+    async with Collector(bootstrap, topics.results, topics.events) as out:
+        for rid, label, pause in (("q1", "A", 1.0), ("q2", "B", 0)):
+            await produce(bootstrap, topics.requests, [(b"t-pending", steps(rid, label, pause))])
+        redis = Redis.from_url(TEST_REDIS_URL)
+        try:
+            marked = await eventually(lambda: was_queued(redis, prefix, "q2"), 30)
+        finally:
+            await redis.aclose()
+        cli = await _cli(env, "cancel", "q2")
+        await out.wait_until(lambda: {"q1", "q2"} <= {
+            r["request_id"] for r in out.values(topics.results)}, timeout=60)
+        results = {r["request_id"]: r for r in out.values(topics.results)}
+    assert marked is True
+    assert cli == (0, "", "cancel (interrupt) of q2 not started: it runs nothing when a "
+                          "worker reaches it\n")
+    assert [results[r]["status"] for r in ("q1", "q2")] == ["success", "cancelled"]
+    assert results["q1"]["output"]["log"] == ["A1", "A2", "A3", "A4"]

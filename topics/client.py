@@ -36,7 +36,7 @@ from graphwire.topics.errors import (
 from graphwire.topics.history import CheckpointInfo, read_history
 from graphwire.topics.models import CancelAction, Control, Event, MultitaskStrategy, Request, Result
 from graphwire.topics.positions import next_event
-from graphwire.topics.runstatus import read_done_marker, read_run_state
+from graphwire.topics.runstatus import read_done_marker, read_run_state, was_queued
 from graphwire.topics.specs import TopicNames
 
 log = logging.getLogger(__name__)
@@ -576,10 +576,10 @@ class GraphwireClient:
 
         With ``redis_url`` the run status is checked first: a finished request is not sent a
         cancel (``state="finished"``). One that no worker holds is ``pending`` when this client
-        submitted it, or (with ``database_url``) the audit table has it as accepted: queued
-        behind another run of its thread, or not fetched yet. One nobody knows of is
-        ``unknown`` and not sent, unless ``force`` (it may still be on the requests topic and
-        the audit sink a moment behind)."""
+        submitted it, a worker marked it queued behind another run of its thread, or (with
+        ``database_url``) the audit table has it as accepted (queued, or not fetched yet).
+        One nobody knows of is ``unknown`` and not sent, unless ``force`` (it may still be on
+        the requests topic and the audit sink a moment behind)."""
         assert self._producer is not None, "call start() or use `async with` first"
         control = Control(request_id=request_id, action=action, reason=reason)
         state = "sent"
@@ -590,8 +590,9 @@ class GraphwireClient:
                 return CancelOutcome(request_id, "finished", found.status)
             if found is not None:
                 state = "running"
-            elif force or self.watching(request_id):
-                state = "pending"
+            elif force or self.watching(request_id) or await was_queued(
+                    await self._shared_redis(), self.topics.prefix, request_id):
+                state = "pending"  # ours, or a worker fetched it and queued it behind another
             elif (audited := await self._audit_status(request_id)) == "accepted":
                 state = "pending"
             elif audited is not None:  # Redis forgot it (GRAPHWIRE_DONE_TTL_S); the table not

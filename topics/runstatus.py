@@ -21,6 +21,9 @@ so they share one Redis Cluster slot:
   ``<prefix>.control``: the claim of a request not started yet finds it (and runs nothing), the
   lease renewals of a running one find it (and stop it at its next step boundary)
 
+- ``<ns>:{rid}:queued`` set (TTL ``GRAPHWIRE_DONE_TTL_S``) by the runner that fetched the
+  request and queued it behind another run of its key (a busy thread): no lease, no done
+  marker, yet a worker holds it, so a cancel without ``--force`` knows it is pending
 and one channel: ``<ns>:cancels`` (pub/sub), where the same runner announces each cancel
 (``{"request_id", "action", "reason"}``) so that the worker running it stops it at once rather
 than at its next renewal.
@@ -207,6 +210,20 @@ async def read_run_state(redis: Any, namespace: str, request_id: str) -> RunStat
     if owner:
         return RunState("running", "running", attempts, owner=_text(owner))
     return None
+
+
+def queued_key(namespace: str, request_id: str) -> str:
+    """The key a runner sets while ``request_id`` waits behind another run of its key."""
+    return f"{namespace}:{{{request_id}}}:queued"
+
+
+async def was_queued(redis: Any, namespace: str, request_id: str) -> bool:
+    """Whether a runner fetched ``request_id`` and queued it behind another run (and the mark
+    has not expired). Raises ``DependencyUnavailable`` if Redis fails."""
+    try:
+        return bool(await redis.exists(queued_key(namespace, request_id)))
+    except (RedisError, OSError) as exc:
+        raise DependencyUnavailable(f"Redis does not answer ({exc})") from exc
 
 
 async def read_done_marker(redis: Any, namespace: str, request_id: str) -> DoneMarker | None:

@@ -41,6 +41,7 @@ from graphwire.topics.runstatus import (
     DoneMarker,
     RunState,
     cancel_channel,
+    queued_key,
     read_run_state,
     run_keys,
     thread_channel,
@@ -319,6 +320,7 @@ class RedisClaims:
         # This process's mark on the starts it makes: a start marked by anyone else and never
         # ended is a death, even when a restarted worker reuses the same owner name.
         self._token = uuid.uuid4().hex
+        self._marking: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Connect and load the scripts; raises ``DependencyUnavailable`` if Redis is down."""
@@ -346,6 +348,8 @@ class RedisClaims:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         self._listener = None
+        if self._marking:  # queued marks not written yet: a cancel then needs --force
+            await asyncio.gather(*self._marking, return_exceptions=True)
         if self._batch is not None:
             await self._batch.stop()
             self._batch = None
@@ -481,6 +485,22 @@ class RedisClaims:
             done=DoneMarker.decode(done) if done else None,
             running_on=lease.decode() if lease else None,
         )
+
+    def mark_queued(self, request_id: str) -> None:
+        """Mark ``request_id`` as fetched and queued behind another run of its key (in the
+        background: a failure only leaves a cancel of it needing ``--force``)."""
+        if self._redis is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._mark_queued(request_id))
+        self._marking.add(task)
+        task.add_done_callback(self._marking.discard)
+
+    async def _mark_queued(self, request_id: str) -> None:
+        assert self._redis is not None
+        try:
+            await self._redis.set(queued_key(self._ns, request_id), b"1", ex=self.done_ttl_s)
+        except (RedisError, OSError) as exc:
+            log.info("could not mark %s queued (%s)", request_id, type(exc).__name__)
 
     async def keep_result(
         self, request_id: str, owner: str, value: bytes, dead_letter: str | None

@@ -38,6 +38,8 @@ class KeyQueue(Generic[T]):
             queue.append(item)
             return
         self._queues[slot] = deque()
+        self._current[slot] = item  # ahead of the next item of its key from now, not from
+        # when its task first runs (a later message of the same fetch must see it)
         task = asyncio.create_task(self._drain(slot, item))
         tasks = self._tasks.setdefault(group, set())
         tasks.add(task)

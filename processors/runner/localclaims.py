@@ -21,6 +21,8 @@ class Claims(Protocol):
 
     async def mark_cancel(self, request_id: str, marker: CancelMarker) -> CancelMark: ...
 
+    def mark_queued(self, request_id: str) -> None: ...
+
     async def keep_result(
         self, request_id: str, owner: str, value: bytes, dead_letter: str | None
     ) -> None: ...
@@ -61,6 +63,9 @@ class LocalClaims:
     async def mark_cancel(self, request_id: str, marker: CancelMarker) -> CancelMark:
         """Nothing to mark: a cancel reaches only runs on this worker (``RunStops``)."""
         return CancelMark(first=True, done=None, running_on=None)
+
+    def mark_queued(self, request_id: str) -> None:
+        """Nothing to mark: without Redis no cancel asks whether a worker holds it."""
 
     async def keep_result(
         self, request_id: str, owner: str, value: bytes, dead_letter: str | None

@@ -374,6 +374,13 @@ class RequestProcessor:
         await self._out.finish(start, to, answer, None)
         log.warning("rejected %s: %s", to.request_id, dead_letter.reason)
 
+    def queued(self, record: Record) -> None:
+        """A request waits behind another run of its key on this worker: leave the mark that
+        lets a cancel without ``--force`` know a worker holds it (``runstatus.queued_key``)."""
+        rid = _peek_request_id(record)
+        if rid is not None:
+            self._claims.mark_queued(rid)
+
     def double_text(self, record: Record, ahead: list[Record]) -> Answer | None:
         """A request arrived on a thread with runs ahead of it (``ahead``: the running one
         first): apply its ``multitask_strategy``. Returns its answer when the new one is to be

@@ -304,6 +304,8 @@ class GraphRunner:
                     preset = self._processor.double_text(record, [job.record for job in ahead])
                     if preset is not None:  # "reject": answered now, beside the thread's runs
                         key = ("busy", record.offset)
+                    else:
+                        self._processor.queued(record)
                 self._queue.submit(tp, key, Job(record, preset))
 
     # -- committing ------------------------------------------------------------------------
