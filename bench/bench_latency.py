@@ -194,8 +194,11 @@ async def main(args: argparse.Namespace) -> None:
         try:
             async with (
                 GraphwireClient(bs, topic_prefix=prefix) as client,
+                # a connection per stream: a pooled one that the server closed while idle
+                # (uvicorn's keep-alive timeout, between cases) fails the next request
                 httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120,
-                                  limits=httpx.Limits(max_connections=200)) as http,
+                                  limits=httpx.Limits(max_connections=200,
+                                                      max_keepalive_connections=0)) as http,
             ):
                 await wait_ready(http, gateway)
                 readers = {"client.events()": lambda graph: client_stream(client, graph),
