@@ -17,6 +17,7 @@ the mean of the two (both are printed: their spread shows the machine's noise).
 | dedup and checkpoints off vs bare loop                          | >= 0.85x |
 | defaults (dedup + checkpoints ``async``) vs bare loop           | >= 0.5x  |
 | defaults vs the same loop with LangGraph's ``InMemorySaver``    | >= 0.9x  |
+| both off and ``GRAPHWIRE_RUN_CALLBACKS=false`` vs bare loop     | context  |
 | both off vs a loop of sync nodes in LangGraph's thread hop      | context  |
 | defaults, sync nodes in threads vs the same loop                | context  |
 | PostgreSQL server CPU per checkpointed step                     | <= 0.15 ms |
@@ -196,10 +197,13 @@ def worker_env(bootstrap: str, prefix: str, max_in_flight: int, mode: str) -> di
     }
     if mode == "off":
         env |= PLAIN
+    elif mode == "lean":  # the light path without the LangChain callbacks on every run
+        env |= PLAIN | {"GRAPHWIRE_RUN_CALLBACKS": "false"}
     elif mode == "threads":  # the defaults, but sync nodes hop to a thread as LangGraph does
         env["GRAPHWIRE_SYNC_NODES"] = "thread"
     elif mode != "defaults":
-        raise ValueError(f"unknown worker mode {mode!r}: use 'defaults', 'threads' or 'off'")
+        raise ValueError(
+            f"unknown worker mode {mode!r}: use 'defaults', 'threads', 'off' or 'lean'")
     return env
 
 
@@ -577,13 +581,19 @@ async def main(args: argparse.Namespace) -> None:
         a1, m1 = bare("async", n), bare("memory", n)
         say("the worker with dedup and checkpoints off, then the async and thread loops")
         off = await drain(bs, "pipeline", HELLO, n, mode="off", max_in_flight=64)
-        a2, t0 = bare("async", n), bare("threads", n)
+        a2 = bare("async", n)
+        say("the same with GRAPHWIRE_RUN_CALLBACKS=false, then the async and thread loops")
+        lean = await drain(bs, "pipeline", HELLO, n, mode="lean", max_in_flight=64)
+        a3, t0 = bare("async", n), bare("threads", n)
         say("the worker with defaults and sync nodes in threads, then the thread loop again")
         threads = await drain(bs, "pipeline", HELLO, n, mode="threads", max_in_flight=64)
         t1, inline = bare("threads", n), bare("inline", n)
         figures += [
             Figure("pipeline: dedup + checkpoints off vs bare loop", off.rate, "runs/s",
                    mean(a1, a2), ">= 0.85x", f"async def nodes; bare {spread(a1, a2)}"),
+            Figure("pipeline: both off, run callbacks off vs bare loop", lean.rate, "runs/s",
+                   mean(a2, a3), "context",
+                   f"GRAPHWIRE_RUN_CALLBACKS=false; bare {spread(a2, a3)}"),
             Figure("pipeline: defaults vs bare loop", defaults.rate, "runs/s", mean(a0, a1),
                    ">= 0.5x", f"async def nodes; bare {spread(a0, a1)}"),
             Figure("pipeline: defaults vs the same loop with InMemorySaver", defaults.rate,
@@ -644,9 +654,9 @@ async def main(args: argparse.Namespace) -> None:
                    f"{s['late_mib']:.0f} MiB at 90-100% ({s['late_over_early']:.2f}x)")
         )
         context |= {"postgres": pg, "soak": s, "soak_runs": rss_runs,
-                    "bare_loops": {"async": [a0, a1, a2], "memory": [m0, m1],
+                    "bare_loops": {"async": [a0, a1, a2, a3], "memory": [m0, m1],
                                    "threads": [t0, t1], "inline": [inline]},
-                    "errors": {"defaults": defaults.errors, "off": off.errors,
+                    "errors": {"defaults": defaults.errors, "off": off.errors, "lean": lean.errors,
                                "threads": threads.errors,
                                "slow_off": slow_off.errors, "slow_defaults": slow_def.errors,
                                "io_one": io_one.errors, "io_two": io_two.errors,
