@@ -67,6 +67,9 @@ PACED = {
 """The demo graphs plus ``chat_paced`` (``bench/paced_chat.py``), for worker and gateway."""
 CASES = (("chat", 1), ("chat", 100), ("chat_paced", 100))
 """(graph, concurrent streams) measured, for each reader."""
+RETRIES_503 = 10
+"""A 503 (the rate limiter's Redis slow to answer on a loaded machine) comes before the run is
+submitted, so the stream is asked for again, at most this many times."""
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -125,21 +128,26 @@ def sse_stream(http: httpx.AsyncClient, graph: str) -> Callable[[list[float]], A
     body = {"workflow_name": graph, "input_data": CHAT, "stream": STREAM}
 
     async def one(latencies: list[float]) -> int:
-        count = 0
-        kind = ""
-        async with http.stream("POST", "/workflow/stream", json=body,
-                               headers={"X-API-Key": KEY}) as response:
-            if response.status_code != 200:
-                raise RuntimeError(f"/workflow/stream: {response.status_code} "
-                                   f"{(await response.aread())[:300]!r}")
-            async for line in response.aiter_lines():
-                if line.startswith("event: "):
-                    kind = line[7:]
-                elif line.startswith("data: ") and kind == "message":
-                    now = time.time()
-                    latencies.append((now - orjson.loads(line[6:])["ts"]) * 1000)
-                    count += 1
-        return count
+        for _ in range(RETRIES_503):
+            count = 0
+            kind = ""
+            async with http.stream("POST", "/workflow/stream", json=body,
+                                   headers={"X-API-Key": KEY}) as response:
+                if response.status_code == 503:  # refused before it submitted: try again
+                    await asyncio.sleep(0.5)
+                    continue
+                if response.status_code != 200:
+                    raise RuntimeError(f"/workflow/stream: {response.status_code} "
+                                       f"{(await response.aread())[:300]!r}")
+                async for line in response.aiter_lines():
+                    if line.startswith("event: "):
+                        kind = line[7:]
+                    elif line.startswith("data: ") and kind == "message":
+                        now = time.time()
+                        latencies.append((now - orjson.loads(line[6:])["ts"]) * 1000)
+                        count += 1
+                return count
+        raise RuntimeError(f"/workflow/stream answered 503 {RETRIES_503} times in a row")
 
     return one
 
