@@ -7,10 +7,11 @@ Method (issues 13 and 26). Every worker figure comes from a separate ``graphwire
 process, started the way a user starts it, draining requests produced before it starts. Its rate
 is taken from the broker timestamps of its results, first to last, so start-up and group join are
 not counted. The baseline is a separate process looping ``graph.astream(HELLO, stream_mode=
-"updates")`` sequentially on ``pipeline``'s 3 steps written as ``async def`` nodes: the fastest
-plain loop a user writes (faster here than the same sync nodes made inline, which is printed in
-the JSON context as ``inline``). It runs just before and just after the worker and the ratio uses
-the mean of the two (both are printed: their spread shows the machine's noise).
+"updates")`` sequentially on ``pipeline``'s 3 steps written as ``async def`` nodes: the plain
+loop a user writes for asyncio, and the fastest one with the same sync nodes made inline (as the
+worker runs them): the two are equal within this machine's noise, and ``inline`` is in the JSON
+context to check. It runs just before and just after the worker and the ratio uses the mean of
+the two (both are printed: their spread shows the machine's noise).
 
 | figure                                                          | target   |
 |-----------------------------------------------------------------|----------|
