@@ -31,8 +31,9 @@ lint: install ## ruff and mypy
 BENCH_JSON ?= bench-runner.json
 SETTINGS   ?= defaults
 
-bench: install services ## benchmarks against their baselines, measured in the same run (about 12 min)
+bench: install services ## benchmarks against their baselines, measured in the same run (about 13 min)
 	$(PY) bench/bench_runner.py --json $(BENCH_JSON)
+	$(PY) bench/bench_latency.py
 	$(PY) bench/bench_audit.py
 	$(PY) bench/bench_gateway.py
 	$(PY) bench/bench_agentapi.py

@@ -3,27 +3,40 @@
     make bench            # or: .venv/bin/python bench/bench_runner.py [--quick] [--json PATH]
     .venv/bin/python bench/bench_runner.py --soak 100000    # RSS over a long run as well
 
-Method (issue 13). Every worker figure comes from a separate ``graphwire worker`` process,
-started the way a user starts it, draining requests produced before it starts. Its rate is
-taken from the broker timestamps of its results, first to last, so start-up and group join are
-not counted. The baseline is a separate process looping ``graph.astream(..., stream_mode=
-"updates")`` sequentially on the same graph; it runs just before and just after the worker and
-the ratio uses the mean of the two (both are printed: their spread shows the machine's noise).
+Method (issues 13 and 26). Every worker figure comes from a separate ``graphwire worker``
+process, started the way a user starts it, draining requests produced before it starts. Its rate
+is taken from the broker timestamps of its results, first to last, so start-up and group join are
+not counted. The baseline is a separate process looping ``graph.astream(HELLO, stream_mode=
+"updates")`` sequentially on ``pipeline``'s 3 steps written as ``async def`` nodes: the plain
+loop a user writes for asyncio, and the fastest one with the same sync nodes made inline (as the
+worker runs them): the two are equal within this machine's noise, and ``inline`` is in the JSON
+context to check. It runs just before and just after the worker and the ratio uses the mean of
+the two (both are printed: their spread shows the machine's noise).
 
 | figure                                                          | target   |
 |-----------------------------------------------------------------|----------|
-| defaults (dedup + checkpoints ``async``) vs bare loop, pipeline | >= 0.5x  |
 | dedup and checkpoints off vs bare loop                          | >= 0.85x |
-| slow 0.2 s, 200 in flight, defaults vs both off                 | >= 0.9x  |
+| defaults (dedup + checkpoints ``async``) vs bare loop           | >= 0.5x  |
+| defaults vs the same loop with LangGraph's ``InMemorySaver``    | >= 0.9x  |
+| both off and ``GRAPHWIRE_RUN_CALLBACKS=false`` vs bare loop     | context  |
+| both off vs a loop of sync nodes in LangGraph's thread hop      | context  |
+| defaults, sync nodes in threads vs the same loop                | context  |
 | PostgreSQL server CPU per checkpointed step                     | <= 0.15 ms |
 | transactions to PostgreSQL per checkpointed step, 64 in flight  | <= 0.2   |
-| 2 workers (``--processes 2``) vs 1, defaults                    | >= 1.6x  |
+| slow 0.2 s, 200 in flight, defaults vs both off                 | >= 0.9x  |
+| slow 0.2 s, 25 in flight each: 2 workers vs 1 (I/O-bound)       | >= 1.8x  |
+| pipeline: 2 workers (``--processes 2``) vs 1 (CPU-bound)        | context  |
 | worker RSS with 500 runs in flight (``--soak N``: flat over N)  | reported |
 
+The ``InMemorySaver`` loop gives each run a new ``thread_id``, as a stateless request gets its
+own thread, and LangGraph's default durability (``async``, the worker's default too): it is the
+ceiling for a durable run, LangGraph's own checkpoint bookkeeping without any I/O.
+
 ``pipeline`` declares ``sync_nodes: inline`` (its nodes are microsecond string functions), so
-the defaults figure runs them on the worker's event loop; the "sync nodes in threads" figure
-(``GRAPHWIRE_SYNC_NODES=thread``) is the same worker with LangGraph's thread hop, for a graph
-that does not declare it.
+the worker runs them on its event loop; the "sync nodes in threads" figure
+(``GRAPHWIRE_SYNC_NODES=thread``) is the same worker with LangGraph's thread hop, compared with
+the loop that hops too (the registry's ``pipeline`` as it is, which the README compared with
+before issue 26).
 
 A checkpointed step is one of pipeline's 3 nodes (3 per run, a fixed denominator so that a
 change writing fewer checkpoint rows shows up as a gain); the rows actually inserted into the
@@ -77,26 +90,84 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 # -- the bare loop, in its own process -------------------------------------------------------
 
+BARE_LOOPS = {
+    "async": "pipeline's 3 steps as async def nodes, no checkpointer (the baseline)",
+    "memory": "the same with LangGraph's InMemorySaver, a new thread per run (durable ceiling)",
+    "threads": "the registry's pipeline, whose sync nodes LangGraph runs in a thread (context)",
+    "inline": "the registry's pipeline with its sync nodes made inline, as the worker does",
+}
+"""The plain loops the worker is compared with, by name (``--bare NAME N``)."""
 
-async def bare_loop(graph_name: str, body: dict[str, Any], n: int) -> float:
-    """Runs/s of ``graph.astream(body, stream_mode="updates")`` looped sequentially."""
+
+def async_pipeline() -> Any:
+    """``pipeline``'s 3 steps written as ``async def`` nodes: what a user writes for asyncio."""
+    from langgraph.graph import END, START, StateGraph
+
+    from graphwire.graphs.builtin import PipelineState
+
+    async def normalize(state: PipelineState) -> PipelineState:
+        return {"text": state.get("text", "").strip().lower()}
+
+    async def tokenize(state: PipelineState) -> PipelineState:
+        return {"tokens": state["text"].split()}
+
+    async def count(state: PipelineState) -> PipelineState:
+        return {"count": len(state["tokens"])}
+
+    builder = StateGraph(PipelineState)
+    builder.add_node("normalize", normalize)
+    builder.add_node("tokenize", tokenize)
+    builder.add_node("count", count)
+    builder.add_edge(START, "normalize")
+    builder.add_edge("normalize", "tokenize")
+    builder.add_edge("tokenize", "count")
+    builder.add_edge("count", END)
+    return builder
+
+
+def bare_graph(loop: str) -> Any:
+    """The compiled graph of the bare loop ``loop`` (a key of :data:`BARE_LOOPS`)."""
+    if loop == "async":
+        return async_pipeline().compile(name="pipeline")
+    if loop == "memory":
+        from langgraph.checkpoint.memory import InMemorySaver
+
+        return async_pipeline().compile(name="pipeline", checkpointer=InMemorySaver())
     from graphwire.graphs.registry import GraphRegistry
 
-    graph = GraphRegistry.from_sources().get(graph_name)
-    for _ in range(min(200, n)):  # warm-up: imports, caches, the JIT-less interpreter's dicts
-        async for _chunk in graph.astream(body, stream_mode="updates"):
+    graph = GraphRegistry.from_sources().get("pipeline")
+    if loop == "inline":
+        from graphwire.graphs.execution import inline_sync_nodes
+
+        inline_sync_nodes(graph)
+    elif loop != "threads":
+        raise ValueError(f"unknown bare loop {loop!r}: one of {', '.join(BARE_LOOPS)}")
+    return graph
+
+
+async def bare_loop(loop: str, n: int) -> float:
+    """Runs/s of ``graph.astream(HELLO, stream_mode="updates")`` looped sequentially (with a
+    new ``thread_id`` per run when the graph has a checkpointer, as a stateless request)."""
+    graph = bare_graph(loop)
+    durable = graph.checkpointer is not None
+
+    def config(i: int) -> dict[str, Any] | None:
+        return {"configurable": {"thread_id": f"bare-{i}"}} if durable else None
+
+    for i in range(min(200, n)):  # warm-up: imports, caches, the JIT-less interpreter's dicts
+        async for _chunk in graph.astream(HELLO, config(-i - 1), stream_mode="updates"):
             pass
     started = time.perf_counter()
-    for _ in range(n):
-        async for _chunk in graph.astream(body, stream_mode="updates"):
+    for i in range(n):
+        async for _chunk in graph.astream(HELLO, config(i), stream_mode="updates"):
             pass
     return n / (time.perf_counter() - started)
 
 
-def measure_bare(graph_name: str, body: dict[str, Any], n: int) -> float:
+def measure_bare(loop: str, n: int) -> float:
     """Run :func:`bare_loop` in a fresh process (``--bare``) and return its runs/s."""
     out = subprocess.run(
-        [sys.executable, __file__, "--bare", graph_name, orjson.dumps(body).decode(), str(n)],
+        [sys.executable, __file__, "--bare", loop, str(n)],
         check=True,
         capture_output=True,
         cwd=ROOT,
@@ -127,10 +198,13 @@ def worker_env(bootstrap: str, prefix: str, max_in_flight: int, mode: str) -> di
     }
     if mode == "off":
         env |= PLAIN
+    elif mode == "lean":  # the light path without the LangChain callbacks on every run
+        env |= PLAIN | {"GRAPHWIRE_RUN_CALLBACKS": "false"}
     elif mode == "threads":  # the defaults, but sync nodes hop to a thread as LangGraph does
         env["GRAPHWIRE_SYNC_NODES"] = "thread"
     elif mode != "defaults":
-        raise ValueError(f"unknown worker mode {mode!r}: use 'defaults', 'threads' or 'off'")
+        raise ValueError(
+            f"unknown worker mode {mode!r}: use 'defaults', 'threads', 'off' or 'lean'")
     return env
 
 
@@ -456,11 +530,21 @@ def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def bare_pair(graph: str, body: dict[str, Any], n: int, before: float) -> tuple[float, float]:
-    """The bare loop measured before (given) and now, after the worker."""
-    after = measure_bare(graph, body, n)
-    say(f"  bare loop {graph}: before {before:.0f}/s, after {after:.0f}/s")
-    return before, after
+def bare(loop: str, n: int) -> float:
+    """One measurement of the bare loop ``loop``, said on stderr."""
+    rate = measure_bare(loop, n)
+    say(f"  bare loop {loop}: {rate:.0f}/s")
+    return rate
+
+
+def mean(*rates: float) -> float:
+    """The mean of a bare loop's measurements around a drain."""
+    return sum(rates) / len(rates)
+
+
+def spread(*rates: float) -> str:
+    """The measurements behind a mean, for the note: their spread is the machine's noise."""
+    return " / ".join(f"{r:.0f}" for r in rates)
 
 
 def soak_summary(rss: list[tuple[int, int]], runs: int) -> dict[str, float]:
@@ -489,29 +573,40 @@ async def main(args: argparse.Namespace) -> None:
     context: dict[str, Any] = {"load_average_1m": os.getloadavg()[0], "runs": n}
     with DevBroker() as broker:
         bs = broker.bootstrap_servers
-        say("bare loop, then worker with defaults (64 in flight), then bare loop again")
-        b0 = measure_bare("pipeline", HELLO, n)
+        say("bare loops (async def nodes, and with InMemorySaver), then the worker with defaults "
+            "(64 in flight), then both loops again")
+        a0, m0 = bare("async", n), bare("memory", n)
         defaults = await drain(
             bs, "pipeline", HELLO, n, mode="defaults", max_in_flight=64, watch_postgres=True
         )
-        b0, b1 = bare_pair("pipeline", HELLO, n, b0)
-        figures.append(
-            Figure("pipeline: defaults vs bare loop", defaults.rate, "runs/s",
-                   (b0 + b1) / 2, ">= 0.5x", f"bare {b0:.0f} / {b1:.0f}")
-        )
+        a1, m1 = bare("async", n), bare("memory", n)
+        say("the worker with dedup and checkpoints off, then the async and thread loops")
         off = await drain(bs, "pipeline", HELLO, n, mode="off", max_in_flight=64)
-        b2, b3 = bare_pair("pipeline", HELLO, n, b1)
-        figures.append(
-            Figure("pipeline: dedup + checkpoints off vs bare loop", off.rate, "runs/s",
-                   (b2 + b3) / 2, ">= 0.85x", f"bare {b2:.0f} / {b3:.0f}")
-        )
+        a2 = bare("async", n)
+        say("the same with GRAPHWIRE_RUN_CALLBACKS=false, then the async and thread loops")
+        lean = await drain(bs, "pipeline", HELLO, n, mode="lean", max_in_flight=64)
+        a3, t0 = bare("async", n), bare("threads", n)
+        say("the worker with defaults and sync nodes in threads, then the thread loop again")
         threads = await drain(bs, "pipeline", HELLO, n, mode="threads", max_in_flight=64)
-        b4, b5 = bare_pair("pipeline", HELLO, n, b3)
-        figures.append(
-            Figure("pipeline: defaults, sync nodes in threads vs bare loop", threads.rate,
-                   "runs/s", (b4 + b5) / 2, "context",
-                   f"GRAPHWIRE_SYNC_NODES=thread; bare {b4:.0f} / {b5:.0f}")
-        )
+        t1, inline = bare("threads", n), bare("inline", n)
+        figures += [
+            Figure("pipeline: dedup + checkpoints off vs bare loop", off.rate, "runs/s",
+                   mean(a1, a2), ">= 0.85x", f"async def nodes; bare {spread(a1, a2)}"),
+            Figure("pipeline: both off, run callbacks off vs bare loop", lean.rate, "runs/s",
+                   mean(a2, a3), "context",
+                   f"GRAPHWIRE_RUN_CALLBACKS=false; bare {spread(a2, a3)}"),
+            Figure("pipeline: defaults vs bare loop", defaults.rate, "runs/s", mean(a0, a1),
+                   ">= 0.5x", f"async def nodes; bare {spread(a0, a1)}"),
+            Figure("pipeline: defaults vs the same loop with InMemorySaver", defaults.rate,
+                   "runs/s", mean(m0, m1), ">= 0.9x",
+                   f"ceiling for durable runs; loop {spread(m0, m1)}"),
+            Figure("pipeline: both off vs a loop of sync nodes in threads", off.rate, "runs/s",
+                   mean(t0, t1), "context",
+                   f"the old baseline (LangGraph's thread hop); loop {spread(t0, t1)}"),
+            Figure("pipeline: defaults, sync nodes in threads vs the same loop", threads.rate,
+                   "runs/s", mean(t0, t1), "context",
+                   f"GRAPHWIRE_SYNC_NODES=thread; loop {spread(t0, t1)}"),
+        ]
         pg = defaults.pg
         figures.append(
             Figure("PostgreSQL server CPU per checkpointed step", pg["cpu_ms_per_step"], "ms",
@@ -533,13 +628,21 @@ async def main(args: argparse.Namespace) -> None:
             Figure("slow 0.2 s, 200 in flight: defaults vs both off", slow_def.rate, "runs/s",
                    slow_off.rate, ">= 0.9x")
         )
+        say("slow 0.2 s, 25 in flight per worker, defaults: 1 worker, then 2")
+        io_one = await drain(bs, "slow", SLOW, slow_n, mode="defaults", max_in_flight=25)
+        io_two = await drain(bs, "slow", SLOW, slow_n, mode="defaults", max_in_flight=25,
+                             processes=2)
+        figures.append(
+            Figure("slow 0.2 s, 25 in flight each: 2 workers vs 1, defaults", io_two.rate,
+                   "runs/s", io_one.rate, ">= 1.8x", "I/O-bound: each worker at its limit")
+        )
         say("pipeline with defaults on 2 worker processes")
         two = await drain(
             bs, "pipeline", HELLO, n, mode="defaults", max_in_flight=64, processes=2
         )
         figures.append(
             Figure("pipeline: 2 workers vs 1, defaults", two.rate, "runs/s", defaults.rate,
-                   ">= 1.6x")
+                   "context", "CPU-bound on 2 cores shared with the broker and PostgreSQL")
         )
         rss_runs = args.soak or rss_n
         say(f"slow 0.2 s, 500 in flight, defaults: RSS over {rss_runs} runs")
@@ -552,9 +655,12 @@ async def main(args: argparse.Namespace) -> None:
                    f"{s['late_mib']:.0f} MiB at 90-100% ({s['late_over_early']:.2f}x)")
         )
         context |= {"postgres": pg, "soak": s, "soak_runs": rss_runs,
-                    "errors": {"defaults": defaults.errors, "off": off.errors,
+                    "bare_loops": {"async": [a0, a1, a2, a3], "memory": [m0, m1],
+                                   "threads": [t0, t1], "inline": [inline]},
+                    "errors": {"defaults": defaults.errors, "off": off.errors, "lean": lean.errors,
                                "threads": threads.errors,
                                "slow_off": slow_off.errors, "slow_defaults": slow_def.errors,
+                               "io_one": io_one.errors, "io_two": io_two.errors,
                                "two": two.errors, "soak": soak.errors}}
     show(figures)
     if args.json:
@@ -569,9 +675,9 @@ def write_json(path: str, figures: list[Figure], context: dict[str, Any]) -> Non
 
 
 def run_bare(argv: list[str]) -> None:
-    """``--bare GRAPH BODY_JSON N``: print the bare loop's runs/s as JSON."""
-    graph, body, n = argv
-    rate = asyncio_run(bare_loop(graph, orjson.loads(body), int(n)))
+    """``--bare LOOP N``: print the bare loop's runs/s as JSON."""
+    loop, n = argv
+    rate = asyncio_run(bare_loop(loop, int(n)))
     print(orjson.dumps({"rate": rate}).decode(), flush=True)
 
 
@@ -593,7 +699,7 @@ def parse_args() -> argparse.Namespace:
         "--soak", type=int, default=0, metavar="N",
         help="measure RSS over N runs (e.g. 100000) instead of a few thousand",
     )
-    parser.add_argument("--bare", nargs=3, metavar=("GRAPH", "BODY", "N"), help=argparse.SUPPRESS)
+    parser.add_argument("--bare", nargs=2, metavar=("LOOP", "N"), help=argparse.SUPPRESS)
     return parser.parse_args()
 
 

@@ -174,6 +174,9 @@ class RunnerMetrics:
             registry=r,
         )
         self._event_children: dict[str, Any] = {}
+        self._run_children: dict[tuple[str, str], Any] = {}
+        self._duration_children: dict[str, Any] = {}
+        self._node_children: dict[tuple[str, str], Any] = {}
         # graph names that may become label values: the registered ones (the processor sets
         # them); a request naming any other graph is counted under ``unknown``
         self.graph_names: frozenset[str] = frozenset()
@@ -240,6 +243,29 @@ class RunnerMetrics:
         if child is None:
             child = self._event_children[type_] = self.events.labels(type_)
         child.inc()
+
+    def run_finished(self, graph: str, status: str, seconds: float | None) -> None:
+        """Count one finished run, and its duration when it ran (``seconds``; None when it
+        was answered without running: only a registered graph runs, so the duration's label
+        values stay bounded). The label children are looked up once, not per run."""
+        key = (self.graph_label(graph), status)  # bounded: unknown graphs share one key
+        child = self._run_children.get(key)
+        if child is None:
+            child = self._run_children[key] = self.executions.labels(*key)
+        child.inc()
+        if seconds is not None:
+            timer = self._duration_children.get(graph)
+            if timer is None:
+                timer = self._duration_children[graph] = self.duration.labels(graph)
+            timer.observe(seconds)
+
+    def node_finished(self, graph: str, node: str, seconds: float) -> None:
+        """Observe one node's duration (per node: the label child is looked up once)."""
+        key = (graph, node)
+        child = self._node_children.get(key)
+        if child is None:
+            child = self._node_children[key] = self.node_duration.labels(graph, node)
+        child.observe(seconds)
 
 
 class AuditMetrics:

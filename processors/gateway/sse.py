@@ -64,7 +64,9 @@ async def event_stream(
 ) -> AsyncIterator[bytes]:
     """The SSE body: events with seq > ``after`` in order, then ``event: result``."""
     client.watch(request_id)
-    if client.known_result(request_id) is None:  # a finished run: the result via Redis, now
+    # a finished run: its result via Redis, now (not for a run just submitted here: no result
+    # can be in Redis yet, and the lookup would hold the first event back up to 50 ms)
+    if client.known_result(request_id) is None and not client.awaiting_first_result(request_id):
         with contextlib.suppress(TimeoutError, GraphwireError):
             await client.result(request_id, timeout=0.05)
     sent = after

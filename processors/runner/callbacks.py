@@ -107,5 +107,5 @@ class RunCallbacks(BaseCallbackHandler):
             node, started, span = found
             tracing.end_span(span, error)
             seconds = time.perf_counter() - started
-            self.metrics.node_duration.labels(self.graph, node).observe(seconds)
+            self.metrics.node_finished(self.graph, node, seconds)
             log.debug("node %s took %.1f ms", node, seconds * 1000)

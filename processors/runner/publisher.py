@@ -605,13 +605,12 @@ class OutputPublisher:
         self, to: Addressee, answer: Answer, dead_letter: Any, duration_ms: float
     ) -> None:
         metrics = self._metrics
-        metrics.executions.labels(metrics.graph_label(to.graph), answer.status).inc()
+        metrics.run_finished(to.graph, answer.status, duration_ms / 1000 if answer.ran else None)
         if dead_letter is not None:
             metrics.dead_letters.labels(dead_letter.label).inc()
         if answer.cancel is not None:
             metrics.run_cancels.labels(answer.cancel.action, answer.cancel.cause).inc()
         if answer.ran:
-            metrics.duration.labels(to.graph).observe(duration_ms / 1000)
             log.debug("run %s in %.1f ms (attempt %d)", answer.status, duration_ms,
                       answer.attempts)
 
