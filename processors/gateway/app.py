@@ -61,7 +61,8 @@ from graphwire.processors.gateway.models import (
     WorkflowRequest,
 )
 from graphwire.processors.gateway.ops import OpsServer, Readiness
-from graphwire.processors.gateway.pool import BoundedPool, PoolBusy, keep_session
+from graphwire.processors.gateway.pool import BoundedPool, PoolBusy
+from graphwire.processors.pgsession import keep_session
 from graphwire.processors.settings import Settings
 from graphwire.processors.webhooks.policy import WebhookPolicy
 from graphwire.topics.client import GraphwireClient

@@ -15,15 +15,6 @@ from typing import Any
 from graphwire.topics.errors import DependencyUnavailable
 
 
-async def keep_session(_conn: Any) -> None:
-    """A pool's ``reset``: nothing beyond asyncpg's own rollback of an open transaction.
-
-    asyncpg's default reset runs ``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET
-    ALL`` at every release: a round trip per query, for session state the gateway never
-    leaves behind (it takes only transaction-scoped advisory locks, never LISTENs, SETs or
-    opens cursors outside a transaction)."""
-
-
 class PoolBusy(DependencyUnavailable):
     """Every PostgreSQL connection of this gateway stayed busy for the acquire timeout."""
 

@@ -20,6 +20,7 @@ import asyncpg
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from langgraph.checkpoint.serde.encrypted import EncryptedSerializer
 
+from graphwire.processors.pgsession import keep_session
 from graphwire.processors.runner.effectjournal import DELETE_SQL as DELETE_EFFECTS_SQL
 from graphwire.processors.runner.effectjournal import TABLE_SQL as EFFECTS_TABLE_SQL
 from graphwire.processors.runner.effectjournal import PgEffectJournal
@@ -93,6 +94,7 @@ class CheckpointStore:
             pool = await asyncpg.create_pool(
                 self._url, min_size=1, max_size=self._pool_size, init=init_connection,
                 timeout=5, command_timeout=30, server_settings=server_settings,
+                reset=keep_session,  # no reset query per release: a round trip per group
             )
         except Exception as exc:
             raise DependencyUnavailable(
