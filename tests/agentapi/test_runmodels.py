@@ -106,7 +106,8 @@ async def test_every_sdk_stream_field_maps_onto_the_request() -> None:
 async def test_sdk_defaults_give_a_values_stream_enqueued_on_the_thread() -> None:
     """The bodies the SDK sends with no options (``stream``: ``stream_mode "values"`` and
     ``false`` flags; ``wait``: input only) become a ``values`` request, ``enqueue`` on a
-    thread, no strategy without one; ``values=True`` (wait) adds ``values`` to any modes."""
+    thread, no strategy without one; a ``wait`` publishes no step events unless its body names
+    ``stream_mode`` or ``stream_resumable`` (its answer is its result)."""
     captured = Captured()
     client = captured.client()
     await drain(client.runs.stream(THREAD, "chat", input={"a": 1}))
@@ -122,8 +123,9 @@ async def test_sdk_defaults_give_a_values_stream_enqueued_on_the_thread() -> Non
         "request_id": RUN, "graph": "chat", "input": {"a": 1},
         "config": {"metadata": {"graph_id": "chat", "run_id": RUN}},
         "subgraphs": False, "stream": ["values"], "metadata": {}}
-    assert mapped({**wait_body, "stream_mode": "updates"}, values=True)["stream"] == [
-        "updates", "values"]
+    assert mapped(wait_body, thread_id=None, wait=True)["stream"] == []
+    assert mapped({**wait_body, "stream_mode": "updates"}, wait=True)["stream"] == ["updates"]
+    assert mapped({**wait_body, "stream_resumable": True}, wait=True)["stream"] == ["values"]
 
 
 def test_context_is_mirrored_into_configurable_and_back() -> None:

@@ -225,9 +225,9 @@ class RunBook:
 
     async def create(self, caller: Principal, body: RunCreate, *, assistant: dict[str, Any],
                      thread_id: str | None, stateless: bool, base_url: str,
-                     values: bool = False) -> tuple[Request, dict[str, Any]]:
-        """Check, record and produce one run; returns its request and record. 409 for
-        ``reject`` on a busy thread; 422/400 for the body."""
+                     wait: bool = False) -> tuple[Request, dict[str, Any]]:
+        """Check, record and produce one run; returns its request and record (``wait``: it
+        answers ``runs.wait``). 409 for ``reject`` on a busy thread; 422/400 for the body."""
         db = self.gw.agent.records()
         graph_id = str(assistant["graph_id"])
         if thread_id is not None and body.multitask_strategy == "reject" and (
@@ -236,7 +236,7 @@ class RunBook:
         run_id = new_run_id()
         fields = to_request(body, run_id=run_id, thread_id=thread_id, graph=graph_id,
                             assistant=assistant, context_schema=self._context_schema(
-                                graph_id, body), base_url=base_url, values=values)
+                                graph_id, body), base_url=base_url, wait=wait)
         fields["metadata"] = {**fields.get("metadata", {}), "principal": caller.as_metadata()}
         request = Request.model_validate(fields)
         run = await records.create_run(

@@ -174,14 +174,21 @@ def normalize_modes(value: str | Collection[str] | None) -> list[str]:
     return out
 
 
-def graphwire_modes(modes: Collection[str], *, values: bool = False) -> list[str]:
+def graphwire_modes(modes: Collection[str]) -> list[str]:
     """The request ``stream`` that publishes what ``modes`` need (``messages-tuple`` is
-    ``messages``); with ``values``, ``values`` too (a ``wait`` reads the last state).
-    Interrupts are published whatever the modes."""
+    ``messages``). Interrupts are published whatever the modes."""
     wanted = {_GRAPHWIRE_MODE[m] for m in modes if m in _GRAPHWIRE_MODE}
-    if values:
-        wanted.add("values")
     return [m for m in _GRAPHWIRE_ORDER if m in wanted]
+
+
+def published_modes(body: RunCreate, *, wait: bool = False) -> list[str]:
+    """What the run publishes as events: its body's modes; for ``wait`` (its answer is its
+    result's output) none unless the body names ``stream_mode`` or ``stream_resumable: true``
+    (nobody streams it: publishing each step's state would cost the runner, the broker and the
+    gateway for events nobody reads; a ``join_stream`` of it sees its end)."""
+    if wait and body.stream_mode is None and not body.stream_resumable:
+        return []
+    return graphwire_modes(body.modes)
 
 
 def to_request(
@@ -193,7 +200,7 @@ def to_request(
     assistant: Mapping[str, Any] | None = None,
     context_schema: Mapping[str, Any] | None = None,
     base_url: str | None = None,
-    values: bool = False,
+    wait: bool = False,
 ) -> dict[str, Any]:
     """The graphwire request (``topics.models.Request`` as a dict, validated) for ``body``.
 
@@ -201,8 +208,8 @@ def to_request(
     give a fresh one); ``graph`` the assistant's graph; ``assistant`` its record (``config``
     and ``context`` are merged under the body's); ``context_schema`` the graph's context JSON
     Schema (mirrored ``configurable`` keys it does not name are not put in the context, as the
-    Agent Server filters them); ``base_url`` resolves a ``/path`` webhook; ``values`` also
-    publishes ``values`` events (for ``wait``). 400/422 as the module says.
+    Agent Server filters them); ``base_url`` resolves a ``/path`` webhook; ``wait``: the run answers
+    ``runs.wait`` (``published_modes``). 400/422 as the module says.
     """
     command = _command(body, thread_id)
     if command is not None and body.input not in (None, {}):
@@ -248,7 +255,7 @@ def to_request(
         "interrupt_before": body.interrupt_before,
         "interrupt_after": body.interrupt_after,
         "subgraphs": bool(body.stream_subgraphs),
-        "stream": graphwire_modes(body.modes, values=values),
+        "stream": published_modes(body, wait=wait),
         "metadata": {**run_metadata, **(body.metadata or {})},
         "durability": _durability(body),
         "multitask_strategy": (body.multitask_strategy or "enqueue") if thread_id else None,

@@ -72,12 +72,13 @@ def _flag(request: HttpRequest, name: str) -> bool:
 
 
 async def _start(gw: Any, caller: Principal, request: HttpRequest, thread_id: str | None,
-                 raw: Any, *, values: bool = False, keep_events: bool = True,
+                 raw: Any, *, wait: bool = False,
                  ) -> tuple[dict[str, Any], RunCreate, dict[str, Any] | None]:
     """Create one run from ``raw`` (or find the one its ``Idempotency-Key`` made): its record,
-    its body and its thread's record (None when stateless). ``keep_events``: the gateway's
-    Kafka client keeps the run's events in memory for a stream of it (``wait`` needs only the
-    result; a later ``join_stream`` of it reads them back from the audit table)."""
+    its body and its thread's record (None when stateless). ``wait``: the run answers
+    ``runs.wait``, with its result alone (``runmodels.published_modes``; the gateway's Kafka
+    client keeps none of its events in memory: a later ``join_stream`` reads them back from
+    the audit table)."""
     body = parse_run_create(raw)
     runs = book(gw)
     key = request.headers.get("Idempotency-Key")
@@ -98,13 +99,13 @@ async def _start(gw: Any, caller: Principal, request: HttpRequest, thread_id: st
         caller, body, graph_id, assistant_id)
     run_request, run = await runs.create(caller, body, assistant=assistant, thread_id=tid,
                                          stateless=thread_id is None,
-                                         base_url=str(request.base_url), values=values)
+                                         base_url=str(request.base_url), wait=wait)
     claimed = await runs.claim(caller, key, run["run_id"])
     if claimed is not None:  # another create with the key won the race
         await runs.undo(run)
         return claimed, body, thread
     try:
-        await gw.submit_all([run_request], caller, keep_events=keep_events)
+        await gw.submit_all([run_request], caller, keep_events=not wait)
     except BaseException:
         await runs.undo(run)
         await runs.release(caller, key)
@@ -138,7 +139,7 @@ async def _stream(gw: Any, caller: Principal, request: HttpRequest,
 async def _wait(gw: Any, caller: Principal, request: HttpRequest,
                 thread_id: str | None) -> StreamingResponse:
     run, body, thread = await _start(gw, caller, request, thread_id, await read_json(request),
-                                     values=True, keep_events=False)
+                                     wait=True)
     flow = RunBody(gw, book(gw), run, cancel_on_disconnect=body.on_disconnect == "cancel")
     return StreamingResponse(flow.wait(thread), media_type="application/json",
                              headers=_headers(run, thread_id is None, "/join"))
