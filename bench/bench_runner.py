@@ -101,9 +101,7 @@ BARE_LOOPS = {
 
 def async_pipeline() -> Any:
     """``pipeline``'s 3 steps written as ``async def`` nodes: what a user writes for asyncio."""
-    from langgraph.graph import END, START, StateGraph
-
-    from graphwire.graphs.builtin import PipelineState
+    from graphwire.graphs.builtin import PipelineState, pipeline_steps
 
     async def normalize(state: PipelineState) -> PipelineState:
         return {"text": state.get("text", "").strip().lower()}
@@ -114,15 +112,7 @@ def async_pipeline() -> Any:
     async def count(state: PipelineState) -> PipelineState:
         return {"count": len(state["tokens"])}
 
-    builder = StateGraph(PipelineState)
-    builder.add_node("normalize", normalize)
-    builder.add_node("tokenize", tokenize)
-    builder.add_node("count", count)
-    builder.add_edge(START, "normalize")
-    builder.add_edge("normalize", "tokenize")
-    builder.add_edge("tokenize", "count")
-    builder.add_edge("count", END)
-    return builder
+    return pipeline_steps(normalize, tokenize, count)
 
 
 def bare_graph(loop: str) -> Any:
