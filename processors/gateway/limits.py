@@ -80,7 +80,8 @@ class PrincipalCaps:
         self.max_streams = max_streams
         self._run_ttl_ms = int(run_ttl_s * 1000)
         self._stream_ttl_ms = int(stream_ttl_s * 1000)
-        self._releasing: set[asyncio.Task[None]] = set()
+        self._releasing: set[asyncio.Task[None]] = set()  # the one task freeing slots
+        self._finished: list[str] = []  # runs whose slots it frees next
         # the slot key of each run this gateway took one for: an Agent Server run's id (a
         # UUID) does not carry its caller's scope as graphwire's ids do (``scope.rest``)
         self._held: OrderedDict[str, str] = OrderedDict()
@@ -141,18 +142,23 @@ class PrincipalCaps:
             await self._redis.zrem(key, *members)
 
     def run_finished(self, request_id: str) -> None:
-        """The client saw ``request_id``'s result: free its slot (in the background; a
-        failure leaves it to the TTL)."""
-        task = asyncio.get_running_loop().create_task(self._release_quietly(request_id))
-        self._releasing.add(task)
-        task.add_done_callback(self._releasing.discard)
+        """The client saw ``request_id``'s result: free its slot (in the background, together
+        with the others finished meanwhile: one round trip per caller; a failure leaves them
+        to the TTL)."""
+        self._finished.append(request_id)
+        if not self._releasing:
+            task = asyncio.get_running_loop().create_task(self._release_finished())
+            self._releasing.add(task)
+            task.add_done_callback(self._releasing.discard)
 
-    async def _release_quietly(self, request_id: str) -> None:
-        try:
-            await self.release_runs([request_id])
-        except (RedisError, OSError) as exc:
-            log.warning("could not free the run slot of %s (%s); its TTL will",
-                        request_id, type(exc).__name__)
+    async def _release_finished(self) -> None:
+        while self._finished:
+            batch, self._finished = self._finished, []
+            try:
+                await self.release_runs(batch)
+            except (RedisError, OSError) as exc:
+                log.warning("could not free the run slots of %d runs (%s); their TTL will",
+                            len(batch), type(exc).__name__)
 
     async def runs_held(self, scope: str) -> int:
         """Run slots held by ``scope`` now (expired ones included until the next take)."""

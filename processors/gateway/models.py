@@ -169,6 +169,9 @@ class Measure:
 
     def __init__(self, app: ASGIApp, metrics: GatewayMetrics) -> None:
         self.app, self.metrics = app, metrics
+        # the metrics' children by (method, route, status): bound once, not per request (the
+        # routes are templates and the statuses few, so this stays small)
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -188,5 +191,11 @@ class Measure:
         finally:
             path = getattr(scope.get("route"), "path", "unmatched")
             method = scope["method"] if scope["method"] in _METHODS else UNKNOWN
-            self.metrics.requests.labels(method, path, str(status)).inc()
-            self.metrics.duration.labels(path).observe(time.perf_counter() - started)
+            key = (method, path, status)
+            children = self._children.get(key)
+            if children is None:
+                children = self._children[key] = (
+                    self.metrics.requests.labels(method, path, str(status)),
+                    self.metrics.duration.labels(path))
+            children[0].inc()
+            children[1].observe(time.perf_counter() - started)
