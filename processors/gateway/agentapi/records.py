@@ -266,21 +266,6 @@ def _run(row: Any) -> dict[str, Any]:
     return {**_shape(row), "langsmith_session_name": None}
 
 
-async def create_run(db: Any, *, run_id: str, thread_id: str | None, assistant_id: str,
-                     owner: str | None, metadata: dict[str, Any] | None = None,
-                     kwargs: dict[str, Any] | None = None, multitask_strategy: str | None = None,
-                     status: str = "pending") -> dict[str, Any]:
-    """Record a run; ``Conflict`` if ``run_id`` exists."""
-    row = await db.fetchrow(
-        "INSERT INTO agent_runs (run_id, thread_id, assistant_id, owner, status, metadata, "
-        "kwargs, multitask_strategy) VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb, $8) "
-        "ON CONFLICT (run_id) DO NOTHING RETURNING *", run_id, thread_id, assistant_id, owner,
-        status, _json(metadata or {}), _json(kwargs or {}), multitask_strategy)
-    if row is None:
-        raise Conflict(f"Run {run_id} already exists")
-    return _run(row)
-
-
 async def get_run(db: Any, run_id: str, owner: str | None,
                   thread_id: str | None = None) -> dict[str, Any] | None:
     """The run, if ``owner``'s (and on ``thread_id`` when given)."""
@@ -307,13 +292,6 @@ async def active_runs(db: Any, thread_id: str) -> list[dict[str, Any]]:
         "SELECT * FROM agent_runs WHERE thread_id = $1 AND status IN ('pending', 'running') "
         "ORDER BY created_at, run_id", thread_id)
     return [_run(r) for r in rows]
-
-
-async def set_run_status(db: Any, run_id: str, status: str) -> dict[str, Any] | None:
-    """Set a run's status (pending|running|success|error|timeout|interrupted)."""
-    row = await db.fetchrow("UPDATE agent_runs SET status = $2, updated_at = now() "
-                            "WHERE run_id = $1 RETURNING *", run_id, status)
-    return None if row is None else _run(row)
 
 
 async def delete_run(db: Any, run_id: str, owner: str | None,

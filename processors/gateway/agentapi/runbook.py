@@ -23,6 +23,7 @@ from graphwire.processors.gateway.agentapi import records
 from graphwire.processors.gateway.agentapi.errors import Conflict, NotFound, Unavailable
 from graphwire.processors.gateway.agentapi.ids import is_uuid, new_id, new_run_id, parse_uuid
 from graphwire.processors.gateway.agentapi.runmodels import RunCreate, to_request
+from graphwire.processors.gateway.agentapi.runwrites import RunWrites
 from graphwire.processors.gateway.agentapi.state import sync_thread
 from graphwire.processors.gateway.auth import Principal
 from graphwire.topics.errors import GraphwireError
@@ -57,9 +58,17 @@ class RunBook:
         self._finishing: dict[str, asyncio.Task[dict[str, Any] | None]] = {}
         self._rollbacks: set[str] = set()
         self._cancels: set[asyncio.Task[Any]] = set()
+        self._writes: RunWrites | None = None
         gw.client.add_result_listener(self._on_result)
 
     # -- finishing -------------------------------------------------------------------------
+
+    @property
+    def writes(self) -> RunWrites:
+        """The run records' group writer (on the records pool, made on first use)."""
+        if self._writes is None:
+            self._writes = RunWrites(self.gw.agent.records())
+        return self._writes
 
     def _on_result(self, result: Result) -> None:
         if is_uuid(result.request_id) and self.gw.agent.db is not None:
@@ -84,7 +93,7 @@ class RunBook:
         db = self.gw.agent.db
         status = RUN_STATUS.get(str(result.status), "error")
         try:
-            run = await records.set_run_status(db, result.request_id, status)
+            run = await self.writes.set_run_status(result.request_id, status)
             if run is None:
                 return None
             if result.request_id in self._rollbacks:
@@ -133,7 +142,7 @@ class RunBook:
                                          run["run_id"])
             if found is not None and found.state == "done":
                 status = RUN_STATUS.get(found.status, "error")
-                changed = await records.set_run_status(self.gw.agent.db, run["run_id"], status)
+                changed = await self.writes.set_run_status(run["run_id"], status)
                 if run["thread_id"]:
                     await self.sync(run["thread_id"], failed=status in ("error", "timeout"))
                 return changed or run
@@ -239,8 +248,8 @@ class RunBook:
                                 graph_id, body), base_url=base_url, wait=wait)
         fields["metadata"] = {**fields.get("metadata", {}), "principal": caller.as_metadata()}
         request = Request.model_validate(fields)
-        run = await records.create_run(
-            db, run_id=run_id, thread_id=thread_id, assistant_id=str(assistant["assistant_id"]),
+        run = await self.writes.create_run(
+            run_id=run_id, thread_id=thread_id, assistant_id=str(assistant["assistant_id"]),
             owner=self.gw.agent.owner(caller) or caller.scope,
             metadata=run_metadata(assistant, body), kwargs=run_kwargs(body, fields),
             multitask_strategy=(body.multitask_strategy or "enqueue") if not stateless else None)
