@@ -134,9 +134,9 @@ async def test_queued_requests_are_cancelled_without_force_or_an_audit_sink(
     bootstrap: str, topics: TopicNames, runner: GraphRunner, worker_env: dict[str, str],
 ) -> None:
     """No audit sink: q1 runs 4 steps of 1 s on its thread, q2 waits behind it on the same
-    worker, which marks it queued in Redis (``runstatus.queued_key``). ``graphwire cancel q2``
-    without --force exits 0 (not started) and q2 ends ``cancelled`` having run nothing; q1 ends
-    ``success``."""
+    worker, which marks it queued in Redis (``runstatus.queued_key``) until its claim.
+    ``graphwire cancel q2`` without --force exits 0 (not started) and q2 ends ``cancelled``
+    having run nothing, its mark gone; q1 ends ``success``."""
     prefix = topics.prefix
     env = {**worker_env, "GRAPHWIRE_GRAPHS": GRAPHS}
     async with Collector(bootstrap, topics.results, topics.events) as out:
@@ -151,7 +151,13 @@ async def test_queued_requests_are_cancelled_without_force_or_an_audit_sink(
         await out.wait_until(lambda: {"q1", "q2"} <= {
             r["request_id"] for r in out.values(topics.results)}, timeout=60)
         results = {r["request_id"]: r for r in out.values(topics.results)}
-    assert marked is True
+        redis = Redis.from_url(TEST_REDIS_URL)
+        try:  # its claim took the mark back
+            unmarked = await eventually(lambda: was_queued(redis, prefix, "q2"), 10,
+                                        until=lambda found: found is False)
+        finally:
+            await redis.aclose()
+    assert (marked, unmarked) == (True, False)
     assert cli == (0, "", "cancel (interrupt) of q2 not started: it runs nothing when a "
                           "worker reaches it\n")
     assert [results[r]["status"] for r in ("q1", "q2")] == ["success", "cancelled"]

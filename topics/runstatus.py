@@ -22,8 +22,9 @@ so they share one Redis Cluster slot:
   lease renewals of a running one find it (and stop it at its next step boundary)
 
 - ``<ns>:{rid}:queued`` set (TTL ``GRAPHWIRE_DONE_TTL_S``) by the runner that fetched the
-  request and queued it behind another run of its key (a busy thread): no lease, no done
-  marker, yet a worker holds it, so a cancel without ``--force`` knows it is pending
+  request and queued it behind another run of its key (a busy thread), deleted when that
+  runner claims it: no lease, no done marker, yet a worker holds it, so a cancel without
+  ``--force`` knows it is pending
 and one channel: ``<ns>:cancels`` (pub/sub), where the same runner announces each cancel
 (``{"request_id", "action", "reason"}``) so that the worker running it stops it at once rather
 than at its next renewal.

@@ -26,9 +26,9 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 import orjson
 from redis.asyncio import Redis
@@ -286,6 +286,10 @@ class CancelMark:
     """The lease owner of the run in progress, if one runs."""
 
 
+MAX_QUEUED_MARKS = 100_000
+"""Queued marks a worker remembers to take back at their claim (older ones expire in Redis)."""
+
+
 class RedisClaims:
     """Leases and done markers per request_id in Redis; every call is one script, and the
     calls of concurrent runs share round trips."""
@@ -320,7 +324,9 @@ class RedisClaims:
         # This process's mark on the starts it makes: a start marked by anyone else and never
         # ended is a death, even when a restarted worker reuses the same owner name.
         self._token = uuid.uuid4().hex
-        self._marking: set[asyncio.Task[None]] = set()
+        self._marking: set[asyncio.Task[None]] = set()  # queued marks being written
+        # requests this worker marked queued and has not claimed yet -> the mark's write
+        self._queued: dict[str, asyncio.Task[None]] = {}
 
     async def start(self) -> None:
         """Connect and load the scripts; raises ``DependencyUnavailable`` if Redis is down."""
@@ -404,7 +410,12 @@ class RedisClaims:
         """Take the lease unless the request is done or another live owner holds it.
 
         With ``turn``, in the same script: also take the thread's lease, unless another turn
-        runs on it or an earlier one waits (then ``wait``, nothing taken)."""
+        runs on it or an earlier one waits (then ``wait``, nothing taken). A request this
+        worker marked queued has its turn now: its mark goes (the lease or the done marker
+        speaks for it from here)."""
+        marking = self._queued.pop(request_id, None)
+        if marking is not None:
+            self._in_background(self._unmark_queued(request_id, marking))
         if turn is None:
             keys = self._keys(request_id)
             args: list[object] = [owner, self.lease_ms, self.done_ttl_s, self._token]
@@ -487,13 +498,19 @@ class RedisClaims:
         )
 
     def mark_queued(self, request_id: str) -> None:
-        """Mark ``request_id`` as fetched and queued behind another run of its key (in the
-        background: a failure only leaves a cancel of it needing ``--force``)."""
+        """Mark ``request_id`` as fetched and queued behind another run of its key, until its
+        claim (in the background: a failure only leaves a cancel of it needing ``--force``)."""
         if self._redis is None:
             return
-        task = asyncio.get_running_loop().create_task(self._mark_queued(request_id))
+        self._queued[request_id] = self._in_background(self._mark_queued(request_id))
+        while len(self._queued) > MAX_QUEUED_MARKS:  # never claimed here (revoked, refused)
+            self._queued.pop(next(iter(self._queued)))
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(work)
         self._marking.add(task)
         task.add_done_callback(self._marking.discard)
+        return task
 
     async def _mark_queued(self, request_id: str) -> None:
         assert self._redis is not None
@@ -501,6 +518,15 @@ class RedisClaims:
             await self._redis.set(queued_key(self._ns, request_id), b"1", ex=self.done_ttl_s)
         except (RedisError, OSError) as exc:
             log.info("could not mark %s queued (%s)", request_id, type(exc).__name__)
+
+    async def _unmark_queued(self, request_id: str, marking: asyncio.Task[None]) -> None:
+        await asyncio.gather(marking, return_exceptions=True)  # the SET first, then the DEL
+        if self._redis is None:
+            return
+        try:
+            await self._redis.delete(queued_key(self._ns, request_id))
+        except (RedisError, OSError) as exc:  # it expires with the done marker's TTL
+            log.info("could not unmark %s queued (%s)", request_id, type(exc).__name__)
 
     async def keep_result(
         self, request_id: str, owner: str, value: bytes, dead_letter: str | None
