@@ -11,7 +11,7 @@ import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
 from graphwire.processors.gateway.agentapi.deps import Caller, GatewayDep
 from graphwire.processors.gateway.auth import ID_BUDGET, Principal
@@ -24,6 +24,7 @@ from graphwire.processors.gateway.models import (
     WorkflowRequest,
 )
 from graphwire.processors.gateway.sse import event_stream
+from graphwire.processors.gateway.streamed import Streamed
 from graphwire.topics.models import Result
 
 router = APIRouter()
@@ -68,10 +69,10 @@ async def status(request_id: str, caller: Caller, gw: GatewayDep) -> RunStatus:
     return found
 
 
-@router.post("/workflow/stream", response_class=StreamingResponse,
+@router.post("/workflow/stream", response_class=Streamed,
              responses={200: {"content": {"text/event-stream": {}}}})
 async def stream(body: WorkflowRequest, caller: Caller, gw: GatewayDep,
-                 idempotency_key: IdemKey = None) -> StreamingResponse:
+                 idempotency_key: IdemKey = None) -> Streamed:
     """Submit a run and stream its events (``id:`` = seq), then its result."""
     slot = await gw.caps.take_stream(caller)
     try:
@@ -82,11 +83,11 @@ async def stream(body: WorkflowRequest, caller: Caller, gw: GatewayDep,
     return _sse(gw, rid, -1, caller, slot)
 
 
-@router.get("/workflow/stream/{request_id}", response_class=StreamingResponse,
+@router.get("/workflow/stream/{request_id}", response_class=Streamed,
             responses={200: {"content": {"text/event-stream": {}}}})
 async def restream(request_id: str, caller: Caller, gw: GatewayDep,
                    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
-                   ) -> StreamingResponse:
+                   ) -> Streamed:
     """Stream a run's events from after ``Last-Event-ID`` (reconnects miss nothing).
     404 when neither this gateway, Redis nor the audit table knows the request."""
     gw.own(request_id, caller)
@@ -125,11 +126,11 @@ async def batch(body: BatchRequest, caller: Caller, gw: GatewayDep,
 
 
 def _sse(gw: Any, request_id: str, after: int, caller: Principal,
-         slot: str) -> StreamingResponse:
+         slot: str) -> Streamed:
     """The run's SSE stream, holding the caller's stream ``slot`` while it is open."""
     gw.client.watch(request_id, events=True)
     body = event_stream(gw.client, gw.db, request_id, after, gw.settings.gateway_wait_timeout_s)
-    return StreamingResponse(
+    return Streamed(
         gw.caps.guard(caller, slot, body),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},

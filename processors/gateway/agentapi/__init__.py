@@ -4,8 +4,8 @@ Existing LangGraph clients (``langgraph-sdk``, ``@langchain/langgraph-sdk``, ``R
 ``useStream``, agent-chat-ui) talk to graphwire unchanged: assistants are the registered
 graphs, threads are graphwire threads, a run is a request on the requests topic whose
 ``request_id`` is the run id, its stream is read from the events topic, its state from the
-checkpointer and its record from PostgreSQL. One router per resource; ``build_router`` joins
-them and ``create_app`` mounts it.
+checkpointer and its record from PostgreSQL. One router per resource; ``routers`` lists them
+and ``create_app`` mounts their routes.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 
-def build_router() -> APIRouter:
-    """Every Agent Server route, one sub-router per resource."""
-    router = APIRouter()
+def routers() -> list[APIRouter]:
+    """Every Agent Server route, one router per resource, in matching order: the run routes
+    (the hot ones) near the front, and crons before runs (``/runs/crons`` is not a run id)."""
     from graphwire.processors.gateway.agentapi import (
         assistants,
         crons,
@@ -26,11 +26,6 @@ def build_router() -> APIRouter:
         threads,
     )
 
-    router.include_router(system.router)
-    router.include_router(assistants.router)
-    router.include_router(threads.router)
-    router.include_router(state.router)
-    router.include_router(crons.router)  # before runs: /runs/crons is not a run id
-    router.include_router(runs.router)
-    router.include_router(store.router)
-    return router
+    return [system.router, crons.router, runs.router, threads.router, state.router,
+            assistants.router, store.router]
+

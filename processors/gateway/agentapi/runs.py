@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter
 from fastapi import Request as HttpRequest
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from pydantic import Field, ValidationError
 
 from graphwire.processors.gateway.agentapi import kafkaruns, records
@@ -35,6 +35,7 @@ from graphwire.processors.gateway.agentapi.runmodels import (
 from graphwire.processors.gateway.agentapi.state import owned_thread
 from graphwire.processors.gateway.agentapi.streams import parse_last_event_id
 from graphwire.processors.gateway.auth import Principal
+from graphwire.processors.gateway.streamed import Streamed
 
 router = APIRouter(tags=["runs"])
 
@@ -128,20 +129,20 @@ async def _create(gw: Any, caller: Principal, request: HttpRequest,
 
 
 async def _stream(gw: Any, caller: Principal, request: HttpRequest,
-                  thread_id: str | None) -> StreamingResponse:
+                  thread_id: str | None) -> Streamed:
     run, body, _thread = await _start(gw, caller, request, thread_id, await read_json(request))
     flow = RunBody(gw, book(gw), run, cancel_on_disconnect=body.on_disconnect == "cancel")
-    return StreamingResponse(flow.sse(body.modes, fresh=True), media_type="text/event-stream",
+    return Streamed(flow.sse(body.modes, fresh=True), media_type="text/event-stream",
                              headers={**SSE_HEADERS, **_headers(run, thread_id is None,
                                                                 "/stream")})
 
 
 async def _wait(gw: Any, caller: Principal, request: HttpRequest,
-                thread_id: str | None) -> StreamingResponse:
+                thread_id: str | None) -> Streamed:
     run, body, thread = await _start(gw, caller, request, thread_id, await read_json(request),
                                      wait=True)
     flow = RunBody(gw, book(gw), run, cancel_on_disconnect=body.on_disconnect == "cancel")
-    return StreamingResponse(flow.wait(thread), media_type="application/json",
+    return Streamed(flow.wait(thread), media_type="application/json",
                              headers=_headers(run, thread_id is None, "/join"))
 
 
@@ -159,28 +160,28 @@ async def create_stateless(request: HttpRequest, gw: GatewayDep, caller: Caller)
 
 @router.post("/threads/{thread_id}/runs/stream")
 async def stream(thread_id: str, request: HttpRequest, gw: GatewayDep,
-                 caller: Caller) -> StreamingResponse:
+                 caller: Caller) -> Streamed:
     """Create a run on the thread and stream it (SSE)."""
     return await _stream(gw, caller, request, thread_id)
 
 
 @router.post("/runs/stream")
 async def stream_stateless(request: HttpRequest, gw: GatewayDep,
-                           caller: Caller) -> StreamingResponse:
+                           caller: Caller) -> Streamed:
     """Create a run on no thread and stream it (SSE)."""
     return await _stream(gw, caller, request, None)
 
 
 @router.post("/threads/{thread_id}/runs/wait")
 async def wait(thread_id: str, request: HttpRequest, gw: GatewayDep,
-               caller: Caller) -> StreamingResponse:
+               caller: Caller) -> Streamed:
     """Create a run on the thread and answer its final state (newlines until then)."""
     return await _wait(gw, caller, request, thread_id)
 
 
 @router.post("/runs/wait")
 async def wait_stateless(request: HttpRequest, gw: GatewayDep,
-                         caller: Caller) -> StreamingResponse:
+                         caller: Caller) -> Streamed:
     """Create a run on no thread and answer its final state."""
     return await _wait(gw, caller, request, None)
 
@@ -254,17 +255,17 @@ async def get(run_id: str, gw: GatewayDep, caller: Caller,
 @router.get("/threads/{thread_id}/runs/{run_id}/join")
 @router.get("/runs/{run_id}/join")
 async def join(run_id: str, gw: GatewayDep, caller: Caller,
-               thread_id: str | None = None) -> StreamingResponse:
+               thread_id: str | None = None) -> Streamed:
     """Wait for the run's end and answer its final state, as ``wait`` does."""
     run, thread = await _owned_run(gw, caller, thread_id, run_id)
-    return StreamingResponse(RunBody(gw, book(gw), run).wait(thread),
+    return Streamed(RunBody(gw, book(gw), run).wait(thread),
                              media_type="application/json")
 
 
 @router.get("/threads/{thread_id}/runs/{run_id}/stream")
 @router.get("/runs/{run_id}/stream")
 async def join_stream(run_id: str, request: HttpRequest, gw: GatewayDep, caller: Caller,
-                      thread_id: str | None = None) -> StreamingResponse:
+                      thread_id: str | None = None) -> Streamed:
     """Stream the run (SSE): after ``Last-Event-ID`` (``-1``: the whole run; absent: from
     now on), in ``stream_mode`` (default: the run's own modes)."""
     after = parse_last_event_id(request.headers.get("Last-Event-ID"))
@@ -275,7 +276,7 @@ async def join_stream(run_id: str, request: HttpRequest, gw: GatewayDep, caller:
         seen = gw.client.seen_events(run["run_id"])
         after = seen[-1].seq if seen else None
     flow = RunBody(gw, book(gw), run, cancel_on_disconnect=_flag(request, "cancel_on_disconnect"))
-    return StreamingResponse(flow.sse(modes, after=after), media_type="text/event-stream",
+    return Streamed(flow.sse(modes, after=after), media_type="text/event-stream",
                              headers=SSE_HEADERS)
 
 
@@ -294,7 +295,7 @@ async def cancel(run_id: str, request: HttpRequest, gw: GatewayDep, caller: Call
     await book(gw).cancel(run, action)
     if not _flag(request, "wait"):
         return Response(status_code=202)
-    return StreamingResponse(RunBody(gw, book(gw), run).wait(thread),
+    return Streamed(RunBody(gw, book(gw), run).wait(thread),
                              media_type="application/json")
 
 

@@ -17,13 +17,14 @@ from urllib.parse import quote
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi import Path as PathParam
-from fastapi.responses import HTMLResponse, RedirectResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from graphwire.processors.gateway.agentapi.deps import Caller, GatewayDep
 from graphwire.processors.gateway.errors import ApiError, NotFound, Unprocessable
 from graphwire.processors.gateway.runctl import CancelAccepted, cancel_run
+from graphwire.processors.gateway.streamed import Streamed
 from graphwire.processors.gateway.ui import queries
 from graphwire.processors.gateway.ui.inspector import THREAD_TURNS, Inspector
 from graphwire.processors.gateway.ui.models import (
@@ -189,13 +190,13 @@ async def overview(principal: Caller, inspector: Insp) -> Overview:
 
 @api.get("/live", include_in_schema=False)
 async def live(request: Request, principal: Caller, inspector: Insp,
-               gw: GatewayDep) -> StreamingResponse:
+               gw: GatewayDep) -> Streamed:
     """SSE: ``event: changed`` whenever the caller's newest run or newest result moves
     (429 when the caller holds its maximum of open streams)."""
     slot = await gw.caps.take_stream(principal)
     body = gw.caps.guard(principal, slot,
                          _changes(inspector, request, inspector.scope(principal)))
-    return StreamingResponse(body,
+    return Streamed(body,
                              media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache",
                                       "X-Accel-Buffering": "no"})
