@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,8 @@ from langgraph.types import Command, Interrupt, Send
 from graphwire.topics.codec import TOP_NS
 
 Emit = Callable[..., Awaitable[None]]
+NodeTimer = Callable[[str, float], None]
+"""Told each node's name and seconds as its update arrives (``run_graph``'s ``on_node``)."""
 """``emit(event_type, node, data, ns=[], extra=None)``: called for each event, in order;
 ``ns`` is the LangGraph namespace of the graph it came from, ``extra`` more event fields."""
 
@@ -195,10 +198,15 @@ async def where_stopped(
 class _Events:
     """Turns LangGraph's stream parts into graphwire events, in order."""
 
-    __slots__ = ("final", "held", "interrupts", "publish", "stopped", "wanted")
+    __slots__ = ("final", "held", "interrupts", "on_node", "publish", "started", "stopped",
+                 "wanted")
 
-    def __init__(self, emit: Emit, wanted: set[str]) -> None:
+    def __init__(self, emit: Emit, wanted: set[str], on_node: NodeTimer | None = None) -> None:
         self.publish = emit
+        self.on_node = on_node
+        self.started: dict[tuple[str, ...], float] = {(): time.perf_counter()}
+        """When each graph's (by ns) current step began: at the run's start, then at each of
+        its ``values`` (a step's end is the next one's start)."""
         self.held: list[tuple[Any, ...]] | None = None
         """From the first interrupt on, events wait for the run's end (when the interrupts'
         node and ns are known), then go out in the order LangGraph gave them."""
@@ -219,6 +227,12 @@ class _Events:
         emit = self.emit
         if mode == "updates":
             cached = bool((chunk.get("__metadata__") or {}).get("cached"))
+            if self.on_node is not None and not cached:
+                now = time.perf_counter()
+                began = self.started.get(tuple(ns), now)
+                for node in chunk:
+                    if node not in ("__interrupt__", "__metadata__"):
+                        self.on_node(node, now - began)
             for node, update in chunk.items():
                 if node == "__interrupt__":
                     found = interrupt_dicts(update)
@@ -237,6 +251,8 @@ class _Events:
                     else:
                         await emit("node", node, update, ns)
         elif mode == "values":
+            if self.on_node is not None:
+                self.started[tuple(ns)] = time.perf_counter()
             if not ns:
                 self.final = chunk
             if "values" in self.wanted:
@@ -287,12 +303,16 @@ async def run_graph(
     interrupt_before: Any = None,
     interrupt_after: Any = None,
     subgraphs: bool = False,
+    on_node: NodeTimer | None = None,
 ) -> RunOutcome:
     """Stream ``graph`` and emit its events (``node``, ``custom``, ``message``, ``values``,
     ``task``, ``checkpoint``, ``debug``, ``interrupt``), each with its ``ns``.
 
     ``updates`` and ``values`` are always streamed (they give interrupts and the final state);
     only the modes in ``stream`` become events. With ``subgraphs``, subgraphs' parts too.
+    ``on_node`` times each node that ran (not a cached one) from its step's start to its update:
+    no LangChain callback per node (a node's update arrives as its task ends; the step starts
+    after the previous ``values``).
     """
     wanted = set(stream)
     modes = ["updates", "values", *sorted(wanted - {"updates", "values"})]
@@ -306,7 +326,7 @@ async def run_graph(
         except Exception as exc:  # the caller's failure (publishing), not the graph's
             raise _EmitFailed from exc
 
-    events = _Events(emit_or_flag, wanted)
+    events = _Events(emit_or_flag, wanted, on_node)
     extra: dict[str, Any] = {"durability": durability} if durability else {}
     if control is not None:
         extra["control"] = control

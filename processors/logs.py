@@ -40,13 +40,29 @@ def trace_id(traceparent: bytes | str | None) -> str | None:
     return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None
 
 
+def _running_node() -> str | None:
+    """The LangGraph node whose code is running in this task, if any: LangChain keeps the
+    node's config (``metadata.langgraph_node``) in a context variable while it runs."""
+    try:
+        from langchain_core.runnables.config import var_child_runnable_config
+    except ImportError:  # pragma: no cover - a process without LangChain
+        return None
+    config = var_child_runnable_config.get()
+    node = ((config or {}).get("metadata") or {}).get("langgraph_node")
+    return node if isinstance(node, str) else None
+
+
 class ContextFilter(logging.Filter):
-    """Copies the bound fields onto each record."""
+    """Copies the bound fields onto each record, and the node whose code logs it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         for key, value in (_CONTEXT.get() or {}).items():
             if not hasattr(record, key):
                 setattr(record, key, value)
+        if not hasattr(record, "node"):
+            node = _running_node()
+            if node is not None:
+                record.node = node
         return True
 
 

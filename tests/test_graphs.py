@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import operator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
 from langchain_core.messages import HumanMessage
@@ -277,3 +278,83 @@ async def test_inline_sync_nodes_run_on_the_event_loop_with_their_context() -> N
     assert inline_sync_nodes(graph) == []  # idempotent: nothing left to change
     assert GraphOptions.of(GraphRegistry.from_sources().get("pipeline")).sync_nodes == "inline"
     assert GraphOptions.of(GraphRegistry.from_sources().get("slow")).sync_nodes is None
+
+
+async def test_nodes_are_timed_from_their_steps_start_without_callbacks() -> None:
+    """``on_node`` gets each node as its update arrives, in order, timed from its step's start:
+    two nodes of one step that sleep 0.05 and 0.1 s read about that (each from the step's start,
+    not from the other's end); a node of the next step that sleeps 0.02 s reads about 0.02 s.
+    With no ``updates`` events asked for (``stream=[]``) the nodes are still timed."""
+    import asyncio
+
+    class S(TypedDict):
+        seen: Annotated[list[str], operator.add]
+
+    def sleeper(name: str, seconds: float) -> Any:
+        async def node(state: S) -> S:
+            await asyncio.sleep(seconds)
+            return {"seen": [name]}
+        return node
+
+    builder = StateGraph(S)
+    builder.add_node("short", sleeper("short", 0.05))
+    builder.add_node("long", sleeper("long", 0.1))
+    builder.add_node("after", sleeper("after", 0.02))
+    builder.add_edge(START, "short")
+    builder.add_edge(START, "long")
+    builder.add_edge(["short", "long"], "after")
+    builder.add_edge("after", END)
+    timed: list[tuple[str, float]] = []
+
+    async def emit(*_event: Any) -> None:
+        raise AssertionError("no events were asked for")
+
+    outcome = await run_graph(builder.compile(), input={"seen": []}, command=None, config={},
+                              stream=[], timeout_s=None, emit=emit,
+                              on_node=lambda node, seconds: timed.append((node, seconds)))
+    assert outcome.status == "success"
+    assert [node for node, _ in timed] == ["short", "long", "after"]
+    seconds = dict(timed)
+    assert 0.05 <= seconds["short"] < 0.09
+    assert 0.1 <= seconds["long"] < 0.14
+    assert 0.02 <= seconds["after"] < 0.06
+
+
+def test_a_nodes_own_log_lines_carry_the_node_without_callbacks() -> None:
+    """A line logged inside a node's code gets ``node`` from LangChain's context (the run has no
+    callbacks); a line logged outside any node gets none."""
+    import asyncio
+    import logging
+
+    from graphwire.processors.logs import ContextFilter
+
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = logging.getLogger("tests.node_log")
+    handler = Keep()
+    handler.addFilter(ContextFilter())
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+    class S(TypedDict):
+        text: str
+
+    async def shout(state: S) -> S:
+        logger.info("inside")
+        return {"text": state["text"].upper()}
+
+    builder = StateGraph(S)
+    builder.add_node("shout", shout)
+    builder.add_edge(START, "shout")
+    graph = builder.compile()
+    try:
+        asyncio.run(graph.ainvoke({"text": "a"}))
+        logger.info("outside")
+    finally:
+        logger.removeHandler(handler)
+    assert [(r.getMessage(), getattr(r, "node", None)) for r in records] == [
+        ("inside", "shout"), ("outside", None)]

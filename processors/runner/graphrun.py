@@ -36,7 +36,7 @@ from graphwire.graphs.replay import finished_steps
 from graphwire.processors.metrics import RunnerMetrics
 from graphwire.processors.runner import tracing
 from graphwire.processors.runner.answer import Addressee, Answer
-from graphwire.processors.runner.callbacks import RunCallbacks
+from graphwire.processors.runner.callbacks import node_timer, run_callbacks
 from graphwire.processors.runner.checkpoints import CheckpointStore
 from graphwire.processors.runner.claims import LeaseLost
 from graphwire.processors.runner.control import RunStops, Stop, delete_run_checkpoints
@@ -182,7 +182,7 @@ class RunExecutor:
         if request.config.recursion_limit is not None:  # else the graph's, or LangGraph's
             config["recursion_limit"] = request.config.recursion_limit
         if self.settings.run_callbacks:
-            config["callbacks"] = [RunCallbacks(self.metrics, request.graph)]
+            config["callbacks"] = [run_callbacks(self.metrics, request.graph)]
         if request.config.tags:
             config["tags"] = request.config.tags
         if request.config.max_concurrency:
@@ -351,6 +351,8 @@ class RunExecutor:
                 durability=durability if graph.checkpointer else None, control=control,
                 context=request.context, interrupt_before=request.interrupt_before,
                 interrupt_after=request.interrupt_after, subgraphs=request.subgraphs,
+                on_node=(node_timer(self.metrics, request.graph)
+                         if self.settings.run_callbacks else None),
             )
         if graph.checkpointer is not None and _is_database_outage(outcome.exception):
             raise DependencyUnavailable(
