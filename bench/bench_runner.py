@@ -294,11 +294,13 @@ async def drain(
     timeout: float = 900,
     on_first_result: Callable[[int], None] | None = None,
     on_drained: Callable[[], None] | None = None,
+    fields: dict[str, Any] | None = None,
 ) -> Drain:
     """Pre-fill ``n`` requests, start a worker, read its results until all ``n`` are in.
 
     ``on_first_result(worker_pid)`` and ``on_drained()`` let a profiler attach to the worker
     once it is running and detach before it stops, so start-up and shutdown stay out of it.
+    ``fields`` are added to every request (``{"stream": ["messages"]}``, say).
     """
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     names = TopicNames(prefix)
@@ -306,7 +308,8 @@ async def drain(
     await produce_requests(
         bootstrap,
         names.requests,
-        [{"request_id": f"{prefix}-{i}", "graph": graph, "input": body} for i in range(n)],
+        [{"request_id": f"{prefix}-{i}", "graph": graph, "input": body, **(fields or {})}
+         for i in range(n)],
     )
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=100

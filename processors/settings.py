@@ -139,9 +139,10 @@ class Settings(BaseSettings):
     durability: Literal["exit", "async", "sync"] = "async"
     """When LangGraph writes checkpoints: after each step in the background, in line, or at exit."""
     gc_young_threshold: int = Field(default=50_000, ge=0)
-    """The worker's young-generation GC threshold (Python's default is 700): a run allocates
-    thousands of short-lived objects, so the default collects many times per run. Objects alive
-    after start-up (graphs, modules) are frozen out of collections. 0 keeps Python's defaults."""
+    """The worker's and the gateway's young-generation GC threshold (Python's default is 700):
+    a run, or a request, allocates thousands of short-lived objects, so the default collects
+    many times per run. Objects alive after start-up (graphs, routes, modules) are frozen out of
+    collections. 0 keeps Python's defaults."""
     sync_nodes: Literal["declared", "thread", "inline"] = "declared"
     """Where plain sync nodes run: as each graph declares (``sync_nodes`` in its graphwire
     metadata; undeclared means ``thread``), or forced to a worker thread or the event loop."""

@@ -285,7 +285,7 @@ def test_tune_gc_freezes_start_up_objects_and_raises_the_young_threshold() -> No
     start-up objects leave the collector (frozen); 0 changes nothing."""
     import gc
 
-    from graphwire.processors.cli.main import tune_gc
+    from graphwire.processors.cli.common import tune_gc
 
     before = gc.get_threshold()
     try:
@@ -298,3 +298,33 @@ def test_tune_gc_freezes_start_up_objects_and_raises_the_young_threshold() -> No
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_the_gateway_serves_with_the_gc_tuned(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``graphwire gateway`` builds its app, then freezes it out of the collector and raises the
+    young threshold (``GRAPHWIRE_GC_YOUNG_THRESHOLD``) before uvicorn serves it."""
+    import gc
+
+    import uvicorn
+
+    from graphwire.processors.cli.main import build_parser
+
+    seen: dict[str, object] = {}
+
+    def serve(app: object, **kwargs: object) -> None:
+        seen.update(app=app, threshold=gc.get_threshold()[0], frozen=gc.get_freeze_count(),
+                    port=kwargs["port"])
+
+    monkeypatch.setattr(uvicorn, "run", serve)
+    monkeypatch.setenv("GRAPHWIRE_GATEWAY_AUTH", "false")
+    monkeypatch.setenv("GRAPHWIRE_GC_YOUNG_THRESHOLD", "40000")
+    before = gc.get_threshold()
+    try:
+        args = build_parser().parse_args(["gateway", "--port", "18123"])
+        assert args.func(args) == 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+    assert seen["threshold"] == 40_000
+    assert isinstance(seen["frozen"], int) and seen["frozen"] > 1000
+    assert seen["port"] == 18123

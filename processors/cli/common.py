@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 from typing import Any
 
@@ -56,3 +57,13 @@ def json_object(flag: str, text: str | None) -> Any:
     if not isinstance(value, dict):
         raise GraphwireError(f"{flag} must be a JSON object, not a {type(value).__name__}")
     return value
+
+
+def tune_gc(young_threshold: int) -> None:
+    """Freeze what start-up allocated out of the collector, and collect the young generation
+    every ``young_threshold`` allocations instead of 700 (0: leave Python's settings)."""
+    if young_threshold:
+        gc.collect()
+        gc.freeze()
+        _, middle, old = gc.get_threshold()
+        gc.set_threshold(young_threshold, middle, old)

@@ -12,6 +12,7 @@ from graphwire.processors.cli.common import EXIT_OK, settings_from
 def gateway_command(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from graphwire.processors.cli.common import tune_gc
     from graphwire.processors.gateway.app import create_app
     from graphwire.processors.logs import setup_logging
 
@@ -20,6 +21,7 @@ def gateway_command(args: argparse.Namespace) -> int:
     settings = settings.model_copy(update=updates)
     setup_logging(settings.log_level, settings.log_format)
     app = create_app(settings)  # fails here, with one line, when no credentials are configured
+    tune_gc(settings.gc_young_threshold)  # the routes, graphs and modules are alive for good
     uvicorn.run(app, host=settings.gateway_bind_host, port=settings.gateway_port, loop="uvloop",
                 log_config=None, access_log=False, timeout_graceful_shutdown=10)
     return EXIT_OK

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import logging
 import signal
@@ -26,6 +25,7 @@ from graphwire.processors.cli.common import (
     json_object,
     registry_from,
     settings_from,
+    tune_gc,
 )
 from graphwire.processors.cli.gateway import add_parsers as add_gateway_parsers
 from graphwire.processors.cli.ops import add_parsers as add_ops_parsers
@@ -53,16 +53,6 @@ NO_GRAPHS = (
     "graphs (echo, chat, slow, ...; never in production) add --demo-graphs or set "
     "GRAPHWIRE_DEMO_GRAPHS=true"
 )
-
-
-def tune_gc(young_threshold: int) -> None:
-    """Freeze what start-up allocated out of the collector, and collect the young generation
-    every ``young_threshold`` allocations instead of 700 (0: leave Python's settings)."""
-    if young_threshold:
-        gc.collect()
-        gc.freeze()
-        _, middle, old = gc.get_threshold()
-        gc.set_threshold(young_threshold, middle, old)
 
 
 async def _worker(args: argparse.Namespace) -> int:

@@ -30,6 +30,7 @@ from graphwire.processors.gateway.agentapi.streams import (
     wait_body,
 )
 from graphwire.processors.gateway.sse import stored_events
+from graphwire.processors.gateway.streamed import Last
 from graphwire.topics.codec import dumps
 from graphwire.topics.errors import GraphwireError
 from graphwire.topics.models import Event, Result
@@ -170,10 +171,10 @@ class RunBody:
                     continue
                 await self.book.finished(result)
                 done = True
-                yield dumps(wait_body(result, await self._values(result, thread)))
+                yield Last(dumps(wait_body(result, await self._values(result, thread))))
                 return
             done = True
-            yield dumps(await self._without_result(thread, finished))
+            yield Last(dumps(await self._without_result(thread, finished)))
         finally:
             if not done and self.cancel_on_disconnect:
                 self.book.cancel_soon(self.run_id)
