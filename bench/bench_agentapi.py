@@ -3,7 +3,11 @@ own server (``langgraph dev``, langgraph-api) on the same graphs, both driven by
 ``langgraph-sdk`` client, in the same run.
 
 - ``runs.wait`` on ``pipeline`` (stateless), 32 at a time: runs/s, p50 and p99 latency;
-- ``runs.stream`` on ``chat``: time from the call to the first event after ``metadata``.
+- ``runs.stream`` on ``chat``: time from the call to the first event after ``metadata``;
+- the CPU each process spends per ``runs.wait`` (utime+stime from ``/proc`` across the timed
+  runs): graphwire's gateway, worker, broker, PostgreSQL and Redis, ``langgraph dev``'s process
+  tree, and the client (this process) against each. All share the machine's cores, so a
+  server's throughput here is bounded by the sum.
 
     make bench            # or: .venv/bin/python bench/bench_agentapi.py [--quick]
 
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import statistics
@@ -23,7 +28,9 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -33,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_gateway import load  # noqa: E402
-from bench.bench_runner import PARTITIONS, start_workers, worker_env  # noqa: E402
+from bench.bench_runner import PARTITIONS, start_workers, tree_pids, worker_env  # noqa: E402
 from graphwire.processors.dev.broker import DevBroker, free_port  # noqa: E402
 from graphwire.processors.gateway.auth import hash_key  # noqa: E402
 from graphwire.topics.admin import ensure_topics  # noqa: E402
@@ -61,8 +68,34 @@ async def wait_up(url: str, path: str, process: subprocess.Popen[bytes]) -> None
     raise RuntimeError(f"{url}{path} never answered")
 
 
-async def measure(url: str, api_key: str | None, n: int, streams: int) -> dict[str, float]:
-    """runs.wait figures and the median time to the first streamed event at ``url``."""
+def cpu_ticks(pids: list[int]) -> int:
+    """utime+stime of ``pids`` in clock ticks (a process that is gone counts 0)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total
+
+
+def named(name: str) -> list[int]:
+    """Every process whose command name is ``name`` (PostgreSQL's backends, Redis)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (proc / "comm").read_text().strip() == name:
+                    found.append(int(proc.name))
+    return found
+
+
+async def measure(url: str, api_key: str | None, n: int, streams: int,
+                  processes: dict[str, Callable[[], list[int]]]) -> dict[str, Any]:
+    """runs.wait figures, the CPU per run of each of ``processes`` (ms, utime+stime over the
+    timed runs; this process is the client) and the median time to the first streamed event
+    at ``url``."""
     client = get_client(url=url, api_key=api_key)
 
     async def wait_once(_i: int) -> None:
@@ -70,7 +103,12 @@ async def measure(url: str, api_key: str | None, n: int, streams: int) -> dict[s
         assert isinstance(values, dict) and values.get("count") == 2, values
 
     await load(wait_once, 64, CONCURRENCY)  # warm up
+    watched = {**processes, "client": lambda: [os.getpid()]}
+    pids = {name: find() for name, find in watched.items()}
+    before = {name: cpu_ticks(p) for name, p in pids.items()}
     rate, p50, p99 = await load(wait_once, n, CONCURRENCY)
+    tick_ms = 1000 / os.sysconf("SC_CLK_TCK")
+    cpu = {name: (cpu_ticks(p) - before[name]) * tick_ms / n for name, p in pids.items()}
     firsts = []
     for _ in range(streams):
         thread = await client.threads.create()
@@ -80,7 +118,7 @@ async def measure(url: str, api_key: str | None, n: int, streams: int) -> dict[s
             if part.event != "metadata":
                 firsts.append((time.perf_counter() - started) * 1000)
                 break
-    return {"rate": rate, "p50": p50, "p99": p99, "first": statistics.median(firsts)}
+    return {"rate": rate, "p50": p50, "p99": p99, "first": statistics.median(firsts), "cpu": cpu}
 
 
 def start_oracle(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -129,8 +167,13 @@ async def main() -> None:
             url = f"http://127.0.0.1:{port}"
             await wait_up(url, "/ready", gateway)
             await wait_up(oracle_url, "/ok", oracle)
-            theirs = await measure(oracle_url, None, n, streams)
-            ours = await measure(url, KEY, n, streams)
+            theirs = await measure(oracle_url, None, n, streams,
+                                   {"langgraph dev": lambda: tree_pids(oracle.pid)})
+            ours = await measure(url, KEY, n, streams, {
+                "gateway": lambda: tree_pids(gateway.pid),
+                "worker": lambda: tree_pids(workers.pid),
+                "broker": lambda: [broker.pid] if broker.pid else [],
+                "postgres": lambda: named("postgres"), "redis": lambda: named("redis-server")})
         finally:
             gateway.terminate()
             os.killpg(oracle.pid, signal.SIGTERM)
@@ -144,6 +187,12 @@ async def main() -> None:
     print(f"{'  latency graphwire':<50} p50 {ours['p50']:7.1f} ms  p99 {ours['p99']:7.1f} ms")
     print(f"{'  latency langgraph dev':<50} p50 {theirs['p50']:7.1f} ms  "
           f"p99 {theirs['p99']:7.1f} ms  (target: graphwire's p99 lower)")
+    for name, found in (("graphwire", ours), ("langgraph dev", theirs)):
+        cpu = found["cpu"]
+        server = sum(ms for who, ms in cpu.items() if who != "client")
+        parts = ", ".join(f"{who} {ms:.2f}" for who, ms in cpu.items() if who != "client")
+        print(f"  CPU per run, {name:<13} {parts}: {server:.2f} ms of server CPU "
+              f"(client {cpu['client']:.2f} ms)")
     print(f"{'runs.stream chat: time to the first event':<50} graphwire {ours['first']:7.1f} ms"
           f"  langgraph dev {theirs['first']:7.1f} ms (medians)", flush=True)
 
