@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_latency import CHAT  # noqa: E402
+from bench.bench_latency import CHAT, PACED  # noqa: E402
 from bench.bench_runner import HELLO, SLOW, asyncio_run, drain, ensure_bench_database  # noqa: E402
 from graphwire.processors.dev.broker import DevBroker  # noqa: E402
 
@@ -113,6 +113,8 @@ async def record(args: argparse.Namespace, raw_path: Path) -> float:
         if not sep or not name.startswith("GRAPHWIRE_"):
             raise SystemExit(f"--env {item!r}: write it as GRAPHWIRE_NAME=value.")
         os.environ[name] = value  # the worker's environment starts from ours
+    if args.graph == "chat_paced":
+        os.environ.update(PACED)
     await ensure_bench_database()
     spy: list[subprocess.Popen[bytes]] = []
 
@@ -131,8 +133,8 @@ async def record(args: argparse.Namespace, raw_path: Path) -> float:
             process.wait(120)
 
     with DevBroker() as broker:
-        body = {"slow": SLOW, "chat": CHAT}.get(args.graph, HELLO)
-        fields = {"stream": ["messages"]} if args.graph == "chat" else None
+        body = {"slow": SLOW, "chat": CHAT, "chat_paced": CHAT}.get(args.graph, HELLO)
+        fields = {"stream": ["messages"]} if args.graph.startswith("chat") else None
         result = await drain(broker.bootstrap_servers, args.graph, body, args.runs, fields=fields,
                              mode=args.settings, max_in_flight=args.max_in_flight,
                              processes=args.processes, on_first_result=attach, on_drained=detach)
@@ -148,9 +150,11 @@ def main() -> None:
                         help="defaults: dedup + checkpoints on; off: both off")
     parser.add_argument("--env", action="append", default=[], metavar="GRAPHWIRE_X=V",
                         help="extra worker setting, repeatable")
-    parser.add_argument("--graph", choices=("pipeline", "slow", "chat"), default="pipeline",
-                        help="pipeline (3 quick nodes), slow (one 0.2 s async node) or chat "
-                             "(21 tokens streamed as message events)")
+    parser.add_argument("--graph", default="pipeline",
+                        choices=("pipeline", "slow", "chat", "chat_paced"),
+                        help="pipeline (3 quick nodes), slow (one 0.2 s async node), chat (21 "
+                             "tokens streamed as message events) or chat_paced (the same at 50 "
+                             "tokens/s, bench/paced_chat.py)")
     parser.add_argument("--runs", type=int, default=4000)
     parser.add_argument("--max-in-flight", type=int, default=64)
     parser.add_argument("--processes", type=int, default=1)

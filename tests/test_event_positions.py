@@ -487,3 +487,53 @@ def test_next_event_follows_a_try_then_moves_on_to_the_next_run_started() -> Non
         event_position(2**21, 0, 0)
     with pytest.raises(ValueError, match="past the 16777216 a try may publish"):
         event_position(1, 0, 2**24)
+
+
+def test_kept_events_hold_by_position_and_drop_the_oldest_arrival() -> None:
+    """KeptEvents: arrival order for dropping, one event per position (the later arrival of a
+    record published twice), the run_started positions ascending, the lowest position held;
+    next_event with those starts walks the same path as next_event scanning."""
+    from graphwire.topics.positions import KeptEvents, next_event
+
+    def event(seq: int, type_: str, node: str | None = None) -> Event:
+        return Event(request_id="r", seq=seq, type=type_, graph="g", node=node,  # type: ignore[arg-type]
+                     ts=0.0)
+
+    kept = KeptEvents()
+    arrivals = [
+        event(pos(1, 0, 0), "run_started"), event(pos(1, 0, 1), "node", "a"),
+        event(pos(2, 0, 0), "run_started"), event(pos(1, 0, 1), "node", "again"),
+        event(pos(2, 0, 1), "node", "b"), event(pos(3, 1, 0), "run_started"),
+    ]
+    for size, item in enumerate(arrivals, start=10):
+        kept.add(item, size)
+    assert len(kept) == 6
+    assert [e.seq for e in kept.in_order()] == [
+        pos(1, 0, 0), pos(1, 0, 1), pos(2, 0, 0), pos(2, 0, 1), pos(3, 1, 0)]
+    assert kept.by_seq[pos(1, 0, 1)].node == "again"
+    assert kept.starts == [pos(1, 0, 0), pos(2, 0, 0), pos(3, 1, 0)]
+    assert kept.first == pos(1, 0, 0)
+
+    def walk(after: int, starts: bool) -> list[int]:
+        walked = []
+        while (found := next_event(kept.by_seq, after, kept.starts if starts else None)):
+            walked.append(found.seq)
+            after = found.seq
+        return walked
+
+    assert walk(-1, True) == walk(-1, False) == [
+        pos(1, 0, 0), pos(1, 0, 1), pos(2, 0, 0), pos(2, 0, 1), pos(3, 1, 0)]
+    assert walk(pos(2, 0, 0), True) == walk(pos(2, 0, 0), False) == [pos(2, 0, 1), pos(3, 1, 0)]
+
+    assert kept.pop_oldest() == 10  # the first run_started: its position is gone
+    assert kept.starts == [pos(2, 0, 0), pos(3, 1, 0)]
+    assert kept.first == pos(1, 0, 1)
+    assert kept.pop_oldest() == 11  # "a": replaced by "again", which stays held
+    assert kept.by_seq[pos(1, 0, 1)].node == "again" and kept.first == pos(1, 0, 1)
+    assert kept.pop_oldest() == 12
+    assert kept.pop_oldest() == 13  # "again" now
+    assert kept.first == pos(2, 0, 1) and kept.starts == [pos(3, 1, 0)]
+    assert walk(-1, True) == walk(-1, False) == [pos(3, 1, 0)]
+    kept.pop_oldest()
+    kept.pop_oldest()
+    assert (len(kept), kept.by_seq, kept.starts, kept.first) == (0, {}, [], None)

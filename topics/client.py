@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections import OrderedDict, defaultdict, deque
+from collections import OrderedDict, defaultdict
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal, Self
@@ -35,11 +35,15 @@ from graphwire.topics.errors import (
 )
 from graphwire.topics.history import CheckpointInfo, read_history
 from graphwire.topics.models import CancelAction, Control, Event, MultitaskStrategy, Request, Result
-from graphwire.topics.positions import next_event
+from graphwire.topics.positions import KeptEvents, next_event
 from graphwire.topics.runstatus import read_done_marker, read_run_state, was_queued
 from graphwire.topics.specs import TopicNames
 
 log = logging.getLogger(__name__)
+
+
+_NONE_KEPT = KeptEvents()
+"""What a reader sees of a request none of whose events arrived yet (never added to)."""
 
 
 class GraphwireClient:
@@ -103,7 +107,7 @@ class GraphwireClient:
         self._results: OrderedDict[str, Result] = OrderedDict()
         self._result_waiters: dict[str, asyncio.Future[Result]] = {}
         # per run, the runs with the most recent event last (the last to be dropped)
-        self._events: OrderedDict[str, deque[tuple[Event, int]]] = OrderedDict()  # (, bytes)
+        self._events: OrderedDict[str, KeptEvents] = OrderedDict()
         self._kept_events = 0
         self._dropped: dict[str, int] = {}
         self._dropped_total = 0
@@ -360,14 +364,13 @@ class GraphwireClient:
             return
         kept = self._events.get(rid)
         if kept is None:
-            kept = self._events[rid] = deque()
+            kept = self._events[rid] = KeptEvents()
         self._events.move_to_end(rid)  # a run still sending events is the last to be dropped
         if len(kept) == self._max_events_per_run:  # drop the run's oldest event
-            _, oldest = kept.popleft()
             self._kept_events -= 1
-            self._kept_bytes -= oldest
+            self._kept_bytes -= kept.pop_oldest()
             self._count_dropped(rid, 1)
-        kept.append((event, size))
+        kept.add(event, size)
         self._kept_events += 1
         self._kept_bytes += size
         # ``rid`` is last and alone holds at most max_events_per_run <= max_kept_events: the
@@ -378,9 +381,8 @@ class GraphwireClient:
 
     def _drop_oldest_event(self, rid: str) -> None:
         kept = self._events[rid]
-        _, size = kept.popleft()
         self._kept_events -= 1
-        self._kept_bytes -= size
+        self._kept_bytes -= kept.pop_oldest()
         self._count_dropped(rid, 1)
         if not kept:
             del self._events[rid]
@@ -388,7 +390,7 @@ class GraphwireClient:
     def _drop_events(self, rid: str) -> None:
         dropped = self._events.pop(rid)
         self._kept_events -= len(dropped)
-        self._kept_bytes -= sum(size for _, size in dropped)
+        self._kept_bytes -= sum(size for _, size in dropped.arrived)
         self._count_dropped(rid, len(dropped))
 
     def _count_dropped(self, rid: str, count: int) -> None:
@@ -511,8 +513,14 @@ class GraphwireClient:
 
     def seen_events(self, request_id: str) -> list[Event]:
         """Events of ``request_id`` received so far, by seq (duplicates dropped)."""
-        return sorted({e.seq: e for e, _ in self._events.get(request_id, [])}.values(),
-                      key=lambda e: e.seq)
+        kept = self._events.get(request_id)
+        return kept.in_order() if kept is not None else []
+
+    def kept_events(self, request_id: str) -> KeptEvents | None:
+        """The events of ``request_id`` this client holds, by position as they arrive (a live
+        view: a reader that wakes at each event looks up the next one here instead of
+        copying what it holds)."""
+        return self._events.get(request_id)
 
     async def events(
         self, request_id: str, *, after_seq: int = -1
@@ -525,14 +533,14 @@ class GraphwireClient:
         last = after_seq
         while True:
             signal = self._event_signal[request_id]
-            signal.clear()  # before the snapshot: an event arriving while we yield wakes us
-            by_seq = {e.seq: e for e, _ in self._events.get(request_id, [])}
-            while (event := next_event(by_seq, last)) is not None:
+            signal.clear()  # before looking: an event arriving while we yield wakes us
+            kept = self._events.get(request_id) or _NONE_KEPT
+            while (event := next_event(kept.by_seq, last, kept.starts)) is not None:
                 last = event.seq
                 yield event
                 if event.type == "run_finished":
                     return
-            self._raise_if_dropped(request_id, by_seq, last)
+            self._raise_if_dropped(request_id, kept.by_seq, last)
             await signal.wait()
 
     def _raise_if_dropped(self, request_id: str, by_seq: Mapping[int, Event], last: int) -> None:

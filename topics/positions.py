@@ -21,7 +21,9 @@ in-process retries only, not across redeliveries.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from bisect import bisect_right, insort
+from collections import deque
+from collections.abc import Mapping, Sequence
 
 from graphwire.topics.models import Event
 
@@ -61,11 +63,71 @@ def position_parts(seq: int) -> tuple[int, int, int]:
     return delivery_attempt, try_index, index
 
 
-def next_event(events: Mapping[int, Event], after: int) -> Event | None:
+def next_event(events: Mapping[int, Event], after: int,
+               starts: Sequence[int] | None = None) -> Event | None:
     """The event that follows position ``after``: the one at ``after + 1``, else the first
-    ``run_started`` above ``after`` (a later try); None while neither has arrived."""
+    ``run_started`` above ``after`` (a later try); None while neither has arrived.
+    ``starts``: the positions of the ``run_started`` events in ``events``, ascending (found by
+    a scan of ``events`` when not given)."""
     found = events.get(after + 1)
     if found is not None:
         return found
-    starts = [seq for seq, e in events.items() if seq > after and e.type == "run_started"]
-    return events[min(starts)] if starts else None
+    if starts is None:
+        later = [seq for seq, e in events.items() if seq > after and e.type == "run_started"]
+        return events[min(later)] if later else None
+    index = bisect_right(starts, after)
+    return events[starts[index]] if index < len(starts) else None
+
+
+class KeptEvents:
+    """The events of one request a reader keeps: in arrival order (the oldest arrival is
+    dropped first at a memory bound) and by position, with the positions of its
+    ``run_started`` events, so that a reader waking at each event finds the next one without
+    going over all it holds. An event that arrives twice (a record published again) is held
+    by position once: the later arrival."""
+
+    __slots__ = ("_first", "arrived", "by_seq", "starts")
+
+    def __init__(self) -> None:
+        self.arrived: deque[tuple[Event, int]] = deque()
+        """(event, size in bytes), oldest first."""
+        self.by_seq: dict[int, Event] = {}
+        self.starts: list[int] = []
+        """Positions of the ``run_started`` events in ``by_seq``, ascending."""
+        self._first: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.arrived)
+
+    def add(self, event: Event, size: int) -> None:
+        self.arrived.append((event, size))
+        seq = event.seq
+        before = self.by_seq.get(seq)
+        self.by_seq[seq] = event
+        was_start = before is not None and before.type == "run_started"
+        if event.type == "run_started" and not was_start:
+            insort(self.starts, seq)
+        elif was_start and event.type != "run_started":
+            self.starts.remove(seq)
+        if self._first is None or seq < self._first:
+            self._first = seq
+
+    def pop_oldest(self) -> int:
+        """Drop the oldest arrival; returns its size."""
+        event, size = self.arrived.popleft()
+        if self.by_seq.get(event.seq) is event:  # not replaced by a later arrival
+            del self.by_seq[event.seq]
+            if event.type == "run_started":
+                self.starts.remove(event.seq)
+            if event.seq == self._first:
+                self._first = min(self.by_seq, default=None)
+        return size
+
+    @property
+    def first(self) -> int | None:
+        """The lowest position held (None when empty)."""
+        return self._first
+
+    def in_order(self) -> list[Event]:
+        """The events held, by position."""
+        return sorted(self.by_seq.values(), key=lambda e: e.seq)

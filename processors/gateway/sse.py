@@ -13,15 +13,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections import ChainMap
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
 
 from graphwire.topics.client import GraphwireClient
 from graphwire.topics.errors import GraphwireError
-from graphwire.topics.models import Event
-from graphwire.topics.positions import FIRST_POSITION, next_event
+from graphwire.topics.models import Event, Result
+from graphwire.topics.positions import FIRST_POSITION, KeptEvents, next_event
 
 KEEPALIVE_S = 15.0
 GIVE_UP_ON_EVENTS_S = 5.0  # the result is here but earlier events cannot be found
@@ -32,10 +33,11 @@ def _frame(event: Event) -> bytes:
     return b"id: %d\nevent: %s\ndata: %s\n\n" % (event.seq, event.type.encode(), data)
 
 
-def _live_from(live: list[Event], sent: int) -> bool:
-    """True when the live events (in seq order) hold everything after ``sent``: they began
-    at or before the next position, or at the request's very first event."""
-    return bool(live) and (live[0].seq <= sent + 1 or live[0].seq == FIRST_POSITION)
+def _live_from(live: KeptEvents | None, sent: int) -> bool:
+    """True when the live events hold everything after ``sent``: they begin at or before the
+    next position, or at the request's very first event."""
+    first = live.first if live is not None else None
+    return first is not None and (first <= sent + 1 or first == FIRST_POSITION)
 
 
 async def stored_events(db: Any, request_id: str, after: int) -> list[Event]:
@@ -59,33 +61,46 @@ async def stored_events(db: Any, request_id: str, after: int) -> list[Event]:
     ]
 
 
-async def event_stream(
-    client: GraphwireClient, db: Any, request_id: str, after: int, timeout: float
-) -> AsyncIterator[bytes]:
-    """The SSE body: events with seq > ``after`` in order, then ``event: result``."""
+def _known(live: KeptEvents | None, stored: dict[int, Event],
+           ) -> tuple[Mapping[int, Event], Sequence[int]]:
+    """The events to look the next one up in, with their ``run_started`` positions: the live
+    ones (a view, not a copy) over those read back from the audit table."""
+    if not stored:
+        return (live.by_seq, live.starts) if live is not None else ({}, ())
+    if live is None:
+        known: Mapping[int, Event] = stored
+    else:
+        known = ChainMap(live.by_seq, stored)
+    return known, sorted(seq for seq, e in known.items() if e.type == "run_started")
+
+
+async def live_events(
+    client: GraphwireClient, db: Any, request_id: str, after: int, deadline: float,
+    grace: Callable[[Result, int], float | None],
+) -> AsyncIterator[Event | None]:
+    """The events of ``request_id`` after position ``after``, in position order, until its
+    ``run_finished`` or ``deadline``; ``None`` at each half second without one (time for a
+    heartbeat). Once its result is here, ``grace(result, last position sent)`` says how long
+    to go on waiting for events (None: stop now). Each wake looks the next event up by
+    position in what the client holds (``KeptEvents``): a stream of n events costs O(n)."""
     client.watch(request_id)
     # a finished run: its result via Redis, now (not for a run just submitted here: no result
     # can be in Redis yet, and the lookup would hold the first event back up to 50 ms)
     if client.known_result(request_id) is None and not client.awaiting_first_result(request_id):
         with contextlib.suppress(TimeoutError, GraphwireError):
             await client.result(request_id, timeout=0.05)
-    sent = after
-    deadline = time.monotonic() + timeout
-    last_write = time.monotonic()
-    backfilled = 0.0
+    sent, backfilled = after, 0.0
     result_since: float | None = None
     stored: dict[int, Event] = {}  # read back from the audit table
-    yield f": events of {request_id} after {after}\n\n".encode()
-    finished = False
-    while not finished and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
         signal = client.event_signal(request_id)
         signal.clear()
-        live = client.seen_events(request_id)
+        live = client.kept_events(request_id)
         if not _live_from(live, sent) and time.monotonic() - backfilled > 0.5:
             stored.update((e.seq, e) for e in await stored_events(db, request_id, sent))
             backfilled = time.monotonic()
-        known = {**stored, **{e.seq: e for e in live}}
-        while (event := next_event(known, sent)) is not None:
+        known, starts = _known(live, stored)
+        while (event := next_event(known, sent, starts)) is not None:
             # Moving on to a later try's run_started skips what is between: only when
             # nothing can be missing there (seen live from before it, or the audit table,
             # written in offset order, already holds it or later).
@@ -93,26 +108,45 @@ async def event_stream(
                 _live_from(live, sent) or max(stored, default=-1) >= event.seq
             ):
                 break
-            yield _frame(event)
-            sent, last_write = event.seq, time.monotonic()
+            yield event
+            sent = event.seq
             if event.type == "run_finished":
-                finished = True
-                break
-        if finished:
-            break
+                return
         result = client.known_result(request_id)
         if result is not None:
-            if result.status == "rejected":  # never ran: there are no events to wait for
-                break
+            limit = grace(result, sent)
+            if limit is None:
+                return
             result_since = result_since or time.monotonic()
-            if time.monotonic() - result_since > GIVE_UP_ON_EVENTS_S:
-                break
+            if time.monotonic() - result_since > limit:
+                return
         try:
-            await asyncio.wait_for(signal.wait(), 0.5)
+            async with asyncio.timeout(0.5):
+                await signal.wait()
         except TimeoutError:
-            if time.monotonic() - last_write > KEEPALIVE_S:
-                yield b": keep-alive\n\n"
-                last_write = time.monotonic()
+            yield None
+
+
+def _grace(result: Result, _sent: int) -> float | None:
+    """A rejected request never ran: no events to wait for."""
+    return None if result.status == "rejected" else GIVE_UP_ON_EVENTS_S
+
+
+async def event_stream(
+    client: GraphwireClient, db: Any, request_id: str, after: int, timeout: float
+) -> AsyncIterator[bytes]:
+    """The SSE body: events with seq > ``after`` in order, then ``event: result``."""
+    client.watch(request_id)  # from now on its events are kept
+    deadline = time.monotonic() + timeout
+    last_write = time.monotonic()
+    yield f": events of {request_id} after {after}\n\n".encode()
+    async for event in live_events(client, db, request_id, after, deadline, _grace):
+        if event is not None:
+            yield _frame(event)
+            last_write = time.monotonic()
+        elif time.monotonic() - last_write > KEEPALIVE_S:
+            yield b": keep-alive\n\n"
+            last_write = time.monotonic()
     try:
         remaining = max(0.1, deadline - time.monotonic())
         result = await client.result(request_id, timeout=remaining)

@@ -11,8 +11,6 @@ cancel the run when the client goes away first.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Collection
@@ -29,12 +27,11 @@ from graphwire.processors.gateway.agentapi.streams import (
     metadata_frame,
     wait_body,
 )
-from graphwire.processors.gateway.sse import stored_events
+from graphwire.processors.gateway.sse import live_events
 from graphwire.processors.gateway.streamed import Last
 from graphwire.topics.codec import dumps
-from graphwire.topics.errors import GraphwireError
 from graphwire.topics.models import Event, Result
-from graphwire.topics.positions import FIRST_POSITION, next_event
+from graphwire.topics.positions import FIRST_POSITION
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +46,10 @@ FINISHED_RESULT_S = 3.0
 the thread's state."""
 
 
-def _live_from(live: list[Event], sent: int) -> bool:
-    """The live events (in position order) hold everything after ``sent``."""
-    return bool(live) and (live[0].seq <= sent + 1 or live[0].seq == FIRST_POSITION)
+def _grace(_result: Result, sent: int) -> float:
+    """Events of a run that started may still come; a run none of whose events came never
+    started (cancelled, rejected)."""
+    return GIVE_UP_ON_EVENTS_S if sent >= 0 else NOTHING_STARTED_S
 
 
 async def run_events(gw: Any, run_id: str, timeout: float = RUN_MAX_S,
@@ -59,42 +57,10 @@ async def run_events(gw: Any, run_id: str, timeout: float = RUN_MAX_S,
     """The run's events from its first, in position order, ending after ``run_finished`` (or
     soon after its result when events are missing); ``None`` at each half second without
     one (time for a heartbeat)."""
-    client = gw.client
-    client.watch(run_id, events=True)
-    # a finished run: its result via Redis, now (not for a run just submitted here: no result
-    # can be in Redis yet, and the lookup would hold the first event back)
-    if client.known_result(run_id) is None and not client.awaiting_first_result(run_id):
-        with contextlib.suppress(TimeoutError, GraphwireError):
-            await client.result(run_id, timeout=0.05)
-    sent, deadline, backfilled = -1, time.monotonic() + timeout, 0.0
-    result_since: float | None = None
-    stored: dict[int, Event] = {}
-    while time.monotonic() < deadline:
-        signal = client.event_signal(run_id)
-        signal.clear()
-        live = client.seen_events(run_id)
-        if not _live_from(live, sent) and time.monotonic() - backfilled > 0.5:
-            stored.update((e.seq, e) for e in await stored_events(gw.db, run_id, sent))
-            backfilled = time.monotonic()
-        known = {**stored, **{e.seq: e for e in live}}
-        while (event := next_event(known, sent)) is not None:
-            if event.seq != sent + 1 and not (
-                _live_from(live, sent) or max(stored, default=-1) >= event.seq
-            ):
-                break
-            yield event
-            sent = event.seq
-            if event.type == "run_finished":
-                return
-        if client.known_result(run_id) is not None:
-            result_since = result_since or time.monotonic()
-            grace = GIVE_UP_ON_EVENTS_S if sent >= 0 else NOTHING_STARTED_S
-            if time.monotonic() - result_since > grace:
-                return
-        try:
-            await asyncio.wait_for(signal.wait(), 0.5)
-        except TimeoutError:
-            yield None
+    gw.client.watch(run_id, events=True)
+    async for event in live_events(gw.client, gw.db, run_id, -1, time.monotonic() + timeout,
+                                   _grace):
+        yield event
 
 
 async def await_result(gw: Any, run_id: str,
