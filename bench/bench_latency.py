@@ -18,6 +18,11 @@ One ``graphwire worker`` with the shipped defaults (Redis dedup, PostgreSQL chec
 both, 128 in flight; the gateway runs with its stream cap raised above 100. Targets at 100
 streams: p50 < 15 ms, p99 < 50 ms. The tokens' rate at 100 streams is printed as well, so a
 latency setting that costs throughput shows up next to it.
+
+Context, measured first in a process of its own: LangGraph alone looping ``chat_paced`` with
+``graph.astream(..., stream_mode="messages")``, 100 at a time, no Kafka and no graphwire: its
+runs/s, tokens/s and CPU (share of a core, and per token), what 100 paced streams cost before
+any transport on the same cores.
 """
 
 from __future__ import annotations
@@ -182,12 +187,54 @@ async def wait_ready(http: httpx.AsyncClient, gateway: subprocess.Popen[bytes]) 
     raise TimeoutError("the gateway was not ready within 60 s")
 
 
+async def bare_paced(runs: int, concurrency: int) -> dict[str, float]:
+    """LangGraph alone on ``chat_paced``: ``graph.astream(..., stream_mode="messages")``,
+    ``concurrency`` at a time in this process (no Kafka, no graphwire): what 100 streams at a
+    hosted model's pace cost before any transport."""
+    from bench.paced_chat import graph as paced
+
+    tokens = 0
+
+    async def one() -> None:
+        nonlocal tokens
+        async for _ in paced.astream(CHAT, stream_mode="messages"):
+            tokens += 1
+
+    window = asyncio.Semaphore(concurrency)
+
+    async def slot() -> None:
+        async with window:
+            await one()
+
+    await asyncio.gather(*(slot() for _ in range(concurrency)))  # warm up
+    tokens = 0
+    started, cpu = time.perf_counter(), time.process_time()
+    await asyncio.gather(*(slot() for _ in range(runs)))
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return {"runs_per_s": runs / wall, "tokens_per_s": tokens / wall,
+            "cpu_share": cpu / wall, "cpu_us_per_token": cpu / tokens * 1e6}
+
+
+def bare_in_process(runs: int) -> dict[str, float]:
+    """``bare_paced`` in a process of its own, as a user's loop would run."""
+    found = subprocess.run(
+        [sys.executable, __file__, "--bare-loop", str(runs)], check=True, capture_output=True,
+        env={**os.environ, **PACED})
+    figures: dict[str, float] = orjson.loads(found.stdout)
+    return figures
+
+
 async def main(args: argparse.Namespace) -> None:
     """Measure (a) and (b) at 1 and 100 streams and print the table."""
     single = 30 if args.quick else 100
     many = 300 if args.quick else 1000
     say(f"graphwire streaming latency: {os.cpu_count()} cores, chat, {single} runs at 1 stream "
         f"and {many} at 100, load {os.getloadavg()[0]:.1f}")
+    bare = bare_in_process(many)
+    say(f"  LangGraph alone, chat_paced, 100 at a time (its own process, no Kafka): "
+        f"{bare['runs_per_s']:.0f} runs/s, {bare['tokens_per_s']:.0f} tokens/s, "
+        f"{100 * bare['cpu_share']:.0f}% of a core, {bare['cpu_us_per_token']:.0f} us of CPU "
+        "per token")
     await ensure_bench_database()
     figures: dict[str, dict[str, float]] = {}
     with DevBroker() as broker:
@@ -227,8 +274,12 @@ async def main(args: argparse.Namespace) -> None:
                 process.terminate()
                 process.wait(60)
     show(figures)
+    print(f"context: LangGraph alone, chat_paced, 100 at a time in its own process: "
+          f"{bare['runs_per_s']:.0f} runs/s, {bare['tokens_per_s']:.0f} tokens/s, "
+          f"{100 * bare['cpu_share']:.0f}% of a core ({bare['cpu_us_per_token']:.0f} us of CPU "
+          "per token) before any transport")
     if args.json:
-        write_json(args.json, figures)
+        write_json(args.json, {**figures, "LangGraph alone, chat_paced, 100": bare})
 
 
 def write_json(path: str, figures: dict[str, dict[str, float]]) -> None:
@@ -258,8 +309,13 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer runs (a smoke test)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON here")
+    parser.add_argument("--bare-loop", type=int, metavar="RUNS", help=argparse.SUPPRESS)
     return parser.parse_args()
 
 
 if __name__ == "__main__":
-    asyncio_run(main(parse_args()))
+    options = parse_args()
+    if options.bare_loop:  # the baseline's own process (bare_in_process)
+        print(orjson.dumps(asyncio_run(bare_paced(options.bare_loop, 100))).decode())
+    else:
+        asyncio_run(main(options))
