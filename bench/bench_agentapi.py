@@ -40,7 +40,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_gateway import load  # noqa: E402
-from bench.bench_runner import PARTITIONS, start_workers, tree_pids, worker_env  # noqa: E402
+from bench.bench_runner import (  # noqa: E402
+    PARTITIONS,
+    ensure_bench_database,
+    start_workers,
+    tree_pids,
+    worker_env,
+)
 from graphwire.processors.dev.broker import DevBroker, free_port  # noqa: E402
 from graphwire.processors.gateway.auth import hash_key  # noqa: E402
 from graphwire.topics.admin import ensure_topics  # noqa: E402
@@ -145,6 +151,7 @@ async def main() -> None:
     print(f"Agent Server API benchmark: {os.cpu_count()} cores, {n} runs.wait on pipeline "
           f"{CONCURRENCY} at a time, {streams} runs.stream on chat; langgraph-sdk client\n",
           flush=True)
+    await ensure_bench_database()
     with DevBroker() as broker, tempfile.TemporaryDirectory() as tmp:
         bs = broker.bootstrap_servers
         prefix = f"bench{uuid.uuid4().hex[:8]}"

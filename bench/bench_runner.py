@@ -311,6 +311,7 @@ async def drain(
         [{"request_id": f"{prefix}-{i}", "graph": graph, "input": body, **(fields or {})}
          for i in range(n)],
     )
+    await vacuum_bench_database()
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=100
     )
@@ -369,14 +370,25 @@ def bench_database_url() -> str:
 
 
 async def ensure_bench_database() -> None:
-    """Create ``graphwire_bench`` so its transaction counters hold the benchmark's alone."""
+    """Create ``graphwire_bench`` afresh: its transaction counters hold this benchmark's alone,
+    and no table starts with what earlier runs left. Runs delete and rewrite checkpoints and
+    run records all the time; on a server with autovacuum off (this machine's) the dead rows of
+    every earlier run stay, the tables and their indexes outgrow the shared buffers, and each
+    write then reads pages back from the OS: PostgreSQL's CPU per run grew run after run."""
     conn = await asyncpg.connect(ADMIN_DATABASE_URL)
     try:
-        exists = await conn.fetchval(
-            "SELECT 1 FROM pg_database WHERE datname = $1", BENCH_DATABASE
-        )
-        if not exists:
-            await conn.execute(f'CREATE DATABASE "{BENCH_DATABASE}"')
+        await conn.execute(f'DROP DATABASE IF EXISTS "{BENCH_DATABASE}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{BENCH_DATABASE}"')
+    finally:
+        await conn.close()
+
+
+async def vacuum_bench_database() -> None:
+    """VACUUM ``graphwire_bench`` between a benchmark's phases: the dead rows an earlier
+    phase left (no autovacuum here) are reused, not read past, by the next."""
+    conn = await asyncpg.connect(bench_database_url())
+    try:
+        await conn.execute("VACUUM")
     finally:
         await conn.close()
 

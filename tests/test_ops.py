@@ -174,3 +174,39 @@ def test_sasl_and_tls_settings_reach_every_kind_of_client() -> None:
     assert credentials.ssl_context is not None
     with pytest.raises(ValueError, match="security_protocol=SASL_PLAINTEXT needs"):
         Settings(_env_file=None, security_protocol="SASL_PLAINTEXT")  # type: ignore[call-arg]
+
+
+async def test_doctor_warns_when_postgresql_runs_without_autovacuum() -> None:
+    """The autovacuum check reads the server's own setting: "pass" when on; when off, a warning
+    that counts the dead rows of the checkpoint tables in the worker's schema (here 3 deleted
+    rows of a fresh schema's checkpoints, once the server's statistics have them) and the fix."""
+    import asyncio
+    import uuid
+
+    from graphwire.processors.cli.doctor import _autovacuum_check
+
+    schema = f"gw_vacuum_{uuid.uuid4().hex[:8]}"
+    settings = Settings(checkpoint_schema=schema)
+    conn = await asyncpg.connect(TEST_DATABASE_URL)
+    try:
+        await conn.execute(f'CREATE SCHEMA "{schema}"')
+        await conn.execute(f'CREATE TABLE "{schema}".checkpoints (id int)')
+        await conn.execute(f'INSERT INTO "{schema}".checkpoints SELECT generate_series(1, 3)')
+        await conn.execute(f'DELETE FROM "{schema}".checkpoints')
+        on = await conn.fetchval("SHOW autovacuum") == "on"
+        check = await _autovacuum_check(conn, settings)
+        if on:
+            assert (check.name, check.status, check.detail) == (
+                "PostgreSQL autovacuum", "pass", "on")
+            return
+        for _ in range(50):  # a backend reports its table statistics within about a second
+            if check.detail.startswith("off: 3 "):
+                break
+            await asyncio.sleep(0.1)
+            check = await _autovacuum_check(conn, settings)
+        assert (check.name, check.status) == ("PostgreSQL autovacuum", "warn")
+        assert check.detail == "off: 3 dead rows in the checkpoint tables, and more with every run"
+        assert check.fix.startswith("ALTER SYSTEM SET autovacuum = on; SELECT pg_reload_conf();")
+    finally:
+        await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        await conn.close()

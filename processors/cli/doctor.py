@@ -226,6 +226,7 @@ async def store_checks(settings: Settings) -> list[Check]:
     try:
         checks.append(Check("PostgreSQL reachable", "pass",
                             str(await conn.fetchval("SHOW server_version"))))
+        checks.append(await _autovacuum_check(conn, settings))
         audit_schema = settings.audit_schema
         have, want = await schema_version(conn, audit_schema), migrations()[-1].version
         if audit_schema and not await schema_exists(conn, audit_schema):
@@ -248,6 +249,25 @@ async def store_checks(settings: Settings) -> list[Check]:
     finally:
         await conn.close()
     return checks
+
+
+CHECKPOINT_TABLES = ("checkpoints", "checkpoint_writes", "checkpoint_blobs")
+
+
+async def _autovacuum_check(conn: Any, settings: Settings) -> Check:
+    """Runs delete and rewrite rows all the time (the checkpoints of stateless runs and of
+    deleted threads, run records): without autovacuum their dead rows stay, the tables and
+    indexes outgrow the shared buffers and every checkpoint write reads more pages."""
+    if await conn.fetchval("SHOW autovacuum") == "on":
+        return Check("PostgreSQL autovacuum", "pass", "on")
+    dead = await conn.fetchval(
+        "SELECT coalesce(sum(n_dead_tup), 0) FROM pg_stat_user_tables "
+        "WHERE relname = ANY($1::text[]) AND ($2::text IS NULL OR schemaname = $2)",
+        list(CHECKPOINT_TABLES), settings.checkpoint_schema or None)
+    return Check("PostgreSQL autovacuum", "warn",
+                 f"off: {dead} dead rows in the checkpoint tables, and more with every run",
+                 "ALTER SYSTEM SET autovacuum = on; SELECT pg_reload_conf(); "
+                 "(or VACUUM the checkpoint and agent_runs tables on a schedule)")
 
 
 def webhook_checks(settings: Settings) -> list[Check]:
