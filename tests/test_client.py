@@ -165,3 +165,40 @@ def test_memory_bounds_that_cannot_hold_one_run_are_refused() -> None:
                                          r"and max_kept_results >= 1 \(got 10, 5, 10000\); "
                                          r"raise max_kept_events"):
         GraphwireClient("127.0.0.1:9", max_events_per_run=10, max_kept_events=5)
+
+
+async def test_events_are_read_only_while_a_request_wants_them(
+    bootstrap: str, topics: TopicNames, worker: WorkerProcess,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Runs submitted without keep_events leave the events partitions paused (their positions
+    do not move: no event is fetched) while results come; events() of one of them resumes
+    reading from where it paused and yields its whole stream (run_started, the three nodes,
+    run_finished); 0.3 s after the last wanted result the partitions are paused again."""
+    import graphwire.topics.client as client_module
+
+    monkeypatch.setattr(client_module, "EVENTS_AFTER_RESULT_S", 0.3)
+    monkeypatch.setattr(client_module, "WANTS_CHECK_S", 0.05)
+    async with GraphwireClient(bootstrap, topic_prefix=topics.prefix) as client:
+        consumer = client._consumer
+        assert consumer is not None
+        events_tps = {tp for tp in consumer.assignment() if tp.topic == topics.events}
+        assert len(events_tps) == 4 and consumer.paused() == events_tps
+        start = {tp: await consumer.position(tp) for tp in events_tps}
+        ids = [await client.submit_request(
+            client.build_request("pipeline", {"text": f"A{i} B"}), keep_events=False)
+            for i in range(5)]
+        results = await asyncio.gather(*(client.result(rid, timeout=60) for rid in ids))
+        assert [r.output["text"] for r in results] == [f"a{i} b" for i in range(5)]
+        assert not client.reading_events
+        assert {tp: await consumer.position(tp) for tp in events_tps} == start
+
+        events = [e async for e in client.events(ids[2])]
+        assert client.reading_events and not consumer.paused()
+        assert [e.type for e in events] == ["run_started", "node", "node", "node", "run_finished"]
+        assert [e.node for e in events if e.type == "node"] == ["normalize", "tokenize", "count"]
+        for _ in range(100):
+            if not client.reading_events:
+                break
+            await asyncio.sleep(0.05)
+        assert consumer.paused() == events_tps

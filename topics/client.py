@@ -5,6 +5,12 @@ from the positions they had when the client started, and keeps only what belongs
 this client submitted or asked about: results and events of many concurrent requests are
 demultiplexed from that one consumer.
 
+The events topic is read only while a request of this client wants its events (``submit`` with
+``keep_events``, ``events()``, ``watch(..., events=True)``), until ``EVENTS_AFTER_RESULT_S`` after
+that request's result: a client (a gateway) answering only results does not fetch every event
+of every run. Its partitions are paused, not skipped: reading resumes where it paused, so a
+request watched later still gets every event published since.
+
 A result that was published before this client started (a request submitted by another
 process) is found through Redis when ``redis_url`` is given: the runner's done marker for the
 request names the result's topic/partition/offset, and the client reads that one record.
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections import OrderedDict, defaultdict
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
@@ -41,6 +48,14 @@ from graphwire.topics.specs import TopicNames
 
 log = logging.getLogger(__name__)
 
+
+EVENTS_AFTER_RESULT_S = 30.0
+"""How long after its result a request still wants its events (they may be fetched after the
+result: the two topics are fetched independently)."""
+EVENTS_WANTED_MAX_S = 24 * 3600.0
+"""How long a request whose result never comes keeps the events topic read."""
+WANTS_CHECK_S = 1.0
+"""How often the reader looks whether any request still wants events."""
 
 _NONE_KEPT = KeptEvents()
 """What a reader sees of a request none of whose events arrived yet (never added to)."""
@@ -112,6 +127,11 @@ class GraphwireClient:
         self._dropped: dict[str, int] = {}
         self._dropped_total = 0
         self._event_signal: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
+        # request_id -> until when it wants events (monotonic); while none does, the events
+        # partitions are paused
+        self._event_wants: dict[str, float] = {}
+        self._events_paused: list[TopicPartition] = []
+        self._wants_checked = 0.0
         self._thread_graphs: dict[str, str] = {}
         self._crons = Crons(database_url, database_schema) if database_url else None
         self._result_listeners: list[Callable[[Result], None]] = []
@@ -158,6 +178,8 @@ class GraphwireClient:
         ends = await self._consumer.end_offsets(partitions)
         for tp, offset in ends.items():
             self._consumer.seek(tp, offset)
+        if not self._event_wants:
+            self._pause_events()
         self._reader = asyncio.create_task(self._read())
 
     async def stop(self) -> None:
@@ -292,8 +314,9 @@ class GraphwireClient:
         keep_events: bool = True, headers: list[tuple[str, bytes]] | None = None,
     ) -> str:
         """Produce a request built by ``build_request``; returns its request_id. Without
-        ``keep_events`` only its result is kept in memory (events arriving before ``events()``
-        or ``watch(..., events=True)`` asks for them are not kept). ``headers``: more Kafka
+        ``keep_events`` only its result is kept in memory (events read before ``events()``
+        or ``watch(..., events=True)`` asks for them are not kept; while no request wants
+        events they are not read at all, and are read when one does). ``headers``: more Kafka
         headers (the gateway's ``x-graphwire-principal``)."""
         assert self._producer is not None, "call start() or use `async with` first"
         headers = list(headers or [])
@@ -479,10 +502,44 @@ class GraphwireClient:
             events = self._watched.get(request_id, False)
         self._watched[request_id] = events
         self._watched.move_to_end(request_id)
+        if events:
+            self._want_events(request_id)
         while len(self._watched) > 4 * self._max_kept:  # the oldest are long answered
             old, _ = self._watched.popitem(last=False)
             self._event_signal.pop(old, None)
             self._dropped.pop(old, None)
+            self._event_wants.pop(old, None)
+
+    @property
+    def reading_events(self) -> bool:
+        """True while the events topic is read (some request wants its events)."""
+        return self._consumer is not None and not self._events_paused
+
+    def _want_events(self, request_id: str) -> None:
+        now = time.monotonic()
+        done = request_id in self._results
+        self._event_wants[request_id] = now + (
+            EVENTS_AFTER_RESULT_S if done else EVENTS_WANTED_MAX_S)
+        if self._events_paused and self._consumer is not None:
+            self._consumer.resume(*self._events_paused)
+            self._events_paused = []
+
+    def _pause_events(self) -> None:
+        assert self._consumer is not None
+        self._events_paused = [tp for tp in self._consumer.assignment()
+                               if tp.topic == self.topics.events]
+        self._consumer.pause(*self._events_paused)
+
+    def _check_wants(self) -> None:
+        """Pause the events partitions once no request wants events any more."""
+        now = time.monotonic()
+        if self._events_paused or now - self._wants_checked < WANTS_CHECK_S:
+            return
+        self._wants_checked = now
+        self._event_wants = {rid: until for rid, until in self._event_wants.items()
+                             if until > now}
+        if not self._event_wants and self._consumer is not None:
+            self._pause_events()
 
     def awaiting_first_result(self, request_id: str) -> bool:
         """Submitted by this client, result not seen yet and not waited for yet (it will be
@@ -675,6 +732,7 @@ class GraphwireClient:
                     except Exception as exc:  # one malformed record must not stop the reader
                         log.warning("skipping %s/%d/%d: %s", tp.topic, tp.partition,
                                     record.offset, exc)
+            self._check_wants()
 
     def _take(self, topic: str, record: Any) -> None:
         rid = record.key.decode("utf-8", "replace") if record.key else None
@@ -686,6 +744,9 @@ class GraphwireClient:
             if result is None:
                 result = Result.model_validate(loads(record.value))
                 self._keep(result, len(record.value))
+            if rid in self._event_wants:  # its events may still come, for a while
+                self._event_wants[rid] = min(self._event_wants[rid],
+                                             time.monotonic() + EVENTS_AFTER_RESULT_S)
             waiter = self._result_waiters.pop(rid, None)
             if waiter is not None and not waiter.done():
                 waiter.set_result(result)

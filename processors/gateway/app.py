@@ -63,6 +63,7 @@ from graphwire.processors.gateway.models import (
 from graphwire.processors.gateway.ops import OpsServer, Readiness
 from graphwire.processors.gateway.pool import BoundedPool, PoolBusy
 from graphwire.processors.pgsession import keep_session
+from graphwire.processors.runner.redisbatch import RedisBatcher
 from graphwire.processors.settings import Settings
 from graphwire.processors.webhooks.policy import WebhookPolicy
 from graphwire.topics.client import GraphwireClient
@@ -98,13 +99,16 @@ class Gateway:
         )
         # the run-status layout the runner writes (read only here), and the rate limiter's
         self.redis = Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+        # the rate limit and slot scripts of concurrent requests share round trips
+        self.redis_batch = RedisBatcher(self.redis)
         self.limiter: RateLimiter | None = None
         from graphwire.processors.gateway.ui.routes import LIVE_MAX_S
 
         self.caps = PrincipalCaps(  # concurrent runs and streams per caller, in Redis
             self.redis, settings.topic_prefix, max_runs=settings.gateway_max_concurrent_runs,
             run_ttl_s=settings.gateway_run_slot_ttl_s, max_streams=settings.gateway_max_streams,
-            stream_ttl_s=max(settings.gateway_wait_timeout_s, LIVE_MAX_S) + 60)
+            stream_ttl_s=max(settings.gateway_wait_timeout_s, LIVE_MAX_S) + 60,
+            batcher=self.redis_batch)
         self.client.add_result_listener(lambda result: self.caps.run_finished(result.request_id))
         self.db: Any = None
         self.webhooks = WebhookPolicy(settings.webhook_allowed_hosts)  # the runners' rules
@@ -122,7 +126,8 @@ class Gateway:
             raise DependencyUnavailable(
                 f"Redis does not answer ({exc}); check GRAPHWIRE_REDIS_URL"
             ) from exc
-        self.limiter = RateLimiter(self.redis, self.settings.topic_prefix)
+        self.limiter = RateLimiter(self.redis, self.settings.topic_prefix,
+                                   batcher=self.redis_batch)
         with contextlib.suppress(Exception):  # optional: status fallback and SSE backfill
             pool = await asyncpg.create_pool(
                 self.settings.database_url.get_secret_value(), min_size=0,
@@ -138,6 +143,7 @@ class Gateway:
         await self.agent.stop()
         await self.client.stop()
         await self.caps.stop()
+        await self.redis_batch.stop()
         await self.redis.aclose()
         if self.db is not None:
             await self.db.close()

@@ -29,13 +29,14 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import jwt
 import orjson
 from pydantic import BaseModel, Field, ValidationError
 from redis.asyncio import Redis
 
+from graphwire.processors.runner.redisbatch import RedisBatcher
 from graphwire.topics.errors import GraphwireError
 
 
@@ -302,16 +303,20 @@ class Decision:
 class RateLimiter:
     """Sliding-window rate limit per principal (requests per minute)."""
 
-    def __init__(self, redis: Redis, namespace: str, window_ms: int = 60_000) -> None:
-        self._script = redis.register_script(_SLIDING_WINDOW)
+    def __init__(self, redis: Redis, namespace: str, window_ms: int = 60_000,
+                 batcher: RedisBatcher | None = None) -> None:
+        """``batcher``: the checks of concurrent requests share its round trips (one of its
+        own when not given)."""
+        self._batcher = batcher or RedisBatcher(redis)
+        self._batcher.add_script("rate_window", _SLIDING_WINDOW)
         self._ns = namespace
         self._window_ms = window_ms
 
     async def check(self, principal: Principal, cost: int = 1) -> Decision:
         """Count ``cost`` requests (all or none) against the principal's window."""
         key = f"{self._ns}:ratelimit:{principal.kind}:{principal.name}"
-        allowed, remaining, retry_ms = await self._script(
-            keys=[key],
-            args=[principal.rate_per_minute, self._window_ms, uuid.uuid4().hex, cost],
-        )
+        reply = await self._batcher.script(
+            "rate_window", [key],
+            [principal.rate_per_minute, self._window_ms, uuid.uuid4().hex, cost])
+        allowed, remaining, retry_ms = cast(list[int], reply)
         return Decision(bool(allowed), int(remaining), max(1, -(-int(retry_ms) // 1000)))

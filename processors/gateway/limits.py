@@ -24,13 +24,14 @@ import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from graphwire.processors.gateway.auth import Principal
 from graphwire.processors.gateway.errors import TooManyRequests, Unavailable
+from graphwire.processors.runner.redisbatch import RedisBatcher
 from graphwire.topics.runstatus import read_run_state
 
 log = logging.getLogger(__name__)
@@ -72,9 +73,13 @@ class PrincipalCaps:
     """Concurrent runs and open streams per caller scope, counted in Redis."""
 
     def __init__(self, redis: Redis, namespace: str, *, max_runs: int, run_ttl_s: float,
-                 max_streams: int, stream_ttl_s: float) -> None:
+                 max_streams: int, stream_ttl_s: float,
+                 batcher: RedisBatcher | None = None) -> None:
+        """``batcher``: the takes of concurrent requests share its round trips (one of its
+        own when not given)."""
         self._redis = redis
-        self._script = redis.register_script(_TAKE)
+        self._batcher = batcher or RedisBatcher(redis)
+        self._batcher.add_script("take_slots", _TAKE)
         self._ns = namespace
         self.max_runs = max_runs
         self.max_streams = max_streams
@@ -90,7 +95,8 @@ class PrincipalCaps:
         return f"{self._ns}:slots:{kind}:{scope}"
 
     async def _take(self, key: str, limit: int, ttl_ms: int, members: list[str]) -> Taken:
-        allowed, used = await self._script(keys=[key], args=[limit, ttl_ms, *members])
+        reply = await self._batcher.script("take_slots", [key], [limit, ttl_ms, *members])
+        allowed, used = cast(list[int], reply)
         return Taken(bool(allowed), int(used))
 
     # -- runs --------------------------------------------------------------------------------
