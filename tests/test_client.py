@@ -23,7 +23,7 @@ async def test_many_concurrent_requests_are_demultiplexed_from_one_consumer(
     """One client submits 40 pipeline requests and awaits them concurrently: the results come back
     in the order of the ids, each with its own lowercased text; c7's events are numbered from
     2**32 without gaps, run_started first, run_finished last, nodes normalize, tokenize, count;
-    the client's one consumer is assigned all 8 results and events partitions."""
+    the client's two consumers are assigned the 4 results and the 4 events partitions."""
     await wait_for_members(bootstrap, worker_env["GRAPHWIRE_GROUP_ID"], 1)
     async with GraphwireClient(bootstrap, topic_prefix=topics.prefix) as client:
         ids = [
@@ -38,7 +38,10 @@ async def test_many_concurrent_requests_are_demultiplexed_from_one_consumer(
         assert events[0].type == "run_started"
         assert events[-1].type == "run_finished"
         assert [e.node for e in events if e.type == "node"] == ["normalize", "tokenize", "count"]
-        assert client._consumer is not None and len(client._consumer.assignment()) == 8
+        assert client._consumer is not None and client._events_consumer is not None
+        assert {tp.topic for tp in client._consumer.assignment()} == {topics.results}
+        assert {tp.topic for tp in client._events_consumer.assignment()} == {topics.events}
+        assert len(client._consumer.assignment()) == len(client._events_consumer.assignment()) == 4
 
 
 async def test_typed_errors_when_asked_and_results_otherwise(
@@ -180,9 +183,9 @@ async def test_events_are_read_only_while_a_request_wants_them(
     monkeypatch.setattr(client_module, "EVENTS_AFTER_RESULT_S", 0.3)
     monkeypatch.setattr(client_module, "WANTS_CHECK_S", 0.05)
     async with GraphwireClient(bootstrap, topic_prefix=topics.prefix) as client:
-        consumer = client._consumer
+        consumer = client._events_consumer
         assert consumer is not None
-        events_tps = {tp for tp in consumer.assignment() if tp.topic == topics.events}
+        events_tps = consumer.assignment()
         assert len(events_tps) == 4 and consumer.paused() == events_tps
         start = {tp: await consumer.position(tp) for tp in events_tps}
         ids = [await client.submit_request(

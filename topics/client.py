@@ -1,9 +1,11 @@
 """GraphwireClient: submit requests and read their events and results, from Python.
 
-Importable without the processors. One consumer per client reads the results and events topics
-from the positions they had when the client started, and keeps only what belongs to requests
-this client submitted or asked about: results and events of many concurrent requests are
-demultiplexed from that one consumer.
+Importable without the processors. Two consumers per client read the results and the events
+topics from the positions they had when the client started, and keep only what belongs to
+requests this client submitted or asked about: results and events of many concurrent requests
+are demultiplexed from them. The results consumer lets the broker hold a fetch longer
+(``fetch_max_wait_ms``, fewer idle polls), the events one shorter (``events_fetch_max_wait_ms``:
+a streamed token waits for no poll).
 
 The events topic is read only while a request of this client wants its events (``submit`` with
 ``keep_events``, ``events()``, ``watch(..., events=True)``), until ``EVENTS_AFTER_RESULT_S`` after
@@ -77,6 +79,8 @@ class GraphwireClient:
         max_kept_bytes: int = 256 * 1024 * 1024,
         database_url: str | None = None,
         database_schema: str | None = None,
+        fetch_max_wait_ms: int = 50,
+        events_fetch_max_wait_ms: int = 10,
         **client_kwargs: Any,
     ) -> None:
         """``client_kwargs`` go to aiokafka (``security_protocol``, ``sasl_mechanism``,
@@ -91,7 +95,9 @@ class GraphwireClient:
         just received one; a record larger than the whole budget is handed to its waiters but
         not kept. ``database_url`` (and
         ``database_schema``, ``GRAPHWIRE_AUDIT_SCHEMA``) enable ``crons``, and let ``cancel``
-        find a request the audit table accepted that no worker holds yet."""
+        find a request the audit table accepted that no worker holds yet.
+        ``fetch_max_wait_ms`` and ``events_fetch_max_wait_ms``: how long the broker may hold a
+        fetch of results, of events, waiting for data."""
         if not 1 <= max_events_per_run <= max_kept_events or max_kept_results < 1:
             raise ValueError(
                 "GraphwireClient needs 1 <= max_events_per_run <= max_kept_events and "
@@ -111,9 +117,12 @@ class GraphwireClient:
         self._result_bytes: dict[str, int] = {}  # request_id -> its kept result's bytes
         self._kwargs = client_kwargs
         self._max_request_size = max_request_size
+        self._fetch_max_wait_ms = fetch_max_wait_ms
+        self._events_fetch_max_wait_ms = events_fetch_max_wait_ms
         self._producer: AIOKafkaProducer | None = None
-        self._consumer: AIOKafkaConsumer | None = None
-        self._reader: asyncio.Task[None] | None = None
+        self._consumer: AIOKafkaConsumer | None = None  # results
+        self._events_consumer: AIOKafkaConsumer | None = None
+        self._readers: list[asyncio.Task[None]] = []
         self._watched: OrderedDict[str, bool] = OrderedDict()  # -> keep its events
         # submitted here after the reader took its positions: the first wait for the result
         # needs no Redis lookup (the reader sees it); later waits look, in case it was trimmed
@@ -149,49 +158,61 @@ class GraphwireClient:
             max_request_size=self._max_request_size,
             **self._kwargs,
         )
+        # results and events are read by two consumers: results with the longer fetch wait
+        # (fewer idle polls), events with the short one (a streamed token waits for no poll)
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap_servers,
             enable_auto_commit=False,
-            fetch_max_wait_ms=10,
+            fetch_max_wait_ms=self._fetch_max_wait_ms,
+            **self._kwargs,
+        )
+        self._events_consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap_servers,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=self._events_fetch_max_wait_ms,
             **self._kwargs,
         )
         try:
             await self._producer.start()
             await self._consumer.start()
+            await self._events_consumer.start()
         except KafkaConnectionError as exc:
             await self.stop()
             raise DependencyUnavailable(
                 f"cannot reach Kafka at {self.bootstrap_servers}: is the broker running and "
                 "is the address right?"
             ) from exc
-        partitions = []
         await self._consumer.topics()  # refreshes metadata
-        for topic in (self.topics.results, self.topics.events):
-            found = self._consumer.partitions_for_topic(topic)
-            if not found:
+        found = {topic: self._consumer.partitions_for_topic(topic)
+                 for topic in (self.topics.results, self.topics.events)}
+        for topic, numbers in found.items():
+            if not numbers:
                 await self.stop()
                 raise GraphwireError(
                     f"topic {topic} does not exist: run `graphwire topics ensure` first"
                 )
-            partitions += [TopicPartition(topic, p) for p in sorted(found)]
-        self._consumer.assign(partitions)
-        ends = await self._consumer.end_offsets(partitions)
-        for tp, offset in ends.items():
-            self._consumer.seek(tp, offset)
+        for consumer, topic in ((self._consumer, self.topics.results),
+                                (self._events_consumer, self.topics.events)):
+            partitions = [TopicPartition(topic, p) for p in sorted(found[topic])]
+            consumer.assign(partitions)
+            ends = await consumer.end_offsets(partitions)
+            for tp, offset in ends.items():
+                consumer.seek(tp, offset)
         if not self._event_wants:
             self._pause_events()
-        self._reader = asyncio.create_task(self._read())
+        self._readers = [asyncio.create_task(self._read(self._consumer)),
+                         asyncio.create_task(self._read(self._events_consumer))]
 
     async def stop(self) -> None:
         """Disconnect. Idempotent."""
-        if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
-            self._reader = None
-        for client in (self._consumer, self._producer, self._lookup):
+        for reader in self._readers:
+            reader.cancel()
+        await asyncio.gather(*self._readers, return_exceptions=True)
+        self._readers = []
+        for client in (self._consumer, self._events_consumer, self._producer, self._lookup):
             if client is not None:
                 await client.stop()
-        self._consumer = self._producer = self._lookup = None
+        self._consumer = self._events_consumer = self._producer = self._lookup = None
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None
@@ -513,22 +534,21 @@ class GraphwireClient:
     @property
     def reading_events(self) -> bool:
         """True while the events topic is read (some request wants its events)."""
-        return self._consumer is not None and not self._events_paused
+        return self._events_consumer is not None and not self._events_paused
 
     def _want_events(self, request_id: str) -> None:
         now = time.monotonic()
         done = request_id in self._results
         self._event_wants[request_id] = now + (
             EVENTS_AFTER_RESULT_S if done else EVENTS_WANTED_MAX_S)
-        if self._events_paused and self._consumer is not None:
-            self._consumer.resume(*self._events_paused)
+        if self._events_paused and self._events_consumer is not None:
+            self._events_consumer.resume(*self._events_paused)
             self._events_paused = []
 
     def _pause_events(self) -> None:
-        assert self._consumer is not None
-        self._events_paused = [tp for tp in self._consumer.assignment()
-                               if tp.topic == self.topics.events]
-        self._consumer.pause(*self._events_paused)
+        assert self._events_consumer is not None
+        self._events_paused = list(self._events_consumer.assignment())
+        self._events_consumer.pause(*self._events_paused)
 
     def _check_wants(self) -> None:
         """Pause the events partitions once no request wants events any more."""
@@ -538,7 +558,7 @@ class GraphwireClient:
         self._wants_checked = now
         self._event_wants = {rid: until for rid, until in self._event_wants.items()
                              if until > now}
-        if not self._event_wants and self._consumer is not None:
+        if not self._event_wants and self._events_consumer is not None:
             self._pause_events()
 
     def awaiting_first_result(self, request_id: str) -> bool:
@@ -714,13 +734,12 @@ class GraphwireClient:
     @property
     def reading(self) -> bool:
         """True while the reader of results and events runs (readiness)."""
-        return self._reader is not None and not self._reader.done()
+        return bool(self._readers) and not any(reader.done() for reader in self._readers)
 
-    async def _read(self) -> None:
-        assert self._consumer is not None
+    async def _read(self, consumer: AIOKafkaConsumer) -> None:
         while True:
             try:
-                batches = await self._consumer.getmany(timeout_ms=200)
+                batches = await consumer.getmany(timeout_ms=200)
             except KafkaError as exc:  # the broker away for a moment: keep the reader alive
                 log.warning("reading results and events failed (%s); retrying", exc)
                 await asyncio.sleep(0.5)

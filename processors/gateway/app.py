@@ -95,6 +95,7 @@ class Gateway:
             topic_prefix=settings.topic_prefix,
             redis_url=redis_url if settings.dedup else None,
             max_kept_bytes=settings.gateway_max_kept_bytes,
+            fetch_max_wait_ms=settings.fetch_max_wait_ms,
             **settings.kafka_security(),
         )
         # the run-status layout the runner writes (read only here), and the rate limiter's
