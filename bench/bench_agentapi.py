@@ -2,7 +2,9 @@
 own server (``langgraph dev``, langgraph-api) on the same graphs, both driven by the official
 ``langgraph-sdk`` client, in the same run.
 
-- ``runs.wait`` on ``pipeline`` (stateless), 32 at a time: runs/s, p50 and p99 latency;
+- ``runs.wait`` on ``pipeline`` (stateless), 32 at a time: runs/s, p50 and p99 latency, over
+  rounds that alternate between the two servers (the machine's speed drifts over minutes; both
+  see the same drift);
 - ``runs.stream`` on ``chat``: time from the call to the first event after ``metadata``;
 - the CPU each process spends per ``runs.wait`` (utime+stime from ``/proc`` across the timed
   runs): graphwire's gateway, worker, broker, PostgreSQL and Redis, ``langgraph dev``'s process
@@ -45,6 +47,7 @@ from bench.bench_runner import (  # noqa: E402
     ensure_bench_database,
     start_workers,
     tree_pids,
+    vacuum_bench_database,
     worker_env,
 )
 from graphwire.processors.dev.broker import DevBroker, free_port  # noqa: E402
@@ -97,34 +100,92 @@ def named(name: str) -> list[int]:
     return found
 
 
-async def measure(url: str, api_key: str | None, n: int, streams: int,
-                  processes: dict[str, Callable[[], list[int]]]) -> dict[str, Any]:
-    """runs.wait figures, the CPU per run of each of ``processes`` (ms, utime+stime over the
-    timed runs; this process is the client) and the median time to the first streamed event
-    at ``url``."""
-    client = get_client(url=url, api_key=api_key)
+class Side:
+    """One server's ``runs.wait`` rounds: its client, the processes whose CPU is counted, and
+    what the rounds added up (runs, seconds, latencies, CPU ticks per process)."""
 
-    async def wait_once(_i: int) -> None:
-        values = await client.runs.wait(None, "pipeline", input=PIPELINE)
+    def __init__(self, url: str, api_key: str | None,
+                 processes: dict[str, Callable[[], list[int]]]) -> None:
+        self.client = get_client(url=url, api_key=api_key)
+        self.processes = {**processes, "client": lambda: [os.getpid()]}
+        self.runs = 0  # counted in the rate
+        self.cpu_runs = 0  # all the runs the CPU was spent on
+        self.round_rates: list[float] = []
+        self.seconds = 0.0
+        self.latencies: list[float] = []
+        self.ticks: dict[str, int] = dict.fromkeys(self.processes, 0)
+
+    async def wait_once(self, _i: int = 0) -> None:
+        values = await self.client.runs.wait(None, "pipeline", input=PIPELINE)
         assert isinstance(values, dict) and values.get("count") == 2, values
 
-    await load(wait_once, 64, CONCURRENCY)  # warm up
-    watched = {**processes, "client": lambda: [os.getpid()]}
-    pids = {name: find() for name, find in watched.items()}
-    before = {name: cpu_ticks(p) for name, p in pids.items()}
-    rate, p50, p99 = await load(wait_once, n, CONCURRENCY)
-    tick_ms = 1000 / os.sysconf("SC_CLK_TCK")
-    cpu = {name: (cpu_ticks(p) - before[name]) * tick_ms / n for name, p in pids.items()}
-    firsts = []
-    for _ in range(streams):
-        thread = await client.threads.create()
+    async def round(self, n: int) -> None:
+        """``n`` runs.wait, ``CONCURRENCY`` at a time, added to the totals."""
+        pids = {name: find() for name, find in self.processes.items()}
+        before = {name: cpu_ticks(p) for name, p in pids.items()}
         started = time.perf_counter()
-        async for part in client.runs.stream(thread["thread_id"], "chat", input=CHAT,
-                                             stream_mode=["values", "messages-tuple"]):
-            if part.event != "metadata":
-                firsts.append((time.perf_counter() - started) * 1000)
-                break
-    return {"rate": rate, "p50": p50, "p99": p99, "first": statistics.median(firsts), "cpu": cpu}
+        latencies: list[float] = []
+        finished: list[float] = []
+
+        async def timed(i: int) -> None:
+            began = time.perf_counter()
+            await self.wait_once(i)
+            finished.append(time.perf_counter())
+            latencies.append((finished[-1] - began) * 1000)
+
+        await load(timed, n, CONCURRENCY)
+        # the rate until the last run was started (n - CONCURRENCY done): the round's drain,
+        # its last runs finishing with fewer in flight, would charge each round a server's
+        # slowest tail
+        steady = n - CONCURRENCY
+        seconds = sorted(finished)[steady - 1] - started
+        self.round_rates.append(steady / seconds)
+        self.seconds += seconds
+        self.runs += steady
+        self.cpu_runs += n
+        self.latencies += latencies
+        for name, p in pids.items():
+            self.ticks[name] += cpu_ticks(p) - before[name]
+
+    def figures(self) -> dict[str, Any]:
+        ordered = sorted(self.latencies)
+        tick_ms = 1000 / os.sysconf("SC_CLK_TCK")
+        return {"rate": self.runs / self.seconds, "rounds": self.round_rates,
+                "p50": statistics.median(ordered),
+                "p99": ordered[int(len(ordered) * 0.99) - 1],
+                "cpu": {name: t * tick_ms / self.cpu_runs for name, t in self.ticks.items()}}
+
+    async def first_event(self, streams: int) -> float:
+        """Median ms from ``runs.stream`` on ``chat`` to its first event after ``metadata``."""
+        firsts = []
+        for _ in range(streams):
+            thread = await self.client.threads.create()
+            started = time.perf_counter()
+            async for part in self.client.runs.stream(thread["thread_id"], "chat", input=CHAT,
+                                                      stream_mode=["values", "messages-tuple"]):
+                if part.event != "metadata":
+                    firsts.append((time.perf_counter() - started) * 1000)
+                    break
+        return statistics.median(firsts)
+
+
+async def measure(sides: list[Side], n: int, rounds: int, streams: int) -> list[dict[str, Any]]:
+    """Each side's runs.wait figures over ``rounds`` alternating rounds of ``n // rounds`` runs
+    (so both see the machine in the same states: its speed drifts by 10-20% over minutes),
+    then its median time to the first streamed event."""
+    for side in sides:
+        await load(side.wait_once, 64, CONCURRENCY)  # warm up
+    for _ in range(rounds):
+        for side in sides:
+            # this machine's PostgreSQL runs without autovacuum (``graphwire doctor`` warns):
+            # the dead rows of a round's deleted checkpoints are cleared between rounds, as
+            # autovacuum would, outside the timed runs
+            await vacuum_bench_database()
+            await side.round(n // rounds)
+    found = []
+    for side in sides:
+        found.append({**side.figures(), "first": await side.first_event(streams)})
+    return found
 
 
 def start_oracle(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -147,16 +208,19 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    n, streams = (300, 10) if args.quick else (1500, 30)
-    print(f"Agent Server API benchmark: {os.cpu_count()} cores, {n} runs.wait on pipeline "
-          f"{CONCURRENCY} at a time, {streams} runs.stream on chat; langgraph-sdk client\n",
-          flush=True)
+    n, rounds, streams = (300, 2, 10) if args.quick else (2000, 5, 30)
+    print(f"Agent Server API benchmark: {os.cpu_count()} cores (graphwire: a gateway and "
+          f"{os.cpu_count()} worker processes; langgraph dev: its one process), "
+          f"{n} runs.wait on pipeline "
+          f"{CONCURRENCY} at a time for each server, in {rounds} alternating rounds, "
+          f"{streams} runs.stream on chat; langgraph-sdk client\n", flush=True)
     await ensure_bench_database()
     with DevBroker() as broker, tempfile.TemporaryDirectory() as tmp:
         bs = broker.bootstrap_servers
         prefix = f"bench{uuid.uuid4().hex[:8]}"
         await ensure_topics(bs, TopicNames(prefix).specs(PARTITIONS))
-        workers = start_workers(bs, prefix, 1, 64, {})  # the shipped defaults: durable runs
+        # the shipped defaults (durable runs), one worker process per core as the README says
+        workers = start_workers(bs, prefix, os.cpu_count() or 1, 64, {})
         port = free_port()
         env = {
             **worker_env(bs, prefix, 64, "defaults"), "GRAPHWIRE_GATEWAY_PORT": str(port),
@@ -174,13 +238,15 @@ async def main() -> None:
             url = f"http://127.0.0.1:{port}"
             await wait_up(url, "/ready", gateway)
             await wait_up(oracle_url, "/ok", oracle)
-            theirs = await measure(oracle_url, None, n, streams,
-                                   {"langgraph dev": lambda: tree_pids(oracle.pid)})
-            ours = await measure(url, KEY, n, streams, {
-                "gateway": lambda: tree_pids(gateway.pid),
-                "worker": lambda: tree_pids(workers.pid),
-                "broker": lambda: [broker.pid] if broker.pid else [],
-                "postgres": lambda: named("postgres"), "redis": lambda: named("redis-server")})
+            theirs, ours = await measure([
+                Side(oracle_url, None, {"langgraph dev": lambda: tree_pids(oracle.pid)}),
+                Side(url, KEY, {
+                    "gateway": lambda: tree_pids(gateway.pid),
+                    "worker": lambda: tree_pids(workers.pid),
+                    "broker": lambda: [broker.pid] if broker.pid else [],
+                    "postgres": lambda: named("postgres"),
+                    "redis": lambda: named("redis-server")}),
+            ], n, rounds, streams)
         finally:
             gateway.terminate()
             os.killpg(oracle.pid, signal.SIGTERM)
@@ -191,6 +257,8 @@ async def main() -> None:
     print(f"{'runs.wait pipeline, graphwire vs langgraph dev':<50} {ours['rate']:>8.1f} runs/s  "
           f"baseline {theirs['rate']:>8.1f}  ratio {ours['rate'] / theirs['rate']:5.2f}x  "
           "(target >= 2x)", flush=True)
+    for name, found in (("graphwire", ours), ("langgraph dev", theirs)):
+        print(f"  runs/s by round, {name}: " + ", ".join(f"{r:.1f}" for r in found["rounds"]))
     print(f"{'  latency graphwire':<50} p50 {ours['p50']:7.1f} ms  p99 {ours['p99']:7.1f} ms")
     print(f"{'  latency langgraph dev':<50} p50 {theirs['p50']:7.1f} ms  "
           f"p99 {theirs['p99']:7.1f} ms  (target: graphwire's p99 lower)")
