@@ -340,3 +340,27 @@ async def test_cancel_a_running_run_from_its_page(
         assert 1 <= len(steps_run) < 20 and set(steps_run) == {"step"}
         again = await s.http.post(f"/ui/api/runs/{rid}/cancel", headers=A)
         assert again.status_code == 403  # no CSRF token: refused before anything else
+
+
+async def test_the_live_feed_first_tells_the_page_to_reload_its_table(
+    worker_env: dict[str, str], topics: TopicNames, tmp_path: Path
+) -> None:
+    """``/ui/api/live`` sends ``changed`` at its first poll, with the caller's newest run as
+    the audit table has it: a run recorded between the table's render and the feed's start
+    shows at once, not at the next change."""
+    async with stack(worker_env, tmp_path) as s:
+        done = await s.http.post("/workflow/execute?wait=true", headers=A, json=run("echo"))
+        assert done.status_code == 200, done.text
+        frames: list[str] = []
+        async with s.http.stream("GET", "/ui/api/live", headers=A, timeout=30) as feed:
+            buffer = ""
+            async for chunk in feed.aiter_text():
+                buffer += chunk
+                *complete, buffer = buffer.split("\n\n")
+                frames += complete
+                if len(frames) >= 2 and any(f.startswith("event: changed") for f in frames):
+                    break
+        assert frames[0].startswith(": the caller's runs, live")
+        event, data = frames[1].split("\n")
+        assert event == "event: changed"
+        assert set(orjson.loads(data.removeprefix("data: "))) == {"seen", "finished"}

@@ -321,10 +321,10 @@ async def _changes(inspector: Inspector, request: Request,
                 now = await queries.latest_change(db, scope)
         except ApiError:
             now = last or (None, None)
-        if last is not None and now != last:
+        # the first poll says "changed" too: a run recorded between the table's render and
+        # this feed's start would otherwise show only at the next change
+        if last is None or now != last:
             data = orjson.dumps({"seen": now[0], "finished": now[1]})
             yield b"event: changed\ndata: %s\n\n" % data
-        elif last is None:
-            yield b": ready\n\n"
         last = now
         await asyncio.sleep(LIVE_POLL_S)
