@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +204,48 @@ def start_oracle(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
     return process, f"http://127.0.0.1:{port}"
 
 
+@contextlib.asynccontextmanager
+async def graphwire_stack(
+    processes: int, extra_env: dict[str, str] | None = None,
+) -> AsyncIterator[tuple[str, dict[str, Callable[[], list[int]]]]]:
+    """graphwire as the benchmark runs it: the test broker, ``processes`` durable workers with
+    the shipped defaults, a gateway with an API key and its caps out of the way (``extra_env``
+    on top, for both); yields the gateway's URL and its processes' pid finders by name."""
+    await ensure_bench_database()
+    extra = extra_env or {}
+    with DevBroker() as broker:
+        bs = broker.bootstrap_servers
+        prefix = f"bench{uuid.uuid4().hex[:8]}"
+        await ensure_topics(bs, TopicNames(prefix).specs(PARTITIONS))
+        workers = start_workers(bs, prefix, processes, 64, extra)
+        port = free_port()
+        env = {
+            **worker_env(bs, prefix, 64, "defaults"), **extra,
+            "GRAPHWIRE_GATEWAY_PORT": str(port), "GRAPHWIRE_GATEWAY_OPS_PORT": "0",
+            "GRAPHWIRE_GATEWAY_RATE_PER_MINUTE": "10000000",
+            "GRAPHWIRE_GATEWAY_MAX_CONCURRENT_RUNS": "100000",  # measure the path, not the cap
+            "GRAPHWIRE_GATEWAY_API_KEYS": orjson.dumps(
+                [{"name": "bench", "key_sha256": hash_key(KEY), "graphs": ["*"]}]).decode(),
+        }
+        gateway = subprocess.Popen(  # noqa: ASYNC220 (a server process, not awaited)
+            [sys.executable, "-m", "graphwire", "gateway"], env=env, cwd=ROOT,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            await wait_up(url, "/ready", gateway)
+            yield url, {
+                "gateway": lambda: tree_pids(gateway.pid),
+                "worker": lambda: tree_pids(workers.pid),
+                "broker": lambda: [broker.pid] if broker.pid else [],
+                "postgres": lambda: named("postgres"),
+                "redis": lambda: named("redis-server")}
+        finally:
+            gateway.terminate()
+            gateway.wait(30)
+            workers.terminate()
+            workers.wait(60)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -214,46 +256,18 @@ async def main() -> None:
           f"{n} runs.wait on pipeline "
           f"{CONCURRENCY} at a time for each server, in {rounds} alternating rounds, "
           f"{streams} runs.stream on chat; langgraph-sdk client\n", flush=True)
-    await ensure_bench_database()
-    with DevBroker() as broker, tempfile.TemporaryDirectory() as tmp:
-        bs = broker.bootstrap_servers
-        prefix = f"bench{uuid.uuid4().hex[:8]}"
-        await ensure_topics(bs, TopicNames(prefix).specs(PARTITIONS))
-        # the shipped defaults (durable runs), one worker process per core as the README says
-        workers = start_workers(bs, prefix, os.cpu_count() or 1, 64, {})
-        port = free_port()
-        env = {
-            **worker_env(bs, prefix, 64, "defaults"), "GRAPHWIRE_GATEWAY_PORT": str(port),
-            "GRAPHWIRE_GATEWAY_OPS_PORT": "0",
-            "GRAPHWIRE_GATEWAY_RATE_PER_MINUTE": "10000000",
-            "GRAPHWIRE_GATEWAY_MAX_CONCURRENT_RUNS": "100000",  # measure the path, not the cap
-            "GRAPHWIRE_GATEWAY_API_KEYS": orjson.dumps(
-                [{"name": "bench", "key_sha256": hash_key(KEY), "graphs": ["*"]}]).decode(),
-        }
-        gateway = subprocess.Popen(  # noqa: ASYNC220 (a server process, not awaited)
-            [sys.executable, "-m", "graphwire", "gateway"], env=env, cwd=ROOT,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        oracle, oracle_url = start_oracle(Path(tmp))
-        try:
-            url = f"http://127.0.0.1:{port}"
-            await wait_up(url, "/ready", gateway)
-            await wait_up(oracle_url, "/ok", oracle)
-            theirs, ours = await measure([
-                Side(oracle_url, None, {"langgraph dev": lambda: tree_pids(oracle.pid)}),
-                Side(url, KEY, {
-                    "gateway": lambda: tree_pids(gateway.pid),
-                    "worker": lambda: tree_pids(workers.pid),
-                    "broker": lambda: [broker.pid] if broker.pid else [],
-                    "postgres": lambda: named("postgres"),
-                    "redis": lambda: named("redis-server")}),
-            ], n, rounds, streams)
-        finally:
-            gateway.terminate()
-            os.killpg(oracle.pid, signal.SIGTERM)
-            gateway.wait(30)
-            oracle.wait(30)
-            workers.terminate()
-            workers.wait(60)
+    async with graphwire_stack(os.cpu_count() or 1) as (url, processes):
+        with tempfile.TemporaryDirectory() as tmp:
+            oracle, oracle_url = start_oracle(Path(tmp))
+            try:
+                await wait_up(oracle_url, "/ok", oracle)
+                theirs, ours = await measure([
+                    Side(oracle_url, None, {"langgraph dev": lambda: tree_pids(oracle.pid)}),
+                    Side(url, KEY, processes),
+                ], n, rounds, streams)
+            finally:
+                os.killpg(oracle.pid, signal.SIGTERM)
+                oracle.wait(30)
     print(f"{'runs.wait pipeline, graphwire vs langgraph dev':<50} {ours['rate']:>8.1f} runs/s  "
           f"baseline {theirs['rate']:>8.1f}  ratio {ours['rate'] / theirs['rate']:5.2f}x  "
           "(target >= 2x)", flush=True)
