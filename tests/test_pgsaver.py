@@ -378,3 +378,100 @@ async def test_state_strings_with_nul_are_stored_and_read_back_exactly(
     memory = builder.compile(checkpointer=InMemorySaver())
     expected = await memory.ainvoke(given, config)
     assert out == state.values == expected == {"text": "a\x00b", "note": "a\x00b\x00!"}
+
+
+async def _locked(schema: str) -> tuple[asyncpg.Connection, Any]:
+    """Another session holding an exclusive lock on checkpoints (writes wait, reads pass)."""
+    blocker = await asyncpg.connect(TEST_DATABASE_URL, server_settings={"search_path": schema})
+    lock = blocker.transaction()
+    await lock.start()
+    await blocker.execute("LOCK TABLE checkpoints IN EXCLUSIVE MODE")
+    return blocker, lock
+
+
+async def test_a_pipelined_run_ends_before_its_commits_and_settles_after_them(
+    saver: GroupCommitSaver, schema: str,
+) -> None:
+    """Inside ``pipelined()`` a 3-node run with the default (async) durability finishes while
+    PostgreSQL cannot commit (its writes are queued, in order), ``settle()`` waits for them,
+    and then its 5 checkpoints are committed; a ``sync`` run in the same state does not
+    finish."""
+    graph = _graph().compile(checkpointer=saver)
+    blocker, lock = await _locked(schema)
+    try:
+        with saver.pipelined() as writes:
+            out = await asyncio.wait_for(graph.ainvoke(
+                {"items": [], "count": 0}, {"configurable": {"thread_id": "p-async"}}), 5)
+            settling = asyncio.ensure_future(writes.settle())
+        assert out == {"items": ["a", "b", "c"], "count": 3}
+        with saver.pipelined():
+            synced = asyncio.ensure_future(graph.ainvoke(
+                {"items": [], "count": 0}, {"configurable": {"thread_id": "p-sync"}},
+                durability="sync"))
+        await asyncio.sleep(0.5)
+        assert (settling.done(), synced.done()) == (False, False)
+        assert len(writes.pending) > 0
+        await lock.rollback()
+        assert await asyncio.wait_for(settling, 10) is None
+        await asyncio.wait_for(synced, 10)
+    finally:
+        await blocker.close()
+    assert writes.pending == set()
+    counts = dict(await saver.pool.fetch(
+        "SELECT thread_id, count(*) FROM checkpoints GROUP BY thread_id"))
+    # input (-1), after __start__ (0), after a, b and c
+    assert counts == {"p-async": 5, "p-sync": 5}
+
+
+async def test_a_pipelined_run_reads_what_it_queued(
+    saver: GroupCommitSaver, schema: str,
+) -> None:
+    """A pipelined run's ``aget_tuple`` waits for its own queued write to commit, then returns
+    it; a read outside the run does not wait (and does not see it yet)."""
+    checkpoint = empty_checkpoint()
+    checkpoint["channel_values"] = {"count": 7}
+    config: Any = {"configurable": {"thread_id": "r-1", "checkpoint_ns": ""}}
+    blocker, lock = await _locked(schema)
+    try:
+        with saver.pipelined():
+            await asyncio.wait_for(saver.aput(config, checkpoint, {}, {"count": 1}), 5)
+            read = asyncio.ensure_future(saver.aget_tuple(config))
+        assert await asyncio.wait_for(saver.aget_tuple(config), 5) is None
+        await asyncio.sleep(0.3)
+        assert not read.done()
+        await lock.rollback()
+        found = await asyncio.wait_for(read, 10)
+    finally:
+        await blocker.close()
+    assert found is not None
+    assert (found.checkpoint["id"], found.checkpoint["channel_values"]) == (
+        checkpoint["id"], {"count": 7})
+
+
+async def test_after_a_pipelined_write_fails_the_run_writes_nothing_more(
+    saver: GroupCommitSaver,
+) -> None:
+    """A pipelined run whose first checkpoint PostgreSQL refuses (a NUL in its thread_id):
+    its next write, queued before the failure was known, is not committed; once the failure
+    is known a write raises it at once; ``settle()`` returns it; another run's write in the
+    same groups commits."""
+    from graphwire.processors.runner.pgsaver import CheckpointDataRefused
+
+    def put(thread: str, text: str) -> Any:
+        checkpoint = empty_checkpoint()
+        checkpoint["channel_values"] = {"text": text}
+        return saver.aput({"configurable": {"thread_id": thread, "checkpoint_ns": ""}},
+                          checkpoint, {}, {})
+
+    with saver.pipelined() as writes:
+        await put("f-1\x00", "first")
+        await put("f-1", "second")  # the same run: must not land without the first
+        found = await writes.settle()
+        with pytest.raises(CheckpointDataRefused):
+            await put("f-1", "third")
+    with saver.pipelined() as other:
+        await put("f-2", "other")
+        assert await other.settle() is None
+    assert isinstance(found, CheckpointDataRefused)
+    rows = await saver.pool.fetch("SELECT thread_id FROM checkpoints ORDER BY thread_id")
+    assert [r["thread_id"] for r in rows] == ["f-2"]

@@ -48,6 +48,8 @@ from graphwire.processors.runner.pgsaver import (
     FRESH_THREAD,
     CheckpointDatabaseUnavailable,
     CheckpointDataRefused,
+    GroupCommitSaver,
+    Pipelined,
 )
 from graphwire.processors.runner.pgstore import store_attachment
 from graphwire.processors.runner.publisher import OutputPublisher, Record, Start, header
@@ -344,7 +346,8 @@ class RunExecutor:
         if graph.checkpointer is not None and self._checkpoints is not None:
             journal = self._checkpoints.effects
         with bind_effects(journal, thread_id=thread_id or rid, request_id=rid,
-                          namespace=self.settings.topic_prefix, emit=emit_effect):
+                          namespace=self.settings.topic_prefix, emit=emit_effect), \
+                _pipelined(graph.checkpointer) as writes:
             outcome = await run_graph(
                 graph, input=payload_input, command=command, config=config,
                 stream=request.stream, timeout_s=timeout_s, emit=emit,
@@ -354,6 +357,11 @@ class RunExecutor:
                 on_node=(node_timer(self.metrics, request.graph)
                          if self.settings.run_callbacks else None),
             )
+            # the run's checkpoint writes returned once queued: its end counts once they are in
+            failed = await writes.settle() if writes is not None else None
+            if failed is not None and outcome.status in ("success", "interrupted"):
+                outcome = RunOutcome(status="error", error=(type(failed).__name__, str(failed)),
+                                     exception=failed)
         if graph.checkpointer is not None and _is_database_outage(outcome.exception):
             raise DependencyUnavailable(
                 f"PostgreSQL (checkpoints) failed during {rid}: {outcome.exception}"
@@ -502,6 +510,16 @@ def _node_retried(graph: Any, request: Request, outcome: RunOutcome) -> bool:
         log.info("%s failed in node %s, which has its own RetryPolicy: not retried by the "
                  "runner", request.request_id, node)
     return node is not None
+
+
+@contextlib.contextmanager
+def _pipelined(checkpointer: Any) -> Iterator[Pipelined | None]:
+    """The run's writes pipelined by a ``GroupCommitSaver`` (None for any other saver)."""
+    if isinstance(checkpointer, GroupCommitSaver):
+        with checkpointer.pipelined() as writes:
+            yield writes
+    else:
+        yield None
 
 
 def _is_database_outage(exc: BaseException | None) -> bool:

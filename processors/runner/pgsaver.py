@@ -9,6 +9,13 @@ trips each per step, and PostgreSQL plans and commits once per tick instead of o
 - ``aput`` returns only after its group committed, so ``durability="sync"`` (LangGraph awaits
   the put before the next step) still means "committed before the next step"; with ``async``
   LangGraph runs the put in the background and does not wait; ``exit`` puts once.
+- Inside ``pipelined()`` (the runner wraps each run in it) an ``async``/``exit`` run's writes
+  return once queued, not once committed: LangGraph chains each checkpoint's ``aput`` after the
+  previous one, so a run of five checkpoints otherwise waits for five commits one after the
+  other, though the queue already keeps their order. The run's ``settle()`` then waits for all
+  of them before its result goes out; after one of its writes failed, its later ones are
+  refused (never a checkpoint committed over a missing parent or blob), and its reads first
+  wait for its queued writes (it reads what it wrote).
 - No instance lock: reads use their own pooled connection, writes are ordered by the queue.
 - The queue is bounded: when PostgreSQL falls behind, ``aput`` waits for room (backpressure)
   instead of growing memory without limit.
@@ -19,6 +26,7 @@ trips each per step, and PostgreSQL plans and commits once per tick instead of o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
 import json
@@ -43,6 +51,7 @@ from langgraph.checkpoint.base import (
     get_serializable_checkpoint_metadata,
     writes_sort_key,
 )
+from langgraph._internal._constants import CONFIG_KEY_DURABILITY
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from langgraph.checkpoint.serde.types import TASKS, _DeltaSnapshot
 
@@ -253,6 +262,37 @@ async def init_connection(conn: asyncpg.Connection) -> None:
 Row = tuple[Any, ...]
 
 
+class Pipelined:
+    """One run's checkpoint writes that returned before their commit (see ``pipelined``)."""
+
+    def __init__(self) -> None:
+        self.pending: set[asyncio.Future[None]] = set()
+        self.failed: BaseException | None = None
+
+    def add(self, done: asyncio.Future[None]) -> None:
+        self.pending.add(done)
+        done.add_done_callback(self._settled)
+
+    def _settled(self, done: asyncio.Future[None]) -> None:
+        self.pending.discard(done)
+        if not done.cancelled() and done.exception() is not None and self.failed is None:
+            self.failed = done.exception()
+
+    async def wait(self) -> None:
+        """Until every write queued so far committed or failed."""
+        if self.pending:
+            await asyncio.gather(*self.pending, return_exceptions=True)
+
+    async def settle(self) -> BaseException | None:
+        """Wait for the run's writes; the first failure among them, if any."""
+        await self.wait()
+        return self.failed
+
+
+_PIPELINED: contextvars.ContextVar[Pipelined | None] = contextvars.ContextVar(
+    "graphwire_pipelined_checkpoints", default=None)
+
+
 @dataclass
 class _Write:
     """One caller's rows; ``done`` resolves when the group holding them commits."""
@@ -261,6 +301,7 @@ class _Write:
     blobs: list[Row] = field(default_factory=list)
     checkpoints: list[Row] = field(default_factory=list)
     writes: list[tuple[Row, bool]] = field(default_factory=list)  # (row, replace on conflict)
+    run: Pipelined | None = None  # set: the caller did not wait for the commit
 
 
 @dataclass
@@ -342,6 +383,17 @@ class GroupCommitSaver(BaseCheckpointSaver[str]):
 
     # -- setup -------------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def pipelined(self) -> Iterator[Pipelined]:
+        """Within it (and the tasks it starts), the writes of a run whose durability is not
+        ``sync`` return once queued; ``settle()`` the result before the run's end counts."""
+        run = Pipelined()
+        token = _PIPELINED.set(run)
+        try:
+            yield run
+        finally:
+            _PIPELINED.reset(token)
+
     async def setup(self) -> None:
         """Create the tables and run the migrations upstream's saver would run."""
         async with self.pool.acquire() as conn:
@@ -371,7 +423,8 @@ class GroupCommitSaver(BaseCheckpointSaver[str]):
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
-        """Save a checkpoint; returns once the group holding it committed."""
+        """Save a checkpoint; returns once the group holding it committed (once queued when
+        pipelined)."""
         configurable = config["configurable"]
         thread_id = configurable["thread_id"]
         checkpoint_ns = configurable.get("checkpoint_ns", "")
@@ -399,7 +452,7 @@ class GroupCommitSaver(BaseCheckpointSaver[str]):
             thread_id, checkpoint_ns, checkpoint["id"], parent_id, _dumps(copy),
             _dumps(get_serializable_checkpoint_metadata(config, metadata)),
         ))
-        await self._submit(op)
+        await self._submit(op, configurable)
         return {"configurable": {"thread_id": thread_id, "checkpoint_ns": checkpoint_ns,
                                  "checkpoint_id": checkpoint["id"]}}
 
@@ -410,7 +463,8 @@ class GroupCommitSaver(BaseCheckpointSaver[str]):
         task_id: str,
         task_path: str = "",
     ) -> None:
-        """Save a task's writes; returns once the group holding them committed."""
+        """Save a task's writes; returns once the group holding them committed (once queued
+        when pipelined)."""
         configurable = config["configurable"]
         replace = all(w[0] in WRITES_IDX_MAP for w in writes)
         op = _Write(asyncio.get_running_loop().create_future())
@@ -420,7 +474,7 @@ class GroupCommitSaver(BaseCheckpointSaver[str]):
                    configurable["checkpoint_id"], task_id, task_path,
                    WRITES_IDX_MAP.get(channel, idx), channel, type_, blob)
             op.writes.append((row, replace))
-        await self._submit(op)
+        await self._submit(op, configurable)
 
     async def adelete_thread(self, thread_id: str) -> None:
         """Delete a thread's checkpoints, blobs and writes (after what is queued before)."""
@@ -441,12 +495,26 @@ class GroupCommitSaver(BaseCheckpointSaver[str]):
                      [(sql, args) for sql in COPY_THREAD_SQL])
         await self._submit(op)
 
-    async def _submit(self, op: _Write | _Exec) -> None:
+    async def _submit(self, op: _Write | _Exec, configurable: dict[str, Any] | None = None,
+                      ) -> None:
         if self._writer is None or self._writer.done():
             # an empty context: the writer serves every run, it must not log as the first one
             self._writer = asyncio.create_task(
                 self._write_loop(), name="checkpoint-writer", context=contextvars.Context()
             )
+        run = _PIPELINED.get()
+        if (run is not None and isinstance(op, _Write) and configurable is not None
+                and configurable.get(CONFIG_KEY_DURABILITY) != "sync"):
+            if run.failed is not None:  # nothing after a write that failed
+                raise run.failed
+            op.run = run
+            run.add(op.done)
+            try:
+                await self._queue.put(op)  # waits while the queue is full: backpressure
+            except BaseException:
+                op.done.cancel()  # never queued: the run must not wait for it
+                raise
+            return
         await self._queue.put(op)  # waits while the queue is full: backpressure
         await op.done
 
@@ -461,7 +529,7 @@ class GroupCommitSaver(BaseCheckpointSaver[str]):
             while len(batch) < self._max_group and not queue.empty():
                 batch.append(queue.get_nowait())
             try:
-                await self._commit(batch)
+                await self._commit(_after_failures(batch))
             except asyncio.CancelledError:
                 _fail(batch, CheckpointDatabaseUnavailable("the checkpoint writer stopped"))
                 raise
@@ -470,6 +538,8 @@ class GroupCommitSaver(BaseCheckpointSaver[str]):
                     queue.task_done()
 
     async def _commit(self, batch: list[_Write | _Exec]) -> None:
+        if not batch:
+            return
         try:
             await self._run_batch(batch)
         except Exception as exc:
@@ -484,7 +554,8 @@ class GroupCommitSaver(BaseCheckpointSaver[str]):
             log.debug("group commit failed (%s); committing its %d parts one by one",
                       exc, len(batch))
             for op in batch:
-                await self._commit([op])
+                if kept := _after_failures([op]):
+                    await self._commit(kept)
             return
         self.commits += 1
         self.committed_ops += len(batch)
@@ -526,6 +597,7 @@ class GroupCommitSaver(BaseCheckpointSaver[str]):
             self.skipped_reads += 1
             return None  # the caller vouches that nothing was written on this thread yet
         thread_id = configurable["thread_id"]
+        await self._own_writes()
         if checkpoint_id:
             args: tuple[Any, ...] = (thread_id, checkpoint_ns, checkpoint_id)
             where = "WHERE thread_id = $1 AND checkpoint_ns = $2 AND checkpoint_id = $3"
@@ -569,8 +641,16 @@ class GroupCommitSaver(BaseCheckpointSaver[str]):
         query += " ORDER BY checkpoint_id DESC"
         if limit is not None:
             query += f" LIMIT {arg(int(limit))}"
+        await self._own_writes()
         for row in await self._fetch(query, *args):
             yield self._tuple(row)
+
+    @staticmethod
+    async def _own_writes() -> None:
+        """A pipelined run reads what it wrote: its queued writes commit first."""
+        run = _PIPELINED.get()
+        if run is not None:
+            await run.wait()
 
     async def _fetch(self, query: str, *args: Any) -> list[dict[str, Any]]:
         """Rows as dicts, with pending sends of pre-v4 checkpoints migrated like upstream."""
@@ -698,8 +778,24 @@ _SYNC = ("GroupCommitSaver is async only: use the graph's async API (ainvoke, as
          "aget_state)")
 
 
+def _after_failures(batch: list[_Write | _Exec]) -> list[_Write | _Exec]:
+    """The batch without the pipelined writes of runs one of whose writes already failed
+    (each fails with that run's failure)."""
+    kept: list[_Write | _Exec] = []
+    for op in batch:
+        run = op.run if isinstance(op, _Write) else None
+        if run is not None and run.failed is not None:
+            _fail([op], run.failed)
+        else:
+            kept.append(op)
+    return kept
+
+
 def _fail(batch: Sequence[_Write | _Exec], exc: BaseException) -> None:
     for op in batch:
+        run = op.run if isinstance(op, _Write) else None
+        if run is not None and run.failed is None:
+            run.failed = exc  # at once: the run's next write, maybe in this batch, is refused
         if not op.done.done():
             op.done.set_exception(exc)
             op.done.exception()  # retrieved: a caller cancelled meanwhile must not log it
