@@ -249,14 +249,16 @@ async def graphwire_stack(
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--processes", type=int, default=os.cpu_count() or 1,
+                        help="graphwire worker processes (default: one per core)")
     args = parser.parse_args()
     n, rounds, streams = (300, 2, 10) if args.quick else (2000, 5, 30)
     print(f"Agent Server API benchmark: {os.cpu_count()} cores (graphwire: a gateway and "
-          f"{os.cpu_count()} worker processes; langgraph dev: its one process), "
+          f"{args.processes} worker processes; langgraph dev: its one process), "
           f"{n} runs.wait on pipeline "
           f"{CONCURRENCY} at a time for each server, in {rounds} alternating rounds, "
           f"{streams} runs.stream on chat; langgraph-sdk client\n", flush=True)
-    async with graphwire_stack(os.cpu_count() or 1) as (url, processes):
+    async with graphwire_stack(args.processes) as (url, processes):
         with tempfile.TemporaryDirectory() as tmp:
             oracle, oracle_url = start_oracle(Path(tmp))
             try:

@@ -4,6 +4,7 @@ wait, join, join_stream, get, list, cancel, cancel_many, delete and batch."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -384,3 +385,35 @@ async def test_on_disconnect_cancel_stops_the_run_when_the_client_goes(
             state = await client.threads.get_state(tid)
             ended.append((run["status"], len(state["values"]["log"]) < 4))
     assert ended == [("interrupted", True), ("success", False)]
+
+
+async def test_a_stateless_wait_answers_before_its_record_is_booked_and_a_read_waits_for_it(
+    worker_env: dict[str, str], topics: TopicNames, start_runner: StartRunner
+) -> None:
+    """While another session locks ``agent_runs`` against writes (the run's record cannot be
+    set to ``success``), a stateless ``runs.wait`` of a 1 s ``slow`` run still answers its
+    values, and a ``GET /runs/{id}`` then waits for the booking: it answers ``success`` only
+    after the lock goes."""
+    await start_runner()
+    async with serve_app(settings_for(worker_env)) as (app, http):
+        db = app.state.gateway.agent.records()
+        marker = uuid.uuid4().hex
+        waiting = asyncio.create_task(http.post("/runs/wait", headers=H, json={
+            "assistant_id": "slow", "input": {"seconds": 1.0}, "metadata": {"t": marker}}))
+        run_id = await eventually(lambda: db.fetchval(
+            "SELECT run_id FROM agent_runs WHERE metadata->>'t' = $1", marker),
+            until=lambda found: found is not None)
+        async with db.acquire() as conn:
+            lock = conn.transaction()
+            await lock.start()
+            await conn.execute("LOCK TABLE agent_runs IN EXCLUSIVE MODE")
+            answer = await asyncio.wait_for(waiting, 20)
+            reading = asyncio.create_task(http.get(f"/runs/{run_id}", headers=H))
+            await asyncio.sleep(0.5)
+            read_while_locked = reading.done()
+            await lock.rollback()
+        got = await asyncio.wait_for(reading, 20)
+    assert (answer.status_code, answer.json()) == (200, {"seconds": 1.0})
+    assert answer.headers["Content-Location"] == f"/runs/{run_id}"
+    assert read_while_locked is False
+    assert (got.status_code, got.json()["status"]) == (200, "success")

@@ -85,6 +85,10 @@ class RunBook:
     def _forget_later(self, run_id: str) -> None:
         asyncio.get_running_loop().call_later(60, self._finishing.pop, run_id, None)
 
+    def finish_soon(self, result: Result) -> None:
+        """Book the run's end without waiting for it (reads of the record wait: ``refresh``)."""
+        self._task(result)
+
     async def finished(self, result: Result) -> dict[str, Any] | None:
         """The run's record once its result is booked (its thread synced); None if unknown."""
         return await asyncio.shield(self._task(result))

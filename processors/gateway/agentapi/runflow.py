@@ -135,7 +135,12 @@ class RunBody:
                 if result is None:
                     yield KEEPALIVE
                     continue
-                await self.book.finished(result)
+                if self.run.get("thread_id") is None:
+                    # a stateless run: no thread waits on its end. It is booked meanwhile, and
+                    # a read of its record here waits for that (``RunBook.refresh``)
+                    self.book.finish_soon(result)
+                else:
+                    await self.book.finished(result)
                 done = True
                 yield Last(dumps(wait_body(result, await self._values(result, thread))))
                 return
