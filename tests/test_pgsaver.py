@@ -475,3 +475,36 @@ async def test_after_a_pipelined_write_fails_the_run_writes_nothing_more(
     assert isinstance(found, CheckpointDataRefused)
     rows = await saver.pool.fetch("SELECT thread_id FROM checkpoints ORDER BY thread_id")
     assert [r["thread_id"] for r in rows] == ["f-2"]
+
+
+async def test_after_a_shared_group_the_next_waits_for_company_and_a_lone_writer_never_waits(
+    schema: str,
+) -> None:
+    """With ``tick_s=0.5``: four puts of one thread, each after the last, commit as four groups
+    within 1.5 s (a lone writer never waits the tick); after a group shared by two threads, a
+    put waits for company, and one sent 0.2 s after it commits in the same group."""
+    pool = await _schema_pool(schema)
+    saver = GroupCommitSaver(pool, tick_s=0.5)
+    await saver.setup()
+
+    async def put(thread: str) -> None:
+        await saver.aput({"configurable": {"thread_id": thread, "checkpoint_ns": ""}},
+                         empty_checkpoint(), {}, {})
+
+    async def alone() -> None:
+        for _ in range(4):
+            await put("alone")
+
+    try:
+        await asyncio.wait_for(alone(), 1.5)
+        assert saver.commits == 4
+        await asyncio.gather(put("s-1"), put("s-2"))
+        assert saver.commits == 5  # one group, of two threads
+        first = asyncio.ensure_future(put("s-3"))
+        await asyncio.sleep(0.2)
+        second = asyncio.ensure_future(put("s-4"))
+        await asyncio.wait_for(asyncio.gather(first, second), 5)
+        assert (saver.commits, saver.committed_ops) == (6, 8)
+    finally:
+        await saver.aclose()
+        await pool.close()
