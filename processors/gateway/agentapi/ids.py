@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from datetime import UTC, datetime
 
@@ -13,6 +14,7 @@ ASSISTANT_NAMESPACE = uuid.UUID("6ba7b821-9dad-11d1-80b4-00c04fd430c8")
 """LangGraph's namespace for the default assistant ids: ``uuid5(namespace, graph_id)``."""
 
 
+@functools.lru_cache(maxsize=1024)
 def default_assistant_id(graph_id: str) -> str:
     """The id of a graph's default assistant, the same as LangGraph's servers give it."""
     return str(uuid.uuid5(ASSISTANT_NAMESPACE, graph_id))

@@ -237,7 +237,7 @@ class RunBook:
                 await self.gw.redis.delete(self._idempotency_key(caller, key))
 
     async def create(self, caller: Principal, body: RunCreate, *, assistant: dict[str, Any],
-                     thread_id: str | None, stateless: bool, base_url: str,
+                     thread_id: str | None, stateless: bool, base_url: str | None,
                      wait: bool = False) -> tuple[Request, dict[str, Any]]:
         """Check, record and produce one run; returns its request and record (``wait``: it
         answers ``runs.wait``). 409 for ``reject`` on a busy thread; 422/400 for the body."""

@@ -98,9 +98,9 @@ async def _start(gw: Any, caller: Principal, request: HttpRequest, thread_id: st
         return earlier, body, thread
     tid = thread["thread_id"] if thread else await runs.stateless_thread(
         caller, body, graph_id, assistant_id)
-    run_request, run = await runs.create(caller, body, assistant=assistant, thread_id=tid,
-                                         stateless=thread_id is None,
-                                         base_url=str(request.base_url), wait=wait)
+    run_request, run = await runs.create(
+        caller, body, assistant=assistant, thread_id=tid, stateless=thread_id is None,
+        base_url=str(request.base_url) if body.webhook else None, wait=wait)
     claimed = await runs.claim(caller, key, run["run_id"])
     if claimed is not None:  # another create with the key won the race
         await runs.undo(run)
